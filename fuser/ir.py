@@ -130,6 +130,7 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     opset: int = 17
     source: str = "<memory>"  # file or origin, named in error messages
+    report: Any = field(default=None, repr=False, compare=False)  # set by fuser.optimize
 
     # ---- construction -------------------------------------------------
     def __post_init__(self):
@@ -306,6 +307,19 @@ class Graph:
                 if self.is_output(v) or any(id(u) not in chosen for u in v.users)]
         whole = Graph(name or f"{self.name}_sub", ins, outs, sub_nodes, self.opset, self.source)
         return whole.copy()
+
+    # ---- export -----------------------------------------------------------
+    def to_onnx(self, **kw):
+        """An onnx.ModelProto that ONNX Runtime runs (see fuser.onnx_io.to_onnx)."""
+        from .onnx_io import to_onnx
+
+        return to_onnx(self, **kw)
+
+    def to_torch(self):
+        """A trainable nn.Module computing this graph (weights are nn.Parameters)."""
+        from fuser.backends.torch_backend import to_torch
+
+        return to_torch(self)
 
     # ---- views ----------------------------------------------------------
     def to_networkx(self):

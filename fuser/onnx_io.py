@@ -116,6 +116,22 @@ def parse_input_shapes(input_shapes: InputShapes, graph_inputs: Sequence[str],
     return {graph_inputs[0]: tuple(int(d) for d in input_shapes)}
 
 
+def _dynamic_dims_message(source: str, name: str, shape: tuple | None) -> str:
+    if shape is None:
+        return (f"{source}: input '{name}' has no declared shape; give it with "
+                f"--input-shape {name}:1,3,224,224 (your numbers)")
+    names = [d if isinstance(d, str) and d not in ("?", "") and d.isidentifier() else
+             ("N" if i == 0 else f"D{i}") for i, d in enumerate(shape)]
+    shown = ",".join(str(d) if isinstance(d, int) and d > 0 else n for d, n in zip(shape, names))
+    example = ",".join(str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else n)
+                       for i, (d, n) in enumerate(zip(shape, names)))
+    unknown = [n for i, (d, n) in enumerate(zip(shape, names))
+               if i > 0 and not (isinstance(d, int) and d > 0)] or ["the batch"]
+    return (f"{source}: input '{name}' has dynamic dims [{shown}]; fix them with "
+            f"--input-shape {name}:{example} putting numbers for {', '.join(unknown)} "
+            f"(Python: input_shapes={{'{name}': (...)}})")
+
+
 def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = True) -> Graph:
     """Import an ONNX model (path or ModelProto) into a Graph with static shapes.
 
@@ -144,11 +160,7 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
             raise FuserError(f"{source}: --input-shape for '{vi.name}' has {len(shape)} dims, "
                              f"the model declares {len(declared)} {list(declared)}")
         if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
-            dims = ",".join(str(d) if isinstance(d, int) and d > 0 else str(d or "?")
-                            for d in (shape or ("?",)))
-            raise FuserError(f"{source}: input '{vi.name}' has dynamic dims [{dims}]; fix them "
-                             f"with --input-shape {vi.name}:{dims} using numbers "
-                             f"(Python: input_shapes={{'{vi.name}': (...)}})")
+            raise FuserError(_dynamic_dims_message(source, vi.name, shape))
         v = graph.add_input(vi.name, shape, _np_dtype(vi.type.tensor_type.elem_type))
         values[vi.name] = v
 

@@ -3,9 +3,10 @@
 Rules, applied in graph order:
   1. ``Shape(x)`` with a static shape for x -> an int64 constant (``start``/``end`` honoured);
      ``Size(x)`` likewise.
-  2. ``ConstantOfShape(c)`` with a constant shape -> a splat constant (one value
+  2. ``CastLike(c, x)`` with constant c and a known dtype for x -> c cast to that dtype.
+  3. ``ConstantOfShape(c)`` with a constant shape -> a splat constant (one value
      broadcast, zero bytes; exported again as ConstantOfShape).
-  3. Any other node whose inputs are all constants -> its outputs, computed by
+  4. Any other node whose inputs are all constants -> its outputs, computed by
      ``onnx.reference`` (ONNX's own semantics), unless an output would exceed
      ``MAX_FOLDED_ELEMENTS`` (folding must not blow up the model).
 A graph output is never replaced by a constant (its name is the model's interface).
@@ -46,6 +47,8 @@ def _fold(node: Node, opset: int) -> list[np.ndarray] | None:
             return [np.array(shape.prod(), dtype=np.int64)]
         start, end = node.attr("start", 0), node.attr("end", None)
         return [shape[start:end]]
+    if node.op == "CastLike" and ins[0].is_const and ins[1].dtype is not None:
+        return [ins[0].const.astype(ins[1].dtype)]
     if any(v is not None and not v.is_const for v in ins):
         return None
     if node.op == "ConstantOfShape":
