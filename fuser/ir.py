@@ -161,11 +161,11 @@ class Graph:
                  attrs: dict[str, Any] | None = None, name: str = "", *, before: Node | None = None,
                  domain: str = "") -> Node:
         """Create a node and insert it at the end, or just before ``before``."""
+        node_name = self.unique_name(name or op.lower())
         if isinstance(outputs, int):
-            outputs = [Value(self.unique_name(f"{name or op.lower()}_out{i}" if outputs > 1 else
-                                              (name or op.lower())), None, None)
-                       for i in range(outputs)]
-        node = Node(op, inputs, outputs, attrs, self.unique_name(name or op.lower()), domain)
+            outputs = [Value(self.unique_name(node_name if outputs == 1 else f"{node_name}_out{i}"),
+                             None, None) for i in range(outputs)]
+        node = Node(op, inputs, outputs, attrs, node_name, domain)
         self.insert_node(node, before=before)
         return node
 
