@@ -104,7 +104,10 @@ def from_torch(module, example_inputs, *, fold: bool = True) -> Graph:
     """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``)."""
     from .onnx_io import from_onnx
 
+    from fuser.passes import drop_zero_bias
+
     graph = from_onnx(torch_to_onnx(module, example_inputs), fold=fold)
+    drop_zero_bias.run(graph)  # the exporter's zero bias for bias-free convs
     graph.name = type(module).__name__
     graph.source = f"<{type(module).__name__}>"
     return graph

@@ -24,6 +24,11 @@ class FuserError(Exception):
 Shape = tuple  # of int (static) or str (a symbolic, still-dynamic dimension)
 
 
+def is_splat(a: np.ndarray) -> bool:
+    """One value broadcast to a shape (zero strides): what ConstantOfShape folds to."""
+    return a.ndim == 0 or all(s == 0 for s in a.strides)
+
+
 class Value:
     """A tensor in the graph: a graph input, a node output, or a constant."""
 

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ir import FuserError, Graph, Node, Value
-from .ops import CONTROL_FLOW_OPS, SUPPORTED_OPS
+from .ir import FuserError, Graph, Node, Value, is_splat
+from .ops import CONTROL_FLOW_OPS, SEQUENCE_OPS, SUPPORTED_OPS
 
 InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
 MAX_IR_VERSION = 10  # what the pinned onnxruntime reads
@@ -173,7 +173,7 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
         if n.op_type in CONTROL_FLOW_OPS:
             raise FuserError(f"{where}: control flow is not supported; export a static graph "
                              "(no If/Loop/Scan), e.g. by fixing the branch at export time")
-        if n.op_type not in SUPPORTED_OPS:
+        if n.op_type not in SUPPORTED_OPS | SEQUENCE_OPS:
             raise FuserError(f"{where}: op '{n.op_type}' is not supported by fuser")
         if n.op_type == "Constant":
             arr = _constant_node_value(n, where)
@@ -213,13 +213,8 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
 
 
 # ---- IR -> ONNX -------------------------------------------------------------
-def _is_splat(a: np.ndarray) -> bool:
-    """A large array that is one value broadcast (as ConstantOfShape makes it)."""
-    return a.size > 16 and a.ndim > 0 and all(s == 0 for s in a.strides)
-
-
 def _tensor(name: str, a: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.ascontiguousarray(a), name)
+    return numpy_helper.from_array(np.asarray(a, order="C"), name)  # keeps 0-d arrays 0-d
 
 
 def _attr(key: str, v: Any) -> onnx.AttributeProto:
@@ -242,7 +237,7 @@ def to_onnx(graph: Graph, *, doc: str = "") -> onnx.ModelProto:
         if not v.is_const or v.name in emitted:
             continue
         emitted.add(v.name)
-        if _is_splat(v.const):
+        if v.const.size > 16 and is_splat(v.const):  # keep fills small on disk
             fill = _tensor("", v.const.reshape(-1)[:1].copy())
             shape = graph.unique_name(f"{v.name}_shape")
             inits.append(_tensor(shape, np.array(v.const.shape, dtype=np.int64)))

@@ -29,5 +29,8 @@ SOURCE_OPS = {"Constant", "ConstantOfShape", "Shape", "Range", "Size"}
 SUPPORTED_OPS = (CONV_OPS | MATMUL_OPS | NORM_OPS | POOL_OPS | UNARY_OPS | BINARY_OPS
                  | REDUCE_OPS | SHAPE_OPS | SOURCE_OPS)
 
+# Admitted at import only: fuser.passes.lower_sequences turns them into Split.
+SEQUENCE_OPS = {"SplitToSequence", "SequenceAt"}
+
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan", "SequenceMap"}
 ELEMENTWISE_OPS = UNARY_OPS | BINARY_OPS

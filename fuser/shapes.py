@@ -22,7 +22,7 @@ def _vi(v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(v.name, elem, list(v.shape) if v.shape else v.shape)
 
 
-def infer_shapes(graph: Graph) -> Graph:
+def infer_shapes(graph: Graph, strict: bool = True) -> Graph:
     """Fill in ``shape`` and ``dtype`` of every node output, in place."""
     from .onnx_io import _attr, _tensor, MAX_IR_VERSION
 
@@ -44,7 +44,7 @@ def infer_shapes(graph: Graph) -> Graph:
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)])
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
     except Exception as e:  # InferenceError carries the node in its text
         msg = " ".join(str(e).split())
         raise FuserError(f"{graph.source}: shape inference failed: {msg[:400]}") from None
@@ -70,11 +70,19 @@ def infer_shapes(graph: Graph) -> Graph:
 
 def static_shapes(graph: Graph, max_rounds: int = 8) -> Graph:
     """Infer shapes and fold shape subgraphs until fixpoint; every value must end static."""
-    from fuser.passes import fold_constants
+    from fuser.passes import fold_constants, lower_sequences
 
+    # ONNX's inference rejects SplitToSequence with a scalar split: lower those first,
+    # round by round as the shapes of their inputs become known.
+    while any(n.op in lower_sequences.SEQUENCE_OPS for n in graph.nodes):
+        infer_shapes(graph, strict=False)
+        if not lower_sequences.run(graph, defer_unknown=True).changed:
+            lower_sequences.run(graph)  # raises, naming the node
+            break
     for _ in range(max_rounds):
         infer_shapes(graph)
-        if not fold_constants.run(graph).changed:
+        lowered = lower_sequences.run(graph).changed
+        if not fold_constants.run(graph).changed and not lowered:
             break
     for n in graph.nodes:
         for v in n.outputs:

@@ -6,7 +6,9 @@ Rules, applied in graph order:
   2. ``CastLike(c, x)`` with constant c and a known dtype for x -> c cast to that dtype.
   3. ``ConstantOfShape(c)`` with a constant shape -> a splat constant (one value
      broadcast, zero bytes; exported again as ConstantOfShape).
-  4. Any other node whose inputs are all constants -> its outputs, computed by
+  4. ``Expand(c, shape)`` of a one-value constant -> a splat constant (the exporter
+     builds zero biases this way).
+  5. Any other node whose inputs are all constants -> its outputs, computed by
      ``onnx.reference`` (ONNX's own semantics), unless an output would exceed
      ``MAX_FOLDED_ELEMENTS`` (folding must not blow up the model).
 A graph output is never replaced by a constant (its name is the model's interface).
@@ -55,6 +57,9 @@ def _fold(node: Node, opset: int) -> list[np.ndarray] | None:
         fill = node.attr("value", np.zeros(1, np.float32)).reshape(-1)[:1]
         shape = tuple(int(d) for d in ins[0].const)
         return [np.broadcast_to(fill.reshape(()), shape)]
+    if node.op == "Expand" and ins[0].const.size == 1:
+        shape = np.broadcast_shapes(ins[0].const.shape, tuple(int(d) for d in ins[1].const))
+        return [np.broadcast_to(ins[0].const.reshape(()), shape)]
     if any(v.is_static and v.numel > MAX_FOLDED_ELEMENTS for v in node.outputs):
         return None
     return _evaluate(node, opset)
