@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import warnings
 
 import torch
 import torch.fx as fx
@@ -138,7 +139,10 @@ def _capture(module) -> fx.GraphModule:
     if isinstance(module, torch.export.ExportedProgram):
         return module.module()
     if isinstance(module, fx.GraphModule):  # a copy of the graph: the caller's stays as it was
-        return fx.GraphModule(module, copy.deepcopy(module.graph), module.__class__.__name__)
+        with warnings.catch_warnings():  # deep-copying export's pytree specs warns
+            warnings.simplefilter("ignore", FutureWarning)
+            graph = copy.deepcopy(module.graph)
+        return fx.GraphModule(module, graph, module.__class__.__name__)
     try:
         return fx.symbolic_trace(module)
     except Exception as e:

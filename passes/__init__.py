@@ -1,14 +1,16 @@
 """Graph passes, one per file. Each module has ``run(graph) -> PassResult`` and a
 docstring stating its rewrite rules. ``PASSES`` names them for pipelines."""
-from . import drop_zero_bias, eliminate_dead_nodes, fold_constants, lower_sequences, remove_identity
+from . import (drop_zero_bias, eliminate_dead_nodes, fold_constants, fold_conv_bn, lower_sequences,
+               remove_identity)
 
 PASSES = {
     "fold_constants": fold_constants.run,
     "remove_identity": remove_identity.run,
     "drop_zero_bias": drop_zero_bias.run,
     "eliminate_dead_nodes": eliminate_dead_nodes.run,
+    "fold_conv_bn": fold_conv_bn.run,
 }
 
 # The cleanups every pipeline starts with; later passes append to DEFAULT_PIPELINE.
 CLEANUP = ["fold_constants", "remove_identity", "drop_zero_bias", "eliminate_dead_nodes"]
-DEFAULT_PIPELINE = list(CLEANUP)
+DEFAULT_PIPELINE = CLEANUP + ["fold_conv_bn"]

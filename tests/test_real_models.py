@@ -5,7 +5,7 @@ import pytest
 
 import fuser
 from fuser.onnx_io import from_onnx, to_onnx
-from util import LIGHT_MODELS, PADDLE_MODELS, ort_run, paddle_model, random_input, rel_err
+from util import LIGHT_MODELS, PADDLE_MODELS, ort_run, paddle_model, real_model_input, rel_err
 
 REAL = [(p, None) for p in LIGHT_MODELS] + [(paddle_model(n), s) for n, s in PADDLE_MODELS.items()]
 IDS = [p.stem for p, _ in REAL]
@@ -17,7 +17,7 @@ def test_optimize_matches_ort_on_original(path, shape):
         pytest.skip(f"{path} not present")
     graph = fuser.optimize(str(path), input_shapes=shape)
     assert graph.report is not None and graph.report.steps
-    x = random_input(graph.inputs[0].shape)
+    x = real_model_input(path, graph.inputs[0].shape)
     feeds = {graph.inputs[0].name: x}
     (want,) = ort_run(path, feeds)[:1]
     (got,) = ort_run(to_onnx(graph), feeds)[:1]
