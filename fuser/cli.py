@@ -5,79 +5,21 @@ Exit status: 0 success, 2 user error (one line on stderr, no traceback), 1 inter
 """
 from __future__ import annotations
 
-import json
+import importlib
 import os
+import pkgutil
 import sys
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from fuser.passes import DEFAULT_PIPELINE
 
+from .cli_common import (emit_json, err, input_shape_option, json_option, load_graph, out,
+                         parse_input_shapes, status)
 from .ir import FuserError
-
-err = Console(stderr=True)
-out = Console()
-
-EPILOG_MODEL = ("MODEL is an .onnx file or zoo:NAME. Dynamic input dims are fixed with "
-                "--input-shape NAME:1,3,224,224 (or --input-shape 1,3,224,224 for a single-input model).")
-
-
-def parse_input_shapes(specs: tuple[str, ...]):
-    """('x:1,3,224,224',) -> {'x': (1,3,224,224)}; ('1,3,224,224',) -> (1,3,224,224)."""
-    if not specs:
-        return None
-    named, bare = {}, []
-    for spec in specs:
-        name, _, dims = spec.rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
-        except ValueError:
-            raise FuserError(f"--input-shape '{spec}': dims must be integers, e.g. x:1,3,224,224") from None
-        if not shape or any(d <= 0 for d in shape):
-            raise FuserError(f"--input-shape '{spec}': dims must be positive integers")
-        if name:
-            named[name] = shape
-        else:
-            bare.append(shape)
-    if bare and (named or len(bare) > 1):
-        raise FuserError("--input-shape: name every input (NAME:dims) when giving more than one")
-    return bare[0] if bare else named
-
-
-def input_shape_option(f):
-    return click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]D,D,..",
-                        help="Fix dynamic input dims, e.g. x:1,3,640,640. Repeat per input.")(f)
-
-
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
-
-
-@contextmanager
-def status(message: str):
-    """A spinner on stderr for steps that can take seconds (silent when not a terminal)."""
-    with err.status(message, spinner="dots"):
-        yield
-
-
-def load_graph(model: str, input_shapes: tuple[str, ...]):
-    from .api import to_graph
-
-    shapes = parse_input_shapes(input_shapes)
-    if not model.startswith("zoo:") and not Path(model).exists():
-        raise FuserError(f"{model}: no such file (MODEL is an .onnx path or zoo:NAME)")
-    with status(f"importing {model}"):
-        return to_graph(model, input_shapes=shapes)
-
-
-def emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
-
 
 class FuserGroup(click.Group):
     """Turns FuserError into one line on stderr and exit 2."""
@@ -260,6 +202,16 @@ def zoo_export(name, output, input_shapes, seed):
     out.print(f"wrote {output}: {len(graph.nodes)} nodes, inputs "
               + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs), highlight=False)
 
+
+def _register_commands() -> None:
+    """Each module in fuser/commands/ contributes its ``command``."""
+    from fuser import commands
+
+    for info_ in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        main.add_command(importlib.import_module(f"fuser.commands.{info_.name}").command)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
