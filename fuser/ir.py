@@ -84,6 +84,7 @@ class Node:
         self.inputs: list[Value | None] = []
         self.outputs: list[Value] = list(outputs)
         self.graph: Graph | None = None
+        self.meta: dict[str, Any] = {}  # annotations by passes (e.g. a fusion group); not exported
         for v in inputs:
             self.add_input(v)
         for v in self.outputs:
@@ -291,6 +292,7 @@ class Graph:
         for n in self.nodes:
             nn = Node(n.op, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs], dict(n.attrs),
                       n.name, n.domain)
+            nn.meta = dict(n.meta)
             nn.graph = g
             g.nodes.append(nn)
         g.outputs = [cp(v) for v in self.outputs]
