@@ -38,15 +38,15 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 class Pair(nn.Module):
-    def __init__(self, conv: nn.Module, bn: nn.Module):
+    def __init__(self, conv: nn.Module, bn: nn.Module, **conv_kwargs):
         super().__init__()
-        self.conv, self.bn = conv, bn
+        self.conv, self.bn, self.conv_kwargs = conv, bn, conv_kwargs
 
     def forward(self, x):
-        return self.bn(self.conv(x))
+        return self.bn(self.conv(x, **self.conv_kwargs))
 
 
-# (conv, bn, input shape)
+# (conv, bn, input shape[, extra conv call kwargs])
 CASES = {
     "conv1d": (lambda: nn.Conv1d(4, 6, 3, padding=1), lambda: nn.BatchNorm1d(6), (2, 4, 9)),
     "conv2d": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), lambda: nn.BatchNorm2d(6), (2, 4, 9, 9)),
@@ -61,13 +61,17 @@ CASES = {
     "convT2d_groups_nobias_noaffine": (lambda: nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False),
                                        lambda: nn.BatchNorm2d(6, affine=False), (2, 4, 5, 5)),
     "bn_noaffine": (lambda: nn.Conv2d(4, 6, 1), lambda: nn.BatchNorm2d(6, affine=False), (2, 4, 5, 5)),
+    "conv2d_reflect": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), lambda: nn.BatchNorm2d(6),
+                       (2, 4, 6, 6)),
+    "convT2d_output_size": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), lambda: nn.BatchNorm2d(6),
+                            (2, 4, 5, 5), {"output_size": [12, 12]}),
 }
 
 
 def make_case(name: str, seed: int = 0):
-    conv, bn, shape = CASES[name]
+    conv, bn, shape, *kwargs = CASES[name]
     torch.manual_seed(seed)
-    model = randomize_bn(Pair(conv(), bn()), seed).eval()
+    model = randomize_bn(Pair(conv(), bn(), **(kwargs[0] if kwargs else {})), seed).eval()
     return model, torch.randn(shape)
 
 

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from util import ocr_like_input
+from util import export_weights_as_inputs, ocr_like_input, ort_session, randomized_weights
 from onnx import TensorProto, helper, numpy_helper
 
 from fuser.backends.torch_backend import _OPS, run_torch, to_torch
@@ -34,14 +34,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _session(model) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def _relerr(ref: np.ndarray, out: np.ndarray) -> float:
@@ -69,67 +61,23 @@ def _graph(path: str, shape: tuple) -> Graph:
     return from_onnx(path, shape)
 
 
-def _randomized(graph: Graph, seed: int = 0) -> Graph:
-    """A copy whose floating constants of more than one element are seeded random values of
-    the same shape, scaled per role so activations stay finite (uniform, variance ~1/fan_in)."""
-    g = graph.copy()
-    rng = np.random.default_rng(seed)
-    done: set[int] = set()
-    for n in g.nodes:
-        for i, v in enumerate(n.inputs):
-            if v is None or not v.is_const or id(v) in done:
-                continue
-            done.add(id(v))
-            a = v.const
-            if a.dtype.kind != "f" or a.size <= 1:
-                continue
-            lo, hi = -0.17, 0.17  # biases, BN shift and mean: std 0.1
-            if (n.op == "BatchNormalization" and i in (1, 4)) or n.op == "Mul":
-                lo, hi = 0.5, 1.5
-            elif a.ndim >= 2:
-                fan_in = np.prod(a.shape[1:])
-                if n.op == "Gemm" and i == 1 and not n.attr("transB", 0):
-                    fan_in = a.shape[0]
-                gain = 2.0 if n.op in ("Conv", "ConvTranspose") else 1.0  # ReLU nets
-                hi = float(np.sqrt(3.0 * gain / fan_in))
-                lo = -hi
-            r = rng.random(a.shape, dtype=np.float32)
-            r *= hi - lo
-            r += lo
-            v.const = r.astype(a.dtype, copy=False)
-    return g
-
-
-def _export_weights_as_inputs(graph: Graph, min_size: int = 1024):
-    """to_onnx of ``graph`` with its large constants turned into graph inputs, plus the feeds
-    for them: ORT then reads the weights in place instead of through protobuf copies."""
-    e = graph.copy()
-    feeds = {}
-    for v in e.constants():
-        if v.const.size >= min_size:
-            feeds[v.name] = np.ascontiguousarray(v.const)
-            v.const = None
-            e.inputs.append(v)
-    return to_onnx(e), feeds
-
-
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_original(name):
     path = os.path.join(LIGHT, name + ".onnx")
     g = _graph(path, (1, 3, 224, 224))
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    ref = _session(path).run(None, {g.inputs[0].name: x})
+    ref = ort_session(path).run(None, {g.inputs[0].name: x})
     _assert_close(ref, run_torch(g, {g.inputs[0].name: x}), what=name)
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_random_weights(name):
-    g = _randomized(_graph(os.path.join(LIGHT, name + ".onnx"), (1, 3, 224, 224)))
+    g = randomized_weights(_graph(os.path.join(LIGHT, name + ".onnx"), (1, 3, 224, 224)))
     # Also compare the logits: a saturated softmax would hide errors.
     g.outputs = g.outputs + [n.inputs[0] for n in g.nodes if n.op == "Softmax"]
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    model, feeds = _export_weights_as_inputs(g)
-    ref = _session(model).run(None, {g.inputs[0].name: x, **feeds})
+    model, feeds = export_weights_as_inputs(g)
+    ref = ort_session(model).run(None, {g.inputs[0].name: x, **feeds})
     _assert_close(ref, run_torch(g, {g.inputs[0].name: x}), what=name)
 
 
@@ -141,7 +89,7 @@ def test_ppocr_model(name):
     shape = PPOCR[name]
     g = _graph(path, shape)
     x = ocr_like_input(shape)
-    ref = _session(path).run(None, {g.inputs[0].name: x})
+    ref = ort_session(path).run(None, {g.inputs[0].name: x})
     _assert_close(ref, run_torch(g, {g.inputs[0].name: x}), what=name)
 
 
@@ -170,7 +118,7 @@ def check(nodes, inputs, inits=None, outputs=("y",), opset=17, out_types=None, t
         [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    ref = _session(model).run(None, inputs)
+    ref = ort_session(model).run(None, inputs)
     g = from_onnx(model, fold=fold)
     _assert_close(ref, run_torch(g, inputs), tol=tol, what=nodes[-1].op_type)
     return g

@@ -30,40 +30,80 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def ort_run(model, feeds: dict, optimize: bool = True) -> list[np.ndarray]:
-    """Run an ONNX model (path, bytes or ModelProto) in ONNX Runtime on one thread group."""
+def ort_session(model, optimize: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on one thread (tests share two cores) for a path,
+    bytes or ModelProto."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):
         model = str(model)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def ort_run(model, feeds: dict, optimize: bool = True) -> list[np.ndarray]:
+    """Run an ONNX model (path, bytes or ModelProto) in ONNX Runtime."""
+    return ort_session(model, optimize).run(None, feeds)
+
+
+def export_weights_as_inputs(graph, min_size: int = 1024):
+    """to_onnx of ``graph`` with its large constants turned into graph inputs, plus the feeds
+    for them: ORT then reads the weights in place instead of through protobuf copies."""
+    from fuser.onnx_io import to_onnx
+
+    e = graph.copy()
+    feeds = {}
+    for v in e.constants():
+        if v.const.size >= min_size:
+            feeds[v.name] = np.asarray(v.const, order="C")
+            v.const = None
+            e.inputs.append(v)
+    return to_onnx(e), feeds
+
+
+def ort_run_graph(graph, feeds: dict) -> list[np.ndarray]:
+    """Run a Graph in ONNX Runtime without serialising its weights (fast for VGG-sized models)."""
+    model, weights = export_weights_as_inputs(graph)
+    return ort_run(model, {**feeds, **weights})
 
 
 def random_input(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def randomize_weights(graph, seed: int = 0):
-    """Replace every floating constant of more than one element by seeded values with
-    N(0, 1/fan_in)-like scale, so outputs depend on real op semantics, not on fills."""
-    from fuser.analysis import BUFFER_SLOTS
-
+def randomized_weights(graph, seed: int = 0):
+    """A copy whose floating constants of more than one element are seeded random values of
+    the same shape, scaled per role so activations stay finite (uniform, variance ~1/fan_in)."""
+    g = graph.copy()
     rng = np.random.default_rng(seed)
-    variances = {id(n.inputs[i]) for n in graph.nodes for i in BUFFER_SLOTS.get(n.op, ())
-                 if i < len(n.inputs) and n.inputs[i] is not None and i == 4}
-    for v in graph.constants():
-        if v.const.dtype.kind != "f" or v.const.size <= 1:
-            continue
-        if id(v) in variances:
-            v.const = rng.uniform(0.5, 1.5, v.const.shape).astype(v.const.dtype)
-            continue
-        fan_in = int(np.prod(v.const.shape[1:])) if v.const.ndim > 1 else 1
-        v.const = (rng.standard_normal(v.const.shape) / np.sqrt(max(fan_in, 1))).astype(v.const.dtype)
-    return graph
+    done: set[int] = set()
+    for n in g.nodes:
+        for i, v in enumerate(n.inputs):
+            if v is None or not v.is_const or id(v) in done:
+                continue
+            done.add(id(v))
+            a = v.const
+            if a.dtype.kind != "f" or a.size <= 1:
+                continue
+            lo, hi = -0.17, 0.17  # biases, BN shift and mean: std 0.1
+            if (n.op == "BatchNormalization" and i in (1, 4)) or n.op == "Mul":
+                lo, hi = 0.5, 1.5
+            elif a.ndim >= 2:
+                fan_in = np.prod(a.shape[1:])
+                if n.op == "Gemm" and i == 1 and not n.attr("transB", 0):
+                    fan_in = a.shape[0]
+                gain = 2.0 if n.op in ("Conv", "ConvTranspose") else 1.0  # ReLU nets
+                hi = float(np.sqrt(3.0 * gain / fan_in))
+                lo = -hi
+            r = rng.random(a.shape, dtype=np.float32)
+            r *= hi - lo
+            r += lo
+            v.const = r.astype(a.dtype, copy=False)
+    return g
 
 
 def ocr_like_input(shape, seed=0):

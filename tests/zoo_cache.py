@@ -31,3 +31,12 @@ def zoo_case(name: str):
     module = create(name, seed=0)
     x = torch.randn(test_shape(name), generator=torch.Generator().manual_seed(0))
     return module, x, fuser.from_torch(module, (x,))
+
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_eager(name: str):
+    """The zoo module's eager output on the cached input, as numpy (computed once)."""
+    module, x, _ = zoo_case(name)
+    with torch.no_grad():
+        return module(x).numpy()
