@@ -1,7 +1,7 @@
 """Graph passes, one per file. Each module has ``run(graph) -> PassResult`` and a
 docstring stating its rewrite rules. ``PASSES`` names them for pipelines."""
-from . import (drop_zero_bias, eliminate_dead_nodes, fold_constants, fold_conv_bn, lower_sequences,
-               remove_identity)
+from . import (drop_zero_bias, eliminate_dead_nodes, fold_constants, fold_conv_bn, fuse_blocks,
+               lower_sequences, remove_identity)
 
 PASSES = {
     "fold_constants": fold_constants.run,
@@ -9,6 +9,7 @@ PASSES = {
     "drop_zero_bias": drop_zero_bias.run,
     "eliminate_dead_nodes": eliminate_dead_nodes.run,
     "fold_conv_bn": fold_conv_bn.run,
+    "fuse_blocks": fuse_blocks.run,  # annotates block-fusion groups (node.meta); not in the default
 }
 
 # The cleanups every pipeline starts with; later passes append to DEFAULT_PIPELINE.

@@ -30,6 +30,7 @@ SYNTHETIC = {
     "convfirst_k5_noresidual_b2": ("convfirst", dict(channels=16, expansion=3, kernel=5, hw=(9, 7),
                                                      residual=False, batch=2)),
     "convfirst_k7_relu": ("convfirst", dict(channels=24, expansion=2, kernel=7, hw=(11, 12), activation="relu")),
+    "convfirst_group_width4": ("convfirst", dict(channels=32, expansion=4, kernel=3, hw=(10, 9), group_width=4)),
     "mbconv_k3": ("mbconv", dict(channels=24, expansion=6, kernel=3, hw=(13, 17))),
     "mbconv_k5_s2": ("mbconv", dict(channels=24, out_channels=32, expansion=6, kernel=5, stride=2, hw=(13, 17))),
     "mbconv_k7_hardswish": ("mbconv", dict(channels=16, expansion=4, kernel=7, hw=(12, 11), activation="hardswish")),
@@ -82,6 +83,9 @@ def test_pass_finds_every_zoo_block(model):
     # every Conv of a block is marked with its role, and no node sits in two blocks
     assert all(n.meta["block"]["role"] for n in marked)
     assert len({n.name for n in marked}) == len(marked)
+    for spec in blocks:  # fusion never adds DRAM traffic, halos included
+        cost = block_cost(choose_schedule(spec))
+        assert cost.fused.dram_bytes < sum(k.dram_bytes for k in cost.unfused), spec.name
     if model == "resnet18":  # 3 downsample blocks with a 1×1 stride-2 projection, 5 identity
         assert sorted(b.residual for b in blocks).count("projection") == 3
     if model == "mobilenet_v2":  # the t=1 first block has no expand conv and no residual
@@ -206,7 +210,9 @@ def test_model_hand_counts_convfirst():
     # the grouped conv and the add run on CUDA cores, the 1×1 convs on tensor cores
     assert cost.unfused[0].simt_ops == 2 * X * 72 and cost.unfused[1].tensor_ops == 2 * X * 256
     dev = DEVICES["h100"]
-    ideal = 2 * X * 512 / dev.fp16_tensor_flops + (2 * X * 72 + X) / dev.fp32_flops
+    # group width 8: the fused kernel runs the grouped conv on tensor cores too (K = 9·8 → 80)
+    assert s.grouped_on_tensor_cores and s.gemm("spatial").k_pad == 80
+    ideal = 2 * X * (512 + 72) / dev.fp16_tensor_flops + X / dev.fp32_flops
     assert cost.fused.ideal_seconds(dev) == pytest.approx(ideal)
     assert cost.fused.roofline_seconds(dev) == pytest.approx(max(ideal, cost.fused.dram_bytes / dev.bandwidth))
     assert cost.fused.intensity == pytest.approx(cost.fused.ops / cost.fused.dram_bytes)
@@ -236,7 +242,8 @@ def test_model_waterline_and_efficiency_gap():
     w = waterline(cost.unfused, dev, [1e-4] * len(cost.unfused))
     assert w["waterline_s"] == pytest.approx(sum(max(k.ideal_seconds(dev), k.dram_bytes / dev.bandwidth)
                                                  for k in cost.unfused))
-    assert w["measured_s"] == pytest.approx(4e-4) and w["waterline_efficiency"] == pytest.approx(w["waterline_s"] / 4e-4)
+    assert w["measured_s"] == pytest.approx(4e-4)
+    assert w["waterline_efficiency"] == pytest.approx(w["waterline_s"] / 4e-4)
     assert waterline(cost.unfused, dev, [1e-4, None, 1e-4, 1e-4])["measured_s"] is None
     gap = cost.fused.gap(dev, measured=1e-4)
     assert gap["efficiency"] == pytest.approx(cost.fused.ops / (1e-4 * cost.fused.peak(dev)))
@@ -283,7 +290,8 @@ def test_emitted_cuda_is_deterministic_and_deduplicated():
     s = choose_schedule(spec)
     assert f"static constexpr int X_H = {s.x_region.h};" in a.source
     assert f"static constexpr int TILES_X = {s.tiles_x};" in a.source
-    assert f'extern "C" __global__ void __launch_bounds__({s.threads}) {a.name}(' in a.source
+    min_blocks = s.ctas_per_sm(DEVICES["h100"])
+    assert f'extern "C" __global__ void __launch_bounds__({s.threads}, {min_blocks}) {a.name}(' in a.source
     assert a.arg_names == ("w_spatial", "b_spatial", "w_expand", "b_expand", "w_project", "b_project")
 
 
