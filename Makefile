@@ -10,7 +10,7 @@ STAMP := .install.stamp
 $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch pulls GBs of CUDA wheels
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,tvm]'
 	@touch $(STAMP)
 
 install: $(STAMP)
