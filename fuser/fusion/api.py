@@ -1,0 +1,104 @@
+"""``partition``: the one call that plans fusion groups for a model."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..ir import FuserError, Graph
+from .cost import CostModel, GroupCost, format_size, make_cost_model, parse_size
+from .explain import ExactExplainer, Explainer
+from .opgraph import FusionGraph, build_fusion_graph
+from .plan import Plan, topological_groups
+from .search import SEARCHES, Evaluated, PlanEvaluator, Progress, run_search
+from .split import SPLITS, Splitter, make_splitter
+
+EXPLAINERS = ("exact", "gnn")
+
+
+def prepare_graph(model: Any, input_shapes: Any = None, optimize: bool = True) -> Graph:
+    """The graph whose ops a plan partitions: ``fuser.optimize(model)`` (BN folded)."""
+    from ..api import optimize as run_optimize
+    from ..api import to_graph
+
+    return run_optimize(model, input_shapes=input_shapes) if optimize else to_graph(model, input_shapes=input_shapes)
+
+
+def make_explainer(name: str, cost: CostModel, seed: int = 0) -> Explainer:
+    if name == "exact":
+        return ExactExplainer(cost)
+    if name == "gnn":
+        from .gnn import GNNExplainer
+
+        return GNNExplainer.for_cost_model(cost, seed=seed)
+    raise FuserError(f"unknown explainer '{name}'; choose one of {', '.join(EXPLAINERS)}")
+
+
+def group_report(cost: CostModel, mask: int) -> dict:
+    c: GroupCost = cost.cost(mask)
+    row = {"ops": cost.fg.group_names(mask), "buffer_bytes": c.buffer_bytes, "dram_bytes": c.dram_bytes,
+           "valid": c.valid, "fits": c.fits, "weight_bytes": c.weight_bytes,
+           "feature_bytes": c.feature_bytes, "input_bytes": c.input_bytes, "output_bytes": c.output_bytes}
+    if cost.name == "brr":
+        row["tiles"] = c.tiles
+    return row
+
+
+def build_plan(cost: CostModel, best: Evaluated, front: list[Evaluated], search: dict,
+               splitter: Splitter) -> Plan:
+    fg = cost.fg
+    return Plan(
+        model=fg.graph.name, style=cost.name, buffer_bytes=cost.buffer_bytes,
+        element_bytes=cost.element_bytes, dram_bytes=best.dram,
+        no_fusion_dram_bytes=cost.no_fusion_dram(), peak_buffer_bytes=best.peak,
+        groups=[group_report(cost, g) for g in topological_groups(fg, best.groups)],
+        splits=[splitter.describe(step) for step in best.steps],
+        unfusable=[{"op": fg.names[i], "reason": why} for i, why in cost.unfusable()],
+        search=search,
+        pareto=[{"dram_bytes": p.dram, "peak_buffer_bytes": p.peak, "groups": len(p.groups)} for p in front])
+
+
+def partition_fusion_graph(fg: FusionGraph, *, buffer: int | str = "256KB", style: str = "lbdf",
+                           search: str = "local", split: str = "explain", budget: int = 1000,
+                           seed: int = 0, element_bytes: int = 1, explainer: str = "exact",
+                           progress: Progress | None = None) -> tuple[Plan, float]:
+    """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds)."""
+    if search not in SEARCHES:
+        raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
+    if split not in SPLITS:
+        raise FuserError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    buffer_bytes = parse_size(buffer) if isinstance(buffer, str) else int(buffer)
+    cost = make_cost_model(fg, style, buffer_bytes, element_bytes)
+    splitter = make_splitter(split, cost, seed, make_explainer(explainer, cost, seed) if split == "explain" else None)
+    evaluator = PlanEvaluator(cost, splitter, budget, progress)
+    start = time.perf_counter()
+    best, front = run_search(search, evaluator, seed)
+    seconds = time.perf_counter() - start
+    info = {"search": search, "split": split, "explainer": explainer if split == "explain" else None,
+            "budget": budget, "seed": seed, "plans_evaluated": evaluator.used,
+            "buffer": format_size(buffer_bytes)}
+    return build_plan(cost, best, front, info, splitter), seconds
+
+
+def partition(model: Any, buffer: int | str = "256KB", style: str = "lbdf", search: str = "local",
+              split: str = "explain", budget: int = 1000, seed: int = 0, *, element_bytes: int = 1,
+              explainer: str = "exact", input_shapes: Any = None, optimize: bool = True,
+              progress: Progress | None = None) -> Plan:
+    """Partition a model's ops into fusion groups under an on-chip buffer of ``buffer`` bytes.
+
+    ``model``: anything ``fuser.to_graph`` takes (a Graph, an ONNX path, ``"zoo:NAME"``);
+    it is run through ``fuser.optimize`` first unless ``optimize=False``.
+    ``buffer``: bytes or a size such as ``"256KB"`` (KB = 1024 bytes).
+    ``style``: ``"lbdf"`` or ``"brr"`` (see ``fuser.fusion.cost``).
+    ``search``: ``"greedy"``, ``"random"``, ``"local"`` or ``"nsga2"``; ``budget`` plans.
+    ``split``: ``"random"`` or ``"explain"`` (with ``explainer`` ``"exact"`` or ``"gnn"``).
+    The same inputs and seed give the same plan.
+
+        >>> plan = fuser.partition("zoo:resnet18", buffer="128KB", search="local", budget=500)
+        >>> plan.dram_bytes / plan.no_fusion_dram_bytes
+    """
+    graph = prepare_graph(model, input_shapes, optimize)
+    plan, _ = partition_fusion_graph(build_fusion_graph(graph), buffer=buffer, style=style,
+                                     search=search, split=split, budget=budget, seed=seed,
+                                     element_bytes=element_bytes, explainer=explainer,
+                                     progress=progress)
+    return plan

@@ -1,0 +1,387 @@
+"""DRAM and on-chip buffer cost models of a fusion group: LBDF and BRR.
+
+A fusion group G is a set of ops run as one unit: only its external inputs, its
+external outputs and its weights move between DRAM and the on-chip buffer of
+capacity β. Batch 1; every element takes ``element_bytes`` bytes (1: an int8
+accelerator). Both models define
+
+  F_β(G)  on-chip bytes the group needs,  F_D(G)  DRAM bytes the group moves,
+  G is valid  iff  |G| = 1  or  F_β(G) < β   (strict).
+
+A single op is always valid: the no-fusion baseline runs every op alone,
+layer by layer, reading its inputs and weights once and writing its outputs once:
+
+  F_D({op}) = (W(op) + In(op) + Out(op))·e      (no-fusion DRAM = Σ over all ops)
+
+An op whose F_β({op}) ≥ β alone (its weights, or the rows a global op must
+hold, exceed the buffer) can never be fused: F_β only grows when ops are added
+(more weights, more tensors, more rows), so every group holding it is invalid.
+Such ops are reported as unfusable and always stay alone.
+
+Terms (elements; times e for bytes):
+  W(G)     weights of the group's ops (a weight shared by several ops counts once)
+  In(G)    tensors G reads that it does not produce (graph inputs, other groups' outputs)
+  Out(G)   tensors G produces that are graph outputs or read outside G
+  rows(t)  rows of tensor t held on chip (a line buffer), found backward through G:
+           a tensor leaving G holds ``sink`` rows (it is written out row by row);
+           a tensor read in G holds the most rows any of its consumers c in G needs,
+           h_prev = min((h_next − 1)·stride + k, H) for a window op (see RowRule in
+           ``fuser.fusion.opgraph`` for every op kind), where h_next is the rows c
+           itself must produce.
+  full(t)  barrier rule: a spatial reduction (GlobalAveragePool, ReduceMean over
+           H, W) streams its input but emits its output only after the last row. A
+           tensor t read by an op c of G that (through G) waits for a reduction over
+           t — the squeeze-and-excite ``x · σ(fc(mean(x)))`` — must be held whole:
+           rows(t) = H_t. Ops that need their whole input (Flatten, Gemm on
+           flattened features, Softmax over rows) hold rows(t) = H_t by their rule.
+  Feat(G, sink) = Σ_t rows(t)·row_elems(t)  over the tensors G reads or produces.
+
+**LBDF** (line-buffer depth-first): all weights stay on chip for the whole group,
+features are line buffers producing one output row at a time (sink = 1):
+
+  F_β(G) = (W(G) + Feat(G, 1))·e
+  F_D(G) = (W(G) + In(G) + Out(G))·e
+
+**BRR** (buffer requirement reduction, after Optimus, Cai et al. 2021): the group
+runs in T row tiles; per tile its ops run one after the other and stream their
+weights in per op, so only the largest op's weights W_max(G) are on chip, but
+every tile fetches all weights again. A tile produces ⌈H/T⌉ rows of each output:
+
+  F_β(G, T) = (W_max(G) + Feat(G, ⌈H/T⌉))·e
+  T*        = the fewest tiles with F_β(G, T) < β, 1 ≤ T ≤ T_max = max H of G's outputs
+  F_D(G)    = (W(G)·T* + In(G) + Out(G))·e
+  invalid   when even the smallest feature footprint, F_β(G, T_max), is ≥ β.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..ir import FuserError
+from .opgraph import FusionGraph, bits
+
+STYLES = ("lbdf", "brr")
+LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the bound
+
+
+@dataclass(frozen=True)
+class GroupCost:
+    """F_β and F_D of one group, with the terms they are made of (bytes)."""
+
+    buffer_bytes: int
+    dram_bytes: int
+    valid: bool
+    fits: bool          # buffer_bytes < β (a single op is valid even when it does not fit)
+    weight_bytes: int
+    feature_bytes: int
+    input_bytes: int
+    output_bytes: int
+    tiles: int = 1
+
+
+@dataclass
+class Breakdown:
+    """Who needs what in a group: the basis of the exact explanation.
+
+    ``op_weight``: bytes of weights each op keeps on chip; ``tensor_bytes``: bytes
+    held for each tensor; ``demander``: the op whose need set that tensor's size
+    (its consumer needing the most rows, the op waiting on a barrier, or for a
+    tensor leaving the group its producer).
+    """
+
+    op_weight: dict[int, int]
+    tensor_bytes: dict[int, int]
+    demander: dict[int, int]
+
+
+class CostModel:
+    """Shared machinery of the cost models; subclasses define F_β and F_D."""
+
+    name = "?"
+
+    def __init__(self, fg: FusionGraph, buffer_bytes: int, element_bytes: int = 1):
+        if buffer_bytes <= 0:
+            raise FuserError(f"buffer size must be positive, got {buffer_bytes}")
+        if element_bytes <= 0:
+            raise FuserError(f"element size must be positive, got {element_bytes}")
+        self.fg = fg
+        self.buffer_bytes = int(buffer_bytes)
+        self.element_bytes = int(element_bytes)
+        self._memo: dict[int, GroupCost] = {}
+        self._lower_dram: dict[int, int] = {}
+        self._weights = np.array(fg.weight_numel, dtype=np.int64)
+        # each op's outputs hold at least one row on chip
+        self._output_rows = np.array([sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs],
+                                     dtype=np.int64)
+        self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
+        self.fusable_mask = sum(1 << i for i in range(fg.n) if self.cost(1 << i).fits)
+
+    # ---- public -------------------------------------------------------------
+    def cost(self, mask: int) -> GroupCost:
+        """F_β, F_D and validity of the group ``mask`` (memoised)."""
+        c = self._memo.get(mask)
+        if c is None:
+            c = self._memo[mask] = self._cost(mask)
+        return c
+
+    def valid(self, mask: int) -> bool:
+        c = self._memo.get(mask)
+        if c is not None:
+            return c.valid
+        if mask.bit_count() > LOWER_BOUND_FROM and self.lower_bound(mask) >= self.buffer_bytes:
+            return False  # big and surely over the buffer: skip the exact count
+        return self.cost(mask).valid
+
+    def lower_bound(self, mask: int) -> int:
+        """A cheap lower bound of F_β(mask): on-chip weights plus one row of every output."""
+        member = self.fg.member_vector(mask).astype(bool)
+        return (self._weight_term(member) + int(self._output_rows[member].sum())) * self.element_bytes
+
+    def _weight_term(self, member: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def dram(self, groups) -> int:
+        return sum(self.cost(g).dram_bytes for g in groups)
+
+    def no_fusion_dram(self) -> int:
+        """Σ over ops of (W + In + Out)·e: every op alone."""
+        return sum(self._single_dram) * self.element_bytes
+
+    def singles_dram(self, mask: int) -> int:
+        """DRAM bytes of running the ops of ``mask`` each alone."""
+        return sum(self._single_dram[i] for i in bits(mask)) * self.element_bytes
+
+    def lower_dram(self, mask: int) -> int:
+        """A lower bound of the DRAM bytes of any partition of ``mask``: (W + In + Out)·e,
+        every weight, input and output moved once."""
+        bound = self._lower_dram.get(mask)
+        if bound is None:
+            c = self._memo.get(mask)
+            bound = self._lower_dram[mask] = (self._dram_elements(mask) * self.element_bytes
+                                              if c is None or self.name == "brr" else c.dram_bytes)
+        return bound
+
+    def unfusable(self) -> list[tuple[int, str]]:
+        """(op, reason) for each op that cannot share a group with any other."""
+        out = []
+        e = self.element_bytes
+        for i in range(self.fg.n):
+            if self.fusable_mask >> i & 1:
+                continue
+            c = self.cost(1 << i)
+            w = self.fg.weight_numel[i] * e
+            if w >= self.buffer_bytes:
+                why = f"weights {w} B alone fill the {self.buffer_bytes} B buffer"
+            else:
+                why = f"needs {c.buffer_bytes} B on chip alone (feature rows), buffer {self.buffer_bytes} B"
+            out.append((i, why))
+        return out
+
+    def breakdown(self, mask: int) -> Breakdown:
+        raise NotImplementedError
+
+    # ---- shared terms -----------------------------------------------------------
+    def _dram_elements(self, mask: int) -> int:
+        """W + In + Out of ``mask``: what it moves when weights are read once."""
+        weights, _, n_in, n_out = self._io(mask)
+        return weights + n_in + n_out
+
+    def _io(self, mask: int, ops: list[int] | None = None) -> tuple[int, int, int, int]:
+        """(W, W_max, In, Out) of ``mask`` (whose ops are ``ops``) in elements."""
+        fg = self.fg
+        if ops is None:
+            ops = bits(mask)
+        if fg.shared_weights:
+            ids = {w for i in ops for w in fg.weight_ids[i]}
+            weights = sum(fg.weight_numel_by_id[w] for w in ids)
+        else:
+            weights = sum(fg.weight_numel[i] for i in ops)
+        w_max = max(fg.weight_numel[i] for i in ops)
+        seen_in = 0
+        n_in = n_out = 0
+        for i in ops:
+            for t, _ in fg.op_inputs[i]:
+                p = fg.tensor_producer[t]
+                if (p < 0 or not mask >> p & 1) and not seen_in >> t & 1:
+                    seen_in |= 1 << t
+                    n_in += fg.tensor_numel[t]
+            for t in fg.op_outputs[i]:
+                if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask:
+                    n_out += fg.tensor_numel[t]
+        return weights, w_max, n_in, n_out
+
+    def _rows(self, ops: list[int], mask: int, sink_rows: Callable[[int], int]):
+        """rows(t) for every tensor G reads or writes, the op demanding each, and the
+        tensors the barrier rule holds whole (a tensor bitmask)."""
+        fg = self.fg
+        rows: dict[int, int] = {}
+        demander: dict[int, int] = {}
+        for op in reversed(ops):
+            r_out = 0
+            for t in fg.op_outputs[op]:
+                r = rows.get(t, 0)
+                if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask or r == 0:
+                    s = sink_rows(t)
+                    if s > r:
+                        r, demander[t] = s, op
+                rows[t] = r
+                r_out = max(r_out, r)
+            for t, rule in fg.op_inputs[op]:
+                need = rule.rows(r_out, fg.tensor_height[t])
+                if need > rows.get(t, 0):
+                    rows[t], demander[t] = need, op
+        whole = 0
+        if mask & fg.barrier_mask:
+            complete_out: dict[int, int] = {}  # tensors complete before the op emits a row
+            upstream: dict[int, int] = {}      # tensors read by the op or its ancestors in G
+            for op in ops:
+                ready, up = 0, fg.op_input_mask[op]
+                for p in fg.preds[op]:
+                    if mask >> p & 1:
+                        ready |= complete_out[p]
+                        up |= upstream[p]
+                waited = ready & fg.op_input_mask[op]
+                if waited:
+                    whole |= waited
+                    for t in bits(waited):
+                        demander[t] = op
+                upstream[op] = up
+                complete_out[op] = ready | up if fg.barrier_mask >> op & 1 else ready
+        return rows, demander, whole
+
+    def _feature(self, rows: dict[int, int], whole: int) -> int:
+        fg = self.fg
+        return sum((fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t]
+                   for t, r in rows.items())
+
+    def _tensor_bytes(self, rows, whole) -> dict[int, int]:
+        fg, e = self.fg, self.element_bytes
+        return {t: (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] * e
+                for t, r in rows.items()}
+
+    def _cost(self, mask: int) -> GroupCost:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name.upper()}, buffer {self.buffer_bytes:,} B, {self.element_bytes} B/element"
+
+
+def _one_row(t: int) -> int:
+    return 1
+
+
+class LBDF(CostModel):
+    """Line-buffer depth-first: F_β = (W + Feat(G, 1))·e, F_D = (W + In + Out)·e."""
+
+    name = "lbdf"
+
+    def _weight_term(self, member: np.ndarray) -> int:
+        if self.fg.shared_weights:  # a per-op sum would count shared weights twice
+            return int(self._weights[member].max())
+        return int(self._weights[member].sum())
+
+    def _cost(self, mask: int) -> GroupCost:
+        e = self.element_bytes
+        ops = bits(mask)
+        weights, _, n_in, n_out = self._io(mask, ops)
+        rows, _, whole = self._rows(ops, mask, _one_row)
+        feature = self._feature(rows, whole)
+        buffer = (weights + feature) * e
+        fits = buffer < self.buffer_bytes
+        return GroupCost(buffer, (weights + n_in + n_out) * e, fits or len(ops) == 1, fits,
+                         weights * e, feature * e, n_in * e, n_out * e)
+
+    def breakdown(self, mask: int) -> Breakdown:
+        ops = bits(mask)
+        rows, demander, whole = self._rows(ops, mask, _one_row)
+        return Breakdown({i: self.fg.weight_numel[i] * self.element_bytes for i in ops},
+                         self._tensor_bytes(rows, whole), demander)
+
+
+class BRR(CostModel):
+    """Buffer requirement reduction: F_β(T) = (W_max + Feat(G, ⌈H/T⌉))·e,
+    F_D = (W·T* + In + Out)·e with T* the fewest tiles that fit."""
+
+    name = "brr"
+
+    def _weight_term(self, member: np.ndarray) -> int:
+        return int(self._weights[member].max())
+
+    def _tiles_max(self, mask: int, ops: list[int]) -> int:
+        fg = self.fg
+        heights = [fg.tensor_height[t] for i in ops for t in fg.op_outputs[i]
+                   if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask]
+        return max(heights, default=1)
+
+    def _footprint(self, ops, mask, tiles: int) -> int:
+        fg = self.fg
+        rows, _, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // tiles))
+        return self._feature(rows, whole)
+
+    def _cost(self, mask: int) -> GroupCost:
+        e, beta = self.element_bytes, self.buffer_bytes
+        ops = bits(mask)
+        weights, w_max, n_in, n_out = self._io(mask, ops)
+        t_max = self._tiles_max(mask, ops)
+        smallest = self._footprint(ops, mask, t_max)
+        fits = (w_max + smallest) * e < beta
+        if len(ops) == 1 or not fits:
+            # alone, an op runs layer by layer (the baseline); an invalid group is never run
+            return GroupCost((w_max + smallest) * e, (weights + n_in + n_out) * e, len(ops) == 1,
+                             fits, w_max * e, smallest * e, n_in * e, n_out * e, t_max)
+        lo, hi = 1, t_max  # fewest tiles that fit: Feat only shrinks as tiles grow
+        feature_hi = smallest
+        while lo < hi:
+            mid = (lo + hi) // 2
+            f = self._footprint(ops, mask, mid)
+            if (w_max + f) * e < beta:
+                hi, feature_hi = mid, f
+            else:
+                lo = mid + 1
+        return GroupCost((w_max + feature_hi) * e, (weights * hi + n_in + n_out) * e, True, True,
+                         w_max * e, feature_hi * e, n_in * e, n_out * e, hi)
+
+    def breakdown(self, mask: int) -> Breakdown:
+        fg = self.fg
+        ops = bits(mask)
+        t_max = self._tiles_max(mask, ops)
+        rows, demander, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // t_max))
+        heaviest = max(ops, key=lambda i: fg.weight_numel[i])
+        return Breakdown({i: (fg.weight_numel[i] * self.element_bytes if i == heaviest else 0) for i in ops},
+                         self._tensor_bytes(rows, whole), demander)
+
+
+COST_MODELS = {"lbdf": LBDF, "brr": BRR}
+
+
+def make_cost_model(fg: FusionGraph, style: str, buffer_bytes: int, element_bytes: int = 1) -> CostModel:
+    if style not in COST_MODELS:
+        raise FuserError(f"unknown fusion style '{style}'; choose one of {', '.join(COST_MODELS)}")
+    return COST_MODELS[style](fg, buffer_bytes, element_bytes)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'256KB' -> 262144 (KB = KiB = 1024 bytes, MB = 1024², plain numbers are bytes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise FuserError(f"buffer size '{text}': write a number with an optional unit, e.g. 256KB, 1MB, 65536")
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if size < 1 or not math.isfinite(size):
+        raise FuserError(f"buffer size '{text}' must be at least 1 byte")
+    return int(size)
+
+
+def format_size(n: int) -> str:
+    """262144 -> '256KB' (the inverse of parse_size for whole KB/MB)."""
+    for unit, size in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"

@@ -1,0 +1,167 @@
+"""The least-DRAM plan of a small graph under a cost model, for judging searches.
+
+Plans are scored by Σ F_D(G) over their groups, with every group valid, so the
+optimum is a set-partitioning problem:
+
+**Chains** (every op feeds only the next): groups are intervals, and dynamic
+programming over the op order is exact in O(n·L) (L the longest valid interval):
+best[j] = min over valid i..j−1 of best[i] + F_D(ops i..j−1).
+
+**Other graphs**: enumerate every connected, convex, valid group (ESU enumeration
+of connected sets, pruned by validity: F_β only grows as ops are added, so no
+superset of an invalid group is valid), then solve the ILP (HiGHS through
+``scipy.optimize.milp``)
+
+  min Σ_g F_D(g)·x_g    x_g ∈ {0,1}: group g is chosen;  L_o ∈ [0, n−1]: level of op o
+  Σ_{g ∋ o} x_g = 1                              every op in exactly one group
+  y_uv = Σ_{g ∋ u, v} x_g                        1 iff edge u -> v stays inside a group
+  L_v − L_u + y_uv ≥ 1,  L_v − L_u + n·y_uv ≤ n   inside a group levels are equal,
+                                                  between groups they climb,
+so the group graph is acyclic. This is practical up to a few tens of thousands of
+candidate groups (about 40 ops, more with a small buffer); beyond
+``max_candidates`` the optimum is reported as not computable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import CostModel
+from .opgraph import FusionGraph, bits
+
+
+@dataclass
+class ExactResult:
+    dram_bytes: int
+    groups: list[int]
+    method: str         # "chain-dp" or "ilp"
+    optimal: bool       # False when the ILP stopped at its time limit
+    candidates: int     # valid groups considered
+
+
+def is_chain(fg: FusionGraph) -> bool:
+    """Every op has at most one producer and one consumer op, and consecutive ops are linked."""
+    return all(len(p) <= 1 for p in fg.preds) and all(len(s) <= 1 for s in fg.succs) and \
+        all(fg.preds[i] == [i - 1] for i in range(1, fg.n))
+
+
+def chain_optimum(cost: CostModel) -> ExactResult:
+    fg = cost.fg
+    n = fg.n
+    best = [0] + [None] * n
+    choice = [0] * (n + 1)
+    considered = 0
+    for j in range(1, n + 1):
+        mask = 0
+        for i in range(j - 1, -1, -1):  # the interval i..j-1 grows leftward
+            mask |= 1 << i
+            if not cost.valid(mask):
+                break  # every longer interval holds this one, so is invalid too
+            considered += 1
+            total = best[i] + cost.cost(mask).dram_bytes
+            if best[j] is None or total < best[j]:
+                best[j], choice[j] = total, i
+    groups, j = [], n
+    while j > 0:
+        i = choice[j]
+        groups.append(sum(1 << k for k in range(i, j)))
+        j = i
+    return ExactResult(best[n], groups[::-1], "chain-dp", True, considered)
+
+
+def valid_groups(cost: CostModel, max_candidates: int) -> list[int] | None:
+    """Every connected, convex, valid group (None past ``max_candidates``)."""
+    fg = cost.fg
+    anc, desc = fg.ancestors(), fg.descendants()
+    found: list[int] = []
+    budget = [max_candidates * 4]  # connected sets visited, convex or not
+
+    def grow(sub: int, ext: int, around: int, above: int) -> bool:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        reach_down = reach_up = 0
+        for i in bits(sub):
+            reach_down |= desc[i]
+            reach_up |= anc[i]
+        if not (reach_down & reach_up & ~sub):
+            found.append(sub)
+            if len(found) > max_candidates:
+                return False
+        while ext:
+            w = ext & -ext
+            ext ^= w
+            wi = w.bit_length() - 1
+            bigger = sub | w
+            if not cost.valid(bigger):
+                continue
+            new_ext = ext | (fg.nbr_mask(wi) & above & ~around)
+            if not grow(bigger, new_ext, around | fg.nbr_mask(wi), above):
+                return False
+        return True
+
+    for s in range(fg.n):
+        above = fg.all_mask & ~((1 << (s + 1)) - 1)
+        start = 1 << s
+        if not grow(start, fg.nbr_mask(s) & above, start | fg.nbr_mask(s), above):
+            return None
+    return found
+
+
+def ilp_optimum(cost: CostModel, candidates: list[int], time_limit: float) -> ExactResult | None:
+    from scipy.optimize import LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    fg = cost.fg
+    n, k, edges = fg.n, len(candidates), fg.edges
+    n_vars = k + n
+    rows, cols, vals = [], [], []
+    lower, upper = [], []
+
+    def add_row(entries, lo, hi):
+        r = len(lower)
+        for c, v in entries:
+            rows.append(r)
+            cols.append(c)
+            vals.append(v)
+        lower.append(lo)
+        upper.append(hi)
+
+    members = [[] for _ in range(n)]
+    for g, mask in enumerate(candidates):
+        for i in bits(mask):
+            members[i].append(g)
+    for i in range(n):
+        add_row([(g, 1) for g in members[i]], 1, 1)
+    for u, v in edges:
+        inside = [(g, 1) for g in members[u] if candidates[g] >> v & 1]
+        add_row(inside + [(k + v, 1), (k + u, -1)], 1, np.inf)
+        add_row([(g, n) for g, _ in inside] + [(k + v, 1), (k + u, -1)], -np.inf, n)
+    a = coo_matrix((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
+    c = np.array([cost.cost(m).dram_bytes for m in candidates] + [0] * n, dtype=float)
+    bounds_lo = np.zeros(n_vars)
+    bounds_hi = np.concatenate([np.ones(k), np.full(n, n - 1)])
+    from scipy.optimize import Bounds
+
+    res = milp(c, constraints=LinearConstraint(a, lower, upper), integrality=np.ones(n_vars),
+               bounds=Bounds(bounds_lo, bounds_hi), options={"time_limit": time_limit, "disp": False})
+    if res.x is None:
+        return None
+    chosen = [candidates[g] for g in range(k) if res.x[g] > 0.5]
+    return ExactResult(int(round(sum(cost.cost(m).dram_bytes for m in chosen))), chosen, "ilp",
+                       res.status == 0, k)
+
+
+def exact_optimum(cost: CostModel, max_candidates: int = 30_000, time_limit: float = 60.0,
+                  max_ops: int = 200) -> ExactResult | None:
+    """The least-DRAM legal plan of valid groups, or None when not computable
+    (a non-chain graph of more than ``max_ops`` ops, or too many valid groups)."""
+    if is_chain(cost.fg):
+        return chain_optimum(cost)
+    if cost.fg.n > max_ops:
+        return None
+    candidates = valid_groups(cost, max_candidates)
+    if candidates is None:
+        return None
+    return ilp_optimum(cost, candidates, time_limit)

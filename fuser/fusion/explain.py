@@ -1,0 +1,111 @@
+"""Explainers: which ops and edges make a fusion group overflow the buffer.
+
+An explainer scores every op of an invalid group (its responsibility for F_β ≥ β)
+and every edge inside it (how promising a cut there is); the splitter
+(``fuser.fusion.split``) turns the best-scored edges into cuts. Two kinds:
+
+``exact`` (default) reads the cost model's own breakdown of F_β. An op's score
+is its share of the buffer: the weights it keeps on chip plus the bytes of every
+tensor whose size it dictates (the consumer needing the most rows of a line
+buffer, the op waiting on a barrier for a tensor held whole, or the producer of a
+tensor leaving the group); the scores add up to F_β(G) exactly. An edge u -> v is
+first blamed locally, s(u) + s(v) + the bytes v dictates on the tensors u sends
+it (cuts next to the heaviest ops and across the largest line buffers); the most
+blamed edges are then ranked by how much of F_β a cut there takes off the larger
+side, F_β − max(Σ_A s, Σ_B s), so the best cut leaves two halves that fit.
+
+``gnn`` (``fuser.fusion.gnn``) is the paper's learned kind: a small graph neural
+network that classifies groups as valid or not, explained by the gradient of its
+"invalid" logit with respect to node and edge masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import CostModel
+from .opgraph import bits
+
+
+@dataclass
+class Explanation:
+    """Scores of an invalid group's ops and inner edges (higher = more to blame)."""
+
+    op_scores: dict[int, float]
+    edge_scores: dict[tuple[int, int], float]
+
+    def ranked_edges(self) -> list[tuple[int, int]]:
+        """Inner edges, best cut first (ties: topological order, so results are stable)."""
+        return sorted(self.edge_scores, key=lambda e: (-self.edge_scores[e], e))
+
+    def culprits(self, excess: float) -> list[int]:
+        """The fewest top-scored ops whose scores cover ``excess`` (F_β − β), at least one."""
+        ranked = sorted(self.op_scores, key=lambda i: (-self.op_scores[i], i))
+        out, total = [], 0.0
+        for i in ranked:
+            out.append(i)
+            total += self.op_scores[i]
+            if total >= excess:
+                break
+        return out
+
+
+class Explainer:
+    name = "?"
+
+    def explain(self, mask: int) -> Explanation:
+        raise NotImplementedError
+
+
+class ExactExplainer(Explainer):
+    """Scores from the cost model's breakdown of F_β (see the module docstring)."""
+
+    name = "exact"
+    shortlist = 24  # edges whose cuts are weighed for balance
+
+    def __init__(self, cost: CostModel):
+        self.cost = cost
+
+    def explain(self, mask: int) -> Explanation:
+        fg = self.cost.fg
+        b = self.cost.breakdown(mask)
+        scores = {i: float(w) for i, w in b.op_weight.items()}
+        for t, nbytes in b.tensor_bytes.items():
+            scores[b.demander[t]] += nbytes
+        local = {}
+        for u in bits(mask):
+            for v in fg.succs[u]:
+                if mask >> v & 1:
+                    dictated = sum(b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)]
+                                   if b.demander.get(t) == v)
+                    local[(u, v)] = scores[u] + scores[v] + dictated
+        return Explanation(scores, self._balanced(mask, scores, local))
+
+    def _balanced(self, mask: int, scores: dict[int, float], local: dict) -> dict:
+        """Edge scores: for the ``shortlist`` best edges by local blame, the buffer need
+        a cut there takes off the larger side, F_β − max(Σ_A s, Σ_B s) over its two cuts
+        (A the down-set side); the other edges rank below by local blame."""
+        fg = self.cost.fg
+        total = sum(scores.values())
+        if len(scores) > 64:  # numpy sums pay off on big groups
+            vector = np.zeros(fg.n)
+            for i, s in scores.items():
+                vector[i] = s
+
+            def share(down: int) -> float:
+                return float(fg.member_vector(down) @ vector)
+        else:
+            def share(down: int) -> float:
+                return sum(scores[i] for i in bits(down))
+        ranked = sorted(local, key=lambda e: (-local[e], e))
+        top = ranked[: self.shortlist]
+        floor = min((local[e] for e in top), default=0.0)
+        edges = {e: local[e] / (1 + total) - 1 for e in ranked[self.shortlist:]}  # below every shortlisted
+        for u, v in top:
+            relief = 0.0
+            for down in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask)):
+                part = share(down)
+                relief = max(relief, total - max(part, total - part))
+            edges[(u, v)] = relief + (local[(u, v)] - floor) / (1 + total)  # ties: local blame
+        return edges

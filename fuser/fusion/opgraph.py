@@ -1,0 +1,417 @@
+"""An indexed view of a Graph for fusion planning: ops, tensors, edges and row rules.
+
+Fusion planning evaluates thousands of candidate groups, so everything the cost
+models need is precomputed here once, with ops numbered 0..n-1 in the graph's
+topological order and sets of ops held as Python ``int`` bitmasks (bit i = op i).
+
+Tensors ("values") are the non-constant data tensors: graph inputs and op outputs.
+Constants are weights (see ``fuser.analysis.node_weights``) or configuration
+(shape tensors, scalars) that cost nothing.
+
+Rows. Line-buffered execution streams a feature map row by row. The row axis of a
+tensor of rank >= 4 is ``shape[-2]`` (H for NCHW, and H for ShuffleNet's 5-D
+channel shuffle); a tensor of rank < 4 (Gemm/MatMul features, tokens) has a single
+row, the whole tensor. ``RowRule`` says how many input rows an op needs to emit
+``r`` output rows:
+
+  window     Conv, MaxPool, AveragePool: h_in = min((r - 1)·stride + k_eff, H_in),
+             k_eff = dilation·(k - 1) + 1 along H.
+  transposed ConvTranspose: h_in = min(ceil((r - 1 + k_eff) / stride), H_in).
+  resize     Resize/Upsample by a factor f = H_out / H_in: h_in = min(ceil(r / f) + 1, H_in)
+             (one extra row for linear interpolation).
+  same       row-preserving ops: elementwise and broadcasting ops, LayerNormalization
+             or Softmax over the last axis, Concat/Split/Slice not along the row axis,
+             Reshape/Transpose/Squeeze/Unsqueeze/Identity that keep the last two axes:
+             h_in = min(r, H_in).
+  accumulate spatial reductions (GlobalAveragePool/GlobalMaxPool, Reduce* over the
+             row axis): the op consumes one row at a time into an accumulator,
+             h_in = 1, but its output exists only after its whole input was consumed.
+             The op is a *barrier*; see ``fuser.fusion.cost`` for what that costs.
+  full       everything else (Flatten or a Reshape that mixes rows into features,
+             Gemm/MatMul on flattened features, Softmax over rows, ops along the row
+             axis, unknown ops): the whole input is buffered, h_in = H_in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..analysis import node_weights
+from ..ir import FuserError, Graph, Node, Value
+
+ELEMENTWISE = {
+    "Abs", "Add", "And", "Cast", "Ceil", "Clip", "Cos", "Div", "Dropout", "Elu", "Equal", "Erf",
+    "Exp", "Floor", "Gelu", "Greater", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Less",
+    "Log", "Max", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
+    "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt",
+    "Sub", "Sum", "Tanh", "ThresholdedRelu", "Where", "Xor", "BatchNormalization",
+    "InstanceNormalization",
+}
+WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+              "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare"}
+RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
+LAST_AXIS_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
+AXIS_OPS = {"Concat", "Split", "Slice", "Gather"}
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """Input rows an op needs per ``r`` output rows (see the module docstring)."""
+
+    kind: str  # window | transposed | resize | same | accumulate | full
+    kernel: int = 1
+    stride: int = 1
+    scale: float = 1.0
+
+    def rows(self, r: int, height: int) -> int:
+        if height <= 1:
+            return 1
+        if self.kind == "same":
+            need = r
+        elif self.kind == "window":
+            need = (r - 1) * self.stride + self.kernel
+        elif self.kind == "accumulate":
+            need = 1
+        elif self.kind == "transposed":
+            need = math.ceil((r - 1 + self.kernel) / self.stride)
+        elif self.kind == "resize":
+            need = math.ceil(r / self.scale) + 1
+        else:
+            need = height
+        return max(1, min(need, height))
+
+
+FULL = RowRule("full")
+SAME = RowRule("same")
+
+
+def row_height(v: Value) -> int:
+    """Rows of a tensor: shape[-2] for rank >= 4, else 1 (the whole tensor is one row)."""
+    shape = v.shape or ()
+    return int(shape[-2]) if len(shape) >= 4 else 1
+
+
+def _normalized_axes(node: Node, rank: int) -> list[int] | None:
+    axes = node.attr("axes")
+    if axes is None and node.op in REDUCTIONS and len(node.inputs) > 1 and node.inputs[1] is not None:
+        if node.inputs[1].is_const:
+            axes = node.inputs[1].const.reshape(-1).tolist()
+    if axes is None:
+        return None
+    return [int(a) % rank for a in np.atleast_1d(axes)]
+
+
+def row_rule(node: Node, index: int) -> RowRule:
+    """How op ``node`` consumes the rows of its data input ``index``."""
+    x, y = node.inputs[index], node.outputs[0]
+    h_in = row_height(x)
+    if h_in <= 1:
+        return FULL  # one row: the whole tensor, whatever the op
+    rank_in, rank_out = len(x.shape), len(y.shape or ())
+    keeps_rows = rank_out >= 4 and row_height(y) == h_in
+    op = node.op
+    if op in WINDOW_OPS and index == 0 and rank_in == 4:
+        kernel = node.attr("kernel_shape") or (list(node.inputs[1].shape[2:]) if op == "Conv" else [1])
+        dilation = (node.attr("dilations") or [1] * len(kernel))[0]
+        stride = (node.attr("strides") or [1] * len(kernel))[0]
+        return RowRule("window", dilation * (int(kernel[0]) - 1) + 1, int(stride))
+    if op == "ConvTranspose" and index == 0 and rank_in == 4:
+        kernel = node.attr("kernel_shape") or list(node.inputs[1].shape[2:])
+        dilation = (node.attr("dilations") or [1] * len(kernel))[0]
+        stride = (node.attr("strides") or [1] * len(kernel))[0]
+        return RowRule("transposed", dilation * (int(kernel[0]) - 1) + 1, int(stride))
+    if op in ("Resize", "Upsample") and index == 0 and rank_out >= 4:
+        return RowRule("resize", scale=row_height(y) / h_in)
+    if op in GLOBAL_POOLS:
+        return RowRule("accumulate")
+    if op in REDUCTIONS and index == 0:
+        axes = _normalized_axes(node, rank_in)
+        if axes is None or rank_in - 2 in axes:
+            return RowRule("accumulate")
+        return SAME if keeps_rows else FULL
+    if not keeps_rows:
+        return FULL
+    if op in ELEMENTWISE:
+        return SAME
+    if op in LAST_AXIS_OPS:
+        axis = int(node.attr("axis", -1)) % rank_in
+        return SAME if axis == rank_in - 1 else FULL
+    if op in AXIS_OPS:
+        axis = int(node.attr("axis", 0)) % rank_in
+        if op == "Slice":
+            axes = _slice_axes(node, rank_in)
+            return SAME if rank_in - 2 not in axes else FULL
+        return SAME if axis != rank_in - 2 else FULL
+    if op in RESHAPES:
+        if op == "Transpose":
+            perm = node.attr("perm") or list(reversed(range(rank_in)))
+            return SAME if list(perm[-2:]) == [rank_in - 2, rank_in - 1] else FULL
+        return SAME if tuple(x.shape[-2:]) == tuple(y.shape[-2:]) else FULL
+    if op == "MatMul" and index == 0:
+        return SAME  # rows of A map to rows of A @ B
+    return FULL
+
+
+def _slice_axes(node: Node, rank: int) -> list[int]:
+    axes = node.input(3)
+    if axes is not None and axes.is_const:
+        return [int(a) % rank for a in axes.const.reshape(-1)]
+    starts = node.input(1)
+    n = starts.numel if starts is not None else rank
+    return list(range(n))
+
+
+def is_barrier(node: Node) -> bool:
+    """True for spatial reductions: their output exists only after all input rows."""
+    return any(row_rule(node, i).kind == "accumulate" for i, v in enumerate(node.inputs)
+               if v is not None and not v.is_const)
+
+
+def bits(mask: int) -> list[int]:
+    """Indices of the set bits of ``mask``, ascending (ops of a group in topological order)."""
+    if mask.bit_count() > 32:  # numpy wins on big sets
+        raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), np.uint8)
+        return np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist()
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+def mask_of(indices) -> int:
+    m = 0
+    for i in indices:
+        m |= 1 << i
+    return m
+
+
+@dataclass
+class FusionGraph:
+    """Ops, tensors and edges of a Graph, precomputed for fast group evaluation.
+
+    Sizes are in elements; cost models multiply by their element size.
+    """
+
+    graph: Graph
+    names: list[str]
+    ops: list[str]
+    weight_numel: list[int]                  # per op: elements of its weights
+    weight_ids: list[tuple[int, ...]]        # per op: ids of its weight Values (for sharing)
+    weight_numel_by_id: dict[int, int]
+    shared_weights: bool                     # some weight Value feeds several ops
+    op_inputs: list[list[tuple[int, RowRule]]]   # per op: (tensor, rule) for data inputs
+    op_outputs: list[list[int]]              # per op: tensors it produces
+    op_input_mask: list[int]                 # per op: bitmask over tensors it reads
+    barrier_mask: int
+    tensor_names: list[str]
+    tensor_numel: list[int]
+    tensor_height: list[int]
+    tensor_row_numel: list[int]
+    tensor_producer: list[int]               # -1 for graph inputs
+    tensor_consumer_mask: list[int]
+    tensor_is_output: list[bool]
+    preds: list[list[int]]                   # distinct producer ops, ascending
+    succs: list[list[int]]
+    pred_mask: list[int]
+    succ_mask: list[int]
+    edges: list[tuple[int, int]]             # (producer, consumer), sorted
+    edge_tensors: dict[tuple[int, int], list[int]]
+    edge_index: dict[tuple[int, int], int] = field(default_factory=dict)
+    edge_array: np.ndarray | None = None     # edges as an (E, 2) array
+    _anc: list[int] | None = None
+    _desc: list[int] | None = None
+
+    def __post_init__(self):
+        self.n = len(self.names)
+        self.all_mask = (1 << self.n) - 1
+        self._name_index = {name: i for i, name in enumerate(self.names)}
+
+    def nbr_mask(self, i: int) -> int:
+        return self.pred_mask[i] | self.succ_mask[i]
+
+    # ---- reachability -------------------------------------------------------------
+    def ancestors(self) -> list[int]:
+        """Per op: bitmask of its strict ancestors."""
+        if self._anc is None:
+            anc = [0] * self.n
+            for i in range(self.n):
+                for p in self.preds[i]:
+                    anc[i] |= anc[p] | (1 << p)
+            self._anc = anc
+        return self._anc
+
+    def descendants(self) -> list[int]:
+        """Per op: bitmask of its strict descendants."""
+        if self._desc is None:
+            desc = [0] * self.n
+            for i in reversed(range(self.n)):
+                for s in self.succs[i]:
+                    desc[i] |= desc[s] | (1 << s)
+            self._desc = desc
+        return self._desc
+
+    # ---- group structure -------------------------------------------------------
+    def is_connected(self, mask: int) -> bool:
+        """Whether the ops of ``mask`` are weakly connected through edges among them."""
+        if mask == 0:
+            return False
+        start = mask & -mask
+        seen, frontier = start, start
+        while frontier:
+            grow = 0
+            for i in bits(frontier):
+                grow |= self.nbr_mask(i)
+            frontier = grow & mask & ~seen
+            seen |= frontier
+        return seen == mask
+
+    def components(self, mask: int) -> list[int]:
+        """Weakly connected components of ``mask``, ordered by their first op."""
+        out = []
+        rest = mask
+        while rest:
+            start = rest & -rest
+            seen, frontier = start, start
+            while frontier:
+                grow = 0
+                for i in bits(frontier):
+                    grow |= self.nbr_mask(i)
+                frontier = grow & rest & ~seen
+                seen |= frontier
+            out.append(seen)
+            rest &= ~seen
+        return out
+
+    def inner_edges(self, mask: int) -> list[tuple[int, int]]:
+        return [(u, v) for u in bits(mask) for v in self.succs[u] if mask >> v & 1]
+
+    def closure_up(self, op: int, mask: int) -> int:
+        """``op`` and its ancestors inside the convex set ``mask``.
+
+        Convex: no path leaves ``mask`` and comes back. Every group of a legal plan
+        is convex (such a path would be a cycle of groups), and so is every down-set
+        or up-set of a convex group, so the closures are plain bitmask ANDs.
+        """
+        return (self.ancestors()[op] | (1 << op)) & mask
+
+    def closure_down(self, op: int, mask: int) -> int:
+        """``op`` and its descendants inside the convex set ``mask``."""
+        return (self.descendants()[op] | (1 << op)) & mask
+
+    def convex_components(self, mask: int) -> list[int]:
+        """Weakly connected components of the convex set ``mask``: inside it, an op is
+        connected to all its ancestors and descendants, so components grow by whole
+        closures rather than edge by edge."""
+        anc, desc = self.ancestors(), self.descendants()
+        out = []
+        rest = mask
+        while rest:
+            start = rest & -rest
+            seen, frontier = start, start
+            while frontier:
+                grow = 0
+                for i in bits(frontier):
+                    grow |= anc[i] | desc[i]
+                frontier = grow & rest & ~seen
+                seen |= frontier
+            out.append(seen)
+            rest &= ~seen
+        return out
+
+    def member_vector(self, mask: int) -> np.ndarray:
+        """``mask`` as a 0/1 vector over ops (for numpy sums over big groups)."""
+        raw = np.frombuffer(mask.to_bytes((self.n + 7) // 8, "little"), np.uint8)
+        return np.unpackbits(raw, count=self.n, bitorder="little")
+
+    def group_names(self, mask: int) -> list[str]:
+        return [self.names[i] for i in bits(mask)]
+
+    def index_of(self, name: str) -> int:
+        try:
+            return self._name_index[name]
+        except KeyError:
+            raise FuserError(f"{self.graph.source}: no op named '{name}' in {self.graph.name}") from None
+
+
+def build_fusion_graph(graph: Graph) -> FusionGraph:
+    """Index ``graph`` (all of ``graph.nodes``, in their topological order)."""
+    nodes = graph.nodes
+    op_index = {id(n): i for i, n in enumerate(nodes)}
+    tensor_index: dict[int, int] = {}
+    t_names, t_numel, t_height, t_row, t_prod, t_cons, t_out = [], [], [], [], [], [], []
+    outputs = {id(v) for v in graph.outputs}
+
+    def tensor(v: Value) -> int:
+        key = id(v)
+        if key not in tensor_index:
+            if not v.is_static:
+                raise FuserError(f"{graph.source}: tensor {v.name} has no static shape; "
+                                 "fix dynamic dims with --input-shape")
+            tensor_index[key] = len(t_names)
+            height = row_height(v)
+            t_names.append(v.name)
+            t_numel.append(v.numel)
+            t_height.append(height)
+            t_row.append(v.numel // height)
+            t_prod.append(op_index.get(id(v.producer), -1) if v.producer is not None else -1)
+            t_cons.append(0)
+            t_out.append(key in outputs)
+        return tensor_index[key]
+
+    for v in graph.inputs:
+        tensor(v)
+    n = len(nodes)
+    weight_numel, weight_ids, weight_by_id = [0] * n, [()] * n, {}
+    op_inputs: list[list[tuple[int, RowRule]]] = [[] for _ in range(n)]
+    op_outputs: list[list[int]] = [[] for _ in range(n)]
+    preds: list[set[int]] = [set() for _ in range(n)]
+    succs: list[set[int]] = [set() for _ in range(n)]
+    edge_tensors: dict[tuple[int, int], list[int]] = {}
+    weight_users: dict[int, int] = {}
+    barrier_mask = 0
+    for i, node in enumerate(nodes):
+        for v in node.outputs:
+            op_outputs[i].append(tensor(v))
+        weights = node_weights(node)
+        weight_ids[i] = tuple(id(v) for v, _ in weights)
+        for v, _ in weights:
+            weight_by_id[id(v)] = v.numel
+            weight_users[id(v)] = weight_users.get(id(v), 0) + 1
+        weight_numel[i] = sum(v.numel for v, _ in weights)
+        for k, v in enumerate(node.inputs):
+            if v is None or v.is_const:
+                continue  # weights and configuration constants
+            t = tensor(v)
+            op_inputs[i].append((t, row_rule(node, k)))
+            t_cons[t] |= 1 << i
+            p = t_prod[t]
+            if p >= 0:
+                preds[i].add(p)
+                succs[p].add(i)
+                edge_tensors.setdefault((p, i), []).append(t)
+        if is_barrier(node):
+            barrier_mask |= 1 << i
+    pred_l = [sorted(s) for s in preds]
+    succ_l = [sorted(s) for s in succs]
+    edges = sorted(edge_tensors)
+    fg = FusionGraph(
+        graph=graph, names=[nd.name for nd in nodes], ops=[nd.op for nd in nodes],
+        weight_numel=weight_numel, weight_ids=weight_ids, weight_numel_by_id=weight_by_id,
+        shared_weights=any(c > 1 for c in weight_users.values()),
+        op_inputs=op_inputs, op_outputs=op_outputs,
+        op_input_mask=[mask_of(t for t, _ in ins) for ins in op_inputs], barrier_mask=barrier_mask,
+        tensor_names=t_names, tensor_numel=t_numel, tensor_height=t_height,
+        tensor_row_numel=t_row, tensor_producer=t_prod, tensor_consumer_mask=t_cons,
+        tensor_is_output=t_out, preds=pred_l, succs=succ_l,
+        pred_mask=[mask_of(p) for p in pred_l], succ_mask=[mask_of(s) for s in succ_l],
+        edges=edges, edge_tensors=edge_tensors)
+    fg.edge_index = {e: k for k, e in enumerate(edges)}
+    fg.edge_array = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    fg.ancestors(), fg.descendants()
+    return fg

@@ -1,0 +1,276 @@
+"""Fusion plans: partitions of a graph's ops into groups, their checks, encoding and JSON.
+
+A plan is legal when every op is in exactly one group, every group is weakly
+connected, and the graph of groups (an edge A -> B when an op of A feeds an op of
+B) is acyclic, so the groups can run one after another.
+
+Searches work on an *edge genome*: one bit per producer->consumer edge of the op
+graph, 1 = fuse. ``decode`` turns any genome into a legal partition: the
+components of the fused edges, and where those components would form a cycle,
+a refinement by levels (level(v) = max over in-edges u->v of level(u) if fused,
+else level(u) + 1; ops sharing a level and a fused edge stay together), so every
+edge between groups climbs a level and no cycle can remain.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..ir import FuserError
+from .opgraph import FusionGraph, bits
+
+PLAN_FORMAT = "fuser.fusion.plan/1"
+
+
+# ---- partitions as bitmasks -------------------------------------------------------
+def partition_problems(fg: FusionGraph, groups: Iterable[int]) -> list[str]:
+    """Why ``groups`` (op bitmasks) is not a legal partition; [] when it is."""
+    groups = list(groups)
+    problems = []
+    seen = 0
+    for g in groups:
+        if g == 0:
+            problems.append("an empty group")
+            continue
+        if seen & g:
+            problems.append(f"ops in two groups: {fg.group_names(seen & g)[:5]}")
+        seen |= g
+        if not fg.is_connected(g):
+            problems.append(f"group {fg.group_names(g)[:5]} is not connected")
+    if seen != fg.all_mask:
+        problems.append(f"ops in no group: {fg.group_names(fg.all_mask & ~seen)[:5]}")
+    if not problems and topological_groups(fg, groups) is None:
+        problems.append("the groups form a cycle (some group both feeds and waits on another)")
+    return problems
+
+
+def group_of(fg: FusionGraph, groups: list[int]) -> list[int]:
+    """Per op: the index of its group in ``groups``."""
+    owner = [-1] * fg.n
+    for k, g in enumerate(groups):
+        for i in bits(g):
+            owner[i] = k
+    return owner
+
+
+def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
+    """``groups`` in an order where every group comes after the groups it reads from
+    (ties broken by first op), or None when the group graph has a cycle. Edges to
+    ops outside ``groups`` are ignored, so this also orders the pieces of one group."""
+    import heapq
+
+    owner: dict[int, int] = {}
+    for k, g in enumerate(groups):
+        for i in bits(g):
+            owner[i] = k
+    succ: list[set[int]] = [set() for _ in groups]
+    indeg = [0] * len(groups)
+    for u, a in owner.items():
+        for v in fg.succs[u]:
+            b = owner.get(v, a)
+            if b != a and b not in succ[a]:
+                succ[a].add(b)
+                indeg[b] += 1
+    ready = [((groups[k] & -groups[k]).bit_length(), k) for k in range(len(groups)) if indeg[k] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        order.append(groups[k])
+        for s in succ[k]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready, ((groups[s] & -groups[s]).bit_length(), s))
+    return order if len(order) == len(groups) else None
+
+
+def merge_makes_cycle(fg: FusionGraph, a: int, b: int) -> bool:
+    """Whether fusing groups ``a`` and ``b`` closes a cycle: a path from one to the
+    other that passes through ops outside both (all groups being convex)."""
+    both = a | b
+    for src, dst in ((a, b), (b, a)):
+        frontier = 0
+        for i in bits(src):
+            frontier |= fg.succ_mask[i]
+        frontier &= ~both
+        seen = frontier
+        while frontier:
+            grow = 0
+            for i in bits(frontier):
+                grow |= fg.succ_mask[i]
+            if grow & dst:
+                return True
+            frontier = grow & ~both & ~seen
+            seen |= frontier
+    return False
+
+
+# ---- the edge genome --------------------------------------------------------------
+def encode(fg: FusionGraph, groups: list[int]) -> np.ndarray:
+    """The genome of a partition: edge k is fused iff both its ends share a group."""
+    owner = group_of(fg, groups)
+    return np.array([owner[u] == owner[v] for u, v in fg.edges], dtype=bool)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _components(n: int, pairs: Iterable[tuple[int, int]], members: list[int]) -> list[int]:
+    uf = _UnionFind(n)
+    for u, v in pairs:
+        uf.union(u, v)
+    comp: dict[int, int] = {}
+    for i in members:
+        r = uf.find(i)
+        comp[r] = comp.get(r, 0) | (1 << i)
+    return list(comp.values())
+
+
+def decode(fg: FusionGraph, genome: np.ndarray) -> list[int]:
+    """A legal partition (op bitmasks, in no particular order) from an edge genome."""
+    from scipy.sparse.csgraph import connected_components
+
+    fused = np.asarray(genome, dtype=bool)
+    ends = fg.edge_array
+    chosen = ends[fused]
+    _, label = connected_components(_adjacency(chosen[:, 0], chosen[:, 1], fg.n), directed=False)
+    a, b = label[ends[:, 0]], label[ends[:, 1]]
+    between = a != b
+    n_groups = int(label.max()) + 1 if fg.n else 0
+    n_scc, scc = connected_components(_adjacency(a[between], b[between], n_groups),
+                                      directed=True, connection="strong")
+    if n_scc == n_groups:  # the group graph is acyclic
+        return _masks(label.tolist())
+    # Groups on a cycle: refine their ops by levels; the others stay as they are.
+    cyclic_scc = np.bincount(scc, minlength=n_scc) > 1
+    on_cycle = cyclic_scc[scc[label]]
+    groups = _masks(label[~on_cycle].tolist(), np.flatnonzero(~on_cycle).tolist())
+    members = np.flatnonzero(on_cycle).tolist()
+    inside = on_cycle[ends[:, 0]] & on_cycle[ends[:, 1]] & (scc[a] == scc[b])
+    level = dict.fromkeys(members, 0)
+    for (u, v), f in zip(ends[inside].tolist(), fused[inside].tolist()):  # edges in op order
+        level[v] = max(level[v], level[u] + (0 if f else 1))
+    same = [(u, v) for (u, v), f in zip(ends[inside].tolist(), fused[inside].tolist())
+            if f and level[u] == level[v]]
+    return groups + _components(fg.n, same, members)
+
+
+def _adjacency(rows: np.ndarray, cols: np.ndarray, n: int):
+    from scipy.sparse import coo_matrix
+
+    return coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
+
+
+def _masks(labels: list[int], ops: list[int] | None = None) -> list[int]:
+    """Group bitmasks from per-op labels (of ``ops``, default 0..n-1), in label order of first op."""
+    groups: dict[int, int] = {}
+    for i, c in zip(ops if ops is not None else range(len(labels)), labels):
+        groups[c] = groups.get(c, 0) | (1 << i)
+    return list(groups.values())
+
+
+# ---- the Plan ---------------------------------------------------------------------
+@dataclass
+class Plan:
+    """A fusion plan with its costs, explanations and provenance (JSON-serialisable).
+
+    ``groups``: each a dict with ``ops`` (op names in topological order),
+    ``buffer_bytes`` (F_β), ``dram_bytes`` (F_D), ``valid`` and the cost terms.
+    ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
+    """
+
+    model: str
+    style: str
+    buffer_bytes: int
+    element_bytes: int
+    dram_bytes: int
+    no_fusion_dram_bytes: int
+    peak_buffer_bytes: int
+    groups: list[dict]
+    splits: list[dict] = field(default_factory=list)
+    unfusable: list[dict] = field(default_factory=list)
+    search: dict = field(default_factory=dict)
+    pareto: list[dict] = field(default_factory=list)
+
+    @property
+    def dram_ratio(self) -> float:
+        """DRAM bytes of the plan over the no-fusion baseline's."""
+        return self.dram_bytes / max(self.no_fusion_dram_bytes, 1)
+
+    @property
+    def op_groups(self) -> list[list[str]]:
+        return [g["ops"] for g in self.groups]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path) -> None:
+        from ..onnx_io import atomic_write
+
+        atomic_write(path, (self.to_json() + "\n").encode())
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<plan>") -> "Plan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise FuserError(f"{source}: not a fusion plan (expected \"format\": \"{PLAN_FORMAT}\")")
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        missing = {"model", "style", "buffer_bytes", "groups"} - set(fields)
+        if missing:
+            raise FuserError(f"{source}: fusion plan lacks {', '.join(sorted(missing))}")
+        for g in fields["groups"]:
+            if not isinstance(g, dict) or not isinstance(g.get("ops"), list):
+                raise FuserError(f"{source}: every group needs an \"ops\" list of op names")
+        fields.setdefault("element_bytes", 1)
+        for k in ("dram_bytes", "no_fusion_dram_bytes", "peak_buffer_bytes"):
+            fields.setdefault(k, 0)
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        path = Path(path)
+        if not path.exists():
+            raise FuserError(f"{path}: no such plan file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FuserError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+        return cls.from_dict(data, str(path))
+
+    def annotate(self, graph) -> None:
+        """Mark each node of ``graph`` with its group: ``node.meta["fusion_group"]`` is the
+        group's index in ``groups`` (topological order), for backends that run groups."""
+        owner = {name: k for k, g in enumerate(self.groups) for name in g["ops"]}
+        missing = [n.name for n in graph.nodes if n.name not in owner]
+        if missing:
+            raise FuserError(f"plan for {self.model} has no group for op '{missing[0]}' of {graph.name}")
+        for node in graph.nodes:
+            node.meta["fusion_group"] = owner[node.name]
+
+    def masks(self, fg: FusionGraph) -> list[int]:
+        """The groups as op bitmasks of ``fg``; raises FuserError when illegal there."""
+        groups = [sum(1 << fg.index_of(name) for name in g["ops"]) for g in self.groups]
+        problems = partition_problems(fg, groups)
+        if problems:
+            raise FuserError(f"plan for {self.model} does not fit graph {fg.graph.name}: {problems[0]}")
+        return groups

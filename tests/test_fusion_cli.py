@@ -1,0 +1,75 @@
+"""`fuser fuse`: JSON, saved plans, sweeps, plots, user errors, help."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import fuser
+from fuser.cli import main
+from fuser.fusion import Plan
+from test_fusion_graphs import random_dag
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuse") / "dag.onnx"
+    fuser.save_onnx(random_dag(6, n_ops=30), str(path))
+    return path
+
+
+def fuse(*args):
+    return CliRunner().invoke(main, ["fuse", *map(str, args)], catch_exceptions=False)
+
+
+def test_json_has_the_plan_and_is_deterministic(model, tmp_path):
+    args = (model, "--buffer", "4KB", "--search", "nsga2", "--budget", "60", "--seed", "3", "--json")
+    first, second = fuse(*args), fuse(*args)
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output
+    data = json.loads(first.output)
+    assert data["dram_bytes"] <= data["no_fusion_dram_bytes"]
+    assert data["buffer_bytes"] == 4096 and data["style"] == "lbdf"
+    assert all({"ops", "buffer_bytes", "dram_bytes", "valid"} <= set(g) for g in data["groups"])
+    assert all(g["valid"] for g in data["groups"])
+    assert isinstance(data["splits"], list) and data["pareto"]
+    saved = tmp_path / "plan.json"
+    r = fuse(*args[:-1], "--save-plan", saved)
+    assert r.exit_code == 0 and "wrote" in r.output
+    assert Plan.load(saved).to_dict() == data
+
+
+def test_table_shows_plan_and_explained_splits(model):
+    r = fuse(model, "--buffer", "3KB", "--search", "random", "--budget", "30", "--style", "brr", "--groups")
+    assert r.exit_code == 0, r.output
+    assert "no fusion" in r.output and "this plan" in r.output and "groups" in r.output
+    assert "splits of invalid groups" in r.output
+
+
+def test_buffer_sweep_table_json_and_plot(model, tmp_path):
+    png = tmp_path / "sweep.png"
+    r = fuse(model, "--buffer", "1KB,4KB,64KB", "--search", "greedy", "--plot", png)
+    assert r.exit_code == 0, r.output
+    assert "DRAM against buffer size" in r.output and "64KB" in r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(fuse(model, "--buffer", "1KB,64KB", "--search", "greedy", "--json").output)
+    drams = [p["dram_bytes"] for p in data["sweep"]]
+    assert len(drams) == 2 and drams[1] <= drams[0]  # a bigger buffer never hurts greedy here
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--buffer", "lots"), "buffer size 'lots'"),
+    (("--buffer", "1KB,2KB", "--save-plan", "p.json"), "single --buffer"),
+])
+def test_user_errors_are_one_line(model, args, message):
+    r = CliRunner().invoke(main, ["fuse", str(model), *args])
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_missing_model_and_help():
+    r = CliRunner().invoke(main, ["fuse", "nowhere.onnx"])
+    assert r.exit_code == 2 and "no such file" in r.output
+    h = CliRunner().invoke(main, ["fuse", "--help"])
+    assert h.exit_code == 0
+    for text in ("Examples:", "--buffer 64KB,128KB,256KB,1MB", "--style", "--split", "--save-plan"):
+        assert text in h.output

@@ -1,0 +1,113 @@
+"""LBDF and BRR cost models against hand counts (elements; e bytes per element)."""
+import pytest
+
+from fuser.fusion.cost import BRR, LBDF, format_size, parse_size
+from fuser.fusion.opgraph import build_fusion_graph
+from fuser.ir import FuserError
+from test_fusion_graphs import conv_chain, se_block
+
+# conv_chain: x[1,4,16,16] -> conv1 3x3 (4->8) -> relu -> conv2 3x3 stride 2 (8->8) -> y[1,8,8,8]
+W1, W2 = 8 * 4 * 9 + 8, 8 * 8 * 9 + 8          # 296, 584 weights (+ bias)
+X, C1, Y = 4 * 16 * 16, 8 * 16 * 16, 8 * 8 * 8  # tensor elements: 1024, 2048, 512
+ROW_X, ROW_C1, ROW_Y = 4 * 16, 8 * 16, 8 * 8     # one row of each: 64, 128, 64
+
+
+def chain_model(cls, beta, e=1):
+    fg = build_fusion_graph(conv_chain())
+    return fg, cls(fg, beta, e)
+
+
+@pytest.mark.parametrize("e", [1, 2])
+def test_lbdf_chain_hand_count(e):
+    fg, cost = chain_model(LBDF, 1 << 20, e)
+    c = cost.cost(fg.all_mask)
+    # rows held: y 1 (written out), relu out 3 = (1-1)·2+3, conv1 out 3 (relu keeps rows),
+    # x 5 = (3-1)·1+3 (conv1 must emit the 3 rows relu needs)
+    feature = 1 * ROW_Y + 3 * ROW_C1 + 3 * ROW_C1 + 5 * ROW_X
+    assert feature == 1152
+    assert c.buffer_bytes == (W1 + W2 + feature) * e == 2032 * e
+    assert c.dram_bytes == (W1 + W2 + X + Y) * e == 2416 * e
+    assert (c.weight_bytes, c.feature_bytes, c.input_bytes, c.output_bytes) == \
+        ((W1 + W2) * e, feature * e, X * e, Y * e)
+    # no fusion: each op reads its inputs and weights, writes its output
+    assert cost.no_fusion_dram() == ((W1 + X + C1) + (C1 + C1) + (W2 + C1 + Y)) * e == 10608 * e
+
+
+def test_lbdf_validity_is_strict():
+    fg, fits = chain_model(LBDF, 2033)
+    assert fits.valid(fg.all_mask) and fits.cost(fg.all_mask).fits
+    fg, full = chain_model(LBDF, 2032)  # F_β = β is not enough
+    assert not full.valid(fg.all_mask)
+    assert full.valid(1) and not full.cost(fg.all_mask).valid  # one op alone is always valid
+
+
+def test_lbdf_unfusable_ops_reported():
+    # conv2's 584 weights alone overflow 580 bytes; conv1 alone needs 296 + 3 rows of x
+    # + 1 row of its output = 616 bytes
+    fg, cost = chain_model(LBDF, 580)
+    unfusable = dict(cost.unfusable())
+    assert list(unfusable) == [0, 2]
+    assert "weights 584 B" in unfusable[2] and "needs 616 B" in unfusable[0]
+    assert cost.fusable_mask == 0b010
+    assert not cost.valid(0b110) and not cost.valid(0b011)
+
+
+def test_brr_chain_hand_count():
+    fg, cost = chain_model(BRR, 3000)
+    c = cost.cost(fg.all_mask)
+    # T tiles, each making ceil(8/T) rows of y; on chip: W_max = conv2's weights + the tile's rows
+    def footprint(y_rows):
+        relu_rows = min((y_rows - 1) * 2 + 3, 16)
+        x_rows = min((relu_rows - 1) + 3, 16)
+        return W2 + y_rows * ROW_Y + 2 * relu_rows * ROW_C1 + x_rows * ROW_X
+    assert [footprint(-(-8 // t)) for t in (1, 2, 3, 4)] == [6216, 3848, 3144, 2440]
+    assert c.tiles == 4 and c.buffer_bytes == 2440  # the fewest tiles under 3000 bytes
+    assert c.dram_bytes == (W1 + W2) * 4 + X + Y  # weights fetched once per tile
+    assert c.valid
+
+
+def test_brr_invalid_when_smallest_footprint_does_not_fit():
+    smallest = W2 + 1152  # one row per tile, W_max on chip
+    fg, fits = chain_model(BRR, smallest + 1)
+    assert fits.valid(fg.all_mask) and fits.cost(fg.all_mask).tiles == 8
+    fg, tight = chain_model(BRR, smallest)
+    assert not tight.valid(fg.all_mask)
+    assert tight.cost(fg.all_mask).buffer_bytes == smallest
+
+
+def test_brr_single_op_costs_like_no_fusion():
+    fg, cost = chain_model(BRR, 100)
+    assert [cost.cost(1 << i).dram_bytes for i in range(3)] == [W1 + X + C1, 2 * C1, W2 + C1 + Y]
+    assert cost.no_fusion_dram() == sum(cost.cost(1 << i).dram_bytes for i in range(3))
+
+
+def test_se_barrier_holds_the_gated_tensor_whole():
+    fg = build_fusion_graph(se_block())
+    cost = LBDF(fg, 1 << 20)
+    c = cost.cost(fg.all_mask)
+    weights = (8 * 8 + 8) + (2 * 8 + 2) + (8 * 2 + 8)
+    # t = conv(x) [1,8,10,10] is read by the Mul, which waits for mean(t): all 10 rows stay;
+    # x and the output hold one row; the [1,C,1,1] tensors are one row each
+    feature = 80 + 10 * 80 + 8 + 2 + 2 + 8 + 8 + 80
+    assert c.buffer_bytes == weights + feature == 1102
+    assert c.dram_bytes == weights + 800 + 800
+    # without the Mul there is nothing to wait for: t streams through the mean one row at a time
+    without_mul = fg.all_mask & ~(1 << fg.names.index("excite"))
+    assert cost.cost(without_mul).feature_bytes == 80 + 80 + 8 + 2 + 2 + 8 + 8
+
+
+def test_group_costs_are_memoised_and_fusion_never_costs_more_in_lbdf():
+    fg = build_fusion_graph(se_block())
+    cost = LBDF(fg, 1 << 20)
+    assert cost.cost(fg.all_mask) is cost.cost(fg.all_mask)
+    assert cost.cost(fg.all_mask).dram_bytes < cost.singles_dram(fg.all_mask)
+    assert cost.lower_bound(fg.all_mask) <= cost.cost(fg.all_mask).buffer_bytes
+
+
+def test_sizes_parse_and_print():
+    assert parse_size("256KB") == 262144 == parse_size("256k") == parse_size("0.25MB")
+    assert parse_size("1MB") == 1 << 20 and parse_size("65536") == 65536
+    assert format_size(262144) == "256KB" and format_size(1 << 20) == "1MB" and format_size(1000) == "1000B"
+    for bad in ("", "12 parsecs", "-1KB", "0"):
+        with pytest.raises(FuserError):
+            parse_size(bad)

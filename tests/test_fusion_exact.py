@@ -1,0 +1,67 @@
+"""The exact optimum (chain DP, ILP) against brute force over every partition of tiny graphs."""
+import pytest
+
+from fuser.fusion import build_fusion_graph, make_cost_model, partition_fusion_graph
+from fuser.fusion.exact import chain_optimum, exact_optimum, ilp_optimum, is_chain, valid_groups
+from fuser.fusion.opgraph import bits
+from fuser.fusion.plan import partition_problems
+from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
+
+
+def set_partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first]] + part
+        for k in range(len(part)):
+            yield part[:k] + [[first] + part[k]] + part[k + 1:]
+
+
+def brute_force(cost):
+    fg = cost.fg
+    best = None
+    for part in set_partitions(list(range(fg.n))):
+        groups = [sum(1 << i for i in g) for g in part]
+        if all(cost.valid(g) for g in groups) and not partition_problems(fg, groups):
+            dram = sum(cost.cost(g).dram_bytes for g in groups)
+            best = dram if best is None else min(best, dram)
+    return best
+
+
+CASES = [(residual_block, "lbdf", 4000), (residual_block, "brr", 3000), (se_block, "lbdf", 1000),
+         (se_block, "brr", 500), (lambda: random_dag(1, n_ops=6), "lbdf", 2500),
+         (lambda: random_dag(2, n_ops=6), "brr", 1500)]
+
+
+@pytest.mark.parametrize("build,style,buffer", CASES)
+def test_ilp_matches_brute_force_and_bounds_every_search(build, style, buffer):
+    fg = build_fusion_graph(build())
+    assert fg.n <= 9
+    cost = make_cost_model(fg, style, buffer)
+    best = exact_optimum(cost)
+    assert best.method == "ilp" and best.optimal
+    assert best.dram_bytes == brute_force(cost)
+    assert partition_problems(fg, best.groups) == [] and all(cost.valid(g) for g in best.groups)
+    for search in ("greedy", "local", "nsga2"):
+        plan, _ = partition_fusion_graph(fg, buffer=buffer, style=style, search=search, budget=40)
+        assert plan.dram_bytes >= best.dram_bytes
+
+
+def test_chain_dp_matches_ilp_and_brute_force():
+    fg = build_fusion_graph(conv_chain())
+    assert is_chain(fg)
+    for style, buffer in (("lbdf", 1500), ("lbdf", 2100), ("brr", 2000)):
+        cost = make_cost_model(fg, style, buffer)
+        dp = chain_optimum(cost)
+        ilp = ilp_optimum(cost, valid_groups(cost, 1000), time_limit=30)
+        assert dp.dram_bytes == ilp.dram_bytes == brute_force(cost)
+        assert sorted(i for g in dp.groups for i in bits(g)) == list(range(fg.n))
+
+
+def test_enumeration_stops_at_its_cap():
+    fg = build_fusion_graph(random_dag(3, n_ops=40))
+    cost = make_cost_model(fg, "lbdf", 1 << 30)  # everything fits: exponentially many groups
+    assert valid_groups(cost, max_candidates=500) is None
+    assert exact_optimum(cost, max_candidates=500) is None

@@ -1,0 +1,149 @@
+"""Explanations of invalid groups: culprits, cuts that really disconnect, splits that fit."""
+import random
+
+import networkx as nx
+import pytest
+
+from fuser.fusion import build_fusion_graph, partition_fusion_graph, rectify_rate
+from fuser.fusion.cost import LBDF
+from fuser.fusion.explain import ExactExplainer
+from fuser.fusion.opgraph import bits
+from fuser.fusion.plan import partition_problems, topological_groups
+from fuser.fusion.split import ExplainSplitter, RandomSplitter, edge_cuts, severed_edges
+from test_fusion_graphs import random_dag, residual_block, se_block
+from util import HEAVY
+
+
+def names(fg, mask):
+    return set(fg.group_names(mask))
+
+
+def assert_cut_disconnects(fg, group, pieces):
+    """Without the severed edges the group falls apart into exactly ``pieces``, which run in order."""
+    severed = set(severed_edges(fg, pieces))
+    g = nx.Graph()
+    g.add_nodes_from(bits(group))
+    g.add_edges_from(e for e in fg.inner_edges(group) if e not in severed)
+    components = sorted(sum(1 << i for i in c) for c in nx.connected_components(g))
+    assert len(components) >= 2 and components == sorted(pieces)
+    assert topological_groups(fg, list(pieces)) is not None
+
+
+def test_se_block_blames_the_gate_multiply_and_cuts_before_it():
+    fg = build_fusion_graph(se_block())
+    cost = LBDF(fg, 1000)  # the whole block needs 1102 bytes: t = conv(x) is held whole for the Mul
+    group = fg.all_mask
+    explanation = ExactExplainer(cost).explain(group)
+    excess = cost.cost(group).buffer_bytes - cost.buffer_bytes
+    culprits = [fg.names[i] for i in explanation.culprits(excess)]
+    assert culprits[0] == "excite"  # it waits for mean(t) while reading t's first row
+    assert explanation.op_scores[fg.names.index("excite")] >= 800  # all 10 rows of t
+    assert sum(explanation.op_scores.values()) == pytest.approx(cost.cost(group).buffer_bytes)
+    result = ExplainSplitter(cost).split(group)
+    assert all(cost.valid(p) for p in result.pieces)
+    assert_cut_disconnects(fg, group, result.pieces)
+    step = result.steps[0]
+    record = ExplainSplitter(cost).describe(step)
+    assert record["culprits"][0]["op"] == "excite" and record["buffer_bytes_before"] == 1102
+    assert all(b < 1000 for b in record["buffer_bytes_after"])
+    # the cut that fixes it severs t -> Mul: the gated tensor goes to DRAM instead
+    assert {"from": "conv", "to": "excite"}.items() <= record["cut_edges"][0].items() or \
+        any(c["from"] == "conv" and c["to"] == "excite" for c in record["cut_edges"])
+
+
+def test_residual_block_blames_the_convolutions_and_cuts_the_skip_edge_too():
+    fg = build_fusion_graph(residual_block())
+    cost = LBDF(fg, 4000)  # conv1 + conv2 weights (2 x 2320) cannot share the buffer
+    group = fg.all_mask
+    explanation = ExactExplainer(cost).explain(group)
+    excess = cost.cost(group).buffer_bytes - cost.buffer_bytes
+    assert set(fg.names[i] for i in explanation.culprits(excess)) <= {"conv1", "conv2"}
+    splitter = ExplainSplitter(cost)
+    result = splitter.split(group)
+    assert all(cost.valid(p) for p in result.pieces)
+    assert not any(names(fg, p) >= {"conv1", "conv2"} for p in result.pieces)
+    assert_cut_disconnects(fg, group, result.pieces)
+    # every candidate cut disconnects the group; cutting conv1 -> conv2's path also cuts stem -> add
+    stem, add = fg.names.index("stem"), fg.names.index("add")
+    relu1, conv2 = fg.names.index("relu1"), fg.names.index("conv2")
+    for edge in explanation.ranked_edges():
+        for down in edge_cuts(fg, group, edge):
+            pieces = fg.convex_components(down) + fg.convex_components(group & ~down)
+            assert_cut_disconnects(fg, group, pieces)
+            if down >> stem & 1 and not down >> add & 1:
+                assert (stem, add) in severed_edges(fg, pieces)
+    down = fg.closure_up(relu1, group)
+    assert set(severed_edges(fg, [down, group & ~down])) == {(relu1, conv2), (stem, add)}
+
+
+def test_split_explanations_are_in_the_plan():
+    fg = build_fusion_graph(residual_block())
+    plan, _ = partition_fusion_graph(fg, buffer=4000, search="local", split="explain", budget=20)
+    assert plan.splits, "the all-fused start overflows: its split is how the plan came about"
+    for s in plan.splits:
+        assert s["buffer_bytes_before"] >= plan.buffer_bytes
+        assert s["culprits"] and s["cut_edges"]
+        assert len(s["buffer_bytes_after"]) == len(s["pieces"]) >= 2
+        assert set().union(*(set(p["ops"]) for p in s["pieces"])) == set(s["group"])
+
+
+def test_random_split_is_legal_and_the_explain_split_moves_less_dram():
+    fg = build_fusion_graph(random_dag(11, n_ops=60))
+    cost = LBDF(fg, 6000)
+    rng = random.Random(0)
+    groups = [g for g in (fg.convex_components(fg.all_mask & ~((1 << rng.randrange(fg.n)) - 1))[0]
+                          for _ in range(20)) if not cost.valid(g)]
+    assert groups
+    explain, rand = ExplainSplitter(cost), RandomSplitter(cost, seed=0)
+    peel = ExplainSplitter(cost, lookahead_ops=0)  # the cheaper rule: keep the largest valid piece
+    for g in groups:
+        for splitter in (explain, rand, peel):
+            result = splitter.split(g)
+            pieces = result.pieces
+            assert sorted(i for p in pieces for i in bits(p)) == bits(g)
+            assert all(cost.valid(p) for p in pieces)
+            assert result.dram == sum(cost.cost(p).dram_bytes for p in pieces)
+            assert partition_problems(fg, pieces + [1 << i for i in bits(fg.all_mask & ~g)]) == []
+    assert any(s.rule == "largest valid piece" for g in groups for s in peel.split(g).steps)
+    assert sum(explain.split(g).dram for g in groups) <= sum(rand.split(g).dram for g in groups)
+
+
+def test_exact_explainer_rectifies_more_often_than_random_cuts():
+    from fuser.fusion.gnn import sample_groups
+
+    fg = build_fusion_graph(random_dag(4, n_ops=80))
+    cost = LBDF(fg, 8000)
+    near_misses = [g for g in sample_groups(fg, 400, random.Random(1))
+                   if not cost.valid(g) and g & cost.fusable_mask == g
+                   and cost.cost(g).buffer_bytes < 2 * cost.buffer_bytes]
+    assert len(near_misses) >= 10
+    exact = rectify_rate(cost, near_misses, ExactExplainer(cost), top=1)
+    assert exact >= rectify_rate(cost, near_misses, None, top=1)
+    assert exact >= 0.5
+
+
+@pytest.mark.heavy
+def test_gnn_classifier_is_accurate_and_its_explanations_split_validly():
+    """The paper's learned explainer: >= 95% held-out accuracy over several buffer sizes.
+    Reduced form: a random 80-op DAG and 1000 groups; FUSER_HEAVY=1: MobileNetV2, 3000."""
+    from fuser.fusion.gnn import TRAIN_BUFFERS, GNNExplainer
+
+    if HEAVY:
+        import fuser
+        from zoo_cache import zoo_case
+
+        fg = build_fusion_graph(fuser.optimize(zoo_case("mobilenet_v2")[2]))
+        buffers, samples, epochs = TRAIN_BUFFERS, 3000, 30
+    else:
+        fg = build_fusion_graph(random_dag(4, n_ops=80))
+        buffers, samples, epochs = (1000, 2000, 4000, 8000, 16000), 1000, 20
+    cost = LBDF(fg, buffers[2])
+    gnn = GNNExplainer.for_cost_model(cost, samples=samples, epochs=epochs, buffers=buffers)
+    assert gnn.report.heldout_accuracy >= 0.95, gnn.report
+    assert 0.2 < gnn.report.valid_fraction < 0.8  # both classes are well represented
+    splitter = ExplainSplitter(cost, gnn)
+    group = fg.closure_up(40, fg.all_mask)  # op 40 and its ancestors: an invalid, convex group
+    assert not cost.valid(group)
+    pieces = splitter.split(group).pieces
+    assert all(cost.valid(p) for p in pieces)
+    assert partition_problems(fg, pieces + [1 << i for i in bits(fg.all_mask & ~group)]) == []
