@@ -14,14 +14,16 @@ differentiable, so gradients still reach W, b, gamma and beta, but the conv outp
 never normalised as a separate tensor, so autograd does not keep the BN input alive
 (Eval mode's extra activation memory) and the elementwise BN pass disappears. Missing
 pieces default to b = 0 (conv without bias), gamma = 1 and beta = 0 (affine=False).
+Autograd keeps W' (one weight-sized tensor per conv) instead, so the saving needs
+activations larger than the weights (true for training batches, not for tiny inputs).
 The output channels of a ConvTranspose weight (C_in, C_out/groups, *k) are dim 1 within
 each group of rows. torch's Inductor has the same rewrite as an opt-in pass
 (``torch._inductor.config.efficient_conv_bn_eval_fx_passes``).
 
 Rule. ``convbn(model, mode)`` captures the model with ``torch.fx.symbolic_trace`` (a
-``GraphModule`` is used as is, an ``ExportedProgram`` through ``.module()``) and combines
-every conv node (Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear) whose ONLY user is a
-BatchNorm1d/2d/3d node with running statistics and matching channel count. Not combined:
+``GraphModule`` with a copy of its graph, an ``ExportedProgram`` through ``.module()``) and
+combines every conv node (exactly Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear) whose ONLY
+user is a BatchNorm1d/2d/3d node with running statistics and matching channel count. Not combined:
 a conv output that has another user, a BN without running statistics
 (track_running_stats=False), a BN fed by another BN (``bn2(bn1(conv(x)))`` combines
 conv+bn1 only). A conv module that is also called elsewhere is combined at this call
@@ -266,25 +268,27 @@ def convbn(module, mode: str = "tune") -> nn.Module:
         with graph.inserting_before(conv_node):
             conv_ref = graph.get_attr(conv_node.target)
             bn_ref = graph.get_attr(bn_node.target)
-            tuned = graph.call_function(tune_conv_bn, (conv_node.args[0], conv_ref, bn_ref, *conv_node.args[1:]),
-                                        dict(conv_node.kwargs))
+            x, *rest = conv_node.args
+            tuned = graph.call_function(tune_conv_bn, (x, conv_ref, bn_ref, *rest), dict(conv_node.kwargs))
         bn_node.replace_all_uses_with(tuned)
         graph.erase_node(bn_node)
         graph.erase_node(conv_node)
 
     for conv_node, bn_node, conv_args, bn_args in list(_aten_pairs(gm)):
-        pairs += 1
         transposed = _ATEN_CONVS[conv_node.target.overloadpacket]
-        groups = conv_args.get("groups") or 1
+        args = (conv_args["weight"], conv_args["bias"], bn_args["running_mean"], bn_args["running_var"],
+                bn_args["eps"], bn_args["weight"], bn_args["bias"], transposed, conv_args.get("groups") or 1)
+        if mode == "deploy" and any(isinstance(a, fx.Node) and a.op != "get_attr" for a in args):
+            continue  # folding once needs the weights and statistics to be the model's own tensors
+        pairs += 1
         with graph.inserting_before(conv_node):
-            args = (conv_args["weight"], conv_args["bias"], bn_args["running_mean"], bn_args["running_var"],
-                    bn_args["eps"], bn_args["weight"], bn_args["bias"], transposed, groups)
             if mode == "tune":
                 folded = graph.call_function(fold, args)
                 weight, bias = (graph.call_function(operator.getitem, (folded, i)) for i in (0, 1))
             else:
                 w, b = _deploy_weights(*(_getattr(gm, a) for a in args))
-                base = (conv_args["weight"].target.rpartition(".")[0].replace(".", "_") + "_bnfold").lstrip("_")
+                owner = conv_args["weight"].target.rpartition(".")[0]
+                base = (owner.replace(".", "_") + "_bnfold").lstrip("_")
                 while hasattr(gm, base + "_weight"):
                     base += "_"
                 gm.register_parameter(base + "_weight", w)

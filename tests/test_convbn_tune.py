@@ -277,6 +277,16 @@ def test_exported_program_input():
     assert not any("running" in k for k in deployed.state_dict())
 
 
+@pytest.mark.parametrize("case", ["convT2d_groups_nobias_noaffine", "linear"])
+def test_exported_program_layer_kinds(case):
+    model, x = make_case(case)
+    ep = torch.export.export(copy.deepcopy(model), (x,))
+    for mode in ("tune", "deploy"):
+        converted = convbn(ep, mode)
+        assert converted.fuser_convbn_pairs == 1, mode
+        assert rel(converted(x), model(x)) <= TOL, mode
+
+
 def test_deepcopy_and_pickle_of_tuned_module(tmp_path):
     model = small_cnn()
     tuned = tune_mode(model)
