@@ -72,13 +72,18 @@ def from_zoo(name: str, input_shapes: Any = None, seed: int = 0) -> Graph:
 
 
 def optimize(model: Any, example_inputs: Any = None, input_shapes: Any = None, *,
-             passes: Sequence[PassSpec] | None = None, skip: Sequence[str] = ()) -> Graph:
-    """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``).
+             passes: Sequence[PassSpec] | None = None, skip: Sequence[str] = (),
+             prune: float | None = None, criterion: str = "l2") -> Graph:
+    """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``;
+    ``prune=R`` adds structured pruning of R of each channel group after them).
 
     Returns the optimized Graph; ``graph.report`` says what each pass changed.
     """
     graph = to_graph(model, example_inputs, input_shapes)
-    graph, report = run_passes(graph, passes if passes is not None else default_passes(skip))
+    passes = list(passes if passes is not None else default_passes(skip))
+    if prune is not None:
+        passes.append(("prune_channels", {"ratio": prune, "criterion": criterion}))
+    graph, report = run_passes(graph, passes)
     graph.report = report
     return graph
 

@@ -118,8 +118,12 @@ def info(model, input_shapes, as_json, show_nodes):
 @click.option("--skip", multiple=True, metavar="PASS",
               help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".")
 @click.option("--passes", "pass_list", metavar="P1,P2", help="Run exactly these passes, in order.")
+@click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), metavar="R",
+              help="Also prune R of every channel group's channels (structured pruning, after BN folding).")
+@click.option("--criterion", default="l2", show_default=True,
+              type=click.Choice(["l1", "l2", "obs"]), help="Channel importance for --prune.")
 @json_option
-def optimize(model, output, input_shapes, skip, pass_list, as_json):
+def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, as_json):
     """Run the optimize pipeline on MODEL and write OUTPUT (.onnx).
 
     \b
@@ -136,6 +140,8 @@ def optimize(model, output, input_shapes, skip, pass_list, as_json):
         raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
     graph = load_graph(model, input_shapes)
     passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else default_passes(skip)
+    if prune_ratio is not None:
+        passes = passes + [("prune_channels", {"ratio": prune_ratio, "criterion": criterion})]
     before = analyze(graph)
     with status("optimizing"):
         graph, report = run_passes(graph, passes)

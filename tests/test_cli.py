@@ -92,3 +92,20 @@ def test_help_teaches():
     assert "zoo:resnet50" in r.stdout
     r = invoke("optimize", "--help")
     assert "--input-shape" in r.output and "fold_constants" in r.output
+
+
+def test_optimize_with_prune(tmp_path):
+    """`fuser optimize --prune R` runs structured pruning after the cleanups and BN folding."""
+    src = paddle_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    if not src.exists():
+        pytest.skip("shared model missing")
+    out = tmp_path / "pruned.onnx"
+    r = invoke("optimize", src, out, "--input-shape", "1,3,48,192", "--prune", "0.3", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    steps = [s["name"] for s in summary["steps"]]
+    assert steps[-1] == "prune_channels" and steps.index("fold_conv_bn") < steps.index("prune_channels")
+    assert summary["macs_after"] < summary["macs_before"]
+    assert summary["params_after"] < summary["params_before"]
+    (y,) = ort_run(out, {"x": random_input((1, 3, 48, 192))})
+    assert y.shape == (1, 2)

@@ -7,10 +7,10 @@ import torch
 
 import fuser
 from fuser.ir import FuserError, Graph
-from fuser.pruning import analyze_dependencies, prune, prune_graph
+from fuser.pruning import analyze_dependencies, prune
 from fuser.pruning.pruner import _keep_count, materialize_weight_views
 from fuser.shapes import infer_shapes
-from util import ort_run, random_input, rel_err
+from util import ort_run, ort_run_graph, random_input, rel_err
 from zoo_cache import zoo_case
 
 
@@ -44,16 +44,16 @@ class Net:
 
 
 def ort_out(graph, x):
-    return ort_run(graph.to_onnx(), {graph.inputs[0].name: x})[0]
+    return ort_run_graph(graph, {graph.inputs[0].name: x})[0]
 
 
-def zero_channels(graph, ratio, seed=0):
+def zero_channels(graph, ratio, seed=0, heads=False):
     """A copy of ``graph`` in which, per prunable group, the channels a per-group ``ratio``
     removes (chosen at random) have every weight slice zero: they contribute nothing, so a
     magnitude criterion must pick exactly them."""
     graph = graph.copy()
     materialize_weight_views(graph)
-    analysis = analyze_dependencies(graph)
+    analysis = analyze_dependencies(graph, heads=heads)
     rng = np.random.default_rng(seed)
     zero = set()
     for g in analysis.prunable_groups:
@@ -77,7 +77,7 @@ def zero_channels(graph, ratio, seed=0):
 
 def assert_prunes_exactly(graph, ratio=0.5, x=None, tol=1e-5, **options):
     """Removing channels whose contribution is exactly zero leaves the outputs allclose."""
-    zeroed = zero_channels(graph, ratio)
+    zeroed = zero_channels(graph, ratio, heads=options.get("heads", False))
     pruned = prune(zeroed, ratio, "l2", **options)
     assert pruned.report.channels_removed > 0
     x = random_input(graph.inputs[0].shape) if x is None else x
@@ -181,7 +181,8 @@ def attention_net(seed=0):
     scores = n.op("MatMul", n.op("Mul", q, n.g.const(np.float32(0.4))),
                   n.op("Transpose", k, perm=[0, 1, 3, 2]))
     ctx = n.op("MatMul", n.op("Softmax", scores, axis=-1), v)
-    ctx = n.op("Reshape", n.op("Transpose", ctx, perm=[0, 2, 1, 3]), n.g.const(np.array([1, 5, dim])))
+    ctx = n.op("Reshape", n.op("Transpose", ctx, perm=[0, 2, 1, 3]),
+               n.g.const(np.array([1, 5, dim])))
     h = n.op("Add", n.x, n.op("MatMul", ctx, n.w(dim, dim)))
     mlp = n.op("MatMul", n.op("Relu", n.op("MatMul", h, n.w(dim, 24))), n.w(24, dim))
     return n.done(n.op("Add", h, mlp))
@@ -196,30 +197,52 @@ def test_attention_heads_stay_aligned(heads):
     assert pruned.outputs[0].shape == (1, 5, 12)  # the residual stream is a graph output
 
 
-def test_residual_groups_lose_the_same_channels():
-    """ResNet-18 / MobileNetV2: every member of a group keeps the same channel indices,
-    and the pruned weights are the original ones at those indices."""
-    for name in ("resnet18", "mobilenet_v2"):
-        _, _, graph = zoo_case(name)
-        pruned = prune(graph, 0.5)
-        report = pruned.report
-        residual = [g for g in report.analysis.prunable_groups if len(g.sources) > 1]
-        assert residual, name
-        for g in residual:
-            one_to_one = [m for m in g.members if len(m.ids) == g.size]
-            kept = {tuple(report.kept_positions(m)) for m in one_to_one}
-            assert len(kept) == 1 and len(next(iter(kept))) == g.size // 2
-        # the whole tensor: conv out channels (rows) are the kept rows of the original
-        for g in residual:
-            for m in g.members:
-                if m.role == "out" and m.node.op == "Conv":
-                    w, w_pruned = member_weights(graph, pruned, m)
-                    rows = np.take(w, report.kept_positions(m), axis=0)
-                    ins = [mm for mm in report.analysis.members
-                           if mm.node is m.node and mm.index == 1 and mm.axis == 1]
-                    if ins:
-                        rows = np.take(rows, report.kept_positions(ins[0]), axis=1)
-                    assert np.array_equal(rows, w_pruned)
+def test_groupnorm_keeps_groups_equal_and_matches_torch():
+    """torch exports GroupNorm as Reshape [N,g,c·HW] -> InstanceNorm -> Reshape back: the
+    same in-group channels go from every group, and the result is nn.GroupNorm on them."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    pruned = prune(fuser.from_torch(net, (x,)), 0.5)
+    (group,) = [g for g in pruned.report.groups if g.kept < g.channels]
+    assert (group.channels, group.kept) == (4, 2)  # an in-group index, for both groups
+    kept = [c for c in range(8) if c % 4 not in group.removed]
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    with torch.no_grad():
+        for dst, src in ((small[0], net[0]), (small[1], net[1])):
+            dst.weight.copy_(src.weight[kept])
+            dst.bias.copy_(src.bias[kept])
+        small[3].weight.copy_(net[3].weight[:, kept])
+        small[3].bias.copy_(net[3].bias)
+        want = small(x).numpy()
+    assert rel_err(ort_out(pruned, x.numpy()), want) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_residual_groups_lose_the_same_channels(name):
+    """Every member of a residual group (convs, BNs, the next blocks' inputs) keeps the same
+    channel indices, and each pruned conv weight is the original at the kept rows/columns."""
+    _, _, graph = zoo_case(name)
+    pruned = prune(graph, 0.5)
+    report = pruned.report
+    residual = [g for g in report.analysis.prunable_groups if len(g.sources) > 1]
+    assert residual
+    for g in residual:
+        one_to_one = [m for m in g.members if len(m.ids) == g.size]
+        assert len(one_to_one) >= 2 * len(g.sources)  # producers and consumers
+        kept = {tuple(report.kept_positions(m)) for m in one_to_one}
+        assert len(kept) == 1 and len(next(iter(kept))) == g.size // 2
+        for m in g.members:
+            if m.role == "out" and m.node.op == "Conv":
+                w, w_pruned = member_weights(graph, pruned, m)
+                rows = np.take(w, report.kept_positions(m), axis=0)
+                ins = [i for i in report.analysis.members
+                       if i.node is m.node and i.index == 1 and i.axis == 1]
+                if ins:
+                    rows = np.take(rows, report.kept_positions(ins[0]), axis=1)
+                assert np.array_equal(rows, w_pruned)
 
 
 # ---- outputs -------------------------------------------------------------------------------
@@ -251,7 +274,8 @@ def test_raw_and_optimized_ir_prune_alike():
     folded = prune(fuser.optimize(graph), 0.5)
     assert raw.report.macs_after == folded.report.macs_after
     assert [g.kept for g in raw.report.groups] == [g.kept for g in folded.report.groups]
-    assert "BatchNormalization" in raw.op_counts() and "BatchNormalization" not in folded.op_counts()
+    assert "BatchNormalization" in raw.op_counts()
+    assert "BatchNormalization" not in folded.op_counts()
     assert ort_out(raw, x.numpy()).shape == ort_out(folded, x.numpy()).shape == (1, 1000)
 
 
@@ -264,10 +288,12 @@ def _small_cnn(seed=0):
     return n.done(n.op("Gemm", n.op("Flatten", gap, axis=1), n.w(5, 16), n.w(5), transB=1))
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "obs"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "obs", "taylor"])
 def test_criteria_are_deterministic(criterion):
     graph = _small_cnn()
-    a, b = (prune(graph, 0.5, criterion).to_onnx().SerializeToString(deterministic=True)
+    data = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    kw = {"data": data} if criterion == "taylor" else {}
+    a, b = (prune(graph, 0.5, criterion, **kw).to_onnx().SerializeToString(deterministic=True)
             for _ in range(2))
     assert a == b
 
@@ -311,8 +337,8 @@ def test_obs_compensation_beats_magnitude_when_bn_statistics_are_the_data():
 
     def error(criterion):
         pruned = prune(graph, 0.5, criterion)
-        return np.mean([np.linalg.norm(ort_out(pruned, data[i:i + 1].numpy()) - w) / np.linalg.norm(w)
-                        for i, w in enumerate(want)])
+        return np.mean([np.linalg.norm(ort_out(pruned, data[i:i + 1].numpy()) - w)
+                        / np.linalg.norm(w) for i, w in enumerate(want)])
 
     assert error("obs") < 0.8 * error("l2")
 
