@@ -154,12 +154,12 @@ def ilp_optimum(cost: CostModel, candidates: list[int], time_limit: float) -> Ex
 
 
 def exact_optimum(cost: CostModel, max_candidates: int = 30_000, time_limit: float = 60.0,
-                  max_ops: int = 200) -> ExactResult | None:
-    """The least-DRAM legal plan of valid groups, or None when not computable
-    (a non-chain graph of more than ``max_ops`` ops, or too many valid groups)."""
+                  max_ops: int | None = None) -> ExactResult | None:
+    """The least-DRAM legal plan of valid groups, or None when not computable (more
+    than ``max_candidates`` valid groups, or a non-chain graph of more than ``max_ops`` ops)."""
     if is_chain(cost.fg):
         return chain_optimum(cost)
-    if cost.fg.n > max_ops:
+    if max_ops is not None and cost.fg.n > max_ops:
         return None
     candidates = valid_groups(cost, max_candidates)
     if candidates is None:
