@@ -257,33 +257,27 @@ class FusionGraph:
         return self._desc
 
     # ---- group structure -------------------------------------------------------
-    def is_connected(self, mask: int) -> bool:
-        """Whether the ops of ``mask`` are weakly connected through edges among them."""
-        if mask == 0:
-            return False
-        start = mask & -mask
+    def _component(self, start: int, within: int) -> int:
+        """The ops of ``within`` weakly connected to the op bit ``start`` (a BFS on bitmasks)."""
         seen, frontier = start, start
         while frontier:
             grow = 0
             for i in bits(frontier):
                 grow |= self.nbr_mask(i)
-            frontier = grow & mask & ~seen
+            frontier = grow & within & ~seen
             seen |= frontier
-        return seen == mask
+        return seen
+
+    def is_connected(self, mask: int) -> bool:
+        """Whether the ops of ``mask`` are weakly connected through edges among them."""
+        return mask != 0 and self._component(mask & -mask, mask) == mask
 
     def components(self, mask: int) -> list[int]:
         """Weakly connected components of ``mask``, ordered by their first op."""
         out = []
         rest = mask
         while rest:
-            start = rest & -rest
-            seen, frontier = start, start
-            while frontier:
-                grow = 0
-                for i in bits(frontier):
-                    grow |= self.nbr_mask(i)
-                frontier = grow & rest & ~seen
-                seen |= frontier
+            seen = self._component(rest & -rest, rest)
             out.append(seen)
             rest &= ~seen
         return out
