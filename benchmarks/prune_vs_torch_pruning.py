@@ -92,17 +92,12 @@ def failed(where: str, e: BaseException) -> str:
 def zero_plan(graph, ratio: float, seed: int = 0):
     """The analysis of ``graph`` and, per member constant name, the zero mask per axis."""
     from fuser.pruning import analyze_dependencies
-    from fuser.pruning.pruner import _keep_count, materialize_weight_views
+    from fuser.pruning.pruner import materialize_weight_views, random_channels
 
     graph = graph.copy()
     materialize_weight_views(graph)
     analysis = analyze_dependencies(graph)
-    rng = np.random.default_rng(seed)
-    zero = set()
-    for g in analysis.prunable_groups:
-        cand = np.flatnonzero(g.prunable)
-        n = len(cand) - _keep_count(len(cand), ratio, None)
-        zero |= {int(r) for r in g.channels[rng.choice(cand, n, replace=False)]}
+    zero = random_channels(analysis, ratio, seed)
     plan = []
     for m in analysis.members:
         if m.role != "stat":

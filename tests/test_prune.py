@@ -8,7 +8,7 @@ import torch
 import fuser
 from fuser.ir import FuserError, Graph
 from fuser.pruning import analyze_dependencies, prune
-from fuser.pruning.pruner import _keep_count, materialize_weight_views
+from fuser.pruning.pruner import materialize_weight_views, random_channels
 from fuser.shapes import infer_shapes
 from util import ort_run, ort_run_graph, random_input, rel_err
 from zoo_cache import zoo_case
@@ -54,12 +54,7 @@ def zero_channels(graph, ratio, seed=0, heads=False):
     graph = graph.copy()
     materialize_weight_views(graph)
     analysis = analyze_dependencies(graph, heads=heads)
-    rng = np.random.default_rng(seed)
-    zero = set()
-    for g in analysis.prunable_groups:
-        cand = np.flatnonzero(g.prunable)
-        n = len(cand) - _keep_count(len(cand), ratio, None)
-        zero |= {int(r) for r in g.channels[rng.choice(cand, n, replace=False)]}
+    zero = random_channels(analysis, ratio, seed)
     arrays = {}
     for m in analysis.members:
         if m.role == "stat":  # BN's running variance must stay positive

@@ -327,3 +327,15 @@ def _group_reports(analysis: DependencyAnalysis, removed: dict[int, np.ndarray],
             macs_before=total(cost_before, "macs"), macs_after=total(cost_after, "macs"),
             removed=[int(k) for k in np.flatnonzero(gone)]))
     return out
+
+
+def random_channels(analysis, ratio: float, seed: int = 0) -> set[int]:
+    """Channel ids a ``ratio`` prune would remove from each prunable group, chosen at random
+    (seeded): what the zero-contribution checks zero out."""
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for g in analysis.prunable_groups:
+        cand = np.flatnonzero(g.prunable)
+        n = len(cand) - _keep_count(len(cand), ratio, None)
+        chosen |= {int(r) for r in g.channels[rng.choice(cand, n, replace=False)]}
+    return chosen
