@@ -34,6 +34,40 @@ def open_database(db_dir: str | os.PathLike):
     return ms.database.JSONDatabase(work_dir=str(path))
 
 
+def build_candidate(mod, target, _params):
+    """MetaSchedule's default candidate build, minus its ``import tvm.s_tir.tensor_intrin``.
+
+    That import parses ~250 TVMScript intrinsics for every target and took 45-150 s per
+    builder process here, longer than the builder's 30 s timeout, so every candidate
+    failed as a timeout. A candidate is already scheduled (tensorized where it uses an
+    intrinsic), so building it needs none of them registered.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def import_tensor_intrinsics() -> None:
+    """``import tvm.s_tir.tensor_intrin`` (MetaSchedule's tune contexts do it), in ~7 s
+    instead of ~45 s.
+
+    TVMScript's ``prim_func`` calls ``inspect.stack()`` for each of its ~250 intrinsics,
+    and ``inspect.getmodule`` scans all of ``sys.modules`` (thousands once torch is
+    loaded) for every ``<frozen importlib...>`` frame of the import, because no module
+    file has that name. Telling inspect's cache which module those frames belong to is
+    true and ends the scans.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
+        inspect.modulesbyfile.setdefault(os.path.normcase(os.path.abspath(f"<frozen {name}>")), name)
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
 def _valid_records(database, task_mod, limit: int) -> int:
     if not database.has_workload(task_mod):
         return 0
@@ -57,6 +91,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
     if target.kind.name == "llvm" and "num-cores" not in target.attrs:
         raise FuserError("tuning an llvm target needs its thread count (num-cores)")
     database = open_database(db_dir)
+    import_tensor_intrinsics()
     with target:
         tasks = ms.relax_integration.extract_tasks(fused, target)
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
@@ -71,6 +106,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
             [task], str(Path(db_dir) / "logs"), num_threads="physical")
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(Path(db_dir) / "logs"),
                            max_trials_global=per_task - have,
-                           num_trials_per_iter=min(64, per_task - have), database=database)
+                           num_trials_per_iter=min(64, per_task - have), database=database,
+                           builder=ms.builder.LocalBuilder(f_build=build_candidate))
     with target, database:
         return relax.transform.MetaScheduleApplyDatabase()(fused)

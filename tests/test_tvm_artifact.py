@@ -131,26 +131,36 @@ def test_tuning_options_are_checked(small_model, tmp_path):
     assert r.exit_code == 2 and "--tune-trials" in r.output
 
 
-@pytest.mark.heavy
-@pytest.mark.xfail(reason="known bug: tuning runs and writes records, but the second run does "
-                          "not yet find them (tvm_tuning._valid_records lookup)", strict=False)
-@pytest.mark.skipif(not HEAVY, reason="MetaSchedule tuning takes minutes per kernel on 2 shared "
-                                      "cores; FUSER_HEAVY=1 runs it")
-def test_tuning_database_is_reused(tmp_path):
-    """A second tuning of the same workload finds it in the database and tunes nothing."""
+class _Interrupted(Exception):
+    pass
+
+
+def test_tuning_database_is_reused_and_resumed(tmp_path):
+    """Tuning stopped after its first kernel resumes with the second; a third run finds
+    both kernels in the database and tunes nothing; the tuned build gives ORT's numbers."""
     from fuser.backends import tvm_backend as tb
     from fuser.backends import tvm_tuning
 
-    graph = fuser.optimize(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()).eval(),
-                           (torch.randn(4, 64),))
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    graph = fuser.optimize(mlp.eval(), (torch.randn(4, 64),))
     target = tb.make_target("llvm", 2)
     fused = tb.fuse(tb.to_relax(graph), target)
-    seen = []
-    tuned = tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: seen.append(a))
-    assert seen and seen[0][3] == 0
+
+    def stop_at_second(index, count, name, have, want):
+        if index == 1:
+            raise _Interrupted
+    with pytest.raises(_Interrupted):
+        tvm_tuning.tune(fused, target, tmp_path, 8, on_task=stop_at_second)
+
+    resumed = []
+    tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: resumed.append(a))
+    (_, count, _, have0, want), (_, _, _, have1, _) = resumed
+    assert count == 2 and want == 4
+    assert 2 * have0 >= want and have1 == 0  # first kernel kept, second tuned now
+
     again = []
-    tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: again.append(a))
-    assert all(2 * have >= want for _, _, _, have, want in again)
+    tuned = tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: again.append(a))
+    assert len(again) == 2 and all(2 * have >= want for *_, have, want in again)
     model = tb.TVMModel(tb.build_fused(tuned, target), tb.value_specs(graph.inputs),
                         tb.value_specs(graph.outputs))
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
