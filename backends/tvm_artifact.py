@@ -92,6 +92,14 @@ def load(out_dir: str | os.PathLike) -> TVMModel:
     lib = Path(out_dir) / LIBRARY
     if not lib.is_file():
         raise FuserError(f"{out_dir}: {LIBRARY} is missing; rebuild with `fuser compile`")
+    if meta.get("cpu"):
+        from .tvm_backend import missing_cpu_features
+
+        missing = missing_cpu_features(meta["cpu"])
+        if missing:
+            raise FuserError(f"{out_dir}: built for CPU {meta['cpu']}, which has "
+                             f"{', '.join(missing[:4])} that this CPU lacks; rebuild it here or "
+                             "with `fuser compile --cpu x86-64` for any x86 machine")
     if meta["target"] == "cuda":
         from .tvm_backend import cuda_available
 

@@ -88,6 +88,33 @@ def test_version_mismatch_is_a_clear_error(built, tmp_path):
     assert r.exit_code == 2 and "rebuild" in r.output
 
 
+def test_build_for_a_cpu_this_machine_lacks_is_refused(built, tmp_path):
+    import shutil
+
+    from fuser.backends import tvm_backend as tb
+
+    meta = json.loads((built[0] / tvm_artifact.METADATA).read_text())
+    assert meta["cpu"] == tb.host_cpu()  # built for this machine by default
+    if not tb.missing_cpu_features("sapphirerapids"):
+        pytest.skip("this CPU has every instruction set of sapphirerapids")
+    copy = tmp_path / "spr"
+    shutil.copytree(built[0], copy)
+    meta["cpu"] = "sapphirerapids"
+    (copy / tvm_artifact.METADATA).write_text(json.dumps(meta))
+    r = CliRunner().invoke(main, ["run", str(copy), "--input", "x.npy"])
+    assert r.exit_code == 2 and "built for CPU sapphirerapids" in r.output and "amx" in r.output
+
+
+def test_portable_cpu_build_matches_ort(small_model, tmp_path):
+    _, path, _, x, ref = small_model
+    r = invoke("compile", path, "-o", tmp_path / "x86", "--cpu", "x86-64", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["cpu"] == "x86-64"
+    assert rel_err(fuser.load(tmp_path / "x86")(x)[0], ref) <= 1e-4
+    r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b"), "--cpu", "z80"])
+    assert r.exit_code == 2 and "--cpu z80" in r.output
+
+
 def test_not_a_build_is_a_user_error(tmp_path):
     r = CliRunner().invoke(main, ["run", str(tmp_path), "--input", "x.npy"])
     assert r.exit_code == 2 and "not a fuser TVM build" in r.output

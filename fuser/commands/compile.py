@@ -35,6 +35,8 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
               help="Folder to write model.so and metadata.json into (created if missing).")
 @click.option("--target", type=click.Choice(["llvm", "cuda"]), default="llvm", show_default=True,
               help="llvm: this CPU. cuda: NVIDIA GPUs (compiles with nvcc; no GPU needed to build).")
+@click.option("--cpu", help="llvm only: the CPU to generate code for, by LLVM name (default: this "
+                             "machine's, e.g. rocketlake; x86-64 runs on any x86 machine, slower).")
 @input_shape_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="A fusion plan (JSON from fuser's fusion planner): each group becomes exactly "
@@ -45,7 +47,7 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
               help="Folder of MetaSchedule records, reused across runs and models: a kernel "
                    "already tuned there is not tuned again, and an interrupted run resumes.")
 @json_option
-def command(model, out_dir, target, input_shapes, plan_path, tune_trials, tuning_db, as_json):
+def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, tuning_db, as_json):
     """Compile MODEL with Apache TVM and write a deployable build to OUT_DIR.
 
     fuser's passes (BatchNorm folding, cleanups) run first; the graph is then
@@ -66,6 +68,8 @@ def command(model, out_dir, target, input_shapes, plan_path, tune_trials, tuning
     from fuser.ir import FuserError
 
     tvm_backend.require_tvm()
+    if cpu and target != "llvm":
+        raise FuserError("--cpu applies to --target llvm only")
     if tune_trials < 0:
         raise FuserError("--tune-trials: give a number of trials >= 0")
     if tune_trials and not tuning_db:
@@ -78,7 +82,7 @@ def command(model, out_dir, target, input_shapes, plan_path, tune_trials, tuning
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
         mod = tvm_backend.to_relax(graph, groups)
-        tvm_target = tvm_backend.make_target(target)
+        tvm_target = tvm_backend.make_target(target, cpu=cpu)
         fused = tvm_backend.fuse(mod, tvm_target, planned=bool(groups))
         kernels = tvm_backend.kernel_names(fused)
     if tuning_db:
@@ -89,7 +93,8 @@ def command(model, out_dir, target, input_shapes, plan_path, tune_trials, tuning
     with status(f"writing {out_dir}"):
         meta = tvm_artifact.save(out_dir, executable, graph, target, extra={
             "kernels": kernels, "plan": plan_path, "plan_groups": len(plan) if plan else None,
-            "tune_trials": tune_trials, "tuning_db": tuning_db})
+            "tune_trials": tune_trials, "tuning_db": tuning_db,
+            "cpu": tvm_target.attrs["mcpu"] if target == "llvm" else None})
     summary = {"output": out_dir, "build_seconds": round(build_s, 2), **meta}
     if as_json:
         emit_json(summary)
