@@ -456,8 +456,6 @@ def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]
     """(group id, its nodes) in an order where each unit runs after those it reads from;
     a node in no group is a unit of its own with id None. Raises when the groups feed
     each other in a cycle, which no kernel order allows."""
-    import heapq
-
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     unit_of: dict[int, int] = {}
     units: list[tuple[int | None, list[Node]]] = []
@@ -474,27 +472,17 @@ def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]
         if id(n) not in unit_of:
             unit_of[id(n)] = len(units)
             units.append((None, [n]))
-    users: list[set[int]] = [set() for _ in units]
-    waiting = [0] * len(units)
-    for u, (_, members) in enumerate(units):
-        deps = {unit_of[id(p)] for n in members for p in graph.producers(n)} - {u}
-        waiting[u] = len(deps)
-        for d in deps:
-            users[d].add(u)
+    import networkx as nx
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(units)))
+    dag.add_edges_from((unit_of[id(p)], u) for u, (_, members) in enumerate(units)
+                       for n in members for p in graph.producers(n) if unit_of[id(p)] != u)
     first = [index[id(m[0])] for _, m in units]  # keep the graph's order among ready units
-    ready = [(first[u], u) for u in range(len(units)) if not waiting[u]]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, u = heapq.heappop(ready)
-        order.append(units[u])
-        for w in users[u]:
-            waiting[w] -= 1
-            if not waiting[w]:
-                heapq.heappush(ready, (first[w], w))
-    if len(order) != len(units):
-        raise FuserError(f"{graph.source}: the plan's groups depend on each other in a cycle")
-    return order
+    try:
+        return [units[u] for u in nx.lexicographical_topological_sort(dag, key=first.__getitem__)]
+    except nx.NetworkXUnfeasible:
+        raise FuserError(f"{graph.source}: the plan's groups depend on each other in a cycle") from None
 
 
 def _group_function(bb, graph: Graph, members: list[Node], name: str):

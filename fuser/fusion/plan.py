@@ -61,31 +61,21 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     """``groups`` in an order where every group comes after the groups it reads from
     (ties broken by first op), or None when the group graph has a cycle. Edges to
     ops outside ``groups`` are ignored, so this also orders the pieces of one group."""
-    import heapq
+    import networkx as nx
 
     owner: dict[int, int] = {}
     for k, g in enumerate(groups):
         for i in bits(g):
             owner[i] = k
-    succ: list[set[int]] = [set() for _ in groups]
-    indeg = [0] * len(groups)
-    for u, a in owner.items():
-        for v in fg.succs[u]:
-            b = owner.get(v, a)
-            if b != a and b not in succ[a]:
-                succ[a].add(b)
-                indeg[b] += 1
-    ready = [((groups[k] & -groups[k]).bit_length(), k) for k in range(len(groups)) if indeg[k] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, k = heapq.heappop(ready)
-        order.append(groups[k])
-        for s in succ[k]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready, ((groups[s] & -groups[s]).bit_length(), s))
-    return order if len(order) == len(groups) else None
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(groups)))
+    dag.add_edges_from((a, owner.get(v, a)) for u, a in owner.items() for v in fg.succs[u]
+                       if owner.get(v, a) != a)
+    first_op = [(g & -g).bit_length() for g in groups]
+    try:
+        return [groups[k] for k in nx.lexicographical_topological_sort(dag, key=first_op.__getitem__)]
+    except nx.NetworkXUnfeasible:
+        return None
 
 
 def merge_makes_cycle(fg: FusionGraph, a: int, b: int) -> bool:
