@@ -8,12 +8,13 @@ The database (``DIR/database_workload.json`` + ``database_tuning_record.json``,
 MetaSchedule's JSON format) is keyed by each kernel's structure, so a kernel that
 another run or another model already tuned is not tuned again. Records are appended
 as they are measured: after an interruption, a rerun skips the kernels that have
-their budget and tunes the rest, each for what its budget still lacks.
+their budget and tunes the rest.
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -68,21 +69,58 @@ def import_tensor_intrinsics() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
-def _valid_records(database, task_mod, limit: int) -> int:
+def _valid_records(database, task_mod) -> int:
     if not database.has_workload(task_mod):
         return 0
-    return len(database.get_top_k(database.commit_workload(task_mod), limit))
+    return len(database.get_top_k(database.commit_workload(task_mod), 1 << 30))
+
+
+@dataclass
+class KernelBudget:
+    """One kernel's share of a tuning run."""
+    name: str
+    records: int  # valid records the database already holds, from any run
+    want: int     # trials this run's budget gives it
+
+    @property
+    def tuned(self) -> bool:
+        # half the budget in valid records: some candidates always fail to build or run
+        return self.want == 0 or 2 * self.records >= self.want
+
+
+def _progress_callback(on_progress, names: list[str], total: int, raised: list):
+    """A MeasureCallback calling ``on_progress``; what it raises is kept in ``raised``
+    (TVM's FFI hands it back as a bare RuntimeError, a Ctrl-C included)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    done = [0]
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            done[0] += len(measure_candidates)
+            try:
+                on_progress(done[0], total, names[task_id])
+            except BaseException as e:
+                raised.append(e)
+                raise
+    return Progress()
 
 
 def tune(fused, target, db_dir: str | os.PathLike, trials: int,
-         on_task: Callable[[int, int, str, int, int], None] | None = None):
+         on_plan: Callable[[list[KernelBudget]], None] | None = None,
+         on_progress: Callable[[int, int, str], None] | None = None):
     """Tune the kernels of ``fused`` (from ``tvm_backend.fuse``) with ``trials``
-    MetaSchedule trials in all, split evenly over the kernels that still need them;
-    returns ``fused`` with the best records of the database applied.
+    MetaSchedule trials in all, split evenly over its kernels; returns ``fused`` with
+    the best records of the database applied.
 
-    ``on_task(index, count, name, trials_done_before, trials_wanted)`` is called before
-    each kernel (for progress bars). A kernel counts as tuned once the database holds
-    half its budget in valid records (some candidates always fail to build or run).
+    Kernels the database already holds (``KernelBudget.tuned``) are skipped; the rest
+    are tuned round-robin in one MetaSchedule run, so each gets its share whatever
+    its speed (a latency-weighted scheduler would leave slow-to-improve kernels short
+    and have every rerun tune them again). ``on_plan(budgets)`` is called once before
+    tuning, ``on_progress(trials_done, trials_total, kernel)`` after each measured batch.
     """
     require_tvm()
     from tvm import relax
@@ -96,17 +134,36 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         tasks = ms.relax_integration.extract_tasks(fused, target)
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
     per_task = max(math.ceil(trials / max(len(tasks), 1)), 1) if trials > 0 else 0
-    for index, task in enumerate(tasks):
-        have = _valid_records(database, task.dispatched[0], per_task) if per_task else 0
-        if on_task:
-            on_task(index, len(tasks), task.task_name, have, per_task)
-        if per_task == 0 or have * 2 >= per_task:
-            continue  # tuned by an earlier run (of this or another model)
+    budgets = [KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), per_task)
+               for t in tasks]
+    if on_plan:
+        on_plan(budgets)
+    pending = [t for t, b in zip(tasks, budgets) if not b.tuned]
+    if pending:
+        import logging
+
+        # MetaSchedule's console handler takes this logger's level; its per-trial tables
+        # still go to DIR/logs.
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        if ms_logger.level == logging.NOTSET:
+            ms_logger.setLevel(logging.WARNING)
+        logs = str(Path(db_dir) / "logs")
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], str(Path(db_dir) / "logs"), num_threads="physical")
-        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(Path(db_dir) / "logs"),
-                           max_trials_global=per_task - have,
-                           num_trials_per_iter=min(64, per_task - have), database=database,
-                           builder=ms.builder.LocalBuilder(f_build=build_candidate))
+            pending, logs, num_threads="physical")
+        total = per_task * len(pending)
+        callbacks, raised = list(ms.measure_callback.MeasureCallback.create("default")), []
+        if on_progress:
+            names = [t.task_name for t in pending]
+            callbacks.append(_progress_callback(on_progress, names, total, raised))
+        try:
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
+                               max_trials_global=total, max_trials_per_task=per_task,
+                               num_trials_per_iter=min(64, per_task), database=database,
+                               builder=ms.builder.LocalBuilder(f_build=build_candidate),
+                               task_scheduler="round-robin", measure_callbacks=callbacks)
+        except RuntimeError:
+            if raised:
+                raise raised[0] from None
+            raise
     with target, database:
         return relax.transform.MetaScheduleApplyDatabase()(fused)

@@ -158,10 +158,6 @@ def test_tuning_options_are_checked(small_model, tmp_path):
     assert r.exit_code == 2 and "--tune-trials" in r.output
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_tuning_database_is_reused_and_resumed(tmp_path):
     """Tuning stopped after its first kernel resumes with the second; a third run finds
     both kernels in the database and tunes nothing; the tuned build gives ORT's numbers."""
@@ -173,21 +169,24 @@ def test_tuning_database_is_reused_and_resumed(tmp_path):
     target = tb.make_target("llvm", 2)
     fused = tb.fuse(tb.to_relax(graph), target)
 
-    def stop_at_second(index, count, name, have, want):
-        if index == 1:
-            raise _Interrupted
-    with pytest.raises(_Interrupted):
-        tvm_tuning.tune(fused, target, tmp_path, 8, on_task=stop_at_second)
+    def stop_after_first_batch(done, total, kernel):
+        raise KeyboardInterrupt  # as Ctrl-C would
+    first = []
+    with pytest.raises(KeyboardInterrupt):
+        tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=first.extend,
+                        on_progress=stop_after_first_batch)
+    assert [(b.records, b.want) for b in first] == [(0, 4), (0, 4)]
 
-    resumed = []
-    tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: resumed.append(a))
-    (_, count, _, have0, want), (_, _, _, have1, _) = resumed
-    assert count == 2 and want == 4
-    assert 2 * have0 >= want and have1 == 0  # first kernel kept, second tuned now
+    resumed, progress = [], []
+    tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=resumed.extend,
+                    on_progress=lambda *a: progress.append(a))
+    assert [b.tuned for b in resumed] == [True, False]  # first kernel kept, second tuned now
+    assert progress[-1][:2] == (4, 4) and progress[-1][2] == resumed[1].name
 
     again = []
-    tuned = tvm_tuning.tune(fused, target, tmp_path, 8, on_task=lambda *a: again.append(a))
-    assert len(again) == 2 and all(2 * have >= want for *_, have, want in again)
+    tuned = tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=again.extend,
+                            on_progress=lambda *a: pytest.fail("tuned a kernel again"))
+    assert len(again) == 2 and all(b.tuned for b in again)
     model = tb.TVMModel(tb.build_fused(tuned, target), tb.value_specs(graph.inputs),
                         tb.value_specs(graph.outputs))
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)

@@ -229,6 +229,38 @@ __device__ __forceinline__ void tile_origin(int& n, int& oy0, int& ox0) {
   ox0 = b % P::TILES_X * P::TILE_W;
 }
 
+// 1x1 projection of one chunk of HC hidden channels (src [M][HC_LD]) into the output accumulators
+template <class P>
+__device__ __forceinline__ void project_chunk(float (&acc)[P::OUT_JOBS_PER_WARP][P::NFW_OUT][4],
+                                              const __half* src, const __half* w_project, int h0, int warp) {
+#pragma unroll
+  for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
+    const int t = warp + j * P::WARPS;
+    if (t >= P::OUT_JOBS) break;
+    int m0, n0;
+    job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
+    conv_mma_job<1, 1, P::NFW_OUT>(acc[j], src, P::HC_LD, P::TILE_W, 0, P::TILE_W, P::M, m0,
+                                    w_project + h0, P::HID_P, P::HC, n0);
+  }
+}
+
+// the projected tile + bias (+ the block input x_tile as residual), activated, to y
+template <class P>
+__device__ __forceinline__ void store_projection(float (&acc)[P::OUT_JOBS_PER_WARP][P::NFW_OUT][4], int warp,
+                                                 int n, int oy0, int ox0, __half* __restrict__ y,
+                                                 const float* __restrict__ b_project, const __half* x_tile) {
+#pragma unroll
+  for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
+    const int t = warp + j * P::WARPS;
+    if (t >= P::OUT_JOBS) break;
+    int m0, n0;
+    job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
+    store_output<P::NFW_OUT, P::ACT_FINAL, 1>(acc[j], m0, n0, P::M, P::TILE_W, oy0, ox0, P::HO, P::WO, P::C_OUT,
+                                              y + (size_t)n * P::HO * P::WO * P::C_OUT, b_project,
+                                              P::RESIDUAL ? x_tile : nullptr, P::X_LD, P::X_W, P::RES_ORIGIN);
+  }
+}
+
 // ---- convfirst: k x k grouped conv -> 1x1 expand + act -> 1x1 project (+ x) ------------------
 template <class P>
 __device__ __forceinline__ void convfirst_block(
@@ -276,27 +308,10 @@ __device__ __forceinline__ void convfirst_block(
                                            P::TILE_W, oy0, ox0, P::HO, P::WO);
     }
     __syncthreads();
-#pragma unroll
-    for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
-      const int t = warp + j * P::WARPS;
-      if (t >= P::OUT_JOBS) break;
-      int m0, n0;
-      job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
-      conv_mma_job<1, 1, P::NFW_OUT>(acc[j], hidden, P::HC_LD, P::TILE_W, 0, P::TILE_W, P::M, m0,
-                                      w_project + h0, P::HID_P, P::HC, n0);
-    }
+    project_chunk<P>(acc, hidden, w_project, h0, warp);
     __syncthreads();  // the next chunk overwrites hidden
   }
-#pragma unroll
-  for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
-    const int t = warp + j * P::WARPS;
-    if (t >= P::OUT_JOBS) break;
-    int m0, n0;
-    job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
-    store_output<P::NFW_OUT, P::ACT_FINAL, 1>(acc[j], m0, n0, P::M, P::TILE_W, oy0, ox0, P::HO, P::WO, P::C_OUT,
-                                              y + (size_t)n * P::HO * P::WO * P::C_OUT, b_project,
-                                              P::RESIDUAL ? x_tile : nullptr, P::X_LD, P::X_W, P::RES_ORIGIN);
-  }
+  store_projection<P>(acc, warp, n, oy0, ox0, y, b_project, x_tile);
 }
 
 // ---- mbconv: [1x1 expand + act] -> k x k depthwise (stride S) + act -> 1x1 project (+ x) ----------
@@ -337,27 +352,10 @@ __device__ __forceinline__ void mbconv_block(
                                                   P::HC_LD, P::TILE_W, P::M, P::HC, P::HID - h0,
                                                   w_dw + h0 * P::K * P::K, b_dw + h0);
     __syncthreads();
-#pragma unroll
-    for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
-      const int t = warp + j * P::WARPS;
-      if (t >= P::OUT_JOBS) break;
-      int m0, n0;
-      job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
-      conv_mma_job<1, 1, P::NFW_OUT>(acc[j], dw_out, P::HC_LD, P::TILE_W, 0, P::TILE_W, P::M, m0,
-                                      w_project + h0, P::HID_P, P::HC, n0);
-    }
+    project_chunk<P>(acc, dw_out, w_project, h0, warp);
     __syncthreads();  // the next chunk overwrites hidden and dw_out
   }
-#pragma unroll
-  for (int j = 0; j < P::OUT_JOBS_PER_WARP; ++j) {
-    const int t = warp + j * P::WARPS;
-    if (t >= P::OUT_JOBS) break;
-    int m0, n0;
-    job_origin<P::NFW_OUT>(t, P::C_OUT_P / (8 * P::NFW_OUT), m0, n0);
-    store_output<P::NFW_OUT, P::ACT_FINAL, 1>(acc[j], m0, n0, P::M, P::TILE_W, oy0, ox0, P::HO, P::WO, P::C_OUT,
-                                              y + (size_t)n * P::HO * P::WO * P::C_OUT, b_project,
-                                              P::RESIDUAL ? x_tile : nullptr, P::X_LD, P::X_W, P::RES_ORIGIN);
-  }
+  store_projection<P>(acc, warp, n, oy0, ox0, y, b_project, x_tile);
 }
 
 // ---- resnet_basic: k x k conv (stride S) + act -> k x k conv, + x or + 1x1 projection(x), act ------

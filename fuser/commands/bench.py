@@ -61,13 +61,10 @@ def command(model, backends, input_shapes, threads, warmup, repeat, plan_path, t
     if "tvm-tuned" in names and not (tune_trials and tuning_db):
         raise FuserError("--backends tvm-tuned needs --tune-trials N and --tuning-db DIR")
 
-    def report_task(index, count, name, have, want):
-        err.print(f"[dim]tuning kernel {index + 1}/{count} {name}: {have}/{want} records[/]")
-
     def tuning(fused, target):
-        from fuser.backends import tvm_tuning
+        from fuser.commands.compile import tune_with_progress
 
-        return tvm_tuning.tune(fused, target, tuning_db, tune_trials, on_task=report_task)
+        return tune_with_progress(fused, target, tuning_db, tune_trials)
     if any(b.startswith("tvm") for b in names):
         from fuser.backends import tvm_backend
 

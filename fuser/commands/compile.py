@@ -10,7 +10,7 @@ from fuser.cli_common import emit_json, err, input_shape_option, json_option, lo
 
 
 def tune_with_progress(fused, target, tuning_db: str, trials: int):
-    """MetaSchedule tuning (fuser.backends.tvm_tuning) behind a per-kernel progress bar;
+    """MetaSchedule tuning (fuser.backends.tvm_tuning) behind a progress bar of trials;
     with 0 trials it only applies what the database already holds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -20,11 +20,17 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
                   TimeElapsedColumn(), console=err, transient=False) as progress:
         bar = progress.add_task("kernels", total=None)
 
-        def on_task(index, count, name, have, want):
-            note = " (in the database)" if want == 0 or 2 * have >= want else f" ({want - have} trials)"
-            progress.update(bar, total=count, completed=index, description=name + note)
+        def on_plan(budgets):
+            cached = sum(b.tuned for b in budgets)
+            err.print(f"[dim]{len(budgets)} kernels, {cached} already in {tuning_db}; "
+                      f"{budgets[0].want if budgets else 0} trials each for the rest[/]")
+            progress.update(bar, total=sum(b.want for b in budgets if not b.tuned))
 
-        fused = tvm_tuning.tune(fused, target, tuning_db, trials, on_task=on_task)
+        def on_progress(done, total, kernel):
+            progress.update(bar, completed=done, description=kernel)
+
+        fused = tvm_tuning.tune(fused, target, tuning_db, trials, on_plan=on_plan,
+                                on_progress=on_progress)
         progress.update(bar, completed=progress.tasks[0].total or 0, description="done")
     return fused
 
