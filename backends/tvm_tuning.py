@@ -12,8 +12,11 @@ their budget and tunes the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -88,25 +91,44 @@ class KernelBudget:
         return self.want == 0 or 2 * self.records >= self.want
 
 
-def _progress_callback(on_progress, names: list[str], total: int, raised: list):
-    """A MeasureCallback calling ``on_progress``; what it raises is kept in ``raised``
-    (TVM's FFI hands it back as a bare RuntimeError, a Ctrl-C included)."""
+def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
+    """A MeasureCallback run after each measured batch (its records are in the database
+    by then): it calls ``on_progress`` and stops the run when ``stop["signal"]`` is set.
+    What it raises is kept in ``stop["raised"]``: TVM's FFI hands it back as a bare
+    RuntimeError."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     done = [0]
 
     @derived_object
-    class Progress(PyMeasureCallback):
+    class AfterBatch(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
             done[0] += len(measure_candidates)
             try:
-                on_progress(done[0], total, names[task_id])
+                if on_progress:
+                    on_progress(done[0], total, names[task_id])
+                if stop.get("signal"):
+                    raise KeyboardInterrupt
             except BaseException as e:
-                raised.append(e)
+                stop["raised"] = e
                 raise
-    return Progress()
+    return AfterBatch()
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_batch(stop: dict):
+    """Ctrl-C sets a flag the batch callback acts on. Left to Python, the KeyboardInterrupt
+    surfaces inside MetaSchedule, which ends the current kernel's tuning and goes on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("signal", True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def tune(fused, target, db_dir: str | os.PathLike, trials: int,
@@ -121,6 +143,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
     its speed (a latency-weighted scheduler would leave slow-to-improve kernels short
     and have every rerun tune them again). ``on_plan(budgets)`` is called once before
     tuning, ``on_progress(trials_done, trials_total, kernel)`` after each measured batch.
+    Ctrl-C stops the run after the batch being measured (KeyboardInterrupt).
     """
     require_tvm()
     from tvm import relax
@@ -151,19 +174,19 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             pending, logs, num_threads="physical")
         total = per_task * len(pending)
-        callbacks, raised = list(ms.measure_callback.MeasureCallback.create("default")), []
-        if on_progress:
-            names = [t.task_name for t in pending]
-            callbacks.append(_progress_callback(on_progress, names, total, raised))
+        stop: dict = {}
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
+                     _batch_callback(on_progress, [t.task_name for t in pending], total, stop)]
         try:
-            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
-                               max_trials_global=total, max_trials_per_task=per_task,
-                               num_trials_per_iter=min(64, per_task), database=database,
-                               builder=ms.builder.LocalBuilder(f_build=build_candidate),
-                               task_scheduler="round-robin", measure_callbacks=callbacks)
+            with _ctrl_c_after_batch(stop):
+                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
+                                   max_trials_global=total, max_trials_per_task=per_task,
+                                   num_trials_per_iter=min(64, per_task), database=database,
+                                   builder=ms.builder.LocalBuilder(f_build=build_candidate),
+                                   task_scheduler="round-robin", measure_callbacks=callbacks)
         except RuntimeError:
-            if raised:
-                raise raised[0] from None
+            if "raised" in stop:
+                raise stop["raised"] from None
             raise
     with target, database:
         return relax.transform.MetaScheduleApplyDatabase()(fused)

@@ -29,8 +29,13 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
         def on_progress(done, total, kernel):
             progress.update(bar, completed=done, description=kernel)
 
-        fused = tvm_tuning.tune(fused, target, tuning_db, trials, on_plan=on_plan,
-                                on_progress=on_progress)
+        try:
+            fused = tvm_tuning.tune(fused, target, tuning_db, trials, on_plan=on_plan,
+                                    on_progress=on_progress)
+        except KeyboardInterrupt:
+            err.print(f"stopped after the current batch; its records are in {tuning_db}: "
+                      "the same command resumes")
+            raise
         progress.update(bar, completed=progress.tasks[0].total or 0, description="done")
     return fused
 
