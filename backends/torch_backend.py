@@ -45,7 +45,8 @@ def _torch_dtype(np_dtype: Any) -> torch.dtype:
 class _Op:
     """What an op function knows about its node besides the runtime tensors."""
 
-    __slots__ = ("name", "op", "attrs", "opset", "consts", "nout", "used", "out_dtypes", "cache")
+    __slots__ = ("name", "op", "attrs", "opset", "consts", "nout", "used", "out_dtypes", "cache",
+                 "const_values")
 
     def __init__(self, node: Node, opset: int, used: list[bool],
                  consts: list[np.ndarray | None]):
@@ -55,6 +56,10 @@ class _Op:
         self.used = used
         self.out_dtypes = [v.dtype for v in node.outputs]
         self.cache: dict = {}
+        # constant inputs as Python lists: torch.compile cannot trace numpy arrays held by
+        # the module, and ints()/scalar() of a constant are all most ops need
+        self.const_values = {i: c.reshape(-1).tolist() for i, c in enumerate(consts)
+                             if c is not None and c.size <= 1024}
 
     def attr(self, key: str, default: Any = None) -> Any:
         v = self.attrs.get(key, default)
@@ -71,10 +76,15 @@ class _Op:
         return None if t is None else t.detach().cpu().numpy()
 
     def ints(self, i: int, t: torch.Tensor | None) -> list[int] | None:
+        if i in self.const_values:
+            return [int(v) for v in self.const_values[i]]
         a = self.array(i, t)
         return None if a is None else [int(v) for v in a.reshape(-1)]
 
     def scalar(self, i: int, t: torch.Tensor | None) -> Any:
+        if i in self.const_values:
+            values = self.const_values[i]
+            return values[0] if values else None
         a = self.array(i, t)
         return None if a is None or a.size == 0 else a.reshape(-1)[0].item()
 

@@ -117,6 +117,17 @@ def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
     return AfterBatch()
 
 
+def _search_strategy(per_task: int):
+    """MetaSchedule's evolutionary search, scaled down for small budgets: its default
+    (512 candidates, 4 generations) takes 25-75 s per kernel on 2 cores however few
+    trials it then picks."""
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
+
+    if per_task >= 48:
+        return EvolutionarySearch()
+    return EvolutionarySearch(population_size=256 if per_task >= 16 else 128, genetic_num_iters=2)
+
+
 @contextlib.contextmanager
 def _ctrl_c_after_batch(stop: dict):
     """Ctrl-C sets a flag the batch callback acts on. Left to Python, the KeyboardInterrupt
@@ -172,7 +183,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
             ms_logger.setLevel(logging.WARNING)
         logs = str(Path(db_dir) / "logs")
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            pending, logs, num_threads="physical")
+            pending, logs, strategy=_search_strategy(per_task), num_threads="physical")
         total = per_task * len(pending)
         stop: dict = {}
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"),

@@ -664,3 +664,28 @@ def test_unsupported_op_raises_fuser_error():
     g.outputs = [g.add_node("NonMaxSuppression", [x], name="nms1").output]
     with pytest.raises(FuserError, match=r"nms1.*NonMaxSuppression"):
         to_torch(g)
+
+
+def test_module_compiles_with_torch_compile():
+    """torch.compile traces the module (constant inputs such as ReduceMean axes, Reshape
+    shapes and Clip bounds are plain Python values to it) and gives eager's numbers."""
+    import fuser
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = torch.nn.functional.relu6(self.conv(x)).mean((2, 3))
+            return self.fc(y.reshape(y.shape[0], -1))
+
+    x = torch.randn(2, 3, 16, 16)
+    graph = fuser.optimize(Net().eval(), (x,))
+    assert {"ReduceMean", "Clip"} <= {n.op for n in graph.nodes}
+    module = graph.to_torch().eval()
+    with torch.no_grad():
+        eager = module(x)
+        compiled = torch.compile(module, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
