@@ -117,6 +117,15 @@ def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
     return AfterBatch()
 
 
+def _quiet_console() -> None:
+    """Keep MetaSchedule's per-trial tables off the console (they still go to DIR/logs).
+    Each of its logger setups gives its console handler the level of this logger, and
+    leaves that logger at DEBUG, so it is set before each one."""
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
 def _search_strategy(per_task: int):
     """MetaSchedule's evolutionary search, scaled down for small budgets: its default
     (512 candidates, 4 generations) takes 25-75 s per kernel on 2 cores however few
@@ -174,13 +183,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         on_plan(budgets)
     pending = [t for t, b in zip(tasks, budgets) if not b.tuned]
     if pending:
-        import logging
-
-        # MetaSchedule's console handler takes this logger's level; its per-trial tables
-        # still go to DIR/logs.
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        if ms_logger.level == logging.NOTSET:
-            ms_logger.setLevel(logging.WARNING)
+        _quiet_console()
         logs = str(Path(db_dir) / "logs")
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             pending, logs, strategy=_search_strategy(per_task), num_threads="physical")
@@ -188,6 +191,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         stop: dict = {}
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
                      _batch_callback(on_progress, [t.task_name for t in pending], total, stop)]
+        _quiet_console()
         try:
             with _ctrl_c_after_batch(stop):
                 ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
