@@ -226,7 +226,7 @@ def test_paddle_det_matches_ort():
 
 @pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"] if HEAVY else ["resnet18"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])  # 64x64 in CI, 224 with FUSER_HEAVY
 def test_zoo_cuda_build_compiles_with_nvcc(name):
     """The issue's check: the cuda builds of ResNet-18 and MobileNetV2 generate CUDA and
     nvcc compiles it here; on a GPU machine they must also match ONNX Runtime."""
