@@ -450,7 +450,9 @@ def main(argv=None) -> int:
     ratios = [0.5] if args.quick else [0.3, 0.5]
     names = (args.models.split(",") if args.models else
              ["resnet18", "shufflenet_v2_x1_0"] if args.quick else models.names())
-    console.print(f"fuser vs Torch-Pruning {getattr(tp, '__version__', '?')} "
+    from importlib.metadata import version  # the package's own __version__ lags (1.6.0 in 1.6.1)
+
+    console.print(f"fuser vs Torch-Pruning {version('torch-pruning')} "
                   f"(torch {torch.__version__}); criterion l2, per-group ratio, classifier ignored")
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
