@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from fuser.ir import FuserError, Graph, Node, Value
+from fuser.ir import FuserError, Graph, Node, Value, stable_topological_order
 
 try:  # TVM is an optional extra: `pip install fuser[tvm]`
     import tvm
@@ -472,17 +472,14 @@ def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]
         if id(n) not in unit_of:
             unit_of[id(n)] = len(units)
             units.append((None, [n]))
-    import networkx as nx
-
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(len(units)))
-    dag.add_edges_from((unit_of[id(p)], u) for u, (_, members) in enumerate(units)
-                       for n in members for p in graph.producers(n) if unit_of[id(p)] != u)
     first = [index[id(m[0])] for _, m in units]  # keep the graph's order among ready units
-    try:
-        return [units[u] for u in nx.lexicographical_topological_sort(dag, key=first.__getitem__)]
-    except nx.NetworkXUnfeasible:
-        raise FuserError(f"{graph.source}: the plan's groups depend on each other in a cycle") from None
+    order = stable_topological_order(
+        len(units), ((unit_of[id(p)], u) for u, (_, members) in enumerate(units)
+                     for n in members for p in graph.producers(n) if unit_of[id(p)] != u),
+        key=first.__getitem__)
+    if order is None:
+        raise FuserError(f"{graph.source}: the plan's groups depend on each other in a cycle")
+    return [units[u] for u in order]
 
 
 def _group_function(bb, graph: Graph, members: list[Node], name: str):

@@ -29,6 +29,22 @@ def is_splat(a: np.ndarray) -> bool:
     return a.ndim == 0 or all(s == 0 for s in a.strides)
 
 
+def stable_topological_order(count: int, edges: Iterable[tuple[int, int]],
+                             key=None) -> list[int] | None:
+    """``range(count)`` ordered so that ``a`` comes before ``b`` for every edge (a, b),
+    taking the smallest ``key`` (default: the index) among the ready ones, so that an
+    order that is already legal is kept; None when the edges form a cycle."""
+    import networkx as nx
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(count))
+    dag.add_edges_from(edges)
+    try:
+        return list(nx.lexicographical_topological_sort(dag, key=key))
+    except nx.NetworkXUnfeasible:
+        return None
+
+
 class Value:
     """A tensor in the graph: a graph input, a node output, or a constant."""
 
@@ -256,24 +272,13 @@ class Graph:
 
     def toposort(self) -> None:
         """Re-sort nodes topologically (stable: keeps the current order where it is legal)."""
-        order = {id(n): i for i, n in enumerate(self.nodes)}
-        indeg = {id(n): 0 for n in self.nodes}
-        for n in self.nodes:
-            indeg[id(n)] = len({id(p) for p in self.producers(n) if id(p) in order})
-        import heapq
-        ready = [(order[id(n)], n) for n in self.nodes if indeg[id(n)] == 0]
-        heapq.heapify(ready)
-        out: list[Node] = []
-        while ready:
-            _, n = heapq.heappop(ready)
-            out.append(n)
-            for c in self.consumers(n):
-                indeg[id(c)] -= 1
-                if indeg[id(c)] == 0:
-                    heapq.heappush(ready, (order[id(c)], c))
-        if len(out) != len(self.nodes):
+        index = {id(n): i for i, n in enumerate(self.nodes)}
+        order = stable_topological_order(len(self.nodes), (
+            (index[id(p)], i) for i, n in enumerate(self.nodes)
+            for p in self.producers(n) if id(p) in index))
+        if order is None:
             raise FuserError(f"{self.source}: graph has a cycle")
-        self.nodes = out
+        self.nodes = [self.nodes[i] for i in order]
 
     def copy(self) -> "Graph":
         """A structural copy; constant arrays are shared (treat them as immutable)."""

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..ir import FuserError
+from ..ir import FuserError, stable_topological_order
 from .opgraph import FusionGraph, bits
 
 PLAN_FORMAT = "fuser.fusion.plan/1"
@@ -61,21 +61,13 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     """``groups`` in an order where every group comes after the groups it reads from
     (ties broken by first op), or None when the group graph has a cycle. Edges to
     ops outside ``groups`` are ignored, so this also orders the pieces of one group."""
-    import networkx as nx
-
-    owner: dict[int, int] = {}
-    for k, g in enumerate(groups):
-        for i in bits(g):
-            owner[i] = k
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(len(groups)))
-    dag.add_edges_from((a, owner.get(v, a)) for u, a in owner.items() for v in fg.succs[u]
-                       if owner.get(v, a) != a)
+    owner = group_of(fg, groups)
     first_op = [(g & -g).bit_length() for g in groups]
-    try:
-        return [groups[k] for k in nx.lexicographical_topological_sort(dag, key=first_op.__getitem__)]
-    except nx.NetworkXUnfeasible:
-        return None
+    order = stable_topological_order(
+        len(groups), ((owner[u], owner[v]) for u in range(fg.n) if owner[u] >= 0
+                      for v in fg.succs[u] if owner[v] >= 0 and owner[v] != owner[u]),
+        key=first_op.__getitem__)
+    return None if order is None else [groups[k] for k in order]
 
 
 def merge_makes_cycle(fg: FusionGraph, a: int, b: int) -> bool:
