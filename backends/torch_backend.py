@@ -12,13 +12,15 @@ not from tensors). ``forward`` is a plain interpreter loop over a plan of
 ``(fn, op, input slots, output slots, slots to free)``; intermediate tensors
 are dropped right after their last use.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial, reduce
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +33,19 @@ __all__ = ["to_torch", "run_torch", "FuserModule", "ONNX_TO_TORCH_DTYPE"]
 
 # ONNX TensorProto element types -> torch dtypes.
 ONNX_TO_TORCH_DTYPE = {
-    1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16,
-    6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64,
-    12: torch.uint32, 13: torch.uint64, 16: torch.bfloat16,
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    4: torch.uint16,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+    12: torch.uint32,
+    13: torch.uint64,
+    16: torch.bfloat16,
 }
 
 
@@ -45,11 +57,20 @@ def _torch_dtype(np_dtype: Any) -> torch.dtype:
 class _Op:
     """What an op function knows about its node besides the runtime tensors."""
 
-    __slots__ = ("name", "op", "attrs", "opset", "consts", "nout", "used", "out_dtypes", "cache",
-                 "const_values")
+    __slots__ = (
+        "name",
+        "op",
+        "attrs",
+        "opset",
+        "consts",
+        "nout",
+        "used",
+        "out_dtypes",
+        "cache",
+        "const_values",
+    )
 
-    def __init__(self, node: Node, opset: int, used: list[bool],
-                 consts: list[np.ndarray | None]):
+    def __init__(self, node: Node, opset: int, used: list[bool], consts: list[np.ndarray | None]):
         self.name, self.op, self.attrs, self.opset = node.name, node.op, dict(node.attrs), opset
         self.consts = consts
         self.nout = len(node.outputs)
@@ -58,8 +79,9 @@ class _Op:
         self.cache: dict = {}
         # constant inputs as Python lists: torch.compile cannot trace numpy arrays held by
         # the module, and ints()/scalar() of a constant are all most ops need
-        self.const_values = {i: c.reshape(-1).tolist() for i, c in enumerate(consts)
-                             if c is not None and c.size <= 1024}
+        self.const_values = {
+            i: c.reshape(-1).tolist() for i, c in enumerate(consts) if c is not None and c.size <= 1024
+        }
 
     def attr(self, key: str, default: Any = None) -> Any:
         v = self.attrs.get(key, default)
@@ -173,8 +195,7 @@ def _conv_transpose(c: _Op, x, w, b=None):
     op = list(c.attr("output_padding") or [0] * n)
     g = c.attr("group", 1)
     in_sp = x.shape[2:]
-    full = [st * (i - 1) + o + (k - 1) * dd + 1
-            for st, i, o, k, dd in zip(s, in_sp, op, w.shape[2:], d)]
+    full = [st * (i - 1) + o + (k - 1) * dd + 1 for st, i, o, k, dd in zip(s, in_sp, op, w.shape[2:], d)]
     auto = c.attr("auto_pad", "NOTSET") or "NOTSET"
     out_shape = c.attr("output_shape")
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -205,12 +226,12 @@ def _batchnorm(c: _Op, x, scale, bias, mean, var, *_):
         bm, bv = x.mean(dims), x.var(dims, unbiased=False)
         y = F.batch_norm(x, bm, bv, scale, bias, False, 0.0, eps)
         m = c.attr("momentum", 0.9)
-        return (y, mean * m + bm * (1 - m), var * m + bv * (1 - m))[:c.nout]
+        return (y, mean * m + bm * (1 - m), var * m + bv * (1 - m))[: c.nout]
     if scale.dim() == 1 and mean.dim() == 1 and x.dim() >= 2:
         y = F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
     else:  # opset < 9, spatial=0: per-activation statistics
         y = (x - mean) / torch.sqrt(var + eps) * scale + bias
-    return y if c.nout == 1 else (y, mean, var, mean, var)[:c.nout]
+    return y if c.nout == 1 else (y, mean, var, mean, var)[: c.nout]
 
 
 def _layernorm(c: _Op, x, scale, bias=None):
@@ -219,15 +240,18 @@ def _layernorm(c: _Op, x, scale, bias=None):
     ns = tuple(x.shape[axis:])
     extra = c.nout > 1 and any(c.used[1:])
     if not extra and tuple(scale.shape) == ns and (bias is None or tuple(bias.shape) == ns):
-        return F.layer_norm(x, ns, scale, bias, eps) if c.nout == 1 else (
-            F.layer_norm(x, ns, scale, bias, eps), None, None)[:c.nout]
+        return (
+            F.layer_norm(x, ns, scale, bias, eps)
+            if c.nout == 1
+            else (F.layer_norm(x, ns, scale, bias, eps), None, None)[: c.nout]
+        )
     dims = tuple(range(axis, x.dim()))
     mean = x.mean(dims, keepdim=True)
     inv = torch.rsqrt((x - mean).square().mean(dims, keepdim=True) + eps)
     y = (x - mean) * inv * scale
     if bias is not None:
         y = y + bias
-    return y if c.nout == 1 else (y, mean, inv)[:c.nout]
+    return y if c.nout == 1 else (y, mean, inv)[: c.nout]
 
 
 def _instancenorm(c: _Op, x, scale, bias):
@@ -287,9 +311,12 @@ def _pool_out(size: int, pb: int, pe: int, k_eff: int, s: int, ceil: bool) -> in
 
 def _torch_pool_ok(k, s, d, pb, pe, out, ceil, in_sp) -> bool:
     """Whether torch's own pooling (symmetric padding) yields exactly ``out``."""
-    return pb == pe and all(2 * p <= kk for p, kk in zip(pb, k)) and out == [
-        _pool_out(i, p, p, (kk - 1) * dd + 1, st, ceil)
-        for i, p, kk, dd, st in zip(in_sp, pb, k, d, s)]
+    return (
+        pb == pe
+        and all(2 * p <= kk for p, kk in zip(pb, k))
+        and out
+        == [_pool_out(i, p, p, (kk - 1) * dd + 1, st, ceil) for i, p, kk, dd, st in zip(in_sp, pb, k, d, s)]
+    )
 
 
 def _fill_min(dtype: torch.dtype) -> float:
@@ -305,8 +332,9 @@ def _maxpool(c: _Op, x):
         res = _MAXPOOL[n](x, k, s, pb, d, ceil_mode=ceil, return_indices=want_idx)
         padded, pb_used = in_sp, [0] * n
     else:
-        right = [(o - 1) * st + (kk - 1) * dd + 1 - i - b
-                 for o, st, kk, dd, i, b in zip(out, s, k, d, in_sp, pb)]
+        right = [
+            (o - 1) * st + (kk - 1) * dd + 1 - i - b for o, st, kk, dd, i, b in zip(out, s, k, d, in_sp, pb)
+        ]
         xp = F.pad(x, _torch_pads(pb, right), value=_fill_min(x.dtype))
         res = _MAXPOOL[n](xp, k, s, 0, d, ceil_mode=False, return_indices=want_idx)
         padded, pb_used = list(xp.shape[2:]), pb
@@ -337,7 +365,8 @@ def _window_sum(xp, k, s, d, out):
     acc = None
     for offs in itertools.product(*[range(kk) for kk in k]):
         sl = (slice(None), slice(None)) + tuple(
-            slice(o * dd, o * dd + (oo - 1) * st + 1, st) for o, dd, st, oo in zip(offs, d, s, out))
+            slice(o * dd, o * dd + (oo - 1) * st + 1, st) for o, dd, st, oo in zip(offs, d, s, out)
+        )
         acc = xp[sl] if acc is None else acc + xp[sl]
     return acc
 
@@ -349,23 +378,28 @@ def _avgpool(c: _Op, x):
     in_sp = list(x.shape[2:])
     if all(dd == 1 for dd in d) and _torch_pool_ok(k, s, d, pb, pe, out, ceil, in_sp):
         return _AVGPOOL[n](x, k, s, pb, ceil_mode=ceil, count_include_pad=include)
-    right = [(o - 1) * st + (kk - 1) * dd + 1 - i - b
-             for o, st, kk, dd, i, b in zip(out, s, k, d, in_sp, pb)]
+    right = [(o - 1) * st + (kk - 1) * dd + 1 - i - b for o, st, kk, dd, i, b in zip(out, s, k, d, in_sp, pb)]
     key = ("count", tuple(in_sp), x.device, x.dtype)
     if all(dd == 1 for dd in d):
+
         def wsum(t):
             return _AVGPOOL[n](t, k, s, 0) * _prod(k)
     else:
+
         def wsum(t):
             return _window_sum(t, k, s, d, out)
+
     def divisor():  # how many elements each window divides by
         mask = torch.ones([1, 1] + in_sp, dtype=x.dtype, device=x.device)
         if include:  # explicit pads count, the ceil-mode overhang does not
-            mask = F.pad(F.pad(mask, _torch_pads(pb, pe), value=1.0),
-                         _torch_pads([0] * n, [r - e for r, e in zip(right, pe)]))
+            mask = F.pad(
+                F.pad(mask, _torch_pads(pb, pe), value=1.0),
+                _torch_pads([0] * n, [r - e for r, e in zip(right, pe)]),
+            )
         else:
             mask = F.pad(mask, _torch_pads(pb, right))
         return wsum(mask)
+
     return wsum(F.pad(x, _torch_pads(pb, right))) / _cached(c, key, divisor)
 
 
@@ -384,8 +418,11 @@ def _gemm(c: _Op, a, b, cc=None):
         a = a.t()
     if beta == 0:
         cc = None
-    if (c.attr("transB", 0) and alpha == 1.0 and (cc is None or (
-            beta == 1.0 and cc.dim() == 1 and cc.shape[0] == b.shape[0]))):
+    if (
+        c.attr("transB", 0)
+        and alpha == 1.0
+        and (cc is None or (beta == 1.0 and cc.dim() == 1 and cc.shape[0] == b.shape[0]))
+    ):
         return F.linear(a, b, cc)
     if c.attr("transB", 0):
         b = b.t()
@@ -451,9 +488,14 @@ def _clip(c: _Op, x, lo=None, hi=None):
     if lo_v is None and hi_v is None:
         return x
     if isinstance(lo_v, torch.Tensor) or isinstance(hi_v, torch.Tensor):
+
         def as_t(v):
-            return v if v is None or isinstance(v, torch.Tensor) else torch.tensor(
-                v, dtype=x.dtype, device=x.device)
+            return (
+                v
+                if v is None or isinstance(v, torch.Tensor)
+                else torch.tensor(v, dtype=x.dtype, device=x.device)
+            )
+
         lo_v, hi_v = as_t(lo_v), as_t(hi_v)
     return torch.clamp(x, lo_v, hi_v)
 
@@ -475,8 +517,12 @@ def _elu(c: _Op, x):
 
 
 def _prelu(c: _Op, x, slope):
-    if slope.numel() == 1 or (x.dim() >= 2 and slope.dim() == x.dim() - 1
-                              and slope.shape[0] == x.shape[1] and slope.numel() == x.shape[1]):
+    if slope.numel() == 1 or (
+        x.dim() >= 2
+        and slope.dim() == x.dim() - 1
+        and slope.shape[0] == x.shape[1]
+        and slope.numel() == x.shape[1]
+    ):
         return F.prelu(x, slope.reshape(-1))
     return torch.where(x < 0, x * slope, x)
 
@@ -565,8 +611,14 @@ def _reduce_l2(x, dims, keep):
     return torch.sqrt((x * x).sum(dims, keepdim=keep))
 
 
-_REDUCERS = {"ReduceMean": _reduce_mean, "ReduceSum": _reduce_sum, "ReduceMax": _reduce_max,
-             "ReduceMin": _reduce_min, "ReduceProd": _reduce_prod, "ReduceL2": _reduce_l2}
+_REDUCERS = {
+    "ReduceMean": _reduce_mean,
+    "ReduceSum": _reduce_sum,
+    "ReduceMax": _reduce_max,
+    "ReduceMin": _reduce_min,
+    "ReduceProd": _reduce_prod,
+    "ReduceL2": _reduce_l2,
+}
 
 
 def _argmax(c: _Op, x):
@@ -681,8 +733,7 @@ def _pad(c: _Op, x, pads=None, value=None, axes=None):
     begin = {a: p[i] for i, a in enumerate(ax)}
     end = {a: p[n + i] for i, a in enumerate(ax)}
     if mode == "constant":
-        tp = _torch_pads([begin.get(a, 0) for a in range(rank)],
-                         [end.get(a, 0) for a in range(rank)])
+        tp = _torch_pads([begin.get(a, 0) for a in range(rank)], [end.get(a, 0) for a in range(rank)])
         return F.pad(x, tp, value=0 if val is None else val)
     if mode not in ("reflect", "edge", "wrap"):
         raise c.fail(f"Pad mode '{mode}' is not supported")
@@ -701,7 +752,7 @@ def _gather(c: _Op, x, idx):
     idx = idx.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     y = x.index_select(axis, idx.reshape(-1))
-    return y.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+    return y.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1 :]))
 
 
 def _expand(c: _Op, x, shape):
@@ -734,8 +785,9 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def _src_coords(ctm: str, out_len: int, in_len: int, scale: np.float32,
-                roi: tuple[float, float]) -> np.ndarray:
+def _src_coords(
+    ctm: str, out_len: int, in_len: int, scale: np.float32, roi: tuple[float, float]
+) -> np.ndarray:
     """Output index -> input coordinate, in float32 as ORT computes it."""
     f = np.float32
     x = np.arange(out_len, dtype=f)
@@ -778,10 +830,12 @@ def _nearest_index(x: np.ndarray, nmode: str, scale: float) -> np.ndarray:
 
 def _cubic_coeffs(r: np.ndarray, a: float) -> list[np.ndarray]:
     r = r.astype(np.float64)
-    return [((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
-            ((a + 2) * r - (a + 3)) * r * r + 1,
-            ((a + 2) * (1 - r) - (a + 3)) * (1 - r) * (1 - r) + 1,
-            ((a * (2 - r) - 5 * a) * (2 - r) + 8 * a) * (2 - r) - 4 * a]
+    return [
+        ((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
+        ((a + 2) * r - (a + 3)) * r * r + 1,
+        ((a + 2) * (1 - r) - (a + 3)) * (1 - r) * (1 - r) + 1,
+        ((a * (2 - r) - 5 * a) * (2 - r) + 8 * a) * (2 - r) - 4 * a,
+    ]
 
 
 def _axis_taps(cfg: dict, in_len: int, out_len: int, scale: np.float32, roi):
@@ -815,12 +869,15 @@ def _resize_config(c: _Op) -> dict:
     mode = {"bilinear": "linear", "trilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
     if mode not in ("nearest", "linear", "cubic"):
         raise c.fail(f"Resize mode '{mode}' is not supported")
-    return {"mode": mode, "legacy": legacy,
-            "ctm": ("asymmetric" if legacy
-                    else c.attr("coordinate_transformation_mode", "half_pixel")),
-            "nmode": "simple" if legacy else c.attr("nearest_mode", "round_prefer_floor"),
-            "a": c.attr("cubic_coeff_a", -0.75), "exclude_outside": c.attr("exclude_outside", 0),
-            "extrapolation": c.attr("extrapolation_value", 0.0)}
+    return {
+        "mode": mode,
+        "legacy": legacy,
+        "ctm": ("asymmetric" if legacy else c.attr("coordinate_transformation_mode", "half_pixel")),
+        "nmode": "simple" if legacy else c.attr("nearest_mode", "round_prefer_floor"),
+        "a": c.attr("cubic_coeff_a", -0.75),
+        "exclude_outside": c.attr("exclude_outside", 0),
+        "extrapolation": c.attr("extrapolation_value", 0.0),
+    }
 
 
 def _resize_targets(c: _Op, in_shape, roi, scales, sizes):
@@ -864,12 +921,18 @@ def _resize(c: _Op, x, *args):
     elif c.opset < 11:
         roi, scales, sizes = None, c.array(1, args[0]), None
     else:
+
         def get(i):
             return c.array(i, args[i - 1]) if len(args) >= i else None
+
         roi, scales, sizes = get(1), get(2), get(3)
-    key = (tuple(x.shape), x.device, x.dtype,
-           None if c.const(2) is not None or scales is None else scales.tobytes(),
-           None if c.const(3) is not None or sizes is None else sizes.tobytes())
+    key = (
+        tuple(x.shape),
+        x.device,
+        x.dtype,
+        None if c.const(2) is not None or scales is None else scales.tobytes(),
+        None if c.const(3) is not None or sizes is None else sizes.tobytes(),
+    )
     plan = _cached(c, key, partial(_resize_plan, c, cfg, x, roi, scales, sizes))
     if plan[0] == "interp":
         return F.interpolate(x, **plan[1])
@@ -891,23 +954,33 @@ def _resize_plan(c: _Op, cfg: dict, x, roi, scales, sizes):
     outs, sc, rois = _resize_targets(c, in_shape, roi, scales, sizes)
     if c.attr("antialias", 0) and cfg["mode"] != "nearest" and any(s < 1 for s in sc):
         raise c.fail("Resize with antialias when downsampling is not supported")
-    changed = [a for a in range(rank)
-               if outs[a] != in_shape[a] or sc[a] != 1 or cfg["ctm"] == "tf_crop_and_resize"]
+    changed = [
+        a for a in range(rank) if outs[a] != in_shape[a] or sc[a] != 1 or cfg["ctm"] == "tf_crop_and_resize"
+    ]
     ctm = cfg["ctm"]
-    if (cfg["mode"] == "linear" and rank == 4 and set(changed) <= {2, 3} and changed
-            and x.dtype.is_floating_point
-            and (ctm == "align_corners"
-                 or (ctm in ("half_pixel", "pytorch_half_pixel") and min(outs[2:]) > 1
-                     and sizes is not None and sizes.size))):
-        return "interp", {"size": outs[2:], "mode": "bilinear",
-                          "align_corners": ctm == "align_corners"}
+    if (
+        cfg["mode"] == "linear"
+        and rank == 4
+        and set(changed) <= {2, 3}
+        and changed
+        and x.dtype.is_floating_point
+        and (
+            ctm == "align_corners"
+            or (
+                ctm in ("half_pixel", "pytorch_half_pixel")
+                and min(outs[2:]) > 1
+                and sizes is not None
+                and sizes.size
+            )
+        )
+    ):
+        return "interp", {"size": outs[2:], "mode": "bilinear", "align_corners": ctm == "align_corners"}
     steps = []
     for a in changed:
         idxs, ws, valid = _axis_taps(cfg, in_shape[a], outs[a], sc[a], rois[a])
         idxs = [torch.from_numpy(np.ascontiguousarray(i)).to(x.device) for i in idxs]
         if ws is not None:
-            ws = [_bcast_view(torch.from_numpy(np.asarray(w)).to(x.device, x.dtype), a, rank)
-                  for w in ws]
+            ws = [_bcast_view(torch.from_numpy(np.asarray(w)).to(x.device, x.dtype), a, rank) for w in ws]
         if valid is not None:
             valid = _bcast_view(torch.from_numpy(valid).to(x.device), a, rank)
         steps.append((a, idxs, ws, valid))
@@ -916,7 +989,7 @@ def _resize_plan(c: _Op, cfg: dict, x, roi, scales, sizes):
 
 # ---- source ops ----------------------------------------------------------------------------
 def _shape(c: _Op, x):
-    dims = list(x.shape)[c.attr("start", 0):c.attr("end", None)]
+    dims = list(x.shape)[c.attr("start", 0) : c.attr("end", None)]
     return torch.tensor(dims, dtype=torch.int64, device=x.device)
 
 
@@ -932,8 +1005,9 @@ def _range(c: _Op, start, limit, delta):
 def _constant_of_shape(c: _Op, shape):
     val = c.attr("value")
     val = np.zeros(1, np.float32) if val is None else np.asarray(val)
-    return torch.full(c.ints(0, shape), val.reshape(-1)[0].item(), dtype=_torch_dtype(val.dtype),
-                      device=shape.device)
+    return torch.full(
+        c.ints(0, shape), val.reshape(-1)[0].item(), dtype=_torch_dtype(val.dtype), device=shape.device
+    )
 
 
 def _constant_value(node: Node) -> np.ndarray:
@@ -949,49 +1023,117 @@ def _constant_value(node: Node) -> np.ndarray:
 
 # ---- the op table ---------------------------------------------------------------------------
 _OPS: dict[str, Callable] = {
-    "Conv": _conv, "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm, "MatMul": _matmul,
-    "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm,
-    "InstanceNormalization": _instancenorm, "GroupNormalization": _groupnorm, "LRN": _lrn,
-    "MaxPool": _maxpool, "AveragePool": _avgpool,
-    "GlobalAveragePool": _global_avgpool, "GlobalMaxPool": _global_maxpool,
-    "Relu": _unary(torch.relu), "Sigmoid": _unary(torch.sigmoid), "Tanh": _unary(torch.tanh),
-    "Erf": _unary(torch.erf), "Exp": _unary(torch.exp), "Log": _unary(torch.log),
-    "Neg": _unary(torch.neg), "Abs": _unary(torch.abs), "Sqrt": _unary(torch.sqrt),
-    "Reciprocal": _unary(torch.reciprocal), "Floor": _unary(torch.floor),
-    "Ceil": _unary(torch.ceil), "Not": _unary(torch.logical_not), "Sin": _unary(torch.sin),
-    "Cos": _unary(torch.cos), "HardSwish": _unary(F.hardswish), "Softplus": _unary(F.softplus),
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "LayerNormalization": _layernorm,
+    "InstanceNormalization": _instancenorm,
+    "GroupNormalization": _groupnorm,
+    "LRN": _lrn,
+    "MaxPool": _maxpool,
+    "AveragePool": _avgpool,
+    "GlobalAveragePool": _global_avgpool,
+    "GlobalMaxPool": _global_maxpool,
+    "Relu": _unary(torch.relu),
+    "Sigmoid": _unary(torch.sigmoid),
+    "Tanh": _unary(torch.tanh),
+    "Erf": _unary(torch.erf),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Abs": _unary(torch.abs),
+    "Sqrt": _unary(torch.sqrt),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Floor": _unary(torch.floor),
+    "Ceil": _unary(torch.ceil),
+    "Not": _unary(torch.logical_not),
+    "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
+    "HardSwish": _unary(F.hardswish),
+    "Softplus": _unary(F.softplus),
     "Mish": _unary(F.mish),
-    "Clip": _clip, "HardSigmoid": _hardsigmoid, "Gelu": _gelu, "LeakyRelu": _leaky_relu,
-    "Elu": _elu, "PRelu": _prelu, "Identity": _identity, "Dropout": _dropout,
-    "Cast": _cast, "CastLike": _cast_like,
-    "Add": _binary(torch.add), "Sub": _binary(torch.sub), "Mul": _binary(torch.mul),
-    "Div": _div, "Pow": _pow, "Mod": _mod,
-    "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
-    "And": _binary(torch.logical_and), "Or": _binary(torch.logical_or), "Where": _where,
-    "Sum": _variadic(torch.add), "Mean": _variadic(torch.add, mean=True),
-    "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum),
+    "Clip": _clip,
+    "HardSigmoid": _hardsigmoid,
+    "Gelu": _gelu,
+    "LeakyRelu": _leaky_relu,
+    "Elu": _elu,
+    "PRelu": _prelu,
+    "Identity": _identity,
+    "Dropout": _dropout,
+    "Cast": _cast,
+    "CastLike": _cast_like,
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _div,
+    "Pow": _pow,
+    "Mod": _mod,
+    "Equal": _binary(torch.eq),
+    "Less": _binary(torch.lt),
+    "Greater": _binary(torch.gt),
+    "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or),
+    "Where": _where,
+    "Sum": _variadic(torch.add),
+    "Mean": _variadic(torch.add, mean=True),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
     **{op: _reducer(fn) for op, fn in _REDUCERS.items()},
-    "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
+    "Softmax": _softmax(torch.softmax),
+    "LogSoftmax": _softmax(torch.log_softmax),
     "ArgMax": _argmax,
-    "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze, "Concat": _concat, "Split": _split, "Slice": _slice,
-    "Gather": _gather, "Expand": _expand, "Tile": _tile, "Pad": _pad,
-    "Resize": _resize, "Upsample": _resize,
-    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
-    "Shape": _shape, "Size": _size, "Range": _range, "ConstantOfShape": _constant_of_shape,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Expand": _expand,
+    "Tile": _tile,
+    "Pad": _pad,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
+    "Shape": _shape,
+    "Size": _size,
+    "Range": _range,
+    "ConstantOfShape": _constant_of_shape,
 }
 
 # Constant roles: inputs that are trainable weights, running statistics, or shape data.
-_WEIGHT_INPUTS = {"Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2},
-                  "BatchNormalization": {1, 2}, "LayerNormalization": {1, 2},
-                  "InstanceNormalization": {1, 2}, "GroupNormalization": {1, 2}, "PRelu": {1},
-                  "MatMul": {0, 1}}
+_WEIGHT_INPUTS = {
+    "Conv": {1, 2},
+    "ConvTranspose": {1, 2},
+    "Gemm": {1, 2},
+    "BatchNormalization": {1, 2},
+    "LayerNormalization": {1, 2},
+    "InstanceNormalization": {1, 2},
+    "GroupNormalization": {1, 2},
+    "PRelu": {1},
+    "MatMul": {0, 1},
+}
 _STAT_INPUTS = {"BatchNormalization": {3, 4}}
-_SHAPE_INPUTS = {"Reshape": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Slice": {1, 2, 3, 4},
-                 "Split": {1}, "Expand": {1}, "Tile": {1}, "Pad": {1, 3}, "Resize": {1, 2, 3},
-                 "Upsample": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2},
-                 **{op: {1} for op in _REDUCERS}}
+_SHAPE_INPUTS = {
+    "Reshape": {1},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Slice": {1, 2, 3, 4},
+    "Split": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "Pad": {1, 3},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "ConstantOfShape": {0},
+    "Range": {0, 1, 2},
+    **{op: {1} for op in _REDUCERS},
+}
 
 
 def _role(v: Value, array: np.ndarray) -> str:
@@ -1012,8 +1154,7 @@ def _check_conv(c: _Op, node: Node):
     w = node.input(1)
     if w is not None and w.shape is not None and len(w.shape) - 2 not in _CONV:
         raise c.fail(f"{len(w.shape) - 2}-d weights are not supported (1-d to 3-d are)")
-    if (c.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "SAME_UPPER", "SAME_LOWER",
-                                                          "VALID"):
+    if (c.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
         raise c.fail(f"unknown auto_pad '{c.attr('auto_pad')}'")
 
 
@@ -1029,8 +1170,11 @@ def _check_resize(c: _Op, node: Node):
     _nearest_index(np.zeros(1, np.float32), cfg["nmode"], 1.0)
     if c.attr("antialias", 0) and cfg["mode"] != "nearest":
         x, y = node.inputs[0], node.outputs[0]
-        if x.shape is None or y.shape is None or any(
-                isinstance(o, int) and o < i for i, o in zip(x.shape, y.shape)):
+        if (
+            x.shape is None
+            or y.shape is None
+            or any(isinstance(o, int) and o < i for i, o in zip(x.shape, y.shape))
+        ):
             raise c.fail("antialias when downsampling is not supported")
 
 
@@ -1052,9 +1196,15 @@ def _check_depth_space(c: _Op, node: Node):
 
 
 _CHECKS: dict[str, Callable] = {
-    "Conv": _check_conv, "ConvTranspose": _check_conv, "MaxPool": _check_pool,
-    "AveragePool": _check_pool, "Resize": _check_resize, "Upsample": _check_resize,
-    "Cast": _check_cast, "Pad": _check_pad, "DepthToSpace": _check_depth_space,
+    "Conv": _check_conv,
+    "ConvTranspose": _check_conv,
+    "MaxPool": _check_pool,
+    "AveragePool": _check_pool,
+    "Resize": _check_resize,
+    "Upsample": _check_resize,
+    "Cast": _check_cast,
+    "Pad": _check_pad,
+    "DepthToSpace": _check_depth_space,
     "SpaceToDepth": _check_depth_space,
 }
 
@@ -1067,8 +1217,7 @@ def _sanitize(name: str) -> str:
 def _to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
     """A tensor owning a contiguous copy (splat constants, with zero strides, are materialised)."""
     if a.dtype.kind in "OUSV":
-        raise FuserError(f"{where}: constants of dtype {a.dtype} are not supported by the torch "
-                         "backend")
+        raise FuserError(f"{where}: constants of dtype {a.dtype} are not supported by the torch backend")
     b = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if np.may_share_memory(a, b) or not b.flags.writeable:  # never alias the graph's arrays
         b = b.copy()
@@ -1098,8 +1247,10 @@ class FuserModule(nn.Module):
                 continue
             fn = _OPS.get(node.op)
             if fn is None or node.domain not in ("", "ai.onnx"):
-                raise FuserError(f"{where}: op '{node.op}' has no torch implementation; "
-                                 f"the torch backend implements {len(_OPS)} ops")
+                raise FuserError(
+                    f"{where}: op '{node.op}' has no torch implementation; "
+                    f"the torch backend implements {len(_OPS)} ops"
+                )
             ins = []
             for v in node.inputs:
                 if v is not None and v.is_const:
@@ -1110,9 +1261,14 @@ class FuserModule(nn.Module):
             outs = tuple(self._slot(v) for v in node.outputs)
             used = [bool(v.uses) or graph.is_output(v) for v in node.outputs]
             # Ops read shape inputs and scalars as numpy; weights only ever as tensors.
-            consts = [arrays.get(id(v)) if v is not None and id(v) in arrays and (
-                i in _SHAPE_INPUTS.get(node.op, ()) or arrays[id(v)].size == 1) else None
-                for i, v in enumerate(node.inputs)]
+            consts = [
+                arrays.get(id(v))
+                if v is not None
+                and id(v) in arrays
+                and (i in _SHAPE_INPUTS.get(node.op, ()) or arrays[id(v)].size == 1)
+                else None
+                for i, v in enumerate(node.inputs)
+            ]
             c = _Op(node, graph.opset, used, consts)
             try:
                 if node.op in _CHECKS:
@@ -1175,13 +1331,17 @@ class FuserModule(nn.Module):
             if s not in keep:
                 frees.setdefault(i, []).append(s)
         self._free_inputs_early = tuple(frees.get(-1, ()))
-        return [(fn, c, ins, outs, tuple(frees.get(i, ())), where)
-                for i, (fn, c, ins, outs, where) in enumerate(steps)]
+        return [
+            (fn, c, ins, outs, tuple(frees.get(i, ())), where)
+            for i, (fn, c, ins, outs, where) in enumerate(steps)
+        ]
 
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self._in_slots):
-            raise FuserError(f"{self.graph_name}: expected {len(self._in_slots)} inputs "
-                             f"{self.input_names}, got {len(inputs)}")
+            raise FuserError(
+                f"{self.graph_name}: expected {len(self._in_slots)} inputs "
+                f"{self.input_names}, got {len(inputs)}"
+            )
         env: list[Any] = [None] * self._nslots
         for s, name in self._const_slots:
             env[s] = getattr(self, name)
@@ -1209,8 +1369,10 @@ class FuserModule(nn.Module):
         return out[0] if len(out) == 1 else tuple(out)
 
     def extra_repr(self) -> str:
-        return (f"graph={self.graph_name!r}, steps={len(self._plan)}, "
-                f"inputs={self.input_names}, outputs={self.output_names}")
+        return (
+            f"graph={self.graph_name!r}, steps={len(self._plan)}, "
+            f"inputs={self.input_names}, outputs={self.output_names}"
+        )
 
 
 def to_torch(graph: Graph) -> FuserModule:
@@ -1218,14 +1380,17 @@ def to_torch(graph: Graph) -> FuserModule:
     return FuserModule(graph)
 
 
-def run_torch(graph: Graph, inputs: Mapping[str, np.ndarray], *,
-              module: FuserModule | None = None) -> list[np.ndarray]:
+def run_torch(
+    graph: Graph, inputs: Mapping[str, np.ndarray], *, module: FuserModule | None = None
+) -> list[np.ndarray]:
     """Run ``graph`` (or a prebuilt ``module`` of it) on numpy inputs; returns numpy outputs."""
     module = module if module is not None else to_torch(graph)
     missing = [v.name for v in graph.inputs if v.name not in inputs]
     if missing:
-        raise FuserError(f"{graph.source}: missing input(s) {missing}; "
-                         f"the graph's inputs are {[v.name for v in graph.inputs]}")
+        raise FuserError(
+            f"{graph.source}: missing input(s) {missing}; "
+            f"the graph's inputs are {[v.name for v in graph.inputs]}"
+        )
     args = []
     for v in graph.inputs:
         a = np.ascontiguousarray(inputs[v.name], dtype=v.dtype)

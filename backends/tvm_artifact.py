@@ -9,6 +9,7 @@ so a folder with metadata.json holds a complete build. ``load`` refuses a build
 made with another TVM or fuser version: TVM's runtime ABI is not stable across
 releases, and a silent mismatch crashes instead of failing cleanly.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,16 @@ def versions() -> dict[str, str]:
     import tvm
     import tvm_ffi
 
-    return {"fuser": fuser.__version__, "tvm": tvm.__version__,
-            "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown")}
+    return {
+        "fuser": fuser.__version__,
+        "tvm": tvm.__version__,
+        "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
+    }
 
 
-def save(out_dir: str | os.PathLike, executable, graph: Graph, target: str, *,
-         extra: dict | None = None) -> dict:
+def save(
+    out_dir: str | os.PathLike, executable, graph: Graph, target: str, *, extra: dict | None = None
+) -> dict:
     """Write ``executable`` (built from ``graph`` for ``target``) to ``out_dir``; returns
     the metadata written."""
     out = Path(out_dir)
@@ -54,9 +59,16 @@ def save(out_dir: str | os.PathLike, executable, graph: Graph, target: str, *,
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    meta = {"format": FORMAT, "model": graph.name, "source": graph.source, "target": target,
-            "inputs": value_specs(graph.inputs), "outputs": value_specs(graph.outputs),
-            "versions": versions(), **(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "model": graph.name,
+        "source": graph.source,
+        "target": target,
+        "inputs": value_specs(graph.inputs),
+        "outputs": value_specs(graph.outputs),
+        "versions": versions(),
+        **(extra or {}),
+    }
     atomic_write(out / METADATA, (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
@@ -64,8 +76,9 @@ def save(out_dir: str | os.PathLike, executable, graph: Graph, target: str, *,
 def read_metadata(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / METADATA
     if not path.is_file():
-        raise FuserError(f"{out_dir}: not a fuser TVM build (no {METADATA}); "
-                         "make one with `fuser compile MODEL -o DIR`")
+        raise FuserError(
+            f"{out_dir}: not a fuser TVM build (no {METADATA}); make one with `fuser compile MODEL -o DIR`"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -77,8 +90,11 @@ def check_versions(meta: dict, where: str) -> None:
     built, here = meta.get("versions", {}), versions()
     diff = [f"{k} {built.get(k)} (here {v})" for k, v in here.items() if built.get(k) != v]
     if diff or meta.get("format") != FORMAT:
-        raise FuserError(f"{where}: built with " + ", ".join(diff or ["another format"])
-                         + "; rebuild it with `fuser compile`")
+        raise FuserError(
+            f"{where}: built with "
+            + ", ".join(diff or ["another format"])
+            + "; rebuild it with `fuser compile`"
+        )
 
 
 def load(out_dir: str | os.PathLike) -> TVMModel:
@@ -97,16 +113,17 @@ def load(out_dir: str | os.PathLike) -> TVMModel:
 
         missing = missing_cpu_features(meta["cpu"])
         if missing:
-            raise FuserError(f"{out_dir}: built for CPU {meta['cpu']}, which has "
-                             f"{', '.join(missing[:4])} that this CPU lacks; rebuild it here or "
-                             "with `fuser compile --cpu x86-64` for any x86 machine")
+            raise FuserError(
+                f"{out_dir}: built for CPU {meta['cpu']}, which has "
+                f"{', '.join(missing[:4])} that this CPU lacks; rebuild it here or "
+                "with `fuser compile --cpu x86-64` for any x86 machine"
+            )
     if meta["target"] == "cuda":
         from .tvm_backend import cuda_available
 
         if not cuda_available():
             raise FuserError(f"{out_dir}: a cuda build needs a CUDA GPU, and none is visible")
     module = tvm.runtime.load_module(str(lib))
-    model = TVMModel(module, meta["inputs"], meta["outputs"],
-                     "cuda" if meta["target"] == "cuda" else "cpu")
+    model = TVMModel(module, meta["inputs"], meta["outputs"], "cuda" if meta["target"] == "cuda" else "cpu")
     model.metadata = meta
     return model

@@ -17,10 +17,12 @@ Grouping: when ``groups`` is given, each group becomes one Relax function marked
 is not run, so the build has the plan's kernels. Nodes outside every group are
 emitted one op per kernel.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,10 @@ GROUP_FUNC_PREFIX = "fuser_group_"
 def require_tvm() -> None:
     """Raise a FuserError that says how to install TVM when it is missing."""
     if tvm is None:
-        raise FuserError("the TVM backend needs Apache TVM: pip install 'apache-tvm==0.27.*' "
-                         "'apache-tvm-ffi==0.1.14.post1'")
+        raise FuserError(
+            "the TVM backend needs Apache TVM: pip install 'apache-tvm==0.27.*' "
+            "'apache-tvm-ffi==0.1.14.post1'"
+        )
 
 
 def tvm_version() -> str:
@@ -93,8 +97,14 @@ class _Lower:
         return FuserError(f"{src}: node {n.name} ({n.op}): {msg} (TVM backend)")
 
 
-def _spatial_pads(c: _Lower, in_sp: Sequence[int], kernel: Sequence[int], strides, dilations,
-                  out_sp: Sequence[int] | None = None) -> list[int]:
+def _spatial_pads(
+    c: _Lower,
+    in_sp: Sequence[int],
+    kernel: Sequence[int],
+    strides,
+    dilations,
+    out_sp: Sequence[int] | None = None,
+) -> list[int]:
     """ONNX pads [b1, b2, .., e1, e2, ..] with auto_pad resolved (SAME_* from the static shape)."""
     n = len(kernel)
     auto = c.attr("auto_pad", "NOTSET")
@@ -144,9 +154,15 @@ def _conv_transpose(c: _Lower, x, w, b=None):
     if c.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "") or c.attr("output_shape"):
         raise c.fail("auto_pad/output_shape are not supported; give explicit pads")
     strides = c.attr("strides", [1] * n)
-    y = R.nn.conv2d_transpose(x, w, strides, c.attr("pads", [0] * 2 * n),
-                              c.attr("output_padding", [0] * n), c.attr("dilations", [1] * n),
-                              c.attr("group", 1))
+    y = R.nn.conv2d_transpose(
+        x,
+        w,
+        strides,
+        c.attr("pads", [0] * 2 * n),
+        c.attr("output_padding", [0] * n),
+        c.attr("dilations", [1] * n),
+        c.attr("group", 1),
+    )
     return _channel_bias(y, b, c.rank) if b is not None else y
 
 
@@ -177,8 +193,7 @@ def _pool(c: _Lower, x):
         if len(c.node.outputs) > 1 and c.node.outputs[1].uses:
             raise c.fail("MaxPool indices output is not supported")
         return R.nn.max_pool2d(x, kernel, strides, pads, dil, ceil)
-    return R.nn.avg_pool2d(x, kernel, strides, pads, dil, ceil,
-                           bool(c.attr("count_include_pad", 0)))
+    return R.nn.avg_pool2d(x, kernel, strides, pads, dil, ceil, bool(c.attr("count_include_pad", 0)))
 
 
 def _clip(c: _Lower, x, *_):
@@ -217,8 +232,7 @@ def _layernorm(c: _Lower, x, scale, bias=None):
         # zeros computed from scale, not an array: a plan group's primitive function may
         # not hold tensor constants (and TVM 0.27's center=False gives wrong results)
         bias = c.bb.emit(R.multiply(scale, relax.const(0.0, "float32")))
-    return R.nn.layer_norm(x, scale, bias, list(range(axis, c.rank)),
-                           float(c.attr("epsilon", 1e-5)))
+    return R.nn.layer_norm(x, scale, bias, list(range(axis, c.rank)), float(c.attr("epsilon", 1e-5)))
 
 
 def _batchnorm(c: _Lower, x, scale, bias, mean, var, *_):
@@ -228,8 +242,9 @@ def _batchnorm(c: _Lower, x, scale, bias, mean, var, *_):
     shape = [1, int(c.node.input(0).shape[1])] + [1] * (c.rank - 2)
     eps = relax.const(float(c.attr("epsilon", 1e-5)), "float32")
     inv_std = R.divide(scale, R.sqrt(R.add(var, eps)))
-    return R.add(R.multiply(R.subtract(x, R.reshape(mean, shape)), R.reshape(inv_std, shape)),
-                 R.reshape(bias, shape))
+    return R.add(
+        R.multiply(R.subtract(x, R.reshape(mean, shape)), R.reshape(inv_std, shape)), R.reshape(bias, shape)
+    )
 
 
 def _reduce(fn: Callable) -> Callable:
@@ -242,6 +257,7 @@ def _reduce(fn: Callable) -> Callable:
                 return x
             axes = list(range(c.rank))
         return fn(x, [a % c.rank for a in axes], bool(c.attr("keepdims", 1)))
+
     return lower
 
 
@@ -300,8 +316,7 @@ def _gather(c: _Lower, x, idx):
     axis = c.attr("axis", 0) % c.rank
     consts = c.const(1)
     if consts is not None:  # negative indices count from the back
-        idx = _const(np.where(consts < 0, consts + c.node.input(0).shape[axis], consts)
-                     .astype(np.int64))
+        idx = _const(np.where(consts < 0, consts + c.node.input(0).shape[axis], consts).astype(np.int64))
     return R.reshape(R.take(x, idx, axis), c.out_shape)
 
 
@@ -320,10 +335,17 @@ def _resize(c: _Lower, x, *_):
     ctm, nearest = (s.decode() if isinstance(s, bytes) else s for s in (ctm, nearest))
     if ctm == "tf_crop_and_resize":
         raise c.fail("coordinate_transformation_mode tf_crop_and_resize is not supported")
-    return R.image.resize2d(x, c.out_shape[2:], None, "NCHW", method, ctm,
-                            nearest if method == "nearest_neighbor" else "",
-                            float(c.attr("cubic_coeff_a", -0.75)),
-                            int(c.attr("exclude_outside", 0)))
+    return R.image.resize2d(
+        x,
+        c.out_shape[2:],
+        None,
+        "NCHW",
+        method,
+        ctm,
+        nearest if method == "nearest_neighbor" else "",
+        float(c.attr("cubic_coeff_a", -0.75)),
+        int(c.attr("exclude_outside", 0)),
+    )
 
 
 def _pad(c: _Lower, x, *_):
@@ -378,29 +400,61 @@ def _matmul(c: _Lower, a, b):
 
 
 _CONVERTERS: dict[str, Callable] = {
-    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
-    "Add": _binary(R.add) if R else None, "Sub": _binary(R.subtract) if R else None,
-    "Mul": _binary(R.multiply) if R else None, "Div": _binary(R.divide) if R else None,
-    "Pow": _binary(R.power) if R else None, "Max": _binary(R.maximum) if R else None,
-    "Min": _binary(R.minimum) if R else None, "Equal": _binary(R.equal) if R else None,
-    "Less": _binary(R.less) if R else None, "Greater": _binary(R.greater) if R else None,
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _binary(R.add) if R else None,
+    "Sub": _binary(R.subtract) if R else None,
+    "Mul": _binary(R.multiply) if R else None,
+    "Div": _binary(R.divide) if R else None,
+    "Pow": _binary(R.power) if R else None,
+    "Max": _binary(R.maximum) if R else None,
+    "Min": _binary(R.minimum) if R else None,
+    "Equal": _binary(R.equal) if R else None,
+    "Less": _binary(R.less) if R else None,
+    "Greater": _binary(R.greater) if R else None,
     "Where": _where,
-    "Relu": _unary(R.nn.relu) if R else None, "Sigmoid": _unary(R.sigmoid) if R else None,
-    "Tanh": _unary(R.tanh) if R else None, "Erf": _unary(R.erf) if R else None,
-    "Exp": _unary(R.exp) if R else None, "Log": _unary(R.log) if R else None,
-    "Sqrt": _unary(R.sqrt) if R else None, "Neg": _unary(R.negative) if R else None,
-    "Abs": _unary(R.abs) if R else None, "Floor": _unary(R.floor) if R else None,
-    "Ceil": _unary(R.ceil) if R else None, "Reciprocal": _reciprocal,
-    "LeakyRelu": _leaky_relu, "Clip": _clip, "HardSigmoid": _hard_sigmoid,
-    "HardSwish": _hard_swish, "Gelu": _gelu, "Softmax": _softmax,
-    "LayerNormalization": _layernorm, "BatchNormalization": _batchnorm,
-    "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _global_avgpool,
-    "ReduceMean": _reduce(R.mean) if R else None, "ReduceSum": _reduce(R.sum) if R else None,
+    "Relu": _unary(R.nn.relu) if R else None,
+    "Sigmoid": _unary(R.sigmoid) if R else None,
+    "Tanh": _unary(R.tanh) if R else None,
+    "Erf": _unary(R.erf) if R else None,
+    "Exp": _unary(R.exp) if R else None,
+    "Log": _unary(R.log) if R else None,
+    "Sqrt": _unary(R.sqrt) if R else None,
+    "Neg": _unary(R.negative) if R else None,
+    "Abs": _unary(R.abs) if R else None,
+    "Floor": _unary(R.floor) if R else None,
+    "Ceil": _unary(R.ceil) if R else None,
+    "Reciprocal": _reciprocal,
+    "LeakyRelu": _leaky_relu,
+    "Clip": _clip,
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _hard_swish,
+    "Gelu": _gelu,
+    "Softmax": _softmax,
+    "LayerNormalization": _layernorm,
+    "BatchNormalization": _batchnorm,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _global_avgpool,
+    "ReduceMean": _reduce(R.mean) if R else None,
+    "ReduceSum": _reduce(R.sum) if R else None,
     "ReduceMax": _reduce(R.max) if R else None,
-    "Reshape": _to_out_shape, "Flatten": _to_out_shape, "Squeeze": _to_out_shape,
-    "Unsqueeze": _to_out_shape, "Expand": _expand, "Transpose": _transpose,
-    "Concat": _concat, "Split": _split, "Slice": _slice, "Gather": _gather,
-    "Resize": _resize, "Pad": _pad, "Identity": _identity, "Dropout": _identity,
+    "Reshape": _to_out_shape,
+    "Flatten": _to_out_shape,
+    "Squeeze": _to_out_shape,
+    "Unsqueeze": _to_out_shape,
+    "Expand": _expand,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Resize": _resize,
+    "Pad": _pad,
+    "Identity": _identity,
+    "Dropout": _identity,
     "Cast": _cast,
 }
 
@@ -417,8 +471,10 @@ def _emit_node(bb, node: Node, env: dict[int, Any]) -> None:
     conv = _CONVERTERS.get(node.op)
     src = node.graph.source if node.graph is not None else "<graph>"
     if conv is None or node.domain not in ("", "ai.onnx"):
-        raise FuserError(f"{src}: node {node.name} ({node.op}): op not supported by the TVM "
-                         f"backend (it lowers {len(_CONVERTERS)} ops)")
+        raise FuserError(
+            f"{src}: node {node.name} ({node.op}): op not supported by the TVM "
+            f"backend (it lowers {len(_CONVERTERS)} ops)"
+        )
     args = []
     for v in node.inputs:
         if v is None:
@@ -451,8 +507,7 @@ def _var_name(name: str) -> str:
     return clean if clean and not clean[0].isdigit() else f"v_{clean}"
 
 
-def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]
-                  ) -> list[tuple[int | None, list[Node]]]:
+def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]) -> list[tuple[int | None, list[Node]]]:
     """(group id, its nodes) in an order where each unit runs after those it reads from;
     a node in no group is a unit of its own with id None. Raises when the groups feed
     each other in a cycle, which no kernel order allows."""
@@ -474,9 +529,16 @@ def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]
             units.append((None, [n]))
     first = [index[id(m[0])] for _, m in units]  # keep the graph's order among ready units
     order = stable_topological_order(
-        len(units), ((unit_of[id(p)], u) for u, (_, members) in enumerate(units)
-                     for n in members for p in graph.producers(n) if unit_of[id(p)] != u),
-        key=first.__getitem__)
+        len(units),
+        (
+            (unit_of[id(p)], u)
+            for u, (_, members) in enumerate(units)
+            for n in members
+            for p in graph.producers(n)
+            if unit_of[id(p)] != u
+        ),
+        key=first.__getitem__,
+    )
     if order is None:
         raise FuserError(f"{graph.source}: the plan's groups depend on each other in a cycle")
     return [units[u] for u in order]
@@ -487,11 +549,20 @@ def _group_function(bb, graph: Graph, members: list[Node], name: str):
     chosen = {id(n) for n in members}
     # Every constant is an argument too: FuseTIR refuses tensor constants inside
     # primitive functions (main holds the small ones inline).
-    inputs = list({id(v): v for n in members for v in n.inputs
-                   if v is not None and (v.producer is None or id(v.producer) not in chosen)
-                   }.values())
-    outputs = [v for n in members for v in n.outputs
-               if graph.is_output(v) or any(id(u) not in chosen for u in v.users)]
+    inputs = list(
+        {
+            id(v): v
+            for n in members
+            for v in n.inputs
+            if v is not None and (v.producer is None or id(v.producer) not in chosen)
+        }.values()
+    )
+    outputs = [
+        v
+        for n in members
+        for v in n.outputs
+        if graph.is_output(v) or any(id(u) not in chosen for u in v.users)
+    ]
     params = [relax.Var(_var_name(v.name), _sinfo(v)) for v in inputs]
     env = {id(v): p for v, p in zip(inputs, params)}
     with bb.function(name, params, attrs={"Primitive": True}, private=True):
@@ -512,12 +583,15 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     """
     require_tvm()
     if not all(v.is_static for v in graph.inputs):
-        raise FuserError(f"{graph.source}: the TVM backend needs static input shapes; "
-                         "fix them with --input-shape")
+        raise FuserError(
+            f"{graph.source}: the TVM backend needs static input shapes; fix them with --input-shape"
+        )
     for n in graph.nodes:
         if n.op not in _CONVERTERS:
-            raise FuserError(f"{graph.source}: node {n.name} ({n.op}): op not supported by the "
-                             f"TVM backend (it lowers {len(_CONVERTERS)} ops)")
+            raise FuserError(
+                f"{graph.source}: node {n.name} ({n.op}): op not supported by the "
+                f"TVM backend (it lowers {len(_CONVERTERS)} ops)"
+            )
     if isinstance(groups, Mapping):
         by_id: dict[Any, list[Node]] = {}
         for n in graph.nodes:
@@ -531,8 +605,7 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
         if gid is None:  # a node in no group: emitted in main, one kernel of its own
             calls.append((None, None, None, members))
         else:
-            calls.append((*_group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}"),
-                          members))
+            calls.append((*_group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}"), members))
     inputs = [relax.Var(_var_name(v.name), _sinfo(v)) for v in graph.inputs]
     env = {id(v): p for v, p in zip(graph.inputs, inputs)}
     with bb.function("main", inputs):
@@ -571,11 +644,13 @@ def make_target(target: str, threads: int | None = None, cpu: str | None = None)
         cpu = cpu or host_cpu()
         codegen = tvm.target.codegen
         if not codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
-            raise FuserError(f"--cpu {cpu}: LLVM does not know this CPU (e.g. x86-64, "
-                             f"skylake-avx512, {host_cpu()})")
+            raise FuserError(
+                f"--cpu {cpu}: LLVM does not know this CPU (e.g. x86-64, skylake-avx512, {host_cpu()})"
+            )
         # num-cores: MetaSchedule needs it, and it sizes the tuned parallel loops
-        return tvm.target.Target({"kind": "llvm", "mcpu": cpu,
-                                  "num-cores": int(threads or os.cpu_count() or 1)})
+        return tvm.target.Target(
+            {"kind": "llvm", "mcpu": cpu, "num-cores": int(threads or os.cpu_count() or 1)}
+        )
     if target == "cuda":
         arch = _cuda_arch()
         return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
@@ -591,8 +666,12 @@ def missing_cpu_features(cpu: str) -> list[str]:
     features = tvm.target.codegen.llvm_get_cpu_features
 
     def isa(name: str) -> set[str]:
-        return {f for f in features(tvm.target.Target({"kind": "llvm", "mcpu": name}))
-                if f.startswith(_ISA_PREFIXES)}
+        return {
+            f
+            for f in features(tvm.target.Target({"kind": "llvm", "mcpu": name}))
+            if f.startswith(_ISA_PREFIXES)
+        }
+
     return sorted(isa(cpu) - isa(host_cpu()))
 
 
@@ -608,32 +687,43 @@ def _cuda_arch() -> str:
 
 def fuse_passes(target, planned: bool) -> list:
     """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops."""
-    seq = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-           relax.transform.FoldConstant()]
+    seq = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+    ]
     if not planned:
         seq.append(relax.transform.FuseOps())
     seq += [relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
     if target.kind.name == "cuda":
         from tvm.s_tir import dlight as dl
 
-        seq.append(dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                           dl.gpu.GeneralReduction(), dl.gpu.Fallback()))
+        seq.append(
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )
+        )
     return seq
 
 
 def fuse(mod, target, planned: bool | None = None):
     """The IRModule after legalization and kernel formation (one PrimFunc per kernel)."""
     if planned is None:
-        planned = any(isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
-                      for f in mod.functions.values())
+        planned = any(
+            isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
+            for f in mod.functions.values()
+        )
     with target:
         return tvm.transform.Sequential(fuse_passes(target, planned))(mod)
 
 
 def kernel_names(fused_mod) -> list[str]:
     """The TIR kernels ``main`` calls (after ``fuse``)."""
-    return sorted(gv.name_hint for gv, f in fused_mod.functions.items()
-                  if isinstance(f, tvm.tirx.PrimFunc))
+    return sorted(gv.name_hint for gv, f in fused_mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
 def _finalize_pipeline(target):
@@ -710,18 +800,18 @@ class TVMModel:
             missing = [n for n in self.input_names if n not in kwargs]
             extra = [k for k in kwargs if k not in self.input_names]
             if missing or extra:
-                raise FuserError(f"inputs {self.input_names} expected; missing {missing}, "
-                                 f"unknown {extra}")
+                raise FuserError(f"inputs {self.input_names} expected; missing {missing}, unknown {extra}")
             args = [kwargs[n] for n in self.input_names]
         if len(args) != len(self.inputs):
-            raise FuserError(f"{len(self.inputs)} inputs expected ({self.input_names}), "
-                             f"got {len(args)}")
+            raise FuserError(f"{len(self.inputs)} inputs expected ({self.input_names}), got {len(args)}")
         out = []
         for spec, a in zip(self.inputs, args):
             a = np.asarray(a)
             if list(a.shape) != list(spec["shape"]) or str(a.dtype) != spec["dtype"]:
-                raise FuserError(f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
-                                 f"got {a.dtype}{list(a.shape)}")
+                raise FuserError(
+                    f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
+                    f"got {a.dtype}{list(a.shape)}"
+                )
             out.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
         return out
 
@@ -736,8 +826,7 @@ class TVMModel:
 
 
 def value_specs(values: Sequence[Value]) -> list[dict]:
-    return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": str(v.dtype)}
-            for v in values]
+    return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": str(v.dtype)} for v in values]
 
 
 def compile_graph(graph: Graph, target: str = "llvm", groups=None) -> TVMModel:
@@ -745,8 +834,9 @@ def compile_graph(graph: Graph, target: str = "llvm", groups=None) -> TVMModel:
     fuser.optimize first to fold BatchNorm)."""
     mod = to_relax(graph, groups)
     ex = build(mod, target, planned=bool(groups))
-    return TVMModel(ex, value_specs(graph.inputs), value_specs(graph.outputs),
-                    "cuda" if target == "cuda" else "cpu")
+    return TVMModel(
+        ex, value_specs(graph.inputs), value_specs(graph.outputs), "cuda" if target == "cuda" else "cpu"
+    )
 
 
 def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
@@ -760,8 +850,10 @@ def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
     for gid, group in enumerate(plan.groups):
         for op in group["ops"]:
             if op not in names:
-                raise FuserError(f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
-                                 "(was the plan made for this model and input shape?)")
+                raise FuserError(
+                    f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
+                    "(was the plan made for this model and input shape?)"
+                )
             owner[op] = gid
     return owner, plan.groups
 
@@ -772,6 +864,7 @@ def time_kernels(executable, fused, number: int = 10, device: str = "cpu") -> li
     only in the top module, and a Relax build keeps its kernels in an import, so we
     time the looked-up kernel directly.)"""
     import time
+
     from .tvm_latency import KernelTiming
 
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
@@ -785,8 +878,7 @@ def time_kernels(executable, fused, number: int = 10, device: str = "cpu") -> li
         for buf in func.params:  # in this TVM, PrimFunc params are the Buffers
             shape = [int(d) for d in buf.shape]
             dtype = str(buf.dtype)
-            data = (rng.standard_normal(shape) if "float" in dtype
-                    else np.zeros(shape)).astype(dtype)
+            data = (rng.standard_normal(shape) if "float" in dtype else np.zeros(shape)).astype(dtype)
             args.append(tvm.runtime.tensor(data, dev))
         kernel = lib.get_function(gv.name_hint, query_imports=True)
         kernel(*args)  # warm-up

@@ -5,13 +5,14 @@ optimized Graph on the same input: warm-up calls first, then ``repeat`` timed
 calls; we report the median and the spread (min, max) in milliseconds, and the
 ratio of each median to ONNX Runtime's.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -35,8 +36,8 @@ class Timing:
 class KernelTiming:
     kernel: str
     median_ms: float
-    group: int | None = None            # plan group id, when the build followed a plan
-    dram_bytes: int | None = None       # the plan's DRAM estimate for that group
+    group: int | None = None  # plan group id, when the build followed a plan
+    dram_bytes: int | None = None  # the plan's DRAM estimate for that group
 
 
 @dataclass
@@ -83,6 +84,7 @@ def _torch_runner(graph: Graph, x: np.ndarray, compiled: bool) -> Callable:
     def run():
         with torch.no_grad():
             return module(xt)
+
     return run
 
 
@@ -94,8 +96,9 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    session = ort.InferenceSession(graph.to_onnx().SerializeToString(), so,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        graph.to_onnx().SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
     feeds = {graph.inputs[0].name: x}
     return lambda: session.run(None, feeds)
 
@@ -113,9 +116,18 @@ def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=N
     return (lambda: model(x)), (lambda number: tb.time_kernels(executable, fused, number))
 
 
-def run_report(graph: Graph, backends, *, threads: int = 2, warmup: int = 3, repeat: int = 20,
-               groups=None, plan_groups: list[dict] | None = None, tuning=None,
-               on_step: Callable[[str], None] = lambda s: None) -> Report:
+def run_report(
+    graph: Graph,
+    backends,
+    *,
+    threads: int = 2,
+    warmup: int = 3,
+    repeat: int = 20,
+    groups=None,
+    plan_groups: list[dict] | None = None,
+    tuning=None,
+    on_step: Callable[[str], None] = lambda s: None,
+) -> Report:
     """Time ``graph`` on each of ``backends`` (names from BACKENDS)."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -138,12 +150,12 @@ def run_report(graph: Graph, backends, *, threads: int = 2, warmup: int = 3, rep
         else:
             if name == "tvm-tuned" and tuning is None:
                 raise FuserError("tvm-tuned needs a tuning budget (--tune-trials N)")
-            run, kernel_timer = _tvm_runner(graph, x, threads, groups,
-                                            tuning if name == "tvm-tuned" else None)
+            run, kernel_timer = _tvm_runner(
+                graph, x, threads, groups, tuning if name == "tvm-tuned" else None
+            )
         on_step(f"timing {name}")
         times = measure(run, warmup, repeat)
-        report.timings.append(Timing(name, statistics.median(times), min(times), max(times),
-                                     len(times)))
+        report.timings.append(Timing(name, statistics.median(times), min(times), max(times), len(times)))
         if name == kernels_of:
             on_step(f"timing {name} kernels")
             report.kernels = _join_plan(kernel_timer(max(repeat // 4, 3)), plan_groups)
@@ -159,7 +171,7 @@ def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> l
 
     for k in kernels:
         if k.kernel.startswith(GROUP_FUNC_PREFIX):
-            k.group = int(k.kernel[len(GROUP_FUNC_PREFIX):])
+            k.group = int(k.kernel[len(GROUP_FUNC_PREFIX) :])
             if plan_groups and k.group < len(plan_groups):
                 k.dram_bytes = plan_groups[k.group].get("dram_bytes")
     return sorted(kernels, key=lambda k: -k.median_ms)

@@ -10,6 +10,7 @@ another run or another model already tuned is not tuned again. Records are appen
 as they are measured: after an interruption, a rerun skips the kernels that have
 their budget and tunes the rest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,9 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fuser.ir import FuserError
 
@@ -81,9 +82,10 @@ def _valid_records(database, task_mod) -> int:
 @dataclass
 class KernelBudget:
     """One kernel's share of a tuning run."""
+
     name: str
     records: int  # valid records the database already holds, from any run
-    want: int     # trials this run's budget gives it
+    want: int  # trials this run's budget gives it
 
     @property
     def tuned(self) -> bool:
@@ -103,8 +105,7 @@ def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
 
     @derived_object
     class AfterBatch(PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
-                  runner_results):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             done[0] += len(measure_candidates)
             try:
                 if on_progress:
@@ -114,6 +115,7 @@ def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
             except BaseException as e:
                 stop["raised"] = e
                 raise
+
     return AfterBatch()
 
 
@@ -151,9 +153,14 @@ def _ctrl_c_after_batch(stop: dict):
         signal.signal(signal.SIGINT, previous)
 
 
-def tune(fused, target, db_dir: str | os.PathLike, trials: int,
-         on_plan: Callable[[list[KernelBudget]], None] | None = None,
-         on_progress: Callable[[int, int, str], None] | None = None):
+def tune(
+    fused,
+    target,
+    db_dir: str | os.PathLike,
+    trials: int,
+    on_plan: Callable[[list[KernelBudget]], None] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+):
     """Tune the kernels of ``fused`` (from ``tvm_backend.fuse``) with ``trials``
     MetaSchedule trials in all, split evenly over its kernels; returns ``fused`` with
     the best records of the database applied.
@@ -177,8 +184,7 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         tasks = ms.relax_integration.extract_tasks(fused, target)
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
     per_task = max(math.ceil(trials / max(len(tasks), 1)), 1) if trials > 0 else 0
-    budgets = [KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), per_task)
-               for t in tasks]
+    budgets = [KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), per_task) for t in tasks]
     if on_plan:
         on_plan(budgets)
     pending = [t for t, b in zip(tasks, budgets) if not b.tuned]
@@ -186,19 +192,29 @@ def tune(fused, target, db_dir: str | os.PathLike, trials: int,
         _quiet_console()
         logs = str(Path(db_dir) / "logs")
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            pending, logs, strategy=_search_strategy(per_task), num_threads="physical")
+            pending, logs, strategy=_search_strategy(per_task), num_threads="physical"
+        )
         total = per_task * len(pending)
         stop: dict = {}
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
-                     _batch_callback(on_progress, [t.task_name for t in pending], total, stop)]
+        callbacks = [
+            *ms.measure_callback.MeasureCallback.create("default"),
+            _batch_callback(on_progress, [t.task_name for t in pending], total, stop),
+        ]
         _quiet_console()
         try:
             with _ctrl_c_after_batch(stop):
-                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
-                                   max_trials_global=total, max_trials_per_task=per_task,
-                                   num_trials_per_iter=min(64, per_task), database=database,
-                                   builder=ms.builder.LocalBuilder(f_build=build_candidate),
-                                   task_scheduler="round-robin", measure_callbacks=callbacks)
+                ms.tune.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=logs,
+                    max_trials_global=total,
+                    max_trials_per_task=per_task,
+                    num_trials_per_iter=min(64, per_task),
+                    database=database,
+                    builder=ms.builder.LocalBuilder(f_build=build_candidate),
+                    task_scheduler="round-robin",
+                    measure_callbacks=callbacks,
+                )
         except RuntimeError:
             if "raised" in stop:
                 raise stop["raised"] from None

@@ -23,6 +23,7 @@ roofline latencies on H100 and H200) and says that it did not time.
     python benchmarks/block_fusion.py --quick            # C=64 E=4, batch 2: a smoke run
     python benchmarks/block_fusion.py --ncu --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,10 @@ ROTATING_INPUTS = 8
 def build(channels: int, expansion: int, batch: int, hw: int):
     """(torch module, folded graph, BlockSpec) of one ConvFirst block."""
     import torch
+    from fuser.models import convfirst_block, randomize_batchnorm
 
     import fuser
     from fuser.blockfusion import find_blocks
-    from fuser.models import convfirst_block, randomize_batchnorm
 
     torch.manual_seed(0)
     module = convfirst_block(channels, expansion, KERNEL).eval()
@@ -67,12 +68,16 @@ def analytic(spec) -> dict:
     for key in ("h100", "h200"):
         dev = get_device(key)
         cost = block_cost(choose_schedule(spec, key), elem_bytes=2)
-        out[key] = {"schedule": cost.schedule.summary(), "macs": cost.fused.macs, "ops": cost.fused.ops,
-                    "dram_bytes_unfused": sum(k.dram_bytes for k in cost.unfused),
-                    "dram_bytes_fused": cost.fused.dram_bytes,
-                    "roofline_us_unfused": 1e6 * sum(k.roofline_seconds(dev) for k in cost.unfused),
-                    "roofline_us_fused": 1e6 * cost.fused.roofline_seconds(dev),
-                    "ideal_us": 1e6 * cost.fused.ideal_seconds(dev)}
+        out[key] = {
+            "schedule": cost.schedule.summary(),
+            "macs": cost.fused.macs,
+            "ops": cost.fused.ops,
+            "dram_bytes_unfused": sum(k.dram_bytes for k in cost.unfused),
+            "dram_bytes_fused": cost.fused.dram_bytes,
+            "roofline_us_unfused": 1e6 * sum(k.roofline_seconds(dev) for k in cost.unfused),
+            "roofline_us_fused": 1e6 * cost.fused.roofline_seconds(dev),
+            "ideal_us": 1e6 * cost.fused.ideal_seconds(dev),
+        }
     return out
 
 
@@ -111,8 +116,12 @@ def run_gpu(module, spec, repeats: int) -> dict:
 
     fused = load_blocks([choose_schedule(spec, gpu_target())])[0]
     gen = torch.Generator(device="cuda").manual_seed(0)
-    inputs = [torch.randn(spec.input_shape, device="cuda", generator=gen).half()
-              .contiguous(memory_format=torch.channels_last) for _ in range(ROTATING_INPUTS)]
+    inputs = [
+        torch.randn(spec.input_shape, device="cuda", generator=gen)
+        .half()
+        .contiguous(memory_format=torch.channels_last)
+        for _ in range(ROTATING_INPUTS)
+    ]
     with torch.inference_mode():
         reference = module.float().cuda()(inputs[0].float())
     eager = module.cuda().half().to(memory_format=torch.channels_last)
@@ -120,12 +129,20 @@ def run_gpu(module, spec, repeats: int) -> dict:
     compiled = torch.compile(eager)
     with torch.inference_mode():
         err = ((fused(inputs[0]).float() - reference).abs().max() / reference.abs().max()).item()
-    times = {"fused": _time(fused, inputs, repeats), "eager": _time(eager, inputs, repeats),
-             "eager-bn": _time(eager_bn, inputs, repeats), "compile": _time(compiled, inputs, repeats)}
-    return {"device": torch.cuda.get_device_name(), "rel_err": err, "us": times,
-            "speedup_vs_eager": times["eager"] / times["fused"],
-            "speedup_vs_compile": times["compile"] / times["fused"],
-            "fused_kernel": fused.kernel_name}
+    times = {
+        "fused": _time(fused, inputs, repeats),
+        "eager": _time(eager, inputs, repeats),
+        "eager-bn": _time(eager_bn, inputs, repeats),
+        "compile": _time(compiled, inputs, repeats),
+    }
+    return {
+        "device": torch.cuda.get_device_name(),
+        "rel_err": err,
+        "us": times,
+        "speedup_vs_eager": times["eager"] / times["fused"],
+        "speedup_vs_compile": times["compile"] / times["fused"],
+        "fused_kernel": fused.kernel_name,
+    }
 
 
 def ncu_bytes(channels: int, expansion: int, batch: int) -> dict | None:
@@ -133,11 +150,24 @@ def ncu_bytes(channels: int, expansion: int, batch: int) -> dict | None:
     ncu = shutil.which("ncu")
     if ncu is None:
         return None
-    cmd = [ncu, "--clock-control", "none", "--profile-from-start", "off",
-           "--metrics", "dram__bytes_read.sum,dram__bytes_write.sum", "--csv", "--print-units", "base",
-           sys.executable, os.path.abspath(__file__), "--ncu-worker", f"{channels},{expansion},{batch}"]
+    cmd = [
+        ncu,
+        "--clock-control",
+        "none",
+        "--profile-from-start",
+        "off",
+        "--metrics",
+        "dram__bytes_read.sum,dram__bytes_write.sum",
+        "--csv",
+        "--print-units",
+        "base",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--ncu-worker",
+        f"{channels},{expansion},{batch}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.find('"ID"'):])))
+    rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.find('"ID"') :])))
     if not rows:
         return {"error": (proc.stderr or proc.stdout)[-500:]}
     fused = eager = 0.0  # the worker profiles one fused launch and one eager forward, nothing else
@@ -192,48 +222,69 @@ def main() -> None:
     results = []
     for c, e in configs:
         module, _, spec = build(c, e, batch, HW)
-        row = {"channels": c, "expansion": e, "kernel": KERNEL, "hw": HW, "batch": batch,
-               "block": spec.describe(), "model": analytic(spec)}
+        row = {
+            "channels": c,
+            "expansion": e,
+            "kernel": KERNEL,
+            "hw": HW,
+            "batch": batch,
+            "block": spec.describe(),
+            "model": analytic(spec),
+        }
         if gpu:
             row["gpu"] = run_gpu(module, spec, args.repeats)
             if args.ncu:
                 row["ncu_dram_bytes"] = ncu_bytes(c, e, batch)
         results.append(row)
 
-    print(f"ConvFirst block, k={KERNEL}, {HW}×{HW}, batch {batch}, fp16 storage: analytic model "
-          "(DRAM = activations + weights; fused counts each tile's input halo)")
-    print(f"{'C':>4} {'E':>2} {'MACs':>8} {'DRAM unfused':>13} {'DRAM fused':>11} {'÷':>5} "
-          f"{'H100 roof µs unf→fused':>23} {'H200 roof µs unf→fused':>23} {'tile':>6}")
+    print(
+        f"ConvFirst block, k={KERNEL}, {HW}×{HW}, batch {batch}, fp16 storage: analytic model "
+        "(DRAM = activations + weights; fused counts each tile's input halo)"
+    )
+    print(
+        f"{'C':>4} {'E':>2} {'MACs':>8} {'DRAM unfused':>13} {'DRAM fused':>11} {'÷':>5} "
+        f"{'H100 roof µs unf→fused':>23} {'H200 roof µs unf→fused':>23} {'tile':>6}"
+    )
     for r in results:
         h1, h2 = r["model"]["h100"], r["model"]["h200"]
-        print(f"{r['channels']:>4} {r['expansion']:>2} {h1['macs'] / 1e9:>7.2f}G "
-              f"{human_bytes(h1['dram_bytes_unfused']):>13} {human_bytes(h1['dram_bytes_fused']):>11} "
-              f"{h1['dram_bytes_unfused'] / h1['dram_bytes_fused']:>5.2f} "
-              f"{h1['roofline_us_unfused']:>11.1f}→{h1['roofline_us_fused']:<11.1f}"
-              f"{h2['roofline_us_unfused']:>11.1f}→{h2['roofline_us_fused']:<11.1f} "
-              f"{'×'.join(map(str, h1['schedule']['tile'])):>6}")
+        print(
+            f"{r['channels']:>4} {r['expansion']:>2} {h1['macs'] / 1e9:>7.2f}G "
+            f"{human_bytes(h1['dram_bytes_unfused']):>13} {human_bytes(h1['dram_bytes_fused']):>11} "
+            f"{h1['dram_bytes_unfused'] / h1['dram_bytes_fused']:>5.2f} "
+            f"{h1['roofline_us_unfused']:>11.1f}→{h1['roofline_us_fused']:<11.1f}"
+            f"{h2['roofline_us_unfused']:>11.1f}→{h2['roofline_us_fused']:<11.1f} "
+            f"{'×'.join(map(str, h1['schedule']['tile'])):>6}"
+        )
     if not gpu:
-        print("\nno CUDA GPU here (torch.cuda.is_available() is False): did not time; "
-              "run this script on a GPU machine for fused vs eager vs torch.compile.")
+        print(
+            "\nno CUDA GPU here (torch.cuda.is_available() is False): did not time; "
+            "run this script on a GPU machine for fused vs eager vs torch.compile."
+        )
     else:
         print(f"\nmeasured on {results[0]['gpu']['device']} (median µs of {args.repeats} calls)")
-        print(f"{'C':>4} {'E':>2} {'fused':>8} {'eager':>8} {'eager-bn':>9} {'compile':>8} "
-              f"{'×eager':>7} {'×compile':>9} {'rel err':>8} {'target':>7}")
+        print(
+            f"{'C':>4} {'E':>2} {'fused':>8} {'eager':>8} {'eager-bn':>9} {'compile':>8} "
+            f"{'×eager':>7} {'×compile':>9} {'rel err':>8} {'target':>7}"
+        )
         for r in results:
             g = r["gpu"]
             t = g["us"]
             met = "met" if g["speedup_vs_eager"] >= TARGET_SPEEDUP else "missed"
-            print(f"{r['channels']:>4} {r['expansion']:>2} {t['fused']:>8.1f} {t['eager']:>8.1f} "
-                  f"{t['eager-bn']:>9.1f} {t['compile']:>8.1f} {g['speedup_vs_eager']:>7.2f} "
-                  f"{g['speedup_vs_compile']:>9.2f} {g['rel_err']:>8.1e} {met:>7}")
+            print(
+                f"{r['channels']:>4} {r['expansion']:>2} {t['fused']:>8.1f} {t['eager']:>8.1f} "
+                f"{t['eager-bn']:>9.1f} {t['compile']:>8.1f} {g['speedup_vs_eager']:>7.2f} "
+                f"{g['speedup_vs_compile']:>9.2f} {g['rel_err']:>8.1e} {met:>7}"
+            )
             if r.get("ncu_dram_bytes"):
                 n = r["ncu_dram_bytes"]
                 if "error" in n:
                     print(f"      ncu failed: {n['error']}")
                 else:
-                    print(f"      ncu DRAM: fused {human_bytes(n['fused'])} (model "
-                          f"{human_bytes(r['model']['h100']['dram_bytes_fused'])}), eager {human_bytes(n['eager'])} "
-                          f"(model unfused {human_bytes(r['model']['h100']['dram_bytes_unfused'])})")
+                    print(
+                        f"      ncu DRAM: fused {human_bytes(n['fused'])} (model "
+                        f"{human_bytes(r['model']['h100']['dram_bytes_fused'])}), eager {human_bytes(n['eager'])} "
+                        f"(model unfused {human_bytes(r['model']['h100']['dram_bytes_unfused'])})"
+                    )
             if g["rel_err"] > TOLERANCE:
                 print(f"      WRONG: fused output differs from the fp32 module by {g['rel_err']:.2e}")
     if args.json:

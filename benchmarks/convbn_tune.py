@@ -36,6 +36,7 @@ Measurements, after one warm-up step per configuration
     python benchmarks/convbn_tune.py --quick               # CI smoke: batch 2, 1 step, no compile
     python benchmarks/convbn_tune.py --models resnet50 --configs eval,tune --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ MiB = 2**20
 
 
 # ---- worker: all configurations of one model, in this process --------------------------------
+
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -134,8 +136,9 @@ class Run:
     def saved_bytes(self) -> tuple[int, int]:
         import torch
 
-        state = {t.untyped_storage().data_ptr() for t in itertools.chain(self.net.parameters(),
-                                                                          self.net.buffers())}
+        state = {
+            t.untyped_storage().data_ptr() for t in itertools.chain(self.net.parameters(), self.net.buffers())
+        }
         saved: dict = {}
 
         def pack(t):
@@ -186,7 +189,7 @@ def worker(name: str, configs: list[str], batch: int, size: int, steps: int, thr
             run.info["pairs"] = counters["inductor"]["efficient_conv_bn_eval"]
         runs.append(run)
     for r in range(steps):  # interleaved, rotating order
-        for run in runs[r % len(runs):] + runs[:r % len(runs)]:
+        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
             run.timed_step()
     for run in runs:
         run.info["saved_bytes"], run.info["saved_tensors"] = run.saved_bytes()
@@ -197,16 +200,39 @@ def worker(name: str, configs: list[str], batch: int, size: int, steps: int, thr
         _trim_heap()
         run.info["peak_bytes"], method = run.peak_bytes()
         run.info["peak_method"] = method + (", mmap >= 64 KiB" if tuned else ", allocator not tuned")
-    return [{"model": name, "config": run.config, **run.info, "step_s": statistics.median(run.wall),
-             "step_cpu_s": statistics.median(run.cpu), "step_all_s": run.wall} for run in runs]
+    return [
+        {
+            "model": name,
+            "config": run.config,
+            **run.info,
+            "step_s": statistics.median(run.wall),
+            "step_cpu_s": statistics.median(run.cpu),
+            "step_all_s": run.wall,
+        }
+        for run in runs
+    ]
 
 
 # ---- driver ------------------------------------------------------------------------------------
 
+
 def run_model(name: str, configs: list[str], args) -> list[dict]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--configs", ",".join(configs),
-           "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        name,
+        "--configs",
+        ",".join(configs),
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     failed = lambda why: [{"model": name, "config": c, "error": why} for c in configs]  # noqa: E731
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -216,7 +242,7 @@ def run_model(name: str, configs: list[str], args) -> list[dict]:
     if proc.returncode != 0 or not lines:
         tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         return failed((tail[-1] if tail else f"exit code {proc.returncode}")[:300])
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _ratio(row: dict, ref: dict | None, key: str) -> str:
@@ -226,21 +252,27 @@ def _ratio(row: dict, ref: dict | None, key: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'model':<16} {'mode':<8} {'pairs':>5} {'saved MiB':>10} {'vs eval':>8} {'peak MiB':>9} "
-            f"{'vs eval':>8} {'step s':>7} {'vs eval':>8} {'cpu s':>7} {'warm-up s':>9}")
+    head = (
+        f"{'model':<16} {'mode':<8} {'pairs':>5} {'saved MiB':>10} {'vs eval':>8} {'peak MiB':>9} "
+        f"{'vs eval':>8} {'step s':>7} {'vs eval':>8} {'cpu s':>7} {'warm-up s':>9}"
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
         if "error" in row:
             print(f"{row['model']:<16} {row['config']:<8} failed: {row['error']}")
             continue
-        ref = next((r for r in rows if r["model"] == row["model"] and r["config"] == "eval"
-                    and "error" not in r), None)
-        print(f"{row['model']:<16} {row['config']:<8} {row.get('pairs', '-'):>5} "
-              f"{row['saved_bytes'] / MiB:>10.1f} {_ratio(row, ref, 'saved_bytes'):>8} "
-              f"{row['peak_bytes'] / MiB:>9.1f} {_ratio(row, ref, 'peak_bytes'):>8} "
-              f"{row['step_s']:>7.3f} {_ratio(row, ref, 'step_s'):>8} {row['step_cpu_s']:>7.3f} "
-              f"{row['warmup_s']:>9.1f}")
+        ref = next(
+            (r for r in rows if r["model"] == row["model"] and r["config"] == "eval" and "error" not in r),
+            None,
+        )
+        print(
+            f"{row['model']:<16} {row['config']:<8} {row.get('pairs', '-'):>5} "
+            f"{row['saved_bytes'] / MiB:>10.1f} {_ratio(row, ref, 'saved_bytes'):>8} "
+            f"{row['peak_bytes'] / MiB:>9.1f} {_ratio(row, ref, 'peak_bytes'):>8} "
+            f"{row['step_s']:>7.3f} {_ratio(row, ref, 'step_s'):>8} {row['step_cpu_s']:>7.3f} "
+            f"{row['warmup_s']:>9.1f}"
+        )
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
@@ -250,21 +282,28 @@ def check_targets(rows: list[dict]) -> list[dict]:
         return [{"target": f"{TARGET_MODEL}: tune vs eval", "met": None, "detail": "not measured"}]
     reduction = 1 - tu["saved_bytes"] / ev["saved_bytes"]
     return [
-        {"target": f"{TARGET_MODEL}: tune saves >= {TARGET_SAVED_REDUCTION:.0%} of eval's "
-                   "saved-activation bytes",
-         "met": reduction >= TARGET_SAVED_REDUCTION, "detail": f"saves {reduction:.1%}"},
-        {"target": f"{TARGET_MODEL}: tune step time <= eval step time",
-         "met": tu["step_s"] <= ev["step_s"],
-         "detail": f"median {tu['step_s']:.3f}s vs {ev['step_s']:.3f}s ({tu['step_s'] / ev['step_s']:.2f}x)"},
+        {
+            "target": f"{TARGET_MODEL}: tune saves >= {TARGET_SAVED_REDUCTION:.0%} of eval's "
+            "saved-activation bytes",
+            "met": reduction >= TARGET_SAVED_REDUCTION,
+            "detail": f"saves {reduction:.1%}",
+        },
+        {
+            "target": f"{TARGET_MODEL}: tune step time <= eval step time",
+            "met": tu["step_s"] <= ev["step_s"],
+            "detail": f"median {tu['step_s']:.3f}s vs {ev['step_s']:.3f}s ({tu['step_s'] / ev['step_s']:.2f}x)",
+        },
     ]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
-    p.add_argument("--configs", default=None,
-                   help=f"comma-separated, from {','.join(CONFIGS)} "
-                        "(default: all; --quick leaves compile out)")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated, from {','.join(CONFIGS)} (default: all; --quick leaves compile out)",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (median reported)")
@@ -277,36 +316,56 @@ def main(argv=None) -> int:
 
     if args.quick:
         args.batch, args.steps = 2, 1
-    configs = args.configs.split(",") if args.configs else [c for c in CONFIGS
-                                                            if not (args.quick and c == "compile")]
+    configs = (
+        args.configs.split(",")
+        if args.configs
+        else [c for c in CONFIGS if not (args.quick and c == "compile")]
+    )
     unknown = set(configs) - set(CONFIGS)
     if unknown:
         p.error(f"unknown configs {sorted(unknown)}; choose from {','.join(CONFIGS)}")
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, configs, args.batch, args.size, args.steps,
-                                                 args.threads)), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(worker(args.worker, configs, args.batch, args.size, args.steps, args.threads)),
+            flush=True,
+        )
         return 0
 
     import torch
 
     threads = args.threads or torch.get_num_threads()
-    print(f"# fp32 CPU, batch {args.batch}, {args.size}x{args.size}, {args.steps} timed step(s) per mode, "
-          f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load average at start "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# fp32 CPU, batch {args.batch}, {args.size}x{args.size}, {args.steps} timed step(s) per mode, "
+        f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load average at start "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     rows = []
     for name in args.models.split(","):
         t0 = time.perf_counter()
         rows += run_model(name, configs, args)
-        print(f"#   {name}: {time.perf_counter() - t0:.0f}s, load average {os.getloadavg()[0]:.1f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"#   {name}: {time.perf_counter() - t0:.0f}s, load average {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
     print_table(rows)
     targets = check_targets(rows)
     for t in targets:
         verdict = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
         print(f"target {verdict}: {t['target']} ({t['detail']})")
     if args.json:
-        doc = {"batch": args.batch, "size": args.size, "steps": args.steps, "torch": torch.__version__,
-               "threads": threads, "cpus": os.cpu_count(), "results": rows, "targets": targets}
+        doc = {
+            "batch": args.batch,
+            "size": args.size,
+            "steps": args.steps,
+            "torch": torch.__version__,
+            "threads": threads,
+            "cpus": os.cpu_count(),
+            "results": rows,
+            "targets": targets,
+        }
         if args.json == "-":
             print(json.dumps(doc, indent=1))
         else:

@@ -13,6 +13,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --quick        # 1 seed, small budgets, 3 models (~1-2 min)
     python benchmarks/fusion_dram.py --out benchmarks/results/fusion_dram.txt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ class Setting:
 
 FULL = [
     Setting("efficientnet_b3", 300, ("lbdf",), "256KB", 5000),
-    *(Setting(m, 224, ("lbdf", "brr"), "128KB", 2000)
-      for m in ("mobilenet_v2", "vgg16", "resnet18", "resnet50", "squeezenet1_1")),
+    *(
+        Setting(m, 224, ("lbdf", "brr"), "128KB", 2000)
+        for m in ("mobilenet_v2", "vgg16", "resnet18", "resnet50", "squeezenet1_1")
+    ),
     Setting("resnet152", 224, ("lbdf",), "256KB", 5000),
 ]
 QUICK = [Setting(m, 224, ("lbdf",), "128KB", 200) for m in ("mobilenet_v2", "resnet18", "vgg16")]
@@ -64,13 +67,28 @@ def run_setting(console: Console, setting: Setting, seeds: list[int], fg, style:
     start = time.perf_counter()
     exact = exact_optimum(cost, time_limit=120)
     exact_s = time.perf_counter() - start
-    title = (f"{setting.model} @{setting.size}, {style.upper()}, {setting.buffer}, {setting.budget} plans, "
-             f"{len(seeds)} seed(s); no fusion {mb(no_fusion)} MB; exact optimum "
-             + (f"{mb(exact.dram_bytes)} MB ({exact.method}, {exact.candidates} valid groups, {exact_s:.0f} s"
-                + ("" if exact.optimal else ", time limit: best found") + ")" if exact else "not computable"))
+    title = (
+        f"{setting.model} @{setting.size}, {style.upper()}, {setting.buffer}, {setting.budget} plans, "
+        f"{len(seeds)} seed(s); no fusion {mb(no_fusion)} MB; exact optimum "
+        + (
+            f"{mb(exact.dram_bytes)} MB ({exact.method}, {exact.candidates} valid groups, {exact_s:.0f} s"
+            + ("" if exact.optimal else ", time limit: best found")
+            + ")"
+            if exact
+            else "not computable"
+        )
+    )
     table = Table(title=title, title_justify="left")
-    for col in ("search", "split", "DRAM MB", "vs no fusion", "explain vs random", "wall s", "CPU s",
-                "gap to exact"):
+    for col in (
+        "search",
+        "split",
+        "DRAM MB",
+        "vs no fusion",
+        "explain vs random",
+        "wall s",
+        "CPU s",
+        "gap to exact",
+    ):
         table.add_column(col, justify="left" if col in ("search", "split") else "right")
     for label, search in SEARCHES.items():
         means = {}
@@ -78,18 +96,36 @@ def run_setting(console: Console, setting: Setting, seeds: list[int], fg, style:
             dram, wall, cpu = [], [], []
             for seed in seeds:
                 c0 = time.process_time()
-                plan, seconds = partition_fusion_graph(fg, buffer=setting.buffer, style=style, search=search,
-                                                       split=split, budget=setting.budget, seed=seed)
+                plan, seconds = partition_fusion_graph(
+                    fg,
+                    buffer=setting.buffer,
+                    style=style,
+                    search=search,
+                    split=split,
+                    budget=setting.budget,
+                    seed=seed,
+                )
                 cpu.append(time.process_time() - c0)
                 wall.append(seconds)
                 dram.append(plan.dram_bytes)
             mean = means[split] = statistics.mean(dram)
             versus = f"{100 * (mean / means['random'] - 1):+.1f}%" if split == "explain" else ""
             gap = f"{100 * (mean / exact.dram_bytes - 1):+.1f}%" if exact else "n/a"
-            table.add_row(label, split, f"{mb(mean)} {spread(dram)}", f"{mean / no_fusion:.3f}", versus,
-                          f"{statistics.mean(wall):.1f}", f"{statistics.mean(cpu):.1f}", gap)
-            console.print(f"  {setting.model} {style} {label:8s} {split:8s} {mb(mean)} MB "
-                          f"[{', '.join(mb(d) for d in dram)}] {statistics.mean(wall):.1f} s", highlight=False)
+            table.add_row(
+                label,
+                split,
+                f"{mb(mean)} {spread(dram)}",
+                f"{mean / no_fusion:.3f}",
+                versus,
+                f"{statistics.mean(wall):.1f}",
+                f"{statistics.mean(cpu):.1f}",
+                gap,
+            )
+            console.print(
+                f"  {setting.model} {style} {label:8s} {split:8s} {mb(mean)} MB "
+                f"[{', '.join(mb(d) for d in dram)}] {statistics.mean(wall):.1f} s",
+                highlight=False,
+            )
     return table
 
 
@@ -101,25 +137,40 @@ def explainer_report(console: Console, fg, style: str, buffer: str, groups: int,
     cost = make_cost_model(fg, style, fuser.fusion.parse_size(buffer))
     rng = random.Random(0)
     # near misses: one cut can fix them (F_β < 2β); groups holding an unfusable op are left out
-    invalid = [g for g in sample_groups(fg, groups * 20, rng)
-               if not cost.valid(g) and g & cost.fusable_mask == g
-               and cost.cost(g).buffer_bytes < 2 * cost.buffer_bytes][:groups]
+    invalid = [
+        g
+        for g in sample_groups(fg, groups * 20, rng)
+        if not cost.valid(g)
+        and g & cost.fusable_mask == g
+        and cost.cost(g).buffer_bytes < 2 * cost.buffer_bytes
+    ][:groups]
     start = time.perf_counter()
     gnn = GNNExplainer.for_cost_model(cost, seed=0, samples=gnn_samples)
     train_s = time.perf_counter() - start
-    table = Table(title=f"explainers on {len(invalid)} sampled invalid groups of {fg.graph.name} "
-                        f"({style.upper()}, {buffer}, β ≤ F_β < 2β, no unfusable op): rectify rate = "
-                        "share that one cut at the top-k edges makes all-valid", title_justify="left")
+    table = Table(
+        title=f"explainers on {len(invalid)} sampled invalid groups of {fg.graph.name} "
+        f"({style.upper()}, {buffer}, β ≤ F_β < 2β, no unfusable op): rectify rate = "
+        "share that one cut at the top-k edges makes all-valid",
+        title_justify="left",
+    )
     for col in ("explainer", "top-1", "top-4", "top-8", "note"):
         table.add_column(col)
     rep = gnn.report
-    rows = [("exact (cost model)", ExactExplainer(cost), ""),
-            ("gnn (gradient)", gnn, f"held-out accuracy {rep.heldout_accuracy:.1%} on {rep.heldout} groups "
-                                    f"(train {rep.train_accuracy:.1%}, {rep.samples} groups, buffers "
-                                    f"32KB-1MB, {train_s:.0f} s)"),
-            ("random edges", None, "the random split's odds")]
+    rows = [
+        ("exact (cost model)", ExactExplainer(cost), ""),
+        (
+            "gnn (gradient)",
+            gnn,
+            f"held-out accuracy {rep.heldout_accuracy:.1%} on {rep.heldout} groups "
+            f"(train {rep.train_accuracy:.1%}, {rep.samples} groups, buffers "
+            f"32KB-1MB, {train_s:.0f} s)",
+        ),
+        ("random edges", None, "the random split's odds"),
+    ]
     for name, explainer, note in rows:
-        table.add_row(name, *(f"{rectify_rate(cost, invalid, explainer, top=k):.1%}" for k in (1, 4, 8)), note)
+        table.add_row(
+            name, *(f"{rectify_rate(cost, invalid, explainer, top=k):.1%}" for k in (1, 4, 8)), note
+        )
     return table
 
 
@@ -136,19 +187,24 @@ def main(argv=None) -> int:
         settings = [s for s in settings if s.model in wanted]
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     console = Console(record=True, width=140)
-    console.print(f"fusion DRAM benchmark ({'quick' if args.quick else 'full'}), "
-                  f"1 B/element, seeds {seeds}", highlight=False)
+    console.print(
+        f"fusion DRAM benchmark ({'quick' if args.quick else 'full'}), 1 B/element, seeds {seeds}",
+        highlight=False,
+    )
     for setting in settings:
         t0 = time.perf_counter()
         graph = fuser.optimize(f"zoo:{setting.model}", input_shapes=(1, 3, setting.size, setting.size))
         fg = build_fusion_graph(graph)
-        console.print(f"{setting.model}: {fg.n} ops, captured in {time.perf_counter() - t0:.0f} s", highlight=False)
+        console.print(
+            f"{setting.model}: {fg.n} ops, captured in {time.perf_counter() - t0:.0f} s", highlight=False
+        )
         for style in setting.styles:
             table = run_setting(console, setting, seeds, fg, style)
             console.print(table)
         if setting.model == ("mobilenet_v2" if args.quick else "efficientnet_b3"):
-            report = explainer_report(console, fg, "lbdf", setting.buffer, 40 if args.quick else 200,
-                                      800 if args.quick else 3000)
+            report = explainer_report(
+                console, fg, "lbdf", setting.buffer, 40 if args.quick else 200, 800 if args.quick else 3000
+            )
             console.print(report)
         if args.out:  # after every model, so a long run leaves what it has done
             from fuser.onnx_io import atomic_write

@@ -10,6 +10,7 @@ Tuning is cached in --tuning-db (benchmarks/.tuning-db, shared across models and
 rerunning with the same budget re-uses the records and only builds. On a 2-core CPU
 MetaSchedule gets through about 40 trials a minute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,21 +31,30 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--trials", default="0",
-                    help="MetaSchedule trials per model for 'tvm tuned', one number or "
-                         "name=N,... (0: leave it out)")
-    ap.add_argument("--tuning-db", default=str(Path(__file__).resolve().parent / ".tuning-db"),
-                    help="MetaSchedule database; the report counts the records behind each "
-                         "tuned build, so a database filled by bigger runs shows up there")
-    ap.add_argument("--no-torch-compile", action="store_true",
-                    help="skip torch.compile (its first call compiles for minutes)")
+    ap.add_argument(
+        "--trials",
+        default="0",
+        help="MetaSchedule trials per model for 'tvm tuned', one number or name=N,... (0: leave it out)",
+    )
+    ap.add_argument(
+        "--tuning-db",
+        default=str(Path(__file__).resolve().parent / ".tuning-db"),
+        help="MetaSchedule database; the report counts the records behind each "
+        "tuned build, so a database filled by bigger runs shows up there",
+    )
+    ap.add_argument(
+        "--no-torch-compile",
+        action="store_true",
+        help="skip torch.compile (its first call compiles for minutes)",
+    )
     ap.add_argument("--output", default=str(RESULTS), help="where the text report goes")
     ap.add_argument("--json", action="store_true", help="print the reports as JSON too")
     args = ap.parse_args(argv)
 
+    from fuser.backends import tvm_latency, tvm_tuning
+
     import fuser
     from fuser.api import from_zoo
-    from fuser.backends import tvm_latency, tvm_tuning
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     trials = _per_model(args.trials, models)
@@ -53,25 +63,33 @@ def main(argv=None) -> int:
 
     def report_plan(budgets):
         behind["records"] = sum(b.records for b in budgets)
-        print(f"  tuning: {len(budgets)} kernels, {sum(b.tuned for b in budgets)} in the "
-              f"database, {budgets[0].want if budgets else 0} trials each", file=sys.stderr, flush=True)
+        print(
+            f"  tuning: {len(budgets)} kernels, {sum(b.tuned for b in budgets)} in the "
+            f"database, {budgets[0].want if budgets else 0} trials each",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def report_progress(done, total, kernel):
         print(f"  tuned {done}/{total} ({kernel})", file=sys.stderr, flush=True)
 
     def tuning(fused, target):
-        tuned = tvm_tuning.tune(fused, target, args.tuning_db, behind["budget"],
-                                on_plan=report_plan, on_progress=report_progress)
+        tuned = tvm_tuning.tune(
+            fused, target, args.tuning_db, behind["budget"], on_plan=report_plan, on_progress=report_progress
+        )
         tvm_tuning.tune(fused, target, args.tuning_db, 0, on_plan=report_plan)  # count after
         return tuned
 
-    lines = [f"# fuser latency report ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             f"# {platform.processor() or platform.machine()}, {args.threads} threads, batch 1, "
-             f"{args.size}x{args.size}, median of {args.repeat} after {args.warmup} warm-up; "
-             f"tvm-tuned budget (MetaSchedule trials): {args.trials}",
-             "# every backend runs the same optimized graph (BN folded): torch and torch-compile run "
-             "it as fuser's torch module",
-             "# ratios: median / ONNX Runtime median (ORT_ENABLE_ALL)", ""]
+    lines = [
+        f"# fuser latency report ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"# {platform.processor() or platform.machine()}, {args.threads} threads, batch 1, "
+        f"{args.size}x{args.size}, median of {args.repeat} after {args.warmup} warm-up; "
+        f"tvm-tuned budget (MetaSchedule trials): {args.trials}",
+        "# every backend runs the same optimized graph (BN folded): torch and torch-compile run "
+        "it as fuser's torch module",
+        "# ratios: median / ONNX Runtime median (ORT_ENABLE_ALL)",
+        "",
+    ]
     reports = []
     for name in models:
         print(f"{name}: capturing", file=sys.stderr, flush=True)
@@ -81,23 +99,37 @@ def main(argv=None) -> int:
         graph = fuser.optimize(from_zoo(name, (1, 3, args.size, args.size)))
         start = time.perf_counter()
         report = tvm_latency.run_report(
-            graph, backends, threads=args.threads, warmup=args.warmup, repeat=args.repeat,
-            tuning=tuning, on_step=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+            graph,
+            backends,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeat=args.repeat,
+            tuning=tuning,
+            on_step=lambda s: print(f"  {s}", file=sys.stderr, flush=True),
+        )
         reports.append(report)
-        lines.append(f"{name} ({time.perf_counter() - start:.0f} s to build, tune and time)"
-                     + (f"; tuned build: budget {trials[name]} trials, {behind['records']} valid "
-                        f"records in the database for its kernels" if trials[name] else ""))
+        lines.append(
+            f"{name} ({time.perf_counter() - start:.0f} s to build, tune and time)"
+            + (
+                f"; tuned build: budget {trials[name]} trials, {behind['records']} valid "
+                f"records in the database for its kernels"
+                if trials[name]
+                else ""
+            )
+        )
         lines.append(f"  {'backend':<14}{'median ms':>11}{'min..max ms':>22}{'vs ORT':>9}")
         for t in report.timings:
             ratio = f"{t.vs_ort:.2f}x" if t.vs_ort else "-"
-            lines.append(f"  {t.backend:<14}{t.median_ms:>11.2f}"
-                         f"{f'{t.min_ms:.2f}..{t.max_ms:.2f}':>22}{ratio:>9}")
+            lines.append(
+                f"  {t.backend:<14}{t.median_ms:>11.2f}{f'{t.min_ms:.2f}..{t.max_ms:.2f}':>22}{ratio:>9}"
+            )
         top = report.kernels[:5]
         if top:
-            lines.append("  slowest TVM kernels: " + ", ".join(f"{k.kernel} {k.median_ms:.2f} ms"
-                                                             for k in top))
+            lines.append(
+                "  slowest TVM kernels: " + ", ".join(f"{k.kernel} {k.median_ms:.2f} ms" for k in top)
+            )
         lines.append("")
-        print("\n".join(lines[-(len(report.timings) + 4):]), flush=True)
+        print("\n".join(lines[-(len(report.timings) + 4) :]), flush=True)
     text = "\n".join(lines) + "\n"
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

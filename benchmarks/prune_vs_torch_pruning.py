@@ -25,6 +25,7 @@ ratio, the classifier ignored) on both sides.
     python benchmarks/prune_vs_torch_pruning.py > benchmarks/results/prune_vs_torch_pruning.txt
                                                              # everything (tens of minutes)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ from fuser.pruning import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"
-PADDLE = {"ch_PP-OCRv4_det_infer.onnx": (1, 3, 640, 640),
-          "ch_ppocr_mobile_v2.0_cls_infer.onnx": (1, 3, 48, 192)}
+PADDLE = {
+    "ch_PP-OCRv4_det_infer.onnx": (1, 3, 640, 640),
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": (1, 3, 48, 192),
+}
 console = Console(width=150)  # the tables (stdout: redirect it to keep the results)
 progress = Console(stderr=True)  # per-model progress lines
 
@@ -57,8 +60,7 @@ def ort_session(model_proto, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(model_proto.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def run_ort(graph, x: np.ndarray) -> np.ndarray:
@@ -83,8 +85,7 @@ FAILURES: list[str] = []  # full messages, printed under the table
 
 def failed(where: str, e: BaseException) -> str:
     """Record a failure; the table cell names the exception and points to the note."""
-    FAILURES.append(f"[{len(FAILURES) + 1}] {where}: {type(e).__name__}: "
-                    + " ".join(str(e).split())[:160])
+    FAILURES.append(f"[{len(FAILURES) + 1}] {where}: {type(e).__name__}: " + " ".join(str(e).split())[:160])
     return f"fails [{len(FAILURES)}] {type(e).__name__}"
 
 
@@ -167,8 +168,11 @@ def torch_cost(module, shape) -> tuple[int, int]:
         else:
             macs += output.numel() * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))
+    ]
     with torch.no_grad():
         module(torch.zeros(shape))
     for h in handles:
@@ -193,12 +197,19 @@ def tp_prune(module, shape, ratio: float, importance=None, data=None):
     kw = {}
     if hasattr(module, "blocks") and hasattr(module.blocks[0], "attn"):  # the documented ViT recipe
         kw["num_heads"] = {b.attn.qkv: b.attn.num_heads for b in module.blocks}
-    importance = importance or tp.importance.MagnitudeImportance(p=2, group_reduction="mean",
-                                                                 normalizer="mean")
+    importance = importance or tp.importance.MagnitudeImportance(
+        p=2, group_reduction="mean", normalizer="mean"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruner = tp.pruner.MagnitudePruner(module, x, importance=importance, pruning_ratio=ratio,
-                                           ignored_layers=[classifier_of(module)], **kw)
+        pruner = tp.pruner.MagnitudePruner(
+            module,
+            x,
+            importance=importance,
+            pruning_ratio=ratio,
+            ignored_layers=[classifier_of(module)],
+            **kw,
+        )
         if data is not None:  # Taylor: gradients first
             data(module)
         pruner.step()
@@ -229,10 +240,12 @@ def compare_zoo(names, ratios, console_table: Table) -> None:
                 t_prune = time.perf_counter() - t0
                 x = np.zeros(shape, np.float32)
                 ok = run_ort(pruned, x).shape == tuple(graph.outputs[0].shape)
-                row += ["ok" if ok else "shape", fuser_exact(graph, ratio),
-                        f"{pruned.report.macs_after / 1e9:.3f} / "
-                        f"{pruned.report.params_after / 1e6:.2f}",
-                        f"{t_prune:.1f}"]
+                row += [
+                    "ok" if ok else "shape",
+                    fuser_exact(graph, ratio),
+                    f"{pruned.report.macs_after / 1e9:.3f} / {pruned.report.params_after / 1e6:.2f}",
+                    f"{t_prune:.1f}",
+                ]
             except Exception as e:
                 row += [failed(f"fuser on {name} at {ratio}", e), "-", "-", "-"]
             # Torch-Pruning
@@ -246,8 +259,12 @@ def compare_zoo(names, ratios, console_table: Table) -> None:
                 want = tuple(graph.outputs[0].shape)
                 ok = tuple(y.shape) == want
                 macs, params = torch_cost(tp_model, shape)
-                row += ["ok" if ok else "shape", tp_exact(name, graph, ratio, shape),
-                        f"{macs / 1e9:.3f} / {params / 1e6:.2f}", f"{t_tp:.1f}"]
+                row += [
+                    "ok" if ok else "shape",
+                    tp_exact(name, graph, ratio, shape),
+                    f"{macs / 1e9:.3f} / {params / 1e6:.2f}",
+                    f"{t_tp:.1f}",
+                ]
             except Exception as e:
                 row += [failed(f"Torch-Pruning on {name} at {ratio}", e), "-", "-", "-"]
             console_table.add_row(*row)
@@ -269,22 +286,36 @@ def compare_onnx(table: Table, ratios) -> None:
             x = np.zeros(shape, np.float32)
             ok = run_ort(pruned, x).shape == tuple(graph.outputs[0].shape)
             r = pruned.report
-            table.add_row(Path(file).stem, f"{ratio:g}",
-                          f"{r.macs_before / 1e9:.3f} / {r.params_before / 1e6:.2f}",
-                          "ok" if ok else "shape", fuser_exact(graph, ratio),
-                          f"{r.macs_after / 1e9:.3f} / {r.params_after / 1e6:.2f}", f"{dt:.1f}",
-                          "n/a (ONNX)", "-", "-", "-")
+            table.add_row(
+                Path(file).stem,
+                f"{ratio:g}",
+                f"{r.macs_before / 1e9:.3f} / {r.params_before / 1e6:.2f}",
+                "ok" if ok else "shape",
+                fuser_exact(graph, ratio),
+                f"{r.macs_after / 1e9:.3f} / {r.params_after / 1e6:.2f}",
+                f"{dt:.1f}",
+                "n/a (ONNX)",
+                "-",
+                "-",
+                "-",
+            )
 
 
 # ---- digits -------------------------------------------------------------------------------
 class DigitsNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
+
         def block(c_in, c_out):
-            return [torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                    torch.nn.BatchNorm2d(c_out), torch.nn.ReLU()]
-        self.features = torch.nn.Sequential(*block(1, 32), *block(32, 64), torch.nn.MaxPool2d(2),
-                                            *block(64, 64), *block(64, 64))
+            return [
+                torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                torch.nn.BatchNorm2d(c_out),
+                torch.nn.ReLU(),
+            ]
+
+        self.features = torch.nn.Sequential(
+            *block(1, 32), *block(32, 64), torch.nn.MaxPool2d(2), *block(64, 64), *block(64, 64)
+        )
         self.fc = torch.nn.Linear(64, 10)
 
     def forward(self, x):
@@ -319,10 +350,11 @@ def train(module, x, y, epochs: int, lr: float = 0.05, seed: int = 0, freeze_bn:
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g).numpy()
         for s in range(0, len(x) - BATCH + 1, BATCH):
-            idx = order[s:s + BATCH]
+            idx = order[s : s + BATCH]
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x[idx])),
-                                                     torch.from_numpy(y[idx]).long())
+            loss = torch.nn.functional.cross_entropy(
+                module(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]).long()
+            )
             loss.backward()
             opt.step()
     module.eval()
@@ -331,8 +363,9 @@ def train(module, x, y, epochs: int, lr: float = 0.05, seed: int = 0, freeze_bn:
 
 def accuracy_torch(module, x, y) -> float:
     with torch.no_grad():
-        pred = np.concatenate([module(torch.from_numpy(x[s:s + BATCH])).argmax(1).numpy()
-                               for s in range(0, len(x), BATCH)])
+        pred = np.concatenate(
+            [module(torch.from_numpy(x[s : s + BATCH])).argmax(1).numpy() for s in range(0, len(x), BATCH)]
+        )
     return float((pred == y).mean())
 
 
@@ -341,11 +374,11 @@ def accuracy_graph(graph, x, y) -> float:
     sess = ort_session(graph.to_onnx())
     preds = []
     for s in range(0, len(x), BATCH):
-        xb = x[s:s + BATCH]
+        xb = x[s : s + BATCH]
         pad = BATCH - len(xb)
         if pad:
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-        preds.append(sess.run(None, {graph.inputs[0].name: xb})[0].argmax(1)[:BATCH - pad])
+        preds.append(sess.run(None, {graph.inputs[0].name: xb})[0].argmax(1)[: BATCH - pad])
     return float((np.concatenate(preds) == y).mean())
 
 
@@ -360,8 +393,9 @@ def finetune_graph(graph, x, y):
 
 
 def digits(epochs: int, table: Table) -> None:
-    import fuser
     import torch_pruning as tp
+
+    import fuser
 
     x_tr, x_te, y_tr, y_te = digits_data()
     torch.manual_seed(0)
@@ -376,10 +410,15 @@ def digits(epochs: int, table: Table) -> None:
         dt = time.perf_counter() - t0
         no_ft = accuracy_graph(pruned, x_te, y_te)
         tuned = finetune_graph(pruned, x_tr, y_tr)
-        table.add_row(label, f"{acc0:.3f}", f"{no_ft:.3f}",
-                      f"{accuracy_graph(tuned, x_te, y_te):.3f}",
-                      f"{macs0 / 1e6:.2f} -> {pruned.report.macs_after / 1e6:.2f}",
-                      f"{pruned.report.params_after:,}", f"{dt:.2f}")
+        table.add_row(
+            label,
+            f"{acc0:.3f}",
+            f"{no_ft:.3f}",
+            f"{accuracy_graph(tuned, x_te, y_te):.3f}",
+            f"{macs0 / 1e6:.2f} -> {pruned.report.macs_after / 1e6:.2f}",
+            f"{pruned.report.params_after:,}",
+            f"{dt:.2f}",
+        )
 
     fuser_row("fuser l2", "l2")
     fuser_row("fuser obs (data-free)", "obs")
@@ -391,8 +430,9 @@ def digits(epochs: int, table: Table) -> None:
         def gradients(m):  # TP's Taylor reads .grad: the same 256 samples as fuser's
             m.zero_grad()
             for s in range(0, 256, BATCH):
-                loss = torch.nn.functional.cross_entropy(m(torch.from_numpy(x_tr[s:s + BATCH])),
-                                                         torch.from_numpy(y_tr[s:s + BATCH]).long())
+                loss = torch.nn.functional.cross_entropy(
+                    m(torch.from_numpy(x_tr[s : s + BATCH])), torch.from_numpy(y_tr[s : s + BATCH]).long()
+                )
                 loss.backward()
 
         t0 = time.perf_counter()
@@ -401,12 +441,19 @@ def digits(epochs: int, table: Table) -> None:
         no_ft = accuracy_torch(module, x_te, y_te)
         macs, params = torch_cost(module, (BATCH, 1, 8, 8))
         train(module, x_tr, y_tr, epochs=1, lr=FINETUNE_LR, freeze_bn=True)
-        table.add_row(label, f"{acc0:.3f}", f"{no_ft:.3f}",
-                      f"{accuracy_torch(module, x_te, y_te):.3f}",
-                      f"{macs0 / 1e6:.2f} -> {macs / 1e6:.2f}", f"{params:,}", f"{dt:.2f}")
+        table.add_row(
+            label,
+            f"{acc0:.3f}",
+            f"{no_ft:.3f}",
+            f"{accuracy_torch(module, x_te, y_te):.3f}",
+            f"{macs0 / 1e6:.2f} -> {macs / 1e6:.2f}",
+            f"{params:,}",
+            f"{dt:.2f}",
+        )
 
-    tp_row("Torch-Pruning l2", tp.importance.MagnitudeImportance(p=2, group_reduction="mean",
-                                                                 normalizer="mean"))
+    tp_row(
+        "Torch-Pruning l2", tp.importance.MagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    )
     tp_row("Torch-Pruning taylor", tp.importance.TaylorImportance(), with_grad=True)
 
 
@@ -417,8 +464,10 @@ def latency(name: str, runs: int, table: Table) -> None:
     graph = fuser.optimize(CAPTURED.get(name) or f"zoo:{name}")
     pruned = prune(graph, 0.5, "l2")
     x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
-    sessions = {"original": ort_session(graph.to_onnx(), threads=2),
-                "pruned 0.5": ort_session(pruned.to_onnx(), threads=2)}
+    sessions = {
+        "original": ort_session(graph.to_onnx(), threads=2),
+        "pruned 0.5": ort_session(pruned.to_onnx(), threads=2),
+    }
     feeds = {graph.inputs[0].name: x}
     times = {k: [] for k in sessions}
     for s in sessions.values():
@@ -431,36 +480,54 @@ def latency(name: str, runs: int, table: Table) -> None:
     base = np.median(times["original"])
     for k, g in (("original", graph), ("pruned 0.5", pruned)):
         med = np.median(times[k])
-        table.add_row(name, k, f"{fuser.info(g)['macs'] / 1e9:.2f}", f"{med * 1e3:.1f}",
-                      f"{base / med:.2f}x")
+        table.add_row(name, k, f"{fuser.info(g)['macs'] / 1e9:.2f}", f"{med * 1e3:.1f}", f"{base / med:.2f}x")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two models at 0.5, ResNet-18 latency")
-    ap.add_argument("--skip", default="",
-                    help="comma-separated sections to leave out: zoo,digits,latency")
+    ap.add_argument("--skip", default="", help="comma-separated sections to leave out: zoo,digits,latency")
     ap.add_argument("--models", help="comma-separated zoo names (default: all, or the quick set)")
     args = ap.parse_args(argv)
-    from fuser import models
 
-    import torch_pruning as tp
+    from fuser import models
 
     torch.set_num_threads(2)
     ratios = [0.5] if args.quick else [0.3, 0.5]
-    names = (args.models.split(",") if args.models else
-             ["resnet18", "shufflenet_v2_x1_0"] if args.quick else models.names())
+    names = (
+        args.models.split(",")
+        if args.models
+        else ["resnet18", "shufflenet_v2_x1_0"]
+        if args.quick
+        else models.names()
+    )
     from importlib.metadata import version  # the package's own __version__ lags (1.6.0 in 1.6.1)
 
-    console.print(f"fuser vs Torch-Pruning {version('torch-pruning')} "
-                  f"(torch {torch.__version__}); criterion l2, per-group ratio, classifier ignored")
+    console.print(
+        f"fuser vs Torch-Pruning {version('torch-pruning')} "
+        f"(torch {torch.__version__}); criterion l2, per-group ratio, classifier ignored"
+    )
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
     if "zoo" not in skip:
-        t = Table(title="1. which models each prunes (GMACs / M params; fuser: fuser.analysis, "
-                        "TP: Conv/Linear hooks, same convention)", title_justify="left")
-        for col in ("model", "ratio", "original", "fuser", "exact", "pruned", "s",
-                    "Torch-Pruning", "exact", "pruned", "s"):
+        t = Table(
+            title="1. which models each prunes (GMACs / M params; fuser: fuser.analysis, "
+            "TP: Conv/Linear hooks, same convention)",
+            title_justify="left",
+        )
+        for col in (
+            "model",
+            "ratio",
+            "original",
+            "fuser",
+            "exact",
+            "pruned",
+            "s",
+            "Torch-Pruning",
+            "exact",
+            "pruned",
+            "s",
+        ):
             t.add_column(col)
         compare_zoo(names, ratios, t)
         if not args.quick:
@@ -475,8 +542,7 @@ def main(argv=None) -> int:
         digits(epochs=4 if args.quick else 8, table=d)
         console.print(d)
     if "latency" not in skip:
-        lat = Table(title="3. ONNX Runtime latency (2 threads, batch 1, BN folded)",
-                    title_justify="left")
+        lat = Table(title="3. ONNX Runtime latency (2 threads, batch 1, BN folded)", title_justify="left")
         for col in ("model", "variant", "GMACs", "median ms", "speed-up"):
             lat.add_column(col)
         latency("resnet18" if args.quick else "resnet50", 10 if args.quick else 40, lat)

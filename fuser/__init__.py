@@ -10,14 +10,15 @@ Feature entry points (imported on first use, so ``import fuser`` stays light):
 (fusion plans), ``fuser.prune`` (structured pruning), ``fuser.find_blocks`` (block
 fusion), ``fuser.load`` (a compiled TVM artifact).
 """
+
 import importlib
 
 __version__ = "0.1.0"
 
+from .api import info, optimize, to_graph  # noqa: E402
+from .capture import from_torch  # noqa: E402
 from .ir import FuserError, Graph, Node, Value  # noqa: E402
 from .onnx_io import from_onnx, save_onnx, to_onnx  # noqa: E402
-from .capture import from_torch  # noqa: E402
-from .api import info, optimize, to_graph  # noqa: E402
 
 _LAZY = {
     "tune_mode": "fuser.convbn",
@@ -37,5 +38,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fuser' has no attribute '{name}'")
 
 
-__all__ = ["FuserError", "Graph", "Node", "Value", "from_onnx", "from_torch", "to_onnx",
-           "save_onnx", "optimize", "info", "to_graph", "__version__", *_LAZY]
+__all__ = [
+    "FuserError",
+    "Graph",
+    "Node",
+    "Value",
+    "from_onnx",
+    "from_torch",
+    "to_onnx",
+    "save_onnx",
+    "optimize",
+    "info",
+    "to_graph",
+    "__version__",
+    *_LAZY,
+]

@@ -16,6 +16,7 @@ Counting conventions (the ones torchvision, fvcore and Torch-Pruning use):
   - activation bytes: bytes of a node's outputs; weight bytes: bytes of the
     parameters (and buffers) it reads.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -24,17 +25,42 @@ import numpy as np
 
 from .ir import Graph, Node, Value
 
-WEIGHT_SLOTS = {"Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2},
-                "BatchNormalization": {1, 2}, "LayerNormalization": {1, 2},
-                "InstanceNormalization": {1, 2}, "GroupNormalization": {1, 2}, "PRelu": {1}}
+WEIGHT_SLOTS = {
+    "Conv": {1, 2},
+    "ConvTranspose": {1, 2},
+    "Gemm": {1, 2},
+    "BatchNormalization": {1, 2},
+    "LayerNormalization": {1, 2},
+    "InstanceNormalization": {1, 2},
+    "GroupNormalization": {1, 2},
+    "PRelu": {1},
+}
 BUFFER_SLOTS = {"BatchNormalization": {3, 4}}
 # Inputs that configure an op rather than carry data or weights.
-CONFIG_SLOTS = {"Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "Clip": {1, 2},
-                "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Expand": {1}, "Tile": {1}, "Split": {1},
-                "Squeeze": {1}, "Unsqueeze": {1}, "ReduceMean": {1}, "ReduceSum": {1},
-                "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL2": {1},
-                "Gather": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Dropout": {1, 2},
-                "CastLike": {1}}
+CONFIG_SLOTS = {
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "Pad": {1, 2, 3},
+    "Clip": {1, 2},
+    "Reshape": {1},
+    "Slice": {1, 2, 3, 4},
+    "Expand": {1},
+    "Tile": {1},
+    "Split": {1},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "ReduceMean": {1},
+    "ReduceSum": {1},
+    "ReduceMax": {1},
+    "ReduceMin": {1},
+    "ReduceProd": {1},
+    "ReduceL2": {1},
+    "Gather": {1},
+    "ConstantOfShape": {0},
+    "Range": {0, 1, 2},
+    "Dropout": {1, 2},
+    "CastLike": {1},
+}
 
 
 @dataclass
@@ -98,12 +124,17 @@ def analyze(graph: Graph) -> dict:
         weights = node_weights(n)
         for v, role in weights:
             (params_seen if role == "param" else buffers_seen)[id(v)] = v
-        rows.append(NodeCost(
-            name=n.name, op=n.op, output_shape=list(n.outputs[0].shape or ()),
-            macs=node_macs(n),
-            params=sum(v.numel for v, role in weights if role == "param"),
-            activation_bytes=sum(v.nbytes for v in n.outputs),
-            weight_bytes=sum(v.nbytes for v, _ in weights)))
+        rows.append(
+            NodeCost(
+                name=n.name,
+                op=n.op,
+                output_shape=list(n.outputs[0].shape or ()),
+                macs=node_macs(n),
+                params=sum(v.numel for v, role in weights if role == "param"),
+                activation_bytes=sum(v.nbytes for v in n.outputs),
+                weight_bytes=sum(v.nbytes for v, _ in weights),
+            )
+        )
     ops = graph.op_counts()
     return {
         "model": graph.name,
@@ -112,8 +143,9 @@ def analyze(graph: Graph) -> dict:
         "params": int(sum(v.numel for v in params_seen.values())),
         "buffers": int(sum(v.numel for v in buffers_seen.values())),
         "macs": int(sum(r.macs for r in rows)),
-        "weight_bytes": int(sum(v.nbytes for v in params_seen.values())
-                            + sum(v.nbytes for v in buffers_seen.values())),
+        "weight_bytes": int(
+            sum(v.nbytes for v in params_seen.values()) + sum(v.nbytes for v in buffers_seen.values())
+        ),
         "activation_bytes": int(sum(r.activation_bytes for r in rows)),
         "nodes": len(graph.nodes),
         "ops": ops,

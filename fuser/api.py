@@ -1,8 +1,10 @@
 """The Python API: one entry point per user job."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .ir import FuserError, Graph
 from .pipeline import PassSpec, default_passes, run_passes
@@ -25,7 +27,7 @@ def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -
     if isinstance(model, Graph):
         return model
     if isinstance(model, str) and model.startswith(ZOO_PREFIX):
-        return from_zoo(model[len(ZOO_PREFIX):], input_shapes)
+        return from_zoo(model[len(ZOO_PREFIX) :], input_shapes)
     if isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         return from_onnx(model, input_shapes)
     try:
@@ -34,11 +36,15 @@ def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -
         torch = None
     if torch is not None and isinstance(model, torch.nn.Module):
         if example_inputs is None:
-            raise FuserError(f"{type(model).__name__}: an nn.Module needs example_inputs "
-                             "(e.g. torch.randn(1, 3, 224, 224))")
+            raise FuserError(
+                f"{type(model).__name__}: an nn.Module needs example_inputs "
+                "(e.g. torch.randn(1, 3, 224, 224))"
+            )
         return from_torch(model, example_inputs)
-    raise FuserError(f"cannot make a graph from {type(model).__name__}: pass an ONNX path, "
-                     "a ModelProto, 'zoo:NAME', an nn.Module or a Graph")
+    raise FuserError(
+        f"cannot make a graph from {type(model).__name__}: pass an ONNX path, "
+        "a ModelProto, 'zoo:NAME', an nn.Module or a Graph"
+    )
 
 
 def zoo_input_shape(name: str, input_shapes: Any = None) -> tuple[int, ...]:
@@ -71,9 +77,16 @@ def from_zoo(name: str, input_shapes: Any = None, seed: int = 0) -> Graph:
     return graph
 
 
-def optimize(model: Any, example_inputs: Any = None, input_shapes: Any = None, *,
-             passes: Sequence[PassSpec] | None = None, skip: Sequence[str] = (),
-             prune: float | None = None, criterion: str = "l2") -> Graph:
+def optimize(
+    model: Any,
+    example_inputs: Any = None,
+    input_shapes: Any = None,
+    *,
+    passes: Sequence[PassSpec] | None = None,
+    skip: Sequence[str] = (),
+    prune: float | None = None,
+    criterion: str = "l2",
+) -> Graph:
     """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``;
     ``prune=R`` adds structured pruning of R of each channel group after them).
 

@@ -7,6 +7,7 @@ so BatchNormalization stays a node for fuser's passes to see) and imports that.
 The module is captured in eval mode (inference semantics); its train/eval flags
 are restored afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,8 @@ import inspect
 import io
 import logging
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .ir import FuserError, Graph
 
@@ -33,8 +35,10 @@ def _eval_mode(module):
 @contextlib.contextmanager
 def _quiet():
     """The exporter logs and warns a lot (e.g. about torchvision ops); keep the CLI readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                                "onnxscript", "torch.fx")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -66,13 +70,17 @@ def export_program(module, args: tuple):
             raise FuserError(
                 f"{type(module).__name__}: cannot capture the module: torch.export said "
                 f"'{_first_line(first)}'; torch.fx said '{_first_line(second)}'. Remove "
-                "data-dependent control flow from forward() or export it to ONNX yourself") from None
+                "data-dependent control flow from forward() or export it to ONNX yourself"
+            ) from None
 
 
 def _input_names(module, count: int) -> list[str]:
     try:
-        params = [p.name for p in inspect.signature(module.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         params = []
     return params[:count] if len(params) >= count else [f"input{i}" for i in range(count)]
@@ -91,20 +99,25 @@ def torch_to_onnx(module, example_inputs: Any | Sequence[Any]):
         names = _input_names(module, len(args))
         try:
             onnx_program = torch.onnx.export(
-                program, args, dynamo=True, optimize=False, verify=False, verbose=False,
+                program,
+                args,
+                dynamo=True,
+                optimize=False,
+                verify=False,
+                verbose=False,
                 input_names=names,
-                output_names=["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+                output_names=["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)],
+            )
         except Exception as e:
-            raise FuserError(f"{type(module).__name__}: the ONNX exporter failed: "
-                             f"{_first_line(e)}") from None
+            raise FuserError(f"{type(module).__name__}: the ONNX exporter failed: {_first_line(e)}") from None
     return onnx_program.model_proto
 
 
 def from_torch(module, example_inputs, *, fold: bool = True) -> Graph:
     """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``)."""
-    from .onnx_io import from_onnx
-
     from fuser.passes import drop_zero_bias
+
+    from .onnx_io import from_onnx
 
     graph = from_onnx(torch_to_onnx(module, example_inputs), fold=fold)
     drop_zero_bias.run(graph)  # the exporter's zero bias for bias-free convs

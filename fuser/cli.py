@@ -3,6 +3,7 @@
 MODEL, everywhere, is a path to an .onnx file or `zoo:NAME` (see `fuser zoo list`).
 Exit status: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,9 +18,18 @@ from rich.table import Table
 
 from fuser.passes import DEFAULT_PIPELINE
 
-from .cli_common import (emit_json, err, input_shape_option, json_option, load_graph, out,
-                         parse_input_shapes, status)
+from .cli_common import (
+    emit_json,
+    err,
+    input_shape_option,
+    json_option,
+    load_graph,
+    out,
+    parse_input_shapes,
+    status,
+)
 from .ir import FuserError
+
 
 class FuserGroup(click.Group):
     """Turns FuserError into one line on stderr and exit 2."""
@@ -38,8 +48,11 @@ class FuserGroup(click.Group):
         except Exception as e:  # a bug in fuser, not in the user's input
             if os.environ.get("FUSER_DEBUG"):
                 traceback.print_exc()
-            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} "
-                      "(set FUSER_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]internal error:[/] {type(e).__name__}: {e} (set FUSER_DEBUG=1 for a traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
             sys.exit(1)
 
 
@@ -94,8 +107,9 @@ def info(model, input_shapes, as_json, show_nodes):
         t.add_column(col, justify="left" if col == "op" else "right")
     total_macs = max(report["macs"], 1)
     for op, (count, macs, params, act) in sorted(by_op.items(), key=lambda kv: -kv[1][1]):
-        t.add_row(op, str(count), human(macs), f"{100 * macs / total_macs:.1f}",
-                  human(params), human_bytes(act))
+        t.add_row(
+            op, str(count), human(macs), f"{100 * macs / total_macs:.1f}", human(params), human_bytes(act)
+        )
     out.print(t)
     if show_nodes:
         nt = Table(title="nodes", title_justify="left")
@@ -104,10 +118,13 @@ def info(model, input_shapes, as_json, show_nodes):
         for r in report["per_node"]:
             nt.add_row(r["name"], r["op"], str(r["output_shape"]), human(r["macs"]), human(r["params"]))
         out.print(nt)
-    out.print(f"[bold]total[/]: {report['nodes']} nodes, {human(report['macs'])}MACs, "
-              f"{report['params']:,} params ({human(report['params'])}), "
-              f"weights {human_bytes(report['weight_bytes'])}, "
-              f"activations {human_bytes(report['activation_bytes'])}", highlight=False)
+    out.print(
+        f"[bold]total[/]: {report['nodes']} nodes, {human(report['macs'])}MACs, "
+        f"{report['params']:,} params ({human(report['params'])}), "
+        f"weights {human_bytes(report['weight_bytes'])}, "
+        f"activations {human_bytes(report['activation_bytes'])}",
+        highlight=False,
+    )
 
 
 # ---- optimize -----------------------------------------------------------------
@@ -115,13 +132,27 @@ def info(model, input_shapes, as_json, show_nodes):
 @click.argument("model")
 @click.argument("output", type=click.Path(dir_okay=False))
 @input_shape_option
-@click.option("--skip", multiple=True, metavar="PASS",
-              help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".")
+@click.option(
+    "--skip",
+    multiple=True,
+    metavar="PASS",
+    help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".",
+)
 @click.option("--passes", "pass_list", metavar="P1,P2", help="Run exactly these passes, in order.")
-@click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), metavar="R",
-              help="Also prune R of every channel group's channels (structured pruning, after BN folding).")
-@click.option("--criterion", default="l2", show_default=True,
-              type=click.Choice(["l1", "l2", "obs"]), help="Channel importance for --prune.")
+@click.option(
+    "--prune",
+    "prune_ratio",
+    type=click.FloatRange(0, 1, max_open=True),
+    metavar="R",
+    help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
+)
+@click.option(
+    "--criterion",
+    default="l2",
+    show_default=True,
+    type=click.Choice(["l1", "l2", "obs"]),
+    help="Channel importance for --prune.",
+)
 @json_option
 def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, as_json):
     """Run the optimize pipeline on MODEL and write OUTPUT (.onnx).
@@ -147,11 +178,19 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
         graph, report = run_passes(graph, passes)
     after = analyze(graph)
     save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
-    summary = {"input": model, "output": output, **report.to_dict(),
-               "nodes_before": before["nodes"], "nodes_after": after["nodes"],
-               "ops_before": before["ops"], "ops_after": after["ops"],
-               "macs_before": before["macs"], "macs_after": after["macs"],
-               "params_before": before["params"], "params_after": after["params"]}
+    summary = {
+        "input": model,
+        "output": output,
+        **report.to_dict(),
+        "nodes_before": before["nodes"],
+        "nodes_after": after["nodes"],
+        "ops_before": before["ops"],
+        "ops_after": after["ops"],
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "params_before": before["params"],
+        "params_after": after["params"],
+    }
     if as_json:
         emit_json(summary)
         return
@@ -177,8 +216,7 @@ def zoo_list(as_json):
     """List zoo models with their default input shape and parameter count."""
     from fuser import models
 
-    rows = [{"name": n, "input_shape": list(models.input_shape(n)), **models.info(n)}
-            for n in models.names()]
+    rows = [{"name": n, "input_shape": list(models.input_shape(n)), **models.info(n)} for n in models.names()]
     if as_json:
         emit_json(rows)
         return
@@ -187,8 +225,12 @@ def zoo_list(as_json):
         t.add_column(col)
     for r in rows:
         ref = r.get("params_reference")
-        t.add_row(r["name"], "x".join(map(str, r["input_shape"])),
-                  f"{ref:,}" if ref else "-", r.get("description", ""))
+        t.add_row(
+            r["name"],
+            "x".join(map(str, r["input_shape"])),
+            f"{ref:,}" if ref else "-",
+            r.get("description", ""),
+        )
     out.print(t)
 
 
@@ -205,8 +247,11 @@ def zoo_export(name, output, input_shapes, seed):
     with status(f"capturing {name} with torch.export"):
         graph = from_zoo(name, parse_input_shapes(input_shapes), seed=seed)
     save_onnx(graph, output)
-    out.print(f"wrote {output}: {len(graph.nodes)} nodes, inputs "
-              + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs), highlight=False)
+    out.print(
+        f"wrote {output}: {len(graph.nodes)} nodes, inputs "
+        + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs),
+        highlight=False,
+    )
 
 
 def _register_commands() -> None:

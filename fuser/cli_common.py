@@ -3,6 +3,7 @@
 Command modules in ``fuser/commands/`` import from here; each defines ``command``
 (a click command) and is registered by ``fuser.cli`` automatically.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from .ir import FuserError
 
 err = Console(stderr=True)
 out = Console()
+
 
 def parse_input_shapes(specs: tuple[str, ...]):
     """('x:1,3,224,224',) -> {'x': (1,3,224,224)}; ('1,3,224,224',) -> (1,3,224,224)."""
@@ -40,8 +42,13 @@ def parse_input_shapes(specs: tuple[str, ...]):
 
 
 def input_shape_option(f):
-    return click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]D,D,..",
-                        help="Fix dynamic input dims, e.g. x:1,3,640,640. Repeat per input.")(f)
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="[NAME:]D,D,..",
+        help="Fix dynamic input dims, e.g. x:1,3,640,640. Repeat per input.",
+    )(f)
 
 
 def json_option(f):
@@ -67,5 +74,3 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
 
 def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-

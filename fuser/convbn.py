@@ -52,6 +52,7 @@ ops in front of the conv and deploy mode swaps in folded constant weights.
 The returned module carries ``fuser_convbn_pairs`` (the number of pairs combined), also
 logged at INFO level. A model the tracer cannot capture raises ``fuser.ir.FuserError``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,13 +75,26 @@ __all__ = ["ConvBN", "convbn", "fold", "tune_conv_bn", "tune_mode", "MODES"]
 log = logging.getLogger(__name__)
 
 MODES = ("tune", "deploy", "eval")
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-          nn.ConvTranspose3d, nn.Linear)
+_CONVS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _aten = torch.ops.aten
-_ATEN_CONVS = {_aten.conv1d: False, _aten.conv2d: False, _aten.conv3d: False, _aten.linear: False,
-               _aten.conv_transpose1d: True, _aten.conv_transpose2d: True,
-               _aten.conv_transpose3d: True}  # overload packet -> transposed
+_ATEN_CONVS = {
+    _aten.conv1d: False,
+    _aten.conv2d: False,
+    _aten.conv3d: False,
+    _aten.linear: False,
+    _aten.conv_transpose1d: True,
+    _aten.conv_transpose2d: True,
+    _aten.conv_transpose3d: True,
+}  # overload packet -> transposed
 
 
 def fold(weight, bias, mean, var, eps, gamma=None, beta=None, transposed=False, groups=1):
@@ -108,13 +122,26 @@ def tune_conv_bn(x, conv, bn, *args, **kwargs):
     """``bn(conv(x, *args, **kwargs))``; one conv with folded weights while ``bn`` is frozen."""
     if isinstance(x, fx.Proxy):  # traced again (fx re-capture, unpickling): stay one node
         return x.tracer.create_proxy("call_function", tune_conv_bn, (x, conv, bn, *args), kwargs)
-    frozen = (not bn.training and bn.track_running_stats and bn.running_mean is not None
-              and bn.running_var is not None)
+    frozen = (
+        not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
     if not frozen or x.dim() != conv.weight.dim():  # Linear+BN1d folds only for (N, C) input
         return bn(conv(x, *args, **kwargs))
     transposed = _is_transposed(conv)
-    w, b = fold(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
-                transposed, getattr(conv, "groups", 1))
+    w, b = fold(
+        conv.weight,
+        conv.bias,
+        bn.running_mean,
+        bn.running_var,
+        bn.eps,
+        bn.weight,
+        bn.bias,
+        transposed,
+        getattr(conv, "groups", 1),
+    )
     if isinstance(conv, nn.Linear):
         return F.linear(x, w, b)
     if not transposed and not args and not kwargs:  # fast path, same as Conv*d.forward
@@ -149,9 +176,11 @@ def _capture(module) -> fx.GraphModule:
         return fx.symbolic_trace(module)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise FuserError(f"convbn: cannot capture {type(module).__name__} with torch.fx.symbolic_trace "
-                         f"({type(e).__name__}: {msg}); make the control flow static or pass a "
-                         "torch.export ExportedProgram") from None
+        raise FuserError(
+            f"convbn: cannot capture {type(module).__name__} with torch.fx.symbolic_trace "
+            f"({type(e).__name__}: {msg}); make the control flow static or pass a "
+            "torch.export ExportedProgram"
+        ) from None
 
 
 def _module_pairs(gm: fx.GraphModule):
@@ -164,8 +193,13 @@ def _module_pairs(gm: fx.GraphModule):
             continue
         bn = gm.get_submodule(user.target)
         channels = conv.out_features if isinstance(conv, nn.Linear) else conv.out_channels
-        if (type(bn) in _BNS and bn.track_running_stats and bn.running_mean is not None
-                and bn.running_var is not None and bn.num_features == channels):
+        if (
+            type(bn) in _BNS
+            and bn.track_running_stats
+            and bn.running_mean is not None
+            and bn.running_var is not None
+            and bn.num_features == channels
+        ):
             yield node, user
 
 
@@ -185,9 +219,13 @@ def _aten_pairs(gm: fx.GraphModule):
             continue
         bn_args = _bind(bn_node)
         conv_node = bn_args["input"]
-        if (bn_args["training"] is not False or not isinstance(conv_node, fx.Node)
-                or conv_node.op != "call_function" or len(conv_node.users) != 1
-                or getattr(conv_node.target, "overloadpacket", None) not in _ATEN_CONVS):
+        if (
+            bn_args["training"] is not False
+            or not isinstance(conv_node, fx.Node)
+            or conv_node.op != "call_function"
+            or len(conv_node.users) != 1
+            or getattr(conv_node.target, "overloadpacket", None) not in _ATEN_CONVS
+        ):
             continue
         conv_args = _bind(conv_node)
         stats = [bn_args[k] for k in ("running_mean", "running_var")]
@@ -203,9 +241,12 @@ def _install(gm: fx.GraphModule, node: fx.Node, module: nn.Module, suffix: str) 
     """Make ``node`` call ``module``: in place of its old module when no other node uses that
     (nor an enclosing module, which would be the caller's), else under a new name."""
     target = node.target
-    shared = any(n is not node and n.op in ("call_module", "get_attr")
-                 and ((n.target + ".").startswith(target + ".") or target.startswith(n.target + "."))
-                 for n in gm.graph.nodes)
+    shared = any(
+        n is not node
+        and n.op in ("call_module", "get_attr")
+        and ((n.target + ".").startswith(target + ".") or target.startswith(n.target + "."))
+        for n in gm.graph.nodes
+    )
     if shared:
         target = f"{target.replace('.', '_')}_{suffix}"
         while hasattr(gm, target):
@@ -260,8 +301,16 @@ def convbn(module, mode: str = "tune") -> nn.Module:
         if mode == "deploy":
             fused = copy.deepcopy(conv, {id(conv.weight): conv.weight, id(conv.bias): conv.bias})
             fused.weight, fused.bias = _deploy_weights(
-                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
-                _is_transposed(conv), getattr(conv, "groups", 1))
+                conv.weight,
+                conv.bias,
+                bn.running_mean,
+                bn.running_var,
+                bn.eps,
+                bn.weight,
+                bn.bias,
+                _is_transposed(conv),
+                getattr(conv, "groups", 1),
+            )
             _install(gm, conv_node, fused, "bnfold")
             _install(gm, bn_node, nn.Identity(), "identity")
             continue
@@ -276,8 +325,17 @@ def convbn(module, mode: str = "tune") -> nn.Module:
 
     for conv_node, bn_node, conv_args, bn_args in list(_aten_pairs(gm)):
         transposed = _ATEN_CONVS[conv_node.target.overloadpacket]
-        args = (conv_args["weight"], conv_args["bias"], bn_args["running_mean"], bn_args["running_var"],
-                bn_args["eps"], bn_args["weight"], bn_args["bias"], transposed, conv_args.get("groups") or 1)
+        args = (
+            conv_args["weight"],
+            conv_args["bias"],
+            bn_args["running_mean"],
+            bn_args["running_var"],
+            bn_args["eps"],
+            bn_args["weight"],
+            bn_args["bias"],
+            transposed,
+            conv_args.get("groups") or 1,
+        )
         if mode == "deploy" and any(isinstance(a, fx.Node) and a.op != "get_attr" for a in args):
             continue  # folding once needs the weights and statistics to be the model's own tensors
         pairs += 1

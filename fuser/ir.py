@@ -8,11 +8,13 @@ producer. Nodes are kept in a topological order in ``graph.nodes``.
 The API is deliberately small, after torch.fx: ``replace_all_uses_with``,
 ``erase_node``, ``insert_node``, ``extract`` and a readable ``str(graph)``.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +31,7 @@ def is_splat(a: np.ndarray) -> bool:
     return a.ndim == 0 or all(s == 0 for s in a.strides)
 
 
-def stable_topological_order(count: int, edges: Iterable[tuple[int, int]],
-                             key=None) -> list[int] | None:
+def stable_topological_order(count: int, edges: Iterable[tuple[int, int]], key=None) -> list[int] | None:
     """``range(count)`` ordered so that ``a`` comes before ``b`` for every edge (a, b),
     taking the smallest ``key`` (default: the index) among the ready ones, so that an
     order that is already legal is kept; None when the edges form a cycle."""
@@ -48,8 +49,9 @@ def stable_topological_order(count: int, edges: Iterable[tuple[int, int]],
 class Value:
     """A tensor in the graph: a graph input, a node output, or a constant."""
 
-    def __init__(self, name: str, shape: Shape | None = None, dtype: Any = np.float32,
-                 const: np.ndarray | None = None):
+    def __init__(
+        self, name: str, shape: Shape | None = None, dtype: Any = np.float32, const: np.ndarray | None = None
+    ):
         self.name = name
         self.const = const
         if const is not None:
@@ -91,8 +93,15 @@ class Value:
 class Node:
     """One operator. ``inputs`` may hold None for an omitted optional input."""
 
-    def __init__(self, op: str, inputs: Sequence[Value | None], outputs: Sequence[Value],
-                 attrs: dict[str, Any] | None = None, name: str = "", domain: str = ""):
+    def __init__(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        outputs: Sequence[Value],
+        attrs: dict[str, Any] | None = None,
+        name: str = "",
+        domain: str = "",
+    ):
         self.op = op
         self.name = name
         self.domain = domain
@@ -179,14 +188,24 @@ class Graph:
     def value(self, name: str, shape: Shape | None = None, dtype: Any = np.float32) -> Value:
         return Value(self.unique_name(name), shape, dtype)
 
-    def add_node(self, op: str, inputs: Sequence[Value | None], outputs: int | Sequence[Value] = 1,
-                 attrs: dict[str, Any] | None = None, name: str = "", *, before: Node | None = None,
-                 domain: str = "") -> Node:
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        outputs: int | Sequence[Value] = 1,
+        attrs: dict[str, Any] | None = None,
+        name: str = "",
+        *,
+        before: Node | None = None,
+        domain: str = "",
+    ) -> Node:
         """Create a node and insert it at the end, or just before ``before``."""
         node_name = self.unique_name(name or op.lower())
         if isinstance(outputs, int):
-            outputs = [Value(self.unique_name(node_name if outputs == 1 else f"{node_name}_out{i}"),
-                             None, None) for i in range(outputs)]
+            outputs = [
+                Value(self.unique_name(node_name if outputs == 1 else f"{node_name}_out{i}"), None, None)
+                for i in range(outputs)
+            ]
         node = Node(op, inputs, outputs, attrs, node_name, domain)
         self.insert_node(node, before=before)
         return node
@@ -273,14 +292,20 @@ class Graph:
     def toposort(self) -> None:
         """Re-sort nodes topologically (stable: keeps the current order where it is legal)."""
         index = {id(n): i for i, n in enumerate(self.nodes)}
-        order = stable_topological_order(len(self.nodes), (
-            (index[id(p)], i) for i, n in enumerate(self.nodes)
-            for p in self.producers(n) if id(p) in index))
+        order = stable_topological_order(
+            len(self.nodes),
+            (
+                (index[id(p)], i)
+                for i, n in enumerate(self.nodes)
+                for p in self.producers(n)
+                if id(p) in index
+            ),
+        )
         if order is None:
             raise FuserError(f"{self.source}: graph has a cycle")
         self.nodes = [self.nodes[i] for i in order]
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A structural copy; constant arrays are shared (treat them as immutable)."""
         vmap: dict[int, Value] = {}
 
@@ -295,15 +320,16 @@ class Graph:
         g = Graph(self.name, [cp(v) for v in self.inputs], [], [], self.opset, self.source)
         g._names = set(self._names)
         for n in self.nodes:
-            nn = Node(n.op, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs], dict(n.attrs),
-                      n.name, n.domain)
+            nn = Node(
+                n.op, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs], dict(n.attrs), n.name, n.domain
+            )
             nn.meta = dict(n.meta)
             nn.graph = g
             g.nodes.append(nn)
         g.outputs = [cp(v) for v in self.outputs]
         return g
 
-    def extract(self, nodes: Iterable[Node], name: str | None = None) -> "Graph":
+    def extract(self, nodes: Iterable[Node], name: str | None = None) -> Graph:
         """A new Graph holding copies of ``nodes``.
 
         Its inputs are the non-constant values the nodes consume but do not
@@ -313,10 +339,20 @@ class Graph:
         chosen = {id(n) for n in nodes}
         sub_nodes = [n for n in self.nodes if id(n) in chosen]
         produced = {id(v) for n in sub_nodes for v in n.outputs}
-        ins = list({id(v): v for n in sub_nodes for v in n.inputs
-                    if v is not None and not v.is_const and id(v) not in produced}.values())
-        outs = [v for n in sub_nodes for v in n.outputs
-                if self.is_output(v) or any(id(u) not in chosen for u in v.users)]
+        ins = list(
+            {
+                id(v): v
+                for n in sub_nodes
+                for v in n.inputs
+                if v is not None and not v.is_const and id(v) not in produced
+            }.values()
+        )
+        outs = [
+            v
+            for n in sub_nodes
+            for v in n.outputs
+            if self.is_output(v) or any(id(u) not in chosen for u in v.users)
+        ]
         whole = Graph(name or f"{self.name}_sub", ins, outs, sub_nodes, self.opset, self.source)
         return whole.copy()
 
@@ -361,14 +397,15 @@ class Graph:
             outs = ", ".join(f"%{v.name}: {v.type_str()}" for v in n.outputs)
             args = ", ".join(ref(v) for v in n.inputs)
             attrs = ", ".join(f"{k}={_fmt_attr(a)}" for k, a in sorted(n.attrs.items()))
-            lines.append(f"  {outs} = {n.op}({args})" + (f" {{{attrs}}}" if attrs else "")
-                         + f"  # {n.name}")
+            lines.append(f"  {outs} = {n.op}({args})" + (f" {{{attrs}}}" if attrs else "") + f"  # {n.name}")
         lines.append("}")
         return "\n".join(lines)
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self.nodes)} nodes, "
-                f"{sum(v.numel for v in self.constants())} constant elements")
+        return (
+            f"{self.name}: {len(self.nodes)} nodes, "
+            f"{sum(v.numel for v in self.constants())} constant elements"
+        )
 
 
 def check_graph(graph: Graph) -> None:

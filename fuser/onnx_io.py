@@ -5,12 +5,14 @@ external data that escapes the model's folder, dynamic dims left unfixed) with
 a one-line FuserError naming the file, node and op. After import every value
 has a static shape: shape-computing subgraphs are folded to constants.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,29 +37,39 @@ def load_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends
-        raise FuserError(f"{src}: not a readable ONNX model ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'parse failed'}); "
-                         "is the file complete?") from None
+        raise FuserError(
+            f"{src}: not a readable ONNX model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'parse failed'}); "
+            "is the file complete?"
+        ) from None
     if not model.graph.node or not model.graph.output or model.ir_version == 0:
-        raise FuserError(f"{src}: not an ONNX model (no graph, nodes or outputs); "
-                         "is the file truncated or of another format?")
+        raise FuserError(
+            f"{src}: not an ONNX model (no graph, nodes or outputs); "
+            "is the file truncated or of another format?"
+        )
     _load_external_data(model, path)
     return model, src
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     base = path.resolve().parent
-    external = [t for t in onnx.external_data_helper._get_all_tensors(model)
-                if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [
+        t
+        for t in onnx.external_data_helper._get_all_tensors(model)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
     for t in external:
         location = {e.key: e.value for e in t.external_data}.get("location", "")
         target = (base / location).resolve()
         if base not in target.parents:
-            raise FuserError(f"{path}: tensor '{t.name}' points to external data '{location}' "
-                             "outside the model's folder; refusing to read it")
+            raise FuserError(
+                f"{path}: tensor '{t.name}' points to external data '{location}' "
+                "outside the model's folder; refusing to read it"
+            )
         if not target.is_file():
-            raise FuserError(f"{path}: tensor '{t.name}' needs external data file "
-                             f"'{location}', which is missing")
+            raise FuserError(
+                f"{path}: tensor '{t.name}' needs external data file '{location}', which is missing"
+            )
     if external:
         onnx.external_data_helper.load_external_data_for_model(model, str(base))
 
@@ -71,14 +83,14 @@ def _value_shape(vi: onnx.ValueInfoProto) -> tuple | None:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in t.shape.dim)
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
 
 
 def _attr_value(a: onnx.AttributeProto, where: str) -> Any:
     if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-        raise FuserError(f"{where}: has a subgraph attribute '{a.name}' (control flow); "
-                         "fuser handles static graphs only")
+        raise FuserError(
+            f"{where}: has a subgraph attribute '{a.name}' (control flow); fuser handles static graphs only"
+        )
     v = helper.get_attribute_value(a)
     if isinstance(v, bytes):
         return v.decode()
@@ -100,36 +112,50 @@ def _constant_node_value(node: onnx.NodeProto, where: str) -> np.ndarray:
     raise FuserError(f"{where}: Constant with attribute '{a.name}' is not supported")
 
 
-def parse_input_shapes(input_shapes: InputShapes, graph_inputs: Sequence[str],
-                       source: str) -> dict[str, tuple[int, ...]]:
+def parse_input_shapes(
+    input_shapes: InputShapes, graph_inputs: Sequence[str], source: str
+) -> dict[str, tuple[int, ...]]:
     if input_shapes is None:
         return {}
     if isinstance(input_shapes, Mapping):
         unknown = set(input_shapes) - set(graph_inputs)
         if unknown:
-            raise FuserError(f"{source}: --input-shape names unknown input(s) {sorted(unknown)}; "
-                             f"the model's inputs are {list(graph_inputs)}")
+            raise FuserError(
+                f"{source}: --input-shape names unknown input(s) {sorted(unknown)}; "
+                f"the model's inputs are {list(graph_inputs)}"
+            )
         return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
     if len(graph_inputs) != 1:
-        raise FuserError(f"{source}: the model has {len(graph_inputs)} inputs "
-                         f"{list(graph_inputs)}; name each one: --input-shape NAME:1,3,224,224")
+        raise FuserError(
+            f"{source}: the model has {len(graph_inputs)} inputs "
+            f"{list(graph_inputs)}; name each one: --input-shape NAME:1,3,224,224"
+        )
     return {graph_inputs[0]: tuple(int(d) for d in input_shapes)}
 
 
 def _dynamic_dims_message(source: str, name: str, shape: tuple | None) -> str:
     if shape is None:
-        return (f"{source}: input '{name}' has no declared shape; give it with "
-                f"--input-shape {name}:1,3,224,224 (your numbers)")
-    names = [d if isinstance(d, str) and d not in ("?", "") and d.isidentifier() else
-             ("N" if i == 0 else f"D{i}") for i, d in enumerate(shape)]
+        return (
+            f"{source}: input '{name}' has no declared shape; give it with "
+            f"--input-shape {name}:1,3,224,224 (your numbers)"
+        )
+    names = [
+        d if isinstance(d, str) and d not in ("?", "") and d.isidentifier() else ("N" if i == 0 else f"D{i}")
+        for i, d in enumerate(shape)
+    ]
     shown = ",".join(str(d) if isinstance(d, int) and d > 0 else n for d, n in zip(shape, names))
-    example = ",".join(str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else n)
-                       for i, (d, n) in enumerate(zip(shape, names)))
-    unknown = [n for i, (d, n) in enumerate(zip(shape, names))
-               if i > 0 and not (isinstance(d, int) and d > 0)] or ["the batch"]
-    return (f"{source}: input '{name}' has dynamic dims [{shown}]; fix them with "
-            f"--input-shape {name}:{example} putting numbers for {', '.join(unknown)} "
-            f"(Python: input_shapes={{'{name}': (...)}})")
+    example = ",".join(
+        str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else n)
+        for i, (d, n) in enumerate(zip(shape, names))
+    )
+    unknown = [
+        n for i, (d, n) in enumerate(zip(shape, names)) if i > 0 and not (isinstance(d, int) and d > 0)
+    ] or ["the batch"]
+    return (
+        f"{source}: input '{name}' has dynamic dims [{shown}]; fix them with "
+        f"--input-shape {name}:{example} putting numbers for {', '.join(unknown)} "
+        f"(Python: input_shapes={{'{name}': (...)}})"
+    )
 
 
 def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = True) -> Graph:
@@ -157,8 +183,10 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
         shape = shapes.get(vi.name, _value_shape(vi))
         declared = _value_shape(vi)
         if vi.name in shapes and declared is not None and len(declared) != len(shape):
-            raise FuserError(f"{source}: --input-shape for '{vi.name}' has {len(shape)} dims, "
-                             f"the model declares {len(declared)} {list(declared)}")
+            raise FuserError(
+                f"{source}: --input-shape for '{vi.name}' has {len(shape)} dims, "
+                f"the model declares {len(declared)} {list(declared)}"
+            )
         if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
             raise FuserError(_dynamic_dims_message(source, vi.name, shape))
         v = graph.add_input(vi.name, shape, _np_dtype(vi.type.tensor_type.elem_type))
@@ -168,11 +196,15 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
         name = graph.unique_name(n.name or f"{n.op_type}_{i}")
         where = f"{source}: node '{name}' ({n.op_type})"
         if n.domain not in ("", "ai.onnx"):
-            raise FuserError(f"{where}: custom-domain op '{n.domain}::{n.op_type}' is not "
-                             "supported; export the model with standard ONNX ops")
+            raise FuserError(
+                f"{where}: custom-domain op '{n.domain}::{n.op_type}' is not "
+                "supported; export the model with standard ONNX ops"
+            )
         if n.op_type in CONTROL_FLOW_OPS:
-            raise FuserError(f"{where}: control flow is not supported; export a static graph "
-                             "(no If/Loop/Scan), e.g. by fixing the branch at export time")
+            raise FuserError(
+                f"{where}: control flow is not supported; export a static graph "
+                "(no If/Loop/Scan), e.g. by fixing the branch at export time"
+            )
         if n.op_type not in SUPPORTED_OPS | SEQUENCE_OPS:
             raise FuserError(f"{where}: op '{n.op_type}' is not supported by fuser")
         if n.op_type == "Constant":
@@ -184,8 +216,10 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
             if x == "":
                 ins.append(None)
             elif x not in values:
-                raise FuserError(f"{where}: input '{x}' is not defined before use; "
-                                 "the graph is not topologically sorted or is incomplete")
+                raise FuserError(
+                    f"{where}: input '{x}' is not defined before use; "
+                    "the graph is not topologically sorted or is incomplete"
+                )
             else:
                 ins.append(values[x])
         attrs = {a.name: _attr_value(a, where) for a in n.attribute}
@@ -208,6 +242,7 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
             v.dtype = _np_dtype(vi.type.tensor_type.elem_type)
 
     from .shapes import infer_shapes, static_shapes
+
     static_shapes(graph) if fold else infer_shapes(graph)
     return graph
 
@@ -241,24 +276,36 @@ def to_onnx(graph: Graph, *, doc: str = "") -> onnx.ModelProto:
             fill = _tensor("", v.const.reshape(-1)[:1].copy())
             shape = graph.unique_name(f"{v.name}_shape")
             inits.append(_tensor(shape, np.array(v.const.shape, dtype=np.int64)))
-            nodes.append(helper.make_node("ConstantOfShape", [shape], [v.name],
-                                          name=graph.unique_name(f"{v.name}_fill"), value=fill))
+            nodes.append(
+                helper.make_node(
+                    "ConstantOfShape", [shape], [v.name], name=graph.unique_name(f"{v.name}_fill"), value=fill
+                )
+            )
         else:
             inits.append(_tensor(v.name, v.const))
     for n in graph.nodes:
-        proto = helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
-                                 [v.name for v in n.outputs], name=n.name,
-                                 domain=n.domain or None)
+        proto = helper.make_node(
+            n.op,
+            [v.name if v is not None else "" for v in n.inputs],
+            [v.name for v in n.outputs],
+            name=n.name,
+            domain=n.domain or None,
+        )
         proto.attribute.extend(_attr(k, a) for k, a in sorted(n.attrs.items()))
         nodes.append(proto)
     outputs = graph.outputs
-    inner = [v for n in graph.nodes for v in n.outputs
-             if v.shape is not None and not graph.is_output(v)]
-    g = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],
-                          [_value_info(v) for v in outputs], inits,
-                          value_info=[_value_info(v) for v in inner])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)],
-                              producer_name="fuser", doc_string=doc)
+    inner = [v for n in graph.nodes for v in n.outputs if v.shape is not None and not graph.is_output(v)]
+    g = helper.make_graph(
+        nodes,
+        graph.name,
+        [_value_info(v) for v in graph.inputs],
+        [_value_info(v) for v in outputs],
+        inits,
+        value_info=[_value_info(v) for v in inner],
+    )
+    model = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", graph.opset)], producer_name="fuser", doc_string=doc
+    )
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     return model
 
@@ -282,8 +329,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, protect: Sequence[str 
         raise
 
 
-def save_onnx(model: onnx.ModelProto | Graph, path: str | os.PathLike, *,
-              protect: Sequence[str | os.PathLike] = ()) -> None:
+def save_onnx(
+    model: onnx.ModelProto | Graph, path: str | os.PathLike, *, protect: Sequence[str | os.PathLike] = ()
+) -> None:
     """Save an ONNX model (or a Graph, exported first) atomically."""
     if isinstance(model, Graph):
         model = to_onnx(model)

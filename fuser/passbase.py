@@ -1,5 +1,6 @@
 """What every pass returns. A pass is ``run(graph) -> PassResult``; it rewrites
 the graph in place (the pipeline copies the user's graph once, up front)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,11 +5,13 @@ in place and says whether it changed it. The pipeline copies the caller's graph
 first, re-infers shapes after every pass that changed something, checks the
 graph's bookkeeping, and records a report of what each pass did.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .ir import FuserError, Graph, check_graph
 
@@ -37,8 +39,10 @@ class PipelineReport:
         lines = []
         for s in self.steps:
             stats = ", ".join(f"{k} {v}" for k, v in s.stats.items()) or "-"
-            lines.append(f"{s.name:<22} {'changed' if s.changed else 'no change':<9}  "
-                         f"nodes {s.nodes_before} -> {s.nodes_after}  ({stats})")
+            lines.append(
+                f"{s.name:<22} {'changed' if s.changed else 'no change':<9}  "
+                f"nodes {s.nodes_before} -> {s.nodes_after}  ({stats})"
+            )
         return "\n".join(lines)
 
 
@@ -65,8 +69,16 @@ def run_passes(graph: Graph, passes: Sequence[PassSpec], *, progress=None) -> tu
         if result.changed:
             infer_shapes(graph)
         check_graph(graph)
-        report.steps.append(StepReport(name, result.changed, dict(result.stats), before,
-                                       len(graph.nodes), round(time.perf_counter() - t0, 4)))
+        report.steps.append(
+            StepReport(
+                name,
+                result.changed,
+                dict(result.stats),
+                before,
+                len(graph.nodes),
+                round(time.perf_counter() - t0, 4),
+            )
+        )
         if progress is not None:
             progress(name)
     return graph, report

@@ -6,6 +6,7 @@ are serialised). ``static_shapes`` alternates inference with constant folding
 until shape-computing subgraphs (Shape -> Gather -> Concat -> Reshape) are
 gone, then insists that every value has a static shape.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def _vi(v: Value) -> onnx.ValueInfoProto:
 
 def infer_shapes(graph: Graph, strict: bool = True) -> Graph:
     """Fill in ``shape`` and ``dtype`` of every node output, in place."""
-    from .onnx_io import _attr, _tensor, MAX_IR_VERSION
+    from .onnx_io import MAX_IR_VERSION, _attr, _tensor
 
     inputs = [_vi(v) for v in graph.inputs]
     inits = []
@@ -35,8 +36,13 @@ def infer_shapes(graph: Graph, strict: bool = True) -> Graph:
             inputs.append(_vi(v))
     nodes = []
     for n in graph.nodes:
-        p = helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
-                             [v.name for v in n.outputs], name=n.name, domain=n.domain or None)
+        p = helper.make_node(
+            n.op,
+            [v.name if v is not None else "" for v in n.inputs],
+            [v.name for v in n.outputs],
+            name=n.name,
+            domain=n.domain or None,
+        )
         p.attribute.extend(_attr(k, a) for k, a in sorted(n.attrs.items()))
         nodes.append(p)
     outs = [helper.make_tensor_value_info(v.name, 0, None) for v in graph.outputs]
@@ -55,8 +61,9 @@ def infer_shapes(graph: Graph, strict: bool = True) -> Graph:
             continue
         shape = None
         if t.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                          for d in t.shape.dim)
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+            )
         known[vi.name] = (shape, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
     for n in graph.nodes:
         for v in n.outputs:
@@ -90,5 +97,6 @@ def static_shapes(graph: Graph, max_rounds: int = 8) -> Graph:
                 if not v.is_static or v.dtype is None:
                     raise FuserError(
                         f"{graph.source}: node '{n.name}' ({n.op}): output '{v.name}' has no "
-                        f"static shape ({v.type_str()}); fix the input shapes with --input-shape")
+                        f"static shape ({v.type_str()}); fix the input shapes with --input-shape"
+                    )
     return graph

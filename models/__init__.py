@@ -13,8 +13,8 @@ data-dependent control flow, so every model goes through ``torch.export`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

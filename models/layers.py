@@ -11,7 +11,7 @@ go through ``torch.export`` and ``torch.fx.symbolic_trace``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,16 @@
 """Graph passes, one per file. Each module has ``run(graph) -> PassResult`` and a
 docstring stating its rewrite rules. ``PASSES`` names them for pipelines."""
-from . import (drop_zero_bias, eliminate_dead_nodes, fold_constants, fold_conv_bn, fuse_blocks,
-               lower_sequences, prune_channels, remove_identity)
+
+from . import (
+    drop_zero_bias,
+    eliminate_dead_nodes,
+    fold_constants,
+    fold_conv_bn,
+    fuse_blocks,
+    lower_sequences,
+    prune_channels,
+    remove_identity,
+)
 
 PASSES = {
     "fold_constants": fold_constants.run,

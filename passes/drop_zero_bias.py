@@ -7,6 +7,7 @@ PyTorch's ONNX exporter writes such a bias for every bias-free conv, so capture
 runs this pass to keep the graph's parameters equal to the module's. A real
 bias array that happens to be zero is a parameter and is kept.
 """
+
 from __future__ import annotations
 
 from fuser.ir import Graph, is_splat

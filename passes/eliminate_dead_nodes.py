@@ -3,6 +3,7 @@
 Rule: a node none of whose outputs is used by another node or is a graph
 output is removed; repeated (walking backwards) until none is left.
 """
+
 from __future__ import annotations
 
 from fuser.ir import Graph

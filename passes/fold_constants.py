@@ -13,6 +13,7 @@ Rules, applied in graph order:
      ``MAX_FOLDED_ELEMENTS`` (folding must not blow up the model).
 A graph output is never replaced by a constant (its name is the model's interface).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,12 @@ def _evaluate(node: Node, opset: int) -> list[np.ndarray]:
     proto = helper.make_node(node.op, names, outs)
     proto.attribute.extend(_attr(k, a) for k, a in sorted(node.attrs.items()))
     feeds = {f"i{i}": np.asarray(v.const) for i, v in enumerate(node.inputs) if v is not None}
-    g = helper.make_graph([proto], "fold", [helper.make_tensor_value_info(n, 0, None) for n in feeds],
-                          [helper.make_tensor_value_info(n, 0, None) for n in outs])
+    g = helper.make_graph(
+        [proto],
+        "fold",
+        [helper.make_tensor_value_info(n, 0, None) for n in feeds],
+        [helper.make_tensor_value_info(n, 0, None) for n in outs],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     return [np.asarray(a) for a in ReferenceEvaluator(model).run(None, feeds)]
 

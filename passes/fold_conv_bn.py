@@ -16,6 +16,7 @@ MatMul+Add, the MatMul's output) has no user but the next op and is not a graph 
 Folded weights are new constants, so a weight or BN shared by several ops stays correct,
 and a BN applied twice (``BN(BN(conv))``) folds twice: each fold keeps the output equal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,8 +60,9 @@ def _scale_into(graph: Graph, node: Node, s: np.ndarray) -> bool:
         else:  # W [C_in, C_out/g, k...]; output channel = group·(C_out/g) + j
             g = node.attr("group", 1)
             c_in, c_out_g = w.shape[:2]
-            w = (w.reshape(g, c_in // g, c_out_g, *w.shape[2:])
-                 * s.reshape(g, 1, c_out_g, *k_ones)).reshape(w.shape)
+            w = (w.reshape(g, c_in // g, c_out_g, *w.shape[2:]) * s.reshape(g, 1, c_out_g, *k_ones)).reshape(
+                w.shape
+            )
     elif node.op == "Gemm":
         w = w * (s.reshape(-1, 1) if node.attr("transB", 0) else s.reshape(1, -1))
     elif node.op == "MatMul" and w.ndim == 2 and len(node.output.shape) == 2:
@@ -84,8 +86,12 @@ def _shift(graph: Graph, node: Node, t: np.ndarray) -> Node:
         _set_input(graph, node, 2, (0 if b is None else b) + t)
         return node
     bias = graph.const(t.astype(node.output.dtype), f"{node.name}_bn_bias")
-    add = graph.add_node("Add", [node.output, bias], name=f"{node.name}_bn_add",
-                         before=graph.nodes[graph.nodes.index(node) + 1])
+    add = graph.add_node(
+        "Add",
+        [node.output, bias],
+        name=f"{node.name}_bn_add",
+        before=graph.nodes[graph.nodes.index(node) + 1],
+    )
     add.output.shape, add.output.dtype = node.output.shape, node.output.dtype
     return add
 
@@ -102,8 +108,7 @@ def _per_channel(b: Value, out: Value, c: int) -> bool:
 def _set_input(graph: Graph, node: Node, index: int, array: np.ndarray) -> None:
     old = node.input(index)
     dtype = old.dtype if old is not None else node.inputs[1].dtype
-    new = graph.const(np.asarray(array).astype(dtype),
-                      f"{node.name}_{'w' if index == 1 else 'b'}_folded")
+    new = graph.const(np.asarray(array).astype(dtype), f"{node.name}_{'w' if index == 1 else 'b'}_folded")
     while len(node.inputs) <= index:
         node.add_input(None)
     node.set_input(index, new)
@@ -123,8 +128,12 @@ def fold_one(graph: Graph, bn: Node) -> bool:
         if len(const) != 1 or len(data) != 1 or data[0].producer is None:
             return False
         b, inner = const[0], data[0].producer
-        if (not _sole_user(graph, data[0], prod) or not _per_channel(b, x, len(s))
-                or data[0].shape != x.shape or not _scale_into(graph, inner, s)):
+        if (
+            not _sole_user(graph, data[0], prod)
+            or not _per_channel(b, x, len(s))
+            or data[0].shape != x.shape
+            or not _scale_into(graph, inner, s)
+        ):
             return False
         folded_b = (b.const.astype(np.float64).reshape(-1) * s + t).reshape(b.shape)
         _set_input(graph, prod, prod.inputs.index(b), folded_b)

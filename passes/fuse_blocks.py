@@ -39,6 +39,7 @@ Not fused, reported with the reason:
     branch are named (e.g. ResNet-50's 1×1 → 3×3 → 1×1 bottleneck, ConvNeXt's
     LayerNorm/MatMul block), and global ops in it are called out.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,9 +86,14 @@ def _activation(graph: Graph, v: Value) -> tuple[str, Value, list[Node]]:
     if len(v.uses) == 2 and len(users) == 2:
         sig = next((u for u in users if u.op == "Sigmoid"), None)
         mul = next((u for u in users if u.op == "Mul"), None)
-        if (sig is not None and mul is not None and sig.output.users == [mul]
-                and len(sig.output.uses) == 1 and not graph.is_output(sig.output)
-                and {id(i) for i in mul.inputs} == {id(v), id(sig.output)}):
+        if (
+            sig is not None
+            and mul is not None
+            and sig.output.users == [mul]
+            and len(sig.output.uses) == 1
+            and not graph.is_output(sig.output)
+            and {id(i) for i in mul.inputs} == {id(v), id(sig.output)}
+        ):
             return "silu", mul.output, [sig, mul]
     return "none", v, []
 
@@ -102,17 +108,33 @@ def _conv_layer(node: Node, role: str, activation: str = "none", act_nodes=()) -
     k = tuple(node.attr("kernel_shape", w.shape[2:]))
     strides = tuple(node.attr("strides", (1, 1)))
     pads = tuple(node.attr("pads", (0, 0, 0, 0)))
-    if (len(k) != 2 or k[0] != k[1] or strides[0] != strides[1]
-            or any(d != 1 for d in node.attr("dilations", (1, 1)))
-            or node.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")):
+    if (
+        len(k) != 2
+        or k[0] != k[1]
+        or strides[0] != strides[1]
+        or any(d != 1 for d in node.attr("dilations", (1, 1)))
+        or node.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+    ):
         return None
     c_out, c_in = node.output.shape[1], x.shape[1]
     bias = b.const.astype(np.float32).reshape(-1) if b is not None else np.zeros(c_out, np.float32)
-    return ConvLayer(node=node.name, role=role, c_in=c_in, c_out=c_out, kernel=k[0], stride=strides[0],
-                     pad_top=int(pads[0]), pad_left=int(pads[1]), groups=int(node.attr("group", 1)),
-                     activation=activation, weight=w.const.astype(np.float32), bias=bias,
-                     in_hw=tuple(x.shape[2:]), out_hw=tuple(node.output.shape[2:]),
-                     act_nodes=tuple(n.name for n in act_nodes))
+    return ConvLayer(
+        node=node.name,
+        role=role,
+        c_in=c_in,
+        c_out=c_out,
+        kernel=k[0],
+        stride=strides[0],
+        pad_top=int(pads[0]),
+        pad_left=int(pads[1]),
+        groups=int(node.attr("group", 1)),
+        activation=activation,
+        weight=w.const.astype(np.float32),
+        bias=bias,
+        in_hw=tuple(x.shape[2:]),
+        out_hw=tuple(node.output.shape[2:]),
+        act_nodes=tuple(n.name for n in act_nodes),
+    )
 
 
 class _Matcher:
@@ -156,16 +178,30 @@ class _Matcher:
         if u1 is None:
             return None
         l1 = u1.layer
-        if not (l1.groups > 1 and l1.kernel > 1 and l1.stride == 1 and l1.c_in == l1.c_out
-                and l1.activation == "none"):
+        if not (
+            l1.groups > 1
+            and l1.kernel > 1
+            and l1.stride == 1
+            and l1.c_in == l1.c_out
+            and l1.activation == "none"
+        ):
             return None
         u2 = self.unit(self.sole_consumer(u1.out), "expand")
-        if u2 is None or not (u2.layer.kernel == 1 and u2.layer.groups == 1 and u2.layer.stride == 1
-                              and u2.layer.activation != "none"):
+        if u2 is None or not (
+            u2.layer.kernel == 1
+            and u2.layer.groups == 1
+            and u2.layer.stride == 1
+            and u2.layer.activation != "none"
+        ):
             return None
         u3 = self.unit(self.sole_consumer(u2.out), "project")
-        if u3 is None or not (u3.layer.kernel == 1 and u3.layer.groups == 1 and u3.layer.stride == 1
-                              and u3.layer.activation == "none" and u3.layer.c_out == l1.c_in):
+        if u3 is None or not (
+            u3.layer.kernel == 1
+            and u3.layer.groups == 1
+            and u3.layer.stride == 1
+            and u3.layer.activation == "none"
+            and u3.layer.c_out == l1.c_in
+        ):
             return None
         return self.finish("convfirst", start.inputs[0], [u1, u2, u3])
 
@@ -174,8 +210,12 @@ class _Matcher:
         node = start
         if with_expand:
             ue = self.unit(start, "expand")
-            if ue is None or not (ue.layer.kernel == 1 and ue.layer.groups == 1 and ue.layer.stride == 1
-                                  and ue.layer.activation != "none"):
+            if ue is None or not (
+                ue.layer.kernel == 1
+                and ue.layer.groups == 1
+                and ue.layer.stride == 1
+                and ue.layer.activation != "none"
+            ):
                 return None
             units.append(ue)
             node = self.sole_consumer(ue.out)
@@ -183,20 +223,28 @@ class _Matcher:
         if ud is None:
             return None
         ld = ud.layer
-        if not (ld.kernel > 1 and ld.groups == ld.c_in == ld.c_out and ld.groups > 1
-                and ld.activation != "none"):
+        if not (
+            ld.kernel > 1 and ld.groups == ld.c_in == ld.c_out and ld.groups > 1 and ld.activation != "none"
+        ):
             return None
         units.append(ud)
         se = next((u for u in ud.out.users if u.op in GLOBAL_OPS), None)
         if se is not None:
             nodes = [n for u in units for n in u.nodes] + self.squeeze_excite_nodes(se, ud.out)
-            self.reject(nodes, "squeeze-and-excite: its " + se.op + " reads the whole H×W map "
-                        "before any output tile can be scaled, so the block is not depth-first fusable",
-                        "mbconv+se")
+            self.reject(
+                nodes,
+                "squeeze-and-excite: its " + se.op + " reads the whole H×W map "
+                "before any output tile can be scaled, so the block is not depth-first fusable",
+                "mbconv+se",
+            )
             return "rejected"
         up = self.unit(self.sole_consumer(ud.out), "project")
-        if up is None or not (up.layer.kernel == 1 and up.layer.groups == 1 and up.layer.stride == 1
-                              and up.layer.activation == "none"):
+        if up is None or not (
+            up.layer.kernel == 1
+            and up.layer.groups == 1
+            and up.layer.stride == 1
+            and up.layer.activation == "none"
+        ):
             return None
         units.append(up)
         return self.finish("mbconv", start.inputs[0], units)
@@ -223,13 +271,19 @@ class _Matcher:
         if sc is None or id(sc) in self.claimed or sc.inputs[0] is not x or len(other.uses) != 1:
             return None
         lsc = _conv_layer(sc, "shortcut")
-        if lsc is None or not (lsc.kernel == 1 and lsc.groups == 1 and lsc.stride == u1.layer.stride
-                               and lsc.pad_top == lsc.pad_left == 0 and other.shape == c2.output.shape):
+        if lsc is None or not (
+            lsc.kernel == 1
+            and lsc.groups == 1
+            and lsc.stride == u1.layer.stride
+            and lsc.pad_top == lsc.pad_left == 0
+            and other.shape == c2.output.shape
+        ):
             return None
         return self.finish("resnet_basic", x, [u1, u2], shortcut=_Unit(lsc, other, [sc]), add=add)
 
-    def finish(self, kind: str, x: Value, units: list[_Unit], shortcut: _Unit | None = None,
-               add: Node | None = None):
+    def finish(
+        self, kind: str, x: Value, units: list[_Unit], shortcut: _Unit | None = None, add: Node | None = None
+    ):
         last = units[-1].out
         nodes = [n for u in units for n in u.nodes]
         residual, final_act, out = "none", "none", last
@@ -246,11 +300,19 @@ class _Matcher:
                 residual, add_name = "identity", add.name
             elif kind == "resnet_basic":
                 return None
-        spec = BlockSpec(kind=kind, name=f"{kind}_{sum(b.kind == kind for b in self.blocks)}",
-                         batch=int(x.shape[0]), layers=[u.layer for u in units], residual=residual,
-                         final_activation=final_act, shortcut=shortcut.layer if shortcut else None,
-                         nodes=tuple(n.name for n in nodes), input_name=x.name, output_name=out.name,
-                         add_node=add_name)
+        spec = BlockSpec(
+            kind=kind,
+            name=f"{kind}_{sum(b.kind == kind for b in self.blocks)}",
+            batch=int(x.shape[0]),
+            layers=[u.layer for u in units],
+            residual=residual,
+            final_activation=final_act,
+            shortcut=shortcut.layer if shortcut else None,
+            nodes=tuple(n.name for n in nodes),
+            input_name=x.name,
+            output_name=out.name,
+            add_node=add_name,
+        )
         reason = self.unsupported(spec)
         if reason:
             self.reject(nodes, reason, kind)
@@ -263,10 +325,13 @@ class _Matcher:
         channels = sorted({c for l in spec.all_layers() for c in (l.c_in, l.c_out)})
         odd = [c for c in channels if c % CHANNEL_ALIGN]
         if odd:
-            return (f"channels {odd} are not multiples of {CHANNEL_ALIGN} (the kernel moves channels in "
-                    "16-byte vectors)")
+            return (
+                f"channels {odd} are not multiples of {CHANNEL_ALIGN} (the kernel moves channels in "
+                "16-byte vectors)"
+            )
         if self.device is not None:
             from fuser.blockfusion.schedule import NoSchedule, choose_schedule
+
             try:
                 choose_schedule(spec, self.device)
             except NoSchedule as e:
@@ -320,11 +385,14 @@ class _Matcher:
                 continue  # part of a block or of a group already reported
             globals_ = sorted({n.op for n in branch if n.op in GLOBAL_OPS})
             if globals_:
-                reason = (f"global op {', '.join(globals_)} in the branch needs the whole H×W map "
-                          "(not depth-first fusable)")
+                reason = (
+                    f"global op {', '.join(globals_)} in the branch needs the whole H×W map "
+                    "(not depth-first fusable)"
+                )
             else:
-                reason = ("no block-fusion template for this residual branch: "
-                          + " → ".join(self.op_label(n) for n in branch))
+                reason = "no block-fusion template for this residual branch: " + " → ".join(
+                    self.op_label(n) for n in branch
+                )
             self.reject([*branch, add], reason, "residual")
 
     @staticmethod
@@ -349,7 +417,7 @@ class _Matcher:
             return None
         nodes = {}
         for chain in (chain_a, chain_b):
-            for v in chain[:next(i for i, c in enumerate(chain) if c is meet)]:
+            for v in chain[: next(i for i, c in enumerate(chain) if c is meet)]:
                 nodes[id(v.producer)] = v.producer
         order = {id(n): i for i, n in enumerate(self.graph.nodes)}
         return sorted(nodes.values(), key=lambda n: order[id(n)])
@@ -373,8 +441,12 @@ def find_blocks(graph: Graph, device: str | None = "h100") -> tuple[list[BlockSp
     for node in graph.nodes:
         if node.op != "Conv" or id(node) in m.claimed:
             continue
-        for attempt in (m.convfirst, lambda n: m.mbconv(n, True), m.resnet_basic,
-                        lambda n: m.mbconv(n, False)):
+        for attempt in (
+            m.convfirst,
+            lambda n: m.mbconv(n, True),
+            m.resnet_basic,
+            lambda n: m.mbconv(n, False),
+        ):
             if attempt(node) is not None:
                 break
     m.report_other_residuals()
@@ -391,8 +463,11 @@ def run(graph: Graph, device: str | None = "h100") -> PassResult:
         for l in spec.all_layers():
             roles.update({a: l.role + "_act" for a in l.act_nodes})
         for name in spec.nodes:
-            by_name[name].meta["block"] = {"id": spec.name, "kind": spec.kind,
-                                           "role": roles.get(name, "residual")}
+            by_name[name].meta["block"] = {
+                "id": spec.name,
+                "kind": spec.kind,
+                "role": roles.get(name, "residual"),
+            }
     for r in rejected:
         for name in r.nodes:
             by_name[name].meta["block_not_fused"] = r.reason

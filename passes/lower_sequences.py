@@ -7,6 +7,7 @@ followed by ``SequenceAt`` with constant positions. Rule:
   -> ``Split(x, sizes)`` with one output per chunk; each ``SequenceAt`` output reads
      chunk i. Anything else is refused by name (fuser has no sequence values).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,10 @@ def _chunk_sizes(node: Node) -> list[int]:
 
 
 def _refuse(graph: Graph, node: Node, why: str) -> FuserError:
-    return FuserError(f"{graph.source}: node '{node.name}' ({node.op}): {why}; fuser handles "
-                      "sequences only as a split indexed by constants")
+    return FuserError(
+        f"{graph.source}: node '{node.name}' ({node.op}): {why}; fuser handles "
+        "sequences only as a split indexed by constants"
+    )
 
 
 def run(graph: Graph, defer_unknown: bool = False) -> PassResult:
@@ -52,7 +55,8 @@ def run(graph: Graph, defer_unknown: bool = False) -> PassResult:
             raise _refuse(graph, node, "keepdims=0 is not supported")
         users = node.output.users
         if graph.is_output(node.output) or any(
-                u.op != "SequenceAt" or not u.inputs[1].is_const for u in users):
+            u.op != "SequenceAt" or not u.inputs[1].is_const for u in users
+        ):
             raise _refuse(graph, node, "the sequence is used other than by SequenceAt(constant)")
         sizes = _chunk_sizes(node)
         axis = node.attr("axis", 0)
@@ -60,8 +64,7 @@ def run(graph: Graph, defer_unknown: bool = False) -> PassResult:
             inputs, attrs = [x, graph.const(np.array(sizes, np.int64), f"{node.name}_sizes")], {"axis": axis}
         else:
             inputs, attrs = [x], {"axis": axis, "split": sizes}
-        split_node = graph.add_node("Split", inputs, len(sizes), attrs, f"{node.name}_split",
-                                    before=node)
+        split_node = graph.add_node("Split", inputs, len(sizes), attrs, f"{node.name}_split", before=node)
         for u in users:
             i = int(u.inputs[1].const)
             graph.replace_all_uses_with(u.output, split_node.outputs[i])

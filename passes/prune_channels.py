@@ -13,6 +13,7 @@ Stats (the pipeline report's record): channels_removed, groups_pruned, groups,
 blocked_ops, macs_before/after, params_before/after. ``fuser.prune`` returns the full
 per-group report.
 """
+
 from __future__ import annotations
 
 from fuser.ir import Graph
@@ -23,11 +24,17 @@ from fuser.pruning import prune_graph
 def run(graph: Graph, ratio: float = 0.5, criterion: str = "l2", **options) -> PassResult:
     report = prune_graph(graph, ratio, criterion, **options)
     removed = report.channels_removed
-    return PassResult(graph, removed > 0, {
-        "channels_removed": removed,
-        "groups_pruned": sum(1 for g in report.groups if g.kept < g.channels),
-        "groups": len(report.groups),
-        "blocked_ops": len(report.blocked),
-        "macs_before": report.macs_before, "macs_after": report.macs_after,
-        "params_before": report.params_before, "params_after": report.params_after,
-    })
+    return PassResult(
+        graph,
+        removed > 0,
+        {
+            "channels_removed": removed,
+            "groups_pruned": sum(1 for g in report.groups if g.kept < g.channels),
+            "groups": len(report.groups),
+            "blocked_ops": len(report.blocked),
+            "macs_before": report.macs_before,
+            "macs_after": report.macs_after,
+            "params_before": report.params_before,
+            "params_after": report.params_after,
+        },
+    )

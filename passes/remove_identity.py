@@ -12,6 +12,7 @@ Rules (y = node output, x = its data input; y := x means every use of y reads x)
 When y is a graph output, x takes y's name so the model's interface is kept;
 that is skipped when x is itself a graph input, output or constant.
 """
+
 from __future__ import annotations
 
 from fuser.ir import Graph, Node, Value

@@ -1,6 +1,6 @@
 """MACs and parameter counts against hand counts."""
+
 import numpy as np
-import pytest
 import torch
 
 import fuser
@@ -24,9 +24,9 @@ class Mixed(torch.nn.Module):
 def test_hand_counted_macs_and_params():
     g = fuser.from_torch(Mixed(), (torch.zeros(1, 4, 8, 8),))
     info = analyze(g)
-    conv = 8 * 8 * 8 * (4 * 3 * 3)     # out elements x (C_in/groups * k*k)
-    dw = 8 * 4 * 4 * (1 * 3 * 3)       # stride 2 -> 4x4
-    up = (8 * 4 * 4) * (6 * 2 * 2)     # in elements x (C_out/groups * k*k)
+    conv = 8 * 8 * 8 * (4 * 3 * 3)  # out elements x (C_in/groups * k*k)
+    dw = 8 * 4 * 4 * (1 * 3 * 3)  # stride 2 -> 4x4
+    up = (8 * 4 * 4) * (6 * 2 * 2)  # in elements x (C_out/groups * k*k)
     fc = 5 * 6
     assert info["macs"] == conv + dw + up + fc
     per = {r["op"]: r["macs"] for r in info["per_node"] if r["macs"]}
@@ -43,6 +43,7 @@ def test_matmul_macs_batched():
     n = g.add_node("MatMul", [a, b])
     g.outputs.append(n.output)
     from fuser.shapes import infer_shapes
+
     infer_shapes(g)
     assert n.output.shape == (2, 3, 4, 7)
     assert analyze(g)["macs"] == 2 * 3 * 4 * 7 * 5

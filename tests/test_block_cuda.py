@@ -5,6 +5,7 @@ the CPU tile-schedule reference in its fp16 numerics.
 Compiles are cached by source hash (fuser.blockfusion.cuda.compile_nvcc), so a second run is fast;
 identical kernels are compiled once.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,17 +15,28 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-
-from fuser.blockfusion import choose_schedule, compile_nvcc, emit_kernel, find_nvcc, fixed_schedule, run_schedule
-from fuser.blockfusion.report import find_and_cost
 from test_block_fusion import SYNTHETIC, ZOO_BLOCKS, folded_zoo, single_block
 from util import HEAVY, random_input, rel_err
 
-needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found: install the CUDA toolkit "
-                                "(or set CUDA_HOME) to compile the generated kernels")
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (torch.cuda.is_available() "
-                               "is False): run on a GPU machine")
-FP16_VS_TORCH = 1e-2      # fp16 storage of input, weights and intermediates vs PyTorch fp32
+from fuser.blockfusion import (
+    choose_schedule,
+    compile_nvcc,
+    emit_kernel,
+    find_nvcc,
+    fixed_schedule,
+    run_schedule,
+)
+from fuser.blockfusion.report import find_and_cost
+
+needs_nvcc = pytest.mark.skipif(
+    find_nvcc() is None,
+    reason="nvcc not found: install the CUDA toolkit (or set CUDA_HOME) to compile the generated kernels",
+)
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA GPU here (torch.cuda.is_available() is False): run on a GPU machine",
+)
+FP16_VS_TORCH = 1e-2  # fp16 storage of input, weights and intermediates vs PyTorch fp32
 FP16_VS_REFERENCE = 2e-3  # same rounding points as the CPU reference, other summation order
 
 
@@ -48,6 +60,7 @@ def assert_compiled(results: dict) -> None:
 
 # ---- nvcc ---------------------------------------------------------------------------------------------
 
+
 @needs_nvcc
 @pytest.mark.parametrize("model", sorted(ZOO_BLOCKS))
 def test_every_zoo_kernel_compiles_for_sm90(model, record_property):
@@ -62,8 +75,13 @@ def test_every_zoo_kernel_compiles_for_sm90(model, record_property):
 
 # Code paths the zoo kernels do not take: convfirst's grouped conv on FMAs (group width 4), k = 7,
 # HardSwish and SiLU in an mbconv, a 7×7 resnet block with a projection.
-BEYOND_ZOO = ["convfirst_group_width4", "convfirst_k7_relu", "mbconv_k7_hardswish", "mbconv_k3_s2_silu_b2",
-              "resnet_k7_s2_projection"]
+BEYOND_ZOO = [
+    "convfirst_group_width4",
+    "convfirst_k7_relu",
+    "mbconv_k7_hardswish",
+    "mbconv_k3_s2_silu_b2",
+    "resnet_k7_s2_projection",
+]
 
 
 @needs_nvcc
@@ -82,9 +100,9 @@ def test_synthetic_kernels_compile_for_sm90():
 @pytest.mark.skipif(not HEAVY, reason="FUSER_HEAVY=1: the zoo at full resolution")
 @pytest.mark.parametrize("model", sorted(ZOO_BLOCKS))
 def test_full_resolution_zoo_kernels_compile(model):
-    import fuser
-
     from zoo_cache import zoo_case
+
+    import fuser
 
     graph = fuser.optimize(zoo_case(model)[2])
     _, _, costs, _ = find_and_cost(graph)
@@ -98,6 +116,7 @@ def test_compile_failure_is_reported():
 
 
 # ---- on a GPU -------------------------------------------------------------------------------------------
+
 
 def _run_fused(fused, x: np.ndarray) -> np.ndarray:
     shape = fused.schedule.spec.output_shape
@@ -140,7 +159,10 @@ def test_kernels_match_pytorch_on_gpu(synthetic_kernels):
         got = _run_fused(fused, x)
         assert np.isfinite(got).all(), (name, schedule.summary())
         assert rel_err(got, _torch_output(graph, spec, x)) <= FP16_VS_TORCH, (name, schedule.summary())
-        assert rel_err(got, run_schedule(schedule, x, "fp16")) <= FP16_VS_REFERENCE, (name, schedule.summary())
+        assert rel_err(got, run_schedule(schedule, x, "fp16")) <= FP16_VS_REFERENCE, (
+            name,
+            schedule.summary(),
+        )
 
 
 @needs_gpu

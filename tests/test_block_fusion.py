@@ -1,6 +1,7 @@
 """Block fusion without a GPU: the fuse_blocks pass on the zoo, the CPU tile-schedule reference
 against the unfused block (ONNX Runtime on the extracted subgraph), the analytic model against
 hand counts, the schedule chooser, determinism of the emitted CUDA, and `fuser blocks`."""
+
 from __future__ import annotations
 
 import functools
@@ -9,17 +10,23 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fuser.passes import fuse_blocks
+from util import ort_run, random_input, rel_err
+from zoo_cache import zoo_case
 
 import fuser
-from fuser.blockfusion import (block_cost, blocks_report, choose_schedule, emit_kernel, fixed_schedule,
-                               run_schedule)
+from fuser.blockfusion import (
+    block_cost,
+    blocks_report,
+    choose_schedule,
+    emit_kernel,
+    fixed_schedule,
+    run_schedule,
+)
 from fuser.blockfusion.devices import DEVICES
 from fuser.blockfusion.schedule import NoSchedule, candidate_schedules
 from fuser.blockfusion.synthetic import block_graph
 from fuser.cli import main
-from fuser.passes import fuse_blocks
-from util import ort_run, random_input, rel_err
-from zoo_cache import zoo_case
 
 ZOO_BLOCKS = {"convfirst": ("convfirst", 12), "mobilenet_v2": ("mbconv", 17), "resnet18": ("resnet_basic", 8)}
 
@@ -27,25 +34,49 @@ ZOO_BLOCKS = {"convfirst": ("convfirst", 12), "mobilenet_v2": ("mbconv", 17), "r
 # residual, projection shortcuts, no expand conv, every activation.
 SYNTHETIC = {
     "convfirst_k3": ("convfirst", dict(channels=32, expansion=4, kernel=3, hw=(13, 17))),
-    "convfirst_k5_noresidual_b2": ("convfirst", dict(channels=16, expansion=3, kernel=5, hw=(9, 7),
-                                                     residual=False, batch=2)),
-    "convfirst_k7_relu": ("convfirst", dict(channels=24, expansion=2, kernel=7, hw=(11, 12), activation="relu")),
-    "convfirst_group_width4": ("convfirst", dict(channels=32, expansion=4, kernel=3, hw=(10, 9), group_width=4)),
+    "convfirst_k5_noresidual_b2": (
+        "convfirst",
+        dict(channels=16, expansion=3, kernel=5, hw=(9, 7), residual=False, batch=2),
+    ),
+    "convfirst_k7_relu": (
+        "convfirst",
+        dict(channels=24, expansion=2, kernel=7, hw=(11, 12), activation="relu"),
+    ),
+    "convfirst_group_width4": (
+        "convfirst",
+        dict(channels=32, expansion=4, kernel=3, hw=(10, 9), group_width=4),
+    ),
     "mbconv_k3": ("mbconv", dict(channels=24, expansion=6, kernel=3, hw=(13, 17))),
-    "mbconv_k5_s2": ("mbconv", dict(channels=24, out_channels=32, expansion=6, kernel=5, stride=2, hw=(13, 17))),
-    "mbconv_k7_hardswish": ("mbconv", dict(channels=16, expansion=4, kernel=7, hw=(12, 11), activation="hardswish")),
-    "mbconv_no_expand": ("mbconv", dict(channels=32, out_channels=16, kernel=3, with_expand=False, hw=(11, 10))),
-    "mbconv_k3_s2_silu_b2": ("mbconv", dict(channels=16, out_channels=24, expansion=4, stride=2, hw=(10, 9),
-                                            activation="silu", batch=2)),
+    "mbconv_k5_s2": (
+        "mbconv",
+        dict(channels=24, out_channels=32, expansion=6, kernel=5, stride=2, hw=(13, 17)),
+    ),
+    "mbconv_k7_hardswish": (
+        "mbconv",
+        dict(channels=16, expansion=4, kernel=7, hw=(12, 11), activation="hardswish"),
+    ),
+    "mbconv_no_expand": (
+        "mbconv",
+        dict(channels=32, out_channels=16, kernel=3, with_expand=False, hw=(11, 10)),
+    ),
+    "mbconv_k3_s2_silu_b2": (
+        "mbconv",
+        dict(channels=16, out_channels=24, expansion=4, stride=2, hw=(10, 9), activation="silu", batch=2),
+    ),
     "resnet_k3": ("resnet_basic", dict(channels=32, kernel=3, hw=(13, 17))),
-    "resnet_k3_s2_projection_b2": ("resnet_basic", dict(channels=32, out_channels=64, stride=2, hw=(13, 17),
-                                                        batch=2)),
+    "resnet_k3_s2_projection_b2": (
+        "resnet_basic",
+        dict(channels=32, out_channels=64, stride=2, hw=(13, 17), batch=2),
+    ),
     "resnet_k5": ("resnet_basic", dict(channels=16, kernel=5, hw=(9, 11))),
-    "resnet_k7_s2_projection": ("resnet_basic", dict(channels=16, out_channels=32, kernel=7, stride=2, hw=(15, 14))),
+    "resnet_k7_s2_projection": (
+        "resnet_basic",
+        dict(channels=16, out_channels=32, kernel=7, stride=2, hw=(15, 14)),
+    ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def folded_zoo(name: str):
     """The zoo graph with BN folded (shared by the tests below: they only read it, or mark node.meta)."""
     return fuser.optimize(zoo_case(name)[2])
@@ -68,6 +99,7 @@ def single_block(name: str):
 
 
 # ---- the pass -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", sorted(ZOO_BLOCKS))
 def test_pass_finds_every_zoo_block(model):
@@ -101,8 +133,11 @@ def test_pass_reports_squeeze_excite_and_bottlenecks_with_reasons():
     g = se
     pooled = g.add_node("GlobalAveragePool", [dw_act.output], before=project).output
     w = g.const(np.full((64, 64, 1, 1), 0.01, np.float32), "se_w")
-    scale = g.add_node("Sigmoid", [g.add_node("Conv", [pooled, w], attrs={"kernel_shape": [1, 1]},
-                                              before=project).output], before=project).output
+    scale = g.add_node(
+        "Sigmoid",
+        [g.add_node("Conv", [pooled, w], attrs={"kernel_shape": [1, 1]}, before=project).output],
+        before=project,
+    ).output
     scaled = g.add_node("Mul", [dw_act.output, scale], before=project).output
     project.set_input(0, scaled)
     from fuser.shapes import infer_shapes
@@ -138,6 +173,7 @@ def test_pass_registered_in_pipeline():
 
 
 # ---- the CPU tile-schedule reference -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", sorted(ZOO_BLOCKS))
 def test_reference_matches_unfused_zoo_blocks(model):
@@ -188,6 +224,7 @@ def test_reference_rejects_wrong_input_shape():
 
 # ---- analytic model ------------------------------------------------------------------------------
 
+
 def test_model_hand_counts_convfirst():
     """C = 64, E = 4, k = 3 at 56×56: X = 56·56·64; MACs X·(8·9 + 2·4·64); unfused activations
     (7 + 2E)·X; 8×8 tiles read 10×10 regions, in-image rows per tile 9, 10, ..., 10, 9."""
@@ -214,18 +251,23 @@ def test_model_hand_counts_convfirst():
     assert s.grouped_on_tensor_cores and s.gemm("spatial").k_pad == 80
     ideal = 2 * X * (512 + 72) / dev.fp16_tensor_flops + X / dev.fp32_flops
     assert cost.fused.ideal_seconds(dev) == pytest.approx(ideal)
-    assert cost.fused.roofline_seconds(dev) == pytest.approx(max(ideal, cost.fused.dram_bytes / dev.bandwidth))
+    assert cost.fused.roofline_seconds(dev) == pytest.approx(
+        max(ideal, cost.fused.dram_bytes / dev.bandwidth)
+    )
     assert cost.fused.intensity == pytest.approx(cost.fused.ops / cost.fused.dram_bytes)
 
 
 def test_model_hand_counts_mbconv_stride2_and_projection():
-    (spec,), _ = fuse_blocks.find_blocks(block_graph("mbconv", 24, out_channels=32, expansion=6, stride=2,
-                                                     hw=(16, 16)))
+    (spec,), _ = fuse_blocks.find_blocks(
+        block_graph("mbconv", 24, out_channels=32, expansion=6, stride=2, hw=(16, 16))
+    )
     cost = block_cost(fixed_schedule(spec, 4, 4), elem_bytes=2)
     x, hid_in, hid_out, y = 16 * 16 * 24, 16 * 16 * 144, 8 * 8 * 144, 8 * 8 * 32
     assert cost.fused.macs == hid_in * 24 + hid_out * 9 + y * 144
     assert cost.activation_elements["unfused"] == (x + hid_in) + (hid_in + hid_out) + (hid_out + y)
-    (spec,), _ = fuse_blocks.find_blocks(block_graph("resnet_basic", 16, out_channels=32, stride=2, hw=(8, 8)))
+    (spec,), _ = fuse_blocks.find_blocks(
+        block_graph("resnet_basic", 16, out_channels=32, stride=2, hw=(8, 8))
+    )
     cost = block_cost(fixed_schedule(spec, 4, 4), elem_bytes=4)
     y = 4 * 4 * 32
     assert cost.fused.macs == y * 16 * 9 + y * 32 * 9 + y * 16
@@ -240,14 +282,17 @@ def test_model_waterline_and_efficiency_gap():
     cost = block_cost(choose_schedule(spec))
     dev = DEVICES["h100"]
     w = waterline(cost.unfused, dev, [1e-4] * len(cost.unfused))
-    assert w["waterline_s"] == pytest.approx(sum(max(k.ideal_seconds(dev), k.dram_bytes / dev.bandwidth)
-                                                 for k in cost.unfused))
+    assert w["waterline_s"] == pytest.approx(
+        sum(max(k.ideal_seconds(dev), k.dram_bytes / dev.bandwidth) for k in cost.unfused)
+    )
     assert w["measured_s"] == pytest.approx(4e-4)
     assert w["waterline_efficiency"] == pytest.approx(w["waterline_s"] / 4e-4)
     assert waterline(cost.unfused, dev, [1e-4, None, 1e-4, 1e-4])["measured_s"] is None
     gap = cost.fused.gap(dev, measured=1e-4)
     assert gap["efficiency"] == pytest.approx(cost.fused.ops / (1e-4 * cost.fused.peak(dev)))
-    assert gap["attainable_flops"] == pytest.approx(min(cost.fused.peak(dev), dev.bandwidth * cost.fused.intensity))
+    assert gap["attainable_flops"] == pytest.approx(
+        min(cost.fused.peak(dev), dev.bandwidth * cost.fused.intensity)
+    )
     # on an H100 the unfused 1×1 convs and the add are memory-bound, the grouped conv (72 MACs per
     # output, fp32 FMAs) compute-bound; fusion cuts the block's DRAM traffic ~4× at E = 4
     assert [k.gap(dev)["bound"] for k in cost.unfused] == ["compute", "memory", "memory", "memory"]
@@ -255,6 +300,7 @@ def test_model_waterline_and_efficiency_gap():
 
 
 # ---- schedule chooser ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["convfirst_k3", "mbconv_k5_s2", "resnet_k3_s2_projection_b2"])
 def test_chooser_fits_budget_and_is_fastest_of_the_fitting(name):
@@ -277,6 +323,7 @@ def test_chooser_big_block_uses_chunks_and_raises_when_nothing_fits():
 
 # ---- CUDA source -------------------------------------------------------------------------------------
 
+
 def test_emitted_cuda_is_deterministic_and_deduplicated():
     graph = block_graph("convfirst", 32, hw=(13, 17))
     (spec,), _ = fuse_blocks.find_blocks(graph)
@@ -296,6 +343,7 @@ def test_emitted_cuda_is_deterministic_and_deduplicated():
 
 
 # ---- `fuser blocks` ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def zoo_onnx(tmp_path_factory):
@@ -349,11 +397,13 @@ def test_cli_blocks_user_errors(zoo_onnx):
 
 def test_cpu_measured_efficiency_gap():
     """--device cpu --measure: every unfused layer timed here, gap and waterline filled in."""
-    report = blocks_report(block_graph("mbconv", 16, expansion=4, hw=(16, 16)), "cpu", measure=True, repeats=3)
+    report = blocks_report(
+        block_graph("mbconv", 16, expansion=4, hw=(16, 16)), "cpu", measure=True, repeats=3
+    )
     (block,) = report["blocks"]
     assert report["measured_on"] == "cpu" and report["elem_bytes"] == 4
     for layer in block["layers"]:
-        assert layer["measured_s"] > 0 and 0 < layer["efficiency"] and layer["achieved_flops"] > 0
+        assert layer["measured_s"] > 0 and layer["efficiency"] > 0 and layer["achieved_flops"] > 0
     assert "measured_s" not in block["fused"]  # no fused kernel runs on the CPU
     w = report["waterline"]["unfused"]
     assert w["measured_s"] == pytest.approx(sum(l["measured_s"] for l in block["layers"]))

@@ -1,4 +1,5 @@
 """The CLI on real inputs: info, optimize, zoo list/export, help."""
+
 import json
 import subprocess
 import sys
@@ -6,9 +7,9 @@ import sys
 import onnx
 import pytest
 from click.testing import CliRunner
+from util import LIGHT_MODELS, ort_run, paddle_model, random_input, rel_err
 
 from fuser.cli import main
-from util import LIGHT_MODELS, ort_run, paddle_model, random_input, rel_err
 
 
 def invoke(*args):

@@ -1,4 +1,5 @@
 """ConvBN Tune mode (fuser.convbn): parity with Eval mode, the no-fold cases, Deploy folding."""
+
 from __future__ import annotations
 
 import copy
@@ -53,18 +54,35 @@ CASES = {
     "conv2d_groups": (lambda: nn.Conv2d(4, 6, 3, groups=2), lambda: nn.BatchNorm2d(6), (2, 4, 7, 7)),
     "conv3d": (lambda: nn.Conv3d(4, 6, 3), lambda: nn.BatchNorm3d(6), (2, 4, 5, 5, 5)),
     "convT1d": (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2), lambda: nn.BatchNorm1d(6), (2, 4, 7)),
-    "convT2d_groups": (lambda: nn.ConvTranspose2d(4, 6, 3, groups=2), lambda: nn.BatchNorm2d(6), (2, 4, 5, 5)),
-    "convT3d_groups": (lambda: nn.ConvTranspose3d(6, 9, 2, stride=2, groups=3), lambda: nn.BatchNorm3d(9),
-                       (2, 6, 3, 3, 3)),
+    "convT2d_groups": (
+        lambda: nn.ConvTranspose2d(4, 6, 3, groups=2),
+        lambda: nn.BatchNorm2d(6),
+        (2, 4, 5, 5),
+    ),
+    "convT3d_groups": (
+        lambda: nn.ConvTranspose3d(6, 9, 2, stride=2, groups=3),
+        lambda: nn.BatchNorm3d(9),
+        (2, 6, 3, 3, 3),
+    ),
     "linear": (lambda: nn.Linear(5, 6), lambda: nn.BatchNorm1d(6), (3, 5)),
     "conv2d_nobias": (lambda: nn.Conv2d(4, 6, 3, bias=False), lambda: nn.BatchNorm2d(6), (2, 4, 7, 7)),
-    "convT2d_groups_nobias_noaffine": (lambda: nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False),
-                                       lambda: nn.BatchNorm2d(6, affine=False), (2, 4, 5, 5)),
+    "convT2d_groups_nobias_noaffine": (
+        lambda: nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False),
+        lambda: nn.BatchNorm2d(6, affine=False),
+        (2, 4, 5, 5),
+    ),
     "bn_noaffine": (lambda: nn.Conv2d(4, 6, 1), lambda: nn.BatchNorm2d(6, affine=False), (2, 4, 5, 5)),
-    "conv2d_reflect": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), lambda: nn.BatchNorm2d(6),
-                       (2, 4, 6, 6)),
-    "convT2d_output_size": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), lambda: nn.BatchNorm2d(6),
-                            (2, 4, 5, 5), {"output_size": [12, 12]}),
+    "conv2d_reflect": (
+        lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+        lambda: nn.BatchNorm2d(6),
+        (2, 4, 6, 6),
+    ),
+    "convT2d_output_size": (
+        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2),
+        lambda: nn.BatchNorm2d(6),
+        (2, 4, 5, 5),
+        {"output_size": [12, 12]},
+    ),
 }
 
 
@@ -103,10 +121,19 @@ def test_forward_and_gradient_parity(case):
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return randomize_bn(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))).eval()
+    return randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, groups=2),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 5),
+        )
+    ).eval()
 
 
 def test_sgd_steps_stay_in_parity_and_stats_are_frozen():
@@ -189,15 +216,25 @@ class LinearOn3D(nn.Module):  # BatchNorm1d normalises dim 1 (6 rows), Linear's 
         return self.bn(self.fc(x))
 
 
-@pytest.mark.parametrize("make, pairs, shape", [
-    (OtherUserOfConvOutput, 0, (2, 3, 6, 6)),
-    (NoRunningStats, 0, (2, 3, 6, 6)),
-    (ConvCalledTwice, 1, (2, 3, 6, 6)),
-    (lambda: TwoBNs(same=False), 1, (2, 3, 6, 6)),
-    (lambda: TwoBNs(same=True), 1, (2, 3, 6, 6)),
-    (LinearOn3D, 1, (2, 6, 5)),  # combined in the graph, but runs as bn(fc(x)) for 3-D input
-], ids=["conv_output_reused", "no_running_stats", "conv_called_twice", "bn_bn", "same_bn_twice",
-        "linear_3d_input"])
+@pytest.mark.parametrize(
+    "make, pairs, shape",
+    [
+        (OtherUserOfConvOutput, 0, (2, 3, 6, 6)),
+        (NoRunningStats, 0, (2, 3, 6, 6)),
+        (ConvCalledTwice, 1, (2, 3, 6, 6)),
+        (lambda: TwoBNs(same=False), 1, (2, 3, 6, 6)),
+        (lambda: TwoBNs(same=True), 1, (2, 3, 6, 6)),
+        (LinearOn3D, 1, (2, 6, 5)),  # combined in the graph, but runs as bn(fc(x)) for 3-D input
+    ],
+    ids=[
+        "conv_output_reused",
+        "no_running_stats",
+        "conv_called_twice",
+        "bn_bn",
+        "same_bn_twice",
+        "linear_3d_input",
+    ],
+)
 def test_cases_that_do_not_fold(make, pairs, shape):
     torch.manual_seed(0)
     model = randomize_bn(make()).eval()
@@ -320,6 +357,7 @@ def test_eval_mode_is_identity():
 
 try:
     from fuser import models as zoo
+
     ZOO = zoo.names()
 except Exception:  # the zoo is optional here
     zoo, ZOO = None, []
@@ -334,8 +372,9 @@ def zoo_input(name: str) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.heavy) if n in HEAVY_ZOO else n
-                                  for n in ZOO])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.heavy) if n in HEAVY_ZOO else n for n in ZOO]
+)
 def test_zoo_deploy_and_tune_match_eval(name):
     model = zoo.create(name, seed=0).eval()
     x = zoo_input(name)

@@ -1,4 +1,5 @@
 """Bad input: one-line errors naming file, node and op; CLI exit 2; nothing written."""
+
 import os
 import subprocess
 import sys
@@ -7,15 +8,16 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from util import LIGHT_MODELS, paddle_model
 
 from fuser.ir import FuserError
 from fuser.onnx_io import from_onnx, save_onnx
-from util import LIGHT_MODELS, paddle_model
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fuser", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fuser", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def tiny_model(op="Relu", domain="", **attrs):
@@ -32,12 +34,17 @@ def if_model():
     c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     branch = lambda name: helper.make_graph(  # noqa: E731
-        [helper.make_node("Identity", ["x"], [f"{name}_out"])], name, [],
-        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1])])
-    node = helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=branch("then"),
-                            else_branch=branch("else"))
-    return helper.make_model(helper.make_graph([node], "if", [x, c], [y]),
-                             opset_imports=[helper.make_opsetid("", 17)])
+        [helper.make_node("Identity", ["x"], [f"{name}_out"])],
+        name,
+        [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1])],
+    )
+    node = helper.make_node(
+        "If", ["c"], ["y"], name="branchy", then_branch=branch("then"), else_branch=branch("else")
+    )
+    return helper.make_model(
+        helper.make_graph([node], "if", [x, c], [y]), opset_imports=[helper.make_opsetid("", 17)]
+    )
 
 
 def assert_one_line_error(result, *needles):
@@ -141,7 +148,13 @@ def test_external_data_inside_folder_loads(tmp):
     w = helper.make_tensor("w", TensorProto.FLOAT, [4], np.arange(4, dtype=np.float32).tobytes(), raw=True)
     g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "ext", [x], [y], [w])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, tmp / "ok.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ok.data", size_threshold=0)
+    onnx.save(
+        model,
+        tmp / "ok.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ok.data",
+        size_threshold=0,
+    )
     graph = from_onnx(tmp / "ok.onnx")
     np.testing.assert_array_equal(graph.constants()[0].const, np.arange(4, dtype=np.float32))

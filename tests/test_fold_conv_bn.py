@@ -1,15 +1,14 @@
 """fold_conv_bn (deploy): outputs equal eval mode; folds only where the rules allow."""
-import numpy as np
+
 import pytest
 import torch
-from torch import nn
-
-import fuser
 from fuser.models import names
 from fuser.passes import fold_conv_bn
-from util import (LIGHT_MODELS, PADDLE_MODELS, ort_run, ort_run_graph, paddle_model, real_model_input,
-                  rel_err)
+from torch import nn
+from util import LIGHT_MODELS, PADDLE_MODELS, ort_run, ort_run_graph, paddle_model, real_model_input, rel_err
 from zoo_cache import zoo_case, zoo_eager
+
+import fuser
 
 
 def randomize_bn(module, seed=0):
@@ -51,18 +50,31 @@ class Seq(nn.Module):
         return self.body(x)
 
 
-@pytest.mark.parametrize("conv,bn,shape", [
-    (nn.Conv1d(4, 6, 3, bias=True), nn.BatchNorm1d(6), (2, 4, 9)),
-    (nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6), (1, 4, 9, 9)),
-    (nn.Conv2d(8, 8, 3, groups=4, dilation=2), nn.BatchNorm2d(8), (1, 8, 9, 9)),
-    (nn.Conv3d(2, 4, 3), nn.BatchNorm3d(4), (1, 2, 5, 5, 5)),
-    (nn.ConvTranspose2d(4, 6, 3, stride=2), nn.BatchNorm2d(6), (1, 4, 5, 5)),
-    (nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False), nn.BatchNorm2d(6), (1, 4, 5, 5)),
-    (nn.ConvTranspose1d(4, 4, 3, groups=4), nn.BatchNorm1d(4), (1, 4, 7)),
-    (nn.Linear(5, 7), nn.BatchNorm1d(7), (3, 5)),
-    (nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6, affine=False), (1, 4, 5, 5)),
-], ids=["conv1d", "conv2d-nobias", "grouped-dilated", "conv3d", "convT", "convT-groups",
-        "convT1d-depthwise", "linear-bn1d", "bn-affine-false"])
+@pytest.mark.parametrize(
+    "conv,bn,shape",
+    [
+        (nn.Conv1d(4, 6, 3, bias=True), nn.BatchNorm1d(6), (2, 4, 9)),
+        (nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6), (1, 4, 9, 9)),
+        (nn.Conv2d(8, 8, 3, groups=4, dilation=2), nn.BatchNorm2d(8), (1, 8, 9, 9)),
+        (nn.Conv3d(2, 4, 3), nn.BatchNorm3d(4), (1, 2, 5, 5, 5)),
+        (nn.ConvTranspose2d(4, 6, 3, stride=2), nn.BatchNorm2d(6), (1, 4, 5, 5)),
+        (nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False), nn.BatchNorm2d(6), (1, 4, 5, 5)),
+        (nn.ConvTranspose1d(4, 4, 3, groups=4), nn.BatchNorm1d(4), (1, 4, 7)),
+        (nn.Linear(5, 7), nn.BatchNorm1d(7), (3, 5)),
+        (nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6, affine=False), (1, 4, 5, 5)),
+    ],
+    ids=[
+        "conv1d",
+        "conv2d-nobias",
+        "grouped-dilated",
+        "conv3d",
+        "convT",
+        "convT-groups",
+        "convT1d-depthwise",
+        "linear-bn1d",
+        "bn-affine-false",
+    ],
+)
 def test_single_pair_folds(conv, bn, shape):
     fold_and_compare(Seq(conv, bn), torch.randn(shape), 1)
 
@@ -159,8 +171,10 @@ def test_real_models_fold(name, shape):
         pytest.skip("shared model missing")
     graph = fuser.optimize(str(path), input_shapes=shape)
     step = next(s for s in graph.report.steps if s.name == "fold_conv_bn")
-    assert step.stats["folded"] == {"ch_PP-OCRv4_det_infer.onnx": 3,
-                                    "ch_ppocr_mobile_v2.0_cls_infer.onnx": 35}[name]
+    assert (
+        step.stats["folded"]
+        == {"ch_PP-OCRv4_det_infer.onnx": 3, "ch_ppocr_mobile_v2.0_cls_infer.onnx": 35}[name]
+    )
     feeds = {graph.inputs[0].name: real_model_input(path, shape)}
     assert rel_err(ort_run(graph.to_onnx(), feeds)[0], ort_run(path, feeds)[0]) <= 1e-5
 
@@ -171,9 +185,14 @@ def test_light_models_fold_every_conv_bn():
     remaining = {}
     for path in LIGHT_MODELS:
         before = fuser.from_onnx(path)
-        unfoldable = sum(1 for n in before.nodes if n.op == "BatchNormalization" and (
-            n.inputs[0].producer is None or n.inputs[0].producer.op != "Conv"
-            or len(n.inputs[0].uses) > 1))
+        unfoldable = sum(
+            1
+            for n in before.nodes
+            if n.op == "BatchNormalization"
+            and (
+                n.inputs[0].producer is None or n.inputs[0].producer.op != "Conv" or len(n.inputs[0].uses) > 1
+            )
+        )
         after = fuser.optimize(before)
         remaining[path.stem] = after.op_counts().get("BatchNormalization", 0)
         assert remaining[path.stem] == unfoldable, path.name

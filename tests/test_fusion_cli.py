@@ -1,13 +1,14 @@
 """`fuser fuse`: JSON, saved plans, sweeps, plots, user errors, help."""
+
 import json
 
 import pytest
 from click.testing import CliRunner
+from test_fusion_graphs import random_dag
 
 import fuser
 from fuser.cli import main
 from fuser.fusion import Plan
-from test_fusion_graphs import random_dag
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,13 @@ def test_buffer_sweep_table_json_and_plot(model, tmp_path):
     assert len(drams) == 2 and drams[1] <= drams[0]  # a bigger buffer never hurts greedy here
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--buffer", "lots"), "buffer size 'lots'"),
-    (("--buffer", "1KB,2KB", "--save-plan", "p.json"), "single --buffer"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--buffer", "lots"), "buffer size 'lots'"),
+        (("--buffer", "1KB,2KB", "--save-plan", "p.json"), "single --buffer"),
+    ],
+)
 def test_user_errors_are_one_line(model, args, message):
     r = CliRunner().invoke(main, ["fuse", str(model), *args])
     assert r.exit_code == 2

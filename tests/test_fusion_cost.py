@@ -1,15 +1,16 @@
 """LBDF and BRR cost models against hand counts (elements; e bytes per element)."""
+
 import pytest
+from test_fusion_graphs import conv_chain, se_block
 
 from fuser.fusion.cost import BRR, LBDF, format_size, parse_size
 from fuser.fusion.opgraph import build_fusion_graph
 from fuser.ir import FuserError
-from test_fusion_graphs import conv_chain, se_block
 
 # conv_chain: x[1,4,16,16] -> conv1 3x3 (4->8) -> relu -> conv2 3x3 stride 2 (8->8) -> y[1,8,8,8]
-W1, W2 = 8 * 4 * 9 + 8, 8 * 8 * 9 + 8          # 296, 584 weights (+ bias)
+W1, W2 = 8 * 4 * 9 + 8, 8 * 8 * 9 + 8  # 296, 584 weights (+ bias)
 X, C1, Y = 4 * 16 * 16, 8 * 16 * 16, 8 * 8 * 8  # tensor elements: 1024, 2048, 512
-ROW_X, ROW_C1, ROW_Y = 4 * 16, 8 * 16, 8 * 8     # one row of each: 64, 128, 64
+ROW_X, ROW_C1, ROW_Y = 4 * 16, 8 * 16, 8 * 8  # one row of each: 64, 128, 64
 
 
 def chain_model(cls, beta, e=1):
@@ -27,8 +28,12 @@ def test_lbdf_chain_hand_count(e):
     assert feature == 1152
     assert c.buffer_bytes == (W1 + W2 + feature) * e == 2032 * e
     assert c.dram_bytes == (W1 + W2 + X + Y) * e == 2416 * e
-    assert (c.weight_bytes, c.feature_bytes, c.input_bytes, c.output_bytes) == \
-        ((W1 + W2) * e, feature * e, X * e, Y * e)
+    assert (c.weight_bytes, c.feature_bytes, c.input_bytes, c.output_bytes) == (
+        (W1 + W2) * e,
+        feature * e,
+        X * e,
+        Y * e,
+    )
     # no fusion: each op reads its inputs and weights, writes its output
     assert cost.no_fusion_dram() == ((W1 + X + C1) + (C1 + C1) + (W2 + C1 + Y)) * e == 10608 * e
 
@@ -55,11 +60,13 @@ def test_lbdf_unfusable_ops_reported():
 def test_brr_chain_hand_count():
     fg, cost = chain_model(BRR, 3000)
     c = cost.cost(fg.all_mask)
+
     # T tiles, each making ceil(8/T) rows of y; on chip: W_max = conv2's weights + the tile's rows
     def footprint(y_rows):
         relu_rows = min((y_rows - 1) * 2 + 3, 16)
         x_rows = min((relu_rows - 1) + 3, 16)
         return W2 + y_rows * ROW_Y + 2 * relu_rows * ROW_C1 + x_rows * ROW_X
+
     assert [footprint(-(-8 // t)) for t in (1, 2, 3, 4)] == [6216, 3848, 3144, 2440]
     assert c.tiles == 4 and c.buffer_bytes == 2440  # the fewest tiles under 3000 bytes
     assert c.dram_bytes == (W1 + W2) * 4 + X + Y  # weights fetched once per tile

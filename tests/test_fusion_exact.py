@@ -1,11 +1,12 @@
 """The exact optimum (chain DP, ILP) against brute force over every partition of tiny graphs."""
+
 import pytest
+from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
 
 from fuser.fusion import build_fusion_graph, make_cost_model, partition_fusion_graph
 from fuser.fusion.exact import chain_optimum, exact_optimum, ilp_optimum, is_chain, valid_groups
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems
-from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
 
 
 def set_partitions(items):
@@ -16,7 +17,7 @@ def set_partitions(items):
     for part in set_partitions(rest):
         yield [[first]] + part
         for k in range(len(part)):
-            yield part[:k] + [[first] + part[k]] + part[k + 1:]
+            yield part[:k] + [[first] + part[k]] + part[k + 1 :]
 
 
 def brute_force(cost):
@@ -30,9 +31,14 @@ def brute_force(cost):
     return best
 
 
-CASES = [(residual_block, "lbdf", 4000), (residual_block, "brr", 3000), (se_block, "lbdf", 1000),
-         (se_block, "brr", 500), (lambda: random_dag(1, n_ops=6), "lbdf", 2500),
-         (lambda: random_dag(2, n_ops=6), "brr", 1500)]
+CASES = [
+    (residual_block, "lbdf", 4000),
+    (residual_block, "brr", 3000),
+    (se_block, "lbdf", 1000),
+    (se_block, "brr", 500),
+    (lambda: random_dag(1, n_ops=6), "lbdf", 2500),
+    (lambda: random_dag(2, n_ops=6), "brr", 1500),
+]
 
 
 @pytest.mark.parametrize("build,style,buffer", CASES)

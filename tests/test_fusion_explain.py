@@ -1,8 +1,11 @@
 """Explanations of invalid groups: culprits, cuts that really disconnect, splits that fit."""
+
 import random
 
 import networkx as nx
 import pytest
+from test_fusion_graphs import random_dag, residual_block, se_block
+from util import HEAVY
 
 from fuser.fusion import build_fusion_graph, partition_fusion_graph, rectify_rate
 from fuser.fusion.cost import LBDF
@@ -10,8 +13,6 @@ from fuser.fusion.explain import ExactExplainer
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems, topological_groups
 from fuser.fusion.split import ExplainSplitter, RandomSplitter, edge_cuts, severed_edges
-from test_fusion_graphs import random_dag, residual_block, se_block
-from util import HEAVY
 
 
 def names(fg, mask):
@@ -47,8 +48,9 @@ def test_se_block_blames_the_gate_multiply_and_cuts_before_it():
     assert record["culprits"][0]["op"] == "excite" and record["buffer_bytes_before"] == 1102
     assert all(b < 1000 for b in record["buffer_bytes_after"])
     # the cut that fixes it severs t -> Mul: the gated tensor goes to DRAM instead
-    assert {"from": "conv", "to": "excite"}.items() <= record["cut_edges"][0].items() or \
-        any(c["from"] == "conv" and c["to"] == "excite" for c in record["cut_edges"])
+    assert {"from": "conv", "to": "excite"}.items() <= record["cut_edges"][0].items() or any(
+        c["from"] == "conv" and c["to"] == "excite" for c in record["cut_edges"]
+    )
 
 
 def test_residual_block_blames_the_convolutions_and_cuts_the_skip_edge_too():
@@ -91,8 +93,11 @@ def test_random_split_is_legal_and_the_explain_split_moves_less_dram():
     fg = build_fusion_graph(random_dag(11, n_ops=60))
     cost = LBDF(fg, 6000)
     rng = random.Random(0)
-    groups = [g for g in (fg.convex_components(fg.all_mask & ~((1 << rng.randrange(fg.n)) - 1))[0]
-                          for _ in range(20)) if not cost.valid(g)]
+    groups = [
+        g
+        for g in (fg.convex_components(fg.all_mask & ~((1 << rng.randrange(fg.n)) - 1))[0] for _ in range(20))
+        if not cost.valid(g)
+    ]
     assert groups
     explain, rand = ExplainSplitter(cost), RandomSplitter(cost, seed=0)
     peel = ExplainSplitter(cost, lookahead_ops=0)  # the cheaper rule: keep the largest valid piece
@@ -113,9 +118,13 @@ def test_exact_explainer_rectifies_more_often_than_random_cuts():
 
     fg = build_fusion_graph(random_dag(4, n_ops=80))
     cost = LBDF(fg, 8000)
-    near_misses = [g for g in sample_groups(fg, 400, random.Random(1))
-                   if not cost.valid(g) and g & cost.fusable_mask == g
-                   and cost.cost(g).buffer_bytes < 2 * cost.buffer_bytes]
+    near_misses = [
+        g
+        for g in sample_groups(fg, 400, random.Random(1))
+        if not cost.valid(g)
+        and g & cost.fusable_mask == g
+        and cost.cost(g).buffer_bytes < 2 * cost.buffer_bytes
+    ]
     assert len(near_misses) >= 10
     exact = rectify_rate(cost, near_misses, ExactExplainer(cost), top=1)
     assert exact >= rectify_rate(cost, near_misses, None, top=1)
@@ -129,8 +138,9 @@ def test_gnn_classifier_is_accurate_and_its_explanations_split_validly():
     from fuser.fusion.gnn import TRAIN_BUFFERS, GNNExplainer
 
     if HEAVY:
-        import fuser
         from zoo_cache import zoo_case
+
+        import fuser
 
         fg = build_fusion_graph(fuser.optimize(zoo_case("mobilenet_v2")[2]))
         buffers, samples, epochs = TRAIN_BUFFERS, 3000, 30

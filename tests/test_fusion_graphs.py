@@ -1,5 +1,6 @@
 """Small graphs for the fusion tests (hand-countable blocks, seeded random CNN-like DAGs),
 and the tests of how fusion reads them: row rules, barriers, tensors and edges."""
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,12 @@ def _conv(g: Graph, x, c_in: int, c_out: int, k: int, stride: int = 1, name: str
     w = g.const(np.zeros((c_out, c_in, k, k), np.float32), f"{name}_w")
     b = g.const(np.zeros(c_out, np.float32), f"{name}_b")
     pad = k // 2
-    return g.add_node("Conv", [x, w, b], name=name, attrs={
-        "kernel_shape": [k, k], "strides": [stride, stride], "pads": [pad] * 4}).output
+    return g.add_node(
+        "Conv",
+        [x, w, b],
+        name=name,
+        attrs={"kernel_shape": [k, k], "strides": [stride, stride], "pads": [pad] * 4},
+    ).output
 
 
 def finish(g: Graph, outputs) -> Graph:
@@ -85,10 +90,17 @@ def random_dag(seed: int, n_ops: int = 20) -> Graph:
             k = rng.choice([1, 3])
             stride = 2 if h >= 8 and rng.random() < 0.2 else 1
             c_out = rng.choice([4, 8, 16])
-            add(_conv(g, t, c, c_out, k, stride, name=f"conv{count}"), c_out, -(-h // stride), -(-w // stride))
+            add(
+                _conv(g, t, c, c_out, k, stride, name=f"conv{count}"), c_out, -(-h // stride), -(-w // stride)
+            )
             count += 1
         elif kind == "act":
-            add(g.add_node(rng.choice(["Relu", "Sigmoid", "HardSwish"]), [t], name=f"act{count}").output, c, h, w)
+            add(
+                g.add_node(rng.choice(["Relu", "Sigmoid", "HardSwish"]), [t], name=f"act{count}").output,
+                c,
+                h,
+                w,
+            )
             count += 1
         elif kind == "add":
             same = [u for u in tensors if shapes[id(u)] == (c, h, w) and u is not t]
@@ -99,12 +111,22 @@ def random_dag(seed: int, n_ops: int = 20) -> Graph:
             same = [u for u in tensors if shapes[id(u)][1:] == (h, w) and u is not t]
             if same:
                 u = rng.choice(same)
-                add(g.add_node("Concat", [t, u], name=f"cat{count}", attrs={"axis": 1}).output,
-                    c + shapes[id(u)][0], h, w)
+                add(
+                    g.add_node("Concat", [t, u], name=f"cat{count}", attrs={"axis": 1}).output,
+                    c + shapes[id(u)][0],
+                    h,
+                    w,
+                )
                 count += 1
         elif kind == "pool" and h >= 4:
-            add(g.add_node("MaxPool", [t], name=f"pool{count}", attrs={
-                "kernel_shape": [2, 2], "strides": [2, 2]}).output, c, h // 2, w // 2)
+            add(
+                g.add_node(
+                    "MaxPool", [t], name=f"pool{count}", attrs={"kernel_shape": [2, 2], "strides": [2, 2]}
+                ).output,
+                c,
+                h // 2,
+                w // 2,
+            )
             count += 1
         elif kind == "se":
             axes = g.const(np.array([2, 3], np.int64), f"axes{count}")

@@ -1,8 +1,10 @@
 """Plans: legality of every search's result on random DAGs, the genome, JSON, determinism."""
+
 import json
 
 import numpy as np
 import pytest
+from test_fusion_graphs import random_dag, residual_block
 
 import fuser
 from fuser.fusion import Plan, build_fusion_graph, decode, encode, partition_fusion_graph, partition_problems
@@ -10,7 +12,6 @@ from fuser.fusion.cost import make_cost_model
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import merge_makes_cycle, topological_groups
 from fuser.ir import FuserError
-from test_fusion_graphs import random_dag, residual_block
 
 SEARCH_BUDGETS = {"greedy": 1, "random": 40, "local": 40, "nsga2": 40}
 
@@ -37,8 +38,9 @@ def test_every_search_and_split_gives_legal_plans_on_random_dags(seed):
         buffer = int(rng.choice([1500, 3000, 6000]))
         for search, budget in SEARCH_BUDGETS.items():
             for split in ("random", "explain"):
-                plan, _ = partition_fusion_graph(fg, buffer=buffer, style=style, search=search,
-                                                 split=split, budget=budget, seed=seed)
+                plan, _ = partition_fusion_graph(
+                    fg, buffer=buffer, style=style, search=search, split=split, budget=budget, seed=seed
+                )
                 assert_legal(fg, plan)
                 assert plan.search["plans_evaluated"] == budget  # greedy: one plan
 

@@ -1,13 +1,14 @@
 """Fusion plans on zoo models: every group valid and connected, groups acyclic, all ops
 covered, DRAM never above no fusion. Reduced form: a few models unless FUSER_HEAVY=1."""
+
 import pytest
+from test_fusion_plan import assert_legal
+from util import HEAVY
+from zoo_cache import zoo_case
 
 import fuser
 from fuser import models
 from fuser.fusion import build_fusion_graph, partition_fusion_graph
-from test_fusion_plan import assert_legal
-from util import HEAVY
-from zoo_cache import zoo_case
 
 # Reduced: one model per op family the row rules treat differently (residual adds, channel
 # concats, channel shuffles with 5-D reshapes and transposes); SE barriers are in the other tests.
@@ -23,8 +24,9 @@ def test_plans_on_zoo_model_are_legal(name):
     budget = 200 if HEAVY else 20
     for style, buffer in (("lbdf", "64KB"), ("brr", "32KB")):
         for search, split in (("greedy", "explain"), ("local", "explain"), ("nsga2", "random")):
-            plan, _ = partition_fusion_graph(fg, buffer=buffer, style=style, search=search, split=split,
-                                             budget=budget, seed=0)
+            plan, _ = partition_fusion_graph(
+                fg, buffer=buffer, style=style, search=search, split=split, budget=budget, seed=0
+            )
             assert_legal(fg, plan)
             if search == "local":  # fusion pays somewhere in every zoo model
                 assert plan.dram_bytes < plan.no_fusion_dram_bytes

@@ -1,4 +1,5 @@
 """Graph / Node / Value bookkeeping on small hand-built graphs."""
+
 import numpy as np
 import pytest
 
@@ -97,6 +98,7 @@ def test_networkx_view():
     assert set(nxg.nodes) == {"conv", "relu", "add"}
     assert nxg.number_of_edges() == 3  # conv->relu, conv->add, relu->add
     import networkx as nx
+
     assert list(nx.topological_sort(nxg)) == ["conv", "relu", "add"]
 
 

@@ -1,17 +1,18 @@
 """Structured pruning (fuser.pruning): coupled groups stay consistent, pruning channels that
 contribute nothing changes no output, ratio 0 changes nothing, outputs run in ONNX Runtime
 and as trainable torch modules; criteria, options and the blocked-op report."""
+
 import numpy as np
 import pytest
 import torch
+from util import ort_run, ort_run_graph, random_input, rel_err
+from zoo_cache import zoo_case
 
 import fuser
 from fuser.ir import FuserError, Graph
 from fuser.pruning import analyze_dependencies, prune
 from fuser.pruning.pruner import materialize_weight_views, random_channels
 from fuser.shapes import infer_shapes
-from util import ort_run, ort_run_graph, random_input, rel_err
-from zoo_cache import zoo_case
 
 
 # ---- helpers (shared with test_prune_models.py and test_prune_cli.py) ----------------------
@@ -35,8 +36,14 @@ class Net:
         return self.op("Conv", *ins, kernel_shape=[k, k], pads=[k // 2] * 4, group=group)
 
     def bn(self, x, c):
-        return self.op("BatchNormalization", x, self.w(c), self.w(c), self.w(c),
-                       self.g.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32)))
+        return self.op(
+            "BatchNormalization",
+            x,
+            self.w(c),
+            self.w(c),
+            self.w(c),
+            self.g.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        )
 
     def done(self, *outputs):
         self.g.outputs = list(outputs)
@@ -85,8 +92,10 @@ def assert_prunes_exactly(graph, ratio=0.5, x=None, tol=1e-5, **options):
 def member_weights(original, pruned, member):
     """(original constant, the pruned graph's constant) for a member."""
     name = member.node.name
-    return (original.node_by_name(name).inputs[member.index].const,
-            pruned.node_by_name(name).inputs[member.index].const)
+    return (
+        original.node_by_name(name).inputs[member.index].const,
+        pruned.node_by_name(name).inputs[member.index].const,
+    )
 
 
 # ---- ratio 0 and exact removal -------------------------------------------------------------
@@ -97,13 +106,11 @@ def test_ratio_zero_is_bit_identical():
     before = {v.name: v.const for v in graph.constants()}
     after = {v.name: v.const for v in pruned.constants()}
     assert before.keys() == after.keys()
-    assert all(np.array_equal(before[k], after[k]) and before[k].dtype == after[k].dtype
-               for k in before)
+    assert all(np.array_equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
     assert np.array_equal(ort_out(pruned, x.numpy()), ort_out(graph, x.numpy()))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0",
-                                  "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"])
 def test_zero_contribution_channels_prune_exactly(name):
     """Residual adds, depthwise convs, channel shuffle with split/concat, squeeze-excite."""
     _, x, graph = zoo_case(name)
@@ -134,8 +141,14 @@ def test_split_then_concat_offsets():
     graph = n.done(y)
     pruned = assert_prunes_exactly(graph)
     report = pruned.report
-    (producer,) = [m for m in report.analysis.members if m.role == "out" and m.index == 1
-                   and len(m.ids) == 8 and m.node.name == a.producer.inputs[0].producer.name]
+    (producer,) = [
+        m
+        for m in report.analysis.members
+        if m.role == "out"
+        and m.index == 1
+        and len(m.ids) == 8
+        and m.node.name == a.producer.inputs[0].producer.name
+    ]
     (consumer,) = [m for m in report.analysis.members if m.role == "in"]
     kept_out = report.kept_positions(producer)
     want = np.concatenate([kept_out[kept_out >= 3] - 3, kept_out[kept_out < 3] + 5])
@@ -173,11 +186,11 @@ def attention_net(seed=0):
     qkv = n.op("Reshape", qkv, n.g.const(np.array([1, 5, 3, heads, dim // heads])))
     qkv = n.op("Transpose", qkv, perm=[2, 0, 3, 1, 4])
     q, k, v = (n.op("Gather", qkv, n.g.const(np.array(i)), axis=0) for i in range(3))
-    scores = n.op("MatMul", n.op("Mul", q, n.g.const(np.float32(0.4))),
-                  n.op("Transpose", k, perm=[0, 1, 3, 2]))
+    scores = n.op(
+        "MatMul", n.op("Mul", q, n.g.const(np.float32(0.4))), n.op("Transpose", k, perm=[0, 1, 3, 2])
+    )
     ctx = n.op("MatMul", n.op("Softmax", scores, axis=-1), v)
-    ctx = n.op("Reshape", n.op("Transpose", ctx, perm=[0, 2, 1, 3]),
-               n.g.const(np.array([1, 5, dim])))
+    ctx = n.op("Reshape", n.op("Transpose", ctx, perm=[0, 2, 1, 3]), n.g.const(np.array([1, 5, dim])))
     h = n.op("Add", n.x, n.op("MatMul", ctx, n.w(dim, dim)))
     mlp = n.op("MatMul", n.op("Relu", n.op("MatMul", h, n.w(dim, 24))), n.w(24, dim))
     return n.done(n.op("Add", h, mlp))
@@ -233,8 +246,9 @@ def test_residual_groups_lose_the_same_channels(name):
             if m.role == "out" and m.node.op == "Conv":
                 w, w_pruned = member_weights(graph, pruned, m)
                 rows = np.take(w, report.kept_positions(m), axis=0)
-                ins = [i for i in report.analysis.members
-                       if i.node is m.node and i.index == 1 and i.axis == 1]
+                ins = [
+                    i for i in report.analysis.members if i.node is m.node and i.index == 1 and i.axis == 1
+                ]
                 if ins:
                     rows = np.take(rows, report.kept_positions(ins[0]), axis=1)
                 assert np.array_equal(rows, w_pruned)
@@ -288,16 +302,16 @@ def test_criteria_are_deterministic(criterion):
     graph = _small_cnn()
     data = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
     kw = {"data": data} if criterion == "taylor" else {}
-    a, b = (prune(graph, 0.5, criterion, **kw).to_onnx().SerializeToString(deterministic=True)
-            for _ in range(2))
+    a, b = (
+        prune(graph, 0.5, criterion, **kw).to_onnx().SerializeToString(deterministic=True) for _ in range(2)
+    )
     assert a == b
 
 
 def test_taylor_uses_gradients_on_data():
     """Channels with zero weights have |w·dL/dw| = 0: Taylor removes exactly them."""
     graph = zero_channels(_small_cnn(), 0.5)
-    data = (np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32),
-            np.array([0, 1, 2, 3]))
+    data = (np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32), np.array([0, 1, 2, 3]))
     pruned = prune(graph, 0.5, "taylor", data=data)
     assert pruned.report.channels_removed == 8  # conv1 + conv2 tied by the residual add: 16
     x = random_input(graph.inputs[0].shape)
@@ -314,8 +328,7 @@ def test_obs_compensation_beats_magnitude_when_bn_statistics_are_the_data():
     torch.manual_seed(0)
     layers = []
     for c_in, c_out, k in ((3, 24, 3), (24, 32, 3), (32, 16, 1)):
-        layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out),
-                   nn.ReLU()]
+        layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
     net = nn.Sequential(*layers, nn.Conv2d(16, 10, 1))
     data = torch.randn(32, 3, 12, 12)
     for m in net.modules():
@@ -328,12 +341,16 @@ def test_obs_compensation_beats_magnitude_when_bn_statistics_are_the_data():
         net(data)
     graph = fuser.from_torch(net.eval(), (data[:1],))
     with torch.no_grad():
-        want = [net(data[i:i + 1]).numpy() for i in range(8)]
+        want = [net(data[i : i + 1]).numpy() for i in range(8)]
 
     def error(criterion):
         pruned = prune(graph, 0.5, criterion)
-        return np.mean([np.linalg.norm(ort_out(pruned, data[i:i + 1].numpy()) - w)
-                        / np.linalg.norm(w) for i, w in enumerate(want)])
+        return np.mean(
+            [
+                np.linalg.norm(ort_out(pruned, data[i : i + 1].numpy()) - w) / np.linalg.norm(w)
+                for i, w in enumerate(want)
+            ]
+        )
 
     assert error("obs") < 0.8 * error("l2")
 
@@ -374,9 +391,15 @@ def test_unknown_op_blocks_and_is_reported():
     assert [o.shape for o in ort_run(pruned.to_onnx(), {"x": x})] == [(1, 4, 8, 8), (1, 2, 16, 16)]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"ratio": 1.0}, "must be in"), ({"criterion": "l3"}, "choose one of"),
-    ({"round_to": 0}, "positive integer"), ({"group_reduction": "median"}, "choose one of")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"ratio": 1.0}, "must be in"),
+        ({"criterion": "l3"}, "choose one of"),
+        ({"round_to": 0}, "positive integer"),
+        ({"group_reduction": "median"}, "choose one of"),
+    ],
+)
 def test_bad_options_raise_one_line(kwargs, match):
     args = {"ratio": 0.5, **kwargs}
     with pytest.raises(FuserError, match=match) as e:

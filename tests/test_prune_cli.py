@@ -1,16 +1,17 @@
 """`fuser prune` and the prune_channels pass on real files: JSON, tables, errors, data."""
+
 import json
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-
-from fuser.cli import main
-from fuser.onnx_io import save_onnx
 from fuser.passes import prune_channels
 from test_prune import _small_cnn, ort_out
 from util import ort_run, random_input
+
+from fuser.cli import main
+from fuser.onnx_io import save_onnx
 
 
 def invoke(*args):
@@ -40,8 +41,9 @@ def test_prune_json_and_written_model(model_file, tmp_path):
 
 
 def test_prune_table(model_file, tmp_path):
-    r = invoke("prune", model_file, tmp_path / "p.onnx", "--ratio", "0.5", "--criterion", "obs",
-               "--round-to", "4")
+    r = invoke(
+        "prune", model_file, tmp_path / "p.onnx", "--ratio", "0.5", "--criterion", "obs", "--round-to", "4"
+    )
     assert r.exit_code == 0, r.output
     assert "channel groups" in r.output and "16 -> 8" in r.output and "total" in r.output
 
@@ -49,17 +51,30 @@ def test_prune_table(model_file, tmp_path):
 def test_prune_taylor_with_data(model_file, tmp_path):
     data = tmp_path / "calib.npz"
     np.savez(data, x=random_input((4, 3, 8, 8)), y=np.array([0, 1, 2, 3]))
-    r = invoke("prune", model_file, tmp_path / "p.onnx", "--ratio", "0.25", "--criterion",
-               "taylor", "--data", data, "--json")
+    r = invoke(
+        "prune",
+        model_file,
+        tmp_path / "p.onnx",
+        "--ratio",
+        "0.25",
+        "--criterion",
+        "taylor",
+        "--data",
+        data,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["channels_removed"] == 4
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--ratio", "1.5"], "must be in [0, 1)"),
-    (["--ratio", "0.5", "--criterion", "taylor"], "needs data"),
-    (["--ratio", "0.5", "--layer-ratio", "conv"], "PATTERN=RATIO"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--ratio", "1.5"], "must be in [0, 1)"),
+        (["--ratio", "0.5", "--criterion", "taylor"], "needs data"),
+        (["--ratio", "0.5", "--layer-ratio", "conv"], "PATTERN=RATIO"),
+    ],
+)
 def test_prune_user_errors_exit_2_with_one_line(model_file, tmp_path, args, message):
     r = CliRunner().invoke(main, ["prune", str(model_file), str(tmp_path / "p.onnx"), *args])
     assert r.exit_code == 2
@@ -91,6 +106,7 @@ def test_pass_prunes_in_place_and_ratio_zero_is_a_no_op():
 
 def test_pass_in_the_optimize_pipeline():
     from fuser.passes import PASSES
+
     from fuser.pipeline import run_passes
 
     if "prune_channels" not in PASSES:

@@ -1,17 +1,18 @@
 """Pruning real models: every zoo model (ViT-Ti, ShuffleNetV2, ConvNeXt-T, EfficientNet with
 SE, DeepLabV3+, ...) and the two PaddleOCR models prune, run in ONNX Runtime and keep their
 output shapes; ResNet-18/50 at 0.5 land on Torch-Pruning's architecture."""
+
 import numpy as np
 import pytest
-
-import fuser
-from fuser.analysis import analyze
 from fuser.models import names
-from fuser.pruning import prune
-from fuser.shapes import infer_shapes
 from test_prune import assert_prunes_exactly, ort_out
 from util import HEAVY, PADDLE_MODELS, paddle_model, real_model_input
 from zoo_cache import zoo_case
+
+import fuser
+from fuser.analysis import analyze
+from fuser.pruning import prune
+from fuser.shapes import infer_shapes
 
 HEAVY_ZOO = {"resnet152", "vgg16", "efficientnet_b3", "convnext_tiny", "deeplabv3plus_mobilenet_v3"}
 
@@ -45,8 +46,9 @@ def _at_224(graph):
     return infer_shapes(graph)
 
 
-@pytest.mark.parametrize("name,macs,params", [("resnet18", 0.49e9, 3_055_880),
-                                              ("resnet50", 1.07e9, 6_917_640)])
+@pytest.mark.parametrize(
+    "name,macs,params", [("resnet18", 0.49e9, 3_055_880), ("resnet50", 1.07e9, 6_917_640)]
+)
 def test_resnet_at_half_matches_torch_pruning(name, macs, params):
     """Per-group ratio 0.5, the fc ignored: Torch-Pruning's ResNet-18 has 3,055,880 params and
     0.49 G MACs, ResNet-50 6,917,640 and 1.07 G, by its counter, which also counts BN, ReLU

@@ -1,11 +1,11 @@
 """The real graphs (ONNX zoo models shipped in the onnx package, PaddleOCR models in
 ../shared/models): import, optimize, export, and compare with ONNX Runtime on the original."""
-import numpy as np
+
 import pytest
+from util import LIGHT_MODELS, PADDLE_MODELS, ort_run, paddle_model, real_model_input, rel_err
 
 import fuser
 from fuser.onnx_io import from_onnx, to_onnx
-from util import LIGHT_MODELS, PADDLE_MODELS, ort_run, paddle_model, real_model_input, rel_err
 
 REAL = [(p, None) for p in LIGHT_MODELS] + [(paddle_model(n), s) for n, s in PADDLE_MODELS.items()]
 IDS = [p.stem for p, _ in REAL]
@@ -42,6 +42,7 @@ def test_paddle_classifier_shape_subgraph_folded():
     if not path.exists():
         pytest.skip("shared model missing")
     import onnx
+
     raw = onnx.load(str(path))
     assert {"Shape", "Slice", "Concat"} <= {n.op_type for n in raw.graph.node}
     g = from_onnx(path, {"x": (1, 3, 48, 192)})

@@ -1,5 +1,6 @@
 """`fuser compile` / `fuser run` and the artifact's load: a build on disk gives ONNX
 Runtime's numbers, refuses other versions, and follows a fusion plan."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from util import ort_run_graph, rel_err
 
 import fuser
-from util import HEAVY, ort_run_graph, rel_err
 
 pytest.importorskip("tvm", reason="Apache TVM is not installed (pip install fuser[tvm])")
 from fuser.backends import tvm_artifact  # noqa: E402
-from fuser.cli import main  # noqa: E402
 from test_tvm_backend import _small_cnn  # noqa: E402
+
+from fuser.cli import main  # noqa: E402
 
 
 def invoke(*args):
@@ -50,8 +52,7 @@ def test_compile_writes_library_and_metadata(built, small_model):
     graph = small_model[2]
     assert (build_dir / tvm_artifact.LIBRARY).is_file()
     meta = json.loads((build_dir / tvm_artifact.METADATA).read_text())
-    assert meta["inputs"] == [{"name": graph.inputs[0].name, "shape": [1, 3, 16, 16],
-                               "dtype": "float32"}]
+    assert meta["inputs"] == [{"name": graph.inputs[0].name, "shape": [1, 3, 16, 16], "dtype": "float32"}]
     assert meta["outputs"][0]["shape"] == [1, 4]
     assert set(meta["versions"]) == {"fuser", "tvm", "tvm_ffi"}
     assert summary["kernels"] == meta["kernels"] and meta["kernels"]
@@ -128,8 +129,13 @@ def test_compile_with_plan_has_one_kernel_per_group(small_model, tmp_path):
 
     _, path, graph, x, ref = small_model
     names = [n.name for n in fuser.optimize(str(path)).nodes]
-    plan = {"format": PLAN_FORMAT, "model": "small", "style": "hand", "buffer_bytes": 0,
-            "groups": [{"ops": names[:2]}, {"ops": names[2:-1]}, {"ops": names[-1:]}]}
+    plan = {
+        "format": PLAN_FORMAT,
+        "model": "small",
+        "style": "hand",
+        "buffer_bytes": 0,
+        "groups": [{"ops": names[:2]}, {"ops": names[2:-1]}, {"ops": names[-1:]}],
+    }
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
     r = invoke("compile", path, "-o", tmp_path / "b", "--plan", plan_path, "--json")
@@ -143,7 +149,7 @@ def test_bench_json_reports_ratios_and_kernels(small_model):
     _, path, *_ = small_model
     r = invoke("bench", path, "--backends", "ort,tvm", "--repeat", "3", "--warmup", "1", "--json")
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output[r.output.index("{"):])
+    report = json.loads(r.output[r.output.index("{") :])
     by_backend = {t["backend"]: t for t in report["timings"]}
     assert by_backend["ort"]["vs_ort"] == 1.0
     tvm_t = by_backend["tvm"]
@@ -153,8 +159,7 @@ def test_bench_json_reports_ratios_and_kernels(small_model):
 
 def test_tuning_options_are_checked(small_model, tmp_path):
     _, path, *_ = small_model
-    r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b"),
-                                  "--tune-trials", "4"])
+    r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b"), "--tune-trials", "4"])
     assert r.exit_code == 2 and "--tuning-db" in r.output
     r = CliRunner().invoke(main, ["bench", str(path), "--backends", "ort,tvm-tuned"])
     assert r.exit_code == 2 and "--tune-trials" in r.output
@@ -173,23 +178,31 @@ def test_tuning_database_is_reused_and_resumed(tmp_path):
 
     def stop_after_first_batch(done, total, kernel):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: tuning stops once this batch is stored
+
     first = []
     with pytest.raises(KeyboardInterrupt):
-        tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=first.extend,
-                        on_progress=stop_after_first_batch)
+        tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=first.extend, on_progress=stop_after_first_batch)
     assert [(b.records, b.want) for b in first] == [(0, 4), (0, 4)]
 
     resumed, progress = [], []
-    tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=resumed.extend,
-                    on_progress=lambda *a: progress.append(a))
+    tvm_tuning.tune(
+        fused, target, tmp_path, 8, on_plan=resumed.extend, on_progress=lambda *a: progress.append(a)
+    )
     assert [b.tuned for b in resumed] == [True, False]  # first kernel kept, second tuned now
     assert progress[-1][:2] == (4, 4) and progress[-1][2] == resumed[1].name
 
     again = []
-    tuned = tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=again.extend,
-                            on_progress=lambda *a: pytest.fail("tuned a kernel again"))
+    tuned = tvm_tuning.tune(
+        fused,
+        target,
+        tmp_path,
+        8,
+        on_plan=again.extend,
+        on_progress=lambda *a: pytest.fail("tuned a kernel again"),
+    )
     assert len(again) == 2 and all(b.tuned for b in again)
-    model = tb.TVMModel(tb.build_fused(tuned, target), tb.value_specs(graph.inputs),
-                        tb.value_specs(graph.outputs))
+    model = tb.TVMModel(
+        tb.build_fused(tuned, target), tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
+    )
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     assert rel_err(model(x)[0], ort_run_graph(graph, {graph.inputs[0].name: x})[0]) <= 1e-4

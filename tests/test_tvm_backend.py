@@ -1,5 +1,6 @@
 """The TVM backend: IR -> Relax lowering matches ONNX Runtime, plan groups become kernels,
 and the cuda build generates code that nvcc compiles (no GPU needed)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,11 +10,11 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from util import HEAVY, PADDLE_MODELS, ort_run_graph, paddle_model, real_model_input, rel_err
+from zoo_cache import zoo_case
 
 import fuser
 from fuser.ir import FuserError, Graph
-from util import HEAVY, PADDLE_MODELS, ort_run_graph, paddle_model, real_model_input, rel_err
-from zoo_cache import zoo_case
 
 tvm = pytest.importorskip("tvm", reason="Apache TVM is not installed (pip install fuser[tvm])")
 tb = pytest.importorskip("fuser.backends.tvm_backend")
@@ -51,37 +52,70 @@ class Lambda(torch.nn.Module):
 # Each case exercises a group of ops through torch capture (the zoo's route into the IR).
 OP_CASES = {
     "conv_groups_dilation_bn_relu6": (
-        Lambda(lambda m, x: F.relu6(m[1](m[0](x))),
-               torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
-               torch.nn.BatchNorm2d(8)), (1, 8, 12, 12)),
+        Lambda(
+            lambda m, x: F.relu6(m[1](m[0](x))),
+            torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
+            torch.nn.BatchNorm2d(8),
+        ),
+        (1, 8, 12, 12),
+    ),
     "asymmetric_pad_conv_stride": (
         Lambda(lambda m, x: m[0](F.pad(x, (0, 1, 0, 1))), torch.nn.Conv2d(3, 4, 3, stride=2)),
-        (1, 3, 11, 11)),
+        (1, 3, 11, 11),
+    ),
     "conv_transpose": (
-        Lambda(lambda m, x: torch.sigmoid(m[0](x)),
-               torch.nn.ConvTranspose2d(4, 3, 2, stride=2)), (1, 4, 5, 5)),
+        Lambda(lambda m, x: torch.sigmoid(m[0](x)), torch.nn.ConvTranspose2d(4, 3, 2, stride=2)),
+        (1, 4, 5, 5),
+    ),
     "pools_ceil_and_global": (
-        Lambda(lambda m, x: torch.cat([F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
-                                       F.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
-                                                    count_include_pad=False)], 1).mean((2, 3),
-                                                                                   keepdim=True)),
-        (1, 4, 10, 10)),
+        Lambda(
+            lambda m, x: torch.cat(
+                [
+                    F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                    F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+                ],
+                1,
+            ).mean((2, 3), keepdim=True)
+        ),
+        (1, 4, 10, 10),
+    ),
     "activations": (
-        Lambda(lambda m, x: F.hardswish(x) + F.hardsigmoid(x) * torch.tanh(x)
-               - F.gelu(x) / (torch.sqrt(x * x + 1.0)) + torch.erf(x) ** 2), (2, 3, 4, 5)),
+        Lambda(
+            lambda m, x: (
+                F.hardswish(x)
+                + F.hardsigmoid(x) * torch.tanh(x)
+                - F.gelu(x) / (torch.sqrt(x * x + 1.0))
+                + torch.erf(x) ** 2
+            )
+        ),
+        (2, 3, 4, 5),
+    ),
     "layernorm_softmax_matmul": (
-        Lambda(lambda m, x: torch.softmax(m[0](x) @ x.transpose(1, 2), -1),
-               torch.nn.LayerNorm(16)), (2, 8, 16)),
-    "linear_flatten": (
-        Lambda(lambda m, x: m[0](torch.flatten(x, 1)), torch.nn.Linear(48, 10)), (2, 3, 4, 4)),
+        Lambda(lambda m, x: torch.softmax(m[0](x) @ x.transpose(1, 2), -1), torch.nn.LayerNorm(16)),
+        (2, 8, 16),
+    ),
+    "linear_flatten": (Lambda(lambda m, x: m[0](torch.flatten(x, 1)), torch.nn.Linear(48, 10)), (2, 3, 4, 4)),
     "shape_ops": (
-        Lambda(lambda m, x: torch.cat(list(torch.split(x, [1, 2], 1))[::-1], 1)[:, :, 1:-1:2]
-               .permute(0, 2, 3, 1).reshape(2, -1).unsqueeze(0)[..., :5] * x[:, 0, 0, 0]
-               .unsqueeze(0).unsqueeze(-1).expand(1, 2, 5)), (2, 3, 6, 4)),
+        Lambda(
+            lambda m, x: (
+                torch.cat(list(torch.split(x, [1, 2], 1))[::-1], 1)[:, :, 1:-1:2]
+                .permute(0, 2, 3, 1)
+                .reshape(2, -1)
+                .unsqueeze(0)[..., :5]
+                * x[:, 0, 0, 0].unsqueeze(0).unsqueeze(-1).expand(1, 2, 5)
+            )
+        ),
+        (2, 3, 6, 4),
+    ),
     "resize_nearest_and_bilinear": (
-        Lambda(lambda m, x: F.interpolate(x, scale_factor=2, mode="nearest")
-               + F.interpolate(x, size=(8, 10), mode="bilinear", align_corners=False)),
-        (1, 2, 4, 5)),
+        Lambda(
+            lambda m, x: (
+                F.interpolate(x, scale_factor=2, mode="nearest")
+                + F.interpolate(x, size=(8, 10), mode="bilinear", align_corners=False)
+            )
+        ),
+        (1, 2, 4, 5),
+    ),
 }
 
 
@@ -102,9 +136,12 @@ def test_unsupported_op_is_refused_by_name():
 
 
 def _small_cnn():
-    return Lambda(lambda m, x: m[2](F.relu(m[1](F.relu(m[0](x)))).mean((2, 3))),
-                  torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1),
-                  torch.nn.Linear(8, 4)).eval()
+    return Lambda(
+        lambda m, x: m[2](F.relu(m[1](F.relu(m[0](x)))).mean((2, 3))),
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.Linear(8, 4),
+    ).eval()
 
 
 def test_plan_groups_become_exactly_the_kernels():
@@ -142,8 +179,7 @@ def test_norms_match_ort_with_and_without_plan(planned):
     x = torch.randn(1, 3, 8, 8)
     graph = fuser.optimize(_Norms().eval(), (x,))
     assert {"BatchNormalization", "LayerNormalization"} <= set(graph.op_counts())
-    check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()},
-                            [graph.nodes] if planned else None)
+    check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()}, [graph.nodes] if planned else None)
 
 
 def test_plan_with_cyclic_groups_is_refused():
@@ -174,10 +210,23 @@ def test_cuda_build_generates_and_compiles_with_nvcc():
 
 # ---- real models -------------------------------------------------------------------
 ZOO_DEFAULT = ["resnet18", "mobilenet_v2"]
-ZOO_ALL = ["convfirst", "convnext_tiny", "deeplabv3plus_mobilenet_v3", "efficientnet_b0",
-           "efficientnet_b3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
-           "resnet152", "resnet18", "resnet50", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg16",
-           "vit_tiny_patch16_224"]
+ZOO_ALL = [
+    "convfirst",
+    "convnext_tiny",
+    "deeplabv3plus_mobilenet_v3",
+    "efficientnet_b0",
+    "efficientnet_b3",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "resnet152",
+    "resnet18",
+    "resnet50",
+    "shufflenet_v2_x1_0",
+    "squeezenet1_1",
+    "vgg16",
+    "vit_tiny_patch16_224",
+]
 # Reduced heavy subset (FUSER_HEAVY=1 runs every zoo model at its real size).
 # (Checked by hand at 64x64 as well: mobilenet_v3_small, shufflenet_v2_x1_0.)
 ZOO_HEAVY = ZOO_ALL if HEAVY else ["squeezenet1_1"]
@@ -216,8 +265,10 @@ def test_paddle_cls_matches_ort():
 
 
 @pytest.mark.heavy
-@pytest.mark.skipif(not HEAVY, reason="minutes of TVM compile on 2 cores; the cls model is the "
-                                      "reduced form, FUSER_HEAVY=1 runs this")
+@pytest.mark.skipif(
+    not HEAVY,
+    reason="minutes of TVM compile on 2 cores; the cls model is the reduced form, FUSER_HEAVY=1 runs this",
+)
 def test_paddle_det_matches_ort():
     # README size under FUSER_HEAVY=1; a quarter of the pixels otherwise
     graph, x = _paddle_graph("ch_PP-OCRv4_det_infer.onnx", None if HEAVY else (1, 3, 320, 320))

@@ -50,7 +50,7 @@ def model_params(names=None):
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built(name: str) -> nn.Module:
     """One seed-0 instance per model, shared by the tests (they never mutate it)."""
     return models.create(name, seed=0)
@@ -151,9 +151,9 @@ def assert_batchnorm_follows_bias_free_conv(graph_module: torch.fx.GraphModule) 
     for node in graph_module.graph.nodes:
         if node.op == "call_module" and isinstance(modules[node.target], nn.BatchNorm2d):
             producer = node.args[0]
-            assert producer.op == "call_module" and isinstance(
-                modules[producer.target], nn.Conv2d
-            ), node.target
+            assert producer.op == "call_module" and isinstance(modules[producer.target], nn.Conv2d), (
+                node.target
+            )
             assert modules[producer.target].bias is None, f"{producer.target} feeds BN but has a bias"
 
 

@@ -1,13 +1,13 @@
 """Every zoo model: torch -> IR -> ONNX in ONNX Runtime matches torch eager; ONNX -> IR -> ONNX
 matches; IR -> torch module matches; parameter counts equal the module's."""
-import numpy as np
+
 import pytest
 import torch
-
-import fuser
 from fuser.models import names
 from util import ort_run, ort_run_graph, rel_err
 from zoo_cache import zoo_case, zoo_eager
+
+import fuser
 
 TOL = 1e-4
 

@@ -1,4 +1,5 @@
 """Shared test helpers: where the real models are, ORT runs, relative error."""
+
 from __future__ import annotations
 
 import os
@@ -113,9 +114,9 @@ def ocr_like_input(shape, seed=0):
     img = np.full(shape, 2.0, np.float32)
     h, w = shape[2], shape[3]
     for r in range(h // 16, h - h // 8, max(h // 8, 1)):
-        img[:, :, r:r + h // 23, w // 10:w - w // 10] = -1.8
+        img[:, :, r : r + h // 23, w // 10 : w - w // 10] = -1.8
         for c in range(w // 10, w - w // 10, max(w // 27, 1)):
-            img[:, :, r + h // 160:r + h // 27, c:c + max(w // 107, 1)] = 2.0
+            img[:, :, r + h // 160 : r + h // 27, c : c + max(w // 107, 1)] = 2.0
     return img + 0.1 * np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 

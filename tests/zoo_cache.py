@@ -1,10 +1,10 @@
 """Zoo models captured once per test session (capture takes seconds per model)."""
+
 from __future__ import annotations
 
 import functools
 
 import torch
-
 from util import HEAVY
 
 # CI's reduced form: CNNs at 64x64 (VGG keeps 224: its adaptive pool needs >= 7x7 maps
@@ -22,19 +22,19 @@ def test_shape(name: str) -> tuple[int, ...]:
     return shape[:2] + (REDUCED_SIZE, REDUCED_SIZE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_case(name: str):
     """(module, example input, captured graph) for zoo model ``name``."""
-    import fuser
     from fuser.models import create
+
+    import fuser
 
     module = create(name, seed=0)
     x = torch.randn(test_shape(name), generator=torch.Generator().manual_seed(0))
     return module, x, fuser.from_torch(module, (x,))
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_eager(name: str):
     """The zoo module's eager output on the cached input, as numpy (computed once)."""
     module, x, _ = zoo_case(name)

@@ -16,6 +16,7 @@ costs, efficiency gap, waterline), devices (peak table, CPU measurement), measur
 synthetic (single-block graphs for tests and benchmarks). The matcher is the
 ``fuse_blocks`` pass (fuser.passes.fuse_blocks).
 """
+
 from .cuda import CudaKernel, compile_nvcc, emit_kernel, find_nvcc
 from .devices import DEVICES, Device, get_device, measure_cpu
 from .loader import FusedBlock, load_blocks
@@ -33,8 +34,32 @@ def find_blocks(graph, device: str | None = "h100"):
     return _find(graph, device)
 
 
-__all__ = ["BlockSpec", "ConvLayer", "Rejected", "BlockSchedule", "NoSchedule", "choose_schedule",
-           "fixed_schedule", "CudaKernel", "emit_kernel", "compile_nvcc", "find_nvcc", "run_schedule",
-           "BlockCost", "KernelCost", "block_cost", "waterline", "DEVICES", "Device", "get_device",
-           "measure_cpu", "blocks_report", "render", "roofline_png", "emit_kernels", "find_blocks",
-           "FusedBlock", "load_blocks"]
+__all__ = [
+    "BlockSpec",
+    "ConvLayer",
+    "Rejected",
+    "BlockSchedule",
+    "NoSchedule",
+    "choose_schedule",
+    "fixed_schedule",
+    "CudaKernel",
+    "emit_kernel",
+    "compile_nvcc",
+    "find_nvcc",
+    "run_schedule",
+    "BlockCost",
+    "KernelCost",
+    "block_cost",
+    "waterline",
+    "DEVICES",
+    "Device",
+    "get_device",
+    "measure_cpu",
+    "blocks_report",
+    "render",
+    "roofline_png",
+    "emit_kernels",
+    "find_blocks",
+    "FusedBlock",
+    "load_blocks",
+]

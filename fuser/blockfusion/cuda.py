@@ -20,6 +20,7 @@ runtime loader builds anyway, is skipped (-c would add a host compile, about
 2× the time). The result (ok, log, registers, spills) is cached by the SHA-256
 of source, flags and nvcc version under $FUSER_CACHE_DIR (default ~/.cache/fuser)/nvcc.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,7 @@ class CudaKernel:
     grid: int
     threads: int
     smem_bytes: int
-    arg_names: tuple[str, ...]   # after x and y, in order (schedule.packed_weights names)
+    arg_names: tuple[str, ...]  # after x and y, in order (schedule.packed_weights names)
 
     def launch_line(self) -> str:
         return f"{self.name}<<<{self.grid}, {self.threads}, {self.smem_bytes}>>>(x, y, {', '.join(self.arg_names)})"
@@ -59,53 +60,105 @@ def kernel_params(s: BlockSchedule) -> dict[str, int | bool]:
     """The constants the kernel body reads (P::NAME), in emission order."""
     spec, xr = s.spec, s.x_region
     p: dict[str, int | bool] = {
-        "N": spec.batch, "H": spec.in_hw[0], "W": spec.in_hw[1], "C_IN": spec.c_in, "C_IN_P": s.c_in_p,
-        "HO": s.out_h, "WO": s.out_w, "C_OUT": spec.c_out, "C_OUT_P": s.c_out_p,
-        "TILE_H": s.tile_h, "TILE_W": s.tile_w, "TILES_Y": s.tiles_y, "TILES_X": s.tiles_x,
-        "M": s.tile_pixels, "WARPS": s.warps,
-        "X_H": xr.h, "X_W": xr.w, "X_LD": s.c_in_p + SMEM_SKEW, "X_OFF_Y": xr.offset_y, "X_OFF_X": xr.offset_x,
-        "RES_ORIGIN": s.residual_origin, "ACT_FINAL": ACTIVATIONS[spec.final_activation],
+        "N": spec.batch,
+        "H": spec.in_hw[0],
+        "W": spec.in_hw[1],
+        "C_IN": spec.c_in,
+        "C_IN_P": s.c_in_p,
+        "HO": s.out_h,
+        "WO": s.out_w,
+        "C_OUT": spec.c_out,
+        "C_OUT_P": s.c_out_p,
+        "TILE_H": s.tile_h,
+        "TILE_W": s.tile_w,
+        "TILES_Y": s.tiles_y,
+        "TILES_X": s.tiles_x,
+        "M": s.tile_pixels,
+        "WARPS": s.warps,
+        "X_H": xr.h,
+        "X_W": xr.w,
+        "X_LD": s.c_in_p + SMEM_SKEW,
+        "X_OFF_Y": xr.offset_y,
+        "X_OFF_X": xr.offset_x,
+        "RES_ORIGIN": s.residual_origin,
+        "ACT_FINAL": ACTIVATIONS[spec.final_activation],
         # the occupancy the chooser assumed: __launch_bounds__' register budget (ptxas guesses spill)
         "MIN_BLOCKS": max(1, s.ctas_per_sm(schedule_target(s.target))),
     }
     if s.kind in ("convfirst", "mbconv"):
         proj = s.gemm("project")
         expand = spec.layer("expand")
-        p.update({"HID": s.hidden, "HID_P": s.hidden_p, "HC": s.hidden_chunk,
-                  "HC_LD": s.hidden_chunk + SMEM_SKEW,
-                  "NFW_EXP": s.gemm("expand").nfw if expand else 2,
-                  "EXP_JOBS": s.gemm("expand").jobs if expand else 0,
-                  "ACT_EXPAND": ACTIVATIONS[expand.activation] if expand else 0,
-                  "NFW_OUT": proj.nfw, "OUT_JOBS": proj.jobs,
-                  "OUT_JOBS_PER_WARP": -(-proj.jobs // s.warps),
-                  "RESIDUAL": spec.residual == "identity"})
+        p.update(
+            {
+                "HID": s.hidden,
+                "HID_P": s.hidden_p,
+                "HC": s.hidden_chunk,
+                "HC_LD": s.hidden_chunk + SMEM_SKEW,
+                "NFW_EXP": s.gemm("expand").nfw if expand else 2,
+                "EXP_JOBS": s.gemm("expand").jobs if expand else 0,
+                "ACT_EXPAND": ACTIVATIONS[expand.activation] if expand else 0,
+                "NFW_OUT": proj.nfw,
+                "OUT_JOBS": proj.jobs,
+                "OUT_JOBS_PER_WARP": -(-proj.jobs // s.warps),
+                "RESIDUAL": spec.residual == "identity",
+            }
+        )
         if s.kind == "convfirst":
             sp = spec.layers[0]
-            p.update({"K": sp.kernel, "GW": sp.group_width_in, "ACT_SPATIAL": ACTIVATIONS[sp.activation],
-                      "SPATIAL_MMA": s.grouped_on_tensor_cores,
-                      "SPATIAL_KPAD": s.grouped_k_pad if s.grouped_on_tensor_cores else 0,
-                      "SPATIAL_JOBS": s.gemm("spatial").jobs if s.grouped_on_tensor_cores else 0})
+            p.update(
+                {
+                    "K": sp.kernel,
+                    "GW": sp.group_width_in,
+                    "ACT_SPATIAL": ACTIVATIONS[sp.activation],
+                    "SPATIAL_MMA": s.grouped_on_tensor_cores,
+                    "SPATIAL_KPAD": s.grouped_k_pad if s.grouped_on_tensor_cores else 0,
+                    "SPATIAL_JOBS": s.gemm("spatial").jobs if s.grouped_on_tensor_cores else 0,
+                }
+            )
         else:
             dw = spec.layer("depthwise")
-            p.update({"K": dw.kernel, "S": dw.stride, "HAS_EXPAND": expand is not None,
-                      "ACT_DW": ACTIVATIONS[dw.activation]})
+            p.update(
+                {
+                    "K": dw.kernel,
+                    "S": dw.stride,
+                    "HAS_EXPAND": expand is not None,
+                    "ACT_DW": ACTIVATIONS[dw.activation],
+                }
+            )
     else:
         c1, c2 = spec.layers
         mid = s.mid_region
         conv1, conv2 = s.gemm("conv1"), s.gemm("conv2")
-        p.update({"S": c1.stride, "K1": c1.kernel, "K2": c2.kernel, "C_MID": c1.c_out, "C_MID_P": pad16(c1.c_out),
-                  "MID_H": mid.h, "MID_W": mid.w, "MID_LD": pad16(c1.c_out) + SMEM_SKEW,
-                  "MID_OFF_Y": mid.offset_y, "MID_OFF_X": mid.offset_x, "ACT1": ACTIVATIONS[c1.activation],
-                  "NFW1": conv1.nfw, "CONV1_JOBS": conv1.jobs, "NFW2": conv2.nfw, "CONV2_JOBS": conv2.jobs,
-                  "PROJECTION": spec.residual == "projection"})
+        p.update(
+            {
+                "S": c1.stride,
+                "K1": c1.kernel,
+                "K2": c2.kernel,
+                "C_MID": c1.c_out,
+                "C_MID_P": pad16(c1.c_out),
+                "MID_H": mid.h,
+                "MID_W": mid.w,
+                "MID_LD": pad16(c1.c_out) + SMEM_SKEW,
+                "MID_OFF_Y": mid.offset_y,
+                "MID_OFF_X": mid.offset_x,
+                "ACT1": ACTIVATIONS[c1.activation],
+                "NFW1": conv1.nfw,
+                "CONV1_JOBS": conv1.jobs,
+                "NFW2": conv2.nfw,
+                "CONV2_JOBS": conv2.jobs,
+                "PROJECTION": spec.residual == "projection",
+            }
+        )
     return p
 
 
 def _body_call(s: BlockSchedule, names: list[str]) -> list[str]:
     """Arguments of the body template: every slot of its signature, nullptr where the block has none."""
-    slots = {"convfirst": ["w_spatial", "b_spatial", "w_expand", "b_expand", "w_project", "b_project"],
-             "mbconv": ["w_expand", "b_expand", "w_depthwise", "b_depthwise", "w_project", "b_project"],
-             "resnet_basic": ["w_conv1", "b_conv1", "w_conv2", "b_conv2", "w_shortcut"]}[s.kind]
+    slots = {
+        "convfirst": ["w_spatial", "b_spatial", "w_expand", "b_expand", "w_project", "b_project"],
+        "mbconv": ["w_expand", "b_expand", "w_depthwise", "b_depthwise", "w_project", "b_project"],
+        "resnet_basic": ["w_conv1", "b_conv1", "w_conv2", "b_conv2", "w_shortcut"],
+    }[s.kind]
     return ["x", "y"] + [n if n in names else "nullptr" for n in slots]
 
 
@@ -122,22 +175,36 @@ def emit_kernel(s: BlockSchedule) -> CudaKernel:
     lines = []
     for key, value in params.items():
         ctype = "bool" if isinstance(value, bool) else "int"
-        lines.append(f"  static constexpr {ctype} {key} = {str(value).lower() if isinstance(value, bool) else value};")
+        lines.append(
+            f"  static constexpr {ctype} {key} = {str(value).lower() if isinstance(value, bool) else value};"
+        )
     args = ["const __half* __restrict__ x", "__half* __restrict__ y"] + [
-        f"const {'__half' if n.startswith('w_') else 'float'}* __restrict__ {n}" for n in names]
+        f"const {'__half' if n.startswith('w_') else 'float'}* __restrict__ {n}" for n in names
+    ]
     sched = s.summary()
     hc = f", hidden chunk {s.hidden_chunk}" if s.kind != "resnet_basic" else ""
     source = COMMON + KERNEL.format(
-        name=name, title=f"{s.kind} {s.spec.describe()}, batch {s.spec.batch}",
-        schedule=(f"tile {s.tile_h}x{s.tile_w}{hc}, {s.warps} warps, {s.smem_bytes} B shared, "
-                  f"grid {s.grid}, halo factor {sched['halo_factor']}"),
-        grid=s.grid, threads=s.threads, min_blocks=params["MIN_BLOCKS"], smem_bytes=s.smem_bytes,
+        name=name,
+        title=f"{s.kind} {s.spec.describe()}, batch {s.spec.batch}",
+        schedule=(
+            f"tile {s.tile_h}x{s.tile_w}{hc}, {s.warps} warps, {s.smem_bytes} B shared, "
+            f"grid {s.grid}, halo factor {sched['halo_factor']}"
+        ),
+        grid=s.grid,
+        threads=s.threads,
+        min_blocks=params["MIN_BLOCKS"],
+        smem_bytes=s.smem_bytes,
         arg_names=", ".join(names),
-        params="\n".join(lines), args=", ".join(args), body=BODIES[s.kind], call=", ".join(_body_call(s, names)))
+        params="\n".join(lines),
+        args=", ".join(args),
+        body=BODIES[s.kind],
+        call=", ".join(_body_call(s, names)),
+    )
     return CudaKernel(name, source, s.grid, s.threads, s.smem_bytes, tuple(names))
 
 
 # ---- nvcc -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class CompileResult:
@@ -153,7 +220,10 @@ class CompileResult:
 
 
 def find_nvcc() -> str | None:
-    for cand in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+    for cand in (
+        shutil.which("nvcc"),
+        os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"),
+    ):
         if cand and os.path.exists(cand):
             return cand
     return None
@@ -168,7 +238,9 @@ def _nvcc_version(nvcc: str) -> str:
     return out.strip().splitlines()[-1] if out else "?"
 
 
-def compile_nvcc(source: str, arch: str = "sm_90", nvcc: str | None = None, mode: str = "-cubin") -> CompileResult:
+def compile_nvcc(
+    source: str, arch: str = "sm_90", nvcc: str | None = None, mode: str = "-cubin"
+) -> CompileResult:
     """Compile ``source`` with ``nvcc -arch=ARCH MODE`` (MODE -cubin, -c or --ptx; ptxas -v for the
     resource report); cached."""
     from fuser.onnx_io import atomic_write
@@ -185,14 +257,22 @@ def compile_nvcc(source: str, arch: str = "sm_90", nvcc: str | None = None, mode
         src = Path(tmp) / "kernel.cu"
         src.write_text(source)
         t0 = time.perf_counter()
-        proc = subprocess.run([nvcc, *flags, "-o", str(Path(tmp) / "kernel.out"), str(src)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [nvcc, *flags, "-o", str(Path(tmp) / "kernel.out"), str(src)], capture_output=True, text=True
+        )
         seconds = time.perf_counter() - t0
     log = (proc.stdout + proc.stderr).strip()
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
-    result = CompileResult(proc.returncode == 0, round(seconds, 2), log, max(regs) if regs else None,
-                           max(spills) if spills else None)
+    spills = [
+        int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    ]
+    result = CompileResult(
+        proc.returncode == 0,
+        round(seconds, 2),
+        log,
+        max(regs) if regs else None,
+        max(spills) if spills else None,
+    )
     if result.ok:  # failures are not cached: a fixed toolchain should be retried
         entry.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(entry, json.dumps(result.to_dict()).encode())

@@ -20,6 +20,7 @@ tensor (bytes read + bytes written), each the best of several runs. Both run onc
 per process. On a shared machine the peak can come out low, and a layer's
 "efficiency" then above 100%: the measurement is rough by design.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,12 +35,12 @@ TERA = 1e12
 @dataclass(frozen=True)
 class Device:
     name: str
-    fp16_tensor_flops: float   # dense tensor-core rate (FP32 accumulate): the 1×1 and dense k×k convs
-    fp32_flops: float          # CUDA-core FMA rate: grouped / depthwise convs (fp32 accumulate)
-    bandwidth: float           # DRAM bytes/s
+    fp16_tensor_flops: float  # dense tensor-core rate (FP32 accumulate): the 1×1 and dense k×k convs
+    fp32_flops: float  # CUDA-core FMA rate: grouped / depthwise convs (fp32 accumulate)
+    bandwidth: float  # DRAM bytes/s
     sm_count: int = 0
-    smem_per_sm: int = 0       # bytes
-    smem_per_block: int = 0    # bytes, with the opt-in attribute
+    smem_per_sm: int = 0  # bytes
+    smem_per_block: int = 0  # bytes, with the opt-in attribute
     regs_per_sm: int = 65536
     max_threads_per_sm: int = 2048
     source: str = ""
@@ -59,10 +60,22 @@ class Device:
 _SM90 = dict(sm_count=132, smem_per_sm=228 * 1024, smem_per_block=227 * 1024)
 
 DEVICES = {
-    "h100": Device("H100 SXM5", 989.4 * TERA, 66.9 * TERA, 3.35 * TERA, **_SM90,
-                   source="NVIDIA H100 whitepaper / datasheet (dense FP16 tensor, FP32, HBM3)"),
-    "h200": Device("H200 SXM", 989.4 * TERA, 66.9 * TERA, 4.8 * TERA, **_SM90,
-                   source="NVIDIA H200 product page (dense FP16 tensor, FP32, HBM3e)"),
+    "h100": Device(
+        "H100 SXM5",
+        989.4 * TERA,
+        66.9 * TERA,
+        3.35 * TERA,
+        **_SM90,
+        source="NVIDIA H100 whitepaper / datasheet (dense FP16 tensor, FP32, HBM3)",
+    ),
+    "h200": Device(
+        "H200 SXM",
+        989.4 * TERA,
+        66.9 * TERA,
+        4.8 * TERA,
+        **_SM90,
+        source="NVIDIA H200 product page (dense FP16 tensor, FP32, HBM3e)",
+    ),
 }
 GPU_NAMES = tuple(DEVICES)
 DEVICE_NAMES = GPU_NAMES + ("cpu",)
@@ -81,8 +94,8 @@ def measure_cpu(matmul_n: int = 1024, copy_mib: int = 128) -> Device:
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    flops = 2 * matmul_n ** 3 / best
-    src = torch.empty(copy_mib * 2 ** 20 // 4)
+    flops = 2 * matmul_n**3 / best
+    src = torch.empty(copy_mib * 2**20 // 4)
     src.uniform_()
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -92,8 +105,13 @@ def measure_cpu(matmul_n: int = 1024, copy_mib: int = 128) -> Device:
         dst.copy_(src)
         best = min(best, time.perf_counter() - t0)
     bandwidth = 2 * src.numel() * 4 / best
-    return Device(f"CPU ({torch.get_num_threads()} threads, measured)", flops, flops, bandwidth,
-                  source=f"measured: {matmul_n}³ fp32 matmul, {copy_mib} MiB copy (read + write)")
+    return Device(
+        f"CPU ({torch.get_num_threads()} threads, measured)",
+        flops,
+        flops,
+        bandwidth,
+        source=f"measured: {matmul_n}³ fp32 matmul, {copy_mib} MiB copy (read + write)",
+    )
 
 
 def get_device(name: str) -> Device:

@@ -18,6 +18,7 @@ The cost: the first build of a model takes tens of seconds (torch headers).
 an NCHW fp16 CUDA tensor (made channels_last, i.e. NHWC, as the kernel wants) and
 returns the block's output, channels_last fp16.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,9 +58,21 @@ def _launcher(s: BlockSchedule, k: CudaKernel) -> str:
         else:
             args.append(f"weights[{i}].data_ptr<float>()")
     spec = s.spec
-    return LAUNCHER.format(name=k.name, N=spec.batch, C_IN=spec.c_in, H=spec.in_hw[0], W=spec.in_hw[1],
-                           C_OUT=spec.c_out, HO=spec.out_hw[0], WO=spec.out_hw[1], n_weights=len(k.arg_names),
-                           smem=k.smem_bytes, grid=k.grid, threads=k.threads, weight_args=",\n      ".join(args))
+    return LAUNCHER.format(
+        name=k.name,
+        N=spec.batch,
+        C_IN=spec.c_in,
+        H=spec.in_hw[0],
+        W=spec.in_hw[1],
+        C_OUT=spec.c_out,
+        HO=spec.out_hw[0],
+        WO=spec.out_hw[1],
+        n_weights=len(k.arg_names),
+        smem=k.smem_bytes,
+        grid=k.grid,
+        threads=k.threads,
+        weight_args=",\n      ".join(args),
+    )
 
 
 def extension_sources(schedules: list[BlockSchedule]) -> tuple[str, str, list[str]]:
@@ -68,7 +81,9 @@ def extension_sources(schedules: list[BlockSchedule]) -> tuple[str, str, list[st
     for s in schedules:
         k = emit_kernel(s)
         kernels.setdefault(k.name, (s, k))
-    cuda = ["#include <torch/extension.h>\n#include <c10/cuda/CUDAStream.h>\n#include <c10/cuda/CUDAException.h>"]
+    cuda = [
+        "#include <torch/extension.h>\n#include <c10/cuda/CUDAStream.h>\n#include <c10/cuda/CUDAException.h>"
+    ]
     decls, names = [], []
     for name, (s, k) in kernels.items():
         cuda += [k.source, _launcher(s, k)]
@@ -86,8 +101,10 @@ class FusedBlock:
         self.schedule = schedule
         self.kernel_name = emit_kernel(schedule).name
         self._launch = launch
-        self.weights = [torch.from_numpy(np.ascontiguousarray(a)).to(device)
-                        for _, a in schedule.packed_weights(np.float16)]
+        self.weights = [
+            torch.from_numpy(np.ascontiguousarray(a)).to(device)
+            for _, a in schedule.packed_weights(np.float16)
+        ]
 
     def __call__(self, x):
         import torch
@@ -106,7 +123,12 @@ def load_blocks(schedules: list[BlockSchedule], verbose: bool = False) -> list[F
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
     digest = hashlib.sha1((cuda + arch).encode()).hexdigest()[:12]
-    ext = load_inline(name=f"fuser_blockfusion_{digest}", cpp_sources=decls, cuda_sources=cuda,
-                      functions=names, verbose=verbose,
-                      extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"])
+    ext = load_inline(
+        name=f"fuser_blockfusion_{digest}",
+        cpp_sources=decls,
+        cuda_sources=cuda,
+        functions=names,
+        verbose=verbose,
+        extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+    )
     return [FusedBlock(s, getattr(ext, f"launch_{emit_kernel(s).name}")) for s in schedules]

@@ -4,6 +4,7 @@ a GPU, fp16 channels_last; ATen on the CPU, fp32) and each fused block kernel (G
 Every kernel runs on its own seeded random input (never zeros), after warm-up; the median of
 ``repeats`` runs is kept (CUDA events on a GPU, perf_counter on the CPU).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -12,8 +13,13 @@ import time
 from .model import BlockCost
 from .spec import ConvLayer
 
-TORCH_ACTIVATIONS = {"none": lambda v: v, "relu": "relu", "relu6": "relu6", "silu": "silu",
-                     "hardswish": "hardswish"}
+TORCH_ACTIVATIONS = {
+    "none": lambda v: v,
+    "relu": "relu",
+    "relu6": "relu6",
+    "silu": "silu",
+    "hardswish": "hardswish",
+}
 
 
 def _act(name: str):
@@ -69,8 +75,9 @@ def conv_fn(l: ConvLayer, batch: int, device: str, dtype, seed: int = 0):
     act = _act(l.activation)
     if (pb, pr) == (l.pad_top, l.pad_left):
         return lambda: act(F.conv2d(x, w, b, l.stride, (l.pad_top, l.pad_left), 1, l.groups))
-    return lambda: act(F.conv2d(F.pad(x, (l.pad_left, max(pr, 0), l.pad_top, max(pb, 0))), w, b, l.stride, 0, 1,
-                                l.groups))
+    return lambda: act(
+        F.conv2d(F.pad(x, (l.pad_left, max(pr, 0), l.pad_top, max(pb, 0))), w, b, l.stride, 0, 1, l.groups)
+    )
 
 
 def measure_block(cost: BlockCost, device: str, repeats: int = 20, fused_kernel=None) -> dict:

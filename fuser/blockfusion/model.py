@@ -25,6 +25,7 @@ a grouped conv the schedule runs as mma counts as tensor-core work), bytes b and
 Waterline of a kernel sequence: Σ_k max(ideal_k, b_k / B) (each kernel alone at its roof),
 against Σ_k measured_k.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .spec import BlockSpec, ConvLayer
 @dataclass
 class KernelCost:
     name: str
-    op: str                   # "conv 3×3 /g8", "add", "fused convfirst", ...
+    op: str  # "conv 3×3 /g8", "add", "fused convfirst", ...
     macs: int
     tensor_ops: int
     simt_ops: int
@@ -76,19 +77,34 @@ class KernelCost:
 
     def gap(self, dev: Device, measured: float | None = None) -> dict:
         """Efficiency-gap numbers; measured seconds optional."""
-        out = {"ideal_s": self.ideal_seconds(dev), "roofline_s": self.roofline_seconds(dev),
-               "attainable_flops": self.attainable(dev), "bound": "memory" if self.memory_seconds(dev)
-               > self.ideal_seconds(dev) else "compute"}
+        out = {
+            "ideal_s": self.ideal_seconds(dev),
+            "roofline_s": self.roofline_seconds(dev),
+            "attainable_flops": self.attainable(dev),
+            "bound": "memory" if self.memory_seconds(dev) > self.ideal_seconds(dev) else "compute",
+        }
         if measured:
-            out.update({"measured_s": measured, "achieved_flops": self.ops / measured,
-                        "efficiency": self.ideal_seconds(dev) / measured,
-                        "roofline_efficiency": self.roofline_seconds(dev) / measured})
+            out.update(
+                {
+                    "measured_s": measured,
+                    "achieved_flops": self.ops / measured,
+                    "efficiency": self.ideal_seconds(dev) / measured,
+                    "roofline_efficiency": self.roofline_seconds(dev) / measured,
+                }
+            )
         return out
 
     def to_dict(self, dev: Device, measured: float | None = None) -> dict:
-        return {"name": self.name, "op": self.op, "macs": self.macs, "ops": self.ops,
-                "dram_bytes": self.dram_bytes, "weight_bytes": self.weight_bytes,
-                "intensity": round(self.intensity, 3), **self.gap(dev, measured)}
+        return {
+            "name": self.name,
+            "op": self.op,
+            "macs": self.macs,
+            "ops": self.ops,
+            "dram_bytes": self.dram_bytes,
+            "weight_bytes": self.weight_bytes,
+            "intensity": round(self.intensity, 3),
+            **self.gap(dev, measured),
+        }
 
 
 def _conv_label(l: ConvLayer) -> str:
@@ -103,8 +119,15 @@ def conv_kernel(l: ConvLayer, batch: int, elem_bytes: int) -> KernelCost:
     n_in = batch * l.c_in * l.in_hw[0] * l.in_hw[1]
     n_out = batch * l.c_out * l.out_hw[0] * l.out_hw[1]
     tensor, simt = (2 * macs, 0) if l.is_dense else (0, 2 * macs)
-    return KernelCost(l.node, _conv_label(l), macs, tensor, simt, (n_in + n_out) * elem_bytes,
-                      (l.weight.size + l.bias.size) * elem_bytes)
+    return KernelCost(
+        l.node,
+        _conv_label(l),
+        macs,
+        tensor,
+        simt,
+        (n_in + n_out) * elem_bytes,
+        (l.weight.size + l.bias.size) * elem_bytes,
+    )
 
 
 @dataclass
@@ -119,8 +142,11 @@ class BlockCost:
     def activation_elements(self) -> dict:
         """Activation elements moved through DRAM, and X = numel(x), for the (7 + 2E)·X check."""
         x = self.spec.batch * self.spec.c_in * self.spec.in_hw[0] * self.spec.in_hw[1]
-        return {"x": x, "unfused": sum(k.activation_bytes for k in self.unfused) // self.elem_bytes,
-                "fused": self.fused.activation_bytes / self.elem_bytes}
+        return {
+            "x": x,
+            "unfused": sum(k.activation_bytes for k in self.unfused) // self.elem_bytes,
+            "fused": self.fused.activation_bytes / self.elem_bytes,
+        }
 
 
 def block_cost(schedule: BlockSchedule, elem_bytes: int = 2) -> BlockCost:
@@ -129,23 +155,38 @@ def block_cost(schedule: BlockSchedule, elem_bytes: int = 2) -> BlockCost:
     if spec.residual != "none":
         n_out = spec.batch * spec.c_out * spec.out_hw[0] * spec.out_hw[1]
         label = "add" + (f"+{spec.final_activation}" if spec.final_activation != "none" else "")
-        kernels.append(KernelCost(spec.add_node or f"{spec.name}_add", label, 0, 0, n_out,
-                                  3 * n_out * elem_bytes, 0))
+        kernels.append(
+            KernelCost(spec.add_node or f"{spec.name}_add", label, 0, 0, n_out, 3 * n_out * elem_bytes, 0)
+        )
     weights = sum(k.weight_bytes for k in kernels)
     # the fused kernel's units: its grouped conv may run on tensor cores (schedule.grouped_on_tensor_cores)
-    moved = sum(k.simt_ops for k, l in zip(kernels, spec.all_layers()) if not l.is_dense) \
-        if schedule.grouped_on_tensor_cores else 0
+    moved = (
+        sum(k.simt_ops for k, l in zip(kernels, spec.all_layers()) if not l.is_dense)
+        if schedule.grouped_on_tensor_cores
+        else 0
+    )
     tensor, simt = sum(k.tensor_ops for k in kernels) + moved, sum(k.simt_ops for k in kernels) - moved
-    fused = KernelCost(spec.name, f"fused {spec.kind}", sum(k.macs for k in kernels), tensor, simt,
-                       schedule.dram_bytes(elem_bytes) - weights, weights)
+    fused = KernelCost(
+        spec.name,
+        f"fused {spec.kind}",
+        sum(k.macs for k in kernels),
+        tensor,
+        simt,
+        schedule.dram_bytes(elem_bytes) - weights,
+        weights,
+    )
     return BlockCost(spec, schedule, kernels, fused, elem_bytes)
 
 
 def waterline(kernels: list[KernelCost], dev: Device, measured: list[float | None] | None = None) -> dict:
     """Σ max(ideal, bytes/B) over a kernel sequence (and Σ ideal), against Σ measured when every
     kernel was measured."""
-    out = {"kernels": len(kernels), "ideal_s": sum(k.ideal_seconds(dev) for k in kernels),
-           "waterline_s": sum(k.roofline_seconds(dev) for k in kernels), "measured_s": None}
+    out = {
+        "kernels": len(kernels),
+        "ideal_s": sum(k.ideal_seconds(dev) for k in kernels),
+        "waterline_s": sum(k.roofline_seconds(dev) for k in kernels),
+        "measured_s": None,
+    }
     if measured is not None and kernels and all(m for m in measured):
         out["measured_s"] = sum(measured)
         out["waterline_efficiency"] = out["waterline_s"] / out["measured_s"]

@@ -3,6 +3,7 @@ efficiency gap and waterline (with timings when measured), the roofline plot, an
 emitted kernels. ``blocks_report`` makes the JSON-ready dict the CLI prints;
 ``render`` draws its rich tables; ``roofline_png`` its plot; ``emit_kernels`` writes the .cu files.
 """
+
 from __future__ import annotations
 
 import io
@@ -44,52 +45,73 @@ def blocks_report(graph: Graph, device: str = "h100", measure: bool = False, rep
 
         measured_on = "cuda" if torch.cuda.is_available() and dev.is_gpu else "cpu"
         if measured_on == "cpu" and dev.is_gpu:
-            raise FuserError(f"measuring needs a GPU for --device {device}; this machine has none "
-                             "(use --device cpu to measure the unfused layers on the CPU)")
+            raise FuserError(
+                f"measuring needs a GPU for --device {device}; this machine has none "
+                "(use --device cpu to measure the unfused layers on the CPU)"
+            )
         timings = measure_blocks(costs, measured_on, repeats)
     rows = []
     for c, t in zip(costs, timings):
         spec, s = c.spec, c.schedule
         unfused_bytes = sum(k.dram_bytes for k in c.unfused)
         unfused_ops = sum(k.ops for k in c.unfused)
-        rows.append({
-            "name": spec.name, "kind": spec.kind, "description": spec.describe(), "nodes": list(spec.nodes),
-            "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
-            "kernel_size": spec.kernel, "stride": spec.stride, "expansion": spec.expansion,
-            "residual": spec.residual,
-            "ops": c.fused.ops, "macs": c.fused.macs,
-            "dram_bytes_fused": c.fused.dram_bytes, "dram_bytes_unfused": unfused_bytes,
-            "dram_reduction": round(unfused_bytes / c.fused.dram_bytes, 3),
-            "weight_bytes": c.fused.weight_bytes, "activation_bytes_fused": c.fused.activation_bytes,
-            "activation_bytes_unfused": unfused_bytes - c.fused.weight_bytes,
-            "intensity_fused": round(c.fused.intensity, 3),
-            "intensity_unfused": round(unfused_ops / unfused_bytes, 3),
-            "halo_factor": round(s.halo_factor(), 4),
-            "activation_elements": c.activation_elements,
-            "schedule": s.summary(), "kernel": emit_kernel(s).name,
-            "fused": c.fused.to_dict(dev, t and t["fused"]),
-            "layers": [k.to_dict(dev, t and t["unfused"][i]) for i, k in enumerate(c.unfused)],
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "description": spec.describe(),
+                "nodes": list(spec.nodes),
+                "input_shape": list(spec.input_shape),
+                "output_shape": list(spec.output_shape),
+                "kernel_size": spec.kernel,
+                "stride": spec.stride,
+                "expansion": spec.expansion,
+                "residual": spec.residual,
+                "ops": c.fused.ops,
+                "macs": c.fused.macs,
+                "dram_bytes_fused": c.fused.dram_bytes,
+                "dram_bytes_unfused": unfused_bytes,
+                "dram_reduction": round(unfused_bytes / c.fused.dram_bytes, 3),
+                "weight_bytes": c.fused.weight_bytes,
+                "activation_bytes_fused": c.fused.activation_bytes,
+                "activation_bytes_unfused": unfused_bytes - c.fused.weight_bytes,
+                "intensity_fused": round(c.fused.intensity, 3),
+                "intensity_unfused": round(unfused_ops / unfused_bytes, 3),
+                "halo_factor": round(s.halo_factor(), 4),
+                "activation_elements": c.activation_elements,
+                "schedule": s.summary(),
+                "kernel": emit_kernel(s).name,
+                "fused": c.fused.to_dict(dev, t and t["fused"]),
+                "layers": [k.to_dict(dev, t and t["unfused"][i]) for i, k in enumerate(c.unfused)],
+            }
+        )
     unfused_seq = [k for c in costs for k in c.unfused]
     unfused_times = [x for t in timings for x in t["unfused"]] if measure else None
     fused_times = [t["fused"] for t in timings] if measure else None
     return {
-        "model": graph.name, "device": {"key": device, **dev.to_dict()}, "elem_bytes": elem,
+        "model": graph.name,
+        "device": {"key": device, **dev.to_dict()},
+        "elem_bytes": elem,
         "measured_on": measured_on,
         "blocks": rows,
         "not_fused": [{"nodes": list(r.nodes), "pattern": r.pattern, "reason": r.reason} for r in rejected],
         "kernels": len({r["kernel"] for r in rows}),
         "totals": {
-            "blocks": len(rows), "ops": sum(r["ops"] for r in rows), "macs": sum(r["macs"] for r in rows),
+            "blocks": len(rows),
+            "ops": sum(r["ops"] for r in rows),
+            "macs": sum(r["macs"] for r in rows),
             "dram_bytes_fused": sum(r["dram_bytes_fused"] for r in rows),
             "dram_bytes_unfused": sum(r["dram_bytes_unfused"] for r in rows),
         },
-        "waterline": {"unfused": waterline(unfused_seq, dev, unfused_times),
-                      "fused": waterline([c.fused for c in costs], dev, fused_times)},
+        "waterline": {
+            "unfused": waterline(unfused_seq, dev, unfused_times),
+            "fused": waterline([c.fused for c in costs], dev, fused_times),
+        },
     }
 
 
 # ---- rendering ------------------------------------------------------------------------------
+
 
 def _us(seconds) -> str:
     return "-" if seconds is None else f"{seconds * 1e6:,.3g}"
@@ -97,8 +119,14 @@ def _us(seconds) -> str:
 
 def _bytes_pair(unfused: int, fused: int) -> str:
     """'368→232 KiB ÷1.6': both in the larger one's unit."""
-    unit, div = next(((u, d) for u, d in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
-                      if max(unfused, fused) >= d), ("B", 1))
+    unit, div = next(
+        (
+            (u, d)
+            for u, d in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+            if max(unfused, fused) >= d
+        ),
+        ("B", 1),
+    )
     return f"{unfused / div:.3g}→{fused / div:.3g} {unit} ÷{unfused / fused:.1f}"
 
 
@@ -109,16 +137,24 @@ def render(report: dict, console) -> None:
     from fuser.analysis import human, human_bytes
 
     dev = report["device"]
-    t = Table(title=f"{report['model']}: {len(report['blocks'])} fusable blocks, {report['kernels']} distinct "
-                    f"kernels (model for {dev['name']}, {report['elem_bytes']}-byte storage)", title_justify="left")
+    t = Table(
+        title=f"{report['model']}: {len(report['blocks'])} fusable blocks, {report['kernels']} distinct "
+        f"kernels (model for {dev['name']}, {report['elem_bytes']}-byte storage)",
+        title_justify="left",
+    )
     for col in ("block", "shape", "tile", "MACs", "DRAM unfused→fused", "I (flop/B)", "roofline µs"):
         t.add_column(col, justify="left" if col in ("block", "shape", "tile") else "right")
     for r in report["blocks"]:
         unf_roof = sum(l["roofline_s"] for l in r["layers"])
-        t.add_row(r["name"], r["description"], "×".join(map(str, r["schedule"]["tile"])), human(r["macs"]),
-                  _bytes_pair(r["dram_bytes_unfused"], r["dram_bytes_fused"]),
-                  f"{r['intensity_unfused']:.0f}→{r['intensity_fused']:.0f}",
-                  f"{_us(unf_roof)}→{_us(r['fused']['roofline_s'])}")
+        t.add_row(
+            r["name"],
+            r["description"],
+            "×".join(map(str, r["schedule"]["tile"])),
+            human(r["macs"]),
+            _bytes_pair(r["dram_bytes_unfused"], r["dram_bytes_fused"]),
+            f"{r['intensity_unfused']:.0f}→{r['intensity_fused']:.0f}",
+            f"{_us(unf_roof)}→{_us(r['fused']['roofline_s'])}",
+        )
     console.print(t)
     if report["not_fused"]:
         nt = Table(title="not fused", title_justify="left")
@@ -135,9 +171,15 @@ def render(report: dict, console) -> None:
         for r in report["blocks"]:
             for k in r["layers"] + [r["fused"]]:
                 eff = k.get("efficiency")
-                gt.add_row(k["name"], k["op"], _us(k["ideal_s"]), _us(k["roofline_s"]), _us(k.get("measured_s")),
-                           "-" if eff is None else f"{100 * eff:.1f}%",
-                           "-" if "achieved_flops" not in k else f"{k['achieved_flops'] / 1e9:,.1f}")
+                gt.add_row(
+                    k["name"],
+                    k["op"],
+                    _us(k["ideal_s"]),
+                    _us(k["roofline_s"]),
+                    _us(k.get("measured_s")),
+                    "-" if eff is None else f"{100 * eff:.1f}%",
+                    "-" if "achieved_flops" not in k else f"{k['achieved_flops'] / 1e9:,.1f}",
+                )
         console.print(gt)
     w = report["waterline"]
     tot = report["totals"]
@@ -146,7 +188,9 @@ def render(report: dict, console) -> None:
         f"→ {human_bytes(tot['dram_bytes_fused'])} fused; waterline {_us(w['unfused']['waterline_s'])} µs unfused "
         f"({w['unfused']['kernels']} kernels) → {_us(w['fused']['waterline_s'])} µs fused "
         f"({w['fused']['kernels']} kernels); measured {_us(w['unfused']['measured_s'])} → "
-        f"{_us(w['fused']['measured_s'])} µs", highlight=False)
+        f"{_us(w['fused']['measured_s'])} µs",
+        highlight=False,
+    )
 
 
 def roofline_png(report: dict) -> bytes:
@@ -160,8 +204,9 @@ def roofline_png(report: dict) -> bytes:
 
     dev = report["device"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    points = ([(k, False) for r in report["blocks"] for k in r["layers"]]
-              + [(r["fused"], True) for r in report["blocks"]])
+    points = [(k, False) for r in report["blocks"] for k in r["layers"]] + [
+        (r["fused"], True) for r in report["blocks"]
+    ]
     xs = [k["intensity"] for k, _ in points if k["intensity"] > 0]
     lo, hi = (min(xs) / 3, max(xs) * 3) if xs else (0.1, 1000)
     ridge = dev["fp16_tensor_flops"] / dev["bandwidth"]
@@ -170,19 +215,32 @@ def roofline_png(report: dict) -> bytes:
     if dev["fp32_flops"] != dev["fp16_tensor_flops"]:
         roofs.append(("CUDA-core fp32 peak", dev["fp32_flops"], "k--"))
     for label, peak, style in roofs:
-        ax.plot(grid, np.minimum(peak, dev["bandwidth"] * grid), style, lw=1,
-                label=f"{label} {peak / 1e12:.3g} TFLOP/s")
-    for fused, color, marker, label in ((False, "tab:blue", "o", "unfused layer"),
-                                        (True, "tab:red", "*", "fused block")):
+        ax.plot(
+            grid,
+            np.minimum(peak, dev["bandwidth"] * grid),
+            style,
+            lw=1,
+            label=f"{label} {peak / 1e12:.3g} TFLOP/s",
+        )
+    for fused, color, marker, label in (
+        (False, "tab:blue", "o", "unfused layer"),
+        (True, "tab:red", "*", "fused block"),
+    ):
         sel = [k for k, f in points if f == fused and k["intensity"] > 0]
         for measured in (False, True):
             pts = [k for k in sel if ("achieved_flops" in k) == measured]
             if not pts:
                 continue
             ys = [k["achieved_flops"] if measured else k["attainable_flops"] for k in pts]
-            ax.scatter([k["intensity"] for k in pts], ys, marker=marker, s=70 if fused else 30,
-                       facecolors=color if measured else "none", edgecolors=color,
-                       label=f"{label} ({'measured' if measured else 'model'})")
+            ax.scatter(
+                [k["intensity"] for k in pts],
+                ys,
+                marker=marker,
+                s=70 if fused else 30,
+                facecolors=color if measured else "none",
+                edgecolors=color,
+                label=f"{label} ({'measured' if measured else 'model'})",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("operational intensity (flop / DRAM byte)")
@@ -210,9 +268,20 @@ def emit_kernels(graph: Graph, directory: str | Path, device: str = "h100") -> l
         if k.name not in written:
             atomic_write(directory / f"{k.name}.cu", k.source.encode())
             written.add(k.name)
-        manifest.append({"block": c.spec.name, "kind": c.spec.kind, "nodes": list(c.spec.nodes),
-                         "kernel": k.name, "file": f"{k.name}.cu", "grid": k.grid, "threads": k.threads,
-                         "smem_bytes": k.smem_bytes, "args": ["x", "y", *k.arg_names],
-                         "input_shape": list(c.spec.input_shape), "output_shape": list(c.spec.output_shape)})
+        manifest.append(
+            {
+                "block": c.spec.name,
+                "kind": c.spec.kind,
+                "nodes": list(c.spec.nodes),
+                "kernel": k.name,
+                "file": f"{k.name}.cu",
+                "grid": k.grid,
+                "threads": k.threads,
+                "smem_bytes": k.smem_bytes,
+                "args": ["x", "y", *k.arg_names],
+                "input_shape": list(c.spec.input_shape),
+                "output_shape": list(c.spec.output_shape),
+            }
+        )
     atomic_write(directory / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest

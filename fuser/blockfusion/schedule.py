@@ -41,6 +41,7 @@ the weights once; wave_efficiency = grid / (waves · SMs · CTAs per SM). The fa
 wins; ties go to the larger tile, then fewer warps. The kernel's __launch_bounds__
 asks for the CTAs per SM assumed here.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,9 +53,9 @@ from .devices import Device, schedule_target
 from .spec import BlockSpec, ConvLayer
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16
-SMEM_SKEW = 8                    # halves of padding per shared-memory row
+SMEM_SKEW = 8  # halves of padding per shared-memory row
 MAX_THREAD_REGS = 255
-REGS_OVERHEAD = 64               # addresses, fragments and loop state, besides accumulators (ptxas -v)
+REGS_OVERHEAD = 64  # addresses, fragments and loop state, besides accumulators (ptxas -v)
 TILE_SIDES = (1, 2, 4, 8, 16, 32)
 WARP_CHOICES = (4, 8, 16)
 MAX_HIDDEN_CHUNK = 256
@@ -100,7 +101,7 @@ class Gemm:
     n_pad: int
     k_pad: int
     times: int = 1
-    fixed_nfw: int = 0   # grouped convs: 1 (each 8-column fragment reads its own group's channels)
+    fixed_nfw: int = 0  # grouped convs: 1 (each 8-column fragment reads its own group's channels)
 
     @property
     def nfw(self) -> int:
@@ -123,7 +124,7 @@ class Gemm:
 class Buffer:
     name: str
     rows: int
-    ld: int      # halves per row (channels + skew)
+    ld: int  # halves per row (channels + skew)
 
     @property
     def nbytes(self) -> int:
@@ -132,16 +133,16 @@ class Buffer:
 
 def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     out = np.zeros((rows, *a.shape[1:]), a.dtype)
-    out[:a.shape[0]] = a
+    out[: a.shape[0]] = a
     return out
 
 
 def _pack_conv(layer: ConvLayer, rows: int, cin: int) -> np.ndarray:
     """[C_out, C_in/g, k, k] → [rows, k², cin]: row n is output channel n, taps outer, channels inner
     (the kernel's B operand / FMA weight order); padding is zeros."""
-    w = layer.weight.transpose(0, 2, 3, 1).reshape(layer.c_out, layer.kernel ** 2, -1)
-    out = np.zeros((rows, layer.kernel ** 2, cin), np.float32)
-    out[:layer.c_out, :, :w.shape[2]] = w
+    w = layer.weight.transpose(0, 2, 3, 1).reshape(layer.c_out, layer.kernel**2, -1)
+    out = np.zeros((rows, layer.kernel**2, cin), np.float32)
+    out[: layer.c_out, :, : w.shape[2]] = w
     return out
 
 
@@ -233,13 +234,23 @@ class BlockSchedule:
             return Region(1, -l.pad_top, -l.pad_left, self.tile_h + l.kernel - 1, self.tile_w + l.kernel - 1)
         if self.kind == "mbconv":
             l = spec.layer("depthwise")
-            return Region(l.stride, -l.pad_top, -l.pad_left, (self.tile_h - 1) * l.stride + l.kernel,
-                          (self.tile_w - 1) * l.stride + l.kernel)
+            return Region(
+                l.stride,
+                -l.pad_top,
+                -l.pad_left,
+                (self.tile_h - 1) * l.stride + l.kernel,
+                (self.tile_w - 1) * l.stride + l.kernel,
+            )
         c1 = spec.layers[0]
         mid = self.mid_region
         s = c1.stride
-        return Region(s, mid.offset_y * s - c1.pad_top, mid.offset_x * s - c1.pad_left,
-                      (mid.h - 1) * s + c1.kernel, (mid.w - 1) * s + c1.kernel)
+        return Region(
+            s,
+            mid.offset_y * s - c1.pad_top,
+            mid.offset_x * s - c1.pad_left,
+            (mid.h - 1) * s + c1.kernel,
+            (mid.w - 1) * s + c1.kernel,
+        )
 
     @property
     def residual_origin(self) -> int:
@@ -260,21 +271,27 @@ class BlockSchedule:
         → 80 for ConvFirst's group width 8 (1.1× the MACs at 15× the FP32 FMA rate). Depthwise
         convs (group width 1) would pad 9 → 16 per output: they stay on FMAs."""
         l = self.grouped_layer
-        return (l is not None and self.kind == "convfirst" and l.group_width_out % MMA_N == 0
-                and l.group_width_in % 2 == 0)
+        return (
+            l is not None
+            and self.kind == "convfirst"
+            and l.group_width_out % MMA_N == 0
+            and l.group_width_in % 2 == 0
+        )
 
     @property
     def grouped_k_pad(self) -> int:
         l = self.grouped_layer
-        return pad16(l.kernel ** 2 * l.group_width_in)
+        return pad16(l.kernel**2 * l.group_width_in)
 
     @property
     def gemms(self) -> list[Gemm]:
         spec, m = self.spec, self.tile_pixels
         if self.kind == "resnet_basic":
             c1, c2 = spec.layers
-            out = [Gemm("conv1", self.mid_region.pixels, pad16(c1.c_out), c1.kernel ** 2 * self.c_in_p),
-                   Gemm("conv2", m, self.c_out_p, c2.kernel ** 2 * pad16(c1.c_out))]
+            out = [
+                Gemm("conv1", self.mid_region.pixels, pad16(c1.c_out), c1.kernel**2 * self.c_in_p),
+                Gemm("conv2", m, self.c_out_p, c2.kernel**2 * pad16(c1.c_out)),
+            ]
             if spec.residual == "projection":
                 out.append(Gemm("shortcut", m, self.c_out_p, self.c_in_p))
             return out
@@ -296,7 +313,7 @@ class BlockSchedule:
         l = self.grouped_layer
         if l is None or self.grouped_on_tensor_cores:
             return 0
-        return 2 * self.tile_pixels * pad16(l.c_out) * l.group_width_in * l.kernel ** 2
+        return 2 * self.tile_pixels * pad16(l.c_out) * l.group_width_in * l.kernel**2
 
     @property
     def buffers(self) -> list[Buffer]:
@@ -305,8 +322,10 @@ class BlockSchedule:
         out = [Buffer("x_tile", xr.pixels, self.c_in_p + SMEM_SKEW)]
         hc_ld = self.hidden_chunk + SMEM_SKEW
         if self.kind == "convfirst":
-            out += [Buffer("spatial", self.tile_pixels, self.c_in_p + SMEM_SKEW),
-                    Buffer("hidden", self.tile_pixels, hc_ld)]
+            out += [
+                Buffer("spatial", self.tile_pixels, self.c_in_p + SMEM_SKEW),
+                Buffer("hidden", self.tile_pixels, hc_ld),
+            ]
         elif self.kind == "mbconv":
             if self.spec.layer("expand") is not None:
                 out.append(Buffer("hidden", xr.pixels, hc_ld))
@@ -335,8 +354,11 @@ class BlockSchedule:
 
     def ctas_per_sm(self, dev: Device) -> int:
         regs = min(MAX_THREAD_REGS, -(-self.regs_estimate // 8) * 8)
-        return min(dev.smem_per_sm // (self.smem_bytes + 1024), dev.max_threads_per_sm // self.threads,
-                   dev.regs_per_sm // (self.threads * regs))
+        return min(
+            dev.smem_per_sm // (self.smem_bytes + 1024),
+            dev.max_threads_per_sm // self.threads,
+            dev.regs_per_sm // (self.threads * regs),
+        )
 
     def fits(self, dev: Device) -> str:
         """'' when the schedule fits ``dev``, else why not."""
@@ -389,11 +411,17 @@ class BlockSchedule:
         return busy * waves * concurrent / self.grid
 
     def summary(self) -> dict:
-        return {"tile": [self.tile_h, self.tile_w],
-                "hidden_chunk": self.hidden_chunk if self.kind != "resnet_basic" else None,
-                "warps": self.warps, "threads": self.threads, "grid": self.grid,
-                "smem_bytes": self.smem_bytes, "acc_registers": self.acc_floats,
-                "halo_factor": round(self.halo_factor(), 4), "target": self.target}
+        return {
+            "tile": [self.tile_h, self.tile_w],
+            "hidden_chunk": self.hidden_chunk if self.kind != "resnet_basic" else None,
+            "warps": self.warps,
+            "threads": self.threads,
+            "grid": self.grid,
+            "smem_bytes": self.smem_bytes,
+            "acc_registers": self.acc_floats,
+            "halo_factor": round(self.halo_factor(), 4),
+            "target": self.target,
+        }
 
     # ---- weights in kernel-argument order ---------------------------------------------
     def _weight_slots(self) -> list[tuple[str, ConvLayer, int, int, np.ndarray | None]]:
@@ -402,25 +430,34 @@ class BlockSchedule:
         spec = self.spec
         if self.kind == "convfirst":
             sp, ex, pr = spec.layers
-            return [("spatial", sp, self.c_in_p, sp.group_width_in, sp.bias),  # see packed_weights
-                    ("expand", ex, self.hidden_p, self.c_in_p, ex.bias),
-                    ("project", pr, self.c_out_p, self.hidden_p, pr.bias)]
+            return [
+                ("spatial", sp, self.c_in_p, sp.group_width_in, sp.bias),  # see packed_weights
+                ("expand", ex, self.hidden_p, self.c_in_p, ex.bias),
+                ("project", pr, self.c_out_p, self.hidden_p, pr.bias),
+            ]
         if self.kind == "mbconv":
             ex = spec.layer("expand")
             slots = [("expand", ex, self.hidden_p, self.c_in_p, ex.bias)] if ex is not None else []
             dw, pr = spec.layer("depthwise"), spec.layer("project")
-            return slots + [("depthwise", dw, self.hidden_p, 1, dw.bias),
-                            ("project", pr, self.c_out_p, self.hidden_p, pr.bias)]
+            return slots + [
+                ("depthwise", dw, self.hidden_p, 1, dw.bias),
+                ("project", pr, self.c_out_p, self.hidden_p, pr.bias),
+            ]
         c1, c2 = spec.layers
         sc = spec.shortcut
         # the projection's bias is folded into conv2's: both add to the same accumulators
-        slots = [("conv1", c1, pad16(c1.c_out), self.c_in_p, c1.bias),
-                 ("conv2", c2, self.c_out_p, pad16(c1.c_out), c2.bias if sc is None else c2.bias + sc.bias)]
+        slots = [
+            ("conv1", c1, pad16(c1.c_out), self.c_in_p, c1.bias),
+            ("conv2", c2, self.c_out_p, pad16(c1.c_out), c2.bias if sc is None else c2.bias + sc.bias),
+        ]
         return slots + ([("shortcut", sc, self.c_out_p, self.c_in_p, None)] if sc is not None else [])
 
     def weight_arg_names(self) -> list[str]:
-        return [n for name, *_, bias in self._weight_slots()
-                for n in ([f"w_{name}", f"b_{name}"] if bias is not None else [f"w_{name}"])]
+        return [
+            n
+            for name, *_, bias in self._weight_slots()
+            for n in ([f"w_{name}", f"b_{name}"] if bias is not None else [f"w_{name}"])
+        ]
 
     def packed_weights(self, dtype=np.float16) -> list[tuple[str, np.ndarray]]:
         """(argument name, array) in the kernel's argument order: weights [rows, k², cin] (1×1:
@@ -443,13 +480,17 @@ class BlockSchedule:
 
 def candidate_schedules(spec: BlockSpec, target: str = "h100"):
     """Every (tile, hidden chunk, warps) the chooser considers, fitting or not."""
+
     def sides(n):
         top = 1 << max(0, math.ceil(math.log2(max(n, 1))))
         return [s for s in TILE_SIDES if s <= max(top, 1)]
 
     hidden_p = pad16(spec.hidden)
-    chunks = ([c for c in range(16, min(hidden_p, MAX_HIDDEN_CHUNK) + 1, 16) if hidden_p % c == 0]
-              if spec.kind != "resnet_basic" else [0])
+    chunks = (
+        [c for c in range(16, min(hidden_p, MAX_HIDDEN_CHUNK) + 1, 16) if hidden_p % c == 0]
+        if spec.kind != "resnet_basic"
+        else [0]
+    )
     rows, cols = sides(spec.out_hw[0]), sides(spec.out_hw[1])
     min_pixels = min(MMA_M, rows[-1] * cols[-1])  # fill an mma row fragment unless the map is smaller
     for th in rows:
@@ -485,8 +526,14 @@ def choose_schedule(spec: BlockSpec, target: str = "h100") -> BlockSchedule:
     return BlockSchedule(spec, th, tw, hc, warps, target)
 
 
-def fixed_schedule(spec: BlockSpec, tile_h: int, tile_w: int, hidden_chunk: int | None = None,
-                   warps: int = 8, target: str = "h100") -> BlockSchedule:
+def fixed_schedule(
+    spec: BlockSpec,
+    tile_h: int,
+    tile_w: int,
+    hidden_chunk: int | None = None,
+    warps: int = 8,
+    target: str = "h100",
+) -> BlockSchedule:
     """A schedule with the tile forced (tests use odd tiles to hit every edge); checked to fit."""
     if hidden_chunk is None:
         hidden_chunk = 0 if spec.kind == "resnet_basic" else 16

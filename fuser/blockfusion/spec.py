@@ -12,6 +12,7 @@ Kinds (Lavin 2024, arXiv 2404.03617, and the papers of the zoo models):
   mbconv        [1×1 expand + act] → k×k depthwise (stride s) + act → 1×1 project (+ x)
   resnet_basic  k×k conv (stride s) + act → k×k conv, + x or + 1×1 projection(x), act
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,18 +45,18 @@ def activate(v: np.ndarray, name: str) -> np.ndarray:
 class ConvLayer:
     """One Conv of a block (with the activation that follows it, if any)."""
 
-    node: str                    # the Conv's IR node name
-    role: str                    # spatial / expand / depthwise / project / conv1 / conv2 / shortcut
+    node: str  # the Conv's IR node name
+    role: str  # spatial / expand / depthwise / project / conv1 / conv2 / shortcut
     c_in: int
     c_out: int
-    kernel: int                  # square kernels only
-    stride: int                  # same on both axes
+    kernel: int  # square kernels only
+    stride: int  # same on both axes
     pad_top: int
     pad_left: int
     groups: int
     activation: str
     weight: np.ndarray = field(repr=False)  # [c_out, c_in / groups, k, k] float32, BN folded
-    bias: np.ndarray = field(repr=False)    # [c_out] float32 (zeros when the Conv had none)
+    bias: np.ndarray = field(repr=False)  # [c_out] float32 (zeros when the Conv had none)
     in_hw: tuple[int, int] = (0, 0)
     out_hw: tuple[int, int] = (0, 0)
     act_nodes: tuple[str, ...] = ()  # IR nodes of the activation
@@ -75,11 +76,22 @@ class ConvLayer:
 
     def macs(self, batch: int) -> int:
         """numel(Y)·(C_in/groups)·k² (fuser.analysis's convention)."""
-        return batch * self.out_hw[0] * self.out_hw[1] * self.c_out * self.group_width_in * self.kernel ** 2
+        return batch * self.out_hw[0] * self.out_hw[1] * self.c_out * self.group_width_in * self.kernel**2
 
     def shape_key(self) -> tuple:
-        return (self.role, self.c_in, self.c_out, self.kernel, self.stride, self.pad_top,
-                self.pad_left, self.groups, self.activation, self.in_hw, self.out_hw)
+        return (
+            self.role,
+            self.c_in,
+            self.c_out,
+            self.kernel,
+            self.stride,
+            self.pad_top,
+            self.pad_left,
+            self.groups,
+            self.activation,
+            self.in_hw,
+            self.out_hw,
+        )
 
 
 @dataclass(eq=False)
@@ -87,13 +99,13 @@ class BlockSpec:
     """A residual block (or its strided, residual-free variant) that one kernel computes."""
 
     kind: str
-    name: str                         # a stable name: kind + index in the graph
+    name: str  # a stable name: kind + index in the graph
     batch: int
-    layers: list[ConvLayer]           # the main path, in order
-    residual: str                     # "identity", "projection" or "none"
-    final_activation: str = "none"    # after the residual add
+    layers: list[ConvLayer]  # the main path, in order
+    residual: str  # "identity", "projection" or "none"
+    final_activation: str = "none"  # after the residual add
     shortcut: ConvLayer | None = None  # the 1×1 projection when residual == "projection"
-    nodes: tuple[str, ...] = ()       # every IR node of the block
+    nodes: tuple[str, ...] = ()  # every IR node of the block
     input_name: str = ""
     output_name: str = ""
     add_node: str = ""
@@ -164,16 +176,23 @@ class BlockSpec:
 
     def signature(self) -> str:
         """Hash of everything that shapes the kernel (not the weights): equal blocks share a kernel."""
-        key = (self.kind, self.batch, self.residual, self.final_activation,
-               tuple(l.shape_key() for l in self.all_layers()))
+        key = (
+            self.kind,
+            self.batch,
+            self.residual,
+            self.final_activation,
+            tuple(l.shape_key() for l in self.all_layers()),
+        )
         return hashlib.sha1(repr(key).encode()).hexdigest()[:10]
 
     def describe(self) -> str:
         """'mbconv k3 s2 24→32 E6 16×16→8×8' (one line for tables)."""
         e = f" E{self.expansion:g}" if self.kind != "resnet_basic" else ""
         res = {"identity": " +x", "projection": " +proj(x)", "none": ""}[self.residual]
-        return (f"k{self.kernel} s{self.stride} {self.c_in}→{self.c_out}{e} "
-                f"{self.in_hw[0]}×{self.in_hw[1]}→{self.out_hw[0]}×{self.out_hw[1]}{res}")
+        return (
+            f"k{self.kernel} s{self.stride} {self.c_in}→{self.c_out}{e} "
+            f"{self.in_hw[0]}×{self.in_hw[1]}→{self.out_hw[0]}×{self.out_hw[1]}{res}"
+        )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ The ops are the ones fuser.optimize leaves after BN folding: Conv with bias, Rel
 Clip(0, 6), HardSwish, Sigmoid + Mul (SiLU), Add. Weights are seeded, N(0, 1/fan_in)
 with biases N(0, 0.1), so every term of the block matters.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,20 +29,43 @@ def _act(g: Graph, v: Value, name: str) -> Value:
     raise ValueError(name)
 
 
-def _conv(g: Graph, v: Value, c_in: int, c_out: int, k: int, stride: int, groups: int,
-          rng: np.random.Generator) -> Value:
-    w = (rng.standard_normal((c_out, c_in // groups, k, k)) / np.sqrt(c_in // groups * k * k)).astype(np.float32)
+def _conv(
+    g: Graph, v: Value, c_in: int, c_out: int, k: int, stride: int, groups: int, rng: np.random.Generator
+) -> Value:
+    w = (rng.standard_normal((c_out, c_in // groups, k, k)) / np.sqrt(c_in // groups * k * k)).astype(
+        np.float32
+    )
     b = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
     p = k // 2
-    return g.add_node("Conv", [v, g.const(w, "w"), g.const(b, "b")],
-                      attrs={"kernel_shape": [k, k], "strides": [stride, stride], "pads": [p, p, p, p],
-                             "dilations": [1, 1], "group": groups}).output
+    return g.add_node(
+        "Conv",
+        [v, g.const(w, "w"), g.const(b, "b")],
+        attrs={
+            "kernel_shape": [k, k],
+            "strides": [stride, stride],
+            "pads": [p, p, p, p],
+            "dilations": [1, 1],
+            "group": groups,
+        },
+    ).output
 
 
-def block_graph(kind: str, channels: int, *, out_channels: int | None = None, expansion: int = 4,
-                kernel: int = 3, stride: int = 1, hw: tuple[int, int] = (16, 16), batch: int = 1,
-                residual: bool | None = None, activation: str | None = None, group_width: int = 8,
-                with_expand: bool = True, seed: int = 0) -> Graph:
+def block_graph(
+    kind: str,
+    channels: int,
+    *,
+    out_channels: int | None = None,
+    expansion: int = 4,
+    kernel: int = 3,
+    stride: int = 1,
+    hw: tuple[int, int] = (16, 16),
+    batch: int = 1,
+    residual: bool | None = None,
+    activation: str | None = None,
+    group_width: int = 8,
+    with_expand: bool = True,
+    seed: int = 0,
+) -> Graph:
     """One block as a Graph (static shapes inferred). ``residual`` defaults to True where the
     shapes allow it (resnet_basic: a 1×1 projection when they do not)."""
     from fuser.shapes import infer_shapes

@@ -1,5 +1,6 @@
 """`fuser blocks`: find the residual blocks one generated CUDA kernel each computes, and model
 (or measure) what fusing them saves."""
+
 from __future__ import annotations
 
 import click
@@ -12,16 +13,34 @@ from fuser.cli_common import emit_json, input_shape_option, json_option, load_gr
 @click.argument("model")
 @input_shape_option
 @json_option
-@click.option("--device", type=click.Choice(DEVICE_NAMES), default="h100", show_default=True,
-              help="Peaks for the model: h100/h200 from NVIDIA's specs (fp16 storage); cpu measured "
-                   "here (fp32). Kernels always target sm_90.")
-@click.option("--measure", is_flag=True,
-              help="Time each unfused layer with PyTorch here (and each fused kernel on a GPU) for the "
-                   "efficiency gap and the measured waterline.")
-@click.option("--emit-cuda", "emit_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Write one .cu per distinct kernel and manifest.json (block → kernel, launch) to DIR.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="PNG",
-              help="Write a roofline plot: one point per kernel, unfused layers and fused blocks.")
+@click.option(
+    "--device",
+    type=click.Choice(DEVICE_NAMES),
+    default="h100",
+    show_default=True,
+    help="Peaks for the model: h100/h200 from NVIDIA's specs (fp16 storage); cpu measured "
+    "here (fp32). Kernels always target sm_90.",
+)
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Time each unfused layer with PyTorch here (and each fused kernel on a GPU) for the "
+    "efficiency gap and the measured waterline.",
+)
+@click.option(
+    "--emit-cuda",
+    "emit_dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Write one .cu per distinct kernel and manifest.json (block → kernel, launch) to DIR.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    metavar="PNG",
+    help="Write a roofline plot: one point per kernel, unfused layers and fused blocks.",
+)
 def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
     """Block fusion report for MODEL: one CUDA kernel per residual block.
 

@@ -1,4 +1,5 @@
 """`fuser prune`: structured channel pruning of an ONNX file or zoo model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fuser.cli_common import (emit_json, err, input_shape_option, json_option, load_graph, out,
-                              status)
+from fuser.cli_common import emit_json, err, input_shape_option, json_option, load_graph, out, status
 from fuser.ir import FuserError
 from fuser.pruning.importance import CRITERIA, NORMALIZERS, REDUCTIONS
 
@@ -37,8 +37,7 @@ def _load_data(path: str | None):
     try:
         loaded = np.load(path)
     except Exception as e:
-        raise FuserError(f"--data {path}: not a readable .npy/.npz file "
-                         f"({type(e).__name__})") from None
+        raise FuserError(f"--data {path}: not a readable .npy/.npz file ({type(e).__name__})") from None
     if isinstance(loaded, np.ndarray):
         return loaded
     if "x" not in loaded:
@@ -59,44 +58,101 @@ def _table(report, model: str):
         t.add_column(col, justify="left" if col == "layers" else "right")
     for g in report.groups:
         fixed = "" if g.prunable else " (fixed)"
-        t.add_row(str(g.index), g.name, f"{g.channels} -> {g.kept}{fixed}",
-                  f"{_short(g.params_before)} -> {_short(g.params_after)}",
-                  f"{_short(g.macs_before)} -> {_short(g.macs_after)}",
-                  style=None if g.kept < g.channels else "dim")
+        t.add_row(
+            str(g.index),
+            g.name,
+            f"{g.channels} -> {g.kept}{fixed}",
+            f"{_short(g.params_before)} -> {_short(g.params_after)}",
+            f"{_short(g.macs_before)} -> {_short(g.macs_after)}",
+            style=None if g.kept < g.channels else "dim",
+        )
     return t
 
 
 @click.command("prune")
 @click.argument("model")
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--ratio", type=float, required=True,
-              help="Fraction of each group's channels to remove, in [0, 1).")
-@click.option("--criterion", type=click.Choice(CRITERIA), default="l2", show_default=True,
-              help="l1/l2: weight magnitude; taylor: |w·dL/dw| on --data; obs: data-free, "
-                   "compensates the next layers.")
-@click.option("--global", "global_pruning", is_flag=True,
-              help="Rank channels of all groups together (ratio of all channels), not per group.")
+@click.option(
+    "--ratio", type=float, required=True, help="Fraction of each group's channels to remove, in [0, 1)."
+)
+@click.option(
+    "--criterion",
+    type=click.Choice(CRITERIA),
+    default="l2",
+    show_default=True,
+    help="l1/l2: weight magnitude; taylor: |w·dL/dw| on --data; obs: data-free, compensates the next layers.",
+)
+@click.option(
+    "--global",
+    "global_pruning",
+    is_flag=True,
+    help="Rank channels of all groups together (ratio of all channels), not per group.",
+)
 @click.option("--round-to", type=int, help="Keep channel counts multiples of this (e.g. 8).")
-@click.option("--ignore", "ignored", multiple=True, metavar="NAME",
-              help="A layer (node, weight or module name, glob) keeping its output channels. "
-                   "Repeat.")
-@click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="PATTERN=R",
-              help="Own ratio for the groups made by matching layers, e.g. 'layer4.*=0.7'. Repeat.")
-@click.option("--reduction", type=click.Choice(REDUCTIONS), default="mean", show_default=True,
-              help="How the scores of a group's layers combine per channel.")
-@click.option("--normalizer", type=click.Choice([n for n in NORMALIZERS if n] + ["none"]),
-              default="mean", show_default=True,
-              help="Per-group score normalization (matters with --global).")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False),
-              help="For taylor: an .npy of inputs, or an .npz with 'x' and (class) targets 'y'.")
-@click.option("--heads", is_flag=True,
-              help="Prune attention by whole heads (head count rewritten), not by head dimension.")
-@click.option("--optimize", "optimize_first", is_flag=True,
-              help="Run the optimize pipeline first (fold BatchNorm into convs, cleanups).")
+@click.option(
+    "--ignore",
+    "ignored",
+    multiple=True,
+    metavar="NAME",
+    help="A layer (node, weight or module name, glob) keeping its output channels. Repeat.",
+)
+@click.option(
+    "--layer-ratio",
+    "layer_ratios",
+    multiple=True,
+    metavar="PATTERN=R",
+    help="Own ratio for the groups made by matching layers, e.g. 'layer4.*=0.7'. Repeat.",
+)
+@click.option(
+    "--reduction",
+    type=click.Choice(REDUCTIONS),
+    default="mean",
+    show_default=True,
+    help="How the scores of a group's layers combine per channel.",
+)
+@click.option(
+    "--normalizer",
+    type=click.Choice([n for n in NORMALIZERS if n] + ["none"]),
+    default="mean",
+    show_default=True,
+    help="Per-group score normalization (matters with --global).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help="For taylor: an .npy of inputs, or an .npz with 'x' and (class) targets 'y'.",
+)
+@click.option(
+    "--heads",
+    is_flag=True,
+    help="Prune attention by whole heads (head count rewritten), not by head dimension.",
+)
+@click.option(
+    "--optimize",
+    "optimize_first",
+    is_flag=True,
+    help="Run the optimize pipeline first (fold BatchNorm into convs, cleanups).",
+)
 @input_shape_option
 @json_option
-def command(model, output, ratio, criterion, global_pruning, round_to, ignored, layer_ratios,
-            reduction, normalizer, data_path, heads, optimize_first, input_shapes, as_json):
+def command(
+    model,
+    output,
+    ratio,
+    criterion,
+    global_pruning,
+    round_to,
+    ignored,
+    layer_ratios,
+    reduction,
+    normalizer,
+    data_path,
+    heads,
+    optimize_first,
+    input_shapes,
+    as_json,
+):
     """Remove channels from MODEL and write OUTPUT (.onnx); print MACs/params before and after.
 
     \b
@@ -128,19 +184,33 @@ def command(model, output, ratio, criterion, global_pruning, round_to, ignored, 
     if optimize_first:
         with status("optimizing"):
             graph = api.optimize(graph)
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=as_json) as bar:
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as bar:
         task = bar.add_task("pruning", total=len(STEPS))
 
         def progress(step: str):
             bar.update(task, description=step, completed=STEPS.index(step))
 
-        report = prune_graph(graph, ratio, criterion, data=data, global_pruning=global_pruning,
-                             group_reduction=reduction,
-                             normalizer=None if normalizer == "none" else normalizer,
-                             round_to=round_to, ignored=ignored,
-                             layer_ratios=_layer_ratios(layer_ratios), heads=heads,
-                             progress=progress)
+        report = prune_graph(
+            graph,
+            ratio,
+            criterion,
+            data=data,
+            global_pruning=global_pruning,
+            group_reduction=reduction,
+            normalizer=None if normalizer == "none" else normalizer,
+            round_to=round_to,
+            ignored=ignored,
+            layer_ratios=_layer_ratios(layer_ratios),
+            heads=heads,
+            progress=progress,
+        )
         bar.update(task, description="writing", completed=len(STEPS))
         save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
     if as_json:
@@ -151,10 +221,12 @@ def command(model, output, ratio, criterion, global_pruning, round_to, ignored, 
         out.print(f"[dim]fixed: {reason}[/]", highlight=False)
     for b in report.blocked:
         out.print(f"[yellow]blocked[/] {b}", highlight=False)
-    out.print(f"[bold]total[/]: MACs {human(report.macs_before)} -> {human(report.macs_after)} "
-              f"({report.macs_after / max(report.macs_before, 1):.1%}), params "
-              f"{report.params_before:,} -> {report.params_after:,} "
-              f"({report.params_after / max(report.params_before, 1):.1%}); "
-              f"{report.channels_removed} channels removed in {report.seconds:.1f} s; "
-              f"wrote {output}",
-              highlight=False)
+    out.print(
+        f"[bold]total[/]: MACs {human(report.macs_before)} -> {human(report.macs_after)} "
+        f"({report.macs_after / max(report.macs_before, 1):.1%}), params "
+        f"{report.params_before:,} -> {report.params_after:,} "
+        f"({report.params_after / max(report.params_before, 1):.1%}); "
+        f"{report.channels_removed} channels removed in {report.seconds:.1f} s; "
+        f"wrote {output}",
+        highlight=False,
+    )

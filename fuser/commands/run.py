@@ -1,4 +1,5 @@
 """`fuser run`: run a TVM build written by `fuser compile` on .npy inputs."""
+
 from __future__ import annotations
 
 import io
@@ -33,10 +34,19 @@ def _parse_inputs(specs: tuple[str, ...], names: list[str]) -> dict:
 
 @click.command("run")
 @click.argument("build_dir", type=click.Path(file_okay=False))
-@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
-              help="An input array; repeat per input. FILE.npy alone names a single input.")
-@click.option("--output", "output", type=click.Path(dir_okay=False),
-              help="Write the outputs to this .npz, keyed by output name.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="An input array; repeat per input. FILE.npy alone names a single input.",
+)
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Write the outputs to this .npz, keyed by output name.",
+)
 @json_option
 def command(build_dir, inputs, output, as_json):
     """Run the TVM build in BUILD_DIR (from `fuser compile`) on numpy inputs.
@@ -60,9 +70,17 @@ def command(build_dir, inputs, output, as_json):
         buf = io.BytesIO()
         np.savez(buf, **named)
         atomic_write(output, buf.getvalue())
-    summary = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype),
-                "min": float(v.min()), "max": float(v.max()), "mean": float(v.mean())}
-               for k, v in named.items()]
+    summary = [
+        {
+            "name": k,
+            "shape": list(v.shape),
+            "dtype": str(v.dtype),
+            "min": float(v.min()),
+            "max": float(v.max()),
+            "mean": float(v.mean()),
+        }
+        for k, v in named.items()
+    ]
     if as_json:
         emit_json({"build": build_dir, "output": output, "outputs": summary})
         return
@@ -70,6 +88,7 @@ def command(build_dir, inputs, output, as_json):
     for col in ("name", "shape", "dtype", "min", "max", "mean"):
         t.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
     for s in summary:
-        t.add_row(s["name"], str(s["shape"]), s["dtype"], f"{s['min']:.4g}", f"{s['max']:.4g}",
-                  f"{s['mean']:.4g}")
+        t.add_row(
+            s["name"], str(s["shape"]), s["dtype"], f"{s['min']:.4g}", f"{s['max']:.4g}", f"{s['mean']:.4g}"
+        )
     out.print(t)

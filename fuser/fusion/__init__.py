@@ -11,6 +11,7 @@ F_β and F_D), ``plan`` (partitions, genome, JSON), ``split`` and ``explain``
 (splitting invalid groups, explanations), ``gnn`` (the learned explainer),
 ``search`` (greedy, random, local, NSGA-II), ``exact`` (optimum of small graphs).
 """
+
 from .api import EXPLAINERS, partition, partition_fusion_graph, prepare_graph
 from .cost import BRR, LBDF, STYLES, CostModel, GroupCost, make_cost_model, parse_size
 from .explain import ExactExplainer, Explanation
@@ -19,8 +20,30 @@ from .plan import Plan, decode, encode, partition_problems
 from .search import SEARCHES, PlanEvaluator
 from .split import SPLITS, ExplainSplitter, RandomSplitter, rectify_rate
 
-__all__ = ["partition", "partition_fusion_graph", "prepare_graph", "Plan", "FusionGraph",
-           "build_fusion_graph", "CostModel", "LBDF", "BRR", "GroupCost", "make_cost_model",
-           "parse_size", "ExactExplainer", "Explanation", "ExplainSplitter", "RandomSplitter",
-           "PlanEvaluator", "rectify_rate", "partition_problems", "encode", "decode",
-           "STYLES", "SEARCHES", "SPLITS", "EXPLAINERS"]
+__all__ = [
+    "partition",
+    "partition_fusion_graph",
+    "prepare_graph",
+    "Plan",
+    "FusionGraph",
+    "build_fusion_graph",
+    "CostModel",
+    "LBDF",
+    "BRR",
+    "GroupCost",
+    "make_cost_model",
+    "parse_size",
+    "ExactExplainer",
+    "Explanation",
+    "ExplainSplitter",
+    "RandomSplitter",
+    "PlanEvaluator",
+    "rectify_rate",
+    "partition_problems",
+    "encode",
+    "decode",
+    "STYLES",
+    "SEARCHES",
+    "SPLITS",
+    "EXPLAINERS",
+]

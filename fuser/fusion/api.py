@@ -1,4 +1,5 @@
 """``partition``: the one call that plans fusion groups for a model."""
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,11 @@ def prepare_graph(model: Any, input_shapes: Any = None, optimize: bool = True) -
     from ..api import optimize as run_optimize
     from ..api import to_graph
 
-    return run_optimize(model, input_shapes=input_shapes) if optimize else to_graph(model, input_shapes=input_shapes)
+    return (
+        run_optimize(model, input_shapes=input_shapes)
+        if optimize
+        else to_graph(model, input_shapes=input_shapes)
+    )
 
 
 def make_explainer(name: str, cost: CostModel, seed: int = 0) -> Explainer:
@@ -35,32 +40,55 @@ def make_explainer(name: str, cost: CostModel, seed: int = 0) -> Explainer:
 
 def group_report(cost: CostModel, mask: int) -> dict:
     c: GroupCost = cost.cost(mask)
-    row = {"ops": cost.fg.group_names(mask), "buffer_bytes": c.buffer_bytes, "dram_bytes": c.dram_bytes,
-           "valid": c.valid, "fits": c.fits, "weight_bytes": c.weight_bytes,
-           "feature_bytes": c.feature_bytes, "input_bytes": c.input_bytes, "output_bytes": c.output_bytes}
+    row = {
+        "ops": cost.fg.group_names(mask),
+        "buffer_bytes": c.buffer_bytes,
+        "dram_bytes": c.dram_bytes,
+        "valid": c.valid,
+        "fits": c.fits,
+        "weight_bytes": c.weight_bytes,
+        "feature_bytes": c.feature_bytes,
+        "input_bytes": c.input_bytes,
+        "output_bytes": c.output_bytes,
+    }
     if cost.name == "brr":
         row["tiles"] = c.tiles
     return row
 
 
-def build_plan(cost: CostModel, best: Evaluated, front: list[Evaluated], search: dict,
-               splitter: Splitter) -> Plan:
+def build_plan(
+    cost: CostModel, best: Evaluated, front: list[Evaluated], search: dict, splitter: Splitter
+) -> Plan:
     fg = cost.fg
     return Plan(
-        model=fg.graph.name, style=cost.name, buffer_bytes=cost.buffer_bytes,
-        element_bytes=cost.element_bytes, dram_bytes=best.dram,
-        no_fusion_dram_bytes=cost.no_fusion_dram(), peak_buffer_bytes=best.peak,
+        model=fg.graph.name,
+        style=cost.name,
+        buffer_bytes=cost.buffer_bytes,
+        element_bytes=cost.element_bytes,
+        dram_bytes=best.dram,
+        no_fusion_dram_bytes=cost.no_fusion_dram(),
+        peak_buffer_bytes=best.peak,
         groups=[group_report(cost, g) for g in topological_groups(fg, best.groups)],
         splits=[splitter.describe(step) for step in best.steps],
         unfusable=[{"op": fg.names[i], "reason": why} for i, why in cost.unfusable()],
         search=search,
-        pareto=[{"dram_bytes": p.dram, "peak_buffer_bytes": p.peak, "groups": len(p.groups)} for p in front])
+        pareto=[{"dram_bytes": p.dram, "peak_buffer_bytes": p.peak, "groups": len(p.groups)} for p in front],
+    )
 
 
-def partition_fusion_graph(fg: FusionGraph, *, buffer: int | str = "256KB", style: str = "lbdf",
-                           search: str = "local", split: str = "explain", budget: int = 1000,
-                           seed: int = 0, element_bytes: int = 1, explainer: str = "exact",
-                           progress: Progress | None = None) -> tuple[Plan, float]:
+def partition_fusion_graph(
+    fg: FusionGraph,
+    *,
+    buffer: int | str = "256KB",
+    style: str = "lbdf",
+    search: str = "local",
+    split: str = "explain",
+    budget: int = 1000,
+    seed: int = 0,
+    element_bytes: int = 1,
+    explainer: str = "exact",
+    progress: Progress | None = None,
+) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds)."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
@@ -68,21 +96,40 @@ def partition_fusion_graph(fg: FusionGraph, *, buffer: int | str = "256KB", styl
         raise FuserError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
     buffer_bytes = parse_size(buffer) if isinstance(buffer, str) else int(buffer)
     cost = make_cost_model(fg, style, buffer_bytes, element_bytes)
-    splitter = make_splitter(split, cost, seed, make_explainer(explainer, cost, seed) if split == "explain" else None)
+    splitter = make_splitter(
+        split, cost, seed, make_explainer(explainer, cost, seed) if split == "explain" else None
+    )
     evaluator = PlanEvaluator(cost, splitter, budget, progress)
     start = time.perf_counter()
     best, front = run_search(search, evaluator, seed)
     seconds = time.perf_counter() - start
-    info = {"search": search, "split": split, "explainer": explainer if split == "explain" else None,
-            "budget": budget, "seed": seed, "plans_evaluated": evaluator.used,
-            "buffer": format_size(buffer_bytes)}
+    info = {
+        "search": search,
+        "split": split,
+        "explainer": explainer if split == "explain" else None,
+        "budget": budget,
+        "seed": seed,
+        "plans_evaluated": evaluator.used,
+        "buffer": format_size(buffer_bytes),
+    }
     return build_plan(cost, best, front, info, splitter), seconds
 
 
-def partition(model: Any, buffer: int | str = "256KB", style: str = "lbdf", search: str = "local",
-              split: str = "explain", budget: int = 1000, seed: int = 0, *, element_bytes: int = 1,
-              explainer: str = "exact", input_shapes: Any = None, optimize: bool = True,
-              progress: Progress | None = None) -> Plan:
+def partition(
+    model: Any,
+    buffer: int | str = "256KB",
+    style: str = "lbdf",
+    search: str = "local",
+    split: str = "explain",
+    budget: int = 1000,
+    seed: int = 0,
+    *,
+    element_bytes: int = 1,
+    explainer: str = "exact",
+    input_shapes: Any = None,
+    optimize: bool = True,
+    progress: Progress | None = None,
+) -> Plan:
     """Partition a model's ops into fusion groups under an on-chip buffer of ``buffer`` bytes.
 
     ``model``: anything ``fuser.to_graph`` takes (a Graph, an ONNX path, ``"zoo:NAME"``);
@@ -97,8 +144,16 @@ def partition(model: Any, buffer: int | str = "256KB", style: str = "lbdf", sear
         >>> plan.dram_bytes / plan.no_fusion_dram_bytes
     """
     graph = prepare_graph(model, input_shapes, optimize)
-    plan, _ = partition_fusion_graph(build_fusion_graph(graph), buffer=buffer, style=style,
-                                     search=search, split=split, budget=budget, seed=seed,
-                                     element_bytes=element_bytes, explainer=explainer,
-                                     progress=progress)
+    plan, _ = partition_fusion_graph(
+        build_fusion_graph(graph),
+        buffer=buffer,
+        style=style,
+        search=search,
+        split=split,
+        budget=budget,
+        seed=seed,
+        element_bytes=element_bytes,
+        explainer=explainer,
+        progress=progress,
+    )
     return plan

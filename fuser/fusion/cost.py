@@ -52,12 +52,13 @@ every tile fetches all weights again. A tile produces ⌈H/T⌉ rows of each out
   F_D(G)    = (W(G)·T* + In(G) + Out(G))·e
   invalid   when even the smallest feature footprint, F_β(G, T_max), is ≥ β.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class GroupCost:
     buffer_bytes: int
     dram_bytes: int
     valid: bool
-    fits: bool          # buffer_bytes < β (a single op is valid even when it does not fit)
+    fits: bool  # buffer_bytes < β (a single op is valid even when it does not fit)
     weight_bytes: int
     feature_bytes: int
     input_bytes: int
@@ -115,8 +116,9 @@ class CostModel:
         self._lower_dram: dict[int, int] = {}
         self._weights = np.array(fg.weight_numel, dtype=np.int64)
         # each op's outputs hold at least one row on chip
-        self._output_rows = np.array([sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs],
-                                     dtype=np.int64)
+        self._output_rows = np.array(
+            [sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs], dtype=np.int64
+        )
         self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
         self.fusable_mask = sum(1 << i for i in range(fg.n) if self.cost(1 << i).fits)
 
@@ -161,8 +163,11 @@ class CostModel:
         bound = self._lower_dram.get(mask)
         if bound is None:
             c = self._memo.get(mask)
-            bound = self._lower_dram[mask] = (self._dram_elements(mask) * self.element_bytes
-                                              if c is None or self.name == "brr" else c.dram_bytes)
+            bound = self._lower_dram[mask] = (
+                self._dram_elements(mask) * self.element_bytes
+                if c is None or self.name == "brr"
+                else c.dram_bytes
+            )
         return bound
 
     def unfusable(self) -> list[tuple[int, str]]:
@@ -237,7 +242,7 @@ class CostModel:
         whole = 0
         if mask & fg.barrier_mask:
             complete_out: dict[int, int] = {}  # tensors complete before the op emits a row
-            upstream: dict[int, int] = {}      # tensors read by the op or its ancestors in G
+            upstream: dict[int, int] = {}  # tensors read by the op or its ancestors in G
             for op in ops:
                 ready, up = 0, fg.op_input_mask[op]
                 for p in fg.preds[op]:
@@ -255,13 +260,16 @@ class CostModel:
 
     def _feature(self, rows: dict[int, int], whole: int) -> int:
         fg = self.fg
-        return sum((fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t]
-                   for t, r in rows.items())
+        return sum(
+            (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] for t, r in rows.items()
+        )
 
     def _tensor_bytes(self, rows, whole) -> dict[int, int]:
         fg, e = self.fg, self.element_bytes
-        return {t: (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] * e
-                for t, r in rows.items()}
+        return {
+            t: (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] * e
+            for t, r in rows.items()
+        }
 
     def _cost(self, mask: int) -> GroupCost:
         raise NotImplementedError
@@ -292,14 +300,25 @@ class LBDF(CostModel):
         feature = self._feature(rows, whole)
         buffer = (weights + feature) * e
         fits = buffer < self.buffer_bytes
-        return GroupCost(buffer, (weights + n_in + n_out) * e, fits or len(ops) == 1, fits,
-                         weights * e, feature * e, n_in * e, n_out * e)
+        return GroupCost(
+            buffer,
+            (weights + n_in + n_out) * e,
+            fits or len(ops) == 1,
+            fits,
+            weights * e,
+            feature * e,
+            n_in * e,
+            n_out * e,
+        )
 
     def breakdown(self, mask: int) -> Breakdown:
         ops = bits(mask)
         rows, demander, whole = self._rows(ops, mask, _one_row)
-        return Breakdown({i: self.fg.weight_numel[i] * self.element_bytes for i in ops},
-                         self._tensor_bytes(rows, whole), demander)
+        return Breakdown(
+            {i: self.fg.weight_numel[i] * self.element_bytes for i in ops},
+            self._tensor_bytes(rows, whole),
+            demander,
+        )
 
 
 class BRR(CostModel):
@@ -313,8 +332,12 @@ class BRR(CostModel):
 
     def _tiles_max(self, mask: int, ops: list[int]) -> int:
         fg = self.fg
-        heights = [fg.tensor_height[t] for i in ops for t in fg.op_outputs[i]
-                   if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask]
+        heights = [
+            fg.tensor_height[t]
+            for i in ops
+            for t in fg.op_outputs[i]
+            if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask
+        ]
         return max(heights, default=1)
 
     def _footprint(self, ops, mask, tiles: int) -> int:
@@ -331,8 +354,17 @@ class BRR(CostModel):
         fits = (w_max + smallest) * e < beta
         if len(ops) == 1 or not fits:
             # alone, an op runs layer by layer (the baseline); an invalid group is never run
-            return GroupCost((w_max + smallest) * e, (weights + n_in + n_out) * e, len(ops) == 1,
-                             fits, w_max * e, smallest * e, n_in * e, n_out * e, t_max)
+            return GroupCost(
+                (w_max + smallest) * e,
+                (weights + n_in + n_out) * e,
+                len(ops) == 1,
+                fits,
+                w_max * e,
+                smallest * e,
+                n_in * e,
+                n_out * e,
+                t_max,
+            )
         lo, hi = 1, t_max  # fewest tiles that fit: Feat only shrinks as tiles grow
         feature_hi = smallest
         while lo < hi:
@@ -342,8 +374,17 @@ class BRR(CostModel):
                 hi, feature_hi = mid, f
             else:
                 lo = mid + 1
-        return GroupCost((w_max + feature_hi) * e, (weights * hi + n_in + n_out) * e, True, True,
-                         w_max * e, feature_hi * e, n_in * e, n_out * e, hi)
+        return GroupCost(
+            (w_max + feature_hi) * e,
+            (weights * hi + n_in + n_out) * e,
+            True,
+            True,
+            w_max * e,
+            feature_hi * e,
+            n_in * e,
+            n_out * e,
+            hi,
+        )
 
     def breakdown(self, mask: int) -> Breakdown:
         fg = self.fg
@@ -351,8 +392,11 @@ class BRR(CostModel):
         t_max = self._tiles_max(mask, ops)
         rows, demander, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // t_max))
         heaviest = max(ops, key=lambda i: fg.weight_numel[i])
-        return Breakdown({i: (fg.weight_numel[i] * self.element_bytes if i == heaviest else 0) for i in ops},
-                         self._tensor_bytes(rows, whole), demander)
+        return Breakdown(
+            {i: (fg.weight_numel[i] * self.element_bytes if i == heaviest else 0) for i in ops},
+            self._tensor_bytes(rows, whole),
+            demander,
+        )
 
 
 COST_MODELS = {"lbdf": LBDF, "brr": BRR}
@@ -364,15 +408,28 @@ def make_cost_model(fg: FusionGraph, style: str, buffer_bytes: int, element_byte
     return COST_MODELS[style](fg, buffer_bytes, element_bytes)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+}
 
 
 def parse_size(text: str) -> int:
     """'256KB' -> 262144 (KB = KiB = 1024 bytes, MB = 1024², plain numbers are bytes)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
-        raise FuserError(f"buffer size '{text}': write a number with an optional unit, e.g. 256KB, 1MB, 65536")
+        raise FuserError(
+            f"buffer size '{text}': write a number with an optional unit, e.g. 256KB, 1MB, 65536"
+        )
     size = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if size < 1 or not math.isfinite(size):
         raise FuserError(f"buffer size '{text}' must be at least 1 byte")

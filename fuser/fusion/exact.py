@@ -21,6 +21,7 @@ so the group graph is acyclic. This is practical up to a few tens of thousands o
 candidate groups (about 40 ops, more with a small buffer); beyond
 ``max_candidates`` the optimum is reported as not computable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,15 +36,18 @@ from .opgraph import FusionGraph, bits
 class ExactResult:
     dram_bytes: int
     groups: list[int]
-    method: str         # "chain-dp" or "ilp"
-    optimal: bool       # False when the ILP stopped at its time limit
-    candidates: int     # valid groups considered
+    method: str  # "chain-dp" or "ilp"
+    optimal: bool  # False when the ILP stopped at its time limit
+    candidates: int  # valid groups considered
 
 
 def is_chain(fg: FusionGraph) -> bool:
     """Every op has at most one producer and one consumer op, and consecutive ops are linked."""
-    return all(len(p) <= 1 for p in fg.preds) and all(len(s) <= 1 for s in fg.succs) and \
-        all(fg.preds[i] == [i - 1] for i in range(1, fg.n))
+    return (
+        all(len(p) <= 1 for p in fg.preds)
+        and all(len(s) <= 1 for s in fg.succs)
+        and all(fg.preds[i] == [i - 1] for i in range(1, fg.n))
+    )
 
 
 def chain_optimum(cost: CostModel) -> ExactResult:
@@ -144,17 +148,24 @@ def ilp_optimum(cost: CostModel, candidates: list[int], time_limit: float) -> Ex
     bounds_hi = np.concatenate([np.ones(k), np.full(n, n - 1)])
     from scipy.optimize import Bounds
 
-    res = milp(c, constraints=LinearConstraint(a, lower, upper), integrality=np.ones(n_vars),
-               bounds=Bounds(bounds_lo, bounds_hi), options={"time_limit": time_limit, "disp": False})
+    res = milp(
+        c,
+        constraints=LinearConstraint(a, lower, upper),
+        integrality=np.ones(n_vars),
+        bounds=Bounds(bounds_lo, bounds_hi),
+        options={"time_limit": time_limit, "disp": False},
+    )
     if res.x is None:
         return None
     chosen = [candidates[g] for g in range(k) if res.x[g] > 0.5]
-    return ExactResult(int(round(sum(cost.cost(m).dram_bytes for m in chosen))), chosen, "ilp",
-                       res.status == 0, k)
+    return ExactResult(
+        int(round(sum(cost.cost(m).dram_bytes for m in chosen))), chosen, "ilp", res.status == 0, k
+    )
 
 
-def exact_optimum(cost: CostModel, max_candidates: int = 30_000, time_limit: float = 60.0,
-                  max_ops: int | None = None) -> ExactResult | None:
+def exact_optimum(
+    cost: CostModel, max_candidates: int = 30_000, time_limit: float = 60.0, max_ops: int | None = None
+) -> ExactResult | None:
     """The least-DRAM legal plan of valid groups, or None when not computable (more
     than ``max_candidates`` valid groups, or a non-chain graph of more than ``max_ops`` ops)."""
     if is_chain(cost.fg):

@@ -18,6 +18,7 @@ side, F_β − max(Σ_A s, Σ_B s), so the best cut leaves two halves that fit.
 network that classifies groups as valid or not, explained by the gradient of its
 "invalid" logit with respect to node and edge masks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ class ExactExplainer(Explainer):
         for u in bits(mask):
             for v in fg.succs[u]:
                 if mask >> v & 1:
-                    dictated = sum(b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)]
-                                   if b.demander.get(t) == v)
+                    dictated = sum(
+                        b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)] if b.demander.get(t) == v
+                    )
                     local[(u, v)] = scores[u] + scores[v] + dictated
         return Explanation(scores, self._balanced(mask, scores, local))
 
@@ -96,12 +98,14 @@ class ExactExplainer(Explainer):
             def share(down: int) -> float:
                 return float(fg.member_vector(down) @ vector)
         else:
+
             def share(down: int) -> float:
                 return sum(scores[i] for i in bits(down))
+
         ranked = sorted(local, key=lambda e: (-local[e], e))
         top = ranked[: self.shortlist]
         floor = min((local[e] for e in top), default=0.0)
-        edges = {e: local[e] / (1 + total) - 1 for e in ranked[self.shortlist:]}  # below every shortlisted
+        edges = {e: local[e] / (1 + total) - 1 for e in ranked[self.shortlist :]}  # below every shortlisted
         for u, v in top:
             relief = 0.0
             for down in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask)):

@@ -22,6 +22,7 @@ log-sum-exp readout: z ≈ log2(F_β/β), logit(fits) = −s·z + b.
 message; the gradient of the invalid logit with respect to them (saliency at the
 full graph) scores ops and edges. Op scores are rescaled to sum to F_β.
 """
+
 from __future__ import annotations
 
 import math
@@ -129,11 +130,13 @@ def build_model(hidden: int = 48, rounds: int = 3):
             self.own = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(rounds))
             self.from_producers = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(rounds))
             self.from_consumers = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(rounds))
-            self.share = nn.Sequential(nn.Linear(hidden + N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            self.share = nn.Sequential(
+                nn.Linear(hidden + N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            )
             self.scale = nn.Parameter(torch.tensor(4.0))
             self.bias = nn.Parameter(torch.tensor(0.0))
 
-        def forward(self, batch: "GroupBatch", node_mask=None, edge_mask=None):
+        def forward(self, batch: GroupBatch, node_mask=None, edge_mask=None):
             x, src, dst = batch.x, batch.src, batch.dst
             weight = edge_mask.unsqueeze(-1) if edge_mask is not None else 1.0
             h = torch.relu(self.embed(x))
@@ -145,7 +148,8 @@ def build_model(hidden: int = 48, rounds: int = 3):
             if node_mask is not None:
                 log_share = log_share + torch.log2(node_mask)
             padded = torch.full((batch.size, batch.longest), -1e4).index_put(
-                (batch.graph, batch.position), log_share)
+                (batch.graph, batch.position), log_share
+            )
             z = torch.logsumexp(padded * math.log(2), dim=1) / math.log(2)  # ≈ log2(F_β / β)
             return -self.scale.abs() * z + self.bias, log_share
 
@@ -179,8 +183,15 @@ def _batch(samples) -> GroupBatch:
         positions.append(torch.arange(n))
         offset += n
     empty = torch.zeros(0, dtype=torch.long)
-    return GroupBatch(torch.cat(xs), torch.cat(srcs) if srcs else empty, torch.cat(dsts) if dsts else empty,
-                      torch.cat(graphs), torch.cat(positions), len(samples), max(len(s[0]) for s in samples))
+    return GroupBatch(
+        torch.cat(xs),
+        torch.cat(srcs) if srcs else empty,
+        torch.cat(dsts) if dsts else empty,
+        torch.cat(graphs),
+        torch.cat(positions),
+        len(samples),
+        max(len(s[0]) for s in samples),
+    )
 
 
 @dataclass
@@ -203,8 +214,17 @@ def make_dataset(cost_models: list[CostModel], groups: list[int], rng: random.Ra
     return data
 
 
-def train_validity_gnn(fg: FusionGraph, style: str, element_bytes: int = 1, *, samples: int = 3000,
-                       epochs: int = 40, seed: int = 0, buffers=TRAIN_BUFFERS, heldout_fraction: float = 0.2):
+def train_validity_gnn(
+    fg: FusionGraph,
+    style: str,
+    element_bytes: int = 1,
+    *,
+    samples: int = 3000,
+    epochs: int = 40,
+    seed: int = 0,
+    buffers=TRAIN_BUFFERS,
+    heldout_fraction: float = 0.2,
+):
     """Train the classifier on sampled groups of ``fg``; returns (model, TrainingReport)."""
     torch = _torch()
     rng = random.Random(seed)
@@ -215,7 +235,7 @@ def train_validity_gnn(fg: FusionGraph, style: str, element_bytes: int = 1, *, s
     held, train = data[:n_held], data[n_held:]
     # group samples of similar size into batches: less padding
     train.sort(key=lambda s: len(s[0]))
-    batches = [train[i:i + 64] for i in range(0, len(train), 64)]
+    batches = [train[i : i + 64] for i in range(0, len(train), 64)]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = build_model()
@@ -234,13 +254,19 @@ def train_validity_gnn(fg: FusionGraph, style: str, element_bytes: int = 1, *, s
         correct = 0
         with torch.no_grad():
             for i in range(0, len(part), 256):
-                chunk = part[i:i + 256]
+                chunk = part[i : i + 256]
                 logit, _ = model(_batch(chunk))
                 correct += int(((logit > 0).float() == torch.tensor([s[2] for s in chunk])).sum())
         return correct / max(len(part), 1)
 
-    report = TrainingReport(len(train), len(held), accuracy(train), accuracy(held),
-                            sum(s[2] for s in data) / len(data), tuple(buffers))
+    report = TrainingReport(
+        len(train),
+        len(held),
+        accuracy(train),
+        accuracy(held),
+        sum(s[2] for s in data) / len(data),
+        tuple(buffers),
+    )
     model.eval()
     return model, report
 
@@ -259,11 +285,18 @@ class GNNExplainer(Explainer):
         self.report = report
 
     @classmethod
-    def for_cost_model(cls, cost: CostModel, seed: int = 0, **train_kw) -> "GNNExplainer":
+    def for_cost_model(cls, cost: CostModel, seed: int = 0, **train_kw) -> GNNExplainer:
         """Train (or reuse, per graph, style and element size) the classifier."""
         fg = cost.fg
-        key = (fg.graph.name, tuple(fg.names), tuple(fg.edges), cost.name, cost.element_bytes, seed,
-               tuple(sorted(train_kw.items())))
+        key = (
+            fg.graph.name,
+            tuple(fg.names),
+            tuple(fg.edges),
+            cost.name,
+            cost.element_bytes,
+            seed,
+            tuple(sorted(train_kw.items())),
+        )
         if key not in _TRAINED:
             with one_thread():
                 _TRAINED[key] = train_validity_gnn(fg, cost.name, cost.element_bytes, seed=seed, **train_kw)

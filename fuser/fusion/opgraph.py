@@ -31,6 +31,7 @@ row, the whole tensor. ``RowRule`` says how many input rows an op needs to emit
              Gemm/MatMul on flattened features, Softmax over rows, ops along the row
              axis, unknown ops): the whole input is buffered, h_in = H_in.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,17 +43,71 @@ from ..analysis import node_weights
 from ..ir import FuserError, Graph, Node, Value
 
 ELEMENTWISE = {
-    "Abs", "Add", "And", "Cast", "Ceil", "Clip", "Cos", "Div", "Dropout", "Elu", "Equal", "Erf",
-    "Exp", "Floor", "Gelu", "Greater", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Less",
-    "Log", "Max", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
-    "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt",
-    "Sub", "Sum", "Tanh", "ThresholdedRelu", "Where", "Xor", "BatchNormalization",
+    "Abs",
+    "Add",
+    "And",
+    "Cast",
+    "Ceil",
+    "Clip",
+    "Cos",
+    "Div",
+    "Dropout",
+    "Elu",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Floor",
+    "Gelu",
+    "Greater",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LeakyRelu",
+    "Less",
+    "Log",
+    "Max",
+    "Mean",
+    "Min",
+    "Mish",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "PRelu",
+    "Reciprocal",
+    "Relu",
+    "Round",
+    "Selu",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Softplus",
+    "Softsign",
+    "Sqrt",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "ThresholdedRelu",
+    "Where",
+    "Xor",
+    "BatchNormalization",
     "InstanceNormalization",
 }
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
-              "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare"}
+REDUCTIONS = {
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceProd",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+}
 RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 LAST_AXIS_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
 AXIS_OPS = {"Concat", "Split", "Slice", "Gather"}
@@ -167,8 +222,11 @@ def _slice_axes(node: Node, rank: int) -> list[int]:
 
 def is_barrier(node: Node) -> bool:
     """True for spatial reductions: their output exists only after all input rows."""
-    return any(row_rule(node, i).kind == "accumulate" for i, v in enumerate(node.inputs)
-               if v is not None and not v.is_const)
+    return any(
+        row_rule(node, i).kind == "accumulate"
+        for i, v in enumerate(node.inputs)
+        if v is not None and not v.is_const
+    )
 
 
 def bits(mask: int) -> list[int]:
@@ -201,29 +259,29 @@ class FusionGraph:
     graph: Graph
     names: list[str]
     ops: list[str]
-    weight_numel: list[int]                  # per op: elements of its weights
-    weight_ids: list[tuple[int, ...]]        # per op: ids of its weight Values (for sharing)
+    weight_numel: list[int]  # per op: elements of its weights
+    weight_ids: list[tuple[int, ...]]  # per op: ids of its weight Values (for sharing)
     weight_numel_by_id: dict[int, int]
-    shared_weights: bool                     # some weight Value feeds several ops
-    op_inputs: list[list[tuple[int, RowRule]]]   # per op: (tensor, rule) for data inputs
-    op_outputs: list[list[int]]              # per op: tensors it produces
-    op_input_mask: list[int]                 # per op: bitmask over tensors it reads
+    shared_weights: bool  # some weight Value feeds several ops
+    op_inputs: list[list[tuple[int, RowRule]]]  # per op: (tensor, rule) for data inputs
+    op_outputs: list[list[int]]  # per op: tensors it produces
+    op_input_mask: list[int]  # per op: bitmask over tensors it reads
     barrier_mask: int
     tensor_names: list[str]
     tensor_numel: list[int]
     tensor_height: list[int]
     tensor_row_numel: list[int]
-    tensor_producer: list[int]               # -1 for graph inputs
+    tensor_producer: list[int]  # -1 for graph inputs
     tensor_consumer_mask: list[int]
     tensor_is_output: list[bool]
-    preds: list[list[int]]                   # distinct producer ops, ascending
+    preds: list[list[int]]  # distinct producer ops, ascending
     succs: list[list[int]]
     pred_mask: list[int]
     succ_mask: list[int]
-    edges: list[tuple[int, int]]             # (producer, consumer), sorted
+    edges: list[tuple[int, int]]  # (producer, consumer), sorted
     edge_tensors: dict[tuple[int, int], list[int]]
     edge_index: dict[tuple[int, int], int] = field(default_factory=dict)
-    edge_array: np.ndarray | None = None     # edges as an (E, 2) array
+    edge_array: np.ndarray | None = None  # edges as an (E, 2) array
     _anc: list[int] | None = None
     _desc: list[int] | None = None
 
@@ -345,8 +403,10 @@ def build_fusion_graph(graph: Graph) -> FusionGraph:
         key = id(v)
         if key not in tensor_index:
             if not v.is_static:
-                raise FuserError(f"{graph.source}: tensor {v.name} has no static shape; "
-                                 "fix dynamic dims with --input-shape")
+                raise FuserError(
+                    f"{graph.source}: tensor {v.name} has no static shape; "
+                    "fix dynamic dims with --input-shape"
+                )
             tensor_index[key] = len(t_names)
             height = row_height(v)
             t_names.append(v.name)
@@ -395,16 +455,31 @@ def build_fusion_graph(graph: Graph) -> FusionGraph:
     succ_l = [sorted(s) for s in succs]
     edges = sorted(edge_tensors)
     fg = FusionGraph(
-        graph=graph, names=[nd.name for nd in nodes], ops=[nd.op for nd in nodes],
-        weight_numel=weight_numel, weight_ids=weight_ids, weight_numel_by_id=weight_by_id,
+        graph=graph,
+        names=[nd.name for nd in nodes],
+        ops=[nd.op for nd in nodes],
+        weight_numel=weight_numel,
+        weight_ids=weight_ids,
+        weight_numel_by_id=weight_by_id,
         shared_weights=any(c > 1 for c in weight_users.values()),
-        op_inputs=op_inputs, op_outputs=op_outputs,
-        op_input_mask=[mask_of(t for t, _ in ins) for ins in op_inputs], barrier_mask=barrier_mask,
-        tensor_names=t_names, tensor_numel=t_numel, tensor_height=t_height,
-        tensor_row_numel=t_row, tensor_producer=t_prod, tensor_consumer_mask=t_cons,
-        tensor_is_output=t_out, preds=pred_l, succs=succ_l,
-        pred_mask=[mask_of(p) for p in pred_l], succ_mask=[mask_of(s) for s in succ_l],
-        edges=edges, edge_tensors=edge_tensors)
+        op_inputs=op_inputs,
+        op_outputs=op_outputs,
+        op_input_mask=[mask_of(t for t, _ in ins) for ins in op_inputs],
+        barrier_mask=barrier_mask,
+        tensor_names=t_names,
+        tensor_numel=t_numel,
+        tensor_height=t_height,
+        tensor_row_numel=t_row,
+        tensor_producer=t_prod,
+        tensor_consumer_mask=t_cons,
+        tensor_is_output=t_out,
+        preds=pred_l,
+        succs=succ_l,
+        pred_mask=[mask_of(p) for p in pred_l],
+        succ_mask=[mask_of(s) for s in succ_l],
+        edges=edges,
+        edge_tensors=edge_tensors,
+    )
     fg.edge_index = {e: k for k, e in enumerate(edges)}
     fg.edge_array = np.array(edges, dtype=np.int64).reshape(-1, 2)
     fg.ancestors(), fg.descendants()

@@ -11,12 +11,14 @@ a refinement by levels (level(v) = max over in-edges u->v of level(u) if fused,
 else level(u) + 1; ops sharing a level and a fused edge stay together), so every
 edge between groups climbs a level and no cycle can remain.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +66,16 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     owner = group_of(fg, groups)
     first_op = [(g & -g).bit_length() for g in groups]
     order = stable_topological_order(
-        len(groups), ((owner[u], owner[v]) for u in range(fg.n) if owner[u] >= 0
-                      for v in fg.succs[u] if owner[v] >= 0 and owner[v] != owner[u]),
-        key=first_op.__getitem__)
+        len(groups),
+        (
+            (owner[u], owner[v])
+            for u in range(fg.n)
+            if owner[u] >= 0
+            for v in fg.succs[u]
+            if owner[v] >= 0 and owner[v] != owner[u]
+        ),
+        key=first_op.__getitem__,
+    )
     return None if order is None else [groups[k] for k in order]
 
 
@@ -137,8 +146,9 @@ def decode(fg: FusionGraph, genome: np.ndarray) -> list[int]:
     a, b = label[ends[:, 0]], label[ends[:, 1]]
     between = a != b
     n_groups = int(label.max()) + 1 if fg.n else 0
-    n_scc, scc = connected_components(_adjacency(a[between], b[between], n_groups),
-                                      directed=True, connection="strong")
+    n_scc, scc = connected_components(
+        _adjacency(a[between], b[between], n_groups), directed=True, connection="strong"
+    )
     if n_scc == n_groups:  # the group graph is acyclic
         return _masks(label.tolist())
     # Groups on a cycle: refine their ops by levels; the others stay as they are.
@@ -150,8 +160,11 @@ def decode(fg: FusionGraph, genome: np.ndarray) -> list[int]:
     level = dict.fromkeys(members, 0)
     for (u, v), f in zip(ends[inside].tolist(), fused[inside].tolist()):  # edges in op order
         level[v] = max(level[v], level[u] + (0 if f else 1))
-    same = [(u, v) for (u, v), f in zip(ends[inside].tolist(), fused[inside].tolist())
-            if f and level[u] == level[v]]
+    same = [
+        (u, v)
+        for (u, v), f in zip(ends[inside].tolist(), fused[inside].tolist())
+        if f and level[u] == level[v]
+    ]
     return groups + _components(fg.n, same, members)
 
 
@@ -213,23 +226,23 @@ class Plan:
         atomic_write(path, (self.to_json() + "\n").encode())
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<plan>") -> "Plan":
+    def from_dict(cls, data: dict, source: str = "<plan>") -> Plan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise FuserError(f"{source}: not a fusion plan (expected \"format\": \"{PLAN_FORMAT}\")")
+            raise FuserError(f'{source}: not a fusion plan (expected "format": "{PLAN_FORMAT}")')
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         missing = {"model", "style", "buffer_bytes", "groups"} - set(fields)
         if missing:
             raise FuserError(f"{source}: fusion plan lacks {', '.join(sorted(missing))}")
         for g in fields["groups"]:
             if not isinstance(g, dict) or not isinstance(g.get("ops"), list):
-                raise FuserError(f"{source}: every group needs an \"ops\" list of op names")
+                raise FuserError(f'{source}: every group needs an "ops" list of op names')
         fields.setdefault("element_bytes", 1)
         for k in ("dram_bytes", "no_fusion_dram_bytes", "peak_buffer_bytes"):
             fields.setdefault(k, 0)
         return cls(**fields)
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path) -> Plan:
         path = Path(path)
         if not path.exists():
             raise FuserError(f"{path}: no such plan file")

@@ -20,11 +20,12 @@ most what its ops would alone, so no plan moves more DRAM than no fusion.
   nsga2   pymoo's NSGA-II on the genome, minimising DRAM bytes and peak buffer use
           (max F_β over the groups that fit); two-point crossover, bit-flip mutation.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -55,19 +56,20 @@ class Evaluated:
     def key(self) -> tuple[int, ...]:
         return tuple(self.groups)
 
-    def derived(self, parent: "Evaluated") -> "Evaluated":
+    def derived(self, parent: Evaluated) -> Evaluated:
         """This plan as a child of ``parent`` (local search): it inherits the splits
         that made its ancestors, so the plan explains every split on its way."""
         own = {id(s) for s in self.steps}
         inherited = [s for s in parent.steps if id(s) not in own]
-        return Evaluated(self.genome, self.groups, self.dram, self.peak, (inherited + self.steps)[-MAX_STEPS:])
+        return Evaluated(
+            self.genome, self.groups, self.dram, self.peak, (inherited + self.steps)[-MAX_STEPS:]
+        )
 
 
 class PlanEvaluator:
     """Genome -> repaired plan -> cost, counting plans against the budget."""
 
-    def __init__(self, cost: CostModel, splitter: Splitter, budget: int,
-                 progress: Progress | None = None):
+    def __init__(self, cost: CostModel, splitter: Splitter, budget: int, progress: Progress | None = None):
         if budget < 1:
             raise FuserError(f"plan budget must be at least 1, got {budget}")
         self.cost = cost
@@ -213,8 +215,11 @@ def search_local(ev: PlanEvaluator, seed: int, population: int = 8) -> Evaluated
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     n_edges = len(ev.fg.edges)
-    starts = [np.zeros(n_edges, dtype=bool), ev.genome_of(greedy_groups(ev.cost)),
-              np.ones(n_edges, dtype=bool)]
+    starts = [
+        np.zeros(n_edges, dtype=bool),
+        ev.genome_of(greedy_groups(ev.cost)),
+        np.ones(n_edges, dtype=bool),
+    ]
     pop: dict[tuple, Evaluated] = {}
 
     def offer(e: Evaluated) -> None:
@@ -268,15 +273,23 @@ def search_nsga2(ev: PlanEvaluator, seed: int, population: int = 40) -> tuple[Ev
 
         def _do(self, problem, n_samples, **kwargs):
             rng = np.random.default_rng(seed)
-            rows = [np.zeros(n_edges, dtype=bool), ev.genome_of(greedy_groups(ev.cost)),
-                    np.ones(n_edges, dtype=bool)]
+            rows = [
+                np.zeros(n_edges, dtype=bool),
+                ev.genome_of(greedy_groups(ev.cost)),
+                np.ones(n_edges, dtype=bool),
+            ]
             while len(rows) < n_samples:
                 rows.append(rng.random(n_edges) < rng.random())
             return np.array(rows[:n_samples], dtype=bool)
 
     population = max(4, min(population, ev.budget))
-    algorithm = NSGA2(pop_size=population, sampling=SeededSampling(), crossover=TwoPointCrossover(),
-                      mutation=BitflipMutation(), eliminate_duplicates=True)
+    algorithm = NSGA2(
+        pop_size=population,
+        sampling=SeededSampling(),
+        crossover=TwoPointCrossover(),
+        mutation=BitflipMutation(),
+        eliminate_duplicates=True,
+    )
     if n_edges >= 2:
         minimize(FusionProblem(), algorithm, ("n_eval", ev.budget), seed=seed, verbose=False)
     else:  # nothing to search over

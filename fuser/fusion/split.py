@@ -31,13 +31,14 @@ to blame, form the cuts of its ``top_edges`` best edges, and
 Each split step is recorded as an explanation: the culprit ops, the cut edges
 and the buffer need before and after.
 """
+
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 
 from .cost import CostModel
-from .explain import Explainer, ExactExplainer
+from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, bits
 
 SPLITS = ("random", "explain")
@@ -108,12 +109,19 @@ def describe_step(cost: CostModel, step: SplitStep, splitter: str) -> dict:
         "buffer_bytes_before": cost.cost(mask).buffer_bytes,
         "buffer_limit_bytes": cost.buffer_bytes,
         "culprits": [{"op": fg.names[i], "score_bytes": int(round(s))} for i, s in step.culprits],
-        "cut_edges": [{"from": fg.names[u], "to": fg.names[v],
-                       "tensors": [fg.tensor_names[t] for t in fg.edge_tensors[(u, v)]],
-                       "bytes": sum(fg.tensor_numel[t] for t in fg.edge_tensors[(u, v)]) * cost.element_bytes}
-                      for u, v in severed_edges(fg, step.pieces)],
-        "pieces": [{"ops": fg.group_names(p), "buffer_bytes": cost.cost(p).buffer_bytes,
-                    "valid": cost.valid(p)} for p in step.pieces],
+        "cut_edges": [
+            {
+                "from": fg.names[u],
+                "to": fg.names[v],
+                "tensors": [fg.tensor_names[t] for t in fg.edge_tensors[(u, v)]],
+                "bytes": sum(fg.tensor_numel[t] for t in fg.edge_tensors[(u, v)]) * cost.element_bytes,
+            }
+            for u, v in severed_edges(fg, step.pieces)
+        ],
+        "pieces": [
+            {"ops": fg.group_names(p), "buffer_bytes": cost.cost(p).buffer_bytes, "valid": cost.valid(p)}
+            for p in step.pieces
+        ],
         "buffer_bytes_after": [cost.cost(p).buffer_bytes for p in step.pieces],
     }
 
@@ -199,8 +207,14 @@ class ExplainSplitter(Splitter):
 
     name = "explain"
 
-    def __init__(self, cost: CostModel, explainer: Explainer | None = None, top_edges: int = 8,
-                 branch: int = 5, lookahead_ops: int | None = None):
+    def __init__(
+        self,
+        cost: CostModel,
+        explainer: Explainer | None = None,
+        top_edges: int = 8,
+        branch: int = 5,
+        lookahead_ops: int | None = None,
+    ):
         super().__init__(cost)
         self.explainer = explainer or ExactExplainer(cost)
         self.top_edges = top_edges
@@ -225,12 +239,16 @@ class ExplainSplitter(Splitter):
         complete = [c for c in cuts if c.all_valid]
         if complete:
             best = min(complete, key=lambda c: c.dram(cost))
-            return SplitResult(best.pieces, [SplitStep(mask, culprits, "all pieces valid",
-                                                       tuple(best.pieces))], best.dram(cost))
+            return SplitResult(
+                best.pieces,
+                [SplitStep(mask, culprits, "all pieces valid", tuple(best.pieces))],
+                best.dram(cost),
+            )
         if self.lookahead_ops is None or mask.bit_count() <= self.lookahead_ops:
             best = self._least_dram_cut(cuts)
-            return self._recurse(best.pieces, SplitStep(mask, culprits, "least DRAM after splitting",
-                                                        tuple(best.pieces)))
+            return self._recurse(
+                best.pieces, SplitStep(mask, culprits, "least DRAM after splitting", tuple(best.pieces))
+            )
         valid_pieces = [p for c in cuts for p, ok in zip(c.pieces, c.valid) if ok]
         if valid_pieces:
             best_piece = min(valid_pieces, key=lambda p: (-p.bit_count(), cost.cost(p).dram_bytes))
@@ -240,8 +258,7 @@ class ExplainSplitter(Splitter):
             out.dram += cost.cost(best_piece).dram_bytes
             return out
         first = cuts[0]
-        return self._recurse(first.pieces, SplitStep(mask, culprits, "best-scored edge",
-                                                     tuple(first.pieces)))
+        return self._recurse(first.pieces, SplitStep(mask, culprits, "best-scored edge", tuple(first.pieces)))
 
     def _least_dram_cut(self, cuts: list[Cut]) -> Cut:
         """The cut whose pieces, each split recursively (memoised), move the least DRAM.
@@ -253,7 +270,9 @@ class ExplainSplitter(Splitter):
         cost = self.cost
 
         def bound(c: Cut) -> int:
-            return sum(cost.cost(p).dram_bytes if ok else cost.lower_dram(p) for p, ok in zip(c.pieces, c.valid))
+            return sum(
+                cost.cost(p).dram_bytes if ok else cost.lower_dram(p) for p, ok in zip(c.pieces, c.valid)
+            )
 
         best, best_total = cuts[0], None
         for lower, _, c in sorted((bound(c), k, c) for k, c in enumerate(cuts))[: self.branch]:
@@ -275,8 +294,9 @@ def make_splitter(name: str, cost: CostModel, seed: int = 0, explainer: Explaine
     raise FuserError(f"unknown split '{name}'; choose one of {', '.join(SPLITS)}")
 
 
-def rectify_rate(cost: CostModel, groups: list[int], explainer: Explainer | None = None,
-                 top: int = 1, seed: int = 0) -> float:
+def rectify_rate(
+    cost: CostModel, groups: list[int], explainer: Explainer | None = None, top: int = 1, seed: int = 0
+) -> float:
     """Share of the invalid ``groups`` that one cut can make all-valid, trying the cuts
     (both down-sets) of the explainer's ``top`` best-ranked edges, or of ``top`` random
     edges when ``explainer`` is None (the random split's odds with as many tries)."""
@@ -290,5 +310,7 @@ def rectify_rate(cost: CostModel, groups: list[int], explainer: Explainer | None
             edges = rng.sample(edges, min(top, len(edges)))
         else:
             edges = explainer.explain(g).ranked_edges()[:top]
-        fixed += any(cut_at(fg, cost, g, down, edge).all_valid for edge in edges for down in edge_cuts(fg, g, edge))
+        fixed += any(
+            cut_at(fg, cost, g, down, edge).all_valid for edge in edges for down in edge_cuts(fg, g, edge)
+        )
     return fixed / max(len(invalid), 1)

@@ -16,9 +16,11 @@ graph for ONNX export. How it works: ``deps`` finds the coupled channel groups w
 explicit rule per op, ``importance`` scores channels (``obs`` adds data-free compensation),
 ``pruner`` chooses, ``apply`` rewrites weights, attributes and shape constants.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fuser.ir import Graph
 
@@ -27,17 +29,38 @@ from .finetune import load_weights
 from .importance import CRITERIA
 from .pruner import GroupReport, PruneReport, prune_graph
 
-__all__ = ["prune", "prune_graph", "analyze_dependencies", "load_weights", "PruneReport",
-           "GroupReport",
-           "ChannelGroup", "DependencyAnalysis", "Member", "CRITERIA"]
+__all__ = [
+    "prune",
+    "prune_graph",
+    "analyze_dependencies",
+    "load_weights",
+    "PruneReport",
+    "GroupReport",
+    "ChannelGroup",
+    "DependencyAnalysis",
+    "Member",
+    "CRITERIA",
+]
 
 
-def prune(model: Any, ratio: float = 0.5, criterion: str = "l2", *, example_inputs: Any = None,
-          input_shapes: Any = None, data: Any = None, loss: Callable | None = None,
-          global_pruning: bool = False, group_reduction: str = "mean",
-          normalizer: str | None = "mean", round_to: int | None = None,
-          ignored: Sequence[str] = (), layer_ratios: dict[str, float] | None = None,
-          heads: bool = False, progress: Callable[[str], None] | None = None) -> Graph:
+def prune(
+    model: Any,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    *,
+    example_inputs: Any = None,
+    input_shapes: Any = None,
+    data: Any = None,
+    loss: Callable | None = None,
+    global_pruning: bool = False,
+    group_reduction: str = "mean",
+    normalizer: str | None = "mean",
+    round_to: int | None = None,
+    ignored: Sequence[str] = (),
+    layer_ratios: dict[str, float] | None = None,
+    heads: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Graph:
     """Remove ``ratio`` of the channels of every prunable group of ``model``.
 
     ``model``: anything ``fuser.to_graph`` accepts (ONNX path or ModelProto, ``"zoo:NAME"``,
@@ -57,9 +80,20 @@ def prune(model: Any, ratio: float = 0.5, criterion: str = "l2", *, example_inpu
     from fuser.api import to_graph
 
     graph = to_graph(model, example_inputs, input_shapes).copy()
-    report = prune_graph(graph, ratio, criterion, data=data, loss=loss,
-                         global_pruning=global_pruning, group_reduction=group_reduction,
-                         normalizer=normalizer, round_to=round_to, ignored=ignored,
-                         layer_ratios=layer_ratios, heads=heads, progress=progress)
+    report = prune_graph(
+        graph,
+        ratio,
+        criterion,
+        data=data,
+        loss=loss,
+        global_pruning=global_pruning,
+        group_reduction=group_reduction,
+        normalizer=normalizer,
+        round_to=round_to,
+        ignored=ignored,
+        layer_ratios=layer_ratios,
+        heads=heads,
+        progress=progress,
+    )
     graph.report = report
     return graph

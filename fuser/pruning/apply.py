@@ -11,6 +11,7 @@ Given the dependency analysis and, per raw channel id, whether it is kept:
     Expand, Resize: the ``shape`` / ``sizes`` entries of labeled axes := kept counts;
 then shapes are re-inferred and every graph output must keep its shape.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -113,15 +114,17 @@ def _slice(graph, analysis, keep, node):
     if not any(a in labels for a, _ in params):
         return
     as_inputs = node.input(1) is not None  # opset >= 10; before, attributes
-    starts = [int(v) for v in (np.asarray(node.inputs[1].const).reshape(-1) if as_inputs
-                               else node.attr("starts"))]
-    ends = [int(v) for v in (np.asarray(node.inputs[2].const).reshape(-1) if as_inputs
-                             else node.attr("ends"))]
+    starts = [
+        int(v) for v in (np.asarray(node.inputs[1].const).reshape(-1) if as_inputs else node.attr("starts"))
+    ]
+    ends = [
+        int(v) for v in (np.asarray(node.inputs[2].const).reshape(-1) if as_inputs else node.attr("ends"))
+    ]
     for k, (a, taken) in enumerate(params):
         if a in labels:
             mask = keep.mask(labels[a])
-            starts[k] = int(mask[:taken.start].sum())
-            ends[k] = starts[k] + int(mask[taken.start:taken.stop].sum())
+            starts[k] = int(mask[: taken.start].sum())
+            ends[k] = starts[k] + int(mask[taken.start : taken.stop].sum())
     if as_inputs:
         _set_const(graph, node, 1, np.array(starts, dtype=node.inputs[1].dtype), "starts")
         _set_const(graph, node, 2, np.array(ends, dtype=node.inputs[2].dtype), "ends")
@@ -171,13 +174,20 @@ def _resize(graph, analysis, keep, node):
 
 
 _REWRITES = {
-    "Conv": _depthwise_group, "ConvTranspose": _depthwise_group, "Reshape": _reshape,
-    "Split": _split, "Slice": _slice, "Gather": _gather, "Expand": _expand, "Resize": _resize,
+    "Conv": _depthwise_group,
+    "ConvTranspose": _depthwise_group,
+    "Reshape": _reshape,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Expand": _expand,
+    "Resize": _resize,
 }
 
 
-def apply_pruning(graph: Graph, analysis: DependencyAnalysis, kept_raw: np.ndarray,
-                  extra_members: list[Member] = ()) -> int:
+def apply_pruning(
+    graph: Graph, analysis: DependencyAnalysis, kept_raw: np.ndarray, extra_members: list[Member] = ()
+) -> int:
     """Remove every position whose id is not kept; returns the number of constants sliced."""
     from fuser.shapes import infer_shapes
 
@@ -188,6 +198,8 @@ def apply_pruning(graph: Graph, analysis: DependencyAnalysis, kept_raw: np.ndarr
     infer_shapes(graph)
     for v, shape in zip(graph.outputs, out_shapes):
         if tuple(v.shape) != shape:
-            raise RuntimeError(f"{graph.source}: pruning changed output '{v.name}' from "
-                               f"{list(shape)} to {list(v.shape)} (a bug in a channel rule)")
+            raise RuntimeError(
+                f"{graph.source}: pruning changed output '{v.name}' from "
+                f"{list(shape)} to {list(v.shape)} (a bug in a channel rule)"
+            )
     return changed

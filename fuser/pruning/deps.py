@@ -59,10 +59,11 @@ Any other op, or an op whose rule's conditions fail (non-constant weights, a Sli
 on a channel axis, DepthToSpace, LRN, Shape of a labeled tensor, ...), blocks: every label
 reaching it is frozen, its outputs carry none, and it is listed in ``blocked`` by name.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -72,10 +73,37 @@ from fuser.ops import BINARY_OPS
 Labels = dict[int, np.ndarray]  # axis -> raw channel ids, one per position along the axis
 
 # Ops whose outputs are the input's values transformed one by one.
-UNARY_RULES = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp",
-               "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Gelu", "LeakyRelu", "Elu",
-               "Softplus", "Mish", "Identity", "Dropout", "Cast", "CastLike", "Floor", "Ceil",
-               "Not", "Sin", "Cos", "Softmax", "LogSoftmax"}
+UNARY_RULES = {
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Erf",
+    "Exp",
+    "Log",
+    "Neg",
+    "Abs",
+    "Sqrt",
+    "Reciprocal",
+    "Gelu",
+    "LeakyRelu",
+    "Elu",
+    "Softplus",
+    "Mish",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "CastLike",
+    "Floor",
+    "Ceil",
+    "Not",
+    "Sin",
+    "Cos",
+    "Softmax",
+    "LogSoftmax",
+}
 # What a weight slice is to its layer; magnitude criteria read the 'out', 'in' and 'scale' ones.
 ROLES = ("out", "in", "scale", "bias", "stat", "operand")
 
@@ -110,12 +138,17 @@ def layer_name(node: Node) -> str:
     ('layer1.0.conv1.weight' -> 'layer1.0.conv1'), else the node's name."""
     consts = [v.name for v in node.inputs[1:] if v is not None and v.is_const]
     if node.op == "MatMul":  # torch's Linear: the bias Add carries the module path
-        consts = [v.name for u in node.outputs[0].users if u.op == "Add"
-                  for v in u.inputs if v is not None and v.is_const] + consts
+        consts = [
+            v.name
+            for u in node.outputs[0].users
+            if u.op == "Add"
+            for v in u.inputs
+            if v is not None and v.is_const
+        ] + consts
     for name in consts:
         for suffix in (".weight", ".bias"):
             if name.endswith(suffix):
-                return name[:-len(suffix)]
+                return name[: -len(suffix)]
     return node.name
 
 
@@ -252,8 +285,7 @@ class _Tracer:
         if not v.is_const:
             raise _Block(f"input {index} ('{v.name}') must be a constant to be sliced")
         if v.shape[axis] != len(ids):
-            raise _Block(f"input {index} has {v.shape[axis]} positions on axis {axis}, "
-                         f"expected {len(ids)}")
+            raise _Block(f"input {index} has {v.shape[axis]} positions on axis {axis}, expected {len(ids)}")
         self.members.append(Member(node, index, axis, ids, role))
 
     def freeze_all(self, node: Node, reason: str) -> None:
@@ -301,8 +333,14 @@ def _passthrough(t: _Tracer, node: Node) -> None:
             t.set(o, t.get(x))
 
 
-def _broadcast_axes(t: _Tracer, node: Node, operands: list[int], out_rank: int,
-                    out_shape: tuple, skip_axes: set[int] = frozenset()) -> Labels:
+def _broadcast_axes(
+    t: _Tracer,
+    node: Node,
+    operands: list[int],
+    out_rank: int,
+    out_shape: tuple,
+    skip_axes: set[int] = frozenset(),
+) -> Labels:
     """Unify labels axis by axis over numpy-broadcast operands; slice constant operands."""
     result: Labels = {}
     for a in range(out_rank):
@@ -336,8 +374,9 @@ def _broadcast_axes(t: _Tracer, node: Node, operands: list[int], out_rank: int,
             if v.is_const:
                 t.member(node, i, ai, base, "operand")
             else:
-                t.sets.freeze(base, f"{node.name} ({node.op}): input '{v.name}' has fixed "
-                                    f"channels on axis {a}")
+                t.sets.freeze(
+                    base, f"{node.name} ({node.op}): input '{v.name}' has fixed channels on axis {a}"
+                )
         result[a] = base
     return result
 
@@ -581,8 +620,10 @@ def _argmax(t: _Tracer, node: Node) -> None:
 
 def _reduce_single(t: _Tracer, node: Node, axis: int) -> None:
     keep = node.attr("keepdims", 1)
-    t.set(node.outputs[0], {(a if keep or a < axis else a - 1): ids
-                            for a, ids in t.get(node.inputs[0]).items() if a != axis})
+    t.set(
+        node.outputs[0],
+        {(a if keep or a < axis else a - 1): ids for a, ids in t.get(node.inputs[0]).items() if a != axis},
+    )
 
 
 def _transpose(t: _Tracer, node: Node) -> None:
@@ -596,8 +637,9 @@ def _squeeze(t: _Tracer, node: Node) -> None:
     x = node.inputs[0]
     rank = len(x.shape)
     axes = _const_ints(node, 1, "axes")
-    axes = {_axis(a, rank) for a in axes} if axes is not None else {
-        a for a, d in enumerate(x.shape) if d == 1}
+    axes = (
+        {_axis(a, rank) for a in axes} if axes is not None else {a for a, d in enumerate(x.shape) if d == 1}
+    )
     labels = t.get(x)
     if axes & set(labels):
         raise _Block("squeezes a channel axis")
@@ -692,9 +734,12 @@ def _concat(t: _Tracer, node: Node) -> None:
     along = [t.get(v).get(axis) for v in parts]
     if any(ids is not None for ids in along):
         why = f"{node.name} (Concat): joined with a part of fixed channels"
-        labels[axis] = np.concatenate([
-            ids if ids is not None else t.sets.fresh(v.shape[axis], frozen=why)
-            for v, ids in zip(parts, along)])
+        labels[axis] = np.concatenate(
+            [
+                ids if ids is not None else t.sets.fresh(v.shape[axis], frozen=why)
+                for v, ids in zip(parts, along)
+            ]
+        )
     t.set(y, labels)
 
 
@@ -710,7 +755,7 @@ def _split(t: _Tracer, node: Node) -> None:
     for o, size in zip(node.outputs, _split_sizes(node, axis)):
         lab = dict(labels)
         if axis in labels:
-            lab[axis] = labels[axis][offset:offset + size]
+            lab[axis] = labels[axis][offset : offset + size]
         offset += size
         t.set(o, lab)
 
@@ -735,7 +780,7 @@ def _slice(t: _Tracer, node: Node) -> None:
         if a in labels:
             if taken.step != 1:
                 raise _Block("a step other than 1 on a channel axis")
-            labels[a] = labels[a][taken.start:taken.stop]
+            labels[a] = labels[a][taken.start : taken.stop]
     t.set(node.outputs[0], labels)
 
 
@@ -802,21 +847,46 @@ def _block_if_labeled(reason: str) -> Callable:
     def rule(t: _Tracer, node: Node) -> None:
         if any(t.get(v) for v in node.inputs):
             raise _Block(reason)
+
     return rule
 
 
 RULES: dict[str, Callable[[_Tracer, Node], None]] = {
-    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
-    "BatchNormalization": _batchnorm, "InstanceNormalization": _instancenorm,
-    "LayerNormalization": _layernorm, "GroupNormalization": _groupnorm,
-    "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool, "GlobalMaxPool": _pool,
-    "Clip": _clip, "PRelu": _prelu,
-    "ReduceMean": _reduce, "ReduceSum": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce,
-    "ReduceProd": _reduce, "ReduceL2": _reduce, "ArgMax": _argmax,
-    "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
-    "Reshape": _reshape, "Flatten": _flatten, "Concat": _concat, "Split": _split,
-    "Slice": _slice, "Gather": _gather, "Expand": _expand, "Tile": _tile, "Pad": _pad,
-    "Resize": _resize, "Upsample": _resize,
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "InstanceNormalization": _instancenorm,
+    "LayerNormalization": _layernorm,
+    "GroupNormalization": _groupnorm,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _pool,
+    "GlobalMaxPool": _pool,
+    "Clip": _clip,
+    "PRelu": _prelu,
+    "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceMin": _reduce,
+    "ReduceProd": _reduce,
+    "ReduceL2": _reduce,
+    "ArgMax": _argmax,
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Expand": _expand,
+    "Tile": _tile,
+    "Pad": _pad,
+    "Resize": _resize,
+    "Upsample": _resize,
     "LRN": _block_if_labeled("normalizes across neighbouring channels"),
     "DepthToSpace": _block_if_labeled("moves channels into space"),
     "SpaceToDepth": _block_if_labeled("moves space into channels"),
@@ -827,8 +897,9 @@ for _op in UNARY_RULES | BINARY_OPS:
     RULES.setdefault(_op, _elementwise)
 
 
-def analyze_dependencies(graph: Graph, ignored: Callable[[Node], bool] = lambda n: False, *,
-                         heads: bool = False) -> DependencyAnalysis:
+def analyze_dependencies(
+    graph: Graph, ignored: Callable[[Node], bool] = lambda n: False, *, heads: bool = False
+) -> DependencyAnalysis:
     """Trace channel labels through ``graph`` (static shapes); group the coupled channels.
 
     ``ignored(node)`` says which channel-creating nodes keep their output channels (the
@@ -885,8 +956,7 @@ def _finish(graph: Graph, t: _Tracer) -> DependencyAnalysis:
     group_of_block = {}
     node_order = {n.name: i for i, n in enumerate(graph.nodes)}
     for k, (gb, roots) in enumerate(sorted(channels_of.items())):
-        blocks = sorted({b for b in range(n_blocks) if find(b) == gb
-                         and sets.block_source[b] is not None})
+        blocks = sorted({b for b in range(n_blocks) if find(b) == gb and sets.block_source[b] is not None})
         sources = sorted({sets.block_source[b] for b in blocks}, key=lambda s: node_order.get(s, 0))
         roots_arr = np.asarray(roots, dtype=np.int64)
         prunable = np.array([not sets.frozen[r] for r in roots], dtype=bool)

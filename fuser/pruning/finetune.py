@@ -10,6 +10,7 @@ weights can go back into the graph (``load_weights``) for ONNX export:
     fuser.pruning.load_weights(pruned, net)
     fuser.save_onnx(pruned, "pruned-finetuned.onnx")
 """
+
 from __future__ import annotations
 
 import numpy as np

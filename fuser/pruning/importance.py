@@ -15,10 +15,12 @@ Per-member scores are reduced over the members that hold the channel (``mean``, 
 mean, ``max``, ``sum``, ``standardization``: to [0, 1], ``gaussian``: zero mean unit std, or
 None), which only matters for global pruning, where groups are ranked together.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +47,9 @@ def position_scores(member: Member, weight_score: np.ndarray) -> np.ndarray:
     return moved.reshape(moved.shape[0], -1).sum(axis=1)
 
 
-def per_channel(analysis: DependencyAnalysis, group: ChannelGroup, member: Member,
-                scores: np.ndarray) -> np.ndarray:
+def per_channel(
+    analysis: DependencyAnalysis, group: ChannelGroup, member: Member, scores: np.ndarray
+) -> np.ndarray:
     """Position scores summed per channel of ``group``; NaN where the member lacks it."""
     idx = channel_index(analysis, group, member)
     inside = idx >= 0
@@ -93,13 +96,13 @@ def normalize(scores: np.ndarray, how: str | None) -> np.ndarray:
         sd = scores.std()
         return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
     else:
-        raise FuserError(f"normalizer '{how}': choose one of "
-                         f"{', '.join(str(n) for n in NORMALIZERS)}")
+        raise FuserError(f"normalizer '{how}': choose one of {', '.join(str(n) for n in NORMALIZERS)}")
     return scores / d if d > 0 else scores
 
 
-def weight_votes(analysis: DependencyAnalysis, group: ChannelGroup,
-                 score_of: Callable[[Member], np.ndarray | None]) -> list[np.ndarray]:
+def weight_votes(
+    analysis: DependencyAnalysis, group: ChannelGroup, score_of: Callable[[Member], np.ndarray | None]
+) -> list[np.ndarray]:
     """Per-channel scores of every voting member; ``score_of`` gives per-weight scores."""
     rows, seen = [], set()
     for m in group.members:
@@ -114,12 +117,12 @@ def weight_votes(analysis: DependencyAnalysis, group: ChannelGroup,
 
 
 def magnitude(analysis: DependencyAnalysis, group: ChannelGroup, p: int) -> list[np.ndarray]:
-    return weight_votes(analysis, group,
-                        lambda m: np.abs(m.value.const.astype(np.float64)) ** p)
+    return weight_votes(analysis, group, lambda m: np.abs(m.value.const.astype(np.float64)) ** p)
 
 
-def taylor(analysis: DependencyAnalysis, group: ChannelGroup,
-           grads: dict[int, np.ndarray]) -> list[np.ndarray]:
+def taylor(
+    analysis: DependencyAnalysis, group: ChannelGroup, grads: dict[int, np.ndarray]
+) -> list[np.ndarray]:
     def score(m: Member):
         g = grads.get(id(m.value))
         return None if g is None else np.abs(m.value.const.astype(np.float64) * g)
@@ -127,9 +130,15 @@ def taylor(analysis: DependencyAnalysis, group: ChannelGroup,
     return weight_votes(analysis, group, score)
 
 
-def group_scores(analysis: DependencyAnalysis, criterion: str, *, reduction: str = "mean",
-                 normalizer: str | None = "mean", grads: dict[int, np.ndarray] | None = None,
-                 saliency: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+def group_scores(
+    analysis: DependencyAnalysis,
+    criterion: str,
+    *,
+    reduction: str = "mean",
+    normalizer: str | None = "mean",
+    grads: dict[int, np.ndarray] | None = None,
+    saliency: dict[int, np.ndarray] | None = None,
+) -> dict[int, np.ndarray]:
     """Importance per channel, for every prunable group (keyed by group index)."""
     out = {}
     for g in analysis.prunable_groups:
@@ -138,8 +147,7 @@ def group_scores(analysis: DependencyAnalysis, criterion: str, *, reduction: str
         elif criterion == "taylor":
             rows = taylor(analysis, g, grads or {})
         elif criterion == "obs":
-            rows = ([saliency[g.index]] if saliency and g.index in saliency
-                    else magnitude(analysis, g, 2))
+            rows = [saliency[g.index]] if saliency and g.index in saliency else magnitude(analysis, g, 2)
         else:
             raise FuserError(f"criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
         out[g.index] = normalize(reduce_members(rows, g.size, reduction), normalizer)
@@ -162,10 +170,12 @@ def _batches(data: Any, graph: Graph) -> Iterable[tuple[np.ndarray, np.ndarray |
         x = as_np(x)
         y = None if y is None else as_np(y)
         if x.shape[1:] != tuple(graph.inputs[0].shape[1:]):
-            raise FuserError(f"taylor data: inputs of shape {list(x.shape)} do not match the "
-                             f"graph input {list(graph.inputs[0].shape)}")
+            raise FuserError(
+                f"taylor data: inputs of shape {list(x.shape)} do not match the "
+                f"graph input {list(graph.inputs[0].shape)}"
+            )
         for s in range(0, len(x) - batch + 1, batch):
-            yield x[s:s + batch], (None if y is None else y[s:s + batch])
+            yield x[s : s + batch], (None if y is None else y[s : s + batch])
 
     if isinstance(data, tuple) and len(data) == 2 and not np.isscalar(data[0]):
         yield from chunks(*data)
@@ -180,8 +190,7 @@ def _batches(data: Any, graph: Graph) -> Iterable[tuple[np.ndarray, np.ndarray |
             yield from chunks(item, None)
 
 
-def taylor_gradients(graph: Graph, data: Any,
-                     loss: Callable | None = None) -> dict[int, np.ndarray]:
+def taylor_gradients(graph: Graph, data: Any, loss: Callable | None = None) -> dict[int, np.ndarray]:
     """∂L/∂w summed over ``data`` for every float constant of ``graph``; keyed by id(Value)."""
     import torch
     import torch.nn.functional as F

@@ -23,6 +23,7 @@ Anything else has unknown moments. A channel's saliency is summed over every lay
 contracts it (Conv with group 1, Gemm, MatMul); layers wider than ``MAX_DENSE`` inputs use
 the diagonal of Σ (no cross-channel compensation, the mean is still compensated).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,26 @@ from .deps import DependencyAnalysis, Member
 MAX_DENSE = 4096  # widest input axis given a full covariance
 DAMPING = 1e-2  # ridge on Σ_KK, relative to its mean variance
 RECTIFIERS = {"Relu", "HardSwish", "Gelu"}
-SAME_CHANNELS = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool",
-                 "GlobalMaxPool", "Resize", "Upsample", "Pad", "Cast", "Transpose",
-                 "Reshape", "Flatten", "Squeeze", "Unsqueeze", "ReduceMean", "ReduceMax", "Expand"}
+SAME_CHANNELS = {
+    "Identity",
+    "Dropout",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Resize",
+    "Upsample",
+    "Pad",
+    "Cast",
+    "Transpose",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "ReduceMean",
+    "ReduceMax",
+    "Expand",
+}
 
 
 class Moments:
@@ -50,7 +68,7 @@ class Moments:
         self.mean, self.cov = mean, cov  # cov: [C, C], or [C] (diagonal) when wide
 
     @classmethod
-    def standard(cls, n: int) -> "Moments":
+    def standard(cls, n: int) -> Moments:
         return cls(np.zeros(n), np.eye(n) if n <= MAX_DENSE else np.ones(n))
 
     @property
@@ -63,7 +81,7 @@ class Moments:
         sd = np.sqrt(np.maximum(self.var, 1e-30))
         return self.cov / np.outer(sd, sd)
 
-    def take(self, idx: np.ndarray) -> "Moments":
+    def take(self, idx: np.ndarray) -> Moments:
         cov = self.cov[np.ix_(idx, idx)] if self.cov.ndim == 2 else self.cov[idx]
         return Moments(self.mean[idx], cov)
 
@@ -88,12 +106,11 @@ def _per_channel(c: np.ndarray, v: Value, axis: int, n: int) -> np.ndarray | Non
     return None
 
 
-def _linear(w_rows: np.ndarray, m_in: Moments, bias: np.ndarray | None, n_out: int,
-            taps: int) -> Moments:
+def _linear(w_rows: np.ndarray, m_in: Moments, bias: np.ndarray | None, n_out: int, taps: int) -> Moments:
     """Moments of y = Σ_t W_t a (+ b); ``w_rows`` is [n_out·taps, C_in] (output-major)."""
     mean = w_rows.reshape(n_out, taps, -1).sum(axis=1) @ m_in.mean + (0 if bias is None else bias)
     if n_out > MAX_DENSE or m_in.cov.ndim == 1:
-        var = ((w_rows ** 2) @ m_in.var).reshape(n_out, taps).sum(axis=1)
+        var = ((w_rows**2) @ m_in.var).reshape(n_out, taps).sum(axis=1)
         return Moments(mean, var if n_out > MAX_DENSE else np.diag(var))
     # Σ_t W_t Σ W_tᵀ as two large products: (W Σ) reshaped [n_out, taps·C] times W ᵀ
     w32 = w_rows.astype(np.float32)
@@ -107,10 +124,10 @@ def _rectify(m: Moments) -> Moments:
     sd = np.sqrt(np.maximum(m.var, 1e-30))
     z = m.mean / sd
     cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
-    pdf = np.exp(-0.5 * z ** 2) / math.sqrt(2 * math.pi)
+    pdf = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
     mean = m.mean * cdf + sd * pdf
-    second = (m.mean ** 2 + sd ** 2) * cdf + m.mean * sd * pdf
-    var = np.maximum(second - mean ** 2, 0)
+    second = (m.mean**2 + sd**2) * cdf + m.mean * sd * pdf
+    var = np.maximum(second - mean**2, 0)
     if m.cov.ndim == 1:
         return Moments(mean, var)
     cov = m.cov * np.outer(cdf, cdf)
@@ -122,7 +139,7 @@ def _normalized(m_in: Moments | None, scale: np.ndarray, shift: np.ndarray) -> M
     """Moments after a norm whose statistics are the data's: mean = shift, sd = |scale|."""
     n = len(scale)
     if m_in is None or m_in.cov.ndim == 1 or n > MAX_DENSE:
-        var = scale ** 2
+        var = scale**2
         return Moments(shift, var if n > MAX_DENSE else np.diag(var))
     corr = m_in.correlation()
     return Moments(shift, corr * np.outer(scale, scale))
@@ -169,8 +186,9 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
     x = node.inputs[0]
     op = node.op
     ax = _single_axis(analysis, x) if x is not None and not x.is_const else None
-    same = ax is not None and np.array_equal(analysis.labels_of(x)[ax],
-                                             analysis.labels_of(node.outputs[0])[ay])
+    same = ax is not None and np.array_equal(
+        analysis.labels_of(x)[ax], analysis.labels_of(node.outputs[0])[ay]
+    )
     if op in ("Conv", "Gemm", "MatMul") and contraction(node) is not None:
         in_axis, out_axis = contraction(node)
         w = node.inputs[1].const.astype(np.float64)
@@ -191,7 +209,7 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
         w = node.inputs[1].const.astype(np.float64).reshape(n, -1)
         b = _const(node.input(2))
         mean = w.sum(axis=1) * m_in.mean + (0 if b is None else b)
-        cov = m_in.cov * (w @ w.T) if m_in.cov.ndim == 2 else m_in.cov * (w ** 2).sum(1)
+        cov = m_in.cov * (w @ w.T) if m_in.cov.ndim == 2 else m_in.cov * (w**2).sum(1)
         return Moments(mean, cov)
     if op == "BatchNormalization":
         gamma, beta = _const(node.input(1)), _const(node.input(2))
@@ -215,7 +233,7 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
             o = 0
             for p in parts:
                 k = len(p.mean)
-                cov[o:o + k, o:o + k] = p.cov
+                cov[o : o + k, o : o + k] = p.cov
                 o += k
             return Moments(mean, cov)
         if op in ("Split", "Slice") and ax == ay and moments_in(x, ax) is not None:
@@ -245,7 +263,7 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
             return Moments(m_in.mean + c, m_in.cov)
         if op == "Sub":
             return Moments(m_in.mean - c, m_in.cov)
-        cov = m_in.cov * np.outer(c, c) if m_in.cov.ndim == 2 else m_in.cov * c ** 2
+        cov = m_in.cov * np.outer(c, c) if m_in.cov.ndim == 2 else m_in.cov * c**2
         return Moments(m_in.mean * c, cov)
     return None
 
@@ -260,7 +278,7 @@ def _clip_at_zero(node: Node) -> bool:
 def _find_run(have: np.ndarray, want: np.ndarray) -> int | None:
     n = len(want)
     for s in range(len(have) - n + 1):
-        if have[s] == want[0] and np.array_equal(have[s:s + n], want):
+        if have[s] == want[0] and np.array_equal(have[s : s + n], want):
             return s
     return None
 
@@ -292,14 +310,13 @@ def _precision_diag(cov: np.ndarray) -> np.ndarray:
 
 def saliency(analysis: DependencyAnalysis, known: dict[int, Moments]) -> dict[int, np.ndarray]:
     """OBS saliency per channel, for every prunable group, keyed by group index."""
-    lookup = {int(r): (g.index, k) for g in analysis.prunable_groups
-              for k, r in enumerate(g.channels)}
+    lookup = {int(r): (g.index, k) for g in analysis.prunable_groups for k, r in enumerate(g.channels)}
     out = {g.index: np.zeros(g.size) for g in analysis.prunable_groups}
     for m in _terminals(analysis):
         in_axis, out_axis = contraction(m.node)
         rows, _, _ = weight_rows(m.value.const.astype(np.float64), in_axis, out_axis)
         prec = _precision_diag(_input_moments(m, known).cov)
-        per_pos = (rows ** 2).sum(axis=0) / prec
+        per_pos = (rows**2).sum(axis=0) / prec
         for pos, root in enumerate(analysis.root_of[m.ids].tolist()):
             hit = lookup.get(root)
             if hit is not None:
@@ -307,8 +324,9 @@ def saliency(analysis: DependencyAnalysis, known: dict[int, Moments]) -> dict[in
     return out
 
 
-def compensate(graph: Graph, analysis: DependencyAnalysis, known: dict[int, Moments],
-               kept_raw: np.ndarray) -> list[Member]:
+def compensate(
+    graph: Graph, analysis: DependencyAnalysis, known: dict[int, Moments], kept_raw: np.ndarray
+) -> list[Member]:
     """Fold the removed inputs' predictable part into each contracting layer's kept weights
     and bias (new constants, same shapes). Returns bias members created for the slicer."""
     new_members: list[Member] = []
@@ -328,8 +346,10 @@ def compensate(graph: Graph, analysis: DependencyAnalysis, known: dict[int, Mome
         if mom.cov.ndim == 2:
             s_kk = mom.cov[np.ix_(k_idx, k_idx)]
             damp = DAMPING * max(float(np.mean(np.diag(s_kk))), 1e-12)
-            beta = np.linalg.solve((s_kk + damp * np.eye(len(k_idx))).astype(np.float32),
-                                   mom.cov[np.ix_(k_idx, r_idx)].astype(np.float32)).T
+            beta = np.linalg.solve(
+                (s_kk + damp * np.eye(len(k_idx))).astype(np.float32),
+                mom.cov[np.ix_(k_idx, r_idx)].astype(np.float32),
+            ).T
             beta = beta.astype(np.float64)
             rows = rows.copy()
             rows[:, k_idx] += w_r @ beta
@@ -352,8 +372,7 @@ def _replace_const(graph: Graph, node: Node, index: int, array: np.ndarray, tag:
     node.set_input(index, graph.const(array, f"{node.name}_{tag}"))
 
 
-def _add_bias(graph: Graph, analysis: DependencyAnalysis, node: Node,
-              delta: np.ndarray) -> Member | None:
+def _add_bias(graph: Graph, analysis: DependencyAnalysis, node: Node, delta: np.ndarray) -> Member | None:
     """Add ``delta`` (one value per output channel) to the layer's bias; a bias input made
     here gets a Member, so that pruning the layer's own outputs slices it too."""
     if not np.any(delta):
@@ -376,8 +395,15 @@ def _add_bias(graph: Graph, analysis: DependencyAnalysis, node: Node,
             return None
         if b.const.size == 1 and analysis.labels_of(y).get(1) is not None:
             return None  # a scalar bias was not sliced; keep it rather than grow it
-        _replace_const(graph, node, 2, (c + delta / scale).reshape(
-            b.shape if b.const.size == len(delta) else (len(delta),)).astype(dtype), "obs_bias")
+        _replace_const(
+            graph,
+            node,
+            2,
+            (c + delta / scale)
+            .reshape(b.shape if b.const.size == len(delta) else (len(delta),))
+            .astype(dtype),
+            "obs_bias",
+        )
         return None
     users = y.users  # MatMul: its sole user must be Add(y, constant bias)
     if len(users) != 1 or users[0].op != "Add" or graph.is_output(y):

@@ -8,12 +8,14 @@ reached, each group keeping at least one channel (and ``round_to``). Frozen chan
 go. Afterwards no tensor axis may lose all its positions (a Split section whose channels all
 lost): the best-scored channel of such an axis is put back.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,22 +77,30 @@ class PruneReport:
             if not with_indices:
                 d.pop("removed")
             groups.append(d)
-        return {"ratio": self.ratio, "criterion": self.criterion,
-                "global_pruning": self.global_pruning,
-                "macs_before": self.macs_before, "macs_after": self.macs_after,
-                "params_before": self.params_before, "params_after": self.params_after,
-                "channels_removed": self.channels_removed,
-                "groups": groups, "blocked": [asdict(b) for b in self.blocked],
-                "seconds": self.seconds}
+        return {
+            "ratio": self.ratio,
+            "criterion": self.criterion,
+            "global_pruning": self.global_pruning,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "channels_removed": self.channels_removed,
+            "groups": groups,
+            "blocked": [asdict(b) for b in self.blocked],
+            "seconds": self.seconds,
+        }
 
     def __str__(self) -> str:
         from fuser.analysis import human
 
         pruned = [g for g in self.groups if g.kept < g.channels]
-        lines = [f"pruned {len(pruned)} of {len(self.groups)} channel groups "
-                 f"({self.channels_removed} channels, criterion {self.criterion}): "
-                 f"MACs {human(self.macs_before)} -> {human(self.macs_after)}, "
-                 f"params {human(self.params_before)} -> {human(self.params_after)}"]
+        lines = [
+            f"pruned {len(pruned)} of {len(self.groups)} channel groups "
+            f"({self.channels_removed} channels, criterion {self.criterion}): "
+            f"MACs {human(self.macs_before)} -> {human(self.macs_after)}, "
+            f"params {human(self.params_before)} -> {human(self.params_after)}"
+        ]
         lines += [f"  blocked: {b}" for b in self.blocked]
         return "\n".join(lines)
 
@@ -101,12 +111,10 @@ def _matcher(patterns: Iterable[str]) -> Callable[[Node], bool]:
     pats = list(patterns)
 
     def names(node: Node) -> list[str]:
-        return [node.name, layer_name(node)] + [v.name for v in node.inputs
-                                                if v is not None and v.is_const]
+        return [node.name, layer_name(node)] + [v.name for v in node.inputs if v is not None and v.is_const]
 
     def match(node: Node) -> bool:
-        return any(fnmatch.fnmatchcase(n, p) or n.startswith(p + ".")
-                   for p in pats for n in names(node))
+        return any(fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in pats for n in names(node))
 
     return match
 
@@ -118,9 +126,15 @@ def _keep_count(c: int, ratio: float, round_to: int | None) -> int:
     return keep
 
 
-def select(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], ratio: float, *,
-           global_pruning: bool = False, round_to: int | None = None,
-           ratio_of: Callable[[Any], float] | None = None) -> dict[int, np.ndarray]:
+def select(
+    analysis: DependencyAnalysis,
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    *,
+    global_pruning: bool = False,
+    round_to: int | None = None,
+    ratio_of: Callable[[Any], float] | None = None,
+) -> dict[int, np.ndarray]:
     """Per prunable group: a bool array over its channels, True = removed."""
     removed = {}
     groups = analysis.prunable_groups
@@ -131,11 +145,10 @@ def select(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], ratio: f
             n_go = len(cand) - _keep_count(len(cand), r, round_to)
             order = cand[np.argsort(scores[g.index][cand], kind="stable")]
             gone = np.zeros(g.size, bool)
-            gone[order[:max(n_go, 0)]] = True
+            gone[order[: max(n_go, 0)]] = True
             removed[g.index] = gone
         return removed
-    pool = [(float(scores[g.index][k]), g.index, int(k)) for g in groups
-            for k in np.flatnonzero(g.prunable)]
+    pool = [(float(scores[g.index][k]), g.index, int(k)) for g in groups for k in np.flatnonzero(g.prunable)]
     pool.sort()
     target = len(pool) - int(len(pool) * (1.0 - ratio) + 1e-6)
     left = {g.index: int(g.prunable.sum()) for g in groups}
@@ -157,7 +170,7 @@ def select(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], ratio: f
             want = min(int(g.prunable.sum()), -(-keep // round_to) * round_to)
             back = np.flatnonzero(gone)
             back = back[np.argsort(-scores[g.index][back], kind="stable")]
-            gone[back[:want - keep]] = False
+            gone[back[: want - keep]] = False
     return gone_sets
 
 
@@ -171,8 +184,9 @@ def kept_raw_ids(analysis: DependencyAnalysis, removed: dict[int, np.ndarray]) -
     return ~gone_roots[analysis.root_of] if len(analysis.root_of) else np.zeros(0, bool)
 
 
-def repair_empty_axes(analysis: DependencyAnalysis, removed: dict[int, np.ndarray],
-                      scores: dict[int, np.ndarray]) -> int:
+def repair_empty_axes(
+    analysis: DependencyAnalysis, removed: dict[int, np.ndarray], scores: dict[int, np.ndarray]
+) -> int:
     """Put back the best channel of any axis that would lose every position."""
     where = {int(r): (g.index, k) for g in analysis.groups for k, r in enumerate(g.channels)}
     arrays = [ids for labels in analysis.labels.values() for ids in labels.values()]
@@ -184,8 +198,10 @@ def repair_empty_axes(analysis: DependencyAnalysis, removed: dict[int, np.ndarra
         kept = kept_raw_ids(analysis, removed)
         for ids in arrays:
             if len(ids) and not kept[ids].any():
-                best = max((where[int(r)] for r in np.unique(analysis.root_of[ids])
-                            if int(r) in where), key=lambda gk: scores[gk[0]][gk[1]])
+                best = max(
+                    (where[int(r)] for r in np.unique(analysis.root_of[ids]) if int(r) in where),
+                    key=lambda gk: scores[gk[0]][gk[1]],
+                )
                 removed[best[0]][best[1]] = False
                 restored += 1
                 changed = True
@@ -202,25 +218,39 @@ def materialize_weight_views(graph: Graph) -> int:
     """Replace Transpose/Reshape/... of constants by the constants they compute."""
     count = 0
     for node in list(graph.nodes):
-        if (node.op not in _WEIGHT_VIEWS or not all(v is None or v.is_const for v in node.inputs)
-                or graph.is_output(node.outputs[0]) or not node.outputs[0].is_static):
+        if (
+            node.op not in _WEIGHT_VIEWS
+            or not all(v is None or v.is_const for v in node.inputs)
+            or graph.is_output(node.outputs[0])
+            or not node.outputs[0].is_static
+        ):
             continue
         x = node.inputs[0].const
-        y = (np.transpose(x, node.attr("perm")) if node.op == "Transpose"
-             else x.reshape(node.outputs[0].shape))
-        graph.replace_all_uses_with(node.outputs[0],
-                                    graph.const(np.ascontiguousarray(y), node.outputs[0].name))
+        y = np.transpose(x, node.attr("perm")) if node.op == "Transpose" else x.reshape(node.outputs[0].shape)
+        graph.replace_all_uses_with(
+            node.outputs[0], graph.const(np.ascontiguousarray(y), node.outputs[0].name)
+        )
         graph.erase_node(node)
         count += 1
     return count
 
 
-def prune_graph(graph: Graph, ratio: float = 0.5, criterion: str = "l2", *,
-                data: Any = None, loss: Callable | None = None, global_pruning: bool = False,
-                group_reduction: str = "mean", normalizer: str | None = "mean",
-                round_to: int | None = None, ignored: Sequence[str] = (),
-                layer_ratios: dict[str, float] | None = None, heads: bool = False,
-                progress: Progress | None = None) -> PruneReport:
+def prune_graph(
+    graph: Graph,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    *,
+    data: Any = None,
+    loss: Callable | None = None,
+    global_pruning: bool = False,
+    group_reduction: str = "mean",
+    normalizer: str | None = "mean",
+    round_to: int | None = None,
+    ignored: Sequence[str] = (),
+    layer_ratios: dict[str, float] | None = None,
+    heads: bool = False,
+    progress: Progress | None = None,
+) -> PruneReport:
     """Prune ``graph`` in place; see ``fuser.pruning.prune`` for the arguments."""
     from fuser.analysis import analyze
 
@@ -242,11 +272,18 @@ def prune_graph(graph: Graph, ratio: float = 0.5, criterion: str = "l2", *,
 
         moments = obs.propagate(graph, analysis)
         saliency = obs.saliency(analysis, moments)
-    scores = group_scores(analysis, criterion, reduction=group_reduction, normalizer=normalizer,
-                          grads=grads, saliency=saliency)
+    scores = group_scores(
+        analysis, criterion, reduction=group_reduction, normalizer=normalizer, grads=grads, saliency=saliency
+    )
     step("selection")
-    removed = select(analysis, scores, ratio, global_pruning=global_pruning, round_to=round_to,
-                     ratio_of=_ratio_of(graph, ratio, layer_ratios))
+    removed = select(
+        analysis,
+        scores,
+        ratio,
+        global_pruning=global_pruning,
+        round_to=round_to,
+        ratio_of=_ratio_of(graph, ratio, layer_ratios),
+    )
     repair_empty_axes(analysis, removed, scores)
     kept_raw = kept_raw_ids(analysis, removed)
     step("rewrite")
@@ -257,12 +294,19 @@ def prune_graph(graph: Graph, ratio: float = 0.5, criterion: str = "l2", *,
         apply_pruning(graph, analysis, kept_raw, extra)
     after = analyze(graph) if not kept_raw.all() else before
     return PruneReport(
-        ratio=ratio, criterion=criterion, global_pruning=global_pruning,
-        macs_before=before["macs"], macs_after=after["macs"],
-        params_before=before["params"], params_after=after["params"],
+        ratio=ratio,
+        criterion=criterion,
+        global_pruning=global_pruning,
+        macs_before=before["macs"],
+        macs_after=after["macs"],
+        params_before=before["params"],
+        params_after=after["params"],
         groups=_group_reports(analysis, removed, before, after),
-        blocked=list(analysis.blocked), seconds=round(time.perf_counter() - t0, 3),
-        analysis=analysis, kept_raw=kept_raw)
+        blocked=list(analysis.blocked),
+        seconds=round(time.perf_counter() - t0, 3),
+        analysis=analysis,
+        kept_raw=kept_raw,
+    )
 
 
 def _ratio_of(graph: Graph, ratio: float, layer_ratios: dict[str, float] | None):
@@ -284,9 +328,11 @@ def _check_static(graph: Graph) -> None:
     for n in graph.nodes:
         for v in n.outputs:
             if (v.uses or graph.is_output(v)) and not v.is_static:
-                raise FuserError(f"{graph.source}: node '{n.name}' ({n.op}): output '{v.name}' has "
-                                 f"no static shape ({v.type_str()}); pruning needs static shapes "
-                                 "(fix the input shapes, e.g. --input-shape x:1,3,224,224)")
+                raise FuserError(
+                    f"{graph.source}: node '{n.name}' ({n.op}): output '{v.name}' has "
+                    f"no static shape ({v.type_str()}); pruning needs static shapes "
+                    "(fix the input shapes, e.g. --input-shape x:1,3,224,224)"
+                )
 
 
 def _check_args(ratio, criterion, reduction, normalizer, round_to, layer_ratios, data):
@@ -298,17 +344,18 @@ def _check_args(ratio, criterion, reduction, normalizer, round_to, layer_ratios,
     if reduction not in REDUCTIONS:
         raise FuserError(f"group reduction '{reduction}': choose one of {', '.join(REDUCTIONS)}")
     if normalizer not in NORMALIZERS:
-        raise FuserError(f"normalizer '{normalizer}': choose one of "
-                         f"{', '.join(str(n) for n in NORMALIZERS)}")
+        raise FuserError(f"normalizer '{normalizer}': choose one of {', '.join(str(n) for n in NORMALIZERS)}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise FuserError(f"round_to {round_to!r}: must be a positive integer")
     if criterion == "taylor" and data is None:
-        raise FuserError("criterion 'taylor' needs data (inputs, or (inputs, targets)); "
-                         "'obs' is the data-free alternative")
+        raise FuserError(
+            "criterion 'taylor' needs data (inputs, or (inputs, targets)); 'obs' is the data-free alternative"
+        )
 
 
-def _group_reports(analysis: DependencyAnalysis, removed: dict[int, np.ndarray],
-                   before: dict, after: dict) -> list[GroupReport]:
+def _group_reports(
+    analysis: DependencyAnalysis, removed: dict[int, np.ndarray], before: dict, after: dict
+) -> list[GroupReport]:
     cost_before = {r["name"]: r for r in before["per_node"]}
     cost_after = {r["name"]: r for r in after["per_node"]}
     out = []
@@ -319,13 +366,24 @@ def _group_reports(analysis: DependencyAnalysis, removed: dict[int, np.ndarray],
         def total(costs, key):
             return int(sum(costs[n][key] for n in nodes if n in costs))
 
-        out.append(GroupReport(
-            index=g.index, name=g.name, layers=g.layers, sources=g.sources, channels=g.size,
-            kept=int(g.size - gone.sum()), prunable=int(g.prunable.sum()),
-            frozen_reason=g.frozen_reason if not g.prunable.all() else "", nodes=nodes,
-            params_before=total(cost_before, "params"), params_after=total(cost_after, "params"),
-            macs_before=total(cost_before, "macs"), macs_after=total(cost_after, "macs"),
-            removed=[int(k) for k in np.flatnonzero(gone)]))
+        out.append(
+            GroupReport(
+                index=g.index,
+                name=g.name,
+                layers=g.layers,
+                sources=g.sources,
+                channels=g.size,
+                kept=int(g.size - gone.sum()),
+                prunable=int(g.prunable.sum()),
+                frozen_reason=g.frozen_reason if not g.prunable.all() else "",
+                nodes=nodes,
+                params_before=total(cost_before, "params"),
+                params_after=total(cost_after, "params"),
+                macs_before=total(cost_before, "macs"),
+                macs_after=total(cost_after, "macs"),
+                removed=[int(k) for k in np.flatnonzero(gone)],
+            )
+        )
     return out
 
 
