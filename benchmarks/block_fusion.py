@@ -46,10 +46,10 @@ ROTATING_INPUTS = 8
 def build(channels: int, expansion: int, batch: int, hw: int):
     """(torch module, folded graph, BlockSpec) of one ConvFirst block."""
     import torch
-    from fuser.models import convfirst_block, randomize_batchnorm
 
     import fuser
     from fuser.blockfusion import find_blocks
+    from fuser.models import convfirst_block, randomize_batchnorm
 
     torch.manual_seed(0)
     module = convfirst_block(channels, expansion, KERNEL).eval()
@@ -112,7 +112,7 @@ def run_gpu(module, spec, repeats: int) -> dict:
     import torch
 
     from fuser.blockfusion import choose_schedule, load_blocks
-    from fuser.convbn import convbn
+    from fuser.torchtools.convbn import convbn
 
     fused = load_blocks([choose_schedule(spec, gpu_target())])[0]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -288,7 +288,7 @@ def main() -> None:
             if g["rel_err"] > TOLERANCE:
                 print(f"      WRONG: fused output differs from the fp32 module by {g['rel_err']:.2e}")
     if args.json:
-        from fuser.onnx_io import atomic_write
+        from fuser.serde.onnx import atomic_write
 
         atomic_write(args.json, json.dumps(results, indent=2).encode())
 

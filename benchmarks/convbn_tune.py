@@ -92,7 +92,7 @@ class Run:
         from torch import nn
 
         from fuser import models
-        from fuser.convbn import convbn
+        from fuser.torchtools.convbn import convbn
 
         self.config, self.x, self.target, self.info = config, x, target, {}
         model = models.create(name, seed=0)

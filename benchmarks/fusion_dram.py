@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             )
             console.print(report)
         if args.out:  # after every model, so a long run leaves what it has done
-            from fuser.onnx_io import atomic_write
+            from fuser.serde.onnx import atomic_write
 
             atomic_write(args.out, console.export_text(clear=False).encode())
     return 0

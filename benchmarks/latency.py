@@ -51,10 +51,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the reports as JSON too")
     args = ap.parse_args(argv)
 
-    from fuser.backends import tvm_latency, tvm_tuning
-
     import fuser
     from fuser.api import from_zoo
+    from fuser.backends.tvm import latency as tvm_latency
+    from fuser.backends.tvm import tuning as tvm_tuning
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     trials = _per_model(args.trials, models)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from fuser.onnx_io import atomic_write
+    from fuser.serde.onnx import atomic_write
 
     atomic_write(out, text.encode())
     print(text)

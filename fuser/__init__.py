@@ -15,20 +15,21 @@ import importlib
 
 __version__ = "0.1.0"
 
+from fuser.frontends.torch import from_torch  # noqa: E402
+from fuser.serde.onnx import from_onnx, save_onnx, to_onnx  # noqa: E402
+
 from .api import info, optimize, to_graph  # noqa: E402
-from .capture import from_torch  # noqa: E402
 from .ir import FuserError, Graph, Node, Value  # noqa: E402
-from .onnx_io import from_onnx, save_onnx, to_onnx  # noqa: E402
 
 _LAZY = {
-    "tune_mode": "fuser.convbn",
-    "convbn": "fuser.convbn",
+    "tune_mode": "fuser.torchtools.convbn",
+    "convbn": "fuser.torchtools.convbn",
     "partition": "fuser.fusion",
     "Plan": "fuser.fusion",
     "prune": "fuser.pruning",
     "find_blocks": "fuser.blockfusion",
     "blocks_report": "fuser.blockfusion",
-    "load": "fuser.backends.tvm_artifact",
+    "load": "fuser.backends.tvm.artifact",
 }
 
 

@@ -1,3 +1,3 @@
-from fuser.cli import main
+from .cli import main
 
 main()

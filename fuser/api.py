@@ -6,8 +6,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from fuser.passes.pipeline import PassSpec, default_passes, run_passes
+
 from .ir import FuserError, Graph
-from .pipeline import PassSpec, default_passes, run_passes
 
 ZOO_PREFIX = "zoo:"
 
@@ -21,8 +22,8 @@ def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -
     """
     import onnx
 
-    from .capture import from_torch
-    from .onnx_io import from_onnx
+    from fuser.frontends.torch import from_torch
+    from fuser.serde.onnx import from_onnx
 
     if isinstance(model, Graph):
         return model
@@ -64,8 +65,7 @@ def from_zoo(name: str, input_shapes: Any = None, seed: int = 0) -> Graph:
     import torch
 
     from fuser import models
-
-    from .capture import from_torch
+    from fuser.frontends.torch import from_torch
 
     if name not in models.names():
         raise FuserError(f"zoo:{name}: no such model; `fuser zoo list` shows {len(models.names())}")

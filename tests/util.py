@@ -54,7 +54,7 @@ def ort_run(model, feeds: dict, optimize: bool = True) -> list[np.ndarray]:
 def export_weights_as_inputs(graph, min_size: int = 1024):
     """to_onnx of ``graph`` with its large constants turned into graph inputs, plus the feeds
     for them: ORT then reads the weights in place instead of through protobuf copies."""
-    from fuser.onnx_io import to_onnx
+    from fuser.serde.onnx import to_onnx
 
     e = graph.copy()
     feeds = {}

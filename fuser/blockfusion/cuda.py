@@ -243,7 +243,7 @@ def compile_nvcc(
 ) -> CompileResult:
     """Compile ``source`` with ``nvcc -arch=ARCH MODE`` (MODE -cubin, -c or --ptx; ptxas -v for the
     resource report); cached."""
-    from fuser.onnx_io import atomic_write
+    from fuser.serde.onnx import atomic_write
 
     nvcc = nvcc or find_nvcc()
     if nvcc is None:

@@ -257,7 +257,7 @@ def roofline_png(report: dict) -> bytes:
 def emit_kernels(graph: Graph, directory: str | Path, device: str = "h100") -> list[dict]:
     """Write each distinct kernel as DIR/<name>.cu and DIR/manifest.json (block → kernel, launch);
     returns the manifest."""
-    from fuser.onnx_io import atomic_write
+    from fuser.serde.onnx import atomic_write
 
     _, _, costs, _ = find_and_cost(graph, device)
     directory = Path(directory)

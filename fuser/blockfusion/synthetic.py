@@ -68,7 +68,7 @@ def block_graph(
 ) -> Graph:
     """One block as a Graph (static shapes inferred). ``residual`` defaults to True where the
     shapes allow it (resnet_basic: a 1×1 projection when they do not)."""
-    from fuser.shapes import infer_shapes
+    from fuser.analysis.shapes import infer_shapes
 
     rng = np.random.default_rng(seed)
     act = activation or DEFAULT_ACTIVATION[kind]

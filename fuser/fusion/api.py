@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..ir import FuserError, Graph
+from fuser.ir import FuserError, Graph
+
 from .cost import CostModel, GroupCost, format_size, make_cost_model, parse_size
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, build_fusion_graph
@@ -18,8 +19,8 @@ EXPLAINERS = ("exact", "gnn")
 
 def prepare_graph(model: Any, input_shapes: Any = None, optimize: bool = True) -> Graph:
     """The graph whose ops a plan partitions: ``fuser.optimize(model)`` (BN folded)."""
-    from ..api import optimize as run_optimize
-    from ..api import to_graph
+    from fuser.api import optimize as run_optimize
+    from fuser.api import to_graph
 
     return (
         run_optimize(model, input_shapes=input_shapes)

@@ -62,7 +62,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import FuserError
+from fuser.ir import FuserError
+
 from .opgraph import FusionGraph, bits
 
 STYLES = ("lbdf", "brr")

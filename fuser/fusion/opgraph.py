@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis import node_weights
-from ..ir import FuserError, Graph, Node, Value
+from fuser.analysis import node_weights
+from fuser.ir import FuserError, Graph, Node, Value
 
 ELEMENTWISE = {
     "Abs",

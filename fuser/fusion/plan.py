@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import FuserError, stable_topological_order
+from fuser.ir import FuserError, stable_topological_order
+
 from .opgraph import FusionGraph, bits
 
 PLAN_FORMAT = "fuser.fusion.plan/1"
@@ -221,7 +222,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path) -> None:
-        from ..onnx_io import atomic_write
+        from fuser.serde.onnx import atomic_write
 
         atomic_write(path, (self.to_json() + "\n").encode())
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import FuserError
+from fuser.ir import FuserError
+
 from .cost import CostModel
 from .opgraph import ELEMENTWISE, RESHAPES, bits
 from .plan import decode, encode, merge_makes_cycle

@@ -285,7 +285,7 @@ class ExplainSplitter(Splitter):
 
 
 def make_splitter(name: str, cost: CostModel, seed: int = 0, explainer: Explainer | None = None) -> Splitter:
-    from ..ir import FuserError
+    from fuser.ir import FuserError
 
     if name == "random":
         return RandomSplitter(cost, seed)

@@ -189,7 +189,7 @@ def apply_pruning(
     graph: Graph, analysis: DependencyAnalysis, kept_raw: np.ndarray, extra_members: list[Member] = ()
 ) -> int:
     """Remove every position whose id is not kept; returns the number of constants sliced."""
-    from fuser.shapes import infer_shapes
+    from fuser.analysis.shapes import infer_shapes
 
     keep = _Keep(kept_raw)
     out_shapes = [tuple(v.shape) for v in graph.outputs]

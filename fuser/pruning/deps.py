@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
-from fuser.ops import BINARY_OPS
+from fuser.ir.ops import BINARY_OPS
 
 Labels = dict[int, np.ndarray]  # axis -> raw channel ids, one per position along the axis
 

@@ -20,7 +20,7 @@ from fuser.ir import Graph
 
 def parameters_of(graph: Graph, module) -> dict:
     """id(Value) -> the module's Parameter holding that constant."""
-    from fuser.backends.torch_backend import _sanitize
+    from fuser.backends.torch.core import _sanitize
 
     params = dict(module.named_parameters())
     found = {}

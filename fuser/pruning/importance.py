@@ -195,7 +195,7 @@ def taylor_gradients(graph: Graph, data: Any, loss: Callable | None = None) -> d
     import torch
     import torch.nn.functional as F
 
-    from fuser.backends.torch_backend import to_torch
+    from fuser.backends.torch.core import to_torch
 
     from .finetune import parameters_of
 

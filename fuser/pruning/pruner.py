@@ -268,7 +268,7 @@ def prune_graph(
     grads = taylor_gradients(graph, data, loss) if criterion == "taylor" else None
     moments = saliency = None
     if criterion == "obs":
-        from . import obs
+        from fuser.pruning import obs
 
         moments = obs.propagate(graph, analysis)
         saliency = obs.saliency(analysis, moments)

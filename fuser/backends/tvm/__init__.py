@@ -1,0 +1,1 @@
+"""Apache TVM backend: IR -> Relax, llvm/cuda builds, artifacts, tuning, latency."""

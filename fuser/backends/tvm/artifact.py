@@ -1,0 +1,129 @@
+"""A deployable TVM build on disk: the compiled library (weights inside) and metadata.
+
+    OUT_DIR/
+      model.so        tvm Executable.export_library (host code + kernels + weights)
+      metadata.json   inputs/outputs (name, shape, dtype), target, kernels, versions
+
+``save`` writes the library first and the metadata last, each through a rename,
+so a folder with metadata.json holds a complete build. ``load`` refuses a build
+made with another TVM or fuser version: TVM's runtime ABI is not stable across
+releases, and a silent mismatch crashes instead of failing cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from fuser.ir import FuserError, Graph
+from fuser.serde.onnx import atomic_write
+
+from .core import TVMModel, require_tvm, value_specs
+
+LIBRARY = "model.so"
+METADATA = "metadata.json"
+FORMAT = 1
+
+
+def versions() -> dict[str, str]:
+    """The versions a build depends on: fuser, TVM and TVM's FFI."""
+    import fuser
+
+    require_tvm()
+    import tvm
+    import tvm_ffi
+
+    return {
+        "fuser": fuser.__version__,
+        "tvm": tvm.__version__,
+        "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
+    }
+
+
+def save(
+    out_dir: str | os.PathLike, executable, graph: Graph, target: str, *, extra: dict | None = None
+) -> dict:
+    """Write ``executable`` (built from ``graph`` for ``target``) to ``out_dir``; returns
+    the metadata written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FuserError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY}.", suffix=".so", dir=out)
+    os.close(fd)
+    try:
+        executable.export_library(tmp)
+        os.replace(tmp, out / LIBRARY)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    meta = {
+        "format": FORMAT,
+        "model": graph.name,
+        "source": graph.source,
+        "target": target,
+        "inputs": value_specs(graph.inputs),
+        "outputs": value_specs(graph.outputs),
+        "versions": versions(),
+        **(extra or {}),
+    }
+    atomic_write(out / METADATA, (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def read_metadata(out_dir: str | os.PathLike) -> dict:
+    path = Path(out_dir) / METADATA
+    if not path.is_file():
+        raise FuserError(
+            f"{out_dir}: not a fuser TVM build (no {METADATA}); make one with `fuser compile MODEL -o DIR`"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FuserError(f"{path}: unreadable metadata ({e})") from None
+
+
+def check_versions(meta: dict, where: str) -> None:
+    """Raise a FuserError naming each version that differs from this installation."""
+    built, here = meta.get("versions", {}), versions()
+    diff = [f"{k} {built.get(k)} (here {v})" for k, v in here.items() if built.get(k) != v]
+    if diff or meta.get("format") != FORMAT:
+        raise FuserError(
+            f"{where}: built with "
+            + ", ".join(diff or ["another format"])
+            + "; rebuild it with `fuser compile`"
+        )
+
+
+def load(out_dir: str | os.PathLike) -> TVMModel:
+    """A build written by ``save`` / `fuser compile`, as a callable on numpy arrays:
+    ``model(x)`` or ``model(name=array)`` -> list of output arrays."""
+    require_tvm()
+    import tvm
+
+    meta = read_metadata(out_dir)
+    check_versions(meta, str(out_dir))
+    lib = Path(out_dir) / LIBRARY
+    if not lib.is_file():
+        raise FuserError(f"{out_dir}: {LIBRARY} is missing; rebuild with `fuser compile`")
+    if meta.get("cpu"):
+        from .core import missing_cpu_features
+
+        missing = missing_cpu_features(meta["cpu"])
+        if missing:
+            raise FuserError(
+                f"{out_dir}: built for CPU {meta['cpu']}, which has "
+                f"{', '.join(missing[:4])} that this CPU lacks; rebuild it here or "
+                "with `fuser compile --cpu x86-64` for any x86 machine"
+            )
+    if meta["target"] == "cuda":
+        from .core import cuda_available
+
+        if not cuda_available():
+            raise FuserError(f"{out_dir}: a cuda build needs a CUDA GPU, and none is visible")
+    module = tvm.runtime.load_module(str(lib))
+    model = TVMModel(module, meta["inputs"], meta["outputs"], "cuda" if meta["target"] == "cuda" else "cpu")
+    model.metadata = meta
+    return model

@@ -1,0 +1,160 @@
+"""`fuser bench`: latency of MODEL on torch, ONNX Runtime and TVM, with TVM per-kernel times."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "-"
+    for div, unit in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+@click.command("bench")
+@click.argument("model")
+@click.option(
+    "--backends",
+    default="torch,ort,tvm",
+    show_default=True,
+    metavar="B1,B2",
+    help="Comma list of: torch (fuser's eager torch module), torch-compile, ort "
+    "(ONNX Runtime, all optimisations), tvm (untuned), tvm-tuned.",
+)
+@input_shape_option
+@click.option(
+    "--threads", type=int, default=2, show_default=True, help="Threads for every backend (intra-op)."
+)
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
+@click.option("--repeat", type=int, default=20, show_default=True, help="Timed calls.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False),
+    help="Build TVM with this fusion plan; the kernel table then shows each group's "
+    "DRAM estimate next to its time.",
+)
+@click.option(
+    "--tune-trials",
+    type=int,
+    default=0,
+    help="MetaSchedule trials in all for tvm-tuned (see `fuser compile --help`).",
+)
+@click.option(
+    "--tuning-db",
+    type=click.Path(file_okay=False),
+    help="Tuning database folder for tvm-tuned, shared with `fuser compile`.",
+)
+@click.option(
+    "--kernels",
+    "top_kernels",
+    type=int,
+    default=15,
+    show_default=True,
+    help="Rows of the per-kernel table (slowest first).",
+)
+@json_option
+def command(
+    model,
+    backends,
+    input_shapes,
+    threads,
+    warmup,
+    repeat,
+    plan_path,
+    tune_trials,
+    tuning_db,
+    top_kernels,
+    as_json,
+):
+    """Time MODEL on several backends; ratios are against ONNX Runtime.
+
+    \b
+    Every backend runs the same optimized graph (BatchNorm folded) on the same
+    random input: WARMUP untimed calls, then REPEAT timed ones; the table shows
+    the median and the spread (min..max). For a TVM build it also times each
+    fused kernel alone, so you see where the time goes.
+
+    \b
+    Examples:
+      fuser bench zoo:resnet18 --input-shape 1,3,224,224
+      fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
+    """
+    from fuser.api import optimize
+    from fuser.backends.tvm import latency as tvm_latency
+    from fuser.ir import FuserError
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise FuserError("--backends: name at least one backend")
+    if "tvm-tuned" in names and not (tune_trials and tuning_db):
+        raise FuserError("--backends tvm-tuned needs --tune-trials N and --tuning-db DIR")
+
+    def tuning(fused, target):
+        from .compile import tune_with_progress
+
+        return tune_with_progress(fused, target, tuning_db, tune_trials)
+
+    if any(b.startswith("tvm") for b in names):
+        from fuser.backends.tvm import core as tvm_backend
+
+        tvm_backend.require_tvm()
+    graph = load_graph(model, input_shapes)
+    with status("optimizing"):
+        graph = optimize(graph)
+    groups = plan = None
+    if plan_path:
+        from fuser.backends.tvm import core as tvm_backend
+
+        groups, plan = tvm_backend.plan_groups(plan_path, graph)
+    with status("benchmarking"):
+        report = tvm_latency.run_report(
+            graph,
+            names,
+            threads=threads,
+            warmup=warmup,
+            repeat=repeat,
+            groups=groups,
+            plan_groups=plan,
+            tuning=tuning if tuning_db else None,
+            on_step=lambda s: err.print(f"[dim]{s}[/]") if not as_json else None,
+        )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    t = Table(
+        title=f"{model} {report.input_shape}, {threads} threads, median of {repeat}", title_justify="left"
+    )
+    for col in ("backend", "median ms", "min..max ms", "vs ORT"):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    for r in report.timings:
+        t.add_row(
+            r.backend,
+            f"{r.median_ms:.3f}",
+            f"{r.min_ms:.3f}..{r.max_ms:.3f}",
+            f"{r.vs_ort:.2f}x" if r.vs_ort else "-",
+        )
+    out.print(t)
+    if report.kernels:
+        total = sum(k.median_ms for k in report.kernels)
+        kt = Table(
+            title=f"TVM kernels ({len(report.kernels)}, each timed alone; sum {total:.3f} ms)",
+            title_justify="left",
+        )
+        for col in ("kernel", "plan group", "ms", "%", "plan DRAM"):
+            kt.add_column(col, justify="left" if col == "kernel" else "right")
+        for k in report.kernels[:top_kernels]:
+            kt.add_row(
+                k.kernel,
+                "-" if k.group is None else str(k.group),
+                f"{k.median_ms:.4f}",
+                f"{100 * k.median_ms / max(total, 1e-12):.1f}",
+                _bytes(k.dram_bytes),
+            )
+        out.print(kt)

@@ -1,0 +1,168 @@
+"""`fuser compile`: build MODEL with Apache TVM into a deployable folder."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+
+
+def tune_with_progress(fused, target, tuning_db: str, trials: int):
+    """MetaSchedule tuning (fuser.backends.tvm_tuning) behind a progress bar of trials;
+    with 0 trials it only applies what the database already holds."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fuser.backends.tvm import tuning as tvm_tuning
+
+    with Progress(
+        TextColumn("tuning {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("kernels", total=None)
+
+        def on_plan(budgets):
+            cached = sum(b.tuned for b in budgets)
+            err.print(
+                f"[dim]{len(budgets)} kernels, {cached} already in {tuning_db}; "
+                f"{budgets[0].want if budgets else 0} trials each for the rest[/]"
+            )
+            progress.update(bar, total=sum(b.want for b in budgets if not b.tuned))
+
+        def on_progress(done, total, kernel):
+            progress.update(bar, completed=done, description=kernel)
+
+        try:
+            fused = tvm_tuning.tune(
+                fused, target, tuning_db, trials, on_plan=on_plan, on_progress=on_progress
+            )
+        except KeyboardInterrupt:
+            err.print(
+                f"stopped after the current batch; its records are in {tuning_db}: the same command resumes"
+            )
+            raise
+        progress.update(bar, completed=progress.tasks[0].total or 0, description="done")
+    return fused
+
+
+@click.command("compile")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write model.so and metadata.json into (created if missing).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["llvm", "cuda"]),
+    default="llvm",
+    show_default=True,
+    help="llvm: this CPU. cuda: NVIDIA GPUs (compiles with nvcc; no GPU needed to build).",
+)
+@click.option(
+    "--cpu",
+    help="llvm only: the CPU to generate code for, by LLVM name (default: this "
+    "machine's, e.g. rocketlake; x86-64 runs on any x86 machine, slower).",
+)
+@input_shape_option
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False),
+    help="A fusion plan (JSON from fuser's fusion planner): each group becomes exactly "
+    "one TVM kernel. Without it TVM's FuseOps chooses the kernels.",
+)
+@click.option(
+    "--tune-trials",
+    type=int,
+    default=0,
+    show_default=True,
+    help="MetaSchedule trials in all (0: untuned, default schedules).",
+)
+@click.option(
+    "--tuning-db",
+    type=click.Path(file_okay=False),
+    help="Folder of MetaSchedule records, reused across runs and models: a kernel "
+    "already tuned there is not tuned again, and an interrupted run resumes.",
+)
+@json_option
+def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, tuning_db, as_json):
+    """Compile MODEL with Apache TVM and write a deployable build to OUT_DIR.
+
+    fuser's passes (BatchNorm folding, cleanups) run first; the graph is then
+    lowered to TVM Relax and built. Untuned builds are far slower than ONNX
+    Runtime on CPU: tune with --tune-trials N --tuning-db DIR (N trials in all,
+    split over the kernels; minutes per kernel on a small CPU). Run the result with `fuser run OUT_DIR` or
+    from Python with fuser.load(OUT_DIR)(x) -> list of numpy outputs.
+
+    \b
+    Examples:
+      fuser compile zoo:resnet18 -o r18_tvm
+      fuser compile model.onnx -o det_cuda --target cuda --input-shape x:1,3,640,640
+      fuser compile zoo:resnet18 -o r18_plan --plan r18.plan.json
+      fuser compile zoo:resnet18 -o r18_tuned --tune-trials 2000 --tuning-db ~/.fuser-tuning
+    """
+    from fuser.api import optimize
+    from fuser.backends.tvm import artifact as tvm_artifact
+    from fuser.backends.tvm import core as tvm_backend
+    from fuser.ir import FuserError
+
+    tvm_backend.require_tvm()
+    if cpu and target != "llvm":
+        raise FuserError("--cpu applies to --target llvm only")
+    if tune_trials < 0:
+        raise FuserError("--tune-trials: give a number of trials >= 0")
+    if tune_trials and not tuning_db:
+        raise FuserError("--tune-trials needs --tuning-db DIR (tuning records are kept there and reused)")
+    graph = load_graph(model, input_shapes)
+    with status("optimizing"):
+        graph = optimize(graph)
+    groups, plan = tvm_backend.plan_groups(plan_path, graph) if plan_path else (None, None)
+    start = time.perf_counter()
+    with status(f"lowering to Relax for {target}"):
+        mod = tvm_backend.to_relax(graph, groups)
+        tvm_target = tvm_backend.make_target(target, cpu=cpu)
+        fused = tvm_backend.fuse(mod, tvm_target, planned=bool(groups))
+        kernels = tvm_backend.kernel_names(fused)
+    if tuning_db:
+        fused = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
+    with status(f"building for {target}"):
+        executable = tvm_backend.build_fused(fused, tvm_target)
+    build_s = time.perf_counter() - start
+    with status(f"writing {out_dir}"):
+        meta = tvm_artifact.save(
+            out_dir,
+            executable,
+            graph,
+            target,
+            extra={
+                "kernels": kernels,
+                "plan": plan_path,
+                "plan_groups": len(plan) if plan else None,
+                "tune_trials": tune_trials,
+                "tuning_db": tuning_db,
+                "cpu": tvm_target.attrs["mcpu"] if target == "llvm" else None,
+            },
+        )
+    summary = {"output": out_dir, "build_seconds": round(build_s, 2), **meta}
+    if as_json:
+        emit_json(summary)
+        return
+    t = Table(title=f"{model} -> {out_dir} ({target})", title_justify="left", show_header=False)
+    t.add_column("")
+    t.add_column("")
+    for label, specs in (("inputs", meta["inputs"]), ("outputs", meta["outputs"])):
+        t.add_row(label, ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs))
+    t.add_row("kernels", f"{len(kernels)}" + (f" (plan groups: {len(plan)})" if plan else ""))
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    t.add_row("build", f"{build_s:.1f} s")
+    out.print(t)

@@ -1,0 +1,232 @@
+"""`fuser prune`: structured channel pruning of an ONNX file or zoo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+from fuser.ir import FuserError
+from fuser.pruning.importance import CRITERIA, NORMALIZERS, REDUCTIONS
+
+STEPS = ("dependencies", "importance", "selection", "rewrite")
+
+
+def _layer_ratios(specs: tuple[str, ...]) -> dict[str, float] | None:
+    ratios = {}
+    for spec in specs:
+        pattern, sep, value = spec.rpartition("=")
+        try:
+            ratios[pattern] = float(value)
+        except ValueError:
+            pattern = ""
+        if not sep or not pattern:
+            raise FuserError(f"--layer-ratio '{spec}': write PATTERN=RATIO, e.g. 'layer4.*=0.7'")
+    return ratios or None
+
+
+def _load_data(path: str | None):
+    """Inputs (and targets) for taylor: an .npy of inputs or an .npz with x (and y)."""
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        loaded = np.load(path)
+    except Exception as e:
+        raise FuserError(f"--data {path}: not a readable .npy/.npz file ({type(e).__name__})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    if "x" not in loaded:
+        raise FuserError(f"--data {path}: an .npz needs an array 'x' (inputs) and optionally 'y'")
+    return (loaded["x"], loaded["y"]) if "y" in loaded else loaded["x"]
+
+
+def _short(n: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:g}"
+
+
+def _table(report, model: str):
+    t = Table(title=f"{model}: channel groups", title_justify="left")
+    for col in ("#", "layers", "channels", "params", "MACs"):
+        t.add_column(col, justify="left" if col == "layers" else "right")
+    for g in report.groups:
+        fixed = "" if g.prunable else " (fixed)"
+        t.add_row(
+            str(g.index),
+            g.name,
+            f"{g.channels} -> {g.kept}{fixed}",
+            f"{_short(g.params_before)} -> {_short(g.params_after)}",
+            f"{_short(g.macs_before)} -> {_short(g.macs_after)}",
+            style=None if g.kept < g.channels else "dim",
+        )
+    return t
+
+
+@click.command("prune")
+@click.argument("model")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option(
+    "--ratio", type=float, required=True, help="Fraction of each group's channels to remove, in [0, 1)."
+)
+@click.option(
+    "--criterion",
+    type=click.Choice(CRITERIA),
+    default="l2",
+    show_default=True,
+    help="l1/l2: weight magnitude; taylor: |w·dL/dw| on --data; obs: data-free, compensates the next layers.",
+)
+@click.option(
+    "--global",
+    "global_pruning",
+    is_flag=True,
+    help="Rank channels of all groups together (ratio of all channels), not per group.",
+)
+@click.option("--round-to", type=int, help="Keep channel counts multiples of this (e.g. 8).")
+@click.option(
+    "--ignore",
+    "ignored",
+    multiple=True,
+    metavar="NAME",
+    help="A layer (node, weight or module name, glob) keeping its output channels. Repeat.",
+)
+@click.option(
+    "--layer-ratio",
+    "layer_ratios",
+    multiple=True,
+    metavar="PATTERN=R",
+    help="Own ratio for the groups made by matching layers, e.g. 'layer4.*=0.7'. Repeat.",
+)
+@click.option(
+    "--reduction",
+    type=click.Choice(REDUCTIONS),
+    default="mean",
+    show_default=True,
+    help="How the scores of a group's layers combine per channel.",
+)
+@click.option(
+    "--normalizer",
+    type=click.Choice([n for n in NORMALIZERS if n] + ["none"]),
+    default="mean",
+    show_default=True,
+    help="Per-group score normalization (matters with --global).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help="For taylor: an .npy of inputs, or an .npz with 'x' and (class) targets 'y'.",
+)
+@click.option(
+    "--heads",
+    is_flag=True,
+    help="Prune attention by whole heads (head count rewritten), not by head dimension.",
+)
+@click.option(
+    "--optimize",
+    "optimize_first",
+    is_flag=True,
+    help="Run the optimize pipeline first (fold BatchNorm into convs, cleanups).",
+)
+@input_shape_option
+@json_option
+def command(
+    model,
+    output,
+    ratio,
+    criterion,
+    global_pruning,
+    round_to,
+    ignored,
+    layer_ratios,
+    reduction,
+    normalizer,
+    data_path,
+    heads,
+    optimize_first,
+    input_shapes,
+    as_json,
+):
+    """Remove channels from MODEL and write OUTPUT (.onnx); print MACs/params before and after.
+
+    \b
+    Channels that must go together are found on the graph itself: residual
+    adds, concat offsets, splits, depthwise/grouped convs, norms, flatten into
+    a classifier, squeeze-and-excite, channel shuffle and attention heads. An op
+    without a rule keeps its channels and is listed. Graph outputs (the
+    classifier) keep their shapes. Per-group ratio, Torch-Pruning's convention:
+    each group keeps int(C * (1 - ratio)) channels.
+
+    \b
+    Examples:
+      fuser prune zoo:resnet18 r18-half.onnx --ratio 0.5
+      fuser prune model.onnx small.onnx --ratio 0.3 --criterion obs --round-to 8
+      fuser prune det.onnx det-p.onnx --ratio 0.3 --input-shape x:1,3,640,640 --json
+      fuser prune model.onnx p.onnx --ratio 0.5 --criterion taylor --data calib.npz
+      fuser prune zoo:resnet50 p.onnx --ratio 0.5 --ignore 'layer4.*' --global
+      fuser prune zoo:vit_tiny_patch16_224 v.onnx --ratio 0.3 --heads
+    """
+    from fuser import api
+    from fuser.analysis import human
+    from fuser.pruning import prune_graph
+    from fuser.serde.onnx import save_onnx
+
+    if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
+        raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
+    data = _load_data(data_path)
+    graph = load_graph(model, input_shapes)
+    if optimize_first:
+        with status("optimizing"):
+            graph = api.optimize(graph)
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("pruning", total=len(STEPS))
+
+        def progress(step: str):
+            bar.update(task, description=step, completed=STEPS.index(step))
+
+        report = prune_graph(
+            graph,
+            ratio,
+            criterion,
+            data=data,
+            global_pruning=global_pruning,
+            group_reduction=reduction,
+            normalizer=None if normalizer == "none" else normalizer,
+            round_to=round_to,
+            ignored=ignored,
+            layer_ratios=_layer_ratios(layer_ratios),
+            heads=heads,
+            progress=progress,
+        )
+        bar.update(task, description="writing", completed=len(STEPS))
+        save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
+    if as_json:
+        emit_json({"input": model, "output": output, **report.to_dict()})
+        return
+    out.print(_table(report, model))
+    for reason in dict.fromkeys(g.frozen_reason for g in report.groups if g.frozen_reason):
+        out.print(f"[dim]fixed: {reason}[/]", highlight=False)
+    for b in report.blocked:
+        out.print(f"[yellow]blocked[/] {b}", highlight=False)
+    out.print(
+        f"[bold]total[/]: MACs {human(report.macs_before)} -> {human(report.macs_after)} "
+        f"({report.macs_after / max(report.macs_before, 1):.1%}), params "
+        f"{report.params_before:,} -> {report.params_after:,} "
+        f"({report.params_after / max(report.params_before, 1):.1%}); "
+        f"{report.channels_removed} channels removed in {report.seconds:.1f} s; "
+        f"wrote {output}",
+        highlight=False,
+    )

@@ -1,0 +1,268 @@
+"""The `fuser` command line.
+
+MODEL, everywhere, is a path to an .onnx file or `zoo:NAME` (see `fuser zoo list`).
+Exit status: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from fuser.ir import FuserError
+from fuser.passes import DEFAULT_PIPELINE
+
+from .common import (
+    emit_json,
+    err,
+    input_shape_option,
+    json_option,
+    load_graph,
+    out,
+    parse_input_shapes,
+    status,
+)
+
+
+class FuserGroup(click.Group):
+    """Turns FuserError into one line on stderr and exit 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FuserError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+        except Exception as e:  # a bug in fuser, not in the user's input
+            if os.environ.get("FUSER_DEBUG"):
+                traceback.print_exc()
+            err.print(
+                f"[bold red]internal error:[/] {type(e).__name__}: {e} (set FUSER_DEBUG=1 for a traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
+
+
+@click.group(cls=FuserGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fuser")
+def main():
+    """fuser: a graph compiler and operator-fusion optimizer for CNNs.
+
+    \b
+    Typical session:
+      fuser zoo list                              # models you can try
+      fuser info zoo:resnet50                     # MACs, params, op counts
+      fuser zoo export resnet18 r18.onnx          # a zoo model as ONNX (BN kept)
+      fuser optimize r18.onnx r18.opt.onnx        # run the pass pipeline
+      fuser info model.onnx --input-shape x:1,3,640,640 --json
+    """
+
+
+# ---- info ---------------------------------------------------------------------
+@main.command()
+@click.argument("model")
+@input_shape_option
+@json_option
+@click.option("--nodes", "show_nodes", is_flag=True, help="Also list every node with its costs.")
+def info(model, input_shapes, as_json, show_nodes):
+    """MACs, parameters, bytes and op counts of MODEL.
+
+    MACs count Conv/ConvTranspose/Gemm/MatMul multiply-accumulates; params count
+    weights (BN running stats are buffers, reported apart). See fuser.analysis.
+    """
+    from fuser.analysis import analyze, human, human_bytes
+
+    graph = load_graph(model, input_shapes)
+    report = analyze(graph)
+    if as_json:
+        if not show_nodes:
+            report.pop("per_node")
+        emit_json(report)
+        return
+    ins = ", ".join(f"{i['name']} {i['shape']}" for i in report["inputs"])
+    outs = ", ".join(f"{o['name']} {o['shape']}" for o in report["outputs"])
+    out.print(f"[bold]{model}[/]  inputs: {ins}  outputs: {outs}", highlight=False)
+    by_op: dict[str, list[int]] = {}
+    for r in report["per_node"]:
+        agg = by_op.setdefault(r["op"], [0, 0, 0, 0])
+        agg[0] += 1
+        agg[1] += r["macs"]
+        agg[2] += r["params"]
+        agg[3] += r["activation_bytes"]
+    t = Table(title="by op type", title_justify="left")
+    for col in ("op", "count", "MACs", "% MACs", "params", "activations"):
+        t.add_column(col, justify="left" if col == "op" else "right")
+    total_macs = max(report["macs"], 1)
+    for op, (count, macs, params, act) in sorted(by_op.items(), key=lambda kv: -kv[1][1]):
+        t.add_row(
+            op, str(count), human(macs), f"{100 * macs / total_macs:.1f}", human(params), human_bytes(act)
+        )
+    out.print(t)
+    if show_nodes:
+        nt = Table(title="nodes", title_justify="left")
+        for col in ("node", "op", "output", "MACs", "params"):
+            nt.add_column(col, justify="right" if col in ("MACs", "params") else "left")
+        for r in report["per_node"]:
+            nt.add_row(r["name"], r["op"], str(r["output_shape"]), human(r["macs"]), human(r["params"]))
+        out.print(nt)
+    out.print(
+        f"[bold]total[/]: {report['nodes']} nodes, {human(report['macs'])}MACs, "
+        f"{report['params']:,} params ({human(report['params'])}), "
+        f"weights {human_bytes(report['weight_bytes'])}, "
+        f"activations {human_bytes(report['activation_bytes'])}",
+        highlight=False,
+    )
+
+
+# ---- optimize -----------------------------------------------------------------
+@main.command()
+@click.argument("model")
+@click.argument("output", type=click.Path(dir_okay=False))
+@input_shape_option
+@click.option(
+    "--skip",
+    multiple=True,
+    metavar="PASS",
+    help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".",
+)
+@click.option("--passes", "pass_list", metavar="P1,P2", help="Run exactly these passes, in order.")
+@click.option(
+    "--prune",
+    "prune_ratio",
+    type=click.FloatRange(0, 1, max_open=True),
+    metavar="R",
+    help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
+)
+@click.option(
+    "--criterion",
+    default="l2",
+    show_default=True,
+    type=click.Choice(["l1", "l2", "obs"]),
+    help="Channel importance for --prune.",
+)
+@json_option
+def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, as_json):
+    """Run the optimize pipeline on MODEL and write OUTPUT (.onnx).
+
+    \b
+    The default pipeline: constant folding of shape subgraphs, identity
+    removal and dead-node elimination, then the optimizing passes; --skip
+    lists them. OUTPUT is written to a temporary file and renamed; it is
+    never the input.
+    """
+    from fuser.analysis import analyze
+    from fuser.passes.pipeline import default_passes, run_passes
+    from fuser.serde.onnx import save_onnx
+
+    if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
+        raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
+    graph = load_graph(model, input_shapes)
+    passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else default_passes(skip)
+    if prune_ratio is not None:
+        passes = passes + [("prune_channels", {"ratio": prune_ratio, "criterion": criterion})]
+    before = analyze(graph)
+    with status("optimizing"):
+        graph, report = run_passes(graph, passes)
+    after = analyze(graph)
+    save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
+    summary = {
+        "input": model,
+        "output": output,
+        **report.to_dict(),
+        "nodes_before": before["nodes"],
+        "nodes_after": after["nodes"],
+        "ops_before": before["ops"],
+        "ops_after": after["ops"],
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "params_before": before["params"],
+        "params_after": after["params"],
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    t = Table(title=f"{model} -> {output}", title_justify="left")
+    for col in ("pass", "changed", "nodes", "what"):
+        t.add_column(col)
+    for s in report.steps:
+        what = ", ".join(f"{k}: {v}" for k, v in s.stats.items()) or "-"
+        t.add_row(s.name, "yes" if s.changed else "no", f"{s.nodes_before} -> {s.nodes_after}", what)
+    out.print(t)
+    out.print(f"nodes {before['nodes']} -> {after['nodes']}; wrote {output}", highlight=False)
+
+
+# ---- zoo ----------------------------------------------------------------------
+@main.group()
+def zoo():
+    """The model zoo: plain-torch CNNs with torchvision/timm parameter counts."""
+
+
+@zoo.command("list")
+@json_option
+def zoo_list(as_json):
+    """List zoo models with their default input shape and parameter count."""
+    from fuser import models
+
+    rows = [{"name": n, "input_shape": list(models.input_shape(n)), **models.info(n)} for n in models.names()]
+    if as_json:
+        emit_json(rows)
+        return
+    t = Table(title="fuser zoo", title_justify="left")
+    for col in ("name", "input", "params (reference)", "description"):
+        t.add_column(col)
+    for r in rows:
+        ref = r.get("params_reference")
+        t.add_row(
+            r["name"],
+            "x".join(map(str, r["input_shape"])),
+            f"{ref:,}" if ref else "-",
+            r.get("description", ""),
+        )
+    out.print(t)
+
+
+@zoo.command("export")
+@click.argument("name")
+@click.argument("output", type=click.Path(dir_okay=False))
+@input_shape_option
+@click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
+def zoo_export(name, output, input_shapes, seed):
+    """Export zoo model NAME to OUTPUT (.onnx), BatchNormalization nodes kept."""
+    from fuser.api import from_zoo
+    from fuser.serde.onnx import save_onnx
+
+    with status(f"capturing {name} with torch.export"):
+        graph = from_zoo(name, parse_input_shapes(input_shapes), seed=seed)
+    save_onnx(graph, output)
+    out.print(
+        f"wrote {output}: {len(graph.nodes)} nodes, inputs "
+        + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs),
+        highlight=False,
+    )
+
+
+def _register_commands() -> None:
+    """Each module in fuser/commands/ contributes its ``command``."""
+    from fuser.cli import commands
+
+    for info_ in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        main.add_command(importlib.import_module(f"fuser.cli.commands.{info_.name}").command)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

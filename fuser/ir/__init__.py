@@ -1,0 +1,14 @@
+"""The graph IR (Graph, Node, Value) and the op registry; the lowest layer: imports no other part of fuser."""
+
+from .graph import FuserError, Graph, Node, Shape, Value, check_graph, is_splat, stable_topological_order
+
+__all__ = [
+    "FuserError",
+    "Graph",
+    "Node",
+    "Shape",
+    "Value",
+    "check_graph",
+    "is_splat",
+    "stable_topological_order",
+]

@@ -1,0 +1,428 @@
+"""fuser's graph IR: Graph, Node and Value.
+
+Op types and attributes follow ONNX names and conventions so ONNX maps one to
+one. Every Value carries a static shape and a numpy dtype; constants (weights,
+folded shape tensors) are Values with a numpy array in ``const`` and no
+producer. Nodes are kept in a topological order in ``graph.nodes``.
+
+The API is deliberately small, after torch.fx: ``replace_all_uses_with``,
+``erase_node``, ``insert_node``, ``extract`` and a readable ``str(graph)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class FuserError(Exception):
+    """A user-facing error: one line naming the file, node and op, and what to do."""
+
+
+Shape = tuple  # of int (static) or str (a symbolic, still-dynamic dimension)
+
+
+def is_splat(a: np.ndarray) -> bool:
+    """One value broadcast to a shape (zero strides): what ConstantOfShape folds to."""
+    return a.ndim == 0 or all(s == 0 for s in a.strides)
+
+
+def stable_topological_order(count: int, edges: Iterable[tuple[int, int]], key=None) -> list[int] | None:
+    """``range(count)`` ordered so that ``a`` comes before ``b`` for every edge (a, b),
+    taking the smallest ``key`` (default: the index) among the ready ones, so that an
+    order that is already legal is kept; None when the edges form a cycle."""
+    import networkx as nx
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(count))
+    dag.add_edges_from(edges)
+    try:
+        return list(nx.lexicographical_topological_sort(dag, key=key))
+    except nx.NetworkXUnfeasible:
+        return None
+
+
+class Value:
+    """A tensor in the graph: a graph input, a node output, or a constant."""
+
+    def __init__(
+        self, name: str, shape: Shape | None = None, dtype: Any = np.float32, const: np.ndarray | None = None
+    ):
+        self.name = name
+        self.const = const
+        if const is not None:
+            shape, dtype = const.shape, const.dtype
+        self.shape: Shape | None = tuple(shape) if shape is not None else None
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.producer: Node | None = None
+        self.uses: list[tuple[Node, int]] = []  # (consumer, input index), in insertion order
+
+    @property
+    def is_const(self) -> bool:
+        return self.const is not None
+
+    @property
+    def users(self) -> list[Node]:
+        """Distinct consuming nodes, in order of first use."""
+        return list(dict.fromkeys(n for n, _ in self.uses))
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.is_static else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * (self.dtype.itemsize if self.dtype is not None else 4)
+
+    def type_str(self) -> str:
+        dims = "?" if self.shape is None else ",".join(str(d) for d in self.shape)
+        return f"{self.dtype.name if self.dtype is not None else '?'}[{dims}]"
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type_str()}"
+
+
+class Node:
+    """One operator. ``inputs`` may hold None for an omitted optional input."""
+
+    def __init__(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        outputs: Sequence[Value],
+        attrs: dict[str, Any] | None = None,
+        name: str = "",
+        domain: str = "",
+    ):
+        self.op = op
+        self.name = name
+        self.domain = domain
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.inputs: list[Value | None] = []
+        self.outputs: list[Value] = list(outputs)
+        self.graph: Graph | None = None
+        self.meta: dict[str, Any] = {}  # annotations by passes (e.g. a fusion group); not exported
+        for v in inputs:
+            self.add_input(v)
+        for v in self.outputs:
+            v.producer = self
+
+    def add_input(self, v: Value | None) -> None:
+        self.inputs.append(v)
+        if v is not None:
+            v.uses.append((self, len(self.inputs) - 1))
+
+    def set_input(self, index: int, v: Value | None) -> None:
+        old = self.inputs[index]
+        if old is not None:
+            old.uses.remove((self, index))
+        self.inputs[index] = v
+        if v is not None:
+            v.uses.append((self, index))
+
+    def input(self, index: int) -> Value | None:
+        """The index-th input, or None when it is absent."""
+        return self.inputs[index] if index < len(self.inputs) else None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    @property
+    def output(self) -> Value:
+        return self.outputs[0]
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name}: {self.op}>"
+
+
+def _fmt_attr(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"tensor{list(v.shape)}" if v.size > 8 else repr(v.tolist())
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v)
+
+
+@dataclass
+class Graph:
+    """A dataflow graph of Nodes over Values, kept in topological order."""
+
+    name: str = "graph"
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    opset: int = 17
+    source: str = "<memory>"  # file or origin, named in error messages
+    report: Any = field(default=None, repr=False, compare=False)  # set by fuser.optimize
+
+    # ---- construction -------------------------------------------------
+    def __post_init__(self):
+        self._names: set[str] = set()
+        self._counter = itertools.count()
+
+    def unique_name(self, base: str) -> str:
+        base = base or "v"
+        name = base
+        while name in self._names:
+            name = f"{base}_{next(self._counter)}"
+        self._names.add(name)
+        return name
+
+    def add_input(self, name: str, shape: Shape, dtype: Any = np.float32) -> Value:
+        v = Value(self.unique_name(name), shape, dtype)
+        self.inputs.append(v)
+        return v
+
+    def const(self, array: Any, name: str = "const") -> Value:
+        """A new constant Value holding ``array``."""
+        return Value(self.unique_name(name), const=np.asarray(array))
+
+    def value(self, name: str, shape: Shape | None = None, dtype: Any = np.float32) -> Value:
+        return Value(self.unique_name(name), shape, dtype)
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        outputs: int | Sequence[Value] = 1,
+        attrs: dict[str, Any] | None = None,
+        name: str = "",
+        *,
+        before: Node | None = None,
+        domain: str = "",
+    ) -> Node:
+        """Create a node and insert it at the end, or just before ``before``."""
+        node_name = self.unique_name(name or op.lower())
+        if isinstance(outputs, int):
+            outputs = [
+                Value(self.unique_name(node_name if outputs == 1 else f"{node_name}_out{i}"), None, None)
+                for i in range(outputs)
+            ]
+        node = Node(op, inputs, outputs, attrs, node_name, domain)
+        self.insert_node(node, before=before)
+        return node
+
+    def insert_node(self, node: Node, before: Node | None = None) -> Node:
+        node.graph = self
+        for v in node.outputs:
+            self._names.add(v.name)
+        self._names.add(node.name)
+        if before is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(before), node)
+        return node
+
+    # ---- queries --------------------------------------------------------
+    def values(self) -> list[Value]:
+        """Every Value reachable from nodes, inputs and outputs, once each, in a stable order."""
+        seen: dict[int, Value] = {}
+        for v in self.inputs:
+            seen[id(v)] = v
+        for n in self.nodes:
+            for v in itertools.chain(n.inputs, n.outputs):
+                if v is not None:
+                    seen.setdefault(id(v), v)
+        for v in self.outputs:
+            seen.setdefault(id(v), v)
+        return list(seen.values())
+
+    def constants(self) -> list[Value]:
+        return [v for v in self.values() if v.is_const]
+
+    def value_by_name(self, name: str) -> Value:
+        for v in self.values():
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def node_by_name(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def producers(self, node: Node) -> list[Node]:
+        return list(dict.fromkeys(v.producer for v in node.inputs if v is not None and v.producer))
+
+    def consumers(self, node: Node) -> list[Node]:
+        return list(dict.fromkeys(u for v in node.outputs for u in v.users))
+
+    def is_output(self, v: Value) -> bool:
+        return any(v is o for o in self.outputs)
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    # ---- mutation -------------------------------------------------------
+    def replace_all_uses_with(self, old: Value, new: Value) -> int:
+        """Point every consumer of ``old`` (and graph outputs) at ``new``; returns the count."""
+        count = 0
+        for node, index in list(old.uses):
+            node.set_input(index, new)
+            count += 1
+        for i, o in enumerate(self.outputs):
+            if o is old:
+                self.outputs[i] = new
+                count += 1
+        return count
+
+    def erase_node(self, node: Node) -> None:
+        """Remove a node whose outputs are unused."""
+        for v in node.outputs:
+            if v.uses or self.is_output(v):
+                raise ValueError(f"cannot erase {node.name}: output {v.name} is still used")
+        for i, v in enumerate(node.inputs):
+            if v is not None:
+                v.uses.remove((node, i))
+        self.nodes.remove(node)
+        node.graph = None
+
+    def toposort(self) -> None:
+        """Re-sort nodes topologically (stable: keeps the current order where it is legal)."""
+        index = {id(n): i for i, n in enumerate(self.nodes)}
+        order = stable_topological_order(
+            len(self.nodes),
+            (
+                (index[id(p)], i)
+                for i, n in enumerate(self.nodes)
+                for p in self.producers(n)
+                if id(p) in index
+            ),
+        )
+        if order is None:
+            raise FuserError(f"{self.source}: graph has a cycle")
+        self.nodes = [self.nodes[i] for i in order]
+
+    def copy(self) -> Graph:
+        """A structural copy; constant arrays are shared (treat them as immutable)."""
+        vmap: dict[int, Value] = {}
+
+        def cp(v: Value | None) -> Value | None:
+            if v is None:
+                return None
+            if id(v) not in vmap:
+                nv = Value(v.name, v.shape, v.dtype, v.const)
+                vmap[id(v)] = nv
+            return vmap[id(v)]
+
+        g = Graph(self.name, [cp(v) for v in self.inputs], [], [], self.opset, self.source)
+        g._names = set(self._names)
+        for n in self.nodes:
+            nn = Node(
+                n.op, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs], dict(n.attrs), n.name, n.domain
+            )
+            nn.meta = dict(n.meta)
+            nn.graph = g
+            g.nodes.append(nn)
+        g.outputs = [cp(v) for v in self.outputs]
+        return g
+
+    def extract(self, nodes: Iterable[Node], name: str | None = None) -> Graph:
+        """A new Graph holding copies of ``nodes``.
+
+        Its inputs are the non-constant values the nodes consume but do not
+        produce; its outputs are the values they produce that are used outside
+        the set or are outputs of this graph.
+        """
+        chosen = {id(n) for n in nodes}
+        sub_nodes = [n for n in self.nodes if id(n) in chosen]
+        produced = {id(v) for n in sub_nodes for v in n.outputs}
+        ins = list(
+            {
+                id(v): v
+                for n in sub_nodes
+                for v in n.inputs
+                if v is not None and not v.is_const and id(v) not in produced
+            }.values()
+        )
+        outs = [
+            v
+            for n in sub_nodes
+            for v in n.outputs
+            if self.is_output(v) or any(id(u) not in chosen for u in v.users)
+        ]
+        whole = Graph(name or f"{self.name}_sub", ins, outs, sub_nodes, self.opset, self.source)
+        return whole.copy()
+
+    # ---- export -----------------------------------------------------------
+    def to_onnx(self, **kw):
+        """An onnx.ModelProto that ONNX Runtime runs (see fuser.onnx_io.to_onnx)."""
+        from fuser.serde.onnx import to_onnx
+
+        return to_onnx(self, **kw)
+
+    def to_torch(self):
+        """A trainable nn.Module computing this graph (weights are nn.Parameters)."""
+        from fuser.backends.torch.core import to_torch
+
+        return to_torch(self)
+
+    # ---- views ----------------------------------------------------------
+    def to_networkx(self):
+        """A networkx.MultiDiGraph: one vertex per node (key: node name, attrs op/node),
+        one edge per consumed value (attr ``value``: the Value)."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph(name=self.name)
+        for n in self.nodes:
+            g.add_node(n.name, op=n.op, node=n)
+        for n in self.nodes:
+            for v in n.inputs:
+                if v is not None and v.producer is not None and v.producer.graph is self:
+                    g.add_edge(v.producer.name, n.name, value=v, key=v.name)
+        return g
+
+    def __str__(self) -> str:
+        def ref(v: Value | None) -> str:
+            if v is None:
+                return "_"
+            return f"${v.name}" if v.is_const else f"%{v.name}"
+
+        sig_in = ", ".join(f"%{v.name}: {v.type_str()}" for v in self.inputs)
+        sig_out = ", ".join(f"%{v.name}: {v.type_str()}" for v in self.outputs)
+        lines = [f"graph {self.name}({sig_in}) -> ({sig_out}) {{"]
+        for n in self.nodes:
+            outs = ", ".join(f"%{v.name}: {v.type_str()}" for v in n.outputs)
+            args = ", ".join(ref(v) for v in n.inputs)
+            attrs = ", ".join(f"{k}={_fmt_attr(a)}" for k, a in sorted(n.attrs.items()))
+            lines.append(f"  {outs} = {n.op}({args})" + (f" {{{attrs}}}" if attrs else "") + f"  # {n.name}")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.nodes)} nodes, "
+            f"{sum(v.numel for v in self.constants())} constant elements"
+        )
+
+
+def check_graph(graph: Graph) -> None:
+    """Raise if the graph's bookkeeping is inconsistent (used by tests and after passes)."""
+    seen: set[int] = {id(v) for v in graph.inputs}
+    for n in graph.nodes:
+        for i, v in enumerate(n.inputs):
+            if v is None:
+                continue
+            if not v.is_const and id(v) not in seen:
+                raise AssertionError(f"{n.name} uses {v.name} before it is defined")
+            if (n, i) not in v.uses:
+                raise AssertionError(f"{v.name} does not record its use by {n.name}")
+        for v in n.outputs:
+            if v.producer is not n:
+                raise AssertionError(f"{v.name} does not name {n.name} as producer")
+            seen.add(id(v))
+    for v in graph.outputs:
+        if id(v) not in seen and not v.is_const:
+            raise AssertionError(f"output {v.name} is not produced")

@@ -1,0 +1,1 @@
+"""The IR as ONNX protos and files on disk."""
