@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     import fuser
     from fuser.api import from_zoo
-    from fuser.backends.tvm import latency as tvm_latency
+    from fuser.backends import latency as tvm_latency
     from fuser.backends.tvm import tuning as tvm_tuning
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fuser.ir import FuserError, stable_topological_order
+from fuser.ir import FuserError, Graph, stable_topological_order
 
 from .opgraph import FusionGraph, bits
 
@@ -270,3 +270,20 @@ class Plan:
         if problems:
             raise FuserError(f"plan for {self.model} does not fit graph {fg.graph.name}: {problems[0]}")
         return groups
+
+
+def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
+    """A fusion plan file (`fuser.fusion.plan` JSON) as node name -> group id for
+    ``to_relax``, plus the plan's group records (ops, dram_bytes, ...) for reports."""
+    plan = Plan.load(plan_path)
+    names = {n.name for n in graph.nodes}
+    owner: dict[str, int] = {}
+    for gid, group in enumerate(plan.groups):
+        for op in group["ops"]:
+            if op not in names:
+                raise FuserError(
+                    f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
+                    "(was the plan made for this model and input shape?)"
+                )
+            owner[op] = gid
+    return owner, plan.groups

@@ -1,102 +1,213 @@
-"""The ONNX operators fuser understands, by role.
+"""The op registry: every ONNX op fuser admits, and what each stage needs to know of it.
 
-An op outside SUPPORTED_OPS is refused by name at import: fuser never guesses
-what an unknown op does. Every op here has a torch implementation in
-``fuser.backends.torch_backend`` and a cost rule in ``fuser.analysis``.
+One ``OpDef`` per op (ONNX name, default domain):
+  - ``category``: the kind of computation (conv, matmul, norm, pool, elementwise,
+    reduction, injective data movement, source, sequence); fusion, folding and block
+    matching read it instead of keeping their own op lists;
+  - ``inputs``: the role of each input slot (data, weight, bias, statistic, config,
+    index); inputs past the tuple take its last role (variadic ops). Analysis counts
+    parameters from it and the torch backend decides parameter / buffer / Python value;
+  - ``macs``: the name of its multiply-accumulate rule (``fuser.analysis`` implements
+    the rules; ``"none"``: 0 by the counting convention);
+  - ``impls``: what each consumer registered for it: ``"torch"`` and ``"relax"`` (the
+    backends, with the ``implements`` decorator), ``"prune"`` (the channel rule of
+    ``fuser.pruning.deps``); ``refusals``: a named reason where one deliberately has none.
+
+An op outside the registry is refused by name at import: fuser never guesses what an
+unknown op does. This module imports nothing else of fuser.
 """
 
-CONV_OPS = {"Conv", "ConvTranspose"}
-MATMUL_OPS = {"Gemm", "MatMul"}
-NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LRN"}
-POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-# Elementwise, one output element per input element (after broadcasting).
-UNARY_OPS = {
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Erf",
-    "Exp",
-    "Log",
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Reciprocal",
-    "Gelu",
-    "LeakyRelu",
-    "Elu",
-    "Softplus",
-    "Mish",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "CastLike",
-    "Floor",
-    "Ceil",
-    "Not",
-    "Sin",
-    "Cos",
-    "PRelu",
-}
-BINARY_OPS = {
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Pow",
-    "Max",
-    "Min",
-    "Sum",
-    "Mean",
-    "Equal",
-    "Less",
-    "Greater",
-    "Where",
-    "And",
-    "Or",
-    "Mod",
-}
-REDUCE_OPS = {
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceL2",
-    "Softmax",
-    "LogSoftmax",
-    "ArgMax",
-}
-# Move or reinterpret data without arithmetic.
-SHAPE_OPS = {
-    "Reshape",
-    "Flatten",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Concat",
-    "Split",
-    "Slice",
-    "Gather",
-    "Expand",
-    "Tile",
-    "Pad",
-    "Resize",
-    "Upsample",
-    "DepthToSpace",
-    "SpaceToDepth",
-}
-# Produce (usually small) tensors from shapes; folded away once shapes are static.
-SOURCE_OPS = {"Constant", "ConstantOfShape", "Shape", "Range", "Size"}
+from __future__ import annotations
 
-SUPPORTED_OPS = (
-    CONV_OPS | MATMUL_OPS | NORM_OPS | POOL_OPS | UNARY_OPS | BINARY_OPS | REDUCE_OPS | SHAPE_OPS | SOURCE_OPS
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Category(str, Enum):
+    CONV = "conv"  # Conv, ConvTranspose: windowed, with a weight
+    MATMUL = "matmul"  # Gemm, MatMul
+    NORM = "norm"  # per-channel or per-row normalisation with scale/bias
+    POOL = "pool"  # windowed reductions
+    ELEMENTWISE = "elementwise"  # one output element per (broadcast) input element
+    REDUCTION = "reduction"  # reduce or normalise along axes (Reduce*, global pools, Softmax)
+    INJECTIVE = "injective"  # move or reinterpret data without arithmetic
+    SOURCE = "source"  # make (small) tensors from shapes; folded once shapes are static
+    SEQUENCE = "sequence"  # tensor sequences: lowered to Split at import
+
+
+class Role(str, Enum):
+    DATA = "data"  # an activation (a constant here is a weight when it is float and not a scalar)
+    WEIGHT = "weight"  # trainable weight
+    BIAS = "bias"  # trainable bias
+    STAT = "stat"  # running statistic (a buffer, not trained)
+    CONFIG = "config"  # shape, axes, pads, bounds: read as plain values
+    INDEX = "index"  # integer positions that select data (Gather indices)
+
+
+D, W, B, S, C, I = Role.DATA, Role.WEIGHT, Role.BIAS, Role.STAT, Role.CONFIG, Role.INDEX
+
+
+@dataclass
+class OpDef:
+    name: str
+    category: Category
+    inputs: tuple[Role, ...] = (D,)
+    macs: str = "none"
+    impls: dict[str, Callable] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)
+
+    def role(self, index: int) -> Role:
+        return self.inputs[min(index, len(self.inputs) - 1)]
+
+    def slots(self, role: Role) -> set[int]:
+        return {i for i, r in enumerate(self.inputs) if r is role}
+
+    @property
+    def windowed(self) -> bool:
+        return self.category in (Category.CONV, Category.POOL)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _define(category: Category, names: Iterable[str], inputs: tuple[Role, ...] = (D,), macs: str = "none"):
+    for name in names:
+        OPS[name] = OpDef(name, category, inputs, macs)
+
+
+_define(Category.CONV, ["Conv"], (D, W, B), macs="conv")
+_define(Category.CONV, ["ConvTranspose"], (D, W, B), macs="conv_transpose")
+_define(Category.MATMUL, ["Gemm"], (D, W, B), macs="gemm")
+_define(Category.MATMUL, ["MatMul"], (D, D), macs="matmul")
+_define(Category.NORM, ["BatchNormalization"], (D, W, B, S, S))
+_define(Category.NORM, ["LayerNormalization", "InstanceNormalization", "GroupNormalization"], (D, W, B))
+_define(Category.NORM, ["LRN"])
+_define(Category.POOL, ["MaxPool", "AveragePool"])
+_define(Category.REDUCTION, ["GlobalAveragePool", "GlobalMaxPool", "Softmax", "LogSoftmax", "ArgMax"])
+_define(
+    Category.REDUCTION,
+    ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"],
+    (D, C),
 )
+_define(
+    Category.ELEMENTWISE,
+    [
+        "Relu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Erf",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Reciprocal",
+        "Gelu",
+        "LeakyRelu",
+        "Elu",
+        "Softplus",
+        "Mish",
+        "Identity",
+        "Cast",
+        "Floor",
+        "Ceil",
+        "Not",
+        "Sin",
+        "Cos",
+    ],
+)
+_define(Category.ELEMENTWISE, ["Clip"], (D, C, C))
+_define(Category.ELEMENTWISE, ["Dropout"], (D, C, C))
+_define(Category.ELEMENTWISE, ["CastLike"], (D, C))
+_define(Category.ELEMENTWISE, ["PRelu"], (D, W))
+_define(
+    Category.ELEMENTWISE,
+    [
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Equal",
+        "Less",
+        "Greater",
+        "Where",
+        "And",
+        "Or",
+        "Mod",
+    ],
+    (D, D),
+)
+_define(Category.INJECTIVE, ["Flatten", "Transpose", "Concat", "DepthToSpace", "SpaceToDepth"])
+_define(
+    Category.INJECTIVE, ["Reshape", "Squeeze", "Unsqueeze", "Split", "Expand", "Tile", "Upsample"], (D, C)
+)
+_define(Category.INJECTIVE, ["Slice"], (D, C, C, C, C))
+_define(Category.INJECTIVE, ["Pad", "Resize"], (D, C, C, C))
+_define(Category.INJECTIVE, ["Gather"], (D, I))
+_define(Category.SOURCE, ["Constant", "Shape", "Size"])
+_define(Category.SOURCE, ["ConstantOfShape", "Range"], (C,))
+_define(Category.SEQUENCE, ["SplitToSequence"], (D, C))
+_define(Category.SEQUENCE, ["SequenceAt"], (D, C))
 
-# Admitted at import only: fuser.passes.lower_sequences turns them into Split.
-SEQUENCE_OPS = {"SplitToSequence", "SequenceAt"}
-
+# Refused at import with their own message (no OpDef): fuser handles static graphs only.
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan", "SequenceMap"}
-ELEMENTWISE_OPS = UNARY_OPS | BINARY_OPS
+
+
+def op_def(name: str) -> OpDef | None:
+    return OPS.get(name)
+
+
+def category(name: str) -> Category | None:
+    d = OPS.get(name)
+    return d.category if d is not None else None
+
+
+def ops_in(*categories: Category) -> frozenset[str]:
+    return frozenset(n for n, d in OPS.items() if d.category in categories)
+
+
+def implements(kind: str, *names: str) -> Callable[[Callable], Callable]:
+    """Register the decorated function as ``kind``'s implementation of ops ``names``."""
+
+    def register(fn: Callable) -> Callable:
+        for name in names:
+            OPS[name].impls[kind] = fn
+        return fn
+
+    return register
+
+
+def register(kind: str, name: str, fn: Callable) -> None:
+    OPS[name].impls[kind] = fn
+
+
+def refuse(kind: str, names: Iterable[str], reason: str) -> None:
+    """Record that ``kind`` deliberately has no implementation of ``names``, and why."""
+    for name in names:
+        OPS[name].refusals[kind] = reason
+
+
+def implementation(kind: str, name: str) -> Callable | None:
+    d = OPS.get(name)
+    return d.impls.get(kind) if d is not None else None
+
+
+def implemented(kind: str) -> frozenset[str]:
+    return frozenset(n for n, d in OPS.items() if kind in d.impls)
+
+
+# Views for readers that want sets of names.
+SEQUENCE_OPS = ops_in(Category.SEQUENCE)
+SUPPORTED_OPS = frozenset(OPS) - SEQUENCE_OPS  # what a Graph may hold after import
+CONV_OPS = ops_in(Category.CONV)
+MATMUL_OPS = ops_in(Category.MATMUL)
+ELEMENTWISE_OPS = ops_in(Category.ELEMENTWISE)
+BINARY_OPS = frozenset(n for n in ELEMENTWISE_OPS if OPS[n].inputs == (D, D))

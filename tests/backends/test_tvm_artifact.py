@@ -94,7 +94,7 @@ def test_version_mismatch_is_a_clear_error(built, tmp_path):
 def test_build_for_a_cpu_this_machine_lacks_is_refused(built, tmp_path):
     import shutil
 
-    from fuser.backends.tvm import core as tb
+    from fuser.backends import tvm as tb
 
     meta = json.loads((built[0] / tvm_artifact.METADATA).read_text())
     assert meta["cpu"] == tb.host_cpu()  # built for this machine by default
@@ -168,7 +168,7 @@ def test_tuning_options_are_checked(small_model, tmp_path):
 def test_tuning_database_is_reused_and_resumed(tmp_path):
     """Tuning stopped after its first kernel resumes with the second; a third run finds
     both kernels in the database and tunes nothing; the tuned build gives ORT's numbers."""
-    from fuser.backends.tvm import core as tb
+    from fuser.backends import tvm as tb
     from fuser.backends.tvm import tuning as tvm_tuning
 
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))

@@ -17,7 +17,7 @@ import fuser
 from fuser.ir import FuserError, Graph
 
 tvm = pytest.importorskip("tvm", reason="Apache TVM is not installed (pip install fuser[tvm])")
-tb = pytest.importorskip("fuser.backends.tvm.core")
+tb = pytest.importorskip("fuser.backends.tvm")
 
 TOL = 1e-4
 

@@ -1,1 +1,40 @@
-"""Apache TVM backend: IR -> Relax, llvm/cuda builds, artifacts, tuning, latency."""
+"""Apache TVM backend: the IR lowered to Relax, built for llvm or cuda, saved, tuned and run.
+
+    from fuser.backends import tvm as tb
+    mod = tb.to_relax(graph)                    # TVM's FuseOps decides the kernels
+    mod = tb.to_relax(graph, groups=plan)       # one kernel per group of a fusion plan
+    model = tb.compile_graph(graph, "llvm")     # TVMModel: model(x=array) -> [arrays]
+
+Modules, by concern: ``converters/`` (one Relax converter per op, by op family,
+registered into ``fuser.ir.ops``), ``lower`` (Graph -> IRModule), ``target`` (llvm CPU
+and cuda arch), ``build`` (kernel formation and compilation), ``runtime`` (the VM
+behind a numpy call, per-kernel timing), ``artifact`` (build folders), ``tuning``
+(MetaSchedule).
+"""
+
+from .build import build, build_fused, compile_graph, cuda_source, fuse, fuse_passes, kernel_names
+from .common import require_tvm, tvm_version
+from .lower import GROUP_FUNC_PREFIX, to_relax
+from .runtime import TVMModel, time_kernels, value_specs
+from .target import cuda_available, host_cpu, make_target, missing_cpu_features
+
+__all__ = [
+    "GROUP_FUNC_PREFIX",
+    "TVMModel",
+    "build",
+    "build_fused",
+    "compile_graph",
+    "cuda_available",
+    "cuda_source",
+    "fuse",
+    "fuse_passes",
+    "host_cpu",
+    "kernel_names",
+    "make_target",
+    "missing_cpu_features",
+    "require_tvm",
+    "time_kernels",
+    "to_relax",
+    "tvm_version",
+    "value_specs",
+]

@@ -20,7 +20,8 @@ from pathlib import Path
 from fuser.ir import FuserError, Graph
 from fuser.serde.onnx import atomic_write
 
-from .core import TVMModel, require_tvm, value_specs
+from .common import require_tvm
+from .runtime import TVMModel, value_specs
 
 LIBRARY = "model.so"
 METADATA = "metadata.json"
@@ -109,7 +110,7 @@ def load(out_dir: str | os.PathLike) -> TVMModel:
     if not lib.is_file():
         raise FuserError(f"{out_dir}: {LIBRARY} is missing; rebuild with `fuser compile`")
     if meta.get("cpu"):
-        from .core import missing_cpu_features
+        from .target import missing_cpu_features
 
         missing = missing_cpu_features(meta["cpu"])
         if missing:
@@ -119,7 +120,7 @@ def load(out_dir: str | os.PathLike) -> TVMModel:
                 "with `fuser compile --cpu x86-64` for any x86 machine"
             )
     if meta["target"] == "cuda":
-        from .core import cuda_available
+        from .target import cuda_available
 
         if not cuda_available():
             raise FuserError(f"{out_dir}: a cuda build needs a CUDA GPU, and none is visible")

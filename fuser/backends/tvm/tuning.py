@@ -1,8 +1,8 @@
 """MetaSchedule tuning with a persistent, shared, resumable database.
 
-    fused = tvm_backend.fuse(tvm_backend.to_relax(graph), target)
+    fused = tb.fuse(tb.to_relax(graph), target)
     fused = tune(fused, target, "tuning_db", trials=512)   # tuned kernels applied
-    executable = tvm_backend.build_fused(fused, target)
+    executable = tb.build_fused(fused, target)
 
 The database (``DIR/database_workload.json`` + ``database_tuning_record.json``,
 MetaSchedule's JSON format) is keyed by each kernel's structure, so a kernel that
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fuser.ir import FuserError
 
-from .core import require_tvm
+from .common import require_tvm
 
 
 def open_database(db_dir: str | os.PathLike):
@@ -161,7 +161,7 @@ def tune(
     on_plan: Callable[[list[KernelBudget]], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
 ):
-    """Tune the kernels of ``fused`` (from ``tvm_backend.fuse``) with ``trials``
+    """Tune the kernels of ``fused`` (from ``tb.fuse``) with ``trials``
     MetaSchedule trials in all, split evenly over its kernels; returns ``fused`` with
     the best records of the database applied.
 

@@ -87,7 +87,7 @@ def command(
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
     """
     from fuser.api import optimize
-    from fuser.backends.tvm import latency as tvm_latency
+    from fuser.backends import latency as tvm_latency
     from fuser.ir import FuserError
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -102,17 +102,17 @@ def command(
         return tune_with_progress(fused, target, tuning_db, tune_trials)
 
     if any(b.startswith("tvm") for b in names):
-        from fuser.backends.tvm import core as tvm_backend
+        from fuser.backends import tvm as tb
 
-        tvm_backend.require_tvm()
+        tb.require_tvm()
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph)
     groups = plan = None
     if plan_path:
-        from fuser.backends.tvm import core as tvm_backend
+        from fuser.fusion.plan import plan_groups
 
-        groups, plan = tvm_backend.plan_groups(plan_path, graph)
+        groups, plan = plan_groups(plan_path, graph)
     with status("benchmarking"):
         report = tvm_latency.run_report(
             graph,

@@ -11,7 +11,7 @@ from fuser.cli.common import emit_json, err, input_shape_option, json_option, lo
 
 
 def tune_with_progress(fused, target, tuning_db: str, trials: int):
-    """MetaSchedule tuning (fuser.backends.tvm_tuning) behind a progress bar of trials;
+    """MetaSchedule tuning (fuser.backends.tvm.tuning) behind a progress bar of trials;
     with 0 trials it only applies what the database already holds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -112,11 +112,12 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
       fuser compile zoo:resnet18 -o r18_tuned --tune-trials 2000 --tuning-db ~/.fuser-tuning
     """
     from fuser.api import optimize
+    from fuser.backends import tvm as tb
     from fuser.backends.tvm import artifact as tvm_artifact
-    from fuser.backends.tvm import core as tvm_backend
+    from fuser.fusion.plan import plan_groups
     from fuser.ir import FuserError
 
-    tvm_backend.require_tvm()
+    tb.require_tvm()
     if cpu and target != "llvm":
         raise FuserError("--cpu applies to --target llvm only")
     if tune_trials < 0:
@@ -126,17 +127,17 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph)
-    groups, plan = tvm_backend.plan_groups(plan_path, graph) if plan_path else (None, None)
+    groups, plan = plan_groups(plan_path, graph) if plan_path else (None, None)
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
-        mod = tvm_backend.to_relax(graph, groups)
-        tvm_target = tvm_backend.make_target(target, cpu=cpu)
-        fused = tvm_backend.fuse(mod, tvm_target, planned=bool(groups))
-        kernels = tvm_backend.kernel_names(fused)
+        mod = tb.to_relax(graph, groups)
+        tvm_target = tb.make_target(target, cpu=cpu)
+        fused = tb.fuse(mod, tvm_target, planned=bool(groups))
+        kernels = tb.kernel_names(fused)
     if tuning_db:
         fused = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
     with status(f"building for {target}"):
-        executable = tvm_backend.build_fused(fused, tvm_target)
+        executable = tb.build_fused(fused, tvm_target)
     build_s = time.perf_counter() - start
     with status(f"writing {out_dir}"):
         meta = tvm_artifact.save(

@@ -105,7 +105,7 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
 
 def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None):
     """(runner, per-kernel timer) for an llvm build (tuned when ``tuning`` is given)."""
-    from fuser.backends.tvm import core as tb
+    from fuser.backends import tvm as tb
 
     target = tb.make_target("llvm", threads)
     fused = tb.fuse(tb.to_relax(graph, groups), target, planned=bool(groups))
@@ -113,7 +113,9 @@ def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=N
         fused = tuning(fused, target)
     executable = tb.build_fused(fused, target)
     model = tb.TVMModel(executable, tb.value_specs(graph.inputs), tb.value_specs(graph.outputs))
-    return (lambda: model(x)), (lambda number: tb.time_kernels(executable, fused, number))
+    return (lambda: model(x)), (
+        lambda number: [KernelTiming(k, ms) for k, ms in tb.time_kernels(executable, fused, number).items()]
+    )
 
 
 def run_report(
@@ -167,7 +169,7 @@ def run_report(
 
 def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> list[KernelTiming]:
     """Attach each planned kernel's group id and the plan's DRAM estimate for it."""
-    from .core import GROUP_FUNC_PREFIX
+    from .tvm.lower import GROUP_FUNC_PREFIX
 
     for k in kernels:
         if k.kernel.startswith(GROUP_FUNC_PREFIX):

@@ -1,0 +1,105 @@
+"""Relax converters for elementwise ops (unary, binary, activations, casts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fuser.ir.ops import implements, register
+
+from ..common import R, relax
+from .context import Lowering
+
+
+def _unary(fn: Callable) -> Callable:
+    return lambda c, x: fn(x)
+
+
+def _binary(fn: Callable) -> Callable:
+    return lambda c, a, b: fn(a, b)
+
+
+@implements("relax", "Clip")
+def _clip(c: Lowering, x, *_):
+    if c.node.domain == "" and len(c.node.inputs) == 1 and "min" in c.node.attrs:
+        lo, hi = c.attr("min"), c.attr("max")  # opset < 11
+    else:
+        lo, hi = c.scalar(1), c.scalar(2)
+    big = float(np.finfo(np.float32).max)  # open bounds: clip needs numbers
+    return R.clip(x, -big if lo is None else float(lo), big if hi is None else float(hi))
+
+
+@implements("relax", "HardSigmoid")
+def _hard_sigmoid(c: Lowering, x, alpha: float | None = None, beta: float | None = None):
+    alpha = float(c.attr("alpha", 0.2)) if alpha is None else alpha
+    beta = float(c.attr("beta", 0.5)) if beta is None else beta
+    y = R.add(R.multiply(x, relax.const(alpha, "float32")), relax.const(beta, "float32"))
+    return R.clip(y, 0.0, 1.0)
+
+
+@implements("relax", "HardSwish")
+def _hard_swish(c: Lowering, x):
+    return R.multiply(x, _hard_sigmoid(c, x, 1.0 / 6.0, 0.5))
+
+
+@implements("relax", "Gelu")
+def _gelu(c: Lowering, x):
+    approx = c.attr("approximate", "none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    return R.nn.gelu_tanh(x) if approx == "tanh" else R.nn.gelu(x)
+
+
+@implements("relax", "LeakyRelu")
+def _leaky_relu(c: Lowering, x):
+    return R.nn.leakyrelu(x, float(c.attr("alpha", 0.01)))
+
+
+@implements("relax", "Reciprocal")
+def _reciprocal(c: Lowering, x):
+    return R.divide(relax.const(1.0, "float32"), x)
+
+
+@implements("relax", "Where")
+def _where(c: Lowering, cond, a, b):
+    return R.where(cond, a, b)
+
+
+@implements("relax", "Cast")
+def _cast(c: Lowering, x):
+    return R.astype(x, str(c.node.output.dtype))
+
+
+@implements("relax", "Identity", "Dropout")
+def _identity(c: Lowering, x, *_):
+    return x
+
+
+if R is not None:
+    for _op, _fn in {
+        "Add": R.add,
+        "Sub": R.subtract,
+        "Mul": R.multiply,
+        "Div": R.divide,
+        "Pow": R.power,
+        "Max": R.maximum,
+        "Min": R.minimum,
+        "Equal": R.equal,
+        "Less": R.less,
+        "Greater": R.greater,
+    }.items():
+        register("relax", _op, _binary(_fn))
+    for _op, _fn in {
+        "Relu": R.nn.relu,
+        "Sigmoid": R.sigmoid,
+        "Tanh": R.tanh,
+        "Erf": R.erf,
+        "Exp": R.exp,
+        "Log": R.log,
+        "Sqrt": R.sqrt,
+        "Neg": R.negative,
+        "Abs": R.abs,
+        "Floor": R.floor,
+        "Ceil": R.ceil,
+    }.items():
+        register("relax", _op, _unary(_fn))

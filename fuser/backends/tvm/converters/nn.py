@@ -1,0 +1,138 @@
+"""Relax converters for convolution, matmul, normalisation, pooling and reductions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fuser.ir.ops import implements, register
+
+from ..common import R, relax
+from .context import Lowering, channel_bias, spatial_pads
+
+
+@implements("relax", "Conv")
+def _conv(c: Lowering, x, w, b=None):
+    rank = c.rank
+    n = rank - 2
+    wshape = c.node.input(1).shape
+    kernel = c.attr("kernel_shape", list(wshape[2:]))
+    strides = c.attr("strides", [1] * n)
+    dil = c.attr("dilations", [1] * n)
+    pads = spatial_pads(c, c.node.input(0).shape[2:], kernel, strides, dil)
+    group = c.attr("group", 1)
+    if n == 2:
+        y = R.nn.conv2d(x, w, strides, pads, dil, group)
+    elif n == 1:
+        y = R.nn.conv1d(x, w, strides, pads, dil, group)
+    else:
+        raise c.fail(f"{n}-d convolution is not supported")
+    return channel_bias(y, b, rank) if b is not None else y
+
+
+@implements("relax", "ConvTranspose")
+def _conv_transpose(c: Lowering, x, w, b=None):
+    n = c.rank - 2
+    if n != 2:
+        raise c.fail(f"{n}-d transposed convolution is not supported")
+    if c.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "") or c.attr("output_shape"):
+        raise c.fail("auto_pad/output_shape are not supported; give explicit pads")
+    strides = c.attr("strides", [1] * n)
+    y = R.nn.conv2d_transpose(
+        x,
+        w,
+        strides,
+        c.attr("pads", [0] * 2 * n),
+        c.attr("output_padding", [0] * n),
+        c.attr("dilations", [1] * n),
+        c.attr("group", 1),
+    )
+    return channel_bias(y, b, c.rank) if b is not None else y
+
+
+@implements("relax", "Gemm")
+def _gemm(c: Lowering, a, b, cc=None):
+    if c.attr("transA", 0):
+        a = R.permute_dims(a, [1, 0])
+    if c.attr("transB", 0):
+        b = R.permute_dims(b, [1, 0])
+    y = R.matmul(a, b)
+    alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
+    if alpha != 1.0:
+        y = R.multiply(y, relax.const(alpha, "float32"))
+    if cc is not None and beta != 0.0:
+        y = R.add(y, cc if beta == 1.0 else R.multiply(cc, relax.const(beta, "float32")))
+    return y
+
+
+@implements("relax", "MatMul")
+def _matmul(c: Lowering, a, b):
+    return R.matmul(a, b)
+
+
+@implements("relax", "MaxPool", "AveragePool")
+def _pool(c: Lowering, x):
+    n = c.rank - 2
+    if n != 2:
+        raise c.fail(f"{n}-d pooling is not supported")
+    kernel = c.attr("kernel_shape")
+    strides = c.attr("strides", [1] * n)
+    dil = c.attr("dilations", [1] * n)
+    pads = spatial_pads(c, c.node.input(0).shape[2:], kernel, strides, dil)
+    ceil = bool(c.attr("ceil_mode", 0))
+    if c.node.op == "MaxPool":
+        if len(c.node.outputs) > 1 and c.node.outputs[1].uses:
+            raise c.fail("MaxPool indices output is not supported")
+        return R.nn.max_pool2d(x, kernel, strides, pads, dil, ceil)
+    return R.nn.avg_pool2d(x, kernel, strides, pads, dil, ceil, bool(c.attr("count_include_pad", 0)))
+
+
+@implements("relax", "GlobalAveragePool")
+def _global_avgpool(c: Lowering, x):
+    return R.mean(x, list(range(2, c.rank)), keepdims=True)
+
+
+@implements("relax", "Softmax")
+def _softmax(c: Lowering, x):
+    return R.nn.softmax(x, c.attr("axis", -1))
+
+
+@implements("relax", "LayerNormalization")
+def _layernorm(c: Lowering, x, scale, bias=None):
+    axis = c.attr("axis", -1) % c.rank
+    if bias is None:
+        # zeros computed from scale, not an array: a plan group's primitive function may
+        # not hold tensor constants (and TVM 0.27's center=False gives wrong results)
+        bias = c.bb.emit(R.multiply(scale, relax.const(0.0, "float32")))
+    return R.nn.layer_norm(x, scale, bias, list(range(axis, c.rank)), float(c.attr("epsilon", 1e-5)))
+
+
+@implements("relax", "BatchNormalization")
+def _batchnorm(c: Lowering, x, scale, bias, mean, var, *_):
+    """Inference BatchNormalization left after folding (no conv before it). Written with
+    ops, not folded arrays: a plan group's function may not hold tensor constants, and
+    outside groups FoldConstant pre-computes the weight-only part anyway."""
+    shape = [1, int(c.node.input(0).shape[1])] + [1] * (c.rank - 2)
+    eps = relax.const(float(c.attr("epsilon", 1e-5)), "float32")
+    inv_std = R.divide(scale, R.sqrt(R.add(var, eps)))
+    return R.add(
+        R.multiply(R.subtract(x, R.reshape(mean, shape)), R.reshape(inv_std, shape)), R.reshape(bias, shape)
+    )
+
+
+def _reduce(fn: Callable) -> Callable:
+    def lower(c: Lowering, x, axes_in=None):
+        axes = c.attr("axes")
+        if axes is None and c.node.input(1) is not None:
+            axes = c.ints(1)
+        if not axes:
+            if c.attr("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(c.rank))
+        return fn(x, [a % c.rank for a in axes], bool(c.attr("keepdims", 1)))
+
+    return lower
+
+
+if R is not None:
+    for _op, _fn in {"ReduceMean": R.mean, "ReduceSum": R.sum, "ReduceMax": R.max}.items():
+        register("relax", _op, _reduce(_fn))

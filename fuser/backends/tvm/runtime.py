@@ -1,0 +1,95 @@
+"""Running a compiled build: the Relax VM behind a numpy-in, numpy-out call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fuser.ir import FuserError, Value
+
+from .common import relax, require_tvm, tvm
+
+
+class TVMModel:
+    """A compiled graph: call it with numpy arrays (by position or input name) to get the
+    outputs as a list of numpy arrays."""
+
+    def __init__(self, executable, inputs: list[dict], outputs: list[dict], device: str = "cpu"):
+        require_tvm()
+        self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        self.vm = relax.VirtualMachine(executable, self.device)
+        self.inputs, self.outputs = inputs, outputs
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.inputs]
+
+    def _args(self, args, kwargs) -> list:
+        if args and kwargs:
+            raise FuserError("pass inputs either by position or by name, not both")
+        if kwargs:
+            missing = [n for n in self.input_names if n not in kwargs]
+            extra = [k for k in kwargs if k not in self.input_names]
+            if missing or extra:
+                raise FuserError(f"inputs {self.input_names} expected; missing {missing}, unknown {extra}")
+            args = [kwargs[n] for n in self.input_names]
+        if len(args) != len(self.inputs):
+            raise FuserError(f"{len(self.inputs)} inputs expected ({self.input_names}), got {len(args)}")
+        out = []
+        for spec, a in zip(self.inputs, args):
+            a = np.asarray(a)
+            if list(a.shape) != list(spec["shape"]) or str(a.dtype) != spec["dtype"]:
+                raise FuserError(
+                    f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
+                    f"got {a.dtype}{list(a.shape)}"
+                )
+            out.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+        return out
+
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        res = self.vm["main"](*self._args(args, kwargs))
+        return [res[i].numpy() for i in range(len(self.outputs))]
+
+    def time_main(self, *args, number: int = 10, repeat: int = 3, **kwargs):
+        """tvm time_evaluator over main: a ProfileResult (seconds)."""
+        f = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return f(*self._args(args, kwargs))
+
+
+def value_specs(values: Sequence[Value]) -> list[dict]:
+    return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": str(v.dtype)} for v in values]
+
+
+def time_kernels(executable, fused, number: int = 10, device: str = "cpu") -> dict[str, float]:
+    """Median time of each TIR kernel of a build, alone, on random arguments of its
+    buffer shapes: where the build spends its time. (time_evaluator looks functions up
+    only in the top module, and a Relax build keeps its kernels in an import, so we
+    time the looked-up kernel directly.)"""
+    import time
+
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    lib = executable.jit()
+    rng = np.random.default_rng(0)
+    timings = {}
+    for gv, func in fused.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        args = []
+        for buf in func.params:  # in this TVM, PrimFunc params are the Buffers
+            shape = [int(d) for d in buf.shape]
+            dtype = str(buf.dtype)
+            data = (rng.standard_normal(shape) if "float" in dtype else np.zeros(shape)).astype(dtype)
+            args.append(tvm.runtime.tensor(data, dev))
+        kernel = lib.get_function(gv.name_hint, query_imports=True)
+        kernel(*args)  # warm-up
+        runs = []
+        for _ in range(3):
+            dev.sync()
+            start = time.perf_counter()
+            for _ in range(number):
+                kernel(*args)
+            dev.sync()
+            runs.append((time.perf_counter() - start) / number)
+        timings[gv.name_hint] = float(np.median(runs)) * 1e3
+    return timings
