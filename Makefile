@@ -5,7 +5,7 @@ PY ?= python3
 OUT ?= out
 STAMP := .install.stamp
 
-.PHONY: install demo test test-heavy clean
+.PHONY: install demo lint test test-heavy clean
 
 $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch pulls GBs of CUDA wheels
@@ -23,7 +23,13 @@ demo: $(STAMP)
 	$(PY) -m fuser optimize $(OUT)/resnet18.onnx $(OUT)/resnet18.opt.onnx
 	$(PY) -m fuser info $(OUT)/resnet18.opt.onnx --json | head -n 40
 
-test: $(STAMP)
+# lint: style (ruff) and the layer contract (import-linter, [tool.importlinter] in pyproject.toml)
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+	lint-imports
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 test-heavy: $(STAMP)

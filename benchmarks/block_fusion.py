@@ -54,7 +54,7 @@ def build(channels: int, expansion: int, batch: int, hw: int):
     torch.manual_seed(0)
     module = convfirst_block(channels, expansion, KERNEL).eval()
     randomize_batchnorm(module, seed=0)
-    graph = fuser.optimize(module, (torch.zeros(batch, channels, hw, hw),))
+    graph = fuser.optimize(module, (torch.zeros(batch, channels, hw, hw),)).graph
     blocks, rejected = find_blocks(graph)
     if len(blocks) != 1:
         raise SystemExit(f"expected one ConvFirst block, found {len(blocks)} ({rejected})")
@@ -282,13 +282,14 @@ def main() -> None:
                 else:
                     print(
                         f"      ncu DRAM: fused {human_bytes(n['fused'])} (model "
-                        f"{human_bytes(r['model']['h100']['dram_bytes_fused'])}), eager {human_bytes(n['eager'])} "
+                        f"{human_bytes(r['model']['h100']['dram_bytes_fused'])}), "
+                        f"eager {human_bytes(n['eager'])} "
                         f"(model unfused {human_bytes(r['model']['h100']['dram_bytes_unfused'])})"
                     )
             if g["rel_err"] > TOLERANCE:
                 print(f"      WRONG: fused output differs from the fp32 module by {g['rel_err']:.2e}")
     if args.json:
-        from fuser.serde.onnx import atomic_write
+        from fuser.serde.files import atomic_write
 
         atomic_write(args.json, json.dumps(results, indent=2).encode())
 

@@ -40,6 +40,7 @@ Measurements, after one warm-up step per configuration
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import itertools
@@ -78,10 +79,8 @@ def _mmap_big_blocks() -> bool:
 
 def _trim_heap() -> None:
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Run:
@@ -291,7 +290,9 @@ def check_targets(rows: list[dict]) -> list[dict]:
         {
             "target": f"{TARGET_MODEL}: tune step time <= eval step time",
             "met": tu["step_s"] <= ev["step_s"],
-            "detail": f"median {tu['step_s']:.3f}s vs {ev['step_s']:.3f}s ({tu['step_s'] / ev['step_s']:.2f}x)",
+            "detail": (
+                f"median {tu['step_s']:.3f}s vs {ev['step_s']:.3f}s ({tu['step_s'] / ev['step_s']:.2f}x)"
+            ),
         },
     ]
 

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     )
     for setting in settings:
         t0 = time.perf_counter()
-        graph = fuser.optimize(f"zoo:{setting.model}", input_shapes=(1, 3, setting.size, setting.size))
+        graph = fuser.optimize(f"zoo:{setting.model}", input_shapes=(1, 3, setting.size, setting.size)).graph
         fg = build_fusion_graph(graph)
         console.print(
             f"{setting.model}: {fg.n} ops, captured in {time.perf_counter() - t0:.0f} s", highlight=False
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             )
             console.print(report)
         if args.out:  # after every model, so a long run leaves what it has done
-            from fuser.serde.onnx import atomic_write
+            from fuser.serde.files import atomic_write
 
             atomic_write(args.out, console.export_text(clear=False).encode())
     return 0

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         behind.clear()
         behind["budget"] = trials[name]
         backends = base + (["tvm-tuned"] if trials[name] > 0 else [])
-        graph = fuser.optimize(from_zoo(name, (1, 3, args.size, args.size)))
+        graph = fuser.optimize(from_zoo(name, (1, 3, args.size, args.size))).graph
         start = time.perf_counter()
         report = tvm_latency.run_report(
             graph,
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     atomic_write(out, text.encode())
     print(text)

@@ -40,7 +40,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fuser.pruning import prune
+import fuser
+from fuser import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"
@@ -64,7 +65,7 @@ def ort_session(model_proto, threads: int | None = None):
 
 
 def run_ort(graph, x: np.ndarray) -> np.ndarray:
-    return ort_session(graph.to_onnx()).run(None, {graph.inputs[0].name: x})[0]
+    return ort_session(fuser.to_onnx(graph)).run(None, {graph.inputs[0].name: x})[0]
 
 
 def exact_verdict(got, want) -> str:
@@ -371,7 +372,7 @@ def accuracy_torch(module, x, y) -> float:
 
 def accuracy_graph(graph, x, y) -> float:
     """ONNX Runtime on the graph's static batch (the tail padded, then dropped)."""
-    sess = ort_session(graph.to_onnx())
+    sess = ort_session(fuser.to_onnx(graph))
     preds = []
     for s in range(0, len(x), BATCH):
         xb = x[s : s + BATCH]
@@ -386,7 +387,7 @@ def finetune_graph(graph, x, y):
     """One epoch on the pruned graph's torch module; the weights go back into a copy."""
     from fuser.pruning import load_weights
 
-    module = train(graph.to_torch(), x, y, epochs=1, lr=FINETUNE_LR)
+    module = train(fuser.to_torch(graph), x, y, epochs=1, lr=FINETUNE_LR)
     tuned = graph.copy()
     load_weights(tuned, module)
     return tuned
@@ -461,12 +462,12 @@ def digits(epochs: int, table: Table) -> None:
 def latency(name: str, runs: int, table: Table) -> None:
     import fuser
 
-    graph = fuser.optimize(CAPTURED.get(name) or f"zoo:{name}")
+    graph = fuser.optimize(CAPTURED.get(name) or f"zoo:{name}").graph
     pruned = prune(graph, 0.5, "l2")
     x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
     sessions = {
-        "original": ort_session(graph.to_onnx(), threads=2),
-        "pruned 0.5": ort_session(pruned.to_onnx(), threads=2),
+        "original": ort_session(fuser.to_onnx(graph), threads=2),
+        "pruned 0.5": ort_session(fuser.to_onnx(pruned), threads=2),
     }
     feeds = {graph.inputs[0].name: x}
     times = {k: [] for k in sessions}

@@ -2,8 +2,9 @@
 
     import fuser
     g = fuser.from_onnx("model.onnx", input_shapes={"x": (1, 3, 224, 224)})
-    g = fuser.optimize(g)            # cleanups + BN folding; g.report says what changed
-    fuser.save_onnx(g, "out.onnx")   # or g.to_onnx(), g.to_torch()
+    opt = fuser.optimize(g)            # cleanups + BN folding: a Result (.graph, .report)
+    print(opt.report)                  # what each pass changed
+    fuser.save_onnx(opt, "out.onnx")   # or fuser.to_onnx(opt), fuser.to_torch(opt)
 
 Feature entry points (imported on first use, so ``import fuser`` stays light):
 ``fuser.tune_mode`` / ``fuser.convbn`` (ConvBN Tune mode), ``fuser.partition``
@@ -13,21 +14,29 @@ fusion), ``fuser.load`` (a compiled TVM artifact).
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
-from fuser.frontends.torch import from_torch  # noqa: E402
-from fuser.serde.onnx import from_onnx, save_onnx, to_onnx  # noqa: E402
-
-from .api import info, optimize, to_graph  # noqa: E402
+from .api import (  # noqa: E402
+    Result,
+    find_blocks,
+    from_zoo,
+    info,
+    optimize,
+    partition,
+    prune,
+    save_onnx,
+    to_graph,
+    to_onnx,
+    to_torch,
+)
+from .frontends.onnx import from_onnx  # noqa: E402
+from .frontends.torch import from_torch  # noqa: E402
 from .ir import FuserError, Graph, Node, Value  # noqa: E402
 
 _LAZY = {
     "tune_mode": "fuser.torchtools.convbn",
     "convbn": "fuser.torchtools.convbn",
-    "partition": "fuser.fusion",
     "Plan": "fuser.fusion",
-    "prune": "fuser.pruning",
-    "find_blocks": "fuser.blockfusion",
     "blocks_report": "fuser.blockfusion",
     "load": "fuser.backends.tvm.artifact",
 }
@@ -43,14 +52,20 @@ __all__ = [
     "FuserError",
     "Graph",
     "Node",
+    "Result",
     "Value",
+    "find_blocks",
     "from_onnx",
     "from_torch",
-    "to_onnx",
-    "save_onnx",
-    "optimize",
+    "from_zoo",
     "info",
+    "optimize",
+    "partition",
+    "prune",
+    "save_onnx",
     "to_graph",
+    "to_onnx",
+    "to_torch",
     "__version__",
     *_LAZY,
 ]

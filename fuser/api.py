@@ -1,30 +1,54 @@
-"""The Python API: one entry point per user job."""
+"""The Python API: one entry point per user job. This facade is the only place that turns
+models, paths and zoo names into Graphs; every feature below it takes a Graph."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from fuser.passes.pipeline import PassSpec, default_passes, run_passes
-
-from .ir import FuserError, Graph
+from fuser.analysis import analyze
+from fuser.frontends.onnx import from_onnx
+from fuser.frontends.torch import from_torch
+from fuser.ir import FuserError, Graph
+from fuser.passes.pipeline import PassSpec, PipelineReport, default_passes, run_passes
+from fuser.serde import onnx as serde_onnx
 
 ZOO_PREFIX = "zoo:"
+
+
+@dataclass
+class Result:
+    """A graph and the report of what made it (the optimize pipeline, or pruning).
+
+    Every facade function takes a Result where it takes a model; ``to_onnx()``,
+    ``to_torch()`` and ``print(result)`` are shorthands."""
+
+    graph: Graph
+    report: Any
+
+    def to_onnx(self, **kw):
+        return serde_onnx.to_onnx(self.graph, **kw)
+
+    def to_torch(self):
+        return to_torch(self.graph)
+
+    def __str__(self) -> str:
+        return f"{self.graph.summary()}\n{self.report}"
 
 
 def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -> Graph:
     """Any model fuser accepts -> a Graph with static shapes.
 
-    ``model``: a Graph; an ONNX path or ModelProto (``input_shapes`` fixes
-    dynamic dims); ``"zoo:NAME"`` (``input_shapes``: one shape, default the
-    model's); or an ``nn.Module`` (``example_inputs`` required).
+    ``model``: a Graph or Result; an ONNX path or ModelProto (``input_shapes`` fixes
+    dynamic dims); ``"zoo:NAME"`` (``input_shapes``: one shape, default the model's); or an
+    ``nn.Module`` (``example_inputs`` required).
     """
     import onnx
 
-    from fuser.frontends.torch import from_torch
-    from fuser.serde.onnx import from_onnx
-
+    if isinstance(model, Result):
+        return model.graph
     if isinstance(model, Graph):
         return model
     if isinstance(model, str) and model.startswith(ZOO_PREFIX):
@@ -65,7 +89,6 @@ def from_zoo(name: str, input_shapes: Any = None, seed: int = 0) -> Graph:
     import torch
 
     from fuser import models
-    from fuser.frontends.torch import from_torch
 
     if name not in models.names():
         raise FuserError(f"zoo:{name}: no such model; `fuser zoo list` shows {len(models.names())}")
@@ -86,23 +109,154 @@ def optimize(
     skip: Sequence[str] = (),
     prune: float | None = None,
     criterion: str = "l2",
-) -> Graph:
+) -> Result:
     """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``;
     ``prune=R`` adds structured pruning of R of each channel group after them).
 
-    Returns the optimized Graph; ``graph.report`` says what each pass changed.
+    Returns a Result: ``.graph`` (a new Graph; the input is not modified) and ``.report``
+    (a PipelineReport: what each pass changed).
     """
     graph = to_graph(model, example_inputs, input_shapes)
     passes = list(passes if passes is not None else default_passes(skip))
     if prune is not None:
         passes.append(("prune_channels", {"ratio": prune, "criterion": criterion}))
     graph, report = run_passes(graph, passes)
-    graph.report = report
-    return graph
+    return Result(graph, report)
+
+
+_optimize = optimize  # partition's `optimize` flag shadows the function
 
 
 def info(model: Any, example_inputs: Any = None, input_shapes: Any = None) -> dict:
     """MACs, params, bytes and op counts (see fuser.analysis for the conventions)."""
-    from .analysis import analyze
-
     return analyze(to_graph(model, example_inputs, input_shapes))
+
+
+def to_onnx(model: Any, **kw):
+    """The model (a Graph, a Result, ...) as an onnx.ModelProto that ONNX Runtime runs."""
+    return serde_onnx.to_onnx(to_graph(model), **kw)
+
+
+def save_onnx(model: Any, path: str | os.PathLike, *, protect: Sequence[str | os.PathLike] = ()) -> None:
+    """Save a Graph, Result or ModelProto as an ONNX file (written atomically)."""
+    import onnx
+
+    serde_onnx.save_onnx(
+        model if isinstance(model, onnx.ModelProto) else to_graph(model), path, protect=protect
+    )
+
+
+def to_torch(model: Any):
+    """A trainable nn.Module computing the model (its weights are nn.Parameters)."""
+    from fuser.backends.torch import to_torch as build
+
+    return build(to_graph(model))
+
+
+def partition(
+    model: Any,
+    buffer: int | str = "256KB",
+    style: str = "lbdf",
+    search: str = "local",
+    split: str = "explain",
+    budget: int = 1000,
+    seed: int = 0,
+    *,
+    input_shapes: Any = None,
+    optimize: bool = True,
+    **options,
+):
+    """Fusion groups of a model under an on-chip buffer (``fuser.fusion.partition``); the model
+    is optimized first (BN folded) unless ``optimize=False``.
+
+        >>> plan = fuser.partition("zoo:resnet18", buffer="128KB", search="local", budget=500)
+        >>> plan.dram_bytes / plan.no_fusion_dram_bytes
+    """
+    from fuser.fusion import partition as plan_graph
+
+    graph = (
+        _optimize(model, input_shapes=input_shapes).graph
+        if optimize
+        else to_graph(model, input_shapes=input_shapes)
+    )
+    return plan_graph(graph, buffer, style, search, split, budget, seed, **options)
+
+
+def prune(
+    model: Any,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    *,
+    example_inputs: Any = None,
+    input_shapes: Any = None,
+    data: Any = None,
+    loss: Callable | None = None,
+    global_pruning: bool = False,
+    group_reduction: str = "mean",
+    normalizer: str | None = "mean",
+    round_to: int | None = None,
+    ignored: Sequence[str] = (),
+    layer_ratios: dict[str, float] | None = None,
+    heads: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
+    """Remove ``ratio`` of the channels of every prunable group of ``model``.
+
+    ``model``: anything ``fuser.to_graph`` accepts (ONNX path or ModelProto, ``"zoo:NAME"``,
+    a Graph -- never modified -- or an ``nn.Module`` with ``example_inputs``); the raw IR
+    (BatchNormalization prunes with its conv) and the optimized one (BN folded) both work.
+    ``criterion``: ``l1``, ``l2`` (magnitude), ``taylor`` (needs ``data``: inputs, or an
+    (inputs, targets) pair, or an iterable of batches; ``loss(output, targets)`` optional)
+    or ``obs`` (data-free, with weight compensation). ``global_pruning`` ranks all groups
+    together instead of applying ``ratio`` per group; ``layer_ratios`` maps node/module name
+    patterns to their own ratio; ``round_to`` keeps channel counts multiples of it;
+    ``ignored`` names layers whose output channels stay (graph outputs -- the classifier --
+    always keep theirs); ``heads`` prunes attention by whole heads (head count rewritten)
+    rather than by head dimension (the default: the same dims go from every head).
+
+    Returns a Result: ``.graph`` (pruned; ``fuser.to_torch(result)`` gives a trainable
+    nn.Module of it) and ``.report``, a PruneReport (per-group channels, MACs and params
+    before/after, and the ops that blocked pruning).
+    """
+    from fuser.pruning import prune_graph
+
+    graph = to_graph(model, example_inputs, input_shapes).copy()
+    report = prune_graph(
+        graph,
+        ratio,
+        criterion,
+        data=data,
+        loss=loss,
+        global_pruning=global_pruning,
+        group_reduction=group_reduction,
+        normalizer=normalizer,
+        round_to=round_to,
+        ignored=ignored,
+        layer_ratios=layer_ratios,
+        heads=heads,
+        progress=progress,
+    )
+    return Result(graph, report)
+
+
+def find_blocks(model: Any, device: str | None = "h100", input_shapes: Any = None):
+    """Block-fusion groups of a model (``fuser.blockfusion.find_blocks``) and the groups not fused."""
+    from fuser.blockfusion import find_blocks as match
+
+    return match(to_graph(model, input_shapes=input_shapes), device)
+
+
+__all__ = [
+    "PipelineReport",
+    "Result",
+    "find_blocks",
+    "from_zoo",
+    "info",
+    "optimize",
+    "partition",
+    "prune",
+    "save_onnx",
+    "to_graph",
+    "to_onnx",
+    "to_torch",
+]

@@ -25,9 +25,8 @@ def test_shape(name: str) -> tuple[int, ...]:
 @functools.cache
 def zoo_case(name: str):
     """(module, example input, captured graph) for zoo model ``name``."""
-    from fuser.models import create
-
     import fuser
+    from fuser.models import create
 
     module = create(name, seed=0)
     x = torch.randn(test_shape(name), generator=torch.Generator().manual_seed(0))

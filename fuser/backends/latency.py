@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fuser.ir import FuserError, Graph
+from fuser.serde.onnx import to_onnx
+
+from .torch import to_torch
 
 BACKENDS = ("torch", "torch-compile", "ort", "tvm", "tvm-tuned")
 
@@ -76,7 +79,7 @@ def measure(fn: Callable[[], object], warmup: int, repeat: int) -> list[float]:
 def _torch_runner(graph: Graph, x: np.ndarray, compiled: bool) -> Callable:
     import torch
 
-    module = graph.to_torch().eval()
+    module = to_torch(graph).eval()
     if compiled:
         module = torch.compile(module)
     xt = torch.from_numpy(x)
@@ -96,9 +99,7 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    session = ort.InferenceSession(
-        graph.to_onnx().SerializeToString(), so, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(to_onnx(graph).SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {graph.inputs[0].name: x}
     return lambda: session.run(None, feeds)
 

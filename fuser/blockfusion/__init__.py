@@ -1,7 +1,7 @@
 """Block fusion: one generated CUDA kernel per residual block (Lavin 2024, "On the Efficiency
 of Convolutional Neural Networks", arXiv 2404.03617).
 
-    graph = fuser.optimize(model_or_path)               # BN folded into the convs
+    graph = fuser.optimize(model_or_path).graph         # BN folded into the convs
     blocks, not_fused = find_blocks(graph)              # BlockSpecs, and why others are not fused
     schedule = choose_schedule(blocks[0])               # tiles from the smem/register budget
     kernel = emit_kernel(schedule)                      # .cu source, launch config
@@ -13,26 +13,19 @@ Modules: spec (BlockSpec), schedule (tiles, halos, packing, chooser), cuda_templ
 cuda (code generation, nvcc check), reference (CPU tile schedule), model (analytic
 costs, efficiency gap, waterline), devices (peak table, CPU measurement), measure
 (timings), loader (torch extension binding), report (report, tables, roofline plot),
-synthetic (single-block graphs for tests and benchmarks). The matcher is the
-``fuse_blocks`` pass (fuser.passes.fuse_blocks).
+synthetic (single-block graphs for tests and benchmarks), matcher (which blocks fuse,
+and why the rest do not; the ``fuse_blocks`` pass annotates a graph with it).
 """
 
 from .cuda import CudaKernel, compile_nvcc, emit_kernel, find_nvcc
 from .devices import DEVICES, Device, get_device, measure_cpu
 from .loader import FusedBlock, load_blocks
+from .matcher import find_blocks
 from .model import BlockCost, KernelCost, block_cost, waterline
 from .reference import run_schedule
 from .report import blocks_report, emit_kernels, render, roofline_png
 from .schedule import BlockSchedule, NoSchedule, choose_schedule, fixed_schedule
 from .spec import BlockSpec, ConvLayer, Rejected
-
-
-def find_blocks(graph, device: str | None = "h100"):
-    """The fusable blocks of ``graph`` (BN folded) and the groups not fused: see fuser.passes.fuse_blocks."""
-    from fuser.passes.fuse_blocks import find_blocks as _find
-
-    return _find(graph, device)
-
 
 __all__ = [
     "BlockSpec",

@@ -53,7 +53,8 @@ class CudaKernel:
     arg_names: tuple[str, ...]  # after x and y, in order (schedule.packed_weights names)
 
     def launch_line(self) -> str:
-        return f"{self.name}<<<{self.grid}, {self.threads}, {self.smem_bytes}>>>(x, y, {', '.join(self.arg_names)})"
+        args = ", ".join(self.arg_names)
+        return f"{self.name}<<<{self.grid}, {self.threads}, {self.smem_bytes}>>>(x, y, {args})"
 
 
 def kernel_params(s: BlockSchedule) -> dict[str, int | bool]:
@@ -243,7 +244,7 @@ def compile_nvcc(
 ) -> CompileResult:
     """Compile ``source`` with ``nvcc -arch=ARCH MODE`` (MODE -cubin, -c or --ptx; ptxas -v for the
     resource report); cached."""
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     nvcc = nvcc or find_nvcc()
     if nvcc is None:

@@ -62,21 +62,29 @@ def _tensor(shape, device: str, dtype, seed: int):
     return t.contiguous(memory_format=torch.channels_last) if device == "cuda" and t.dim() == 4 else t
 
 
-def conv_fn(l: ConvLayer, batch: int, device: str, dtype, seed: int = 0):
+def conv_fn(layer: ConvLayer, batch: int, device: str, dtype, seed: int = 0):
     """A closure running layer ``l`` (Conv + bias + activation) on a random input of its shape."""
     import torch.nn.functional as F
 
-    x = _tensor((batch, l.c_in, *l.in_hw), device, dtype, seed)
-    w = _tensor(l.weight.shape, device, dtype, seed + 1)
-    b = _tensor(l.bias.shape, device, dtype, seed + 2)
+    x = _tensor((batch, layer.c_in, *layer.in_hw), device, dtype, seed)
+    w = _tensor(layer.weight.shape, device, dtype, seed + 1)
+    b = _tensor(layer.bias.shape, device, dtype, seed + 2)
     # the bottom/right padding that gives the recorded output size
-    pb = (l.out_hw[0] - 1) * l.stride + l.kernel - l.in_hw[0] - l.pad_top
-    pr = (l.out_hw[1] - 1) * l.stride + l.kernel - l.in_hw[1] - l.pad_left
-    act = _act(l.activation)
-    if (pb, pr) == (l.pad_top, l.pad_left):
-        return lambda: act(F.conv2d(x, w, b, l.stride, (l.pad_top, l.pad_left), 1, l.groups))
+    pb = (layer.out_hw[0] - 1) * layer.stride + layer.kernel - layer.in_hw[0] - layer.pad_top
+    pr = (layer.out_hw[1] - 1) * layer.stride + layer.kernel - layer.in_hw[1] - layer.pad_left
+    act = _act(layer.activation)
+    if (pb, pr) == (layer.pad_top, layer.pad_left):
+        return lambda: act(F.conv2d(x, w, b, layer.stride, (layer.pad_top, layer.pad_left), 1, layer.groups))
     return lambda: act(
-        F.conv2d(F.pad(x, (l.pad_left, max(pr, 0), l.pad_top, max(pb, 0))), w, b, l.stride, 0, 1, l.groups)
+        F.conv2d(
+            F.pad(x, (layer.pad_left, max(pr, 0), layer.pad_top, max(pb, 0))),
+            w,
+            b,
+            layer.stride,
+            0,
+            1,
+            layer.groups,
+        )
     )
 
 
@@ -86,7 +94,7 @@ def measure_block(cost: BlockCost, device: str, repeats: int = 20, fused_kernel=
 
     spec = cost.spec
     dtype = torch.float16 if device == "cuda" else torch.float32
-    fns = [conv_fn(l, spec.batch, device, dtype, seed=3 * i) for i, l in enumerate(spec.all_layers())]
+    fns = [conv_fn(layer, spec.batch, device, dtype, seed=3 * i) for i, layer in enumerate(spec.all_layers())]
     if spec.residual != "none":
         shape = spec.output_shape
         a, b = _tensor(shape, device, dtype, 100), _tensor(shape, device, dtype, 101)

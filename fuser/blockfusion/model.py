@@ -107,26 +107,28 @@ class KernelCost:
         }
 
 
-def _conv_label(l: ConvLayer) -> str:
-    g = "" if l.groups == 1 else ("/dw" if l.groups == l.c_in else f"/g{l.groups}")
-    s = f"/s{l.stride}" if l.stride > 1 else ""
-    return f"conv {l.kernel}×{l.kernel}{g}{s}" + (f"+{l.activation}" if l.activation != "none" else "")
+def _conv_label(layer: ConvLayer) -> str:
+    g = "" if layer.groups == 1 else ("/dw" if layer.groups == layer.c_in else f"/g{layer.groups}")
+    s = f"/s{layer.stride}" if layer.stride > 1 else ""
+    return f"conv {layer.kernel}×{layer.kernel}{g}{s}" + (
+        f"+{layer.activation}" if layer.activation != "none" else ""
+    )
 
 
-def conv_kernel(l: ConvLayer, batch: int, elem_bytes: int) -> KernelCost:
+def conv_kernel(layer: ConvLayer, batch: int, elem_bytes: int) -> KernelCost:
     """One unfused Conv (+ bias + activation) kernel."""
-    macs = l.macs(batch)
-    n_in = batch * l.c_in * l.in_hw[0] * l.in_hw[1]
-    n_out = batch * l.c_out * l.out_hw[0] * l.out_hw[1]
-    tensor, simt = (2 * macs, 0) if l.is_dense else (0, 2 * macs)
+    macs = layer.macs(batch)
+    n_in = batch * layer.c_in * layer.in_hw[0] * layer.in_hw[1]
+    n_out = batch * layer.c_out * layer.out_hw[0] * layer.out_hw[1]
+    tensor, simt = (2 * macs, 0) if layer.is_dense else (0, 2 * macs)
     return KernelCost(
-        l.node,
-        _conv_label(l),
+        layer.node,
+        _conv_label(layer),
         macs,
         tensor,
         simt,
         (n_in + n_out) * elem_bytes,
-        (l.weight.size + l.bias.size) * elem_bytes,
+        (layer.weight.size + layer.bias.size) * elem_bytes,
     )
 
 
@@ -151,7 +153,7 @@ class BlockCost:
 
 def block_cost(schedule: BlockSchedule, elem_bytes: int = 2) -> BlockCost:
     spec = schedule.spec
-    kernels = [conv_kernel(l, spec.batch, elem_bytes) for l in spec.all_layers()]
+    kernels = [conv_kernel(layer, spec.batch, elem_bytes) for layer in spec.all_layers()]
     if spec.residual != "none":
         n_out = spec.batch * spec.c_out * spec.out_hw[0] * spec.out_hw[1]
         label = "add" + (f"+{spec.final_activation}" if spec.final_activation != "none" else "")
@@ -161,7 +163,7 @@ def block_cost(schedule: BlockSchedule, elem_bytes: int = 2) -> BlockCost:
     weights = sum(k.weight_bytes for k in kernels)
     # the fused kernel's units: its grouped conv may run on tensor cores (schedule.grouped_on_tensor_cores)
     moved = (
-        sum(k.simt_ops for k, l in zip(kernels, spec.all_layers()) if not l.is_dense)
+        sum(k.simt_ops for k, layer in zip(kernels, spec.all_layers()) if not layer.is_dense)
         if schedule.grouped_on_tensor_cores
         else 0
     )

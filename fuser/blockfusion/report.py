@@ -20,7 +20,7 @@ from .schedule import choose_schedule
 
 def find_and_cost(graph: Graph, device: str = "h100", elem_bytes: int | None = None):
     """(device, element bytes, [BlockCost], [Rejected]) for ``graph`` (BN folded)."""
-    from fuser.passes.fuse_blocks import find_blocks
+    from .matcher import find_blocks
 
     dev = get_device(device)
     target = device if dev.is_gpu else "h100"  # kernels are sm_90 whatever the report's device
@@ -145,7 +145,7 @@ def render(report: dict, console) -> None:
     for col in ("block", "shape", "tile", "MACs", "DRAM unfused→fused", "I (flop/B)", "roofline µs"):
         t.add_column(col, justify="left" if col in ("block", "shape", "tile") else "right")
     for r in report["blocks"]:
-        unf_roof = sum(l["roofline_s"] for l in r["layers"])
+        unf_roof = sum(layer["roofline_s"] for layer in r["layers"])
         t.add_row(
             r["name"],
             r["description"],
@@ -184,8 +184,10 @@ def render(report: dict, console) -> None:
     w = report["waterline"]
     tot = report["totals"]
     console.print(
-        f"[bold]totals[/]: {human(tot['macs'])}MACs in blocks; DRAM {human_bytes(tot['dram_bytes_unfused'])} unfused "
-        f"→ {human_bytes(tot['dram_bytes_fused'])} fused; waterline {_us(w['unfused']['waterline_s'])} µs unfused "
+        f"[bold]totals[/]: {human(tot['macs'])}MACs in blocks; "
+        f"DRAM {human_bytes(tot['dram_bytes_unfused'])} unfused → "
+        f"{human_bytes(tot['dram_bytes_fused'])} fused; "
+        f"waterline {_us(w['unfused']['waterline_s'])} µs unfused "
         f"({w['unfused']['kernels']} kernels) → {_us(w['fused']['waterline_s'])} µs fused "
         f"({w['fused']['kernels']} kernels); measured {_us(w['unfused']['measured_s'])} → "
         f"{_us(w['fused']['measured_s'])} µs",
@@ -257,7 +259,7 @@ def roofline_png(report: dict) -> bytes:
 def emit_kernels(graph: Graph, directory: str | Path, device: str = "h100") -> list[dict]:
     """Write each distinct kernel as DIR/<name>.cu and DIR/manifest.json (block → kernel, launch);
     returns the manifest."""
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     _, _, costs, _ = find_and_cost(graph, device)
     directory = Path(directory)

@@ -230,16 +230,22 @@ class BlockSchedule:
     def x_region(self) -> Region:
         spec = self.spec
         if self.kind == "convfirst":
-            l = spec.layers[0]
-            return Region(1, -l.pad_top, -l.pad_left, self.tile_h + l.kernel - 1, self.tile_w + l.kernel - 1)
-        if self.kind == "mbconv":
-            l = spec.layer("depthwise")
+            layer = spec.layers[0]
             return Region(
-                l.stride,
-                -l.pad_top,
-                -l.pad_left,
-                (self.tile_h - 1) * l.stride + l.kernel,
-                (self.tile_w - 1) * l.stride + l.kernel,
+                1,
+                -layer.pad_top,
+                -layer.pad_left,
+                self.tile_h + layer.kernel - 1,
+                self.tile_w + layer.kernel - 1,
+            )
+        if self.kind == "mbconv":
+            layer = spec.layer("depthwise")
+            return Region(
+                layer.stride,
+                -layer.pad_top,
+                -layer.pad_left,
+                (self.tile_h - 1) * layer.stride + layer.kernel,
+                (self.tile_w - 1) * layer.stride + layer.kernel,
             )
         c1 = spec.layers[0]
         mid = self.mid_region
@@ -262,7 +268,7 @@ class BlockSchedule:
     # ---- work -----------------------------------------------------------------------
     @property
     def grouped_layer(self) -> ConvLayer | None:
-        return next((l for l in self.spec.layers if not l.is_dense), None)
+        return next((layer for layer in self.spec.layers if not layer.is_dense), None)
 
     @property
     def grouped_on_tensor_cores(self) -> bool:
@@ -270,18 +276,18 @@ class BlockSchedule:
         input channels pair up: reduction (tap, channel of the group) padded to 16, e.g. 9·8 = 72
         → 80 for ConvFirst's group width 8 (1.1× the MACs at 15× the FP32 FMA rate). Depthwise
         convs (group width 1) would pad 9 → 16 per output: they stay on FMAs."""
-        l = self.grouped_layer
+        layer = self.grouped_layer
         return (
-            l is not None
+            layer is not None
             and self.kind == "convfirst"
-            and l.group_width_out % MMA_N == 0
-            and l.group_width_in % 2 == 0
+            and layer.group_width_out % MMA_N == 0
+            and layer.group_width_in % 2 == 0
         )
 
     @property
     def grouped_k_pad(self) -> int:
-        l = self.grouped_layer
-        return pad16(l.kernel**2 * l.group_width_in)
+        layer = self.grouped_layer
+        return pad16(layer.kernel**2 * layer.group_width_in)
 
     @property
     def gemms(self) -> list[Gemm]:
@@ -310,10 +316,10 @@ class BlockSchedule:
     @property
     def simt_flops_per_tile(self) -> int:
         """Grouped / depthwise conv FMAs per tile (×2 flops), when the kernel runs them on CUDA cores."""
-        l = self.grouped_layer
-        if l is None or self.grouped_on_tensor_cores:
+        layer = self.grouped_layer
+        if layer is None or self.grouped_on_tensor_cores:
             return 0
-        return 2 * self.tile_pixels * pad16(l.c_out) * l.group_width_in * l.kernel**2
+        return 2 * self.tile_pixels * pad16(layer.c_out) * layer.group_width_in * layer.kernel**2
 
     @property
     def buffers(self) -> list[Buffer]:
@@ -384,7 +390,7 @@ class BlockSchedule:
         return rows * cols / (h * w)
 
     def weight_elements(self) -> int:
-        return sum(l.weight.size + l.bias.size for l in self.spec.all_layers())
+        return sum(layer.weight.size + layer.bias.size for layer in self.spec.all_layers())
 
     def dram_bytes(self, elem_bytes: int = 2) -> int:
         """Input with halo re-reads, output, weights once (fp16 storage)."""

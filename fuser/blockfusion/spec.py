@@ -139,12 +139,12 @@ class BlockSpec:
         return (self.batch, self.c_out, *self.out_hw)
 
     def layer(self, role: str) -> ConvLayer | None:
-        return next((l for l in self.layers if l.role == role), None)
+        return next((layer for layer in self.layers if layer.role == role), None)
 
     @property
     def spatial_layer(self) -> ConvLayer:
         """The k×k layer that sets the block's kernel size and stride."""
-        return next(l for l in self.layers if l.kernel > 1)
+        return next(layer for layer in self.layers if layer.kernel > 1)
 
     @property
     def kernel(self) -> int:
@@ -152,7 +152,7 @@ class BlockSpec:
 
     @property
     def stride(self) -> int:
-        return max(l.stride for l in self.layers)
+        return max(layer.stride for layer in self.layers)
 
     @property
     def hidden(self) -> int:
@@ -172,7 +172,7 @@ class BlockSpec:
         return self.layers + ([self.shortcut] if self.shortcut is not None else [])
 
     def macs(self) -> int:
-        return sum(l.macs(self.batch) for l in self.all_layers())
+        return sum(layer.macs(self.batch) for layer in self.all_layers())
 
     def signature(self) -> str:
         """Hash of everything that shapes the kernel (not the weights): equal blocks share a kernel."""
@@ -181,7 +181,7 @@ class BlockSpec:
             self.batch,
             self.residual,
             self.final_activation,
-            tuple(l.shape_key() for l in self.all_layers()),
+            tuple(layer.shape_key() for layer in self.all_layers()),
         )
         return hashlib.sha1(repr(key).encode()).hexdigest()[:10]
 

@@ -115,8 +115,8 @@ def torch_to_onnx(module, example_inputs: Any | Sequence[Any]):
 
 def from_torch(module, example_inputs, *, fold: bool = True) -> Graph:
     """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``)."""
+    from fuser.frontends.onnx import from_onnx
     from fuser.passes import drop_zero_bias
-    from fuser.serde.onnx import from_onnx
 
     graph = from_onnx(torch_to_onnx(module, example_inputs), fold=fold)
     drop_zero_bias.run(graph)  # the exporter's zero bias for bias-free convs

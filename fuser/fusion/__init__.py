@@ -12,7 +12,7 @@ F_β and F_D), ``plan`` (partitions, genome, JSON), ``split`` and ``explain``
 ``search`` (greedy, random, local, NSGA-II), ``exact`` (optimum of small graphs).
 """
 
-from .api import EXPLAINERS, partition, partition_fusion_graph, prepare_graph
+from .api import EXPLAINERS, partition, partition_fusion_graph
 from .cost import BRR, LBDF, STYLES, CostModel, GroupCost, make_cost_model, parse_size
 from .explain import ExactExplainer, Explanation
 from .opgraph import FusionGraph, build_fusion_graph
@@ -23,7 +23,6 @@ from .split import SPLITS, ExplainSplitter, RandomSplitter, rectify_rate
 __all__ = [
     "partition",
     "partition_fusion_graph",
-    "prepare_graph",
     "Plan",
     "FusionGraph",
     "build_fusion_graph",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fuser.ir import FuserError, Graph
 
@@ -15,18 +14,6 @@ from .search import SEARCHES, Evaluated, PlanEvaluator, Progress, run_search
 from .split import SPLITS, Splitter, make_splitter
 
 EXPLAINERS = ("exact", "gnn")
-
-
-def prepare_graph(model: Any, input_shapes: Any = None, optimize: bool = True) -> Graph:
-    """The graph whose ops a plan partitions: ``fuser.optimize(model)`` (BN folded)."""
-    from fuser.api import optimize as run_optimize
-    from fuser.api import to_graph
-
-    return (
-        run_optimize(model, input_shapes=input_shapes)
-        if optimize
-        else to_graph(model, input_shapes=input_shapes)
-    )
 
 
 def make_explainer(name: str, cost: CostModel, seed: int = 0) -> Explainer:
@@ -117,7 +104,7 @@ def partition_fusion_graph(
 
 
 def partition(
-    model: Any,
+    graph: Graph,
     buffer: int | str = "256KB",
     style: str = "lbdf",
     search: str = "local",
@@ -127,24 +114,17 @@ def partition(
     *,
     element_bytes: int = 1,
     explainer: str = "exact",
-    input_shapes: Any = None,
-    optimize: bool = True,
     progress: Progress | None = None,
 ) -> Plan:
-    """Partition a model's ops into fusion groups under an on-chip buffer of ``buffer`` bytes.
+    """Partition ``graph``'s ops into fusion groups under an on-chip buffer of ``buffer`` bytes
+    (``fuser.partition`` takes any model and optimizes it first).
 
-    ``model``: anything ``fuser.to_graph`` takes (a Graph, an ONNX path, ``"zoo:NAME"``);
-    it is run through ``fuser.optimize`` first unless ``optimize=False``.
     ``buffer``: bytes or a size such as ``"256KB"`` (KB = 1024 bytes).
     ``style``: ``"lbdf"`` or ``"brr"`` (see ``fuser.fusion.cost``).
     ``search``: ``"greedy"``, ``"random"``, ``"local"`` or ``"nsga2"``; ``budget`` plans.
     ``split``: ``"random"`` or ``"explain"`` (with ``explainer`` ``"exact"`` or ``"gnn"``).
     The same inputs and seed give the same plan.
-
-        >>> plan = fuser.partition("zoo:resnet18", buffer="128KB", search="local", budget=500)
-        >>> plan.dram_bytes / plan.no_fusion_dram_bytes
     """
-    graph = prepare_graph(model, input_shapes, optimize)
     plan, _ = partition_fusion_graph(
         build_fusion_graph(graph),
         buffer=buffer,

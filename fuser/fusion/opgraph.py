@@ -152,9 +152,9 @@ def row_height(v: Value) -> int:
 
 def _normalized_axes(node: Node, rank: int) -> list[int] | None:
     axes = node.attr("axes")
-    if axes is None and node.op in REDUCTIONS and len(node.inputs) > 1 and node.inputs[1] is not None:
-        if node.inputs[1].is_const:
-            axes = node.inputs[1].const.reshape(-1).tolist()
+    axes_input = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes is None and node.op in REDUCTIONS and axes_input is not None and axes_input.is_const:
+        axes = axes_input.const.reshape(-1).tolist()
     if axes is None:
         return None
     return [int(a) % rank for a in np.atleast_1d(axes)]

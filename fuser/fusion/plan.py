@@ -222,7 +222,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path) -> None:
-        from fuser.serde.onnx import atomic_write
+        from fuser.serde.files import atomic_write
 
         atomic_write(path, (self.to_json() + "\n").encode())
 

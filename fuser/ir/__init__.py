@@ -1,6 +1,16 @@
 """The graph IR (Graph, Node, Value) and the op registry; the lowest layer: imports no other part of fuser."""
 
-from .graph import FuserError, Graph, Node, Shape, Value, check_graph, is_splat, stable_topological_order
+from .graph import (
+    FuserError,
+    Graph,
+    Node,
+    Shape,
+    Value,
+    check_graph,
+    constant_value,
+    is_splat,
+    stable_topological_order,
+)
 
 __all__ = [
     "FuserError",
@@ -9,6 +19,7 @@ __all__ = [
     "Shape",
     "Value",
     "check_graph",
+    "constant_value",
     "is_splat",
     "stable_topological_order",
 ]

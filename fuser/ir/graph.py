@@ -31,6 +31,17 @@ def is_splat(a: np.ndarray) -> bool:
     return a.ndim == 0 or all(s == 0 for s in a.strides)
 
 
+def constant_value(attrs: dict[str, Any], where: str = "Constant") -> np.ndarray:
+    """The tensor a Constant node's (decoded) attributes hold."""
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    if "value_float" in attrs or "value_floats" in attrs:
+        return np.asarray(attrs.get("value_float", attrs.get("value_floats")), dtype=np.float32)
+    if "value_int" in attrs or "value_ints" in attrs:
+        return np.asarray(attrs.get("value_int", attrs.get("value_ints")), dtype=np.int64)
+    raise FuserError(f"{where}: Constant with attributes {sorted(attrs)} is not supported")
+
+
 def stable_topological_order(count: int, edges: Iterable[tuple[int, int]], key=None) -> list[int] | None:
     """``range(count)`` ordered so that ``a`` comes before ``b`` for every edge (a, b),
     taking the smallest ``key`` (default: the index) among the ready ones, so that an
@@ -161,7 +172,6 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     opset: int = 17
     source: str = "<memory>"  # file or origin, named in error messages
-    report: Any = field(default=None, repr=False, compare=False)  # set by fuser.optimize
 
     # ---- construction -------------------------------------------------
     def __post_init__(self):
@@ -355,19 +365,6 @@ class Graph:
         ]
         whole = Graph(name or f"{self.name}_sub", ins, outs, sub_nodes, self.opset, self.source)
         return whole.copy()
-
-    # ---- export -----------------------------------------------------------
-    def to_onnx(self, **kw):
-        """An onnx.ModelProto that ONNX Runtime runs (see fuser.onnx_io.to_onnx)."""
-        from fuser.serde.onnx import to_onnx
-
-        return to_onnx(self, **kw)
-
-    def to_torch(self):
-        """A trainable nn.Module computing this graph (weights are nn.Parameters)."""
-        from fuser.backends.torch.core import to_torch
-
-        return to_torch(self)
 
     # ---- views ----------------------------------------------------------
     def to_networkx(self):

@@ -45,7 +45,7 @@ class Role(str, Enum):
     INDEX = "index"  # integer positions that select data (Gather indices)
 
 
-D, W, B, S, C, I = Role.DATA, Role.WEIGHT, Role.BIAS, Role.STAT, Role.CONFIG, Role.INDEX
+D, W, B, S, C, IDX = Role.DATA, Role.WEIGHT, Role.BIAS, Role.STAT, Role.CONFIG, Role.INDEX
 
 
 @dataclass
@@ -151,7 +151,7 @@ _define(
 )
 _define(Category.INJECTIVE, ["Slice"], (D, C, C, C, C))
 _define(Category.INJECTIVE, ["Pad", "Resize"], (D, C, C, C))
-_define(Category.INJECTIVE, ["Gather"], (D, I))
+_define(Category.INJECTIVE, ["Gather"], (D, IDX))
 _define(Category.SOURCE, ["Constant", "Shape", "Size"])
 _define(Category.SOURCE, ["ConstantOfShape", "Range"], (C,))
 _define(Category.SEQUENCE, ["SplitToSequence"], (D, C))

@@ -1,7 +1,7 @@
 """Graph passes, one per file. Each module has ``run(graph) -> PassResult`` and a
 docstring stating its rewrite rules. ``PASSES`` names them for pipelines."""
 
-from fuser.passes import (
+from . import (
     drop_zero_bias,
     eliminate_dead_nodes,
     fold_constants,
@@ -20,6 +20,7 @@ PASSES = {
     "fold_conv_bn": fold_conv_bn.run,
     "fuse_blocks": fuse_blocks.run,  # annotates block-fusion groups (node.meta); not in the default
     "prune_channels": prune_channels.run,  # `optimize --prune R`; not in the default
+    "lower_sequences": lower_sequences.run,  # at import (fuser.frontends.normalize); not in the default
 }
 
 # The cleanups every pipeline starts with; later passes append to DEFAULT_PIPELINE.

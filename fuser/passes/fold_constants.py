@@ -21,7 +21,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from fuser.ir import Graph, Node
-from fuser.serde.onnx import _attr
+from fuser.serde.onnx import attribute_proto
 
 from .base import PassResult
 
@@ -33,7 +33,7 @@ def _evaluate(node: Node, opset: int) -> list[np.ndarray]:
     names = [f"i{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
     outs = [f"o{i}" for i in range(len(node.outputs))]
     proto = helper.make_node(node.op, names, outs)
-    proto.attribute.extend(_attr(k, a) for k, a in sorted(node.attrs.items()))
+    proto.attribute.extend(attribute_proto(k, a) for k, a in sorted(node.attrs.items()))
     feeds = {f"i{i}": np.asarray(v.const) for i, v in enumerate(node.inputs) if v is not None}
     g = helper.make_graph(
         [proto],

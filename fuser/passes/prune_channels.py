@@ -7,7 +7,7 @@ Flatten/Reshape into Gemm/MatMul, squeeze-and-excite, channel shuffle, attention
 op without a rule blocks and is reported), scored by ``criterion`` (``fuser.pruning.importance``:
 l1, l2, taylor with ``data``, or the data-free obs with compensation), then weights,
 attributes and shape constants rewritten (``fuser.pruning.apply``). Graph outputs keep
-their shapes; ratio 0 changes nothing. Options are those of ``fuser.pruning.prune``.
+their shapes; ratio 0 changes nothing. Options are those of ``fuser.prune``.
 
 Stats (the pipeline report's record): channels_removed, groups_pruned, groups,
 blocked_ops, macs_before/after, params_before/after. ``fuser.prune`` returns the full

@@ -251,7 +251,7 @@ def prune_graph(
     heads: bool = False,
     progress: Progress | None = None,
 ) -> PruneReport:
-    """Prune ``graph`` in place; see ``fuser.pruning.prune`` for the arguments."""
+    """Prune ``graph`` in place; see ``fuser.prune`` for the arguments."""
     from fuser.analysis import analyze
 
     t0 = time.perf_counter()
@@ -363,7 +363,7 @@ def _group_reports(
         gone = removed.get(g.index, np.zeros(g.size, bool))
         nodes = list(dict.fromkeys(m.node.name for m in g.members))
 
-        def total(costs, key):
+        def total(costs, key, nodes=nodes):
             return int(sum(costs[n][key] for n in nodes if n in costs))
 
         out.append(

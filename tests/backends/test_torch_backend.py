@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from util import export_weights_as_inputs, ocr_like_input, ort_session, paddle_model, randomized_weights
 
 from fuser.backends.torch.core import _OPS, run_torch, to_torch
+from fuser.frontends.onnx import from_onnx
 from fuser.ir import FuserError, Graph
 from fuser.ir.ops import SUPPORTED_OPS
-from fuser.serde.onnx import from_onnx
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 LIGHT_MODELS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(LIGHT, "*.onnx")))
@@ -811,9 +811,9 @@ def test_module_compiles_with_torch_compile():
             return self.fc(y.reshape(y.shape[0], -1))
 
     x = torch.randn(2, 3, 16, 16)
-    graph = fuser.optimize(Net().eval(), (x,))
+    graph = fuser.optimize(Net().eval(), (x,)).graph
     assert {"ReduceMean", "Clip"} <= {n.op for n in graph.nodes}
-    module = graph.to_torch().eval()
+    module = fuser.to_torch(graph).eval()
     with torch.no_grad():
         eager = module(x)
         compiled = torch.compile(module, fullgraph=True)(x)

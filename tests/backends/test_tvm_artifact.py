@@ -30,7 +30,7 @@ def invoke(*args):
 def small_model(tmp_path_factory):
     """A small CNN saved as ONNX (BN-free after optimize), an input and ORT's output."""
     d = tmp_path_factory.mktemp("tvm_art")
-    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 16, 16),))
+    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 16, 16),)).graph
     path = d / "small.onnx"
     fuser.save_onnx(graph, path)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -128,7 +128,7 @@ def test_compile_with_plan_has_one_kernel_per_group(small_model, tmp_path):
     from fuser.fusion.plan import PLAN_FORMAT
 
     _, path, graph, x, ref = small_model
-    names = [n.name for n in fuser.optimize(str(path)).nodes]
+    names = [n.name for n in fuser.optimize(str(path)).graph.nodes]
     plan = {
         "format": PLAN_FORMAT,
         "model": "small",
@@ -172,7 +172,7 @@ def test_tuning_database_is_reused_and_resumed(tmp_path):
     from fuser.backends.tvm import tuning as tvm_tuning
 
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
-    graph = fuser.optimize(mlp.eval(), (torch.randn(4, 64),))
+    graph = fuser.optimize(mlp.eval(), (torch.randn(4, 64),)).graph
     target = tb.make_target("llvm", 2)
     fused = tb.fuse(tb.to_relax(graph), target)
 

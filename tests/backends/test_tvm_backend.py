@@ -35,7 +35,7 @@ def check_graph_matches_ort(graph: Graph, feeds: dict, groups=None) -> tb.TVMMod
 
 def check_module(module: torch.nn.Module, *shapes, groups=None) -> tb.TVMModel:
     xs = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
-    graph = fuser.optimize(module.eval(), tuple(xs))
+    graph = fuser.optimize(module.eval(), tuple(xs)).graph
     feeds = {v.name: x.numpy() for v, x in zip(graph.inputs, xs)}
     return check_graph_matches_ort(graph, feeds, groups)
 
@@ -146,7 +146,7 @@ def _small_cnn():
 
 def test_plan_groups_become_exactly_the_kernels():
     x = torch.randn(1, 3, 16, 16)
-    graph = fuser.optimize(_small_cnn(), (x,))
+    graph = fuser.optimize(_small_cnn(), (x,)).graph
     nodes = graph.nodes
     assert len(nodes) >= 5
     # hand-made plan: (conv, relu), (conv, relu, mean), (gemm) -- contiguous, acyclic
@@ -177,27 +177,27 @@ class _Norms(torch.nn.Module):
 @pytest.mark.parametrize("planned", [False, True])
 def test_norms_match_ort_with_and_without_plan(planned):
     x = torch.randn(1, 3, 8, 8)
-    graph = fuser.optimize(_Norms().eval(), (x,))
+    graph = fuser.optimize(_Norms().eval(), (x,)).graph
     assert {"BatchNormalization", "LayerNormalization"} <= set(graph.op_counts())
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()}, [graph.nodes] if planned else None)
 
 
 def test_plan_with_cyclic_groups_is_refused():
-    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 8, 8),))
+    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 8, 8),)).graph
     n = graph.nodes
     with pytest.raises(FuserError, match="cycle"):
         tb.to_relax(graph, [[n[0], n[2]], [n[1]]])
 
 
 def test_without_plan_tvm_fuses_conv_and_relu():
-    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 8, 8),))
+    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 8, 8),)).graph
     kernels = tb.kernel_names(tb.fuse(tb.to_relax(graph), tb.make_target("llvm")))
     assert any("conv2d" in k and "relu" in k for k in kernels)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_build_generates_and_compiles_with_nvcc():
-    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 16, 16),))
+    graph = fuser.optimize(_small_cnn(), (torch.randn(1, 3, 16, 16),)).graph
     ex = tb.build(tb.to_relax(graph), "cuda")
     source = tb.cuda_source(ex)
     assert "__global__" in source
@@ -234,7 +234,7 @@ ZOO_HEAVY = ZOO_ALL if HEAVY else ["squeezenet1_1"]
 
 def check_zoo(name: str):
     _, x, graph = zoo_case(name)
-    graph = fuser.optimize(graph)
+    graph = fuser.optimize(graph).graph
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()})
 
 
@@ -255,7 +255,7 @@ def _paddle_graph(name: str, shape=None):
         pytest.skip(f"{path} is not present")
     shape = shape or PADDLE_MODELS[name]
     input_name = onnx.load(str(path), load_external_data=False).graph.input[0].name
-    graph = fuser.optimize(str(path), input_shapes={input_name: shape})
+    graph = fuser.optimize(str(path), input_shapes={input_name: shape}).graph
     return graph, real_model_input(path, shape)
 
 
@@ -282,7 +282,7 @@ def test_zoo_cuda_build_compiles_with_nvcc(name):
     """The issue's check: the cuda builds of ResNet-18 and MobileNetV2 generate CUDA and
     nvcc compiles it here; on a GPU machine they must also match ONNX Runtime."""
     _, x, graph = zoo_case(name)
-    graph = fuser.optimize(graph)
+    graph = fuser.optimize(graph).graph
     ex = tb.build(tb.to_relax(graph), "cuda")
     assert tb.cuda_source(ex).count("__global__") >= 20
     if tb.cuda_available():

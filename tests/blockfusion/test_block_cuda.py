@@ -18,6 +18,7 @@ import torch
 from test_block_fusion import SYNTHETIC, ZOO_BLOCKS, folded_zoo, single_block
 from util import HEAVY, random_input, rel_err
 
+import fuser
 from fuser.blockfusion import (
     choose_schedule,
     compile_nvcc,
@@ -104,7 +105,7 @@ def test_full_resolution_zoo_kernels_compile(model):
 
     import fuser
 
-    graph = fuser.optimize(zoo_case(model)[2])
+    graph = fuser.optimize(zoo_case(model)[2]).graph
     _, _, costs, _ = find_and_cost(graph)
     assert_compiled(compile_distinct([c.schedule for c in costs]))
 
@@ -132,7 +133,7 @@ def _run_fused(fused, x: np.ndarray) -> np.ndarray:
 def _torch_output(graph, spec, x: np.ndarray) -> np.ndarray:
     """The unfused block run by PyTorch on the GPU (fuser's torch backend), fp32."""
     sub = graph.extract([graph.node_by_name(n) for n in spec.nodes])
-    module = sub.to_torch().cuda().eval()
+    module = fuser.to_torch(sub).cuda().eval()
     with torch.inference_mode():
         out = module(torch.from_numpy(x).cuda())
     return (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()

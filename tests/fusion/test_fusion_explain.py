@@ -142,7 +142,7 @@ def test_gnn_classifier_is_accurate_and_its_explanations_split_validly():
 
         import fuser
 
-        fg = build_fusion_graph(fuser.optimize(zoo_case("mobilenet_v2")[2]))
+        fg = build_fusion_graph(fuser.optimize(zoo_case("mobilenet_v2")[2]).graph)
         buffers, samples, epochs = TRAIN_BUFFERS, 3000, 30
     else:
         fg = build_fusion_graph(random_dag(4, n_ops=80))

@@ -124,9 +124,11 @@ def test_bad_plans_are_user_errors(tmp_path):
 
 def test_partition_api_on_a_graph_and_annotation_for_backends():
     graph = residual_block()
-    plan = fuser.fusion.partition(graph, buffer="16KB", search="local", budget=30)
+    optimized = fuser.optimize(graph).graph
+    plan = fuser.fusion.partition(optimized, buffer="16KB", search="local", budget=30)
     assert plan.model == "residual" and plan.dram_bytes < plan.no_fusion_dram_bytes
-    optimized = fuser.fusion.prepare_graph(graph)
+    # the facade optimizes any model first, then plans the same graph
+    assert fuser.partition(graph, buffer="16KB", search="local", budget=30).op_groups == plan.op_groups
     plan.annotate(optimized)
     by_group = {}
     for node in optimized.nodes:

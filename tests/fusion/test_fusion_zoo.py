@@ -19,7 +19,7 @@ MODELS = models.names() if HEAVY else REDUCED
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", MODELS)
 def test_plans_on_zoo_model_are_legal(name):
-    graph = fuser.optimize(zoo_case(name)[2])
+    graph = fuser.optimize(zoo_case(name)[2]).graph
     fg = build_fusion_graph(graph)
     budget = 200 if HEAVY else 20
     for style, buffer in (("lbdf", "64KB"), ("brr", "32KB")):

@@ -9,9 +9,10 @@ from util import ort_run, ort_run_graph, random_input, rel_err
 from zoo_cache import zoo_case
 
 import fuser
+from fuser import prune
 from fuser.analysis.shapes import infer_shapes
 from fuser.ir import FuserError, Graph
-from fuser.pruning import analyze_dependencies, prune
+from fuser.pruning import analyze_dependencies
 from fuser.pruning.pruner import materialize_weight_views, random_channels
 
 
@@ -51,6 +52,7 @@ class Net:
 
 
 def ort_out(graph, x):
+    graph = fuser.to_graph(graph)
     return ort_run_graph(graph, {graph.inputs[0].name: x})[0]
 
 
@@ -94,7 +96,7 @@ def member_weights(original, pruned, member):
     name = member.node.name
     return (
         original.node_by_name(name).inputs[member.index].const,
-        pruned.node_by_name(name).inputs[member.index].const,
+        pruned.graph.node_by_name(name).inputs[member.index].const,
     )
 
 
@@ -104,7 +106,7 @@ def test_ratio_zero_is_bit_identical():
     pruned = prune(graph, 0.0)
     assert pruned.report.channels_removed == 0
     before = {v.name: v.const for v in graph.constants()}
-    after = {v.name: v.const for v in pruned.constants()}
+    after = {v.name: v.const for v in pruned.graph.constants()}
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
     assert np.array_equal(ort_out(pruned, x.numpy()), ort_out(graph, x.numpy()))
@@ -153,7 +155,7 @@ def test_split_then_concat_offsets():
     kept_out = report.kept_positions(producer)
     want = np.concatenate([kept_out[kept_out >= 3] - 3, kept_out[kept_out < 3] + 5])
     assert np.array_equal(report.kept_positions(consumer), np.sort(want))
-    split = next(nd for nd in pruned.nodes if nd.op == "Split")
+    split = next(nd for nd in pruned.graph.nodes if nd.op == "Split")
     assert split.inputs[1].const.tolist() == [int((kept_out < 3).sum()), int((kept_out >= 3).sum())]
 
 
@@ -163,7 +165,7 @@ def test_grouped_conv_keeps_groups_equal():
     b = n.op("Relu", n.conv(a, 12, 12, group=3))  # 3 groups of 4 in, 4 out
     graph = n.done(n.conv(b, 5, 12))
     pruned = assert_prunes_exactly(graph)
-    grouped = next(nd for nd in pruned.nodes if nd.op == "Conv" and nd.attr("group") == 3)
+    grouped = next(nd for nd in pruned.graph.nodes if nd.op == "Conv" and nd.attr("group") == 3)
     assert grouped.inputs[1].shape == (6, 2, 3, 3)  # 2 in, 2 out per group
 
 
@@ -173,7 +175,7 @@ def test_flatten_into_gemm_prunes_feature_blocks():
     flat = n.op("Flatten", a, axis=1)  # channel c -> features [64c, 64c + 64)
     graph = n.done(n.op("Gemm", flat, n.w(10, 6 * 64), n.w(10), transB=1))
     pruned = assert_prunes_exactly(graph)
-    gemm = next(nd for nd in pruned.nodes if nd.op == "Gemm")
+    gemm = next(nd for nd in pruned.graph.nodes if nd.op == "Gemm")
     assert gemm.inputs[1].shape == (10, 3 * 64)
 
 
@@ -200,9 +202,9 @@ def attention_net(seed=0):
 def test_attention_heads_stay_aligned(heads):
     graph = attention_net()
     pruned = assert_prunes_exactly(graph, 0.5, heads=heads)
-    reshape = next(nd for nd in pruned.nodes if nd.op == "Reshape")
+    reshape = next(nd for nd in pruned.graph.nodes if nd.op == "Reshape")
     assert reshape.inputs[1].const.tolist() == ([1, 5, 3, 1, 6] if heads else [1, 5, 3, 2, 3])
-    assert pruned.outputs[0].shape == (1, 5, 12)  # the residual stream is a graph output
+    assert pruned.graph.outputs[0].shape == (1, 5, 12)  # the residual stream is a graph output
 
 
 def test_groupnorm_keeps_groups_equal_and_matches_torch():
@@ -258,7 +260,7 @@ def test_residual_groups_lose_the_same_channels(name):
 def test_pruned_torch_module_trains_and_matches_ort():
     _, x, graph = zoo_case("resnet18")
     pruned = prune(graph, 0.5)
-    module = pruned.to_torch()
+    module = fuser.to_torch(pruned)
     with torch.no_grad():
         got = module(x).numpy()
     assert rel_err(got, ort_out(pruned, x.numpy())) <= 1e-4
@@ -272,19 +274,19 @@ def test_pruned_torch_module_trains_and_matches_ort():
 def test_prune_torch_module_returns_graph():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
     pruned = prune(net, 0.5, example_inputs=(torch.randn(1, 3, 8, 8),))
-    assert isinstance(pruned, Graph)
-    assert [n.inputs[1].shape[0] for n in pruned.nodes if n.op == "Conv"] == [4, 4]
+    assert isinstance(pruned.graph, Graph)
+    assert [n.inputs[1].shape[0] for n in pruned.graph.nodes if n.op == "Conv"] == [4, 4]
 
 
 def test_raw_and_optimized_ir_prune_alike():
     """BN present (its four vectors pruned with the conv) or folded: the same sizes result."""
     _, x, graph = zoo_case("resnet18")
     raw = prune(graph, 0.5)
-    folded = prune(fuser.optimize(graph), 0.5)
+    folded = prune(fuser.optimize(graph).graph, 0.5)
     assert raw.report.macs_after == folded.report.macs_after
     assert [g.kept for g in raw.report.groups] == [g.kept for g in folded.report.groups]
-    assert "BatchNormalization" in raw.op_counts()
-    assert "BatchNormalization" not in folded.op_counts()
+    assert "BatchNormalization" in raw.graph.op_counts()
+    assert "BatchNormalization" not in folded.graph.op_counts()
     assert ort_out(raw, x.numpy()).shape == ort_out(folded, x.numpy()).shape == (1, 1000)
 
 
@@ -388,7 +390,7 @@ def test_unknown_op_blocks_and_is_reported():
     assert kept[a.producer.inputs[0].producer.name] == 8  # frozen by the blocked op
     assert kept[b.producer.inputs[0].producer.name] == 4  # the rest still prunes
     x = random_input(graph.inputs[0].shape)
-    assert [o.shape for o in ort_run(pruned.to_onnx(), {"x": x})] == [(1, 4, 8, 8), (1, 2, 16, 16)]
+    assert [o.shape for o in ort_run(fuser.to_onnx(pruned), {"x": x})] == [(1, 4, 8, 8), (1, 2, 16, 16)]
 
 
 @pytest.mark.parametrize(

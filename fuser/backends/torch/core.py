@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuser.ir import FuserError, Graph, Node, Value
+from fuser.ir import FuserError, Graph, Node, Value, constant_value
 
 __all__ = ["to_torch", "run_torch", "FuserModule", "ONNX_TO_TORCH_DTYPE"]
 
@@ -201,10 +201,7 @@ def _conv_transpose(c: _Op, x, w, b=None):
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
         target = list(out_shape)[-n:] if out_shape else [i * st for i, st in zip(in_sp, s)]
         totals = [f - t for f, t in zip(full, target)]
-        if auto == "SAME_UPPER":
-            pb = [t // 2 for t in totals]
-        else:
-            pb = [t - t // 2 for t in totals]
+        pb = [t // 2 for t in totals] if auto == "SAME_UPPER" else [t - t // 2 for t in totals]
         pe = [t - p for t, p in zip(totals, pb)]
     elif auto == "VALID":
         pb, pe = [0] * n, [0] * n
@@ -569,10 +566,8 @@ def _softmax(fn: Callable) -> Callable:
 
 
 def _apply_reduce(fn: Callable, c: _Op, x, axes=None):
-    if len(c.consts) > 1:  # axes as an input (ReduceSum >= 13, the rest >= 18)
-        ax = c.ints(1, axes)
-    else:
-        ax = c.attr("axes")
+    # axes as an input (ReduceSum >= 13, the rest >= 18)
+    ax = c.ints(1, axes) if len(c.consts) > 1 else c.attr("axes")
     keep = bool(c.attr("keepdims", 1))
     if not ax:
         if c.attr("noop_with_empty_axes", 0):  # reduce over no axes: each element alone
@@ -1010,17 +1005,6 @@ def _constant_of_shape(c: _Op, shape):
     )
 
 
-def _constant_value(node: Node) -> np.ndarray:
-    a = node.attrs
-    if "value" in a:
-        return np.asarray(a["value"])
-    if "value_float" in a or "value_floats" in a:
-        return np.asarray(a.get("value_float", a.get("value_floats")), dtype=np.float32)
-    if "value_int" in a or "value_ints" in a:
-        return np.asarray(a.get("value_int", a.get("value_ints")), dtype=np.int64)
-    raise FuserError(f"node '{node.name}' (Constant): attributes {sorted(a)} are not supported")
-
-
 # ---- the op table ---------------------------------------------------------------------------
 _OPS: dict[str, Callable] = {
     "Conv": _conv,
@@ -1242,7 +1226,7 @@ class FuserModule(nn.Module):
         for node in graph.nodes:
             where = f"{graph.source}: node '{node.name}' ({node.op})"
             if node.op == "Constant":
-                arrays[id(node.outputs[0])] = _constant_value(node)
+                arrays[id(node.outputs[0])] = constant_value(node.attrs, where)
                 self._const_slot(node.outputs[0], arrays[id(node.outputs[0])], graph.source)
                 continue
             fn = _OPS.get(node.op)

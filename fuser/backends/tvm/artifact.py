@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from fuser.ir import FuserError, Graph
-from fuser.serde.onnx import atomic_write
+from fuser.serde.files import atomic_write
 
 from .common import require_tvm
 from .runtime import TVMModel, value_specs
@@ -30,14 +30,14 @@ FORMAT = 1
 
 def versions() -> dict[str, str]:
     """The versions a build depends on: fuser, TVM and TVM's FFI."""
-    import fuser
+    from fuser._version import __version__
 
     require_tvm()
     import tvm
     import tvm_ffi
 
     return {
-        "fuser": fuser.__version__,
+        "fuser": __version__,
         "tvm": tvm.__version__,
         "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
     }

@@ -107,7 +107,7 @@ def command(
         tb.require_tvm()
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
-        graph = optimize(graph)
+        graph = optimize(graph).graph
     groups = plan = None
     if plan_path:
         from fuser.fusion.plan import plan_groups

@@ -63,11 +63,11 @@ def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
     """
     from fuser.api import optimize
     from fuser.blockfusion.report import blocks_report, emit_kernels, render, roofline_png
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     graph = load_graph(model, input_shapes)
     with status("folding BatchNorm into the convs"):
-        graph = optimize(graph)
+        graph = optimize(graph).graph
     with status("finding blocks" + (" and timing them" if measure else "")):
         report = blocks_report(graph, device, measure)
     notes = []

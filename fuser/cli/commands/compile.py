@@ -126,7 +126,7 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
         raise FuserError("--tune-trials needs --tuning-db DIR (tuning records are kept there and reused)")
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
-        graph = optimize(graph)
+        graph = optimize(graph).graph
     groups, plan = plan_groups(plan_path, graph) if plan_path else (None, None)
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):

@@ -128,7 +128,7 @@ def _plot(path: str, model: str, results) -> None:
 
     import matplotlib.pyplot as plt
 
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     sizes = [p.buffer_bytes / 1024 for p, _ in results]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -248,7 +248,7 @@ def command(
         raise FuserError("--save-plan writes one plan: give a single --buffer size, not a sweep")
     graph = load_graph(model, input_shapes)
     with status("optimizing (folding BN, cleanups)"):
-        graph = optimize(graph)
+        graph = optimize(graph).graph
     fg = build_fusion_graph(graph)
     results = []
     with Progress(

@@ -183,7 +183,7 @@ def command(
     graph = load_graph(model, input_shapes)
     if optimize_first:
         with status("optimizing"):
-            graph = api.optimize(graph)
+            graph = api.optimize(graph).graph
     with Progress(
         TextColumn("{task.description:<14}"),
         BarColumn(),

@@ -59,7 +59,7 @@ def command(build_dir, inputs, output, as_json):
     import numpy as np
 
     from fuser.backends.tvm import artifact as tvm_artifact
-    from fuser.serde.onnx import atomic_write
+    from fuser.serde.files import atomic_write
 
     with status(f"loading {build_dir}"):
         model = tvm_artifact.load(build_dir)

@@ -1,0 +1,1 @@
+"""Tables, plots, number formatting and report pages: what fuser shows a person."""

@@ -1,0 +1,1 @@
+"""Number and size formatting shared by every layer."""
