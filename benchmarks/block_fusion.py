@@ -215,7 +215,7 @@ def main() -> None:
         return
     import torch
 
-    from fuser.analysis import human_bytes
+    from fuser.units import human_bytes
 
     configs, batch = ([CONFIGS[0]], 2) if args.quick else (CONFIGS, BATCH)
     gpu = torch.cuda.is_available()

@@ -15,7 +15,6 @@ fusion), ``fuser.load`` (a compiled TVM artifact).
 import importlib
 
 from ._version import __version__  # noqa: E402
-
 from .api import (  # noqa: E402
     Result,
     find_blocks,

@@ -151,18 +151,3 @@ def analyze(graph: Graph) -> dict:
         "ops": ops,
         "per_node": [asdict(r) for r in rows],
     }
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M'."""
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {suffix}{unit}"
-    return f"{n:g} {unit}".rstrip()
-
-
-def human_bytes(n: float) -> str:
-    for div, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {suffix}"
-    return f"{int(n)} B"

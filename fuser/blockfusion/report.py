@@ -134,7 +134,7 @@ def render(report: dict, console) -> None:
     """Rich tables: blocks, not-fused groups, efficiency gap (when measured), waterline."""
     from rich.table import Table
 
-    from fuser.analysis import human, human_bytes
+    from fuser.units import human, human_bytes
 
     dev = report["device"]
     t = Table(

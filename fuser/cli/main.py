@@ -83,7 +83,8 @@ def info(model, input_shapes, as_json, show_nodes):
     MACs count Conv/ConvTranspose/Gemm/MatMul multiply-accumulates; params count
     weights (BN running stats are buffers, reported apart). See fuser.analysis.
     """
-    from fuser.analysis import analyze, human, human_bytes
+    from fuser.analysis import analyze
+    from fuser.units import human, human_bytes
 
     graph = load_graph(model, input_shapes)
     report = analyze(graph)

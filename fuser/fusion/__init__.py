@@ -12,8 +12,10 @@ F_β and F_D), ``plan`` (partitions, genome, JSON), ``split`` and ``explain``
 ``search`` (greedy, random, local, NSGA-II), ``exact`` (optimum of small graphs).
 """
 
+from fuser.units import parse_size
+
 from .api import EXPLAINERS, partition, partition_fusion_graph
-from .cost import BRR, LBDF, STYLES, CostModel, GroupCost, make_cost_model, parse_size
+from .cost import BRR, LBDF, STYLES, CostModel, GroupCost, make_cost_model
 from .explain import ExactExplainer, Explanation
 from .opgraph import FusionGraph, build_fusion_graph
 from .plan import Plan, decode, encode, partition_problems

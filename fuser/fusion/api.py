@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from fuser.ir import FuserError, Graph
+from fuser.units import format_size, parse_size
 
-from .cost import CostModel, GroupCost, format_size, make_cost_model, parse_size
+from .cost import CostModel, GroupCost, make_cost_model
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, build_fusion_graph
 from .plan import Plan, topological_groups

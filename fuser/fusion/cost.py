@@ -55,8 +55,6 @@ every tile fetches all weights again. A tile produces ⌈H/T⌉ rows of each out
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -407,39 +405,3 @@ def make_cost_model(fg: FusionGraph, style: str, buffer_bytes: int, element_byte
     if style not in COST_MODELS:
         raise FuserError(f"unknown fusion style '{style}'; choose one of {', '.join(COST_MODELS)}")
     return COST_MODELS[style](fg, buffer_bytes, element_bytes)
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "kb": 1 << 10,
-    "kib": 1 << 10,
-    "m": 1 << 20,
-    "mb": 1 << 20,
-    "mib": 1 << 20,
-    "g": 1 << 30,
-    "gb": 1 << 30,
-    "gib": 1 << 30,
-}
-
-
-def parse_size(text: str) -> int:
-    """'256KB' -> 262144 (KB = KiB = 1024 bytes, MB = 1024², plain numbers are bytes)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise FuserError(
-            f"buffer size '{text}': write a number with an optional unit, e.g. 256KB, 1MB, 65536"
-        )
-    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if size < 1 or not math.isfinite(size):
-        raise FuserError(f"buffer size '{text}' must be at least 1 byte")
-    return int(size)
-
-
-def format_size(n: int) -> str:
-    """262144 -> '256KB' (the inverse of parse_size for whole KB/MB)."""
-    for unit, size in (("MB", 1 << 20), ("KB", 1 << 10)):
-        if n % size == 0:
-            return f"{n // size}{unit}"
-    return f"{n}B"

@@ -92,7 +92,7 @@ class PruneReport:
         }
 
     def __str__(self) -> str:
-        from fuser.analysis import human
+        from fuser.units import human
 
         pruned = [g for g in self.groups if g.kept < g.channels]
         lines = [

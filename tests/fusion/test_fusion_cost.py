@@ -3,9 +3,10 @@
 import pytest
 from test_fusion_graphs import conv_chain, se_block
 
-from fuser.fusion.cost import BRR, LBDF, format_size, parse_size
+from fuser.fusion.cost import BRR, LBDF
 from fuser.fusion.opgraph import build_fusion_graph
 from fuser.ir import FuserError
+from fuser.units import format_size, parse_size
 
 # conv_chain: x[1,4,16,16] -> conv1 3x3 (4->8) -> relu -> conv2 3x3 stride 2 (8->8) -> y[1,8,8,8]
 W1, W2 = 8 * 4 * 9 + 8, 8 * 8 * 9 + 8  # 296, 584 weights (+ bias)

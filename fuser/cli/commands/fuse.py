@@ -8,10 +8,11 @@ from rich.table import Table
 
 from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
 from fuser.fusion.api import EXPLAINERS
-from fuser.fusion.cost import STYLES, format_size, parse_size
+from fuser.fusion.cost import STYLES
 from fuser.fusion.search import SEARCHES
 from fuser.fusion.split import SPLITS
 from fuser.ir import FuserError
+from fuser.units import format_size, parse_size
 
 SPLITS_SHOWN = 12
 

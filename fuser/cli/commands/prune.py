@@ -173,9 +173,9 @@ def command(
       fuser prune zoo:vit_tiny_patch16_224 v.onnx --ratio 0.3 --heads
     """
     from fuser import api
-    from fuser.analysis import human
     from fuser.pruning import prune_graph
     from fuser.serde.onnx import save_onnx
+    from fuser.units import human
 
     if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
         raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
