@@ -24,43 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
-
-WEIGHT_SLOTS = {
-    "Conv": {1, 2},
-    "ConvTranspose": {1, 2},
-    "Gemm": {1, 2},
-    "BatchNormalization": {1, 2},
-    "LayerNormalization": {1, 2},
-    "InstanceNormalization": {1, 2},
-    "GroupNormalization": {1, 2},
-    "PRelu": {1},
-}
-BUFFER_SLOTS = {"BatchNormalization": {3, 4}}
-# Inputs that configure an op rather than carry data or weights.
-CONFIG_SLOTS = {
-    "Resize": {1, 2, 3},
-    "Upsample": {1},
-    "Pad": {1, 2, 3},
-    "Clip": {1, 2},
-    "Reshape": {1},
-    "Slice": {1, 2, 3, 4},
-    "Expand": {1},
-    "Tile": {1},
-    "Split": {1},
-    "Squeeze": {1},
-    "Unsqueeze": {1},
-    "ReduceMean": {1},
-    "ReduceSum": {1},
-    "ReduceMax": {1},
-    "ReduceMin": {1},
-    "ReduceProd": {1},
-    "ReduceL2": {1},
-    "Gather": {1},
-    "ConstantOfShape": {0},
-    "Range": {0, 1, 2},
-    "Dropout": {1, 2},
-    "CastLike": {1},
-}
+from fuser.ir.ops import Role, op_def
 
 
 @dataclass
@@ -74,36 +38,53 @@ class NodeCost:
     weight_bytes: int
 
 
+def _conv_macs(node: Node) -> int:
+    return node.output.numel * int(np.prod(node.inputs[1].shape[1:]))
+
+
+def _conv_transpose_macs(node: Node) -> int:
+    return node.inputs[0].numel * int(np.prod(node.inputs[1].shape[1:]))  # W: [C_in, C_out/group, k...]
+
+
+def _gemm_macs(node: Node) -> int:
+    a_shape = node.inputs[0].shape
+    return node.output.numel * int(a_shape[0] if node.attr("transA", 0) else a_shape[1])
+
+
+def _matmul_macs(node: Node) -> int:
+    return node.output.numel * int(node.inputs[0].shape[-1])
+
+
+# The registry names each op's rule (fuser.ir.ops.OpDef.macs); "none" counts 0 by convention.
+MAC_RULES = {
+    "conv": _conv_macs,
+    "conv_transpose": _conv_transpose_macs,
+    "gemm": _gemm_macs,
+    "matmul": _matmul_macs,
+    "none": lambda node: 0,
+}
+
+
 def node_macs(node: Node) -> int:
-    op, ins, out = node.op, node.inputs, node.outputs[0]
-    if not out.is_static:
+    d = op_def(node.op)
+    if d is None or not node.outputs[0].is_static:
         return 0
-    if op == "Conv":
-        w = ins[1]
-        return out.numel * int(np.prod(w.shape[1:]))
-    if op == "ConvTranspose":
-        w = ins[1]  # [C_in, C_out/group, k...]
-        return ins[0].numel * int(np.prod(w.shape[1:]))
-    if op == "Gemm":
-        a_shape = ins[0].shape
-        k = a_shape[0] if node.attr("transA", 0) else a_shape[1]
-        return out.numel * int(k)
-    if op == "MatMul":
-        a_shape = ins[0].shape
-        return out.numel * int(a_shape[-1])
-    return 0
+    return MAC_RULES[d.macs](node)
 
 
 def weight_role(node: Node, index: int) -> str | None:
-    """'param', 'buffer' or None (data or configuration) for input ``index`` of ``node``."""
+    """'param', 'buffer' or None (data or configuration) for input ``index`` of ``node``,
+    from the registry's role of that input slot."""
     v = node.inputs[index]
     if v is None or not v.is_const or v.const.dtype.kind != "f":
         return None
-    if index in BUFFER_SLOTS.get(node.op, ()):
+    d = op_def(node.op)
+    role = d.role(index) if d is not None else Role.DATA
+    if role is Role.STAT:
         return "buffer"
-    if index in WEIGHT_SLOTS.get(node.op, ()):
+    if role in (Role.WEIGHT, Role.BIAS):
         return "param"
-    if index in CONFIG_SLOTS.get(node.op, ()):
+    if role in (Role.CONFIG, Role.INDEX):
         return None
     return "param" if v.numel > 1 else None
 

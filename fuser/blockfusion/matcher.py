@@ -42,10 +42,12 @@ from __future__ import annotations
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
+from fuser.ir.ops import Category, ops_in
 
 from .spec import BlockSpec, ConvLayer, Rejected
 
-GLOBAL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"}
+# Reductions over whole maps (global pools, Reduce*): no output tile finishes from its input tile.
+GLOBAL_OPS = ops_in(Category.REDUCTION) - {"Softmax", "LogSoftmax", "ArgMax"}
 CHANNEL_ALIGN = 8
 
 

@@ -200,13 +200,22 @@ def implementation(kind: str, name: str) -> Callable | None:
     return d.impls.get(kind) if d is not None else None
 
 
+def refusal(kind: str, name: str) -> str | None:
+    """Why ``kind`` has no implementation of ``name``, when it says so."""
+    d = OPS.get(name)
+    return d.refusals.get(kind) if d is not None else None
+
+
 def implemented(kind: str) -> frozenset[str]:
     return frozenset(n for n, d in OPS.items() if kind in d.impls)
 
 
 # Views for readers that want sets of names.
 SEQUENCE_OPS = ops_in(Category.SEQUENCE)
-SUPPORTED_OPS = frozenset(OPS) - SEQUENCE_OPS  # what a Graph may hold after import
+# Read by the importer but never left in a Graph: Constant nodes become constant Values and
+# sequences are lowered to Split.
+IMPORT_ONLY_OPS = SEQUENCE_OPS | {"Constant"}
+SUPPORTED_OPS = frozenset(OPS) - SEQUENCE_OPS  # what the importer admits as graph nodes
 CONV_OPS = ops_in(Category.CONV)
 MATMUL_OPS = ops_in(Category.MATMUL)
 ELEMENTWISE_OPS = ops_in(Category.ELEMENTWISE)

@@ -22,10 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
+from fuser.ir.ops import Category, ops_in
 
 from .base import PassResult
 
-CONV_LIKE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+CONV_LIKE = ops_in(Category.CONV, Category.MATMUL)
 
 
 def _sole_user(graph: Graph, v: Value, node: Node) -> bool:

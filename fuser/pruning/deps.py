@@ -24,7 +24,7 @@ Rules, by op ("labeled" = carries channel ids; C = channel axis 1 for NCHW ops):
     input axis; the output feature axis gets fresh ids (weight's output axis, bias). Leading
     axes pass through. MatMul of two activations (attention): the contracted axes are
     unified, batch axes broadcast, the row axis of A and column axis of B pass through.
-  - Elementwise ops (unary by name in UNARY_RULES, binary/variadic in ops.BINARY_OPS):
+  - Elementwise ops (one data input: UNARY_RULES; two or more: ops.BINARY_OPS):
     numpy broadcasting, axis by axis; labeled operands of one axis are unified; a constant
     operand spanning the axis is sliced with it (bias, layer scale, position embedding);
     an activation operand without labels there fixes the axis (frozen, reported).
@@ -68,39 +68,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
-from fuser.ir.ops import BINARY_OPS
+from fuser.ir.ops import BINARY_OPS, OPS, Category, Role, implementation, op_def, ops_in, refuse, register
 
 Labels = dict[int, np.ndarray]  # axis -> raw channel ids, one per position along the axis
 
-# Ops whose outputs are the input's values transformed one by one.
-UNARY_RULES = {
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Erf",
-    "Exp",
-    "Log",
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Reciprocal",
-    "Gelu",
-    "LeakyRelu",
-    "Elu",
-    "Softplus",
-    "Mish",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "CastLike",
-    "Floor",
-    "Ceil",
-    "Not",
-    "Sin",
-    "Cos",
+
+def _one_data_input(op: str) -> bool:
+    d = op_def(op)
+    return d.role(0) is Role.DATA and Role.DATA not in d.inputs[1:]
+
+
+# Ops whose outputs are the input's values transformed one by one: elementwise ops with one
+# data input, and Softmax/LogSoftmax (normalised along an axis, its labels pass through).
+UNARY_RULES = frozenset(op for op in ops_in(Category.ELEMENTWISE) if _one_data_input(op)) | {
     "Softmax",
     "LogSoftmax",
 }
@@ -895,6 +875,10 @@ RULES: dict[str, Callable[[_Tracer, Node], None]] = {
 }
 for _op in UNARY_RULES | BINARY_OPS:
     RULES.setdefault(_op, _elementwise)
+for _op, _rule in RULES.items():
+    register("prune", _op, _rule)
+# Every other op is a barrier: channels that reach it are frozen, and it is reported.
+refuse("prune", set(OPS) - set(RULES), "no channel rule for this op")
 
 
 def analyze_dependencies(
@@ -908,7 +892,7 @@ def analyze_dependencies(
     """
     t = _Tracer(graph, ignored, heads)
     for node in graph.nodes:
-        rule = RULES.get(node.op)
+        rule = implementation("prune", node.op)
         if rule is None or node.domain not in ("", "ai.onnx"):
             if any(t.get(v) for v in node.inputs):
                 t.block(node, "no channel rule for this op")

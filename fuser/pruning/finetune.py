@@ -1,7 +1,7 @@
 """Between a Graph and the torch module ``graph.to_torch()`` builds from it.
 
 ``to_torch`` registers each floating weight constant as a Parameter named after the
-constant (``fuser.backends.torch_backend``); ``parameters_of`` finds them again by that
+constant (``fuser.backends.torch``); ``parameters_of`` finds them again by that
 name (and shape), so Taylor importance can read gradients and a fine-tuned module's
 weights can go back into the graph (``load_weights``) for ONNX export:
 
@@ -20,12 +20,12 @@ from fuser.ir import Graph
 
 def parameters_of(graph: Graph, module) -> dict:
     """id(Value) -> the module's Parameter holding that constant."""
-    from fuser.backends.torch.core import _sanitize
+    from fuser.backends.torch import sanitize_name
 
     params = dict(module.named_parameters())
     found = {}
     for v in graph.constants():
-        p = params.get(_sanitize(v.name))
+        p = params.get(sanitize_name(v.name))
         if p is not None and tuple(p.shape) == tuple(v.shape):
             found[id(v)] = p
     return found

@@ -7,7 +7,7 @@ Criteria (all deterministic; float64 throughout):
     its positions, e.g. every feature a flattened channel becomes). Biases, BN statistics
     and constant operands do not vote.
   - ``taylor``: first-order Taylor, |w·∂L/∂w| summed the same way, with gradients from the
-    graph's torch module (``fuser.backends.torch_backend``) on the data the caller gives:
+    graph's torch module (``fuser.backends.torch``) on the data the caller gives:
     cross-entropy when targets are given, else half the output's squared norm.
   - ``obs``: data-free reconstruction damage, see ``fuser.pruning.obs``.
 Per-member scores are reduced over the members that hold the channel (``mean``, ``sum``,
@@ -195,7 +195,7 @@ def taylor_gradients(graph: Graph, data: Any, loss: Callable | None = None) -> d
     import torch
     import torch.nn.functional as F
 
-    from fuser.backends.torch.core import to_torch
+    from fuser.backends.torch import to_torch
 
     from .finetune import parameters_of
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fuser.ir import FuserError, Graph, Node, Value, stable_topological_order
-from fuser.ir.ops import implementation, implemented
+from fuser.ir.ops import implementation, implemented, refusal
 
 from .common import relax, require_tvm
 from .converters import Lowering, relax_const
@@ -36,15 +36,20 @@ def _sinfo(v: Value):
     return relax.TensorType([int(d) for d in v.shape], str(v.dtype))
 
 
+def _not_lowered(node: Node, source: str) -> FuserError:
+    why = (
+        refusal("relax", node.op)
+        or f"is not supported (the TVM backend lowers {len(implemented('relax'))} ops)"
+    )
+    return FuserError(f"{source}: node {node.name} ({node.op}): TVM backend: op {node.op} {why}")
+
+
 def _emit_node(bb, node: Node, env: dict[int, Any]) -> None:
     """Lower one node, reading its inputs from and writing its outputs into ``env``."""
     conv = implementation("relax", node.op)
     src = node.graph.source if node.graph is not None else "<graph>"
     if conv is None or node.domain not in ("", "ai.onnx"):
-        raise FuserError(
-            f"{src}: node {node.name} ({node.op}): op not supported by the TVM "
-            f"backend (it lowers {len(implemented('relax'))} ops)"
-        )
+        raise _not_lowered(node, src)
     args = []
     for v in node.inputs:
         if v is None:
@@ -152,10 +157,7 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
         )
     for n in graph.nodes:
         if implementation("relax", n.op) is None:
-            raise FuserError(
-                f"{graph.source}: node {n.name} ({n.op}): op not supported by the "
-                f"TVM backend (it lowers {len(implemented('relax'))} ops)"
-            )
+            raise _not_lowered(n, graph.source)
     if isinstance(groups, Mapping):
         by_id: dict[Any, list[Node]] = {}
         for n in graph.nodes:

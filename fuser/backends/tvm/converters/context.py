@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fuser.ir import FuserError, Node
+from fuser.ir.semantics import window_pads
 
 from ..common import R, relax
 
@@ -56,30 +57,13 @@ class Lowering:
         return FuserError(f"{src}: node {n.name} ({n.op}): {msg} (TVM backend)")
 
 
-def spatial_pads(
-    c: Lowering,
-    in_sp: Sequence[int],
-    kernel: Sequence[int],
-    strides,
-    dilations,
-    out_sp: Sequence[int] | None = None,
-) -> list[int]:
+def spatial_pads(c: Lowering, in_sp: Sequence[int], kernel: Sequence[int], strides, dilations) -> list[int]:
     """ONNX pads [b1, b2, .., e1, e2, ..] with auto_pad resolved (SAME_* from the static shape)."""
-    n = len(kernel)
-    auto = c.attr("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", ""):
-        return list(c.attr("pads", [0] * (2 * n)))
-    if auto == "VALID":
-        return [0] * (2 * n)
-    begin, end = [], []
-    for i in range(n):
-        k_eff = (kernel[i] - 1) * dilations[i] + 1
-        out = -(-in_sp[i] // strides[i])
-        total = max((out - 1) * strides[i] + k_eff - in_sp[i], 0)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto == "SAME_UPPER" else big)
-        end.append(big if auto == "SAME_UPPER" else small)
+    k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    try:
+        begin, end = window_pads(c.node.attrs, in_sp, k_eff, strides)
+    except FuserError as e:
+        raise c.fail(str(e)) from None
     return begin + end
 
 
