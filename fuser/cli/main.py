@@ -165,18 +165,17 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     never the input.
     """
     from fuser.analysis import analyze
-    from fuser.passes.pipeline import default_passes, run_passes
+    from fuser.api import optimize as run_optimize
     from fuser.serde.onnx import save_onnx
 
     if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
         raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
     graph = load_graph(model, input_shapes)
-    passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else default_passes(skip)
-    if prune_ratio is not None:
-        passes = passes + [("prune_channels", {"ratio": prune_ratio, "criterion": criterion})]
+    passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None
     before = analyze(graph)
     with status("optimizing"):
-        graph, report = run_passes(graph, passes)
+        result = run_optimize(graph, passes=passes, skip=skip, prune=prune_ratio, criterion=criterion)
+    graph, report = result.graph, result.report
     after = analyze(graph)
     save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
     summary = {
