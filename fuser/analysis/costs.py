@@ -76,7 +76,7 @@ def weight_role(node: Node, index: int) -> str | None:
     """'param', 'buffer' or None (data or configuration) for input ``index`` of ``node``,
     from the registry's role of that input slot."""
     v = node.inputs[index]
-    if v is None or not v.is_const or v.const.dtype.kind != "f":
+    if v is None or not v.is_const or v.const.dtype.kind != "f" or v.derived:
         return None
     d = op_def(node.op)
     role = d.role(index) if d is not None else Role.DATA

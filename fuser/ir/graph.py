@@ -65,6 +65,9 @@ class Value:
     ):
         self.name = name
         self.const = const
+        # a constant computed from shapes and configuration alone (an anchor grid, a folded
+        # Range), not from weights: analysis does not count it as a parameter
+        self.derived = False
         if const is not None:
             shape, dtype = const.shape, const.dtype
         self.shape: Shape | None = tuple(shape) if shape is not None else None
@@ -324,6 +327,7 @@ class Graph:
                 return None
             if id(v) not in vmap:
                 nv = Value(v.name, v.shape, v.dtype, v.const)
+                nv.derived = v.derived
                 vmap[id(v)] = nv
             return vmap[id(v)]
 

@@ -29,6 +29,7 @@ from .shufflenet import shufflenet_v2_x1_0
 from .squeezenet import squeezenet1_1
 from .vgg import vgg16
 from .vit import vit_tiny_patch16_224
+from .yolov8 import YOLOV8N_PARAMS, yolov8n
 
 __all__ = ["create", "names", "input_shape", "info", "randomize_batchnorm", "convfirst_block"]
 
@@ -98,6 +99,12 @@ _REGISTRY: dict[str, ModelEntry] = {
         None,
         DEEPLABV3PLUS_MOBILENET_V3_PARAMS,
         "DeepLabV3+ (Chen et al. 2018) on dilated MobileNetV3-Large, ASPP + stride-4 skip, 21 classes",
+    ),
+    "yolov8n": _reference(
+        yolov8n,
+        YOLOV8N_PARAMS,
+        "YOLOv8n (Ultralytics 2023): C2f bottlenecks, SPPF, decoupled anchor-free head with DFL",
+        input_shape=(1, 3, 640, 640),
     ),
     "convfirst": ModelEntry(
         convfirst,

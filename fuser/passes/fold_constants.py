@@ -11,7 +11,9 @@ Rules, applied in graph order:
   5. Any other node whose inputs are all constants -> its outputs, computed by
      ``onnx.reference`` (ONNX's own semantics), unless an output would exceed
      ``MAX_FOLDED_ELEMENTS`` (folding must not blow up the model).
-A graph output is never replaced by a constant (its name is the model's interface).
+A graph output is never replaced by a constant (its name is the model's interface). A result
+computed from no weight (only shapes, configuration and other such results) is marked
+``derived``: it is not a parameter (an anchor grid, a folded Range).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from fuser.analysis import weight_role
 from fuser.ir import Graph, Node
 from fuser.serde.onnx import attribute_proto
 
@@ -79,10 +82,15 @@ def run(graph: Graph) -> PassResult:
         arrays = _fold(node, graph.opset)
         if arrays is None:
             continue
+        derived = all(
+            v is None or v.derived or weight_role(node, i) is None for i, v in enumerate(node.inputs)
+        )
         for v, a in zip(node.outputs, arrays):
             if v.dtype is not None and a.dtype != v.dtype:
                 a = a.astype(v.dtype)
-            graph.replace_all_uses_with(v, graph.const(a, v.name + "_c"))
+            c = graph.const(a, v.name + "_c")
+            c.derived = derived
+            graph.replace_all_uses_with(v, c)
         graph.erase_node(node)
         folded += 1
     return PassResult(graph, folded > 0, {"folded": folded})

@@ -35,9 +35,10 @@ EXPECTED_PARAMS = {
     "vit_tiny_patch16_224": 5_717_416,
     "deeplabv3plus_mobilenet_v3": 11_727_653,  # ours: no reference model
     "convfirst": 9_137_416,  # ours: no reference model
+    "yolov8n": 3_157_200,  # Ultralytics' model.info(); 3,151,904 with BN folded (below)
 }
 OWN_MODELS = {"deeplabv3plus_mobilenet_v3", "convfirst"}
-HEAVY_MODELS = {"resnet152", "vgg16", "efficientnet_b3"}
+HEAVY_MODELS = {"resnet152", "vgg16", "efficientnet_b3", "yolov8n"}
 RUN_HEAVY_FULL = os.environ.get("FUSER_HEAVY") == "1"
 SMALL_RESOLUTION = 64
 
@@ -93,7 +94,12 @@ def test_forward_shape_and_finite(name):
     assert not model.training
     with torch.no_grad():
         y = model(x)
-    expected = (1, 21) + tuple(x.shape[-2:]) if name.startswith("deeplab") else (1, 1000)
+    if name.startswith("deeplab"):
+        expected = (1, 21) + tuple(x.shape[-2:])
+    elif name == "yolov8n":  # 4 box + 80 class rows, one column per anchor of the 3 levels
+        expected = (1, 84, sum((x.shape[2] // s) * (x.shape[3] // s) for s in (8, 16, 32)))
+    else:
+        expected = (1, 1000)
     assert tuple(y.shape) == expected
     assert torch.isfinite(y).all()
 
@@ -188,3 +194,14 @@ def test_convfirst_block():
     torch.testing.assert_close(exported, y)
     with pytest.raises(ValueError):
         models.convfirst_block(12)
+
+
+def test_yolov8n_fused_parameter_count_and_anchors():
+    """Ultralytics' fused count (BN folded into the convs): 3,151,904; the anchor grid the head
+    computes from the input shape is no parameter."""
+    import fuser
+    from fuser.analysis import analyze
+
+    graph = fuser.optimize(built("yolov8n"), (torch.zeros(1, 3, 640, 640),)).graph
+    assert analyze(graph)["params"] == 3_151_904
+    assert graph.outputs[0].shape == (1, 84, 8400)
