@@ -15,7 +15,9 @@ compiled library carries them.
 Grouping: when ``groups`` is given, each group becomes one Relax function marked
 ``Primitive``; TVM's FuseTIR merges each into exactly one TIR kernel and FuseOps
 is not run, so the build has the plan's kernels. Nodes outside every group are
-emitted one op per kernel.
+emitted one op per kernel. Relax's BlockBuilder keeps one function for structurally
+identical groups (same ops, shapes and attributes), so such groups share one kernel,
+named after the first of them: ``group_kernels(mod)`` says which kernel runs each group.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .common import relax, require_tvm
 from .converters import Lowering, relax_const
 
 GROUP_FUNC_PREFIX = "fuser_group_"
+GROUP_KERNELS_ATTR = "fuser_group_kernels"  # module attribute: group id -> its function's name
 
 
 def _sinfo(v: Value):
@@ -167,11 +170,14 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     bb = relax.BlockBuilder()
     units = _order_groups(graph, groups) if groups else None
     calls = []
+    kernel_of: dict[str, str] = {}
     for gid, members in units or ():
         if gid is None:  # a node in no group: emitted in main, one kernel of its own
             calls.append((None, None, None, members))
         else:
-            calls.append((*_group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}"), members))
+            gvar, ins, outs = _group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}")
+            kernel_of[str(gid)] = gvar.name_hint  # an earlier group's when the BlockBuilder shared it
+            calls.append((gvar, ins, outs, members))
     inputs = [relax.Var(_var_name(v.name), _sinfo(v)) for v in graph.inputs]
     env = {id(v): p for v, p in zip(graph.inputs, inputs)}
     with bb.function("main", inputs):
@@ -189,4 +195,22 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
                         env[id(v)] = res if len(outs) == 1 else bb.emit(relax.TupleGetItem(res, k))
             ret = bb.emit_output(relax.Tuple([_lookup(env, v) for v in graph.outputs]))
         bb.emit_func_output(ret)
-    return bb.get()
+    mod = bb.get()
+    return mod.with_attr(GROUP_KERNELS_ATTR, kernel_of) if kernel_of else mod
+
+
+def group_kernels(mod) -> dict[int, str]:
+    """Plan group id -> the kernel (TIR function after ``fuse``) that runs it, for a
+    module from ``to_relax(graph, groups)``; {} without groups."""
+    attrs = mod.attrs or {}
+    if GROUP_KERNELS_ATTR not in attrs:
+        return {}
+    return {int(k): str(v) for k, v in attrs[GROUP_KERNELS_ATTR].items()}
+
+
+def shared_kernels(kernel_of: Mapping[int, str]) -> dict[str, list[int]]:
+    """Kernel -> the groups it runs, for kernels that run more than one group."""
+    by_kernel: dict[str, list[int]] = {}
+    for gid, kernel in sorted(kernel_of.items()):
+        by_kernel.setdefault(kernel, []).append(gid)
+    return {k: gids for k, gids in by_kernel.items() if len(gids) > 1}
