@@ -7,13 +7,24 @@
 
 Modules, by concern: ``converters/`` (one Relax converter per op, by op family,
 registered into ``fuser.ir.ops``), ``lower`` (Graph -> IRModule), ``target`` (llvm CPU
-and cuda arch), ``build`` (kernel formation and compilation), ``runtime`` (the VM
-behind a numpy call, per-kernel timing), ``artifact`` (build folders), ``tuning``
-(MetaSchedule).
+and cuda arch), ``build`` (kernel formation and compilation), ``depthfirst`` (depth-first
+schedules of fused kernels: row tiles, line buffers), ``cachesim`` (DRAM bytes per kernel on
+a simulated cache), ``runtime`` (the VM behind a numpy call, per-kernel timing),
+``artifact`` (build folders), ``tuning`` (MetaSchedule).
 """
 
-from .build import build, build_fused, compile_graph, cuda_source, fuse, fuse_passes, kernel_names
+from .build import (
+    build,
+    build_fused,
+    compile_graph,
+    cuda_source,
+    depth_first_reports,
+    fuse,
+    fuse_passes,
+    kernel_names,
+)
 from .common import require_tvm, tvm_version
+from .depthfirst import TileHint
 from .lower import GROUP_FUNC_PREFIX, to_relax
 from .runtime import TVMModel, time_kernels, value_specs
 from .target import cuda_available, host_cpu, make_target, missing_cpu_features
@@ -21,11 +32,13 @@ from .target import cuda_available, host_cpu, make_target, missing_cpu_features
 __all__ = [
     "GROUP_FUNC_PREFIX",
     "TVMModel",
+    "TileHint",
     "build",
     "build_fused",
     "compile_graph",
     "cuda_available",
     "cuda_source",
+    "depth_first_reports",
     "fuse",
     "fuse_passes",
     "host_cpu",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from fuser.ir import Graph
@@ -13,8 +14,9 @@ from .runtime import TVMModel, value_specs
 from .target import make_target
 
 
-def fuse_passes(target, planned: bool) -> list:
-    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops."""
+def fuse_passes(target, planned: bool, schedule: bool = True) -> list:
+    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops; for
+    cuda (``schedule``), TVM's dlight GPU rules for kernels nobody scheduled."""
     seq = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -23,7 +25,7 @@ def fuse_passes(target, planned: bool) -> list:
     if not planned:
         seq.append(relax.transform.FuseOps())
     seq += [relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
-    if target.kind.name == "cuda":
+    if schedule and target.kind.name == "cuda":
         from tvm.s_tir import dlight as dl
 
         seq.append(
@@ -38,15 +40,45 @@ def fuse_passes(target, planned: bool) -> list:
     return seq
 
 
-def fuse(mod, target, planned: bool | None = None):
-    """The IRModule after legalization and kernel formation (one PrimFunc per kernel)."""
+def fuse(mod, target, planned: bool | None = None, tiling: Mapping | None = None, default_tile=None):
+    """The IRModule after legalization and kernel formation (one PrimFunc per kernel).
+
+    ``tiling``: plan group id -> ``depthfirst.TileHint``: those groups' kernels get
+    depth-first schedules (``fuser.backends.tvm.depthfirst``); ``default_tile``: the hint
+    for every other kernel (None: left as legalized). Their reports are in
+    ``depth_first_reports(fused)``."""
     if planned is None:
         planned = any(
             isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
             for f in mod.functions.values()
         )
+    depth_first = bool(tiling) or default_tile is not None
     with target:
-        return tvm.transform.Sequential(fuse_passes(target, planned))(mod)
+        fused = tvm.transform.Sequential(fuse_passes(target, planned, schedule=not depth_first))(mod)
+        if not depth_first:
+            return fused
+        from .depthfirst import schedule_kernels
+        from .lower import group_kernels
+
+        kernel_of = group_kernels(mod)
+        hints = {kernel_of[g]: h for g, h in (tiling or {}).items() if g in kernel_of}
+        fused, _ = schedule_kernels(fused, hints, target, default_tile)
+        if target.kind.name == "cuda":  # dlight for what depth-first left unscheduled
+            fused = tvm.transform.Sequential(fuse_passes(target, True)[-1:])(fused)
+        return fused
+
+
+def depth_first_reports(fused_mod) -> dict[str, dict]:
+    """Kernel -> what its depth-first schedule did (``depthfirst.KernelSchedule.to_dict``)."""
+    import json
+
+    from .depthfirst import SCHEDULED_ATTR
+
+    return {
+        gv.name_hint: json.loads(str(f.attrs[SCHEDULED_ATTR]))
+        for gv, f in fused_mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and SCHEDULED_ATTR in f.attrs
+    }
 
 
 def kernel_names(fused_mod) -> list[str]:
@@ -76,12 +108,12 @@ def _finalize_pipeline(target):
     return tvm.transform.Sequential(be.dataflow_lower_passes(target) + be.finalize_passes(target))
 
 
-def build(mod, target: str | Any = "llvm", planned: bool | None = None):
+def build(mod, target: str | Any = "llvm", planned: bool | None = None, tiling: Mapping | None = None):
     """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda."""
     require_tvm()
     if isinstance(target, str):
         target = make_target(target)
-    return build_fused(fuse(mod, target, planned), target)
+    return build_fused(fuse(mod, target, planned, tiling), target)
 
 
 def build_fused(fused, target):
@@ -112,11 +144,11 @@ def cuda_source(executable) -> str:
     return "\n".join(m.inspect_source("") for m in _modules(executable.mod) if m.kind == "cuda")
 
 
-def compile_graph(graph: Graph, target: str = "llvm", groups=None) -> TVMModel:
+def compile_graph(graph: Graph, target: str = "llvm", groups=None, tiling: Mapping | None = None) -> TVMModel:
     """to_relax + build + TVMModel in one call (the graph is run as given: call
-    fuser.optimize first to fold BatchNorm)."""
+    fuser.optimize first to fold BatchNorm). ``tiling``: group id -> TileHint (see ``fuse``)."""
     mod = to_relax(graph, groups)
-    ex = build(mod, target, planned=bool(groups))
+    ex = build(mod, target, planned=bool(groups), tiling=tiling)
     return TVMModel(
         ex, value_specs(graph.inputs), value_specs(graph.outputs), "cuda" if target == "cuda" else "cpu"
     )

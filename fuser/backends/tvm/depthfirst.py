@@ -105,7 +105,7 @@ class KernelSchedule:
     kernel: str
     style: str
     stages: list[Stage] = field(default_factory=list)
-    line_buffers: dict[str, int] = field(default_factory=dict)  # buffer -> rows kept
+    line_buffers: dict[str, int] = field(default_factory=dict)  # writer block -> rows its buffer keeps
     whole: list[str] = field(default_factory=list)  # intermediates kept whole
     note: str = ""
 
@@ -490,24 +490,25 @@ def _stages(k: _Kernel, hint: TileHint, kind: str) -> tuple[list[Stage], list, s
 
 
 def _reduction_outer(k: _Kernel, b) -> None:
-    """A single op whose weights do not fit but whose output does: its reduction loops go
-    outermost, so the output accumulates on chip while inputs and weights stream once; the
-    innermost reduction is split by a cache line, so each weight line is used whole."""
+    """A single op whose weights do not fit but whose output does: the first reduction loop
+    (input channels) is split by a cache line of weights and its outer part goes outermost,
+    so the output accumulates on chip while inputs and weights stream once; inside it the
+    loops run (output channels, the line of input channels, the kernel window, the output
+    rows and columns), walking each weight line whole."""
     sch = k.sch
     loops = list(sch.get_loops(b))
     kinds = _loop_kinds(sch, b, loops)
-    reduce = [lp for lp, kd in zip(loops, kinds) if kd == "R" and int(sch.get(lp).extent) > 1]
-    other = [lp for lp, kd in zip(loops, kinds) if kd != "R"]
-    if not reduce:
+    reduce = [lp for lp, kd in zip(loops, kinds) if kd == "R"]
+    spatial = [lp for lp, kd in zip(loops, kinds) if kd != "R"]
+    if not reduce or len(spatial) < 2:
         return
     line = LINE_BYTES // 4
     extent = int(sch.get(reduce[0]).extent)
-    if extent > line and extent % line == 0:
-        outer, inner = sch.split(reduce[0], [None, line])
-        spatial = [lp for lp in other if _loop_kinds(sch, b, [lp]) == ["S"]]
-        sch.reorder(outer, *reduce[1:], *spatial[:-2], inner, *spatial[-2:])
-    else:
-        sch.reorder(*reduce, *other)
+    outer, inner = (
+        sch.split(reduce[0], [None, line]) if extent > line and extent % line == 0 else (None, reduce[0])
+    )
+    order = [*spatial[:-2], inner, *reduce[1:], *spatial[-2:]]
+    sch.reorder(*([outer] if outer is not None else []), *order)
 
 
 # ---- rule 4: inner loops --------------------------------------------------------------------
@@ -823,7 +824,7 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     (inner or default_inner)(sch, [r.block.name_hint for r, _ in _realizes(sch.mod["main"].body)][1:], target)
     windows = _windows(sch.mod["main"], stages, tile_vars)
     out = _circular(sch.mod["main"], windows, roll=hint.style == "lbdf")
-    report.line_buffers = {w.buf.name: w.rows for w in windows}
+    report.line_buffers = {next(iter(w.writers)): w.rows for w in windows}
     out = out.with_attr("tirx.is_scheduled", True)
     return out.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict())), report
 

@@ -79,14 +79,16 @@ def _var_name(name: str) -> str:
     return clean if clean and not clean[0].isdigit() else f"v_{clean}"
 
 
-def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]) -> list[tuple[int | None, list[Node]]]:
+def _order_groups(
+    graph: Graph, groups: Sequence[tuple[int, Sequence[Node]]]
+) -> list[tuple[int | None, list[Node]]]:
     """(group id, its nodes) in an order where each unit runs after those it reads from;
     a node in no group is a unit of its own with id None. Raises when the groups feed
     each other in a cycle, which no kernel order allows."""
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     unit_of: dict[int, int] = {}
     units: list[tuple[int | None, list[Node]]] = []
-    for gid, members in enumerate(groups):
+    for gid, members in groups:
         for n in members:
             if id(n) not in index:
                 raise FuserError(f"{graph.source}: plan names node {n.name}, not in this graph")
@@ -161,12 +163,14 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     for n in graph.nodes:
         if implementation("relax", n.op) is None:
             raise _not_lowered(n, graph.source)
-    if isinstance(groups, Mapping):
+    if isinstance(groups, Mapping):  # keep the plan's group ids: kernels are named after them
         by_id: dict[Any, list[Node]] = {}
         for n in graph.nodes:
             if n.name in groups:
                 by_id.setdefault(groups[n.name], []).append(n)
-        groups = list(by_id.values())
+        groups = sorted(by_id.items())
+    elif groups:
+        groups = list(enumerate(groups))
     bb = relax.BlockBuilder()
     units = _order_groups(graph, groups) if groups else None
     calls = []

@@ -82,6 +82,14 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
     "one TVM kernel. Without it TVM's FuseOps chooses the kernels.",
 )
 @click.option(
+    "--depth-first/--no-depth-first",
+    default=True,
+    show_default=True,
+    help="With --plan: each group's kernel produces its last output row by row with every "
+    "producer in the same loop (LBDF line buffers, BRR tiles); --no-depth-first keeps TVM's "
+    "op-after-op loops inside the kernel.",
+)
+@click.option(
     "--tune-trials",
     type=int,
     default=0,
@@ -95,7 +103,9 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
     "already tuned there is not tuned again, and an interrupted run resumes.",
 )
 @json_option
-def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, tuning_db, as_json):
+def command(
+    model, out_dir, target, cpu, input_shapes, plan_path, depth_first, tune_trials, tuning_db, as_json
+):
     """Compile MODEL with Apache TVM and write a deployable build to OUT_DIR.
 
     fuser's passes (BatchNorm folding, cleanups) run first; the graph is then
@@ -132,7 +142,14 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
     with status(f"lowering to Relax for {target}"):
         mod = tb.to_relax(graph, groups)
         tvm_target = tb.make_target(target, cpu=cpu)
-        fused = tb.fuse(mod, tvm_target, planned=bool(groups))
+        tiling = None
+        if plan_path and depth_first:
+            from fuser.fusion.plan import Plan
+            from fuser.fusion.tiling import tile_hints
+
+            threads = int(tvm_target.attrs["num-cores"]) if target == "llvm" else 1
+            tiling = tile_hints(Plan.load(plan_path), threads)
+        fused = tb.fuse(mod, tvm_target, planned=bool(groups), tiling=tiling)
         kernels = tb.kernel_names(fused)
     if tuning_db:
         fused = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
@@ -149,6 +166,7 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
                 "kernels": kernels,
                 "plan": plan_path,
                 "plan_groups": len(plan) if plan else None,
+                "depth_first": tb.depth_first_reports(fused) if tiling else None,
                 "tune_trials": tune_trials,
                 "tuning_db": tuning_db,
                 "cpu": tvm_target.attrs["mcpu"] if target == "llvm" else None,
