@@ -9,13 +9,13 @@ any plan file works.
 
 from __future__ import annotations
 
-from fuser.backends.tvm.depthfirst import TileHint
-
 from .plan import Plan
 
 
-def tile_hints(plan: Plan, threads: int = 1) -> dict[int, TileHint]:
+def tile_hints(plan: Plan, threads: int = 1) -> dict:
     """Group index -> TileHint for ``to_relax(graph, groups)`` + ``fuse(..., tiling=...)``."""
+    from fuser.backends.tvm.depthfirst import TileHint  # imports TVM: only when building
+
     data = plan.to_dict()
     return {
         gid: TileHint(
