@@ -28,8 +28,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    when that op's output fits in half the buffer, it is not tiled at all: its reduction loops
    go outermost, the output accumulates on chip and inputs and weights stream once.
 3. Producers, last first, are computed at the tile loop (``compute_at``) when all their
-   consumers are already under it. Held back: blocks whose tensor has no rows (global pools,
-   squeeze-and-excite vectors, flattened features) and, through them, what they read. A held
+   consumers are already under it. Held back: blocks whose output is a vector rather than a
+   map (global pools, squeeze-and-excite vectors, flattened features: a tile would recompute
+   them whole) and, through them, what they read. A held
    block with rows whose consumers are all settled starts a stage of its own, an earlier tile
    loop: the tensor a global pool reads is produced whole, tile by tile, before the pool (the
    cost model's barrier rule). Blocks that fit no stage stay whole, in program order.
@@ -270,17 +271,29 @@ class _Kernel:
         return loops[0] if len(loops) == 1 else None
 
     def channel_local(self) -> bool:
-        """Whether no block reduces over channels: each output channel reads only its own
-        input channels (elementwise, depthwise, pooling, resize chains)."""
+        """Whether no block reduces over channels: no data read has an axis indexed by reduction
+        variables alone (a dense conv's input channel, a matmul's k, a global pool's rows);
+        a window's reduction is added to an output position. Elementwise, depthwise, pooling and
+        resize chains are channel-local."""
         for b in self.blocks():
             block = self.sch.get(b)
+            spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE]
             reduce = [
                 iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE and int(iv.dom.extent) > 1
             ]
             for ld in _loads(block):
-                if _row_axis(ld.source) is not None and any(_uses(ld.indices[1], v) for v in reduce):
-                    return False
+                if len(_shape(ld.source)) < 3:
+                    continue
+                for index in ld.indices:
+                    if any(_uses(index, v) for v in reduce) and not any(_uses(index, v) for v in spatial):
+                        return False
         return True
+
+    def varies(self, b) -> bool:
+        """Whether ``b``'s output is a map (two or more non-unit axes after the batch), which a
+        tile computes a part of; a vector (a pooled or fully connected output) is computed whole,
+        once."""
+        return sum(d > 1 for d in _shape(self.written(b))[1:]) >= 2
 
     def sizes(self) -> _Sizes:
         """Bytes the kernel reads and writes: a weight is a parameter a reduction reads with an
@@ -438,7 +451,7 @@ def _place(k: _Kernel, tile_loop, placed: set, held: set) -> list[str]:
         if name in placed or name in held:
             continue
         consumers = [k.name(c) for c in sch.get_consumers(b)]
-        if not k.has_rows(b) or not consumers or any(c not in inside for c in consumers):
+        if not k.varies(b) or not consumers or any(c not in inside for c in consumers):
             held.add(name)
             continue
         try:
@@ -661,8 +674,8 @@ def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
         zero, one = (tvm.tirx.const(v, tile_var.ty.dtype) for v in (0, 1))
         advance = ana.simplify(_substitute(first, [(tile_var, one)]) - _substitute(first, [(tile_var, zero)]))
         IntImm = tvm.ir.prim.expr.IntImm
-        if not isinstance(rows, IntImm) or not isinstance(advance, IntImm):
-            continue
+        if not isinstance(rows, IntImm) or not isinstance(advance, IntImm) or int(advance) <= 0:
+            continue  # not a window that slides with the tile (e.g. W of a channels-last tensor)
         w = next((w for w in windows if w.buf.same_as(buf)), None)
         if w is None:
             w = _Window(buf, axis, int(rows), int(advance), tile_var)
