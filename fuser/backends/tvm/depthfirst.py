@@ -23,10 +23,11 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    block, tile, ...), for one anchor when: (a) no op reduces over channels (elementwise,
    depthwise, pooling chains): one channel at a time, whose rows are contiguous, where a row
    of all channels touches a cache line per channel; (b) a single weighted op whose weights
-   exceed half the planned buffer: blocks of output channels whose weights are read once, as
-   the cost model's single-op baseline assumes, where rows would stream all weights per tile;
-   when that op's output fits in half the buffer, it is not tiled at all: its reduction loops
-   go outermost, the output accumulates on chip and inputs and weights stream once.
+   exceed 3/4 of the planned buffer: blocks of output channels whose weights are read once, as
+   the cost model's single-op baseline assumes, where rows would stream all weights per tile
+   (the input stays on chip across blocks, and blocks run in parallel); when the input does
+   not fit but the output does, it is not tiled at all: its reduction loops go outermost, the
+   output accumulates on chip, and inputs and weights stream once.
 3. Producers, last first, are computed at the tile loop (``compute_at``) when all their
    consumers are already under it. Held back: blocks whose output is a vector rather than a
    map (global pools, squeeze-and-excite vectors, flattened features: a tile would recompute
@@ -377,7 +378,9 @@ def _order(k: _Kernel, anchors: list, hint: TileHint, sizes: _Sizes) -> str:
     beta = hint.buffer_bytes
     if len(sizes.weighted) != 1 or not beta or 4 * sizes.weight <= 3 * beta:
         return "rows"
-    return "reduction" if 4 * sizes.output <= 3 * beta else "blocks"
+    if 4 * sizes.input <= 3 * beta or 4 * sizes.output > 3 * beta:
+        return "blocks"  # the input stays on chip while weight blocks stream (in parallel)
+    return "reduction"
 
 
 def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, sizes: _Sizes) -> Stage:
@@ -476,7 +479,7 @@ def _stages(k: _Kernel, hint: TileHint, kind: str) -> tuple[list[Stage], list, s
     order = _order(k, anchors, hint, sizes)
     if order == "reduction":
         _reduction_outer(k, sch.get_sblock(sizes.weighted[0]))
-        return [], [], "not tiled: reduction outermost (weights over half the buffer, output under)"
+        return [], [], "not tiled: reduction outermost (weights and input over the buffer, output under)"
     stages, tile_vars = [], []
     placed = {k.name(a) for a in anchors}
     held = {k.name(b) for b in k.blocks() if k.is_output(b)} - placed
