@@ -378,7 +378,8 @@ def _order(k: _Kernel, anchors: list, hint: TileHint, sizes: _Sizes) -> str:
     beta = hint.buffer_bytes
     if len(sizes.weighted) != 1 or not beta or 4 * sizes.weight <= 3 * beta:
         return "rows"
-    if 4 * sizes.input <= 3 * beta or 4 * sizes.output > 3 * beta:
+    batch = _shape(k.written(anchors[0]))[0]  # tiles run image by image: what one image needs
+    if 4 * sizes.input <= 3 * beta * batch or 4 * sizes.output > 3 * beta * batch:
         return "blocks"  # the input stays on chip while weight blocks stream (in parallel)
     return "reduction"
 
@@ -414,8 +415,10 @@ def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, size
     if channel_mode:
         return stage
     batch_extent = int(sch.get(nests[0][0]).extent) if nests[0][0] is not None else 1
-    if kind == "cuda":
-        stage.bands = max(1, tiles // CUDA_ROWS_PER_BAND)
+    if kind == "cuda":  # a divisor: a partial band would put the block's syncs under a condition
+        stage.bands = max(
+            b for b in range(1, tiles + 1) if tiles % b == 0 and b * CUDA_ROWS_PER_BAND <= max(tiles, 4)
+        )
     elif batch_extent < hint.threads and tiles >= 2 * hint.threads:
         stage.bands = hint.threads
     per_band = math.ceil(tiles / stage.bands)
@@ -585,9 +588,12 @@ def default_inner(sch, blocks: Sequence[str], target=None) -> None:
             if kind == "cuda":
                 inner = [lp for lp, kd in zip(loops, kinds) if kd == "S"]
                 if inner:
+                    sch.reorder(*inner, *reduce)
                     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
                     _, threads = sch.split(fused, [None, CUDA_THREADS])
                     sch.bind(threads, "threadIdx.x")
+                    if reduce:  # accumulate in a register, store once: no shared-memory hazard
+                        sch.reverse_compute_at(sch.cache_write(b, 0, "local"), threads)
                 continue
             last = spatial[-1]
             if not _contiguous_only(sch, b, last):
@@ -646,30 +652,25 @@ class _Window:
 
 
 def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
-    """The row window of every buffer written by a block computed under a tile loop."""
+    """The row window of every intermediate buffer written inside a tile loop."""
     ana = tvm.sym.Analyzer()
-    stage_of = {}
-    for i, s in enumerate(stages):
-        for name in s.blocks:
-            stage_of[name] = i
-            stage_of[name + "_init"] = i  # decompose_reduction's init block
-            stage_of[name + "_update"] = i
+    params = list(func.params)
     windows: list[_Window] = []
     for realize, loops in _realizes(func.body):
         block = realize.block
-        if block.name_hint not in stage_of:
+        at = [(i, v) for i, lp in enumerate(loops) for v in tile_vars if lp.loop_var.same_as(v)]
+        if not at or not block.writes:
             continue
-        tile_var = tile_vars[stage_of[block.name_hint]]
+        (depth, tile_var) = at[-1]
         buf = block.writes[0].source
         axis = _row_axis(buf)
         store = next((s for s in _stores(block) if s.buffer.same_as(buf)), None)
-        at = [i for i, lp in enumerate(loops) if lp.loop_var.same_as(tile_var)]
-        if axis is None or store is None or not at:
+        if axis is None or store is None or any(buf.same_as(p) for p in params):
             continue
         pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
         row = _substitute(store.indices[axis], pairs)
         inner = {
-            lp.loop_var: tvm.sym.IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops[at[0] + 1 :]
+            lp.loop_var: tvm.sym.IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops[depth + 1 :]
         }
         span = ana.int_set(row, inner)
         first = span.min_value
@@ -699,7 +700,7 @@ def _circular(func, windows: list[_Window], roll: bool):
     for w in windows:
         shape = _shape(w.buf)
         shape[w.axis] = w.rows
-        w.new = tirx.decl_buffer(shape, w.buf.ty.dtype, w.buf.name)
+        w.new = tirx.decl_buffer(shape, w.buf.ty.dtype, w.buf.name, scope=w.buf.scope())
 
     def window_of(buf):
         return next((w for w in windows if buf.same_as(w.buf)), None)
@@ -757,8 +758,8 @@ def _circular(func, windows: list[_Window], roll: bool):
 
     def pins(tile_var):
         out = []
-        for w in windows:
-            if w.tile_var.same_as(tile_var):
+        for w in windows:  # shared memory is the thread block's for its whole run: no pin
+            if w.tile_var.same_as(tile_var) and w.buf.scope() in ("", "global"):
                 nd = len(w.new.ty.shape)
                 store = tirx.BufferStore(w.new, tirx.const(0, w.new.ty.dtype), [tirx.const(0, "int64")] * nd)
                 region = [tirx.BufferRegion(w.new, [Range.from_min_extent(0, 1)] * nd)]
@@ -778,7 +779,8 @@ def _circular(func, windows: list[_Window], roll: bool):
 
     def pinned(body):
         v = tile_of(body)
-        return None if v is None else tirx.SeqStmt([*pins(v), body])
+        before = pins(v) if v is not None else []
+        return tirx.SeqStmt([*before, body]) if before else None
 
     def on_for(f):
         body = pinned(f.body)
@@ -790,7 +792,7 @@ def _circular(func, windows: list[_Window], roll: bool):
         items = []
         for x in q.seq:
             v = tile_of(x)
-            items += [*pins(v), x] if v is not None else [x]
+            items += [*(pins(v) if v is not None else []), x]
         return tirx.SeqStmt(items) if len(items) != len(q.seq) else q
 
     def on_block(b):
@@ -836,6 +838,13 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     report.whole = sorted(
         k.written(b).name for b in k.blocks() if k.name(b) not in placed and not k.is_output(b)
     )
+    if kind == "cuda":
+        if report.whole or not stages:  # a whole intermediate would need global memory
+            report.note = report.note or "cuda: a whole intermediate needs global memory; left to dlight"
+            report.stages = []
+            return func, report
+        for name in placed - set(n for s in stages for n in s.anchors):
+            sch.set_scope(sch.get_sblock(name), 0, "shared")  # line buffers live in the block's smem
     _parallel(k, stages, kind, hint.threads)
     (inner or default_inner)(sch, [r.block.name_hint for r, _ in _realizes(sch.mod["main"].body)][1:], target)
     windows = _windows(sch.mod["main"], stages, tile_vars)
