@@ -130,16 +130,52 @@ def _bytes_pair(unfused: int, fused: int) -> str:
     return f"{unfused / div:.3g}→{fused / div:.3g} {unit} ÷{unfused / fused:.1f}"
 
 
+def render_residual(report: dict, console) -> None:
+    """The residual blocks found by structure: what each computes, whether it became one
+    depth-first TVM kernel (and why not), and the checks against ORT when run."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    blocks = report.get("residual_blocks", [])
+    checks = {c["block"]: c for c in report.get("residual_checks", [])}
+    fused = [b for b in blocks if b["fused"]]
+    t = Table(
+        title=f"{escape(report['model'])}: {len(blocks)} residual blocks found by structure, "
+        f"{len(fused)} fused, each one depth-first TVM kernel",
+        title_justify="left",
+    )
+    for col in ("block", "kind", "computes", "fused", "why / how", *(["TVM vs ORT"] if checks else [])):
+        t.add_column(col, overflow="fold")
+    for b in blocks:
+        if b["inside"]:
+            state, why = "inside", f"part of {b['inside']}"
+        elif b["fused"]:
+            state, why = ("split" if b["stages"] > 1 else "yes"), b["reason"]
+        else:
+            state, why = "no", b["reason"]
+        if b["template"]:
+            why = (why + "; " if why else "") + f"CUDA template {b['template']} covers it"
+        row = [b["name"], b["kind"], escape(b["description"]), state, escape(why)]
+        if checks:
+            c = checks.get(b["name"])
+            row.append("-" if c is None else f"{c['rel_err']:.1e}")
+        t.add_row(*row)
+    console.print(t)
+
+
 def render(report: dict, console) -> None:
     """Rich tables: blocks, not-fused groups, efficiency gap (when measured), waterline."""
     from rich.table import Table
 
     from fuser.units import human, human_bytes
 
+    if "residual_blocks" in report:
+        render_residual(report, console)
     dev = report["device"]
     t = Table(
-        title=f"{report['model']}: {len(report['blocks'])} fusable blocks, {report['kernels']} distinct "
-        f"kernels (model for {dev['name']}, {report['elem_bytes']}-byte storage)",
+        title=f"CUDA templates (a cross-check of those kernels): {len(report['blocks'])} blocks, "
+        f"{report['kernels']} distinct kernels (model for {dev['name']}, {report['elem_bytes']}-byte "
+        "storage)",
         title_justify="left",
     )
     for col in ("block", "shape", "tile", "MACs", "DRAM unfused→fused", "I (flop/B)", "roofline µs"):
@@ -157,7 +193,7 @@ def render(report: dict, console) -> None:
         )
     console.print(t)
     if report["not_fused"]:
-        nt = Table(title="not fused", title_justify="left")
+        nt = Table(title="no CUDA template", title_justify="left")
         nt.add_column("nodes")
         nt.add_column("reason")
         for r in report["not_fused"]:
