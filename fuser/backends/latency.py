@@ -104,12 +104,13 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
     return lambda: session.run(None, feeds)
 
 
-def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None):
-    """(runner, per-kernel timer) for an llvm build (tuned when ``tuning`` is given)."""
+def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, tiling=None):
+    """(runner, per-kernel timer) for an llvm build (tuned when ``tuning`` is given;
+    ``tiling``: plan group id -> TileHint for depth-first group kernels)."""
     from fuser.backends import tvm as tb
 
     target = tb.make_target("llvm", threads)
-    fused = tb.fuse(tb.to_relax(graph, groups), target, planned=bool(groups))
+    fused = tb.fuse(tb.to_relax(graph, groups), target, planned=bool(groups), tiling=tiling)
     if tuning is not None:
         fused = tuning(fused, target)
     executable = tb.build_fused(fused, target)
@@ -129,9 +130,11 @@ def run_report(
     groups=None,
     plan_groups: list[dict] | None = None,
     tuning=None,
+    tiling=None,
     on_step: Callable[[str], None] = lambda s: None,
 ) -> Report:
-    """Time ``graph`` on each of ``backends`` (names from BACKENDS)."""
+    """Time ``graph`` on each of ``backends`` (names from BACKENDS); ``tiling`` as in
+    ``tvm.build.fuse``."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise FuserError(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
@@ -154,7 +157,7 @@ def run_report(
             if name == "tvm-tuned" and tuning is None:
                 raise FuserError("tvm-tuned needs a tuning budget (--tune-trials N)")
             run, kernel_timer = _tvm_runner(
-                graph, x, threads, groups, tuning if name == "tvm-tuned" else None
+                graph, x, threads, groups, tuning if name == "tvm-tuned" else None, tiling
             )
         on_step(f"timing {name}")
         times = measure(run, warmup, repeat)

@@ -41,6 +41,13 @@ def _bytes(n) -> str:
     "DRAM estimate next to its time.",
 )
 @click.option(
+    "--dram",
+    is_flag=True,
+    help="With --plan: also run the plan-driven build once under valgrind's cachegrind "
+    "(a cache of 2x the plan's buffer) and show per group its ops, the plan's predicted "
+    "DRAM bytes, the simulated ones and the kernel's time (minutes: the run is simulated).",
+)
+@click.option(
     "--tune-trials",
     type=int,
     default=0,
@@ -68,6 +75,7 @@ def command(
     warmup,
     repeat,
     plan_path,
+    dram,
     tune_trials,
     tuning_db,
     top_kernels,
@@ -85,6 +93,7 @@ def command(
     Examples:
       fuser bench zoo:resnet18 --input-shape 1,3,224,224
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
+      fuser bench zoo:mobilenet_v2 --input-shape 1,3,64,64 --backends tvm --plan p.json --dram
     """
     from fuser.api import optimize
     from fuser.backends import latency as tvm_latency
@@ -108,11 +117,15 @@ def command(
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph).graph
-    groups = plan = None
+    groups = plan = tiling = None
+    if dram and not plan_path:
+        raise FuserError("--dram needs --plan PLAN (it compares the plan's groups with the build)")
     if plan_path:
-        from fuser.fusion.plan import plan_groups
+        from fuser.fusion.plan import Plan, plan_groups
+        from fuser.fusion.tiling import tile_hints
 
         groups, plan = plan_groups(plan_path, graph)
+        tiling = tile_hints(Plan.load(plan_path), threads)
     with status("benchmarking"):
         report = tvm_latency.run_report(
             graph,
@@ -123,10 +136,22 @@ def command(
             groups=groups,
             plan_groups=plan,
             tuning=tuning if tuning_db else None,
+            tiling=tiling,
             on_step=lambda s: err.print(f"[dim]{s}[/]") if not as_json else None,
         )
+    traffic = None
+    if dram:
+        from fuser.fusion.measured import measure_plan
+        from fuser.fusion.plan import Plan
+
+        with status("simulating the plan-driven build's DRAM traffic under cachegrind"):
+            traffic = measure_plan(graph, Plan.load(plan_path), fuseops=False)
     if as_json:
-        emit_json(report.to_dict())
+        data = report.to_dict()
+        if traffic is not None:
+            data["groups"] = _group_rows(traffic, report)
+            data["dram"] = {k: v for k, v in traffic.to_dict().items() if k != "groups"}
+        emit_json(data)
         return
     t = Table(
         title=f"{model} {report.input_shape}, {threads} threads, median of {repeat}", title_justify="left"
@@ -158,3 +183,42 @@ def command(
                 _bytes(k.dram_bytes),
             )
         out.print(kt)
+    if traffic is not None:
+        from rich.markup import escape
+
+        gt = Table(
+            title=f"plan groups: DRAM predicted vs simulated (cache {_bytes(traffic.cache_bytes)}); "
+            f"in all {_bytes(traffic.predicted_bytes)} vs {_bytes(traffic.measured_bytes)}",
+            title_justify="left",
+        )
+        for col in ("group", "ops", "predicted DRAM", "simulated DRAM", "ratio", "kernel ms"):
+            gt.add_column(col, justify="left" if col in ("group", "ops") else "right")
+        for row in _group_rows(traffic, report):
+            ops = ", ".join(row["ops"][:3]) + (f" +{len(row['ops']) - 3}" if len(row["ops"]) > 3 else "")
+            gt.add_row(
+                str(row["group"]),
+                escape(ops),
+                _bytes(row["predicted_bytes"]),
+                _bytes(row["measured_bytes"]),
+                "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
+                "-" if row["kernel_ms"] is None else f"{row['kernel_ms']:.4f}",
+            )
+        out.print(gt)
+
+
+def _group_rows(traffic, report) -> list[dict]:
+    """Per plan group: ops, predicted and simulated DRAM bytes, and its kernel's time (a kernel
+    several identical groups share runs once per group: each call's time)."""
+    ms = {k.kernel: k.median_ms for k in report.kernels}
+    return [
+        {
+            "group": g.group,
+            "ops": g.ops,
+            "kernel": g.kernel,
+            "predicted_bytes": g.predicted_bytes,
+            "measured_bytes": g.measured_bytes,
+            "ratio": g.ratio,
+            "kernel_ms": ms.get(g.kernel),
+        }
+        for g in traffic.groups
+    ]
