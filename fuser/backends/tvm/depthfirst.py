@@ -446,24 +446,23 @@ def _tile_loop(k: _Kernel, stage: Stage):
     return list(k.sch.get_loops(k.sch.get_sblock(stage.anchors[0])))[TILE_DEPTH]
 
 
-def _place(k: _Kernel, tile_loop, placed: set, held: set) -> list[str]:
-    """compute_at every unplaced block, last first, whose consumers are all under ``tile_loop``."""
+def _place(k: _Kernel, tile_loop, placed: set) -> list[str]:
+    """compute_at every unplaced block, last first, whose consumers are all under ``tile_loop``
+    (a vector, a block read outside the loop and what only they read stay where they are)."""
     sch = k.sch
     ScheduleError = tvm.s_tir.ScheduleError
     inside = set(placed)
     moved = []
     for b in reversed(k.blocks()):
         name = k.name(b)
-        if name in placed or name in held:
+        if name in placed or k.is_output(b):
             continue
         consumers = [k.name(c) for c in sch.get_consumers(b)]
         if not k.varies(b) or not consumers or any(c not in inside for c in consumers):
-            held.add(name)
             continue
         try:
             sch.compute_at(b, tile_loop)
         except ScheduleError:
-            held.add(name)
             continue
         inside.add(name)
         moved.append(name)
@@ -485,23 +484,21 @@ def _stages(k: _Kernel, hint: TileHint, kind: str) -> tuple[list[Stage], list, s
         return [], [], "not tiled: reduction outermost (weights and input over the buffer, output under)"
     stages, tile_vars = [], []
     placed = {k.name(a) for a in anchors}
-    held = {k.name(b) for b in k.blocks() if k.is_output(b)} - placed
     while anchors:
         stage = _tile(k, anchors, hint, kind, order, sizes)
         tile = _tile_loop(k, stage)
         sch.annotate(tile, TILE_ANNOTATION, 1)
-        stage.blocks = _place(k, tile, placed, held)
+        stage.blocks = _place(k, tile, placed)
         placed.update(stage.blocks)
         stages.append(stage)
         tile_vars.append(sch.get(tile).loop_var)
         anchors = []
-        for b in reversed(k.blocks()):  # the next stage: a held block whose consumers are settled
+        for b in reversed(k.blocks()):  # the next stage: a held map whose consumers are settled
             name = k.name(b)
-            if name not in held or not k.has_rows(b) or k.row_loop(b) is None:
+            if name in placed or k.is_output(b) or not k.has_rows(b) or k.row_loop(b) is None:
                 continue
-            if all(k.name(c) in placed or not k.has_rows(c) for c in sch.get_consumers(b)):
+            if all(k.name(c) in placed or not k.varies(c) for c in sch.get_consumers(b)):
                 anchors = [b]
-                held.discard(name)
                 placed.add(name)
                 break
         order = "rows"
@@ -655,8 +652,21 @@ def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
     """The row window of every intermediate buffer written inside a tile loop."""
     ana = tvm.sym.Analyzer()
     params = list(func.params)
+    realizes = _realizes(func.body)
+
+    def tile_of(loops):
+        return next((v for lp in reversed(loops) for v in tile_vars if lp.loop_var.same_as(v)), None)
+
+    def read_outside(buf, tile_var) -> bool:  # a reader under no tile loop, or another one
+        for r, loops in realizes[1:]:  # the root block holds them all
+            if any(ld.source.same_as(buf) for ld in _loads(r.block)):
+                t = tile_of(loops)
+                if t is None or not t.same_as(tile_var):
+                    return True
+        return False
+
     windows: list[_Window] = []
-    for realize, loops in _realizes(func.body):
+    for realize, loops in realizes:
         block = realize.block
         at = [(i, v) for i, lp in enumerate(loops) for v in tile_vars if lp.loop_var.same_as(v)]
         if not at or not block.writes:
@@ -666,6 +676,8 @@ def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
         axis = _row_axis(buf)
         store = next((s for s in _stores(block) if s.buffer.same_as(buf)), None)
         if axis is None or store is None or any(buf.same_as(p) for p in params):
+            continue
+        if read_outside(buf, tile_var):  # the map a global pool reads: whole, not a window
             continue
         pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
         row = _substitute(store.indices[axis], pairs)
