@@ -68,9 +68,49 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
     shapes = parse_input_shapes(input_shapes)
     if not model.startswith("zoo:") and not Path(model).exists():
         raise FuserError(f"{model}: no such file (MODEL is an .onnx path or zoo:NAME)")
-    with status(f"importing {model}"):
+    zoo = model.startswith("zoo:")
+    with status(f"capturing {model} (torch.export, then ONNX)" if zoo else f"importing {model}"):
         return to_graph(model, input_shapes=shapes)
 
 
 def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+# ---- output that reads the same in a terminal and in a pipe ---------------------------------
+# (fuser.reports builds the tables; commands print them with ``show``)
+PIPE_WIDTH = 100_000  # "as wide as it needs": tables take only their content's width
+
+
+def show(*renderables) -> None:
+    """Print tables and lines on stdout. In a terminal rich fits them to its width; anywhere
+    else (a pipe, a file, CI logs, ``| less``) they come out at the width they need, with no
+    name cut short and no line wrapped."""
+    console = out if out.is_terminal else Console(file=out.file, width=PIPE_WIDTH, soft_wrap=True)
+    for renderable in renderables:
+        console.print(renderable, highlight=False)
+
+
+@contextmanager
+def steps_progress(enabled: bool = True):
+    """A progress bar on stderr for a command's steps; yields ``step(what, done, total)``
+    (what it is doing now, steps done of total). Silent when stderr is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fuser.reports.text import markup_safe
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not (enabled and err.is_terminal),
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def step(what: str, done: int = 0, total: int | None = None) -> None:
+            progress.update(task, description=markup_safe(what), completed=done, total=total)
+
+        yield step

@@ -175,6 +175,7 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     opset: int = 17
     source: str = "<memory>"  # file or origin, named in error messages
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. "import": what import folded; not exported
 
     # ---- construction -------------------------------------------------
     def __post_init__(self):
@@ -331,7 +332,7 @@ class Graph:
                 vmap[id(v)] = nv
             return vmap[id(v)]
 
-        g = Graph(self.name, [cp(v) for v in self.inputs], [], [], self.opset, self.source)
+        g = Graph(self.name, [cp(v) for v in self.inputs], [], [], self.opset, self.source, dict(self.meta))
         g._names = set(self._names)
         for n in self.nodes:
             nn = Node(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from fuser.blockfusion.devices import DEVICE_NAMES
-from fuser.cli.common import emit_json, input_shape_option, json_option, load_graph, out, status
+from fuser.cli.common import emit_json, input_shape_option, json_option, load_graph, show, status
+from fuser.reports.text import plain
 
 
 @click.command("blocks")
@@ -62,9 +63,12 @@ def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
       fuser blocks model.onnx --input-shape x:32,3,224,224 --device h200
     """
     from fuser.api import optimize
-    from fuser.blockfusion.report import blocks_report, emit_kernels, render, roofline_png
+    from fuser.blockfusion.report import blocks_report, emit_kernels, measurement_device
+    from fuser.reports.blocks import blocks_view
     from fuser.serde.files import atomic_write
 
+    if measure:
+        measurement_device(device)  # a GPU device on a machine without one: refused before capture
     graph = load_graph(model, input_shapes)
     with status("folding BatchNorm into the convs"):
         graph = optimize(graph).graph
@@ -76,11 +80,11 @@ def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
         report["emitted"] = {"directory": emit_dir, "kernels": sorted({m["file"] for m in manifest})}
         notes.append(f"wrote {len(report['emitted']['kernels'])} kernels and manifest.json to {emit_dir}")
     if plot_path:
-        atomic_write(plot_path, roofline_png(report))
+        from fuser.reports.plots import figure_bytes, roofline_figure
+
+        atomic_write(plot_path, figure_bytes(roofline_figure(report)))
         notes.append(f"wrote {plot_path}")
     if as_json:
         emit_json(report)
         return
-    render(report, out)
-    for note in notes:
-        out.print(note, highlight=False)
+    show(blocks_view(report), *(plain(note) for note in notes))
