@@ -9,7 +9,8 @@
 Feature entry points (imported on first use, so ``import fuser`` stays light):
 ``fuser.tune_mode`` / ``fuser.convbn`` (ConvBN Tune mode), ``fuser.partition``
 (fusion plans), ``fuser.prune`` (structured pruning), ``fuser.find_blocks`` (block
-fusion), ``fuser.load`` (a compiled TVM artifact).
+fusion), ``fuser.load`` (a compiled TVM artifact), ``fuser.report`` (the report page's data,
+and the page).
 """
 
 import importlib
@@ -23,6 +24,7 @@ from .api import (  # noqa: E402
     optimize,
     partition,
     prune,
+    report,
     save_onnx,
     to_graph,
     to_onnx,
@@ -61,6 +63,7 @@ __all__ = [
     "optimize",
     "partition",
     "prune",
+    "report",
     "save_onnx",
     "to_graph",
     "to_onnx",

@@ -109,9 +109,11 @@ def optimize(
     skip: Sequence[str] = (),
     prune: float | None = None,
     criterion: str = "l2",
+    round_to: int | None = None,
 ) -> Result:
     """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``;
-    ``prune=R`` adds structured pruning of R of each channel group after them).
+    ``prune=R`` adds structured pruning of R of each channel group after them, channel counts
+    kept multiples of ``round_to`` when given).
 
     Returns a Result: ``.graph`` (a new Graph; the input is not modified) and ``.report``
     (a PipelineReport: what each pass changed).
@@ -119,7 +121,7 @@ def optimize(
     graph = to_graph(model, example_inputs, input_shapes)
     passes = list(passes if passes is not None else default_passes(skip))
     if prune is not None:
-        passes.append(("prune_channels", {"ratio": prune, "criterion": criterion}))
+        passes.append(("prune_channels", {"ratio": prune, "criterion": criterion, "round_to": round_to}))
     graph, report = run_passes(graph, passes)
     return Result(graph, report)
 
@@ -246,6 +248,48 @@ def find_blocks(model: Any, device: str | None = "h100", input_shapes: Any = Non
     return match(to_graph(model, input_shapes=input_shapes), device)
 
 
+def report(
+    model: Any,
+    example_inputs: Any = None,
+    input_shapes: Any = None,
+    *,
+    html: str | os.PathLike | None = None,
+    trace: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    **options,
+) -> dict:
+    """What ``fuser report`` shows, as data (its ``--json``), and the page and trace it writes.
+
+    ``model``: anything ``fuser.to_graph`` accepts, as given (the report optimizes it, and with
+    ``prune=R`` prunes it, and compares). ``options``: ``buffer`` ("256KB"), ``sweep`` (sizes),
+    ``style``, ``search``, ``split``, ``budget``, ``seed``, ``element_bytes``, ``prune``,
+    ``criterion``, ``round_to``, ``measure`` (time ONNX Runtime and torch, profile every op),
+    ``compile`` (TVM, one kernel per group), ``threads``, ``repeat``, ``device`` (see
+    ``fuser.reports.model_report.ReportOptions``). ``html``: write the page there; ``trace``:
+    the Chrome trace of measured times (needs ``measure=True``).
+
+        >>> data = fuser.report("zoo:resnet18", html="r18.html", buffer="128KB")
+        >>> data["summary"]["fused_dram_bytes"], len(data["groups"])
+    """
+    from fuser.reports.model_report import ReportOptions, build_report
+
+    opts = ReportOptions(**options)
+    if trace is not None and not (opts.measure or opts.compile):
+        raise FuserError("a trace holds measured times: pass measure=True (or compile=True)")
+    graph = to_graph(model, example_inputs, input_shapes)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else graph.source
+    data = build_report(graph, opts, source=source, progress=progress)
+    if html is not None:
+        from fuser.reports.html import save_html
+
+        save_html(data, html)
+    if trace is not None:
+        from fuser.reports.trace import save_trace
+
+        save_trace(data, trace)
+    return data
+
+
 __all__ = [
     "PipelineReport",
     "Result",
@@ -255,6 +299,7 @@ __all__ = [
     "optimize",
     "partition",
     "prune",
+    "report",
     "save_onnx",
     "to_graph",
     "to_onnx",

@@ -131,6 +131,17 @@ class Browser:
             raise BrowserError(f"{expression[:80]}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
+    def wait_for(self, expression: str, timeout: float = 10.0):
+        """Evaluate until the value is truthy (events such as hashchange run after the click
+        that caused them); the last value, asserted truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.eval(expression)
+            if value or time.monotonic() > deadline:
+                assert value, f"never true in the page: {expression}"
+                return value
+            time.sleep(0.05)
+
     def click(self, selector: str) -> None:
         """A real mouse click (pressed and released) at the centre of the element."""
         box = self.eval(

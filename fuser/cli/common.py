@@ -91,15 +91,12 @@ def show(*renderables) -> None:
         console.print(renderable, highlight=False)
 
 
-@contextmanager
-def steps_progress(enabled: bool = True):
-    """A progress bar on stderr for a command's steps; yields ``step(what, done, total)``
-    (what it is doing now, steps done of total). Silent when stderr is not a terminal."""
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr (what, bar, k/n, time), gone when done; silent when
+    stderr is not a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fuser.reports.text import markup_safe
-
-    with Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -107,10 +104,100 @@ def steps_progress(enabled: bool = True):
         console=err,
         transient=True,
         disable=not (enabled and err.is_terminal),
-    ) as progress:
+    )
+
+
+@contextmanager
+def steps_progress(enabled: bool = True):
+    """A progress bar for a command's steps; yields ``step(what, done, total)`` (what it is
+    doing now, steps done of total)."""
+    from fuser.reports.text import markup_safe
+
+    with progress_bar(enabled) as progress:
         task = progress.add_task("starting", total=None)
 
         def step(what: str, done: int = 0, total: int | None = None) -> None:
             progress.update(task, description=markup_safe(what), completed=done, total=total)
 
         yield step
+
+
+# ---- options that several commands share ----------------------------------------------------
+def fusion_options(f):
+    """The fusion planner's --style, --search, --split, --budget, --seed and --element-bytes."""
+    from fuser.fusion.cost import STYLES
+    from fuser.fusion.search import SEARCHES
+    from fuser.fusion.split import SPLITS
+
+    options = [
+        click.option(
+            "--style",
+            type=click.Choice(STYLES),
+            default="lbdf",
+            show_default=True,
+            help="lbdf: weights stay on chip, line-buffered features; brr: weights streamed per row tile.",
+        ),
+        click.option(
+            "--search",
+            type=click.Choice(SEARCHES),
+            default="local",
+            show_default=True,
+            help="greedy (one plan), random, local (top-K mutations) or nsga2 (DRAM vs peak buffer).",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(SPLITS),
+            default="explain",
+            show_default=True,
+            help="How groups over the buffer are split: explain (cost-aware, explained) or random.",
+        ),
+        click.option(
+            "--budget",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="Plans to evaluate (per buffer size).",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plan."),
+        click.option(
+            "--element-bytes",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Bytes per tensor element (1: int8, 2: fp16, 4: fp32).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def prune_options(f):
+    """--prune R with its --criterion (data-free ones) and --round-to, for commands that prune
+    inside a pipeline (optimize, report)."""
+    options = [
+        click.option(
+            "--prune",
+            "prune_ratio",
+            type=click.FloatRange(0, 1, max_open=True),
+            metavar="R",
+            help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
+        ),
+        click.option(
+            "--criterion",
+            default="l2",
+            show_default=True,
+            type=click.Choice(["l1", "l2", "obs"]),
+            help="Channel importance for --prune.",
+        ),
+        click.option(
+            "--round-to",
+            type=click.IntRange(min=0),
+            default=8,
+            show_default=True,
+            help="Channel counts --prune keeps are multiples of this (vector-friendly; 0: off).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

@@ -25,6 +25,7 @@ from .common import (
     json_option,
     load_graph,
     parse_input_shapes,
+    prune_options,
     show,
     status,
 )
@@ -107,22 +108,9 @@ def info(model, input_shapes, as_json, show_nodes):
     help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".",
 )
 @click.option("--passes", "pass_list", metavar="P1,P2", help="Run exactly these passes, in order.")
-@click.option(
-    "--prune",
-    "prune_ratio",
-    type=click.FloatRange(0, 1, max_open=True),
-    metavar="R",
-    help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
-)
-@click.option(
-    "--criterion",
-    default="l2",
-    show_default=True,
-    type=click.Choice(["l1", "l2", "obs"]),
-    help="Channel importance for --prune.",
-)
+@prune_options
 @json_option
-def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, as_json):
+def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, round_to, as_json):
     """Run the optimize pipeline on MODEL and write OUTPUT (.onnx).
 
     \b
@@ -142,7 +130,9 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None
     before = analyze(graph)
     with status("optimizing"):
-        result = run_optimize(graph, passes=passes, skip=skip, prune=prune_ratio, criterion=criterion)
+        result = run_optimize(
+            graph, passes=passes, skip=skip, prune=prune_ratio, criterion=criterion, round_to=round_to or None
+        )
     graph, report = result.graph, result.report
     after = analyze(graph)
     save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])

@@ -51,7 +51,7 @@ class GroupRow:
     def status(self) -> str:
         if self.fits:
             return "fits"
-        return "single op over the buffer: runs alone" if len(self.ops) == 1 else "over the buffer"
+        return "alone, over the buffer" if len(self.ops) == 1 else "over the buffer"
 
 
 def group_rows(plan) -> list[GroupRow]:

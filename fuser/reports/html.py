@@ -18,6 +18,7 @@ from fuser.units import format_size, human, human_bytes
 from . import plots
 from .dag import graph_svg, group_colour
 from .format import change, kb, mb, us
+from .pruning import alignment_warning, kept_counts
 from .summary import LABELS, before_after, what_changed
 from .tables import import_note
 from .text import visible
@@ -37,6 +38,18 @@ def _attrs(**values) -> str:
         f' data-{k.replace("_", "-")}="{_e(v if not isinstance(v, bool) else str(v).lower())}"'
         for k, v in values.items()
         if v is not None
+    )
+
+
+def _group_attrs(g: dict) -> str:
+    """The numbers of a group a test (or a script) reads back, exactly as in the JSON."""
+    return _attrs(
+        group=g["index"],
+        rank=g["rank"],
+        dram_bytes=g["dram_bytes"],
+        buffer_bytes=g["buffer_bytes"],
+        fits=g["fits"],
+        measured_ms=g["measured_ms"],
     )
 
 
@@ -207,14 +220,7 @@ def _groups(data: dict) -> str:
         cells += ["yes" if g["fits"] else '<span class="bad">no: over the buffer</span>']
         rows.append(
             f'<tr class="group-row" id="rank-{g["rank"]}"'
-            + _attrs(
-                group=g["index"],
-                rank=g["rank"],
-                dram_bytes=g["dram_bytes"],
-                buffer_bytes=g["buffer_bytes"],
-                fits=g["fits"],
-                measured_ms=g["measured_ms"],
-            )
+            + _group_attrs(g)
             + ">"
             + "".join(
                 f"<td{' class=num' if i not in (1, 3, len(cells) - 1) else ''}>{c}</td>"
@@ -301,18 +307,8 @@ def _group_details(data: dict) -> str:
         status = "fits" if g["fits"] else "over the buffer: runs alone from DRAM"
         out.append(
             f'<article class="group" id="group-{g["index"]}"'
-            + _attrs(
-                group=g["index"],
-                rank=g["rank"],
-                dram_bytes=g["dram_bytes"],
-                buffer_bytes=g["buffer_bytes"],
-                fit=g["fit"],
-                fits=g["fits"],
-                macs=g["macs"],
-                measured_ms=g["measured_ms"],
-                tvm_ms=g["tvm_ms"],
-                ops=len(g["ops"]),
-            )
+            + _group_attrs(g)
+            + _attrs(fit=g["fit"], macs=g["macs"], tvm_ms=g["tvm_ms"], ops=len(g["ops"]))
             + f'><div class="card"><h3>{_swatch(g)}G{g["index"]} &middot; rank {g["rank"]} by DRAM &middot; '
             f"{len(g['ops'])} ops &middot; {status}</h3><dl>{dl}</dl></div>"
             f"<details{' open' if len(g['ops']) <= 12 else ''}><summary>{len(g['ops'])} ops</summary>"
@@ -547,6 +543,7 @@ def _pruning(data: dict) -> str:
             f'<td class="num">{change(g["macs_before"], g["macs_after"])}</td></tr>'
         )
     blocked = "".join(f"<li>{_e(b['node'])} ({_e(b['op'])}): {_e(b['reason'])}</li>" for b in p["blocked"])
+    warning = alignment_warning(p, p["round_to"])
     return (
         f'<section id="pruning"><h2>Pruning, per layer ({100 * p["ratio"]:g}% of each group, '
         f"{_e(p['criterion'])}"
@@ -555,6 +552,8 @@ def _pruning(data: dict) -> str:
         f"({change(p['macs_before'], p['macs_after'])}), params {p['params_before']:,} &rarr; "
         f"{p['params_after']:,} ({change(p['params_before'], p['params_after'])}); "
         f"{p['channels_removed']} channels removed.</p>"
+        + (f'<p class="warning">{_e(warning.plain)}</p>' if warning is not None else "")
+        + f"<p>Channel counts left: {', '.join(map(str, kept_counts(p))) or '-'}.</p>"
         '<table class="pruning"><thead><tr><th>#</th><th>layers</th><th class=num>channels</th>'
         "<th class=num>params</th><th class=num></th><th class=num>MACs</th><th class=num></th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"

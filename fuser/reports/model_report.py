@@ -40,14 +40,14 @@ Progress = Callable[[str, int, int], None]  # (what it does now, steps done, ste
 class ReportOptions:
     """What ``fuser report`` computes (its options, all validated before any capture)."""
 
-    buffer: int = 256 * KB
+    buffer: int | str = 256 * KB
     style: str = "lbdf"
     search: str = "local"
     split: str = "explain"
     budget: int = 1000
     seed: int = 0
     element_bytes: int = 1
-    sweep: Sequence[int] = DEFAULT_SWEEP
+    sweep: Sequence[int | str] = DEFAULT_SWEEP
     prune: float | None = None
     criterion: str = "l2"
     round_to: int | None = 8
@@ -60,6 +60,11 @@ class ReportOptions:
 
     def __post_init__(self):
         from fuser.fusion.cost import STYLES
+        from fuser.units import parse_size
+
+        # sizes as bytes or as text ("256KB"), the way the CLI and fuser.partition take them
+        self.buffer = parse_size(self.buffer) if isinstance(self.buffer, str) else int(self.buffer)
+        self.sweep = [parse_size(b) if isinstance(b, str) else int(b) for b in self.sweep or ()]
         from fuser.fusion.search import SEARCHES
         from fuser.fusion.split import SPLITS
 

@@ -206,30 +206,14 @@ def waterline_figure(report: dict):
         if not kernels:
             continue
         steps = np.arange(1, len(kernels) + 1) / len(kernels)
-        ax.step(
-            steps,
-            np.cumsum([k["roofline_s"] * 1e6 for k in kernels]),
-            where="post",
-            color=color,
-            label=f"{label}: waterline",
-        )
-        ax.step(
-            steps,
-            np.cumsum([k["ideal_s"] * 1e6 for k in kernels]),
-            where="post",
-            color=color,
-            ls=":",
-            label=f"{label}: ideal",
-        )
-        if all(k.get("measured_s") for k in kernels):
-            ax.step(
-                steps,
-                np.cumsum([k["measured_s"] * 1e6 for k in kernels]),
-                where="post",
-                color=color,
-                ls="--",
-                label=f"{label}: measured",
-            )
+        for key, style, what in (
+            ("roofline_s", "-", "waterline"),
+            ("ideal_s", ":", "ideal"),
+            ("measured_s", "--", "measured"),
+        ):
+            if all(k.get(key) for k in kernels):
+                cumulative = np.cumsum([k[key] * 1e6 for k in kernels])
+                ax.step(steps, cumulative, where="post", color=color, ls=style, label=f"{label}: {what}")
     ax.set_xlabel("share of the kernel sequence")
     ax.set_ylabel("cumulative µs")
     ax.set_title(f"{report['model']}: waterline, {report['device']['name']}", fontsize=10)

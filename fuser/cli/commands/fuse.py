@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, show, status
+from fuser.cli.common import (
+    emit_json,
+    fusion_options,
+    input_shape_option,
+    json_option,
+    load_graph,
+    progress_bar,
+    show,
+    status,
+)
 from fuser.fusion.api import EXPLAINERS
-from fuser.fusion.cost import STYLES
-from fuser.fusion.search import SEARCHES
-from fuser.fusion.split import SPLITS
 from fuser.ir import FuserError
 from fuser.units import format_size, parse_size
 
@@ -25,44 +30,13 @@ from fuser.units import format_size, parse_size
     metavar="SIZE[,SIZE..]",
     help="On-chip buffer (KB = 1024 B). A comma list sweeps sizes: 64KB,128KB,256KB,1MB.",
 )
-@click.option(
-    "--style",
-    type=click.Choice(STYLES),
-    default="lbdf",
-    show_default=True,
-    help="lbdf: weights stay on chip, line-buffered features; brr: weights streamed per row tile.",
-)
-@click.option(
-    "--search",
-    type=click.Choice(SEARCHES),
-    default="local",
-    show_default=True,
-    help="greedy (one plan), random, local (top-K mutations) or nsga2 (DRAM vs peak buffer).",
-)
-@click.option(
-    "--split",
-    type=click.Choice(SPLITS),
-    default="explain",
-    show_default=True,
-    help="How invalid groups are split: explain (cost-aware, explained) or random.",
-)
+@fusion_options
 @click.option(
     "--explainer",
     type=click.Choice(EXPLAINERS),
     default="exact",
     show_default=True,
     help="exact: read from the cost model; gnn: a trained validity GNN's gradients.",
-)
-@click.option(
-    "--budget", type=click.IntRange(min=1), default=1000, show_default=True, help="Plans to evaluate."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plan.")
-@click.option(
-    "--element-bytes",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Bytes per tensor element (1: int8, 2: fp16, 4: fp32).",
 )
 @json_option
 @click.option(
@@ -132,15 +106,7 @@ def command(
         graph = optimize(graph).graph
     fg = build_fusion_graph(graph)
     results = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as progress:
+    with progress_bar() as progress:
         for size in sizes:
             task = progress.add_task(f"{search} search, buffer {format_size(size)}", total=budget)
 

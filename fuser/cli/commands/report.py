@@ -9,12 +9,17 @@ from pathlib import Path
 import click
 
 from fuser.blockfusion.devices import DEVICE_NAMES
-from fuser.cli.common import emit_json, input_shape_option, json_option, load_graph, show, steps_progress
-from fuser.fusion.cost import STYLES
-from fuser.fusion.search import SEARCHES
-from fuser.fusion.split import SPLITS
+from fuser.cli.common import (
+    emit_json,
+    fusion_options,
+    input_shape_option,
+    json_option,
+    load_graph,
+    prune_options,
+    show,
+    steps_progress,
+)
 from fuser.ir import FuserError
-from fuser.pruning.importance import CRITERIA
 from fuser.units import parse_size
 
 
@@ -72,59 +77,8 @@ def _sizes(text: str, option: str) -> list[int]:
     metavar="SIZES",
     help="Buffer sizes of the DRAM-against-buffer plot ('none': no sweep).",
 )
-@click.option(
-    "--style",
-    type=click.Choice(STYLES),
-    default="lbdf",
-    show_default=True,
-    help="Fusion cost model (see `fuser fuse --help`).",
-)
-@click.option(
-    "--search", type=click.Choice(SEARCHES), default="local", show_default=True, help="Plan search."
-)
-@click.option(
-    "--split",
-    type=click.Choice(SPLITS),
-    default="explain",
-    show_default=True,
-    help="How groups over the buffer are split.",
-)
-@click.option(
-    "--budget",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Plans to evaluate per buffer size.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plan.")
-@click.option(
-    "--element-bytes",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Bytes per tensor element (1: int8, 2: fp16, 4: fp32).",
-)
-@click.option(
-    "--prune",
-    "prune_ratio",
-    type=click.FloatRange(0, 1, max_open=True),
-    metavar="R",
-    help="Also prune R of each channel group's channels; the page shows the deltas per layer.",
-)
-@click.option(
-    "--criterion",
-    type=click.Choice(CRITERIA),
-    default="l2",
-    show_default=True,
-    help="Channel importance for --prune (data-free ones only here).",
-)
-@click.option(
-    "--round-to",
-    type=click.IntRange(min=0),
-    default=8,
-    show_default=True,
-    help="Channel counts kept by --prune are multiples of this (0: off).",
-)
+@fusion_options
+@prune_options
 @click.option(
     "--measure",
     is_flag=True,
@@ -259,9 +213,13 @@ def command(
     from fuser.reports.summary import before_after_line, before_after_table
 
     names = {op: label for g in data["groups"] for op, label in zip(g["ops"], g["labels"])}
-    show(
+    parts = [
         before_after_table(data),
         groups_table({**data["plan"], "groups": data["groups"], "splits": data["splits"]}, names, top=5),
-        plain(before_after_line(data)),
-        *(plain(n) for n in notes),
-    )
+    ]
+    if data["pruning"]:
+        from fuser.reports.pruning import alignment_warning
+
+        warning = alignment_warning(data["pruning"], data["pruning"]["round_to"])
+        parts += [warning] if warning is not None else []
+    show(*parts, plain(before_after_line(data)), *(plain(n) for n in notes))
