@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from util import HEAVY
 
 import fuser
 from fuser.analysis import node_weights, peak_activation_bytes
@@ -169,6 +170,7 @@ def test_measure_latency_profile_and_trace(small_model, tmp_path):
 
 def test_flags_are_refused_before_any_capture(monkeypatch):
     from fuser.cli.commands import report
+    from fuser.reports import dag
 
     def no_capture(*_):
         raise AssertionError("captured before checking the flags")
@@ -183,6 +185,40 @@ def test_flags_are_refused_before_any_capture(monkeypatch):
         r = CliRunner().invoke(main, ["report", "zoo:resnet18", *args])
         assert r.exit_code == 2 and message in r.output, r.output
         assert "Traceback" not in r.output
+    monkeypatch.setattr(dag.shutil, "which", lambda _: None)  # no Graphviz on this machine
+    r = CliRunner().invoke(main, ["report", "zoo:resnet18", "-o", "r.html"])
+    assert r.exit_code == 2 and "apt-get install graphviz" in r.output and "--no-graph" in r.output
+
+
+def test_model_text_is_escaped_on_the_page_and_in_the_terminal(tmp_path):
+    g = conv_bn_net()
+    g.nodes[0].name = '<script>alert(1)</script>"&'
+    g.nodes[2].name = "[bold]relu[/]\x1b[31m"
+    path = tmp_path / "odd.onnx"
+    fuser.save_onnx(g, path)
+    page = tmp_path / "odd.html"
+    r = invoke("report", path, "-o", page, "--budget", "30", "--sweep", "none", "--buffer", "8KB")
+    assert r.exit_code == 0, r.output
+    html = page.read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;" in html
+    assert "\x1b" not in html and "[bold]relu[/]\\x1b[31m" in html  # the escape character shown, not sent
+    assert '<script>alert(1)</script>"&' in r.output  # the terminal prints the name as it is, not as markup
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not HEAVY, reason="FUSER_HEAVY=1: a TVM build")
+def test_compile_times_every_group_in_tvm(small_model, tmp_path):
+    trace = tmp_path / "t.json"
+    r = invoke(
+        "report", small_model, "--json", "--compile", "--repeat", "3", "--budget", "60", "--sweep", "none",
+        "--buffer", "8KB", "--trace", trace,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    kernels = {k["group"]: k["median_ms"] for k in data["tvm_kernels"] if k["group"] is not None}
+    assert {g["index"]: g["tvm_ms"] for g in data["groups"]} == kernels  # one TVM kernel per group
+    tvm = [e for e in json.loads(trace.read_text())["traceEvents"] if e["pid"] == 2 and e["ph"] == "X"]
+    assert sorted(e["args"]["fusion_group"] for e in tvm) == sorted(kernels)
 
 
 def test_peak_activation_bytes_by_hand():
