@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -67,22 +68,30 @@ class Browser:
         self._buffer = b""
         self._id = 0
         self._events: list[dict] = []
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "DOM"):
-            self.send(f"{domain}.enable", session=True)
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-            session=True,
-        )
+        try:
+            target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            attached = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
+            self.session = attached["sessionId"]
+            for domain in ("Page", "Runtime", "DOM"):
+                self.send(f"{domain}.enable", session=True)
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=True,
+            )
+        except BaseException:
+            self.close()
+            raise
 
     # ---- protocol -------------------------------------------------------------------------
     def _message(self) -> dict:
         deadline = time.monotonic() + self.timeout
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
                 raise BrowserError("Chromium stopped answering")
+            if not select.select([self._read], [], [], left)[0]:
+                continue
             chunk = os.read(self._read, 1 << 16)
             if not chunk:
                 raise BrowserError("Chromium closed the pipe")
