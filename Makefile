@@ -3,48 +3,61 @@
 #   make test   install, then run the test suite (screenshots of the report page: out/test-artifacts/)
 PY ?= python3
 OUT ?= out
-STAMP := .install.stamp
+DEMO_STAMP := .install-demo.stamp
+TEST_STAMP := .install-test.stamp
 
-# Debian packages: Graphviz draws the report's graph, Chromium renders the page in the tests.
-SYSTEM_PACKAGES := graphviz chromium fonts-dejavu-core
+# Debian packages: Graphviz draws the report's graph (demo and tests); Chromium renders the
+# page in the tests only.
+DEMO_PACKAGES := graphviz fonts-dejavu-core
+TEST_PACKAGES := $(DEMO_PACKAGES) chromium
 
-.PHONY: install system demo lint test test-heavy clean
+.PHONY: install install-test demo lint test test-heavy clean
 
-$(STAMP): pyproject.toml
-	# torch first and pinned: an unpinned torch pulls GBs of CUDA wheels
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,tvm]'
-	@touch $(STAMP)
-
-# apt-get only when `dot` or `chromium` is missing (as root; elsewhere it says what to install)
-system:
-	@command -v dot >/dev/null && command -v chromium >/dev/null || { \
+# apt-get only what is missing (as root; elsewhere it says what to install): $(call system,COMMANDS,PACKAGES)
+define system
+	@for c in $(1); do command -v $$c >/dev/null || missing=1; done; [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); }; \
-	  else echo "fuser report needs Graphviz and its tests Chromium: install $(SYSTEM_PACKAGES)"; exit 1; fi; }
+	    apt-get install -y -q --no-install-recommends $(2) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(2); }; \
+	  else echo "fuser needs $(2) (Debian package names): install them"; exit 1; fi; }
+endef
 
-install: $(STAMP) system
+# The demo needs torch (pinned first: an unpinned torch pulls GBs of CUDA wheels), fuser and Graphviz.
+$(DEMO_STAMP): pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	$(call system,dot,$(DEMO_PACKAGES))
+	@touch $@
+
+# The tests also need the test tools, Apache TVM and Chromium.
+$(TEST_STAMP): pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,tvm]'
+	$(call system,dot chromium,$(TEST_PACKAGES))
+	@touch $@
+
+install: $(DEMO_STAMP)
+install-test: $(TEST_STAMP)
 
 # what fuser buys on zoo ResNet-18: the file as exported -> optimized, pruned 30%, fused at 256KB
-demo: install
+demo: $(DEMO_STAMP)
 	@mkdir -p $(OUT)
 	$(PY) -m fuser zoo export resnet18 $(OUT)/resnet18.onnx
 	$(PY) -m fuser optimize $(OUT)/resnet18.onnx $(OUT)/resnet18.opt.onnx
 	$(PY) -m fuser report $(OUT)/resnet18.onnx -o $(OUT)/report.html --prune 0.3 --measure
 
 # lint: style (ruff) and the layer contract (import-linter, [tool.importlinter] in pyproject.toml)
-lint: install
+lint: $(TEST_STAMP)
 	ruff check .
 	ruff format --check .
 	lint-imports
 
-test: install lint
+test: $(TEST_STAMP) lint
 	$(PY) -m pytest -q
 
-test-heavy: install
+test-heavy: $(TEST_STAMP)
 	FUSER_HEAVY=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf $(OUT) $(STAMP) .pytest_cache
+	rm -rf $(OUT) $(DEMO_STAMP) $(TEST_STAMP) .pytest_cache
