@@ -54,6 +54,20 @@ def kernel_names(fused_mod) -> list[str]:
     return sorted(gv.name_hint for gv, f in fused_mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
+def kernel_calls(fused_mod) -> dict[str, int]:
+    """How often ``main`` calls each TIR kernel (after ``fuse``): a kernel TVM shares
+    between identical subgraphs is called once per subgraph."""
+    calls: dict[str, int] = {}
+
+    def visit(expr):
+        callee = expr.args[0] if isinstance(expr, relax.Call) and expr.args else None
+        if isinstance(callee, tvm.ir.GlobalVar) and isinstance(fused_mod[callee], tvm.tirx.PrimFunc):
+            calls[callee.name_hint] = calls.get(callee.name_hint, 0) + 1
+
+    relax.analysis.post_order_visit(fused_mod["main"], visit)
+    return calls
+
+
 def _finalize_pipeline(target):
     if target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as be

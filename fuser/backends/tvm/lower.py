@@ -15,7 +15,9 @@ compiled library carries them.
 Grouping: when ``groups`` is given, each group becomes one Relax function marked
 ``Primitive``; TVM's FuseTIR merges each into exactly one TIR kernel and FuseOps
 is not run, so the build has the plan's kernels. Nodes outside every group are
-emitted one op per kernel.
+emitted one op per kernel. Relax's BlockBuilder keeps one function for structurally
+identical groups (same ops, shapes and attributes), so such groups share one kernel,
+named after the first of them: ``group_kernels(mod)`` says which kernel runs each group.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .common import relax, require_tvm
 from .converters import Lowering, relax_const
 
 GROUP_FUNC_PREFIX = "fuser_group_"
+GROUP_KERNELS_ATTR = "fuser_group_kernels"  # module attribute: group id -> its function's name
 
 
 def _sinfo(v: Value):
@@ -76,14 +79,16 @@ def _var_name(name: str) -> str:
     return clean if clean and not clean[0].isdigit() else f"v_{clean}"
 
 
-def _order_groups(graph: Graph, groups: Sequence[Sequence[Node]]) -> list[tuple[int | None, list[Node]]]:
+def _order_groups(
+    graph: Graph, groups: list[tuple[int, Sequence[Node]]]
+) -> list[tuple[int | None, list[Node]]]:
     """(group id, its nodes) in an order where each unit runs after those it reads from;
     a node in no group is a unit of its own with id None. Raises when the groups feed
     each other in a cycle, which no kernel order allows."""
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     unit_of: dict[int, int] = {}
     units: list[tuple[int | None, list[Node]]] = []
-    for gid, members in enumerate(groups):
+    for gid, members in groups:
         for n in members:
             if id(n) not in index:
                 raise FuserError(f"{graph.source}: plan names node {n.name}, not in this graph")
@@ -148,7 +153,8 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     """The Graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a
     tuple of the graph outputs.
 
-    ``groups``: lists of nodes (or node name -> group id), one per fused kernel.
+    ``groups``: lists of nodes (group ids 0, 1, ...) or node name -> group id, one
+    group per fused kernel; group ``k``'s function is ``fuser_group_k``.
     """
     require_tvm()
     if not all(v.is_static for v in graph.inputs):
@@ -158,20 +164,25 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     for n in graph.nodes:
         if implementation("relax", n.op) is None:
             raise _not_lowered(n, graph.source)
-    if isinstance(groups, Mapping):
-        by_id: dict[Any, list[Node]] = {}
+    if isinstance(groups, Mapping):  # keep the given ids: reports join on them
+        by_id: dict[int, list[Node]] = {}
         for n in graph.nodes:
             if n.name in groups:
-                by_id.setdefault(groups[n.name], []).append(n)
-        groups = list(by_id.values())
+                by_id.setdefault(int(groups[n.name]), []).append(n)
+        numbered = sorted(by_id.items())
+    else:
+        numbered = list(enumerate(groups or ()))
     bb = relax.BlockBuilder()
-    units = _order_groups(graph, groups) if groups else None
+    units = _order_groups(graph, numbered) if numbered else None
     calls = []
+    kernel_of: dict[str, str] = {}
     for gid, members in units or ():
         if gid is None:  # a node in no group: emitted in main, one kernel of its own
             calls.append((None, None, None, members))
         else:
-            calls.append((*_group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}"), members))
+            gvar, ins, outs = _group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}")
+            kernel_of[str(gid)] = gvar.name_hint  # an earlier group's when the BlockBuilder shared it
+            calls.append((gvar, ins, outs, members))
     inputs = [relax.Var(_var_name(v.name), _sinfo(v)) for v in graph.inputs]
     env = {id(v): p for v, p in zip(graph.inputs, inputs)}
     with bb.function("main", inputs):
@@ -189,4 +200,22 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
                         env[id(v)] = res if len(outs) == 1 else bb.emit(relax.TupleGetItem(res, k))
             ret = bb.emit_output(relax.Tuple([_lookup(env, v) for v in graph.outputs]))
         bb.emit_func_output(ret)
-    return bb.get()
+    mod = bb.get()
+    return mod.with_attr(GROUP_KERNELS_ATTR, kernel_of) if kernel_of else mod
+
+
+def group_kernels(mod) -> dict[int, str]:
+    """Plan group id -> the kernel (TIR function after ``fuse``) that runs it, for a
+    module from ``to_relax(graph, groups)``; {} without groups."""
+    attrs = mod.attrs or {}
+    if GROUP_KERNELS_ATTR not in attrs:
+        return {}
+    return {int(k): str(v) for k, v in attrs[GROUP_KERNELS_ATTR].items()}
+
+
+def shared_kernels(kernel_of: Mapping[int, str]) -> dict[str, list[int]]:
+    """Kernel -> the groups it runs, for kernels that run more than one group."""
+    by_kernel: dict[str, list[int]] = {}
+    for gid, kernel in sorted(kernel_of.items()):
+        by_kernel.setdefault(kernel, []).append(gid)
+    return {k: gids for k, gids in by_kernel.items() if len(gids) > 1}

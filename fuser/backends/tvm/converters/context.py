@@ -44,6 +44,10 @@ class Lowering:
         return float(np.asarray(v.const).reshape(-1)[0])
 
     @property
+    def opset(self) -> int:
+        return self.node.graph.opset if self.node.graph is not None else 17
+
+    @property
     def out_shape(self) -> list[int]:
         return [int(d) for d in self.node.output.shape]
 
@@ -73,6 +77,7 @@ def channel_bias(x, b, rank: int):
 
 
 def relax_const(a: np.ndarray):
-    """A relax constant keeping the array's dtype (relax.const narrows int64 otherwise)."""
-    a = np.ascontiguousarray(a)
+    """A relax constant keeping the array's dtype (relax.const narrows int64 otherwise) and
+    its rank (np.ascontiguousarray would make a 0-d array shape (1,))."""
+    a = np.asarray(a, order="C")
     return relax.const(a, str(a.dtype))

@@ -55,6 +55,20 @@ def _leaky_relu(c: Lowering, x):
     return R.nn.leakyrelu(x, float(c.attr("alpha", 0.01)))
 
 
+@implements("relax", "PRelu")
+def _prelu(c: Lowering, x, slope):
+    # slope broadcasts to x (ONNX's unidirectional broadcast: (C, 1, 1) per channel)
+    return R.where(R.less(x, relax.const(0.0, "float32")), R.multiply(x, slope), x)
+
+
+@implements("relax", "Sum")
+def _sum(c: Lowering, *xs):
+    total = xs[0]
+    for x in xs[1:]:
+        total = R.add(total, x)
+    return total
+
+
 @implements("relax", "Reciprocal")
 def _reciprocal(c: Lowering, x):
     return R.divide(relax.const(1.0, "float32"), x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from fuser.ir.ops import implements, register
 
 from ..common import R, relax
@@ -93,7 +95,35 @@ def _global_avgpool(c: Lowering, x):
 
 @implements("relax", "Softmax")
 def _softmax(c: Lowering, x):
-    return R.nn.softmax(x, c.attr("axis", -1))
+    if c.opset >= 13:
+        return R.nn.softmax(x, c.attr("axis", -1))
+    # opset < 13: one softmax over all axes from ``axis`` (default 1) on, the input
+    # seen as 2-D
+    shape = list(c.node.input(0).shape)
+    axis = c.attr("axis", 1) % max(len(shape), 1)
+    rows = int(np.prod(shape[:axis], dtype=np.int64))
+    flat = R.nn.softmax(R.reshape(x, [rows, int(np.prod(shape[axis:], dtype=np.int64))]), 1)
+    return R.reshape(flat, shape)
+
+
+@implements("relax", "LRN")
+def _lrn(c: Lowering, x):
+    """y = x / (bias + alpha/size * sum of x^2 over a window of ``size`` channels)^beta.
+    The window sum is an average pool over the channel axis (zero padding counted), so
+    alpha/size * sum = alpha * mean."""
+    size = int(c.attr("size"))
+    alpha, beta, bias = (float(c.attr(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    shape = [int(d) for d in c.node.input(0).shape]
+    if len(shape) < 3:
+        raise c.fail(f"{len(shape)}-d LRN is not supported")
+    rest = int(np.prod(shape[2:], dtype=np.int64))
+    sq = R.reshape(R.multiply(x, x), [shape[0], 1, shape[1], rest])
+    lo, hi = (size - 1) // 2, size // 2  # floor and ceil of (size - 1) / 2
+    mean = R.nn.avg_pool2d(sq, (size, 1), (1, 1), (lo, 0, hi, 0), count_include_pad=True)
+    scale = R.add(
+        R.multiply(R.reshape(mean, shape), relax.const(alpha, "float32")), relax.const(bias, "float32")
+    )
+    return R.divide(x, R.power(scale, relax.const(beta, "float32")))
 
 
 @implements("relax", "LayerNormalization")

@@ -7,7 +7,7 @@ import numpy as np
 from fuser.ir.ops import implements
 
 from ..common import R, relax, topi
-from .context import Lowering, relax_const
+from .context import Lowering
 
 
 @implements("relax", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -49,27 +49,33 @@ def _slice(c: Lowering, x, *_):
     shape = c.node.input(0).shape
     axes = [a % c.rank for a in (axes or range(len(starts)))]
     steps = steps or [1] * len(starts)
-    begin, end, stride, taken = [], [], [], []
+    begin, end, stride = [], [], []
     for a, s, e, st in zip(axes, starts, ends, steps):
         lo, hi, st = slice(s, e, st).indices(shape[a])
-        if st < 0:  # strided_slice reads a negative end as "from the back": gather instead
-            taken.append((a, np.arange(lo, hi, st, dtype=np.int64)))
-            continue
-        begin.append(lo), end.append(hi), stride.append(st)
-    kept = [a for a in axes if a not in {t[0] for t in taken}]
-    y = R.strided_slice(x, kept, begin, end, stride, assume_inbound=True) if kept else x
-    for a, idx in taken:
-        y = R.take(y, relax_const(idx), a)
-    return y
+        if st < 0:
+            # strided_slice reads a negative end as "from the back": slice the flipped
+            # axis forwards instead (no index array: a plan group may not hold one)
+            x = R.flip(x, a)
+            lo, hi, st = shape[a] - 1 - lo, shape[a] - 1 - hi, -st
+        begin.append(lo), end.append(max(hi, lo)), stride.append(st)
+    return R.strided_slice(x, axes, begin, end, stride, assume_inbound=True)
 
 
 @implements("relax", "Gather")
 def _gather(c: Lowering, x, idx):
     axis = c.attr("axis", 0) % c.rank
+    n = int(c.node.input(0).shape[axis])
     consts = c.const(1)
-    if consts is not None:  # negative indices count from the back
-        idx = relax_const(np.where(consts < 0, consts + c.node.input(0).shape[axis], consts).astype(np.int64))
-    return R.reshape(R.take(x, idx, axis), c.out_shape)
+    if consts is not None:
+        flat = np.where(consts < 0, consts + n, consts).reshape(-1)
+        step = int(flat[1] - flat[0]) if flat.size > 1 else 1
+        if flat.size and step > 0 and np.array_equal(flat, flat[0] + step * np.arange(flat.size)):
+            # constant evenly spaced indices (x[:, 0], a channel range): a strided slice,
+            # with no index array (a plan group's function may not hold one)
+            y = R.strided_slice(x, [axis], [int(flat[0])], [int(flat[-1]) + 1], [step])
+            return R.reshape(y, c.out_shape)
+    # wrap: a negative index counts from the back (ONNX), and none reads out of bounds
+    return R.reshape(R.take(x, idx, axis, mode="wrap"), c.out_shape)
 
 
 @implements("relax", "Resize")
