@@ -330,7 +330,7 @@ def _measure(data, stages, given, optimized, final, opts: ReportOptions, step) -
     for k, v in ort.items():
         next(s for s in data["summary"]["stages"] if s["stage"] == STAGE_NAMES[k])["ort_ms"] = v["median_ms"]
     step()
-    t = run_report(final, ["torch"], threads=opts.threads, repeat=opts.repeat).timings[0]
+    t = run_report(final, ["torch"], threads=opts.threads, repeat=opts.repeat).timing("torch")
     rows.append(
         {
             "backend": "torch (fuser's module)",
@@ -372,7 +372,7 @@ def _compile(data, final: Graph, plan: dict, opts: ReportOptions) -> None:
     report = run_report(
         final, ["tvm"], threads=opts.threads, repeat=opts.repeat, groups=owner, plan_groups=plan["groups"]
     )
-    t = report.timings[0]
+    t = report.timing("tvm")
     if data["latency"] is None:
         data["latency"] = {"threads": opts.threads, "repeat": opts.repeat, "rows": []}
     stage = data["summary"]["stages"][-1]["stage"]
