@@ -135,7 +135,6 @@ def test_not_a_build_is_a_user_error(tmp_path):
 
 
 def test_compile_with_plan_has_one_kernel_per_group(small_model, tmp_path):
-    pytest.importorskip("fuser.fusion.plan")
     from fuser.fusion.plan import PLAN_FORMAT
 
     _, path, graph, x, ref = small_model
