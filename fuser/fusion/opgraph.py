@@ -243,10 +243,16 @@ def bits(mask: int) -> list[int]:
 
 
 def mask_of(indices) -> int:
-    m = 0
-    for i in indices:
-        m |= 1 << i
-    return m
+    """The bitmask of op (or tensor) ``indices``; big sets through numpy (no n-bit int per index)."""
+    indices = list(indices)
+    if len(indices) <= 16:
+        m = 0
+        for i in indices:
+            m |= 1 << i
+        return m
+    flags = np.zeros(max(indices) + 1, np.uint8)
+    flags[indices] = 1
+    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 
 from fuser.ir import FuserError, Graph, stable_topological_order
 
-from .opgraph import FusionGraph, bits
+from .opgraph import FusionGraph, bits, mask_of
 
 PLAN_FORMAT = "fuser.fusion.plan/1"
 
@@ -80,25 +80,26 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     return None if order is None else [groups[k] for k in order]
 
 
-def merge_makes_cycle(fg: FusionGraph, a: int, b: int) -> bool:
-    """Whether fusing groups ``a`` and ``b`` closes a cycle: a path from one to the
-    other that passes through ops outside both (all groups being convex)."""
-    both = a | b
-    for src, dst in ((a, b), (b, a)):
-        frontier = 0
-        for i in bits(src):
-            frontier |= fg.succ_mask[i]
-        frontier &= ~both
-        seen = frontier
-        while frontier:
-            grow = 0
-            for i in bits(frontier):
-                grow |= fg.succ_mask[i]
-            if grow & dst:
-                return True
-            frontier = grow & ~both & ~seen
-            seen |= frontier
-    return False
+def reach(fg: FusionGraph, mask: int) -> tuple[int, int]:
+    """(ancestors, descendants) of the group ``mask``: the ORs of its ops' reachability masks."""
+    anc, desc = fg.ancestors(), fg.descendants()
+    up = down = 0
+    for i in bits(mask):
+        up |= anc[i]
+        down |= desc[i]
+    return up, down
+
+
+def merge_makes_cycle(
+    fg: FusionGraph, a: int, b: int, reach_a: tuple[int, int] | None = None, reach_b=None
+) -> bool:
+    """Whether fusing groups ``a`` and ``b`` closes a cycle: an op outside both that
+    one of them reaches and that reaches the other (a path that leaves and comes back).
+    ``reach_a``/``reach_b``: their ``reach`` when the caller maintains it."""
+    up_a, down_a = reach_a or reach(fg, a)
+    up_b, down_b = reach_b or reach(fg, b)
+    outside = ~(a | b)
+    return bool((down_a & up_b | down_b & up_a) & outside)
 
 
 # ---- the edge genome --------------------------------------------------------------
@@ -177,10 +178,16 @@ def _adjacency(rows: np.ndarray, cols: np.ndarray, n: int):
 
 def _masks(labels: list[int], ops: list[int] | None = None) -> list[int]:
     """Group bitmasks from per-op labels (of ``ops``, default 0..n-1), in label order of first op."""
-    groups: dict[int, int] = {}
-    for i, c in zip(ops if ops is not None else range(len(labels)), labels):
-        groups[c] = groups.get(c, 0) | (1 << i)
-    return list(groups.values())
+    if not len(labels):
+        return []
+    labels = np.asarray(labels)
+    ops = np.arange(len(labels)) if ops is None else np.asarray(ops)
+    order = np.argsort(labels, kind="stable")
+    label_sorted, ops_sorted = labels[order], ops[order].tolist()
+    starts = np.flatnonzero(np.r_[True, label_sorted[1:] != label_sorted[:-1]]).tolist()
+    ends = starts[1:] + [len(ops_sorted)]
+    spans = sorted(zip(starts, ends), key=lambda se: ops_sorted[se[0]])  # by first op
+    return [1 << ops_sorted[a] if b - a == 1 else mask_of(ops_sorted[a:b]) for a, b in spans]
 
 
 # ---- the Plan ---------------------------------------------------------------------

@@ -41,7 +41,8 @@ def cases():
             for search in SEARCHES:
                 for split in ("explain", "random"):
                     for seed in (0, 1):
-                        out.append((name, style, buffer, search, split, 1 if search == "greedy" else 80, seed))
+                        budget = 1 if search == "greedy" else 80
+                        out.append((name, style, buffer, search, split, budget, seed))
     return out
 
 

@@ -1,0 +1,33 @@
+"""The planner against the plans it made before its speed-up (``saved_plans.py``).
+
+Where the search is unchanged (the random split) every plan must be the same: groups,
+split explanations, Pareto front. The explain split now splits chain groups by an exact
+DP and falls back to interval DP where its tree search runs out of nodes, so there
+each plan must move no more DRAM than the saved one.
+"""
+
+import json
+
+import pytest
+from saved_plans import SAVED, cases, fusion_graph, graph_fingerprint, key, plan_case, summary
+from util import HEAVY
+
+SAVED_PLANS = json.loads(SAVED.read_text())
+# Reduced run: the small graphs in full, the two large onnx models with greedy search only.
+LARGE = ("light_inception_v2", "light_densenet121")
+CASES = [c for c in cases() if HEAVY or c[0] not in LARGE or c[3] == "greedy"]
+
+
+def test_saved_graphs_are_the_graphs_planned():
+    for name, fingerprint in SAVED_PLANS["graphs"].items():
+        assert graph_fingerprint(fusion_graph(name)) == fingerprint, f"{name} changed: record again"
+
+
+@pytest.mark.parametrize("case", CASES, ids=key)
+def test_plan_matches_the_saved_plan(case):
+    saved = SAVED_PLANS["plans"][key(case)]
+    now = summary(plan_case(case))
+    if case[4] == "random":
+        assert now == saved
+    else:
+        assert now["dram_bytes"] <= saved["dram_bytes"]
