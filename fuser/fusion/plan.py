@@ -192,12 +192,46 @@ def _masks(labels: list[int], ops: list[int] | None = None) -> list[int]:
 
 # ---- the Plan ---------------------------------------------------------------------
 @dataclass
+class PlanGroup:
+    """One fusion group of a plan: its ops (names, topological order) and costs (bytes).
+
+    ``buffer_bytes`` is F_β, ``dram_bytes`` F_D (see ``fuser.fusion.cost``); ``tiles``:
+    BRR's row tiles (None under LBDF). JSON: the same keys, ``tiles`` only when set.
+    """
+
+    ops: list[str]
+    buffer_bytes: int = 0
+    dram_bytes: int = 0
+    valid: bool = True
+    fits: bool = True
+    weight_bytes: int = 0
+    feature_bytes: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    tiles: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.tiles is None:
+            del d["tiles"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<plan>") -> PlanGroup:
+        if not isinstance(data, dict) or not isinstance(data.get("ops"), list):
+            raise FuserError(f'{source}: every group needs an "ops" list of op names')
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
 class Plan:
     """A fusion plan with its costs, explanations and provenance (JSON-serialisable).
 
-    ``groups``: each a dict with ``ops`` (op names in topological order),
-    ``buffer_bytes`` (F_β), ``dram_bytes`` (F_D), ``valid`` and the cost terms.
+    ``groups``: ``PlanGroup``s in an order that runs (topological).
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
+    ``optimum``: the proven bound on the least DRAM of any plan, when computed
+    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method"}``.
+    ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
     model: str
@@ -207,11 +241,12 @@ class Plan:
     dram_bytes: int
     no_fusion_dram_bytes: int
     peak_buffer_bytes: int
-    groups: list[dict]
+    groups: list[PlanGroup]
     splits: list[dict] = field(default_factory=list)
     unfusable: list[dict] = field(default_factory=list)
     search: dict = field(default_factory=dict)
     pareto: list[dict] = field(default_factory=list)
+    optimum: dict | None = None
 
     @property
     def dram_ratio(self) -> float:
@@ -220,10 +255,39 @@ class Plan:
 
     @property
     def op_groups(self) -> list[list[str]]:
-        return [g["ops"] for g in self.groups]
+        return [g.ops for g in self.groups]
+
+    @property
+    def gap(self) -> float | None:
+        """How far above the proven optimum (or lower bound) the plan's DRAM is: 0.01 = 1%."""
+        if not self.optimum or self.optimum["bytes"] <= 0:
+            return None
+        return self.dram_bytes / self.optimum["bytes"] - 1
+
+    def __str__(self) -> str:
+        fused = [g for g in self.groups if len(g.ops) > 1]
+        search = self.search or {}
+        text = (
+            f"Plan({self.model}: {self.style.upper()}, buffer {self.buffer_bytes:,} B, "
+            f"DRAM {self.dram_bytes:,} B = {self.dram_ratio:.3f} of no fusion, "
+            f"{len(self.groups)} groups ({len(fused)} fused, {sum(len(g.ops) for g in fused)} ops), "
+            f"peak buffer {self.peak_buffer_bytes:,} B, {len(self.splits)} splits"
+        )
+        if search.get("search"):
+            text += f"; {search['search']} search, {search.get('split')} split"
+        if self.gap is not None:
+            kind = "optimal" if self.optimum["exact"] else "a lower bound"
+            text += f"; within {100 * self.gap:.1f}% of {kind}"
+        return text + ")"
+
+    __repr__ = __str__
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, **asdict(self)}
+        d = {"format": PLAN_FORMAT, **asdict(self)}
+        d["groups"] = [g.to_dict() for g in self.groups]
+        if self.optimum is None:
+            del d["optimum"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -241,9 +305,9 @@ class Plan:
         missing = {"model", "style", "buffer_bytes", "groups"} - set(fields)
         if missing:
             raise FuserError(f"{source}: fusion plan lacks {', '.join(sorted(missing))}")
-        for g in fields["groups"]:
-            if not isinstance(g, dict) or not isinstance(g.get("ops"), list):
-                raise FuserError(f'{source}: every group needs an "ops" list of op names')
+        if not isinstance(fields["groups"], list):
+            raise FuserError(f'{source}: "groups" must be a list')
+        fields["groups"] = [PlanGroup.from_dict(g, source) for g in fields["groups"]]
         fields.setdefault("element_bytes", 1)
         for k in ("dram_bytes", "no_fusion_dram_bytes", "peak_buffer_bytes"):
             fields.setdefault(k, 0)
@@ -263,7 +327,7 @@ class Plan:
     def annotate(self, graph) -> None:
         """Mark each node of ``graph`` with its group: ``node.meta["fusion_group"]`` is the
         group's index in ``groups`` (topological order), for backends that run groups."""
-        owner = {name: k for k, g in enumerate(self.groups) for name in g["ops"]}
+        owner = {name: k for k, g in enumerate(self.groups) for name in g.ops}
         missing = [n.name for n in graph.nodes if n.name not in owner]
         if missing:
             raise FuserError(f"plan for {self.model} has no group for op '{missing[0]}' of {graph.name}")
@@ -272,7 +336,7 @@ class Plan:
 
     def masks(self, fg: FusionGraph) -> list[int]:
         """The groups as op bitmasks of ``fg``; raises FuserError when illegal there."""
-        groups = [sum(1 << fg.index_of(name) for name in g["ops"]) for g in self.groups]
+        groups = [mask_of(fg.index_of(name) for name in g.ops) for g in self.groups]
         problems = partition_problems(fg, groups)
         if problems:
             raise FuserError(f"plan for {self.model} does not fit graph {fg.graph.name}: {problems[0]}")
@@ -286,11 +350,11 @@ def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
     names = {n.name for n in graph.nodes}
     owner: dict[str, int] = {}
     for gid, group in enumerate(plan.groups):
-        for op in group["ops"]:
+        for op in group.ops:
             if op not in names:
                 raise FuserError(
                     f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
                     "(was the plan made for this model and input shape?)"
                 )
             owner[op] = gid
-    return owner, plan.groups
+    return owner, [g.to_dict() for g in plan.groups]

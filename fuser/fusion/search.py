@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fuser.ir import FuserError
+from fuser.ir.ops import Category, ops_in
 
 from .cost import CostModel
-from .opgraph import ELEMENTWISE, RESHAPES, bits
+from .opgraph import ELEMENTWISE, bits
 from .plan import decode, encode, merge_makes_cycle
 from .split import Splitter, edge_cuts
 
 SEARCHES = ("greedy", "random", "local", "nsga2")
-INJECTIVE = ELEMENTWISE | RESHAPES | {"Concat", "Split", "Slice", "Pad", "Resize", "Upsample"}
+# what FuseOps-style greedy fuses into its producer: the registry's elementwise and
+# injective (data movement) ops, and per-channel norms
+INJECTIVE = ELEMENTWISE | ops_in(Category.INJECTIVE)
 
 Progress = Callable[[int, int], None]
 MAX_STEPS = 500  # split explanations a plan carries from its ancestors

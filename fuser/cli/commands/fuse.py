@@ -32,7 +32,7 @@ def _print_plan(plan, seconds: float, show_groups: bool) -> None:
         f"{plan.search['split']} split, {plan.search['plans_evaluated']} plans in {seconds:.1f} s",
         highlight=False,
     )
-    fused = [g for g in plan.groups if len(g["ops"]) > 1]
+    fused = [g for g in plan.groups if len(g.ops) > 1]
     t = Table(title="plan", title_justify="left")
     for col in ("", "DRAM MB", "vs no fusion", "groups", "fused groups", "ops fused", "peak buffer KB"):
         t.add_column(col, justify="left" if not col else "right")
@@ -40,7 +40,7 @@ def _print_plan(plan, seconds: float, show_groups: bool) -> None:
         "no fusion",
         _mb(plan.no_fusion_dram_bytes),
         "1.000",
-        str(sum(len(g["ops"]) for g in plan.groups)),
+        str(sum(len(g.ops) for g in plan.groups)),
         "0",
         "0",
         "-",
@@ -51,7 +51,7 @@ def _print_plan(plan, seconds: float, show_groups: bool) -> None:
         f"[bold]{plan.dram_ratio:.3f}[/]",
         str(len(plan.groups)),
         str(len(fused)),
-        str(sum(len(g["ops"]) for g in fused)),
+        str(sum(len(g.ops) for g in fused)),
         _kb(plan.peak_buffer_bytes),
     )
     out.print(t)
@@ -60,15 +60,15 @@ def _print_plan(plan, seconds: float, show_groups: bool) -> None:
         for col in ("#", "ops", "first .. last", "buffer KB", "% of buffer", "DRAM KB", "valid"):
             gt.add_column(col, justify="right" if col not in ("first .. last", "valid") else "left")
         for k, g in enumerate(plan.groups):
-            span = g["ops"][0] if len(g["ops"]) == 1 else f"{g['ops'][0]} .. {g['ops'][-1]}"
+            span = g.ops[0] if len(g.ops) == 1 else f"{g.ops[0]} .. {g.ops[-1]}"
             gt.add_row(
                 str(k),
-                str(len(g["ops"])),
+                str(len(g.ops)),
                 span,
-                _kb(g["buffer_bytes"]),
-                f"{100 * g['buffer_bytes'] / plan.buffer_bytes:.0f}",
-                _kb(g["dram_bytes"]),
-                "yes" if g["valid"] else "[red]no[/]",
+                _kb(g.buffer_bytes),
+                f"{100 * g.buffer_bytes / plan.buffer_bytes:.0f}",
+                _kb(g.dram_bytes),
+                "yes" if g.valid else "[red]no[/]",
             )
         out.print(gt)
     if plan.splits:
