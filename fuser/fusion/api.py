@@ -75,8 +75,11 @@ def partition_fusion_graph(
     element_bytes: int = 1,
     explainer: str = "exact",
     progress: Progress | None = None,
+    gap: bool = False,
+    gap_time_limit: float = 20.0,
 ) -> tuple[Plan, float]:
-    """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds)."""
+    """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
+    ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``)."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -99,7 +102,12 @@ def partition_fusion_graph(
         "plans_evaluated": evaluator.used,
         "buffer": format_size(buffer_bytes),
     }
-    return build_plan(cost, best, front, info, splitter), seconds
+    plan = build_plan(cost, best, front, info, splitter)
+    if gap:
+        from .exact import optimality_gap
+
+        plan.optimum = optimality_gap(cost, plan.dram_bytes, gap_time_limit)
+    return plan, seconds
 
 
 def partition(

@@ -96,6 +96,13 @@ def _print_plan(plan, seconds: float, show_groups: bool) -> None:
             out.print(
                 f"... {len(plan.splits) - SPLITS_SHOWN} more splits: --json lists every one", highlight=False
             )
+    if plan.optimum is not None:
+        kind = "optimal" if plan.optimum["exact"] else "a proven lower bound"
+        bound = f"{_mb(plan.optimum['bytes'])} MB, {plan.optimum['method']}"
+        out.print(
+            f"within {100 * plan.gap:.1f}% of {kind} ({bound})",
+            highlight=False,
+        )
     if plan.unfusable:
         names = ", ".join(u["op"] for u in plan.unfusable[:6]) + (" ..." if len(plan.unfusable) > 6 else "")
         out.print(
@@ -205,6 +212,12 @@ def _plot(path: str, model: str, results) -> None:
 )
 @click.option("--plot", type=click.Path(dir_okay=False), help="PNG of DRAM against buffer size.")
 @click.option("--groups", "show_groups", is_flag=True, help="Also list every group.")
+@click.option(
+    "--gap/--no-gap",
+    default=True,
+    show_default=True,
+    help="Prove how far the plan is from optimal (exact ILP/DP, else a certified lower bound).",
+)
 def command(
     model,
     input_shapes,
@@ -220,6 +233,7 @@ def command(
     save_plan,
     plot,
     show_groups,
+    gap,
 ):
     """Partition MODEL's ops into fusion groups that fit an on-chip buffer.
 
@@ -279,6 +293,7 @@ def command(
                     element_bytes=element_bytes,
                     explainer=explainer,
                     progress=advance,
+                    gap=gap,
                 )
             )
             progress.remove_task(task)
