@@ -13,6 +13,13 @@ from saved_plans import SAVED, cases, fusion_graph, graph_fingerprint, key, plan
 from util import HEAVY
 
 SAVED_PLANS = json.loads(SAVED.read_text())
+# Where the capped tree search does worse (measured; heavy run only): Inception v2 LBDF,
+# whose all-fused group needs ~100,000 tree nodes and now gets 2,000 plus interval DP.
+KNOWN_WORSE = {
+    f"light_inception_v2|lbdf|{buffer}|{search}|explain|60|0": limit
+    for buffer, limit in (("64KB", 0.012), ("256KB", 0.023))
+    for search in ("local", "random", "nsga2")
+}
 # Reduced run: the small graphs in full, the two large onnx models with greedy search only.
 LARGE = ("light_inception_v2", "light_densenet121")
 CASES = [c for c in cases() if HEAVY or c[0] not in LARGE or c[3] == "greedy"]
@@ -30,4 +37,4 @@ def test_plan_matches_the_saved_plan(case):
     if case[4] == "random":
         assert now == saved
     else:
-        assert now["dram_bytes"] <= saved["dram_bytes"]
+        assert now["dram_bytes"] <= saved["dram_bytes"] * (1 + KNOWN_WORSE.get(key(case), 0))
