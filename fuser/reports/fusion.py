@@ -264,7 +264,20 @@ def plan_view(plan, seconds: float | None = None, names=None, top: int | None = 
     line = unfusable_line(plan, names)
     if line is not None:
         parts.append(line)
+    line = gap_line(plan)
+    if line is not None:
+        parts.append(line)
     return Lines(*parts)
+
+
+def gap_line(plan) -> Text | None:
+    """'within X% of optimal' (or of a proven lower bound), when the plan carries its optimum."""
+    optimum = plan_dict(plan).get("optimum")
+    if not optimum or optimum["bytes"] <= 0:
+        return None
+    gap = plan_dict(plan)["dram_bytes"] / optimum["bytes"] - 1
+    kind = "optimal" if optimum["exact"] else "a proven lower bound"
+    return Text(f"within {100 * gap:.1f}% of {kind} ({mb(optimum['bytes'])} MB, {optimum['method']})")
 
 
 def sweep_rows(results) -> list[dict]:

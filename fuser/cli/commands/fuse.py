@@ -53,6 +53,12 @@ from fuser.units import format_size, parse_size
     help="Groups listed, most DRAM first (0: all).",
 )
 @click.option("--groups", "show_groups", is_flag=True, help="List every group (same as --top 0).")
+@click.option(
+    "--gap/--no-gap",
+    default=True,
+    show_default=True,
+    help="Prove how far the plan is from optimal (exact ILP/DP, else a certified lower bound).",
+)
 def command(
     model,
     input_shapes,
@@ -69,6 +75,7 @@ def command(
     plot,
     top,
     show_groups,
+    gap,
 ):
     """Partition MODEL's ops into fusion groups that fit an on-chip buffer.
 
@@ -125,6 +132,7 @@ def command(
                     element_bytes=element_bytes,
                     explainer=explainer,
                     progress=advance,
+                    gap=gap,
                 )
             )
             progress.remove_task(task)
