@@ -20,7 +20,10 @@ ops as traced, before ``run_decompositions``) and emits IR nodes with ONNX seman
     frame outside torch) and ``torch_op``; a node whose constant inputs come from
     parameters records ``weights``: input slot -> (parameter name, the parameter axis of
     each constant axis, or None where the constant broadcasts), which
-    ``fuser.torchtools.prune_module`` reads to shrink the user's own layers.
+    ``fuser.torchtools.prune_module`` reads to shrink the user's own layers, and
+    ``literals``: the input slots holding constants the capture made up (scalars, shapes,
+    BatchNorm's default scale); the Mul that scales attention by 1/sqrt(head size) where
+    torch derives it records the head size as ``head_size_scale``.
   - Node names say where the op is in the user's code: the last node of a call of a leaf
     module (no children, or a ``torch.nn`` layer) is named by the module's path
     (``layer3.1.conv2``); other nodes are ``<module path>/<op>`` (``layer3.1/add``,
@@ -148,6 +151,7 @@ class _Converter:
         self.env: dict[str, Any] = {}  # fx node name -> Value | list | python value
         self.real: dict[int, Any] = {}  # id(const Value) -> its torch tensor (for folding)
         self.origin: dict[int, tuple[str, tuple]] = {}  # id(const Value) -> (param name, axes)
+        self.literals: set[int] = set()  # id(const Value) of constants fuser made up
         self.repeats: dict[str, int] = {}
         self.leaf_cache: dict[str, bool] = {}
         self.last_of_call: dict[str, str] = {}
@@ -189,7 +193,9 @@ class _Converter:
 
     def literal(self, array, dtype, name: str) -> Value:
         """A constant fuser made up (scalars, shapes, axes, default scales)."""
-        return Value(self.graph.unique_name(name), const=np.asarray(array, dtype=dtype))
+        v = Value(self.graph.unique_name(name), const=np.asarray(array, dtype=dtype))
+        self.literals.add(id(v))
+        return v
 
     # main loop
     def run(self) -> Graph:
@@ -473,6 +479,9 @@ class _Call:
         }
         if weights:
             node.meta["weights"] = weights
+        literals = [i for i, v in enumerate(inputs) if v is not None and id(v) in self.conv.literals]
+        if literals:
+            node.meta["literals"] = literals
         graph.insert_node(node)
         self.emitted.append(node)
         return outs[0] if outputs == 1 else outs
@@ -502,9 +511,9 @@ class _Call:
                 continue
             v.shape, v.dtype = shape, dtype
             name = self.n.name if len(results) == 1 else f"{self.n.name}_{i}"
-            if v.name != name and name not in conv.graph._names:
-                v.name = name
-                conv.graph._names.add(name)
+            if v.name != name:
+                v.name = name if name not in conv.graph._names else conv.graph.unique_name(f"{name}_out")
+                conv.graph._names.add(v.name)
 
 
 # ---- converters -------------------------------------------------------------------------------
@@ -1239,6 +1248,8 @@ def _sdpa(c: _Call):
     scores_shape = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) + (q.shape[-2], k.shape[-2])
     s = c.emit("MatMul", [q, kt], shape=scores_shape)
     s = c.emit("Mul", [s, c.scalar(scale, name="scale")], shape=scores_shape)
+    if c.raw.get("scale") is None:  # torch derives it from the head size, which pruning may change
+        c.emitted[-1].meta["head_size_scale"] = q.shape[-1]
     p = c.emit("Softmax", [s], {"axis": len(scores_shape) - 1}, shape=scores_shape)
     return c.emit("MatMul", [p, v])
 

@@ -170,10 +170,13 @@ def _from_exporter(module, program, args, fold: bool) -> Graph:
     return graph
 
 
-def from_torch(module, example_inputs, *, fold: bool = True, direct: bool = True) -> Graph:
+def from_torch(
+    module, example_inputs, *, fold: bool = True, direct: bool = True, fallback: bool = True
+) -> Graph:
     """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``).
 
-    ``direct=False`` takes the ONNX exporter path even where every op has a converter."""
+    ``direct=False`` takes the ONNX exporter path even where every op has a converter;
+    ``fallback=False`` raises FuserError, naming the op and module, where one has none."""
     import torch
 
     from fuser.analysis.shapes import infer_shapes
@@ -189,6 +192,11 @@ def from_torch(module, example_inputs, *, fold: bool = True, direct: bool = True
             try:
                 graph = convert_program(program, module, name)
             except UnsupportedOp as e:
+                if not fallback:
+                    raise FuserError(
+                        f"{name}: no direct converter for {e}; fuser needs ATen ops it knows "
+                        "(a custom op, or an unsupported one, cannot be traced to the module's layers)"
+                    ) from None
                 log.warning(
                     "fuser: %s: no direct converter for %s; capturing through the ONNX exporter (slower)",
                     name,
