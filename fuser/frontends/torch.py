@@ -194,8 +194,8 @@ def from_torch(
             except UnsupportedOp as e:
                 if not fallback:
                     raise FuserError(
-                        f"{name}: no direct converter for {e}; fuser needs ATen ops it knows "
-                        "(a custom op, or an unsupported one, cannot be traced to the module's layers)"
+                        f"{name}: no direct converter for {e}; this needs every op converted directly "
+                        "(the ONNX exporter's graph cannot be traced back to the module's layers)"
                     ) from None
                 log.warning(
                     "fuser: %s: no direct converter for %s; capturing through the ONNX exporter (slower)",

@@ -281,10 +281,9 @@ def _runtime_refusal(error: BaseException, root: nn.Module, pruned: Graph) -> Fu
         feeder = node.inputs[0].producer if node is not None and node.inputs[0] is not None else None
         if feeder is not None:
             return FuserError(
-                f"prune in place: {_where(feeder)} holds a fixed channel count: its "
-                f"{feeder.meta.get('torch_op', feeder.op)} ('{feeder.name}') cannot give the pruned "
-                f"{list(node.inputs[0].shape)}, so layer '{where}' fails ({failure}); compute it from "
-                "the input's shape, or leave the layers it feeds out with ignored=[...]"
+                f"prune in place: {_where(feeder)} holds a fixed channel count: it does not give "
+                f"layer '{where}' the pruned {list(node.inputs[0].shape)} ({failure}); compute the "
+                "count from the input's shape, or leave the layers it feeds out with ignored=[...]"
             )
     return FuserError(
         f"prune in place: module '{where or '<model>'}' ({line}) fails on the pruned shapes ({failure}); "
