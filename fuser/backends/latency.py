@@ -41,6 +41,7 @@ class KernelTiming:
     median_ms: float
     group: int | None = None  # plan group id, when the build followed a plan
     dram_bytes: int | None = None  # the plan's DRAM estimate for that group
+    ops: str = ""  # the group's first .. last op (module paths for graphs captured from torch)
 
 
 @dataclass
@@ -177,4 +178,6 @@ def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> l
             k.group = int(k.kernel[len(GROUP_FUNC_PREFIX) :])
             if plan_groups and k.group < len(plan_groups):
                 k.dram_bytes = plan_groups[k.group].get("dram_bytes")
+                ops = plan_groups[k.group].get("ops") or []
+                k.ops = " .. ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else ""
     return sorted(kernels, key=lambda k: -k.median_ms)

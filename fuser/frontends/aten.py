@@ -955,10 +955,15 @@ def _max_pool(c: _Call):
     attrs = _pool_attrs(c, x, c["kernel_size"], c["stride"], c["padding"], c["ceil_mode"])
     attrs["dilations"] = _n_ints(c["dilation"], len(x.shape) - 2)
     if c.op.endswith("with_indices"):
-        if len(c.n.users) and any(u.args[1] != 0 for u in c.n.users):
+        if _indices_used(c):
             raise c.fail("max-pool indices are used")
         return [c.emit("MaxPool", [x], attrs, shape=tuple(c.val[0].shape)), None]
     return c.emit("MaxPool", [x], attrs)
+
+
+def _indices_used(c: _Call) -> bool:
+    """Whether the indices output of a (..., indices) op is read."""
+    return any(u.args[1] != 0 and u.users for u in c.n.users)
 
 
 def _floor_out(x: int, k: int, s: int, p: int) -> int:
@@ -1006,7 +1011,7 @@ def _adaptive_avg_pool(c: _Call):
 @converts("adaptive_max_pool2d", "adaptive_max_pool1d")
 def _adaptive_max_pool(c: _Call):
     x = c.tensor("self")
-    if any(d != 1 for d in c.val[0].shape[2:]) or any(u.args[1] != 0 for u in c.n.users):
+    if any(d != 1 for d in c.val[0].shape[2:]) or _indices_used(c):
         raise c.fail("adaptive max pooling to more than one position, or its indices")
     return [c.emit("GlobalMaxPool", [x], shape=tuple(c.val[0].shape)), None]
 

@@ -150,7 +150,7 @@ def _exporter_meta(model) -> dict[str, dict]:
         if len(scopes) < 2:
             continue
         meta[n.name] = {
-            "module": ".".join(s for s in scopes[1:-1] if s),
+            "module": scopes[-2],  # scopes: '', 'layer1', 'layer1.0', 'layer1.0.conv1', then the op
             "source": source_of_trace(props.get("pkg.torch.onnx.stack_trace", "")),
             "torch_op": props.get("namespace", "").rpartition(": ")[2],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
@@ -147,12 +148,13 @@ def command(
             title=f"TVM kernels ({len(report.kernels)}, each timed alone; sum {total:.3f} ms)",
             title_justify="left",
         )
-        for col in ("kernel", "plan group", "ms", "%", "plan DRAM"):
-            kt.add_column(col, justify="left" if col == "kernel" else "right")
+        for col in ("kernel", "plan group", "ops", "ms", "%", "plan DRAM"):
+            kt.add_column(col, justify="left" if col in ("kernel", "ops") else "right")
         for k in report.kernels[:top_kernels]:
             kt.add_row(
                 k.kernel,
                 "-" if k.group is None else str(k.group),
+                escape(k.ops) or "-",
                 f"{k.median_ms:.4f}",
                 f"{100 * k.median_ms / max(total, 1e-12):.1f}",
                 _bytes(k.dram_bytes),
