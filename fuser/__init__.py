@@ -8,7 +8,8 @@
 
 Feature entry points (imported on first use, so ``import fuser`` stays light):
 ``fuser.tune_mode`` / ``fuser.convbn`` (ConvBN Tune mode), ``fuser.partition``
-(fusion plans), ``fuser.prune`` (structured pruning), ``fuser.find_blocks`` (block
+(fusion plans), ``fuser.prune`` (structured pruning; ``fuser.prune_module`` shrinks the
+user's own nn.Module in place), ``fuser.find_blocks`` (block
 fusion), ``fuser.load`` (a compiled TVM artifact).
 """
 

@@ -94,7 +94,7 @@ class ConvBNSummary:
 
         batch = batch or self.batch
         saved = self.saved_bytes(batch)
-        if saved is None or saved > 0:
+        if saved is None or saved > 0 or not self.pairs:
             return None
         weights = sum((p.weight_elements + 4 * p.channels) * p.itemsize for p in self.pairs)
         return (
