@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from test_convbn_tune import randomize_bn, rel
+from test_convbn_tune import assert_same_forward_and_gradients, randomize_bn, rel
 from torch import nn
 from util import ort_run
 
@@ -80,16 +80,7 @@ def test_every_layout_combines_in_tune_and_deploy(how, conv_call, bn_call):
     assert summary.left == []
     assert {p.kind for p in summary.pairs} == ({"aten"} if how == "export" else {bn_call.split("_")[0]})
 
-    x_ref, x_tune = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref, y_tune = ref(x_ref), tuned(x_tune)
-    assert rel(y_tune, y_ref) <= TOL
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y_tune.backward(grad)
-    assert rel(x_tune.grad, x_ref.grad) <= TOL
-    ref_params = dict(ref.named_parameters())
-    for k, p in tuned.named_parameters():
-        assert rel(p.grad, ref_params[k].grad) <= TOL, k
+    assert_same_forward_and_gradients(ref, tuned, x)
 
     deployed = convbn(capture(model, how, x), "deploy")
     assert deployed.fuser_convbn_pairs == 2
