@@ -7,7 +7,8 @@ parameters keep their fully-qualified names, nodes are named by module path and 
 module and source line in ``Node.meta``). A model holding an op without a converter is
 lowered instead with PyTorch's own ONNX exporter (``optimize=False`` so
 BatchNormalization stays a node for fuser's passes to see) and imported from ONNX, with
-one warning line naming the op (logger ``fuser.frontends.torch``). The module is
+one warning line naming the op (logger ``fuser.frontends.torch``); its nodes get the module
+path the exporter recorded (``Node.meta``) and are named ``<module>/<op>``. The module is
 captured in eval mode (inference semantics); its train/eval flags are restored
 afterwards.
 """
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from fuser.ir import FuserError, Graph
+from fuser.ir import FuserError, Graph, display_name
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,13 @@ def _from_exporter(module, program, args, fold: bool) -> Graph:
     graph = from_onnx(model, fold=fold)
     drop_zero_bias.run(graph)  # the exporter's zero bias for bias-free convs
     meta = _exporter_meta(model)
-    for node in graph.nodes:
+    taken: dict[str, int] = {}
+    for node in graph.nodes:  # named as the direct path names ops inside a module: <module>/<op>
         node.meta.update(meta.get(node.name, {}))
+        if "module" in node.meta:
+            base = display_name(node) if node.meta["module"] else node.op.lower()
+            k = taken[base] = taken.get(base, -1) + 1
+            node.name = graph.unique_name(base if k == 0 else f"{base}@{k}")
     return graph
 
 

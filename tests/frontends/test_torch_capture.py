@@ -216,8 +216,9 @@ def test_op_without_converter_falls_back_to_the_exporter(monkeypatch, caplog):
     (got,) = ort_run_graph(fallback, {fallback.inputs[0].name: x.numpy()})
     assert rel_err(got, zoo_eager("resnet18")) <= TOL
     assert fallback.op_counts() == graph.op_counts()
-    conv = next(n for n in fallback.nodes if n.op == "Conv" and n.meta.get("module") == "layer3.1.conv2")
-    assert display_name(conv) == "layer3.1.conv2/conv"  # the exporter's node name, our module path
+    conv = fallback.node_by_name("layer3.1.conv2/conv")  # named by the module the exporter recorded
+    assert conv.op == "Conv" and display_name(conv) == conv.name and conv.meta["module"] == "layer3.1.conv2"
+    assert {"layer3.1.relu/relu", "layer3.1.relu/relu@1", "layer3.1/add"} <= {n.name for n in fallback.nodes}
     assert conv.meta["source"].endswith("fuser/models/resnet.py:43")
     with pytest.raises(
         FuserError, match=r"ResNet: no direct converter for aten\.relu\.default in module 'relu'"
