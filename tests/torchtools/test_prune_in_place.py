@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from util import rel_err
+from util import HEAVY, rel_err
 from zoo_cache import zoo_case
 
 import fuser
@@ -20,9 +20,10 @@ from fuser.models import names
 
 TOL = 1e-5
 RATIO = 0.4
-# The two zoo models over 50 M parameters (VGG16 also runs at 224 only); their layer kinds
-# are covered by ResNet-50 and SqueezeNet in the default run.
+# The two zoo models over 50 M parameters (VGG16 also runs at 224 only) run with FUSER_HEAVY=1;
+# their layer kinds are covered by ResNet-50 and SqueezeNet in the default run.
 HEAVY_ZOO = {"resnet152", "vgg16"}
+ONLY_HEAVY = pytest.mark.skipif(not HEAVY, reason="FUSER_HEAVY=1: the zoo models over 50 M parameters")
 REFUSED = {  # the graph path prunes these; the module's own forward() cannot hold the result
     # chunk(2) splits equal halves; the pruning does not keep them equal
     "shufflenet_v2_x1_0": r"module 'stage2\.1' \(ShuffleUnit, .*shufflenet\.py:\d+\) holds a fixed "
@@ -60,7 +61,7 @@ def train_one_step(model: nn.Module, x: torch.Tensor, lr: float = 0.1) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.heavy) if n in HEAVY_ZOO else n for n in names()]
+    "name", [pytest.param(n, marks=[pytest.mark.heavy, ONLY_HEAVY]) if n in HEAVY_ZOO else n for n in names()]
 )
 def test_zoo_model_pruned_in_place_matches_graph_path(name):
     cached, x, graph = zoo_case(name)
