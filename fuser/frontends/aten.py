@@ -291,10 +291,15 @@ class _Converter:
         with torch.no_grad():
             out = n.target(*real(n.args), **{k: real(v) for k, v in n.kwargs.items()})
         sources = [self.env[a.name] for a in _flat_nodes(n) if isinstance(a, torch.fx.Node)]
+        # computed from no parameter or buffer (an anchor grid from arange): not a weight
+        derived = all(
+            isinstance(v, Value) and (v.derived or id(v) in self.literals) for v in _leaves(sources)
+        )
 
         def wrap(t, i=None):
             name = n.name if i is None else f"{n.name}_{i}"
             v = Value(self.graph.unique_name(name), const=to_numpy(t))
+            v.derived = derived
             self.real[id(v)] = t
             axes = _traced_axes(n, sources, self, i) if len(sources) == 1 else None
             if axes is not None:
