@@ -203,3 +203,13 @@ def test_cuda_build_records_its_arch(tmp_path):
     meta = tvm_artifact.save(tmp_path / "b", tb.build(tb.to_relax(graph), target), graph, target)
     assert meta["target"] == "cuda" and meta["cuda_arch"] == str(target.attrs["arch"])
     assert meta["cuda_limits"]["max_shared_memory_per_block"] == 48 * 1024
+
+
+def test_compile_refuses_an_unknown_cpu_before_reading_the_model(tmp_path):
+    # The model path does not exist: the --cpu error must come first (before a slow capture).
+    r = CliRunner().invoke(
+        main, ["compile", str(tmp_path / "absent.onnx"), "-o", str(tmp_path / "b"), "--cpu", "pentium-x"]
+    )
+    assert r.exit_code == 2
+    assert "--cpu pentium-x: LLVM does not know this CPU" in r.output.replace("\n", " ")
+    assert "Traceback" not in r.output and not (tmp_path / "b").exists()

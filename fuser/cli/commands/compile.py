@@ -129,6 +129,8 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
         raise FuserError("--tune-trials: give a number of trials >= 0")
     if tune_trials and not tuning_db:
         raise FuserError("--tune-trials needs --tuning-db DIR (tuning records are kept there and reused)")
+    # A bad --cpu is refused before the (slow) capture, not after it.
+    tvm_target = tb.make_target(target, cpu=cpu)
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph).graph
@@ -136,7 +138,6 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
         mod = tb.to_relax(graph, groups)
-        tvm_target = tb.make_target(target, cpu=cpu)
         fused = tb.fuse(mod, tvm_target, planned=bool(groups))
         kernels = tb.kernel_names(fused)
         group_kernels = tb.group_kernels(mod)
