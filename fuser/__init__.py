@@ -15,22 +15,9 @@ compiled TVM artifact), ``fuser.report`` (the report page's data, and the page).
 
 import importlib
 
+from . import api as _api  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .api import (  # noqa: E402
-    Result,
-    find_blocks,
-    from_zoo,
-    info,
-    optimize,
-    partition,
-    prune,
-    prune_module,
-    report,
-    save_onnx,
-    to_graph,
-    to_onnx,
-    to_torch,
-)
+from .api import *  # noqa: E402,F403  (the facade: its __all__ is fuser's public API)
 from .frontends.onnx import from_onnx  # noqa: E402
 from .frontends.torch import from_torch  # noqa: E402
 from .ir import FuserError, Graph, Node, Value  # noqa: E402
@@ -54,22 +41,10 @@ __all__ = [
     "FuserError",
     "Graph",
     "Node",
-    "Result",
     "Value",
-    "find_blocks",
     "from_onnx",
     "from_torch",
-    "from_zoo",
-    "info",
-    "optimize",
-    "partition",
-    "prune",
-    "report",
-    "prune_module",
-    "save_onnx",
-    "to_graph",
-    "to_onnx",
-    "to_torch",
     "__version__",
+    *_api.__all__,
     *_LAZY,
 ]
