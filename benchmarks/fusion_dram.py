@@ -12,6 +12,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py                # everything (about an hour on 2 cores)
     python benchmarks/fusion_dram.py --quick        # 1 seed, small budgets, 3 models (~1-2 min)
     python benchmarks/fusion_dram.py --out benchmarks/results/fusion_dram.txt
+    python benchmarks/fusion_dram.py --gaps      # every zoo model: DRAM and proven gap to optimal
 """
 
 from __future__ import annotations
@@ -174,13 +175,70 @@ def explainer_report(console: Console, fg, style: str, buffer: str, groups: int,
     return table
 
 
+def gap_report(console: Console, models: list[str], budget: int, size: int | None) -> Table:
+    """Every zoo model at 128 KB and 256 KB, LBDF and BRR: the explain-split NSGA-II plan's
+    DRAM and its proven gap to the optimum (exact, or to a certified lower bound)."""
+    from fuser.fusion.exact import optimality_gap
+    from fuser.models import input_shape
+
+    table = Table(
+        title=f"gap to optimal: NSGA-II {budget} plans, explain split, seed 0", title_justify="left"
+    )
+    for col in (
+        "model",
+        "ops",
+        "style",
+        "buffer",
+        "DRAM MB",
+        "bound MB",
+        "bound",
+        "gap",
+        "plan s",
+        "bound s",
+    ):
+        table.add_column(col, justify="left" if col in ("model", "style", "bound") else "right")
+    for model in models:
+        shape = tuple(input_shape(model)) if size is None else (1, 3, size, size)
+        fg = build_fusion_graph(fuser.optimize(f"zoo:{model}", input_shapes=shape).graph)
+        for buffer in ("128KB", "256KB"):
+            for style in ("lbdf", "brr"):
+                plan, seconds = partition_fusion_graph(
+                    fg, buffer=buffer, style=style, search="nsga2", split="explain", budget=budget
+                )
+                start = time.perf_counter()
+                cost = make_cost_model(fg, style, fuser.fusion.parse_size(buffer))
+                bound = optimality_gap(cost, plan.dram_bytes, time_limit=60)
+                bound_s = time.perf_counter() - start
+                gap = plan.dram_bytes / bound["bytes"] - 1
+                row = (model, str(fg.n), style, buffer, mb(plan.dram_bytes), mb(bound["bytes"]))
+                kind = ("optimum, " if bound["exact"] else "lower bound, ") + bound["method"]
+                table.add_row(*row, kind, f"{100 * gap:.1f}%", f"{seconds:.1f}", f"{bound_s:.1f}")
+                console.print(f"  {' '.join(row)} {kind} within {100 * gap:.1f}%", highlight=False)
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, small budgets, 3 small models")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, quick 1)")
     parser.add_argument("--models", default=None, help="comma list: only these zoo models")
     parser.add_argument("--out", default=None, help="also write the tables to this text file")
+    parser.add_argument(
+        "--gaps", action="store_true", help="only the gap-to-optimal table of every zoo model"
+    )
     args = parser.parse_args(argv)
+    if args.gaps:
+        console = Console(record=True, width=160)
+        from fuser.models import names
+
+        models = args.models.split(",") if args.models else names()
+        table = gap_report(console, models, 200 if args.quick else 2000, 64 if args.quick else None)
+        console.print(table)
+        if args.out:
+            from fuser.serde.files import atomic_write
+
+            atomic_write(args.out, console.export_text(clear=False).encode())
+        return 0
     settings = QUICK if args.quick else FULL
     if args.models:
         wanted = set(args.models.split(","))

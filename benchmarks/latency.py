@@ -64,10 +64,7 @@ def main(argv=None) -> int:
     def report_plan(budgets):
         behind["records"] = sum(b.records for b in budgets)
         print(
-            f"  tuning: {len(budgets)} kernels, {sum(b.tuned for b in budgets)} in the "
-            f"database, {budgets[0].want if budgets else 0} trials each",
-            file=sys.stderr,
-            flush=True,
+            f"  tuning: {tvm_tuning.describe_budgets(budgets, args.tuning_db)}", file=sys.stderr, flush=True
         )
 
     def report_progress(done, total, kernel):
@@ -77,8 +74,9 @@ def main(argv=None) -> int:
         tuned = tvm_tuning.tune(
             fused, target, args.tuning_db, behind["budget"], on_plan=report_plan, on_progress=report_progress
         )
+        print(f"  {tvm_tuning.describe_result(tuned)}", file=sys.stderr, flush=True)
         tvm_tuning.tune(fused, target, args.tuning_db, 0, on_plan=report_plan)  # count after
-        return tuned
+        return tuned.mod
 
     lines = [
         f"# fuser latency report ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
@@ -119,6 +117,9 @@ def main(argv=None) -> int:
         )
         lines.append(f"  {'backend':<14}{'median ms':>11}{'min..max ms':>22}{'vs ORT':>9}")
         for t in report.timings:
+            if t.error:
+                lines.append(f"  {t.backend:<14}failed: {t.error}")
+                continue
             ratio = f"{t.vs_ort:.2f}x" if t.vs_ort else "-"
             lines.append(
                 f"  {t.backend:<14}{t.median_ms:>11.2f}{f'{t.min_ms:.2f}..{t.max_ms:.2f}':>22}{ratio:>9}"

@@ -65,6 +65,7 @@ def ort_session(model_proto, threads: int | None = None):
 
 
 def run_ort(graph, x: np.ndarray) -> np.ndarray:
+    graph = fuser.to_graph(graph)
     return ort_session(fuser.to_onnx(graph)).run(None, {graph.inputs[0].name: x})[0]
 
 
@@ -372,6 +373,7 @@ def accuracy_torch(module, x, y) -> float:
 
 def accuracy_graph(graph, x, y) -> float:
     """ONNX Runtime on the graph's static batch (the tail padded, then dropped)."""
+    graph = fuser.to_graph(graph)
     sess = ort_session(fuser.to_onnx(graph))
     preds = []
     for s in range(0, len(x), BATCH):
@@ -387,6 +389,7 @@ def finetune_graph(graph, x, y):
     """One epoch on the pruned graph's torch module; the weights go back into a copy."""
     from fuser.pruning import load_weights
 
+    graph = fuser.to_graph(graph)
     module = train(fuser.to_torch(graph), x, y, epochs=1, lr=FINETUNE_LR)
     tuned = graph.copy()
     load_weights(tuned, module)
@@ -463,7 +466,7 @@ def latency(name: str, runs: int, table: Table) -> None:
     import fuser
 
     graph = fuser.optimize(CAPTURED.get(name) or f"zoo:{name}").graph
-    pruned = prune(graph, 0.5, "l2")
+    pruned = prune(graph, 0.5, "l2").graph
     x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
     sessions = {
         "original": ort_session(fuser.to_onnx(graph), threads=2),

@@ -8,26 +8,16 @@
 
 Feature entry points (imported on first use, so ``import fuser`` stays light):
 ``fuser.tune_mode`` / ``fuser.convbn`` (ConvBN Tune mode), ``fuser.partition``
-(fusion plans), ``fuser.prune`` (structured pruning), ``fuser.find_blocks`` (block
-fusion), ``fuser.load`` (a compiled TVM artifact).
+(fusion plans), ``fuser.prune`` (structured pruning; ``fuser.prune_module`` shrinks the
+user's own nn.Module in place), ``fuser.find_blocks`` (block fusion), ``fuser.load`` (a
+compiled TVM artifact), ``fuser.report`` (the report page's data, and the page).
 """
 
 import importlib
 
+from . import api as _api  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .api import (  # noqa: E402
-    Result,
-    find_blocks,
-    from_zoo,
-    info,
-    optimize,
-    partition,
-    prune,
-    save_onnx,
-    to_graph,
-    to_onnx,
-    to_torch,
-)
+from .api import *  # noqa: E402,F403  (the facade: its __all__ is fuser's public API)
 from .frontends.onnx import from_onnx  # noqa: E402
 from .frontends.torch import from_torch  # noqa: E402
 from .ir import FuserError, Graph, Node, Value  # noqa: E402
@@ -51,20 +41,10 @@ __all__ = [
     "FuserError",
     "Graph",
     "Node",
-    "Result",
     "Value",
-    "find_blocks",
     "from_onnx",
     "from_torch",
-    "from_zoo",
-    "info",
-    "optimize",
-    "partition",
-    "prune",
-    "save_onnx",
-    "to_graph",
-    "to_onnx",
-    "to_torch",
     "__version__",
+    *_api.__all__,
     *_LAZY,
 ]

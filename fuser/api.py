@@ -109,9 +109,11 @@ def optimize(
     skip: Sequence[str] = (),
     prune: float | None = None,
     criterion: str = "l2",
+    round_to: int | None = None,
 ) -> Result:
     """Import ``model`` and run the optimize pipeline (default passes, minus ``skip``;
-    ``prune=R`` adds structured pruning of R of each channel group after them).
+    ``prune=R`` adds structured pruning of R of each channel group after them, channel counts
+    kept multiples of ``round_to`` when given).
 
     Returns a Result: ``.graph`` (a new Graph; the input is not modified) and ``.report``
     (a PipelineReport: what each pass changed).
@@ -119,7 +121,7 @@ def optimize(
     graph = to_graph(model, example_inputs, input_shapes)
     passes = list(passes if passes is not None else default_passes(skip))
     if prune is not None:
-        passes.append(("prune_channels", {"ratio": prune, "criterion": criterion}))
+        passes.append(("prune_channels", {"ratio": prune, "criterion": criterion, "round_to": round_to}))
     graph, report = run_passes(graph, passes)
     return Result(graph, report)
 
@@ -199,6 +201,7 @@ def prune(
     layer_ratios: dict[str, float] | None = None,
     heads: bool = False,
     progress: Callable[[str], None] | None = None,
+    in_place: bool = False,
 ) -> Result:
     """Remove ``ratio`` of the channels of every prunable group of ``model``.
 
@@ -216,15 +219,12 @@ def prune(
 
     Returns a Result: ``.graph`` (pruned; ``fuser.to_torch(result)`` gives a trainable
     nn.Module of it) and ``.report``, a PruneReport (per-group channels, MACs and params
-    before/after, and the ops that blocked pruning).
+    before/after, and the ops that blocked pruning). With ``in_place=True`` (an ``nn.Module``
+    with ``example_inputs``): ``fuser.prune_module``, which returns the module itself.
     """
     from fuser.pruning import prune_graph
 
-    graph = to_graph(model, example_inputs, input_shapes).copy()
-    report = prune_graph(
-        graph,
-        ratio,
-        criterion,
+    options = dict(
         data=data,
         loss=loss,
         global_pruning=global_pruning,
@@ -236,7 +236,39 @@ def prune(
         heads=heads,
         progress=progress,
     )
+    if in_place:
+        return prune_module(model, example_inputs, ratio, criterion, **options)
+    graph = to_graph(model, example_inputs, input_shapes).copy()
+    report = prune_graph(graph, ratio, criterion, **options)
     return Result(graph, report)
+
+
+def prune_module(model, example_inputs, ratio: float = 0.5, criterion: str = "l2", **options):
+    """``fuser.prune`` into the user's own ``nn.Module``: returns the same object (same class,
+    attribute names and forward) with its layers shrunk in place and its ``state_dict`` keys
+    unchanged; create the optimizer afterwards. ``module.fuser_prune_report`` says what changed.
+    Options are ``fuser.prune``'s. A layer whose forward() holds a fixed channel count, or a
+    custom op, is refused by name (FuserError) and the module is left as it was; see
+    ``fuser.torchtools.prune_module`` for the rules.
+    """
+    import torch
+
+    from fuser.pruning import prune_graph
+    from fuser.torchtools.prune_module import shrink
+
+    if not isinstance(model, torch.nn.Module) or example_inputs is None:
+        raise FuserError(
+            "prune in place needs an nn.Module and its example_inputs, e.g. "
+            "fuser.prune_module(model, torch.randn(1, 3, 224, 224), ratio=0.5)"
+        )
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    graph = from_torch(model, inputs, fallback=False)
+    pruned = graph.copy()
+    report = prune_graph(pruned, ratio, criterion, **options)
+    model.fuser_prune_report = shrink(
+        model, inputs, graph, pruned, report, lambda: from_torch(model, inputs, fallback=False)
+    )
+    return model
 
 
 def find_blocks(model: Any, device: str | None = "h100", input_shapes: Any = None):
@@ -244,6 +276,48 @@ def find_blocks(model: Any, device: str | None = "h100", input_shapes: Any = Non
     from fuser.blockfusion import find_blocks as match
 
     return match(to_graph(model, input_shapes=input_shapes), device)
+
+
+def report(
+    model: Any,
+    example_inputs: Any = None,
+    input_shapes: Any = None,
+    *,
+    html: str | os.PathLike | None = None,
+    trace: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    **options,
+) -> dict:
+    """What ``fuser report`` shows, as data (its ``--json``), and the page and trace it writes.
+
+    ``model``: anything ``fuser.to_graph`` accepts, as given (the report optimizes it, and with
+    ``prune=R`` prunes it, and compares). ``options``: ``buffer`` ("256KB"), ``sweep`` (sizes),
+    ``style``, ``search``, ``split``, ``budget``, ``seed``, ``element_bytes``, ``prune``,
+    ``criterion``, ``round_to``, ``measure`` (time ONNX Runtime and torch, profile every op),
+    ``compile`` (TVM, one kernel per group), ``threads``, ``repeat``, ``device`` (see
+    ``fuser.reports.model_report.ReportOptions``). ``html``: write the page there; ``trace``:
+    the Chrome trace of measured times (needs ``measure=True``).
+
+        >>> data = fuser.report("zoo:resnet18", html="r18.html", buffer="128KB")
+        >>> data["summary"]["fused_dram_bytes"], len(data["groups"])
+    """
+    from fuser.reports.model_report import ReportOptions, build_report
+
+    opts = ReportOptions(**options)
+    if trace is not None and not (opts.measure or opts.compile):
+        raise FuserError("a trace holds measured times: pass measure=True (or compile=True)")
+    graph = to_graph(model, example_inputs, input_shapes)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else graph.source
+    data = build_report(graph, opts, source=source, progress=progress)
+    if html is not None:
+        from fuser.reports.html import save_html
+
+        save_html(data, html)
+    if trace is not None:
+        from fuser.reports.trace import save_trace
+
+        save_trace(data, trace)
+    return data
 
 
 __all__ = [
@@ -255,6 +329,8 @@ __all__ = [
     "optimize",
     "partition",
     "prune",
+    "report",
+    "prune_module",
     "save_onnx",
     "to_graph",
     "to_onnx",

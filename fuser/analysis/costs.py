@@ -76,7 +76,7 @@ def weight_role(node: Node, index: int) -> str | None:
     """'param', 'buffer' or None (data or configuration) for input ``index`` of ``node``,
     from the registry's role of that input slot."""
     v = node.inputs[index]
-    if v is None or not v.is_const or v.const.dtype.kind != "f" or v.derived:
+    if v is None or not v.is_const or v.const.dtype.kind != "f":
         return None
     d = op_def(node.op)
     role = d.role(index) if d is not None else Role.DATA
@@ -86,7 +86,8 @@ def weight_role(node: Node, index: int) -> str | None:
         return "param"
     if role in (Role.CONFIG, Role.INDEX):
         return None
-    return "param" if v.numel > 1 else None
+    # an operand: a weight unless it is a scalar or computed from shapes alone (an anchor grid)
+    return "param" if v.numel > 1 and not v.derived else None
 
 
 def node_weights(node: Node) -> list[tuple[Value, str]]:

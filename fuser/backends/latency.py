@@ -27,20 +27,31 @@ BACKENDS = ("torch", "torch-compile", "ort", "tvm", "tvm-tuned")
 @dataclass
 class Timing:
     backend: str
-    median_ms: float
-    min_ms: float
-    max_ms: float
+    median_ms: float | None
+    min_ms: float | None
+    max_ms: float | None
     runs: int
     vs_ort: float | None = None
     note: str = ""
+    error: str = ""  # why this backend could not build or run the model ("" when it did)
 
 
 @dataclass
 class KernelTiming:
+    """One kernel's time alone, per call. With a plan, one row per plan group: groups
+    TVM runs with one shared kernel each get that kernel's per-call time."""
+
     kernel: str
-    median_ms: float
+    median_ms: float  # per call
+    calls: int = 1  # calls per inference this row stands for
     group: int | None = None  # plan group id, when the build followed a plan
     dram_bytes: int | None = None  # the plan's DRAM estimate for that group
+    shared_with: list[int] = field(default_factory=list)  # other groups the kernel runs
+    ops: str = ""  # the group's first .. last op (module paths for graphs captured from torch)
+
+    @property
+    def total_ms(self) -> float:
+        return self.median_ms * self.calls
 
 
 @dataclass
@@ -50,6 +61,17 @@ class Report:
     threads: int
     timings: list[Timing] = field(default_factory=list)
     kernels: list[KernelTiming] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Timing]:
+        return [t for t in self.timings if t.error]
+
+    def timing(self, backend: str) -> Timing:
+        """``backend``'s row; a FuserError with the reason when it could not build or run."""
+        t = next(t for t in self.timings if t.backend == backend)
+        if t.error:
+            raise FuserError(f"{backend}: {t.error}")
+        return t
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,20 +126,48 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
     return lambda: session.run(None, feeds)
 
 
-def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, tiling=None):
-    """(runner, per-kernel timer) for an llvm build (tuned when ``tuning`` is given;
-    ``tiling``: plan group id -> TileHint for depth-first group kernels)."""
+def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, cpu=None, tiling=None):
+    """(runner, per-kernel timer) for an llvm build for this CPU or ``cpu`` (tuned when
+    ``tuning`` is given; ``tiling``: plan group id -> TileHint for depth-first group
+    kernels). A ``cpu`` with instruction sets this machine lacks is refused before anything
+    runs: its code would die with SIGILL."""
     from fuser.backends import tvm as tb
+    from fuser.backends.tvm.cpu import check_features
 
-    target = tb.make_target("llvm", threads)
-    fused = tb.fuse(tb.to_relax(graph, groups), target, planned=bool(groups), tiling=tiling)
+    target = tb.make_target("llvm", threads, cpu=cpu)
+    record = tb.target_record(target)
+    check_features(record["cpu"], record["cpu_features"], f"tvm --cpu {cpu}")
+    mod = tb.to_relax(graph, groups)
+    fused = tb.fuse(mod, target, planned=bool(groups), tiling=tiling)
     if tuning is not None:
         fused = tuning(fused, target)
     executable = tb.build_fused(fused, target)
     model = tb.TVMModel(executable, tb.value_specs(graph.inputs), tb.value_specs(graph.outputs))
-    return (lambda: model(x)), (
-        lambda number: [KernelTiming(k, ms) for k, ms in tb.time_kernels(executable, fused, number).items()]
-    )
+
+    def kernel_timer(number: int) -> list[KernelTiming]:
+        per_call = tb.time_kernels(executable, fused, number)
+        return kernel_rows(per_call, tb.kernel_calls(fused), tb.group_kernels(mod))
+
+    return (lambda: model(x)), kernel_timer
+
+
+def kernel_rows(
+    per_call: dict[str, float], calls: dict[str, int], group_kernels: dict[int, str]
+) -> list[KernelTiming]:
+    """Rows of the kernel table: one per plan group (its kernel's per-call time; groups
+    sharing a kernel name each other), then one per kernel that runs no group, with
+    its number of calls."""
+    from .tvm.lower import shared_kernels
+
+    shared = shared_kernels(group_kernels)
+    rows = [
+        KernelTiming(k, per_call[k], 1, g, shared_with=[o for o in shared.get(k, []) if o != g])
+        for g, k in sorted(group_kernels.items())
+        if k in per_call
+    ]
+    planned = set(group_kernels.values())
+    rows += [KernelTiming(k, ms, calls.get(k, 1)) for k, ms in per_call.items() if k not in planned]
+    return rows
 
 
 def run_report(
@@ -130,11 +180,14 @@ def run_report(
     groups=None,
     plan_groups: list[dict] | None = None,
     tuning=None,
+    cpu: str | None = None,
     tiling=None,
     on_step: Callable[[str], None] = lambda s: None,
 ) -> Report:
-    """Time ``graph`` on each of ``backends`` (names from BACKENDS); ``tiling`` as in
-    ``tvm.build.fuse``."""
+    """Time ``graph`` on each of ``backends`` (names from BACKENDS); TVM builds for this
+    CPU or ``cpu`` (an LLVM name), ``tiling`` as in ``tvm.build.fuse``. A backend that
+    cannot build or run the model gets a row with the reason (``Timing.error``) and the
+    others are still timed."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise FuserError(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
@@ -146,38 +199,45 @@ def run_report(
     report = Report(graph.name, shape, threads)
     # Per-kernel times come from the tuned build when there is one: it is the one to improve.
     kernels_of = "tvm-tuned" if "tvm-tuned" in backends else "tvm"
+    if "tvm-tuned" in backends and tuning is None:
+        raise FuserError("tvm-tuned needs a tuning budget (--tune-trials N)")
     for name in backends:
-        on_step(f"building {name}")
-        kernel_timer = None
-        if name in ("torch", "torch-compile"):
-            run = _torch_runner(graph, x, compiled=name == "torch-compile")
-        elif name == "ort":
-            run = _ort_runner(graph, x, threads)
-        else:
-            if name == "tvm-tuned" and tuning is None:
-                raise FuserError("tvm-tuned needs a tuning budget (--tune-trials N)")
-            run, kernel_timer = _tvm_runner(
-                graph, x, threads, groups, tuning if name == "tvm-tuned" else None, tiling
-            )
-        on_step(f"timing {name}")
-        times = measure(run, warmup, repeat)
-        report.timings.append(Timing(name, statistics.median(times), min(times), max(times), len(times)))
-        if name == kernels_of:
-            on_step(f"timing {name} kernels")
-            report.kernels = _join_plan(kernel_timer(max(repeat // 4, 3)), plan_groups)
-    ort_ms = next((t.median_ms for t in report.timings if t.backend == "ort"), None)
+        try:
+            on_step(f"building {name}")
+            kernel_timer = None
+            if name in ("torch", "torch-compile"):
+                run = _torch_runner(graph, x, compiled=name == "torch-compile")
+            elif name == "ort":
+                run = _ort_runner(graph, x, threads)
+            else:
+                tune = tuning if name == "tvm-tuned" else None
+                run, kernel_timer = _tvm_runner(graph, x, threads, groups, tune, cpu, tiling)
+            on_step(f"timing {name}")
+            times = measure(run, warmup, repeat)
+            timing = Timing(name, statistics.median(times), min(times), max(times), len(times))
+            if name == kernels_of:
+                on_step(f"timing {name} kernels")
+                report.kernels = _join_plan(kernel_timer(max(repeat // 4, 3)), plan_groups)
+        except Exception as e:  # this backend's row says why; the others still run
+            timing = Timing(name, None, None, None, 0, error=_reason(e))
+        report.timings.append(timing)
+    ort_ms = next((t.median_ms for t in report.timings if t.backend == "ort" and not t.error), None)
     for t in report.timings:
-        t.vs_ort = t.median_ms / ort_ms if ort_ms else None
+        t.vs_ort = t.median_ms / ort_ms if ort_ms and not t.error else None
     return report
 
 
-def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> list[KernelTiming]:
-    """Attach each planned kernel's group id and the plan's DRAM estimate for it."""
-    from .tvm.lower import GROUP_FUNC_PREFIX
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(e, FuserError) else f"{type(e).__name__}: {first}"
 
+
+def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> list[KernelTiming]:
+    """Attach the plan's DRAM estimate to each group's row; slowest (in all calls) first."""
     for k in kernels:
-        if k.kernel.startswith(GROUP_FUNC_PREFIX):
-            k.group = int(k.kernel[len(GROUP_FUNC_PREFIX) :])
-            if plan_groups and k.group < len(plan_groups):
-                k.dram_bytes = plan_groups[k.group].get("dram_bytes")
-    return sorted(kernels, key=lambda k: -k.median_ms)
+        if k.group is not None and plan_groups and k.group < len(plan_groups):
+            k.dram_bytes = plan_groups[k.group].get("dram_bytes")
+            ops = plan_groups[k.group].get("ops") or []
+            k.ops = " .. ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else ""
+    return sorted(kernels, key=lambda k: -k.total_ms)

@@ -12,7 +12,8 @@ of Convolutional Neural Networks", arXiv 2404.03617).
 Modules: spec (BlockSpec), schedule (tiles, halos, packing, chooser), cuda_templates +
 cuda (code generation, nvcc check), reference (CPU tile schedule), model (analytic
 costs, efficiency gap, waterline), devices (peak table, CPU measurement), measure
-(timings), loader (torch extension binding), report (report, tables, roofline plot),
+(timings), loader (torch extension binding), report (the report's data; fuser.reports
+prints and plots it),
 synthetic (single-block graphs for tests and benchmarks), matcher (which blocks fuse,
 and why the rest do not; the ``fuse_blocks`` pass annotates a graph with it).
 """
@@ -23,7 +24,7 @@ from .loader import FusedBlock, load_blocks
 from .matcher import find_blocks
 from .model import BlockCost, KernelCost, block_cost, waterline
 from .reference import run_schedule
-from .report import blocks_report, emit_kernels, render, roofline_png
+from .report import blocks_report, emit_kernels
 from .schedule import BlockSchedule, NoSchedule, choose_schedule, fixed_schedule
 from .spec import BlockSpec, ConvLayer, Rejected
 
@@ -49,8 +50,6 @@ __all__ = [
     "get_device",
     "measure_cpu",
     "blocks_report",
-    "render",
-    "roofline_png",
     "emit_kernels",
     "find_blocks",
     "FusedBlock",

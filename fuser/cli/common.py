@@ -68,9 +68,136 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
     shapes = parse_input_shapes(input_shapes)
     if not model.startswith("zoo:") and not Path(model).exists():
         raise FuserError(f"{model}: no such file (MODEL is an .onnx path or zoo:NAME)")
-    with status(f"importing {model}"):
+    zoo = model.startswith("zoo:")
+    with status(f"capturing {model} (torch.export, then ONNX)" if zoo else f"importing {model}"):
         return to_graph(model, input_shapes=shapes)
 
 
 def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+# ---- output that reads the same in a terminal and in a pipe ---------------------------------
+# (fuser.reports builds the tables; commands print them with ``show``)
+PIPE_WIDTH = 100_000  # "as wide as it needs": tables take only their content's width
+
+
+def show(*renderables) -> None:
+    """Print tables and lines on stdout. In a terminal rich fits them to its width; anywhere
+    else (a pipe, a file, CI logs, ``| less``) they come out at the width they need, with no
+    name cut short and no line wrapped."""
+    console = out if out.is_terminal else Console(file=out.file, width=PIPE_WIDTH, soft_wrap=True)
+    for renderable in renderables:
+        console.print(renderable, highlight=False)
+
+
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr (what, bar, k/n, time), gone when done; silent when
+    stderr is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not (enabled and err.is_terminal),
+    )
+
+
+@contextmanager
+def steps_progress(enabled: bool = True):
+    """A progress bar for a command's steps; yields ``step(what, done, total)`` (what it is
+    doing now, steps done of total)."""
+    from fuser.reports.text import markup_safe
+
+    with progress_bar(enabled) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def step(what: str, done: int = 0, total: int | None = None) -> None:
+            progress.update(task, description=markup_safe(what), completed=done, total=total)
+
+        yield step
+
+
+# ---- options that several commands share ----------------------------------------------------
+def fusion_options(f):
+    """The fusion planner's --style, --search, --split, --budget, --seed and --element-bytes."""
+    from fuser.fusion.cost import STYLES
+    from fuser.fusion.search import SEARCHES
+    from fuser.fusion.split import SPLITS
+
+    options = [
+        click.option(
+            "--style",
+            type=click.Choice(STYLES),
+            default="lbdf",
+            show_default=True,
+            help="lbdf: weights stay on chip, line-buffered features; brr: weights streamed per row tile.",
+        ),
+        click.option(
+            "--search",
+            type=click.Choice(SEARCHES),
+            default="local",
+            show_default=True,
+            help="greedy (one plan), random, local (top-K mutations) or nsga2 (DRAM vs peak buffer).",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(SPLITS),
+            default="explain",
+            show_default=True,
+            help="How groups over the buffer are split: explain (cost-aware, explained) or random.",
+        ),
+        click.option(
+            "--budget",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="Plans to evaluate (per buffer size).",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plan."),
+        click.option(
+            "--element-bytes",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Bytes per tensor element (1: int8, 2: fp16, 4: fp32).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def prune_options(f):
+    """--prune R with its --criterion (data-free ones) and --round-to, for commands that prune
+    inside a pipeline (optimize, report)."""
+    options = [
+        click.option(
+            "--prune",
+            "prune_ratio",
+            type=click.FloatRange(0, 1, max_open=True),
+            metavar="R",
+            help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
+        ),
+        click.option(
+            "--criterion",
+            default="l2",
+            show_default=True,
+            type=click.Choice(["l1", "l2", "obs"]),
+            help="Channel importance for --prune.",
+        ),
+        click.option(
+            "--round-to",
+            type=click.IntRange(min=0),
+            default=8,
+            show_default=True,
+            help="Channel counts --prune keeps are multiples of this (vector-friendly; 0: off).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

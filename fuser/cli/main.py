@@ -14,7 +14,6 @@ import traceback
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from fuser.ir import FuserError
 from fuser.passes import DEFAULT_PIPELINE
@@ -25,8 +24,9 @@ from .common import (
     input_shape_option,
     json_option,
     load_graph,
-    out,
     parse_input_shapes,
+    prune_options,
+    show,
     status,
 )
 
@@ -84,7 +84,7 @@ def info(model, input_shapes, as_json, show_nodes):
     weights (BN running stats are buffers, reported apart). See fuser.analysis.
     """
     from fuser.analysis import analyze
-    from fuser.units import human, human_bytes
+    from fuser.reports.tables import info_view
 
     graph = load_graph(model, input_shapes)
     report = analyze(graph)
@@ -93,39 +93,7 @@ def info(model, input_shapes, as_json, show_nodes):
             report.pop("per_node")
         emit_json(report)
         return
-    ins = ", ".join(f"{i['name']} {i['shape']}" for i in report["inputs"])
-    outs = ", ".join(f"{o['name']} {o['shape']}" for o in report["outputs"])
-    out.print(f"[bold]{model}[/]  inputs: {ins}  outputs: {outs}", highlight=False)
-    by_op: dict[str, list[int]] = {}
-    for r in report["per_node"]:
-        agg = by_op.setdefault(r["op"], [0, 0, 0, 0])
-        agg[0] += 1
-        agg[1] += r["macs"]
-        agg[2] += r["params"]
-        agg[3] += r["activation_bytes"]
-    t = Table(title="by op type", title_justify="left")
-    for col in ("op", "count", "MACs", "% MACs", "params", "activations"):
-        t.add_column(col, justify="left" if col == "op" else "right")
-    total_macs = max(report["macs"], 1)
-    for op, (count, macs, params, act) in sorted(by_op.items(), key=lambda kv: -kv[1][1]):
-        t.add_row(
-            op, str(count), human(macs), f"{100 * macs / total_macs:.1f}", human(params), human_bytes(act)
-        )
-    out.print(t)
-    if show_nodes:
-        nt = Table(title="nodes", title_justify="left")
-        for col in ("node", "op", "output", "MACs", "params"):
-            nt.add_column(col, justify="right" if col in ("MACs", "params") else "left")
-        for r in report["per_node"]:
-            nt.add_row(r["name"], r["op"], str(r["output_shape"]), human(r["macs"]), human(r["params"]))
-        out.print(nt)
-    out.print(
-        f"[bold]total[/]: {report['nodes']} nodes, {human(report['macs'])}MACs, "
-        f"{report['params']:,} params ({human(report['params'])}), "
-        f"weights {human_bytes(report['weight_bytes'])}, "
-        f"activations {human_bytes(report['activation_bytes'])}",
-        highlight=False,
-    )
+    show(info_view(report, model, show_nodes))
 
 
 # ---- optimize -----------------------------------------------------------------
@@ -140,22 +108,9 @@ def info(model, input_shapes, as_json, show_nodes):
     help="Leave out a pass of the default pipeline: " + ", ".join(DEFAULT_PIPELINE) + ".",
 )
 @click.option("--passes", "pass_list", metavar="P1,P2", help="Run exactly these passes, in order.")
-@click.option(
-    "--prune",
-    "prune_ratio",
-    type=click.FloatRange(0, 1, max_open=True),
-    metavar="R",
-    help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
-)
-@click.option(
-    "--criterion",
-    default="l2",
-    show_default=True,
-    type=click.Choice(["l1", "l2", "obs"]),
-    help="Channel importance for --prune.",
-)
+@prune_options
 @json_option
-def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, as_json):
+def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterion, round_to, as_json):
     """Run the optimize pipeline on MODEL and write OUTPUT (.onnx).
 
     \b
@@ -166,6 +121,7 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     """
     from fuser.analysis import analyze
     from fuser.api import optimize as run_optimize
+    from fuser.reports.tables import optimize_view
     from fuser.serde.onnx import save_onnx
 
     if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
@@ -174,13 +130,16 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None
     before = analyze(graph)
     with status("optimizing"):
-        result = run_optimize(graph, passes=passes, skip=skip, prune=prune_ratio, criterion=criterion)
+        result = run_optimize(
+            graph, passes=passes, skip=skip, prune=prune_ratio, criterion=criterion, round_to=round_to or None
+        )
     graph, report = result.graph, result.report
     after = analyze(graph)
     save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
     summary = {
         "input": model,
         "output": output,
+        "import": graph.meta.get("import"),
         **report.to_dict(),
         "nodes_before": before["nodes"],
         "nodes_after": after["nodes"],
@@ -194,14 +153,7 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     if as_json:
         emit_json(summary)
         return
-    t = Table(title=f"{model} -> {output}", title_justify="left")
-    for col in ("pass", "changed", "nodes", "what"):
-        t.add_column(col)
-    for s in report.steps:
-        what = ", ".join(f"{k}: {v}" for k, v in s.stats.items()) or "-"
-        t.add_row(s.name, "yes" if s.changed else "no", f"{s.nodes_before} -> {s.nodes_after}", what)
-    out.print(t)
-    out.print(f"nodes {before['nodes']} -> {after['nodes']}; wrote {output}", highlight=False)
+    show(optimize_view(summary))
 
 
 # ---- zoo ----------------------------------------------------------------------
@@ -215,23 +167,13 @@ def zoo():
 def zoo_list(as_json):
     """List zoo models with their default input shape and parameter count."""
     from fuser import models
+    from fuser.reports.tables import zoo_table
 
     rows = [{"name": n, "input_shape": list(models.input_shape(n)), **models.info(n)} for n in models.names()]
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="fuser zoo", title_justify="left")
-    for col in ("name", "input", "params (reference)", "description"):
-        t.add_column(col)
-    for r in rows:
-        ref = r.get("params_reference")
-        t.add_row(
-            r["name"],
-            "x".join(map(str, r["input_shape"])),
-            f"{ref:,}" if ref else "-",
-            r.get("description", ""),
-        )
-    out.print(t)
+    show(zoo_table(rows))
 
 
 @zoo.command("export")
@@ -242,15 +184,17 @@ def zoo_list(as_json):
 def zoo_export(name, output, input_shapes, seed):
     """Export zoo model NAME to OUTPUT (.onnx), BatchNormalization nodes kept."""
     from fuser.api import from_zoo
+    from fuser.reports.text import plain
     from fuser.serde.onnx import save_onnx
 
-    with status(f"capturing {name} with torch.export"):
+    with status(f"capturing zoo:{name} (torch.export, then ONNX)"):
         graph = from_zoo(name, parse_input_shapes(input_shapes), seed=seed)
     save_onnx(graph, output)
-    out.print(
-        f"wrote {output}: {len(graph.nodes)} nodes, inputs "
-        + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs),
-        highlight=False,
+    show(
+        plain(
+            f"wrote {output}: {len(graph.nodes)} nodes, inputs "
+            + ", ".join(f"{v.name} {list(v.shape)}" for v in graph.inputs)
+        )
     )
 
 

@@ -201,5 +201,13 @@ def from_onnx(path_or_model, input_shapes: InputShapes = None, *, fold: bool = T
         if v is not None and v.dtype is None and vi.type.tensor_type.elem_type:
             v.dtype = np_dtype(vi.type.tensor_type.elem_type)
 
+    read = len(graph.nodes)
     static_shapes(graph) if fold else infer_shapes(graph)
+    constants = sum(n.op_type == "Constant" for n in g.node)
+    graph.meta["import"] = {
+        "nodes_in_file": len(g.node),
+        "constant_nodes": constants,  # became constant values, not nodes
+        "folded": read - len(graph.nodes),  # shape subgraphs evaluated at import
+        "nodes": len(graph.nodes),
+    }
     return graph

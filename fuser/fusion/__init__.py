@@ -18,7 +18,7 @@ from .api import EXPLAINERS, partition, partition_fusion_graph
 from .cost import BRR, LBDF, STYLES, CostModel, GroupCost, make_cost_model
 from .explain import ExactExplainer, Explanation
 from .opgraph import FusionGraph, build_fusion_graph
-from .plan import Plan, decode, encode, partition_problems
+from .plan import Plan, PlanGroup, decode, encode, partition_problems
 from .search import SEARCHES, PlanEvaluator
 from .split import SPLITS, ExplainSplitter, RandomSplitter, rectify_rate
 
@@ -26,6 +26,7 @@ __all__ = [
     "partition",
     "partition_fusion_graph",
     "Plan",
+    "PlanGroup",
     "FusionGraph",
     "build_fusion_graph",
     "CostModel",

@@ -10,7 +10,7 @@ from fuser.units import format_size, parse_size
 from .cost import CostModel, GroupCost, make_cost_model
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, build_fusion_graph
-from .plan import Plan, topological_groups
+from .plan import Plan, PlanGroup, topological_groups
 from .search import SEARCHES, Evaluated, PlanEvaluator, Progress, run_search
 from .split import SPLITS, Splitter, make_splitter
 
@@ -27,22 +27,20 @@ def make_explainer(name: str, cost: CostModel, seed: int = 0) -> Explainer:
     raise FuserError(f"unknown explainer '{name}'; choose one of {', '.join(EXPLAINERS)}")
 
 
-def group_report(cost: CostModel, mask: int) -> dict:
+def group_report(cost: CostModel, mask: int) -> PlanGroup:
     c: GroupCost = cost.cost(mask)
-    row = {
-        "ops": cost.fg.group_names(mask),
-        "buffer_bytes": c.buffer_bytes,
-        "dram_bytes": c.dram_bytes,
-        "valid": c.valid,
-        "fits": c.fits,
-        "weight_bytes": c.weight_bytes,
-        "feature_bytes": c.feature_bytes,
-        "input_bytes": c.input_bytes,
-        "output_bytes": c.output_bytes,
-    }
-    if cost.name == "brr":
-        row["tiles"] = c.tiles
-    return row
+    return PlanGroup(
+        ops=cost.fg.group_names(mask),
+        buffer_bytes=c.buffer_bytes,
+        dram_bytes=c.dram_bytes,
+        valid=c.valid,
+        fits=c.fits,
+        weight_bytes=c.weight_bytes,
+        feature_bytes=c.feature_bytes,
+        input_bytes=c.input_bytes,
+        output_bytes=c.output_bytes,
+        tiles=c.tiles if cost.name == "brr" else None,
+    )
 
 
 def build_plan(
@@ -77,8 +75,11 @@ def partition_fusion_graph(
     element_bytes: int = 1,
     explainer: str = "exact",
     progress: Progress | None = None,
+    gap: bool = False,
+    gap_time_limit: float = 20.0,
 ) -> tuple[Plan, float]:
-    """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds)."""
+    """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
+    ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``)."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -101,7 +102,12 @@ def partition_fusion_graph(
         "plans_evaluated": evaluator.used,
         "buffer": format_size(buffer_bytes),
     }
-    return build_plan(cost, best, front, info, splitter), seconds
+    plan = build_plan(cost, best, front, info, splitter)
+    if gap:
+        from .exact import optimality_gap
+
+        plan.optimum = optimality_gap(cost, plan.dram_bytes, gap_time_limit)
+    return plan, seconds
 
 
 def partition(

@@ -62,7 +62,7 @@ import numpy as np
 
 from fuser.ir import FuserError
 
-from .opgraph import FusionGraph, bits
+from .opgraph import FusionGraph, bits, mask_of
 
 STYLES = ("lbdf", "brr")
 LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the bound
@@ -102,6 +102,7 @@ class CostModel:
     """Shared machinery of the cost models; subclasses define F_β and F_D."""
 
     name = "?"
+    incremental_intervals = False  # upstream_intervals costs O(1) a step (else O(interval))
 
     def __init__(self, fg: FusionGraph, buffer_bytes: int, element_bytes: int = 1):
         if buffer_bytes <= 0:
@@ -119,7 +120,10 @@ class CostModel:
             [sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs], dtype=np.int64
         )
         self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
-        self.fusable_mask = sum(1 << i for i in range(fg.n) if self.cost(1 << i).fits)
+        singles = [self.cost(1 << i) for i in range(fg.n)]
+        self.single_dram_bytes = [c.dram_bytes for c in singles]  # per op alone, without a lookup
+        self.single_buffer_bytes = [c.buffer_bytes for c in singles]
+        self.fusable_mask = mask_of(i for i, c in enumerate(singles) if c.fits)
 
     # ---- public -------------------------------------------------------------
     def cost(self, mask: int) -> GroupCost:
@@ -187,6 +191,17 @@ class CostModel:
 
     def breakdown(self, mask: int) -> Breakdown:
         raise NotImplementedError
+
+    def upstream_intervals(self, ops: list[int], j: int):
+        """Yield (i, mask, dram_bytes) for the chain intervals ``ops[i:j]``, i = j−1, j−2, ...,
+        while they are valid (``ops``: a chain in topological order; F_β only grows upstream,
+        so the first invalid interval ends the scan)."""
+        mask = 0
+        for i in range(j - 1, -1, -1):
+            mask |= 1 << ops[i]
+            if not self.valid(mask):
+                return
+            yield i, mask, self.cost(mask).dram_bytes
 
     # ---- shared terms -----------------------------------------------------------
     def _dram_elements(self, mask: int) -> int:
@@ -285,6 +300,7 @@ class LBDF(CostModel):
     """Line-buffer depth-first: F_β = (W + Feat(G, 1))·e, F_D = (W + In + Out)·e."""
 
     name = "lbdf"
+    incremental_intervals = True
 
     def _weight_term(self, member: np.ndarray) -> int:
         if self.fg.shared_weights:  # a per-op sum would count shared weights twice
@@ -309,6 +325,58 @@ class LBDF(CostModel):
             n_in * e,
             n_out * e,
         )
+
+    def upstream_intervals(self, ops: list[int], j: int):
+        """Incremental F_β and F_D as the chain interval grows upstream: a new first op
+        changes no row demand below it, only turns its outputs from inputs into inner
+        tensors (rows: the demand already there, or one row when they also leave) and
+        adds its own inputs' demand. Barriers (the whole-tensor rule) and shared weights
+        take the exact path."""
+        fg = self.fg
+        if fg.shared_weights:
+            yield from super().upstream_intervals(ops, j)
+            return
+        e, beta = self.element_bytes, self.buffer_bytes
+        rows: dict[int, int] = {}
+        inputs: set[int] = set()
+        mask = weights = feature = n_in = n_out = 0
+        for i in range(j - 1, -1, -1):
+            op = ops[i]
+            mask |= 1 << op
+            if fg.barrier_mask >> op & 1:  # the whole-tensor rule from here on: exact costs
+                for start in range(i, -1, -1):
+                    mask |= 1 << ops[start]
+                    if not self.valid(mask):
+                        return
+                    yield start, mask, self.cost(mask).dram_bytes
+                return
+            weights += fg.weight_numel[op]
+            outside = ~mask
+            r_out = 0
+            for t in fg.op_outputs[op]:
+                r = rows.get(t, 0)
+                if t in inputs:
+                    inputs.discard(t)
+                    n_in -= fg.tensor_numel[t]
+                leaves = fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & outside
+                if leaves:
+                    n_out += fg.tensor_numel[t]
+                if (leaves or r == 0) and r < 1:
+                    feature += (1 - r) * fg.tensor_row_numel[t]
+                    r = rows[t] = 1
+                r_out = max(r_out, r)
+            for t, rule in fg.op_inputs[op]:
+                if t not in inputs:
+                    inputs.add(t)
+                    n_in += fg.tensor_numel[t]
+                need = rule.rows(r_out, fg.tensor_height[t])
+                old = rows.get(t, 0)
+                if need > old:
+                    feature += (need - old) * fg.tensor_row_numel[t]
+                    rows[t] = need
+            if i < j - 1 and (weights + feature) * e >= beta:
+                return
+            yield i, mask, (weights + n_in + n_out) * e
 
     def breakdown(self, mask: int) -> Breakdown:
         ops = bits(mask)

@@ -14,7 +14,7 @@ channel shuffle); a tensor of rank < 4 (Gemm/MatMul features, tokens) has a sing
 row, the whole tensor. ``RowRule`` says how many input rows an op needs to emit
 ``r`` output rows:
 
-  window     Conv, MaxPool, AveragePool: h_in = min((r - 1)·stride + k_eff, H_in),
+  window     Conv and pools (registry categories conv, pool): h_in = min((r - 1)·stride + k_eff, H_in),
              k_eff = dilation·(k - 1) + 1 along H.
   transposed ConvTranspose: h_in = min(ceil((r - 1 + k_eff) / stride), H_in).
   resize     Resize/Upsample by a factor f = H_out / H_in: h_in = min(ceil(r / f) + 1, H_in)
@@ -41,76 +41,17 @@ import numpy as np
 
 from fuser.analysis import node_weights
 from fuser.ir import FuserError, Graph, Node, Value
+from fuser.ir.ops import Category, category, ops_in
 
-ELEMENTWISE = {
-    "Abs",
-    "Add",
-    "And",
-    "Cast",
-    "Ceil",
-    "Clip",
-    "Cos",
-    "Div",
-    "Dropout",
-    "Elu",
-    "Equal",
-    "Erf",
-    "Exp",
-    "Floor",
-    "Gelu",
-    "Greater",
-    "HardSigmoid",
-    "HardSwish",
-    "Identity",
-    "LeakyRelu",
-    "Less",
-    "Log",
-    "Max",
-    "Mean",
-    "Min",
-    "Mish",
-    "Mod",
-    "Mul",
-    "Neg",
-    "Not",
-    "Or",
-    "Pow",
-    "PRelu",
-    "Reciprocal",
-    "Relu",
-    "Round",
-    "Selu",
-    "Sigmoid",
-    "Sign",
-    "Sin",
-    "Softplus",
-    "Softsign",
-    "Sqrt",
-    "Sub",
-    "Sum",
-    "Tanh",
-    "ThresholdedRelu",
-    "Where",
-    "Xor",
-    "BatchNormalization",
-    "InstanceNormalization",
-}
-WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
-GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-REDUCTIONS = {
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceProd",
-    "ReduceLogSumExp",
-    "ReduceSumSquare",
-}
-RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
-LAST_AXIS_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
-AXIS_OPS = {"Concat", "Split", "Slice", "Gather"}
+# Op kinds come from the op registry (fuser.ir.ops); the row rules add only what a
+# category does not say: which axis an op works along.
+ROW_PRESERVING_NORMS = frozenset({"BatchNormalization", "InstanceNormalization"})  # per channel
+ELEMENTWISE = ops_in(Category.ELEMENTWISE) | ROW_PRESERVING_NORMS
+GLOBAL_POOLS = frozenset(op for op in ops_in(Category.REDUCTION) if op.startswith("Global"))
+REDUCTIONS = frozenset(op for op in ops_in(Category.REDUCTION) if op.startswith("Reduce"))
+RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+LAST_AXIS_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
+AXIS_OPS = frozenset({"Concat", "Split", "Slice", "Gather"})
 
 
 @dataclass(frozen=True)
@@ -169,16 +110,15 @@ def row_rule(node: Node, index: int) -> RowRule:
     rank_in, rank_out = len(x.shape), len(y.shape or ())
     keeps_rows = rank_out >= 4 and row_height(y) == h_in
     op = node.op
-    if op in WINDOW_OPS and index == 0 and rank_in == 4:
-        kernel = node.attr("kernel_shape") or (list(node.inputs[1].shape[2:]) if op == "Conv" else [1])
+    kind = category(op)
+    if kind in (Category.CONV, Category.POOL) and index == 0 and rank_in == 4:
+        kernel = node.attr("kernel_shape") or (
+            list(node.inputs[1].shape[2:]) if kind is Category.CONV else [1]
+        )
         dilation = (node.attr("dilations") or [1] * len(kernel))[0]
         stride = (node.attr("strides") or [1] * len(kernel))[0]
-        return RowRule("window", dilation * (int(kernel[0]) - 1) + 1, int(stride))
-    if op == "ConvTranspose" and index == 0 and rank_in == 4:
-        kernel = node.attr("kernel_shape") or list(node.inputs[1].shape[2:])
-        dilation = (node.attr("dilations") or [1] * len(kernel))[0]
-        stride = (node.attr("strides") or [1] * len(kernel))[0]
-        return RowRule("transposed", dilation * (int(kernel[0]) - 1) + 1, int(stride))
+        rule = "transposed" if op == "ConvTranspose" else "window"
+        return RowRule(rule, dilation * (int(kernel[0]) - 1) + 1, int(stride))
     if op in ("Resize", "Upsample") and index == 0 and rank_out >= 4:
         return RowRule("resize", scale=row_height(y) / h_in)
     if op in GLOBAL_POOLS:
@@ -243,10 +183,16 @@ def bits(mask: int) -> list[int]:
 
 
 def mask_of(indices) -> int:
-    m = 0
-    for i in indices:
-        m |= 1 << i
-    return m
+    """The bitmask of op (or tensor) ``indices``; big sets through numpy (no n-bit int per index)."""
+    indices = list(indices)
+    if len(indices) <= 16:
+        m = 0
+        for i in indices:
+            m |= 1 << i
+        return m
+    flags = np.zeros(max(indices) + 1, np.uint8)
+    flags[indices] = 1
+    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
 
 
 @dataclass

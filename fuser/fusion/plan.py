@@ -24,7 +24,7 @@ import numpy as np
 
 from fuser.ir import FuserError, Graph, stable_topological_order
 
-from .opgraph import FusionGraph, bits
+from .opgraph import FusionGraph, bits, mask_of
 
 PLAN_FORMAT = "fuser.fusion.plan/1"
 
@@ -80,25 +80,26 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     return None if order is None else [groups[k] for k in order]
 
 
-def merge_makes_cycle(fg: FusionGraph, a: int, b: int) -> bool:
-    """Whether fusing groups ``a`` and ``b`` closes a cycle: a path from one to the
-    other that passes through ops outside both (all groups being convex)."""
-    both = a | b
-    for src, dst in ((a, b), (b, a)):
-        frontier = 0
-        for i in bits(src):
-            frontier |= fg.succ_mask[i]
-        frontier &= ~both
-        seen = frontier
-        while frontier:
-            grow = 0
-            for i in bits(frontier):
-                grow |= fg.succ_mask[i]
-            if grow & dst:
-                return True
-            frontier = grow & ~both & ~seen
-            seen |= frontier
-    return False
+def reach(fg: FusionGraph, mask: int) -> tuple[int, int]:
+    """(ancestors, descendants) of the group ``mask``: the ORs of its ops' reachability masks."""
+    anc, desc = fg.ancestors(), fg.descendants()
+    up = down = 0
+    for i in bits(mask):
+        up |= anc[i]
+        down |= desc[i]
+    return up, down
+
+
+def merge_makes_cycle(
+    fg: FusionGraph, a: int, b: int, reach_a: tuple[int, int] | None = None, reach_b=None
+) -> bool:
+    """Whether fusing groups ``a`` and ``b`` closes a cycle: an op outside both that
+    one of them reaches and that reaches the other (a path that leaves and comes back).
+    ``reach_a``/``reach_b``: their ``reach`` when the caller maintains it."""
+    up_a, down_a = reach_a or reach(fg, a)
+    up_b, down_b = reach_b or reach(fg, b)
+    outside = ~(a | b)
+    return bool((down_a & up_b | down_b & up_a) & outside)
 
 
 # ---- the edge genome --------------------------------------------------------------
@@ -177,20 +178,60 @@ def _adjacency(rows: np.ndarray, cols: np.ndarray, n: int):
 
 def _masks(labels: list[int], ops: list[int] | None = None) -> list[int]:
     """Group bitmasks from per-op labels (of ``ops``, default 0..n-1), in label order of first op."""
-    groups: dict[int, int] = {}
-    for i, c in zip(ops if ops is not None else range(len(labels)), labels):
-        groups[c] = groups.get(c, 0) | (1 << i)
-    return list(groups.values())
+    if not len(labels):
+        return []
+    labels = np.asarray(labels)
+    ops = np.arange(len(labels)) if ops is None else np.asarray(ops)
+    order = np.argsort(labels, kind="stable")
+    label_sorted, ops_sorted = labels[order], ops[order].tolist()
+    starts = np.flatnonzero(np.r_[True, label_sorted[1:] != label_sorted[:-1]]).tolist()
+    ends = starts[1:] + [len(ops_sorted)]
+    spans = sorted(zip(starts, ends), key=lambda se: ops_sorted[se[0]])  # by first op
+    return [1 << ops_sorted[a] if b - a == 1 else mask_of(ops_sorted[a:b]) for a, b in spans]
 
 
 # ---- the Plan ---------------------------------------------------------------------
 @dataclass
+class PlanGroup:
+    """One fusion group of a plan: its ops (names, topological order) and costs (bytes).
+
+    ``buffer_bytes`` is F_β, ``dram_bytes`` F_D (see ``fuser.fusion.cost``); ``tiles``:
+    BRR's row tiles (None under LBDF). JSON: the same keys, ``tiles`` only when set.
+    """
+
+    ops: list[str]
+    buffer_bytes: int = 0
+    dram_bytes: int = 0
+    valid: bool = True
+    fits: bool = True
+    weight_bytes: int = 0
+    feature_bytes: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    tiles: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.tiles is None:
+            del d["tiles"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<plan>") -> PlanGroup:
+        if not isinstance(data, dict) or not isinstance(data.get("ops"), list):
+            raise FuserError(f'{source}: every group needs an "ops" list of op names')
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
 class Plan:
     """A fusion plan with its costs, explanations and provenance (JSON-serialisable).
 
-    ``groups``: each a dict with ``ops`` (op names in topological order),
-    ``buffer_bytes`` (F_β), ``dram_bytes`` (F_D), ``valid`` and the cost terms.
+    ``groups``: ``PlanGroup``s in an order that runs (topological).
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
+    ``optimum``: the proven bound on the least DRAM of any plan, when computed
+    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method"}``.
+    ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
     model: str
@@ -200,11 +241,12 @@ class Plan:
     dram_bytes: int
     no_fusion_dram_bytes: int
     peak_buffer_bytes: int
-    groups: list[dict]
+    groups: list[PlanGroup]
     splits: list[dict] = field(default_factory=list)
     unfusable: list[dict] = field(default_factory=list)
     search: dict = field(default_factory=dict)
     pareto: list[dict] = field(default_factory=list)
+    optimum: dict | None = None
 
     @property
     def dram_ratio(self) -> float:
@@ -213,10 +255,39 @@ class Plan:
 
     @property
     def op_groups(self) -> list[list[str]]:
-        return [g["ops"] for g in self.groups]
+        return [g.ops for g in self.groups]
+
+    @property
+    def gap(self) -> float | None:
+        """How far above the proven optimum (or lower bound) the plan's DRAM is: 0.01 = 1%."""
+        if not self.optimum or self.optimum["bytes"] <= 0:
+            return None
+        return self.dram_bytes / self.optimum["bytes"] - 1
+
+    def __str__(self) -> str:
+        fused = [g for g in self.groups if len(g.ops) > 1]
+        search = self.search or {}
+        text = (
+            f"Plan({self.model}: {self.style.upper()}, buffer {self.buffer_bytes:,} B, "
+            f"DRAM {self.dram_bytes:,} B = {self.dram_ratio:.3f} of no fusion, "
+            f"{len(self.groups)} groups ({len(fused)} fused, {sum(len(g.ops) for g in fused)} ops), "
+            f"peak buffer {self.peak_buffer_bytes:,} B, {len(self.splits)} splits"
+        )
+        if search.get("search"):
+            text += f"; {search['search']} search, {search.get('split')} split"
+        if self.gap is not None:
+            kind = "optimal" if self.optimum["exact"] else "a lower bound"
+            text += f"; within {100 * self.gap:.1f}% of {kind}"
+        return text + ")"
+
+    __repr__ = __str__
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, **asdict(self)}
+        d = {"format": PLAN_FORMAT, **asdict(self)}
+        d["groups"] = [g.to_dict() for g in self.groups]
+        if self.optimum is None:
+            del d["optimum"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -234,9 +305,9 @@ class Plan:
         missing = {"model", "style", "buffer_bytes", "groups"} - set(fields)
         if missing:
             raise FuserError(f"{source}: fusion plan lacks {', '.join(sorted(missing))}")
-        for g in fields["groups"]:
-            if not isinstance(g, dict) or not isinstance(g.get("ops"), list):
-                raise FuserError(f'{source}: every group needs an "ops" list of op names')
+        if not isinstance(fields["groups"], list):
+            raise FuserError(f'{source}: "groups" must be a list')
+        fields["groups"] = [PlanGroup.from_dict(g, source) for g in fields["groups"]]
         fields.setdefault("element_bytes", 1)
         for k in ("dram_bytes", "no_fusion_dram_bytes", "peak_buffer_bytes"):
             fields.setdefault(k, 0)
@@ -256,7 +327,7 @@ class Plan:
     def annotate(self, graph) -> None:
         """Mark each node of ``graph`` with its group: ``node.meta["fusion_group"]`` is the
         group's index in ``groups`` (topological order), for backends that run groups."""
-        owner = {name: k for k, g in enumerate(self.groups) for name in g["ops"]}
+        owner = {name: k for k, g in enumerate(self.groups) for name in g.ops}
         missing = [n.name for n in graph.nodes if n.name not in owner]
         if missing:
             raise FuserError(f"plan for {self.model} has no group for op '{missing[0]}' of {graph.name}")
@@ -265,7 +336,7 @@ class Plan:
 
     def masks(self, fg: FusionGraph) -> list[int]:
         """The groups as op bitmasks of ``fg``; raises FuserError when illegal there."""
-        groups = [sum(1 << fg.index_of(name) for name in g["ops"]) for g in self.groups]
+        groups = [mask_of(fg.index_of(name) for name in g.ops) for g in self.groups]
         problems = partition_problems(fg, groups)
         if problems:
             raise FuserError(f"plan for {self.model} does not fit graph {fg.graph.name}: {problems[0]}")
@@ -279,11 +350,11 @@ def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
     names = {n.name for n in graph.nodes}
     owner: dict[str, int] = {}
     for gid, group in enumerate(plan.groups):
-        for op in group["ops"]:
+        for op in group.ops:
             if op not in names:
                 raise FuserError(
                     f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
                     "(was the plan made for this model and input shape?)"
                 )
             owner[op] = gid
-    return owner, plan.groups
+    return owner, [g.to_dict() for g in plan.groups]

@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fuser.ir import FuserError
+from fuser.ir.ops import Category, ops_in
 
 from .cost import CostModel
-from .opgraph import ELEMENTWISE, RESHAPES, bits
+from .opgraph import ELEMENTWISE, bits
 from .plan import decode, encode, merge_makes_cycle
 from .split import Splitter, edge_cuts
 
 SEARCHES = ("greedy", "random", "local", "nsga2")
-INJECTIVE = ELEMENTWISE | RESHAPES | {"Concat", "Split", "Slice", "Pad", "Resize", "Upsample"}
+# what FuseOps-style greedy fuses into its producer: the registry's elementwise and
+# injective (data movement) ops, and per-channel norms
+INJECTIVE = ELEMENTWISE | ops_in(Category.INJECTIVE)
 
 Progress = Callable[[int, int], None]
 MAX_STEPS = 500  # split explanations a plan carries from its ancestors
@@ -81,6 +84,7 @@ class PlanEvaluator:
         self.used = 0
         self.best: Evaluated | None = None
         self._memo: dict[bytes, Evaluated] = {}
+        self._pays: dict[int, bool] = {}
 
     @property
     def exhausted(self) -> bool:
@@ -91,6 +95,9 @@ class PlanEvaluator:
         cost = self.cost
         final, steps = [], []
         for g in groups:
+            if not g & (g - 1):  # one op: always valid, nothing to dissolve
+                final.append(g)
+                continue
             if cost.valid(g):
                 pieces = [g]
             else:
@@ -98,11 +105,18 @@ class PlanEvaluator:
                 pieces = result.pieces
                 steps.extend(result.steps)
             for p in pieces:
-                if p & (p - 1) and cost.cost(p).dram_bytes > cost.singles_dram(p):
+                if p & (p - 1) and not self._profitable(p):
                     final.extend(1 << i for i in bits(p))
                 else:
                     final.append(p)
         return final, steps
+
+    def _profitable(self, mask: int) -> bool:
+        """Whether the group moves no more DRAM than its ops alone (memoised)."""
+        ok = self._pays.get(mask)
+        if ok is None:
+            ok = self._pays[mask] = self.cost.cost(mask).dram_bytes <= self.cost.singles_dram(mask)
+        return ok
 
     def evaluate(self, genome: np.ndarray) -> Evaluated:
         genome = np.asarray(genome, dtype=bool)
@@ -110,7 +124,16 @@ class PlanEvaluator:
         ev = self._memo.get(key)
         if ev is None:
             groups, steps = self.repair(sorted(decode(self.fg, genome)))
-            ev = Evaluated(genome, groups, self.cost.dram(groups), self.peak(groups), steps)
+            multi = [g for g in groups if g & (g - 1)]
+            singles = [g.bit_length() - 1 for g in groups if not g & (g - 1)]
+            cost = self.cost
+            dram = cost.dram(multi) + sum(cost.single_dram_bytes[i] for i in singles)
+            peak = max(
+                [cost.cost(g).buffer_bytes for g in multi]  # repaired groups fit
+                + [cost.single_buffer_bytes[i] for i in singles if cost.fusable_mask >> i & 1],
+                default=0,
+            )
+            ev = Evaluated(genome, groups, dram, peak, steps)
             self._memo[key] = ev
         self.used += 1
         if self.best is None or (ev.dram, len(ev.groups)) < (self.best.dram, len(self.best.groups)):
@@ -132,18 +155,22 @@ class PlanEvaluator:
 def greedy_groups(cost: CostModel) -> list[int]:
     """FuseOps-style groups before repair: injective ops join their latest producer."""
     fg = cost.fg
+    anc, desc = fg.ancestors(), fg.descendants()
     owner = list(range(fg.n))
     members = {i: 1 << i for i in range(fg.n)}
+    reach = {i: (anc[i], desc[i]) for i in range(fg.n)}  # per group, kept up to date on merges
     for op in range(fg.n):
         if fg.ops[op] not in INJECTIVE:
             continue
         for p in reversed(fg.preds[op]):
             a, b = owner[p], owner[op]
-            if a == b or merge_makes_cycle(fg, members[a], members[b]):
+            if a == b or merge_makes_cycle(fg, members[a], members[b], reach[a], reach[b]):
                 continue
-            merged = members.pop(b) | members[a]
-            members[a] = merged
-            for i in bits(merged):
+            joined = members.pop(b)
+            (up_a, down_a), (up_b, down_b) = reach[a], reach.pop(b)
+            members[a] |= joined
+            reach[a] = (up_a | up_b, down_a | down_b)
+            for i in bits(joined):
                 owner[i] = a
             break
     return list(members.values())

@@ -28,6 +28,24 @@ to blame, form the cuts of its ``top_edges`` best edges, and
      the largest valid piece reaches 65.6 MB;
   3. else (no cut offers a valid piece, with lookahead off) cut at the
      best-scored edge and recurse on every piece.
+A group whose inner edges form one path (a chain: most groups of a CNN's
+backbone) is instead split by **chain DP**, exact there: every split of a chain
+is into intervals, and best[j] = min over valid ops i..j−1 of best[i] + F_D(i..j−1)
+scans each j's intervals upstream with incremental costs (``upstream_intervals``;
+LBDF only: BRR's tile count makes each interval an exact evaluation, so BRR chains
+of more than ``EXACT_CHAIN_OPS`` ops keep the tree search).
+The tree search may split at most ``tree_nodes`` new groups for one group the
+plan asks to split (its memo grows across calls, so later splits reuse what
+earlier ones found). Past that, which happens on wide graphs split whole (the
+all-fused Inception v2 needs about 100,000 tree nodes), the groups it still has
+to split are split by **interval DP**: with its ops in topological order o_1..o_k, every
+interval o_i..o_j is convex, its weakly connected components are legal pieces and
+pieces of consecutive intervals keep the group graph acyclic; so
+  best[j] = min over i of best[i] + Σ F_D(components of o_i..o_{j−1}),
+over intervals whose components are all valid (an interval holding an invalid
+component is never extended: F_β only grows with ops added), is the least-DRAM
+split into interval pieces, in O(k·L) component evaluations (L the longest
+all-valid interval).
 Each split step is recorded as an explanation: the culprit ops, the cut edges
 and the buffer need before and after.
 """
@@ -42,6 +60,8 @@ from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, bits
 
 SPLITS = ("random", "explain")
+TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
+EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²) cost work)
 
 
 @dataclass
@@ -214,12 +234,110 @@ class ExplainSplitter(Splitter):
         top_edges: int = 8,
         branch: int = 5,
         lookahead_ops: int | None = None,
+        tree_nodes: int = TREE_NODES,
     ):
         super().__init__(cost)
         self.explainer = explainer or ExactExplainer(cost)
         self.top_edges = top_edges
         self.branch = branch  # cuts whose pieces the tree search splits further
         self.lookahead_ops = lookahead_ops  # larger groups peel their largest valid piece
+        self.tree_nodes = tree_nodes
+        self._nodes_left: int | None = None  # set while a tree search runs
+        self._scans: dict[int, tuple[list[tuple[int, int]], int]] = {}  # chain DP, by last op
+
+    def split(self, mask: int) -> SplitResult:
+        if self._nodes_left is not None:  # inside a tree search: its budget applies
+            return super().split(mask)
+        self._nodes_left = self.tree_nodes
+        try:
+            return super().split(mask)
+        finally:
+            self._nodes_left = None
+
+    def interval_split(self, mask: int) -> SplitResult:
+        """The least-DRAM split of ``mask`` into the components of intervals of its
+        topological order (see the module docstring)."""
+        cost, fg = self.cost, self.fg
+        ops = bits(mask)
+        k = len(ops)
+        best: list[int | None] = [0] + [None] * k
+        choice: list[tuple[int, ...]] = [()] * (k + 1)
+        for j in range(1, k + 1):
+            comps: list[int] = []
+            total = 0
+            for i in range(j - 1, -1, -1):
+                op = ops[i]
+                joined, near = 1 << op, fg.nbr_mask(op)
+                kept = []
+                for c in comps:
+                    if c & near:
+                        joined |= c
+                        total -= cost.cost(c).dram_bytes
+                    else:
+                        kept.append(c)
+                if not cost.valid(joined):
+                    break  # every longer interval holds this component
+                comps = [*kept, joined]
+                total += cost.cost(joined).dram_bytes
+                if best[j] is None or best[i] + total < best[j]:
+                    best[j], choice[j] = best[i] + total, (i, *comps)
+        pieces, j = [], k
+        while j > 0:
+            i, *comps = choice[j]
+            pieces[:0] = sorted(comps)
+            j = i
+        step = SplitStep(mask, (), "interval DP (tree search over its node budget)", tuple(pieces))
+        return SplitResult(pieces, [step], best[k])
+
+    def is_chain(self, mask: int) -> bool:
+        """Whether the group's inner edges form one path through its ops in topological order."""
+        fg = self.fg
+        ops = bits(mask)
+        for k, op in enumerate(ops):
+            if fg.pred_mask[op] & mask != (1 << ops[k - 1] if k else 0):
+                return False
+            if fg.succ_mask[op] & mask != (1 << ops[k + 1] if k + 1 < len(ops) else 0):
+                return False
+        return True
+
+    def _scan(self, ops: list[int], j: int, group: int) -> list[tuple[int, int]]:
+        """(interval mask, F_D) of ``ops[i:j]`` for i = j−1, j−2, ... while valid, reusing the
+        scan of an earlier chain group that ends at the same op: an interval's cost does not
+        depend on the group around it, and inside a chain group the path upstream of an op
+        is unique, so a cached interval that lies inside this group is this group's."""
+        end = ops[j - 1]
+        cached = self._scans.get(end)
+        if cached is not None:
+            scan, stop = cached  # stop: the first invalid interval, 0 when the scan ran out of ops
+            if len(scan) >= j and scan[j - 1][0] & ~group == 0:
+                return scan[:j]
+            if stop and stop & ~group == 0:
+                return scan
+        scan = [(interval, dram) for _, interval, dram in self.cost.upstream_intervals(ops, j)]
+        stop = scan[-1][0] | 1 << ops[j - 1 - len(scan)] if len(scan) < j else 0
+        self._scans[end] = (scan, stop)
+        return scan
+
+    def chain_split(self, mask: int) -> SplitResult:
+        """The least-DRAM split of a chain group: its pieces are intervals, so DP over the
+        chain is exact: best[j] = min over valid ops i..j−1 of best[i] + F_D(ops i..j−1)."""
+        ops = bits(mask)
+        k = len(ops)
+        best: list[int | None] = [0] + [None] * k
+        choice = [0] * (k + 1)
+        piece = [0] * (k + 1)
+        for j in range(1, k + 1):
+            for x, (interval, dram) in enumerate(self._scan(ops, j, mask)):
+                i = j - 1 - x
+                if best[j] is None or best[i] + dram < best[j]:
+                    best[j], choice[j], piece[j] = best[i] + dram, i, interval
+        pieces, j = [], k
+        while j > 0:
+            pieces.append(piece[j])
+            j = choice[j]
+        pieces.reverse()
+        step = SplitStep(mask, (), "chain DP (least DRAM over every split of a chain)", tuple(pieces))
+        return SplitResult(pieces, [step], best[k])
 
     def candidate_cuts(self, mask: int, ranked_edges: list[tuple[int, int]]) -> list[Cut]:
         cuts, seen = [], set()
@@ -232,6 +350,11 @@ class ExplainSplitter(Splitter):
 
     def _split(self, mask: int) -> SplitResult:
         cost = self.cost
+        if (cost.incremental_intervals or mask.bit_count() <= EXACT_CHAIN_OPS) and self.is_chain(mask):
+            return self.chain_split(mask)
+        self._nodes_left -= 1
+        if self._nodes_left < 0:
+            return self.interval_split(mask)
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))

@@ -4,7 +4,8 @@ The TVM backend may not import the planner, so a plan reaches it as plain data: 
 group, a ``TileHint`` with the plan's style (lbdf: one output row per tile, rolling line
 buffers; brr: the group's T* tiles), the buffer the plan was made for (which sizes channel
 blocks of ops too big for it) and the threads to run on. Read from the plan's JSON form, so
-any plan file works.
+any plan file works: a style other than brr (a hand-written plan's) tiles as lbdf, one row
+at a time, and a plan with no buffer (0) blocks no channels.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ def tile_hints(plan: Plan, threads: int = 1) -> dict:
     data = plan.to_dict()
     return {
         gid: TileHint(
-            style=data["style"],
+            style="brr" if data["style"] == "brr" else "lbdf",
             tiles=group.get("tiles") if data["style"] == "brr" else None,
-            buffer_bytes=int(data["buffer_bytes"]),
+            buffer_bytes=int(data["buffer_bytes"]) or None,
             threads=threads,
         )
         for gid, group in enumerate(data["groups"])

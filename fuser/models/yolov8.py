@@ -146,7 +146,8 @@ def _anchors(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[2], x.shape[3]
         sy, sx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
         points.append(torch.stack((sx, sy), -1).view(-1, 2))
-        strides.append(torch.full((h * w, 1), float(stride)))
+        # from arange, like the points, so the exported graph computes it from shapes alone
+        strides.append(torch.arange(h * w).unsqueeze(1).float() * 0 + stride)
     return torch.cat(points).T.unsqueeze(0), torch.cat(strides).T.unsqueeze(0)
 
 

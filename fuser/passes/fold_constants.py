@@ -12,8 +12,9 @@ Rules, applied in graph order:
      ``onnx.reference`` (ONNX's own semantics), unless an output would exceed
      ``MAX_FOLDED_ELEMENTS`` (folding must not blow up the model).
 A graph output is never replaced by a constant (its name is the model's interface). A result
-computed from no weight (only shapes, configuration and other such results) is marked
-``derived``: it is not a parameter (an anchor grid, a folded Range).
+computed from no weight (only shapes, configuration and other such results; a ConstantOfShape
+fill excepted: exporters write weights that way) is marked ``derived``: analysis does not
+count it as a parameter where an op reads it as an operand (an anchor grid from Range).
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def run(graph: Graph) -> PassResult:
         arrays = _fold(node, graph.opset)
         if arrays is None:
             continue
-        derived = all(
+        # ConstantOfShape fills stand for initializers (exporters write zero biases and stand-in
+        # weights that way), so they are never derived
+        derived = node.op != "ConstantOfShape" and all(
             v is None or v.derived or weight_role(node, i) is None for i, v in enumerate(node.inputs)
         )
         for v, a in zip(node.outputs, arrays):

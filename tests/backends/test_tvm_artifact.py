@@ -1,12 +1,16 @@
-"""`fuser compile` / `fuser run` and the artifact's load: a build on disk gives ONNX
-Runtime's numbers, refuses other versions, and follows a fusion plan."""
+"""`fuser compile` / `fuser run` / `fuser bench` and the artifact's load: a build on disk
+gives ONNX Runtime's numbers, refuses other versions, and follows a fusion plan; tuning
+counts its trials and fails loudly. Compiled code runs in a child process
+(tests/native.py), so a native crash fails one test and names the signal."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
+import native
 import numpy as np
 import pytest
 import torch
@@ -60,7 +64,7 @@ def test_compile_writes_library_and_metadata(built, small_model):
 
 def test_load_matches_ort(built, small_model):
     _, _, graph, x, ref = small_model
-    model = fuser.load(built[0])  # the public entry point (fuser.backends.tvm.artifact.load)
+    model = native.load(built[0])  # fuser.load (the public entry point) in the child
     assert rel_err(model(x)[0], ref) <= 1e-4
     assert rel_err(model(**{graph.inputs[0].name: x})[0], ref) <= 1e-4
     with pytest.raises(fuser.FuserError, match="expected float32"):
@@ -70,8 +74,8 @@ def test_load_matches_ort(built, small_model):
 def test_run_writes_npz(built, small_model, tmp_path):
     d, _, graph, _, ref = small_model
     out = tmp_path / "out.npz"
-    r = invoke("run", built[0], "--input", f"{graph.inputs[0].name}={d / 'x.npy'}", "--output", out)
-    assert r.exit_code == 0, r.output
+    r = native.run_cli("run", built[0], "--input", f"{graph.inputs[0].name}={d / 'x.npy'}", "--output", out)
+    assert r.returncode == 0, r.stderr
     got = np.load(out)[graph.outputs[0].name]
     assert rel_err(got, ref) <= 1e-4
 
@@ -91,21 +95,28 @@ def test_version_mismatch_is_a_clear_error(built, tmp_path):
     assert r.exit_code == 2 and "rebuild" in r.output
 
 
-def test_build_for_a_cpu_this_machine_lacks_is_refused(built, tmp_path):
-    import shutil
-
+def test_build_records_the_instruction_sets_it_may_use(built):
     from fuser.backends import tvm as tb
 
     meta = json.loads((built[0] / tvm_artifact.METADATA).read_text())
-    assert meta["cpu"] == tb.host_cpu()  # built for this machine by default
-    if not tb.missing_cpu_features("sapphirerapids"):
-        pytest.skip("this CPU has every instruction set of sapphirerapids")
-    copy = tmp_path / "spr"
+    assert meta["cpu"] == tb.host_cpu()  # LLVM's name for this CPU ...
+    # ... minus what the OS does not report: every recorded instruction set is present here
+    assert meta["cpu_features"] and set(meta["cpu_features"]) <= tb.host_features()
+    assert all(f"-{f}" not in meta["mattr"] for f in meta["cpu_features"])
+
+
+def test_build_for_a_cpu_this_machine_lacks_is_refused(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "future"
     shutil.copytree(built[0], copy)
-    meta["cpu"] = "sapphirerapids"
+    meta = json.loads((copy / tvm_artifact.METADATA).read_text())
+    meta["cpu"], meta["cpu_features"] = "diamondrapids", meta["cpu_features"] + ["amx-fp8", "avx10.2"]
     (copy / tvm_artifact.METADATA).write_text(json.dumps(meta))
     r = CliRunner().invoke(main, ["run", str(copy), "--input", "x.npy"])
-    assert r.exit_code == 2 and "built for CPU sapphirerapids" in r.output and "amx" in r.output
+    assert r.exit_code == 2
+    assert "code for CPU diamondrapids may use amx-fp8, avx10.2, which this CPU lacks" in r.output
+    assert "--cpu x86-64" in r.output
 
 
 def test_portable_cpu_build_matches_ort(small_model, tmp_path):
@@ -113,7 +124,7 @@ def test_portable_cpu_build_matches_ort(small_model, tmp_path):
     r = invoke("compile", path, "-o", tmp_path / "x86", "--cpu", "x86-64", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["cpu"] == "x86-64"
-    assert rel_err(fuser.load(tmp_path / "x86")(x)[0], ref) <= 1e-4
+    assert rel_err(native.load(tmp_path / "x86")(x)[0], ref) <= 1e-4
     r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b"), "--cpu", "z80"])
     assert r.exit_code == 2 and "--cpu z80" in r.output
 
@@ -124,7 +135,6 @@ def test_not_a_build_is_a_user_error(tmp_path):
 
 
 def test_compile_with_plan_has_one_kernel_per_group(small_model, tmp_path):
-    pytest.importorskip("fuser.fusion.plan")
     from fuser.fusion.plan import PLAN_FORMAT
 
     _, path, graph, x, ref = small_model
@@ -142,14 +152,16 @@ def test_compile_with_plan_has_one_kernel_per_group(small_model, tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert len(summary["kernels"]) == summary["plan_groups"] == 3
-    assert rel_err(tvm_artifact.load(tmp_path / "b")(x)[0], ref) <= 1e-4
+    assert summary["group_kernels"] == {str(g): f"fuser_group_{g}" for g in range(3)}
+    assert summary["shared_kernels"] == {}
+    assert rel_err(native.load(tmp_path / "b")(x)[0], ref) <= 1e-4
 
 
 def test_bench_json_reports_ratios_and_kernels(small_model):
     _, path, *_ = small_model
-    r = invoke("bench", path, "--backends", "ort,tvm", "--repeat", "3", "--warmup", "1", "--json")
-    assert r.exit_code == 0, r.output
-    report = json.loads(r.output[r.output.index("{") :])
+    r = native.run_cli("bench", path, "--backends", "ort,tvm", "--repeat", "3", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
     by_backend = {t["backend"]: t for t in report["timings"]}
     assert by_backend["ort"]["vs_ort"] == 1.0
     tvm_t = by_backend["tvm"]
@@ -165,9 +177,19 @@ def test_tuning_options_are_checked(small_model, tmp_path):
     assert r.exit_code == 2 and "--tune-trials" in r.output
 
 
+def test_trials_split_exactly():
+    from fuser.backends.tvm.tuning import split_trials
+
+    assert split_trials(20, 33) == [1] * 20 + [0] * 13  # 20 trials, not 33
+    assert split_trials(7, 2) == [4, 3]
+    assert split_trials(0, 3) == [0, 0, 0]
+    assert sum(split_trials(2000, 52)) == 2000
+
+
 def test_tuning_database_is_reused_and_resumed(tmp_path):
-    """Tuning stopped after its first kernel resumes with the second; a third run finds
-    both kernels in the database and tunes nothing; the tuned build gives ORT's numbers."""
+    """7 trials over 2 kernels are 4 + 3. Tuning stopped after its first kernel resumes
+    with the second and runs exactly its 3 trials; a third run finds both kernels in the
+    database and tunes nothing; the tuned build gives ORT's numbers."""
     from fuser.backends import tvm as tb
     from fuser.backends.tvm import tuning as tvm_tuning
 
@@ -181,28 +203,148 @@ def test_tuning_database_is_reused_and_resumed(tmp_path):
 
     first = []
     with pytest.raises(KeyboardInterrupt):
-        tvm_tuning.tune(fused, target, tmp_path, 8, on_plan=first.extend, on_progress=stop_after_first_batch)
-    assert [(b.records, b.want) for b in first] == [(0, 4), (0, 4)]
+        tvm_tuning.tune(fused, target, tmp_path, 7, on_plan=first.extend, on_progress=stop_after_first_batch)
+    assert [(b.records, b.want) for b in first] == [(0, 4), (0, 3)]
 
     resumed, progress = [], []
-    tvm_tuning.tune(
-        fused, target, tmp_path, 8, on_plan=resumed.extend, on_progress=lambda *a: progress.append(a)
+    result = tvm_tuning.tune(
+        fused, target, tmp_path, 7, on_plan=resumed.extend, on_progress=lambda *a: progress.append(a)
     )
     assert [b.tuned for b in resumed] == [True, False]  # first kernel kept, second tuned now
-    assert progress[-1][:2] == (4, 4) and progress[-1][2] == resumed[1].name
+    assert progress[-1] == (3, 3, resumed[1].name)
+    assert result.trials_requested == result.trials_run == 3
+    assert result.run_errors == result.build_errors == 0
 
     again = []
     tuned = tvm_tuning.tune(
         fused,
         target,
         tmp_path,
-        8,
+        7,
         on_plan=again.extend,
         on_progress=lambda *a: pytest.fail("tuned a kernel again"),
     )
-    assert len(again) == 2 and all(b.tuned for b in again)
-    model = tb.TVMModel(
-        tb.build_fused(tuned, target), tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
-    )
+    assert len(again) == 2 and all(b.tuned for b in again) and tuned.trials_run == 0
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    assert rel_err(model(x)[0], ort_run_graph(graph, {graph.inputs[0].name: x})[0]) <= 1e-4
+    feeds = {graph.inputs[0].name: x}
+    got = native.run_executable(tb.build_fused(tuned.mod, target), graph, target, feeds)
+    assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= 1e-4
+
+
+def test_tuning_whose_trials_crash_is_reported_failed(tmp_path, monkeypatch):
+    """MetaSchedule's runner process dies with SIGILL on every candidate (what a build for
+    the wrong CPU did): `fuser compile --tune-trials` fails with the runner's error, exit 2,
+    never 'tuning done', and writes no build."""
+    from tvm.s_tir.meta_schedule import runner as ms_runner
+
+    def crash(*_):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGILL)
+
+    real = ms_runner.LocalRunner
+    monkeypatch.setattr(ms_runner, "LocalRunner", lambda **kw: real(**kw, f_run_evaluator=crash))
+    path, out = tmp_path / "linear.onnx", tmp_path / "b"  # one kernel, one trial: a short run
+    fuser.save_onnx(fuser.optimize(torch.nn.Linear(16, 8).eval(), (torch.randn(2, 16),)), path)
+    r = CliRunner().invoke(
+        main,
+        ["compile", str(path), "-o", str(out), "--tune-trials", "1", "--tuning-db", str(tmp_path / "db")],
+    )
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert "tuning failed: 1 of 1 trials failed (1 to run, 0 to build" in text
+    assert "first error: LocalRunner: An exception occurred" in text
+    assert "tuning done" not in text and not (out / tvm_artifact.METADATA).exists()
+
+
+@pytest.fixture(scope="module")
+def elu_model(tmp_path_factory):
+    """Conv -> ELU -> Conv -> PReLU: torch and ORT run it, TVM does not lower Elu."""
+    path = tmp_path_factory.mktemp("elu") / "elu.onnx"
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ELU(), torch.nn.Conv2d(8, 4, 3), torch.nn.PReLU(4)
+    )
+    fuser.save_onnx(fuser.optimize(m.eval(), (torch.randn(1, 3, 16, 16),)), path)
+    return path
+
+
+def test_bench_keeps_the_rows_of_backends_that_work(elu_model):
+    """TVM cannot lower the model: its row says why, torch and ORT are still timed, exit 3.
+    (TVM fails before any compiled code runs, so this runs in-process.)"""
+    args = ["bench", elu_model, "--backends", "torch,ort,tvm", "--repeat", "2", "--warmup", "1"]
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--json"]])
+    assert r.exit_code == 3, r.output
+    report = json.loads(r.stdout)
+    rows = {t["backend"]: t for t in report["timings"]}
+    assert list(rows) == ["torch", "ort", "tvm"]
+    assert rows["torch"]["median_ms"] > 0 and rows["ort"]["vs_ort"] == 1.0 and not rows["ort"]["error"]
+    assert rows["tvm"]["median_ms"] is None and "op Elu has no Relax converter" in rows["tvm"]["error"]
+    assert "1 of 3 backends failed: tvm" in r.stderr
+
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--cpu", "x86-64"]])
+    assert r.exit_code == 3
+    assert "1.00x" in r.stdout and "failed" in r.stdout
+    assert re.search(r"\ntvm: \S+elu.onnx: node \S+ \(Elu\): TVM backend: op Elu has no Relax", r.stdout)
+
+
+def test_bench_refuses_a_cpu_this_machine_lacks(elu_model, monkeypatch):
+    from fuser.backends.tvm import cpu as host
+
+    monkeypatch.setattr(host, "host_features", lambda: host.cpu_name_features("x86-64-v3"))
+    r = CliRunner().invoke(
+        main, ["bench", str(elu_model), "--backends", "ort,tvm", "--cpu", "x86-64-v4", "--json"]
+    )
+    assert r.exit_code == 3
+    tvm_row = json.loads(r.stdout)["timings"][1]
+    assert (
+        "code for CPU x86-64-v4 may use avx512" in tvm_row["error"] and "--cpu x86-64-v3" in tvm_row["error"]
+    )
+
+
+@pytest.fixture(scope="module")
+def twin_blocks(tmp_path_factory):
+    """Two identical conv+relu blocks (same shapes): a plan with one group per block gets
+    one kernel TVM runs twice."""
+    d = tmp_path_factory.mktemp("twins")
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+    )
+    graph = fuser.optimize(m.eval(), (torch.randn(1, 8, 12, 12),)).graph
+    fuser.save_onnx(graph, d / "twins.onnx")
+    from fuser.fusion.plan import PLAN_FORMAT
+
+    names = [n.name for n in fuser.optimize(str(d / "twins.onnx")).graph.nodes]
+    assert len(names) == 4
+    plan = {"format": PLAN_FORMAT, "model": "twins", "style": "hand", "buffer_bytes": 0}
+    plan["groups"] = [{"ops": names[:2], "dram_bytes": 100}, {"ops": names[2:], "dram_bytes": 200}]
+    (d / "plan.json").write_text(json.dumps(plan))
+    return d / "twins.onnx", d / "plan.json"
+
+
+def test_compile_says_which_groups_share_a_kernel(twin_blocks, tmp_path):
+    path, plan = twin_blocks
+    r = invoke("compile", path, "-o", tmp_path / "b", "--plan", plan)
+    text = " ".join(r.output.split())
+    assert "1 for 2 plan groups" in text
+    assert "fuser_group_0 runs groups 0, 1" in text
+    meta = json.loads((tmp_path / "b" / tvm_artifact.METADATA).read_text())
+    assert meta["kernels"] == ["fuser_group_0"] and meta["kernel_calls"] == {"fuser_group_0": 2}
+    assert meta["group_kernels"] == {"0": "fuser_group_0", "1": "fuser_group_0"}
+    assert meta["shared_kernels"] == {"fuser_group_0": [0, 1]}
+
+
+def test_bench_with_plan_reports_each_group(twin_blocks):
+    path, plan = twin_blocks
+    r = native.run_cli("bench", path, "--backends", "tvm", "--plan", plan, "--repeat", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = sorted(json.loads(r.stdout)["kernels"], key=lambda k: k["group"])
+    assert [(k["group"], k["kernel"], k["calls"], k["shared_with"]) for k in rows] == [
+        (0, "fuser_group_0", 1, [1]),
+        (1, "fuser_group_0", 1, [0]),
+    ]
+    assert rows[0]["median_ms"] == rows[1]["median_ms"] > 0  # one kernel, its time per call
+    assert [k["dram_bytes"] for k in rows] == [100, 200]

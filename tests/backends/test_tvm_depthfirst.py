@@ -29,7 +29,7 @@ TOL = 1e-4
 
 def plan_build(graph, style="lbdf", buffer="128KB", threads=2, target="llvm"):
     plan = partition(graph, buffer=buffer, style=style, search="greedy", element_bytes=4)
-    owner = {op: gid for gid, g in enumerate(plan.groups) for op in g["ops"]}
+    owner = {op: gid for gid, g in enumerate(plan.groups) for op in g.ops}
     mod = tb.to_relax(graph, owner)
     tvm_target = tb.make_target(target, threads=threads) if target == "llvm" else tb.make_target(target)
     fused = tb.fuse(mod, tvm_target, planned=True, tiling=tile_hints(plan, threads))

@@ -67,6 +67,16 @@ def residual_block(channels: int = 16, size: int = 8) -> Graph:
     return finish(g, [y])
 
 
+def conv_relu_chain(n_relu: int, channels: int = 8, size: int = 32) -> Graph:
+    """The planner-scaling chain: x -> conv3x3 -> n_relu x Relu (every op feeds only the next)."""
+    g = Graph(f"conv_relu_chain{n_relu}")
+    x = g.add_input("x", (1, channels, size, size))
+    t = _conv(g, x, channels, channels, 3, name="conv")
+    for k in range(n_relu):
+        t = g.add_node("Relu", [t], name=f"relu{k}").output
+    return finish(g, [t])
+
+
 def random_dag(seed: int, n_ops: int = 20) -> Graph:
     """A seeded CNN-like DAG: convs (1x1/3x3, some strided), activations, residual adds,
     channel concats, pools and squeeze-and-excite gates, with several outputs."""

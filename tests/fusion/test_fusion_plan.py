@@ -26,7 +26,7 @@ def assert_legal(fg, plan):
     assert sorted(i for m in masks for i in bits(m)) == list(range(fg.n))
     assert plan.dram_bytes == sum(cost.cost(m).dram_bytes for m in masks)
     assert plan.dram_bytes <= plan.no_fusion_dram_bytes == cost.no_fusion_dram()
-    assert [g["dram_bytes"] for g in plan.groups] == [cost.cost(m).dram_bytes for m in masks]
+    assert [g.dram_bytes for g in plan.groups] == [cost.cost(m).dram_bytes for m in masks]
     assert topological_groups(fg, masks) == masks  # listed in an order that runs
 
 
@@ -50,7 +50,7 @@ def test_fusion_helps_and_searches_beat_greedy_on_a_residual_block():
     greedy, _ = partition_fusion_graph(fg, buffer="16KB", search="greedy")
     local, _ = partition_fusion_graph(fg, buffer="16KB", search="local", budget=60)
     assert local.dram_bytes <= greedy.dram_bytes < greedy.no_fusion_dram_bytes
-    assert any(len(g["ops"]) > 1 for g in local.groups)
+    assert any(len(g.ops) > 1 for g in local.groups)
 
 
 def test_decode_makes_any_genome_legal():
@@ -134,3 +134,17 @@ def test_partition_api_on_a_graph_and_annotation_for_backends():
     for node in optimized.nodes:
         by_group.setdefault(node.meta["fusion_group"], []).append(node.name)
     assert [by_group[k] for k in sorted(by_group)] == plan.op_groups
+
+
+def test_plan_groups_are_typed_and_print_is_a_short_summary():
+    fg = build_fusion_graph(residual_block())
+    plan, _ = partition_fusion_graph(fg, buffer="16KB", search="local", budget=20)
+    assert all(isinstance(g, fuser.fusion.PlanGroup) for g in plan.groups)
+    assert [g.ops for g in plan.groups] == plan.op_groups
+    text = str(plan)
+    assert len(text) < 300 and "\n" not in text
+    assert f"DRAM {plan.dram_bytes:,} B" in text and f"{len(plan.groups)} groups" in text
+    data = json.loads(plan.to_json())
+    assert all(set(g) >= {"ops", "buffer_bytes", "dram_bytes", "valid"} for g in data["groups"])
+    assert "tiles" not in data["groups"][0]  # LBDF: no row tiles in the JSON
+    assert Plan.from_dict(data) == plan

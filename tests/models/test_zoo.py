@@ -76,7 +76,8 @@ def test_names_and_metadata():
         assert isinstance(info["description"], str) and info["description"]
         expected_reference = None if name in OWN_MODELS else EXPECTED_PARAMS[name]
         assert info["params_reference"] == expected_reference
-        expected_shape = (1, 3, 300, 300) if name == "efficientnet_b3" else (1, 3, 224, 224)
+        side = {"efficientnet_b3": 300, "yolov8n": 640}.get(name, 224)
+        expected_shape = (1, 3, side, side)
         assert models.input_shape(name) == expected_shape
     with pytest.raises(KeyError):
         models.create("no_such_model")

@@ -61,16 +61,19 @@ def test_prune_taylor_with_data(model_file, tmp_path):
         "taylor",
         "--data",
         data,
+        "--round-to",
+        "0",
         "--json",
     )
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["channels_removed"] == 4
+    assert json.loads(r.output)["channels_removed"] == 4  # int(16 * 0.75) = 12 kept, no rounding
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
         (["--ratio", "1.5"], "must be in [0, 1)"),
+        (["--ratio", "0.5", "--round-to", "-1"], "--round-to -1"),
         (["--ratio", "0.5", "--criterion", "taylor"], "needs data"),
         (["--ratio", "0.5", "--layer-ratio", "conv"], "PATTERN=RATIO"),
     ],
@@ -79,6 +82,26 @@ def test_prune_user_errors_exit_2_with_one_line(model_file, tmp_path, args, mess
     r = CliRunner().invoke(main, ["prune", str(model_file), str(tmp_path / "p.onnx"), *args])
     assert r.exit_code == 2
     assert message in r.output and r.output.count("\n") <= 2  # one line (soft-wrapped)
+
+
+def test_prune_rounds_to_8_by_default_and_prints_what_it_leaves(model_file, tmp_path, monkeypatch):
+    """ratio 0.25 of 16 channels keeps int(16 * 0.75) = 12; the default --round-to 8 makes it 16
+    (nothing pruned), --round-to 4 keeps 12, --round-to 0 keeps 12 too. The table names the count
+    left, and a count that is not a multiple of the vector width (here faked as 8) is warned about."""
+    from fuser.reports import hardware
+
+    monkeypatch.setattr(hardware, "vector_isa", lambda: ("AVX2", 8))
+    kept = {}
+    for rt in ("8", "4", "0"):
+        r = invoke("prune", model_file, tmp_path / "p.onnx", "--ratio", "0.25", "--round-to", rt, "--json")
+        (group,) = [g for g in json.loads(r.output)["groups"] if g["prunable"]]
+        kept[rt] = group["kept"]
+    assert kept == {"8": 16, "4": 12, "0": 12}
+    r = invoke("prune", model_file, tmp_path / "p.onnx", "--ratio", "0.25")
+    assert r.exit_code == 0 and "16 -> 16" in r.output and "warning" not in r.output
+    r = invoke("prune", model_file, tmp_path / "p.onnx", "--ratio", "0.25", "--round-to", "4")
+    assert "channel counts left: 12" in r.output
+    assert "not multiples of 8 (this CPU's AVX2 fp32 lanes" in r.output and "--round-to 8" in r.output
 
 
 def test_prune_refuses_to_overwrite_input(model_file):

@@ -6,11 +6,11 @@
     model = tb.compile_graph(graph, "llvm")     # TVMModel: model(x=array) -> [arrays]
 
 Modules, by concern: ``converters/`` (one Relax converter per op, by op family,
-registered into ``fuser.ir.ops``), ``lower`` (Graph -> IRModule), ``target`` (llvm CPU
-and cuda arch), ``build`` (kernel formation and compilation), ``depthfirst`` (depth-first
-schedules of fused kernels: row tiles, line buffers), ``cachesim`` (DRAM bytes per kernel on
-a simulated cache), ``runtime`` (the VM behind a numpy call, per-kernel timing),
-``artifact`` (build folders), ``tuning`` (MetaSchedule).
+registered into ``fuser.ir.ops``), ``lower`` (Graph -> IRModule), ``cpu`` (what this
+x86 CPU runs), ``target`` (llvm CPU and cuda arch), ``build`` (kernel formation and
+compilation), ``depthfirst`` (depth-first schedules of fused kernels: row tiles, line
+buffers), ``cachesim`` (DRAM bytes per kernel on a simulated cache), ``runtime`` (the VM
+behind a numpy call, per-kernel timing), ``artifact`` (build folders), ``tuning`` (MetaSchedule).
 """
 
 from .build import (
@@ -21,13 +21,15 @@ from .build import (
     depth_first_reports,
     fuse,
     fuse_passes,
+    kernel_calls,
     kernel_names,
 )
 from .common import require_tvm, tvm_version
+from .cpu import host_features, missing_cpu_features, portable_cpu
 from .depthfirst import TileHint
-from .lower import GROUP_FUNC_PREFIX, to_relax
+from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
 from .runtime import TVMModel, time_kernels, value_specs
-from .target import cuda_available, host_cpu, make_target, missing_cpu_features
+from .target import cuda_available, host_cpu, make_target, target_record
 
 __all__ = [
     "GROUP_FUNC_PREFIX",
@@ -42,11 +44,17 @@ __all__ = [
     "fuse",
     "fuse_passes",
     "host_cpu",
+    "host_features",
+    "group_kernels",
+    "kernel_calls",
     "kernel_names",
     "make_target",
     "missing_cpu_features",
+    "portable_cpu",
     "require_tvm",
+    "shared_kernels",
     "time_kernels",
+    "target_record",
     "to_relax",
     "tvm_version",
     "value_specs",

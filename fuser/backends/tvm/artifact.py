@@ -2,12 +2,16 @@
 
     OUT_DIR/
       model.so        tvm Executable.export_library (host code + kernels + weights)
-      metadata.json   inputs/outputs (name, shape, dtype), target, kernels, versions
+      metadata.json   inputs/outputs (name, shape, dtype), target (llvm: CPU, mattr and
+                      the instruction sets the code may use; cuda: arch and its limits),
+                      kernels, versions
 
 ``save`` writes the library first and the metadata last, each through a rename,
 so a folder with metadata.json holds a complete build. ``load`` refuses a build
 made with another TVM or fuser version: TVM's runtime ABI is not stable across
-releases, and a silent mismatch crashes instead of failing cleanly.
+releases, and a silent mismatch crashes instead of failing cleanly. It also refuses
+an llvm build that may use an instruction set this CPU lacks (it would die with
+SIGILL), naming the fix.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .runtime import TVMModel, value_specs
 
 LIBRARY = "model.so"
 METADATA = "metadata.json"
-FORMAT = 1
+FORMAT = 2  # 2: llvm builds record cpu_features
 
 
 def versions() -> dict[str, str]:
@@ -43,11 +47,11 @@ def versions() -> dict[str, str]:
     }
 
 
-def save(
-    out_dir: str | os.PathLike, executable, graph: Graph, target: str, *, extra: dict | None = None
-) -> dict:
-    """Write ``executable`` (built from ``graph`` for ``target``) to ``out_dir``; returns
-    the metadata written."""
+def save(out_dir: str | os.PathLike, executable, graph: Graph, target, *, extra: dict | None = None) -> dict:
+    """Write ``executable`` (built from ``graph`` for the tvm Target ``target``) to
+    ``out_dir``; returns the metadata written."""
+    from .target import target_record
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FuserError(f"{out}: exists and is not a folder")
@@ -64,7 +68,8 @@ def save(
         "format": FORMAT,
         "model": graph.name,
         "source": graph.source,
-        "target": target,
+        "target": target.kind.name,
+        **target_record(target),
         "inputs": value_specs(graph.inputs),
         "outputs": value_specs(graph.outputs),
         "versions": versions(),
@@ -98,6 +103,13 @@ def check_versions(meta: dict, where: str) -> None:
         )
 
 
+def check_cpu(meta: dict, where: str) -> None:
+    """Raise a FuserError when an llvm build may use an instruction set this CPU lacks."""
+    from .cpu import check_features
+
+    check_features(meta.get("cpu"), meta.get("cpu_features") or [], where)
+
+
 def load(out_dir: str | os.PathLike) -> TVMModel:
     """A build written by ``save`` / `fuser compile`, as a callable on numpy arrays:
     ``model(x)`` or ``model(name=array)`` -> list of output arrays."""
@@ -109,16 +121,7 @@ def load(out_dir: str | os.PathLike) -> TVMModel:
     lib = Path(out_dir) / LIBRARY
     if not lib.is_file():
         raise FuserError(f"{out_dir}: {LIBRARY} is missing; rebuild with `fuser compile`")
-    if meta.get("cpu"):
-        from .target import missing_cpu_features
-
-        missing = missing_cpu_features(meta["cpu"])
-        if missing:
-            raise FuserError(
-                f"{out_dir}: built for CPU {meta['cpu']}, which has "
-                f"{', '.join(missing[:4])} that this CPU lacks; rebuild it here or "
-                "with `fuser compile --cpu x86-64` for any x86 machine"
-            )
+    check_cpu(meta, str(out_dir))
     if meta["target"] == "cuda":
         from .target import cuda_available
 

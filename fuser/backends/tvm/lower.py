@@ -80,7 +80,7 @@ def _var_name(name: str) -> str:
 
 
 def _order_groups(
-    graph: Graph, groups: Sequence[tuple[int, Sequence[Node]]]
+    graph: Graph, groups: list[tuple[int, Sequence[Node]]]
 ) -> list[tuple[int | None, list[Node]]]:
     """(group id, its nodes) in an order where each unit runs after those it reads from;
     a node in no group is a unit of its own with id None. Raises when the groups feed
@@ -153,7 +153,8 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     """The Graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a
     tuple of the graph outputs.
 
-    ``groups``: lists of nodes (or node name -> group id), one per fused kernel.
+    ``groups``: lists of nodes (group ids 0, 1, ...) or node name -> group id, one
+    group per fused kernel; group ``k``'s function is ``fuser_group_k``.
     """
     require_tvm()
     if not all(v.is_static for v in graph.inputs):
@@ -163,16 +164,16 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     for n in graph.nodes:
         if implementation("relax", n.op) is None:
             raise _not_lowered(n, graph.source)
-    if isinstance(groups, Mapping):  # keep the plan's group ids: kernels are named after them
-        by_id: dict[Any, list[Node]] = {}
+    if isinstance(groups, Mapping):  # keep the given ids: reports join on them
+        by_id: dict[int, list[Node]] = {}
         for n in graph.nodes:
             if n.name in groups:
-                by_id.setdefault(groups[n.name], []).append(n)
-        groups = sorted(by_id.items())
-    elif groups:
-        groups = list(enumerate(groups))
+                by_id.setdefault(int(groups[n.name]), []).append(n)
+        numbered = sorted(by_id.items())
+    else:
+        numbered = list(enumerate(groups or ()))
     bb = relax.BlockBuilder()
-    units = _order_groups(graph, groups) if groups else None
+    units = _order_groups(graph, numbered) if numbered else None
     calls = []
     kernel_of: dict[str, str] = {}
     for gid, members in units or ():

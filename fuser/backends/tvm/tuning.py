@@ -14,12 +14,11 @@ their budget and tunes the rest.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fuser.ir import FuserError
@@ -79,6 +78,13 @@ def _valid_records(database, task_mod) -> int:
     return len(database.get_top_k(database.commit_workload(task_mod), 1 << 30))
 
 
+def split_trials(trials: int, kernels: int) -> list[int]:
+    """``trials`` split over ``kernels`` as evenly as whole trials allow, the first
+    kernels taking the remainder: [2, 2, 1] for 5 over 3; [1, 1, 0] for 2 over 3."""
+    base, extra = divmod(max(trials, 0), max(kernels, 1))
+    return [base + (i < extra) for i in range(kernels)]
+
+
 @dataclass
 class KernelBudget:
     """One kernel's share of a tuning run."""
@@ -93,23 +99,87 @@ class KernelBudget:
         return self.want == 0 or 2 * self.records >= self.want
 
 
-def _batch_callback(on_progress, names: list[str], total: int, stop: dict):
-    """A MeasureCallback run after each measured batch (its records are in the database
-    by then): it calls ``on_progress`` and stops the run when ``stop["signal"]`` is set.
-    What it raises is kept in ``stop["raised"]``: TVM's FFI hands it back as a bare
-    RuntimeError."""
+@dataclass
+class TuningResult:
+    """What a tuning run did: the module with the database's best records applied, the
+    per-kernel budgets, and the trials measured, by outcome."""
+
+    mod: object
+    budgets: list[KernelBudget]
+    trials_run: int = 0
+    build_errors: int = 0
+    run_errors: int = 0
+    first_error: str = ""
+    failed_kernels: list[str] = field(default_factory=list)  # had trials, none of them valid
+
+    @property
+    def trials_requested(self) -> int:
+        return sum(b.want for b in self.budgets if not b.tuned)
+
+
+def describe_budgets(budgets: list[KernelBudget], db_dir) -> str:
+    """'33 kernels, 2 already in DB; 20 trials for the rest: 20 kernels x 1, 11 left untuned'."""
+    cached = sum(b.tuned and b.want > 0 for b in budgets)
+    pending = [b.want for b in budgets if not b.tuned]
+    shares = sorted(set(pending), reverse=True)
+    split = ", ".join(f"{pending.count(w)} kernel{'s' * (pending.count(w) != 1)} x {w}" for w in shares)
+    untuned = sum(b.want == 0 for b in budgets)
+    return (
+        f"{len(budgets)} kernels, {cached} already in {db_dir}; {sum(pending)} trials for the rest"
+        + (f": {split}" if split else "")
+        + (f"; {untuned} left untuned (fewer trials than kernels)" if untuned else "")
+    )
+
+
+def describe_result(result: TuningResult) -> str:
+    """What a finished tuning run measured, e.g. 'tuning done: 20 of 20 trials'."""
+    text = f"tuning done: {result.trials_run} of {result.trials_requested} trials"
+    if result.trials_run < result.trials_requested:
+        text += " (some kernels ran out of distinct candidates)"
+    if result.build_errors:
+        text += f"; {result.build_errors} failed to build (first error: {result.first_error})"
+    return text
+
+
+def _first_line(msg: str) -> str:
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    # MetaSchedule's messages open with a generic line ("LocalRunner: An exception
+    # occurred") and end with the cause
+    return " / ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines[0] if lines else "?")
+
+
+def _batch_callback(on_progress, names: list[str], total: int, stop: dict, result: TuningResult, counts):
+    """A MeasureCallback run after each measured batch of the MetaSchedule run over the
+    kernels ``names`` (its records are in the database by then): it counts the trials
+    and their errors into ``result`` (per kernel in ``counts``, shared across runs), calls
+    ``on_progress`` and stops the run when ``stop["signal"]`` is set. What it raises is
+    kept in ``stop["raised"]``: TVM's FFI hands it back as a bare RuntimeError."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-    done = [0]
+    measured, valid = counts.setdefault("measured", {}), counts.setdefault("valid", {})
 
     @derived_object
     class AfterBatch(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            done[0] += len(measure_candidates)
             try:
+                result.trials_run += len(measure_candidates)
+                name = names[task_id]
+                measured[name] = measured.get(name, 0) + len(measure_candidates)
+                valid.setdefault(name, 0)
+                for built, ran in zip(builder_results, runner_results):
+                    error = built.error_msg or ran.error_msg
+                    if built.error_msg:
+                        result.build_errors += 1
+                    elif ran.error_msg:
+                        result.run_errors += 1
+                    else:
+                        valid[name] += 1
+                    if error and not result.first_error:
+                        result.first_error = _first_line(error)
+                result.failed_kernels = [n for n in measured if measured[n] and not valid[n]]
                 if on_progress:
-                    on_progress(done[0], total, names[task_id])
+                    on_progress(result.trials_run, total, name)
                 if stop.get("signal"):
                     raise KeyboardInterrupt
             except BaseException as e:
@@ -160,17 +230,23 @@ def tune(
     trials: int,
     on_plan: Callable[[list[KernelBudget]], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
-):
-    """Tune the kernels of ``fused`` (from ``tb.fuse``) with ``trials``
-    MetaSchedule trials in all, split evenly over its kernels; returns ``fused`` with
-    the best records of the database applied.
+    runner=None,
+) -> TuningResult:
+    """Tune the kernels of ``fused`` (from ``tb.fuse``) with ``trials`` MetaSchedule
+    trials in all, split over its kernels by ``split_trials``; returns a TuningResult
+    whose ``mod`` is ``fused`` with the database's best records applied.
 
-    Kernels the database already holds (``KernelBudget.tuned``) are skipped; the rest
-    are tuned round-robin in one MetaSchedule run, so each gets its share whatever
-    its speed (a latency-weighted scheduler would leave slow-to-improve kernels short
-    and have every rerun tune them again). ``on_plan(budgets)`` is called once before
-    tuning, ``on_progress(trials_done, trials_total, kernel)`` after each measured batch.
+    Kernels the database already holds (``KernelBudget.tuned``) are skipped and keep
+    their share unspent; the rest are tuned round-robin, each capped at its share, so
+    a run measures at most the trials asked for (fewer when a kernel's search space
+    runs out). ``on_plan(budgets)`` is called once before tuning,
+    ``on_progress(trials_done, trials_total, kernel)`` after each measured batch.
     Ctrl-C stops the run after the batch being measured (KeyboardInterrupt).
+
+    Raises a FuserError, naming the first error, when a trial failed to run (the
+    generated code crashed, raised or timed out: timings from such a machine mean
+    nothing) or a kernel's trials all failed; its records stay in the database.
+    ``runner``: a MetaSchedule Runner (default: LocalRunner, a child process here).
     """
     require_tvm()
     from tvm import relax
@@ -183,41 +259,75 @@ def tune(
     with target:
         tasks = ms.relax_integration.extract_tasks(fused, target)
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
-    per_task = max(math.ceil(trials / max(len(tasks), 1)), 1) if trials > 0 else 0
-    budgets = [KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), per_task) for t in tasks]
+    budgets = [
+        KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), want)
+        for t, want in zip(tasks, split_trials(trials, len(tasks)))
+    ]
     if on_plan:
         on_plan(budgets)
-    pending = [t for t, b in zip(tasks, budgets) if not b.tuned]
+    result = TuningResult(fused, budgets)
+    pending = [(t, b.want) for t, b in zip(tasks, budgets) if not b.tuned]
     if pending:
         _quiet_console()
         logs = str(Path(db_dir) / "logs")
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            pending, logs, strategy=_search_strategy(per_task), num_threads="physical"
-        )
-        total = per_task * len(pending)
         stop: dict = {}
-        callbacks = [
-            *ms.measure_callback.MeasureCallback.create("default"),
-            _batch_callback(on_progress, [t.task_name for t in pending], total, stop),
-        ]
-        _quiet_console()
+        counts: dict = {}
+        shared = {
+            "database": database,
+            "builder": ms.builder.LocalBuilder(f_build=build_candidate),
+            "runner": runner or ms.runner.LocalRunner(),
+            "cost_model": ms.cost_model.CostModel.create("xgb", num_tuning_cores=_cores(target)),
+            "task_scheduler": "round-robin",
+        }
         try:
             with _ctrl_c_after_batch(stop):
-                ms.tune.tune_tasks(
-                    tasks=contexts,
-                    task_weights=weights,
-                    work_dir=logs,
-                    max_trials_global=total,
-                    max_trials_per_task=per_task,
-                    num_trials_per_iter=min(64, per_task),
-                    database=database,
-                    builder=ms.builder.LocalBuilder(f_build=build_candidate),
-                    task_scheduler="round-robin",
-                    measure_callbacks=callbacks,
-                )
+                # one MetaSchedule run per share size: its per-task cap is then each
+                # kernel's exact share
+                for want in sorted({w for _, w in pending}, reverse=True):
+                    batch = [t for t, w in pending if w == want]
+                    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                        batch, logs, strategy=_search_strategy(want), num_threads="physical"
+                    )
+                    _quiet_console()
+                    ms.tune.tune_tasks(
+                        tasks=contexts,
+                        task_weights=weights,
+                        work_dir=logs,
+                        max_trials_global=want * len(batch),
+                        max_trials_per_task=want,
+                        num_trials_per_iter=min(64, want),
+                        measure_callbacks=[
+                            *ms.measure_callback.MeasureCallback.create("default"),
+                            _batch_callback(
+                                on_progress,
+                                [t.task_name for t in batch],
+                                result.trials_requested,
+                                stop,
+                                result,
+                                counts,
+                            ),
+                        ],
+                        **shared,
+                    )
         except RuntimeError:
             if "raised" in stop:
                 raise stop["raised"] from None
             raise
+        if result.run_errors or result.failed_kernels:
+            raise FuserError(
+                f"tuning failed: {result.run_errors + result.build_errors} of {result.trials_run} "
+                f"trials failed ({result.run_errors} to run, {result.build_errors} to build"
+                + (
+                    f"; no valid trial for {', '.join(result.failed_kernels[:3])}"
+                    if result.failed_kernels
+                    else ""
+                )
+                + f"); first error: {result.first_error}; logs in {logs}"
+            )
     with target, database:
-        return relax.transform.MetaScheduleApplyDatabase()(fused)
+        result.mod = relax.transform.MetaScheduleApplyDatabase()(fused)
+    return result
+
+
+def _cores(target) -> int:
+    return int(target.attrs.get("num-cores", os.cpu_count() or 1))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+
+FAILED_BACKEND_EXIT = 3  # the report printed, but a backend could not build or run the model
 
 
 def _bytes(n) -> str:
@@ -37,8 +42,13 @@ def _bytes(n) -> str:
     "--plan",
     "plan_path",
     type=click.Path(dir_okay=False),
-    help="Build TVM with this fusion plan; the kernel table then shows each group's "
-    "DRAM estimate next to its time.",
+    help="Build TVM with this fusion plan; the kernel table then has one row per plan "
+    "group, its DRAM estimate next to its time.",
+)
+@click.option(
+    "--cpu",
+    help="TVM llvm only: the CPU to build for, by LLVM name (default: this machine's, "
+    "as its OS reports it); one whose instruction sets this CPU lacks gets a failed row.",
 )
 @click.option(
     "--dram",
@@ -78,6 +88,7 @@ def command(
     dram,
     tune_trials,
     tuning_db,
+    cpu,
     top_kernels,
     as_json,
 ):
@@ -87,12 +98,21 @@ def command(
     Every backend runs the same optimized graph (BatchNorm folded) on the same
     random input: WARMUP untimed calls, then REPEAT timed ones; the table shows
     the median and the spread (min..max). For a TVM build it also times each
-    fused kernel alone, so you see where the time goes.
+    fused kernel alone, so you see where the time goes. With --plan, groups TVM
+    runs with one shared kernel (structurally identical groups) each show that
+    kernel's time per call and name the groups they share it with.
+
+    \b
+    A backend that cannot build or run the model gets its row with the reason
+    (e.g. `tvm: ... op Elu has no Relax converter`), the others are still timed, and the
+    exit status is 3.
 
     \b
     Examples:
       fuser bench zoo:resnet18 --input-shape 1,3,224,224
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
+      fuser bench zoo:resnet18 --backends ort,tvm --cpu x86-64-v3
+      fuser bench zoo:mobilenet_v2 --backends ort,tvm --plan plan.json --kernels 60
       fuser bench zoo:mobilenet_v2 --input-shape 1,3,64,64 --backends tvm --plan p.json --dram
     """
     from fuser.api import optimize
@@ -104,11 +124,13 @@ def command(
         raise FuserError("--backends: name at least one backend")
     if "tvm-tuned" in names and not (tune_trials and tuning_db):
         raise FuserError("--backends tvm-tuned needs --tune-trials N and --tuning-db DIR")
+    if cpu and not any(b.startswith("tvm") for b in names):
+        raise FuserError("--cpu applies to the tvm backends; add tvm to --backends")
 
     def tuning(fused, target):
         from .compile import tune_with_progress
 
-        return tune_with_progress(fused, target, tuning_db, tune_trials)
+        return tune_with_progress(fused, target, tuning_db, tune_trials).mod
 
     if any(b.startswith("tvm") for b in names):
         from fuser.backends import tvm as tb
@@ -136,6 +158,7 @@ def command(
             groups=groups,
             plan_groups=plan,
             tuning=tuning if tuning_db else None,
+            cpu=cpu,
             tiling=tiling,
             on_step=lambda s: err.print(f"[dim]{s}[/]") if not as_json else None,
         )
@@ -152,13 +175,27 @@ def command(
             data["groups"] = _group_rows(traffic, report)
             data["dram"] = {k: v for k, v in traffic.to_dict().items() if k != "groups"}
         emit_json(data)
-        return
+    else:
+        _print_report(model, report, repeat, top_kernels)
+        if traffic is not None:
+            _print_traffic(traffic, report)
+    if report.failed:
+        failed = ", ".join(t.backend for t in report.failed)
+        err.print(f"{len(report.failed)} of {len(report.timings)} backends failed: {escape(failed)}")
+        sys.exit(FAILED_BACKEND_EXIT)
+
+
+def _print_report(model, report, repeat: int, top_kernels: int) -> None:
     t = Table(
-        title=f"{model} {report.input_shape}, {threads} threads, median of {repeat}", title_justify="left"
+        title=f"{escape(model)} {report.input_shape}, {report.threads} threads, median of {repeat}",
+        title_justify="left",
     )
     for col in ("backend", "median ms", "min..max ms", "vs ORT"):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in report.timings:
+        if r.error:
+            t.add_row(r.backend, "[red]failed[/]", "-", "-")
+            continue
         t.add_row(
             r.backend,
             f"{r.median_ms:.3f}",
@@ -166,49 +203,57 @@ def command(
             f"{r.vs_ort:.2f}x" if r.vs_ort else "-",
         )
     out.print(t)
-    if report.kernels:
-        total = sum(k.median_ms for k in report.kernels)
-        kt = Table(
-            title=f"TVM kernels ({len(report.kernels)}, each timed alone; sum {total:.3f} ms)",
-            title_justify="left",
-        )
-        for col in ("kernel", "plan group", "ms", "%", "plan DRAM"):
-            kt.add_column(col, justify="left" if col == "kernel" else "right")
-        for k in report.kernels[:top_kernels]:
-            kt.add_row(
-                k.kernel,
-                "-" if k.group is None else str(k.group),
-                f"{k.median_ms:.4f}",
-                f"{100 * k.median_ms / max(total, 1e-12):.1f}",
-                _bytes(k.dram_bytes),
-            )
-        out.print(kt)
-    if traffic is not None:
-        from rich.markup import escape
+    for r in report.failed:  # one line each, unwrapped: the reason is the useful part
+        out.print(f"{r.backend}: {escape(r.error)}", highlight=False, soft_wrap=True)
+    if not report.kernels:
+        return
+    total = sum(k.total_ms for k in report.kernels)
+    planned = any(k.group is not None for k in report.kernels)
+    kt = Table(
+        title=f"TVM {'plan groups' if planned else 'kernels'} ({len(report.kernels)}; each kernel "
+        f"timed alone, per call; sum of all calls {total:.3f} ms)",
+        title_justify="left",
+    )
+    many_calls = any(k.calls > 1 for k in report.kernels)
+    cols = ["kernel"] + (["group"] if planned else []) + (["calls"] if many_calls else []) + ["ms/call", "%"]
+    cols += ["ops", "plan DRAM", "shares kernel with"] if planned else []
+    for col in cols:
+        left = col in ("kernel", "shares kernel with")
+        kt.add_column(col, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
+    for k in report.kernels[:top_kernels]:
+        row = [escape(k.kernel)] + (["-" if k.group is None else str(k.group)] if planned else [])
+        row += [str(k.calls)] if many_calls else []
+        row += [f"{k.median_ms:.4f}", f"{100 * k.total_ms / max(total, 1e-12):.1f}"]
+        if planned:
+            row += [escape(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
+        kt.add_row(*row)
+    out.print(kt)
 
-        gt = Table(
-            title=f"plan groups: DRAM predicted vs simulated (cache {_bytes(traffic.cache_bytes)}); "
-            f"in all {_bytes(traffic.predicted_bytes)} vs {_bytes(traffic.measured_bytes)}",
-            title_justify="left",
+
+def _print_traffic(traffic, report) -> None:
+    gt = Table(
+        title=f"plan groups: DRAM predicted vs simulated (cache {_bytes(traffic.cache_bytes)}); "
+        f"in all {_bytes(traffic.predicted_bytes)} vs {_bytes(traffic.measured_bytes)}",
+        title_justify="left",
+    )
+    for col in ("group", "ops", "predicted DRAM", "simulated DRAM", "ratio", "kernel ms"):
+        gt.add_column(col, justify="left" if col in ("group", "ops") else "right")
+    for row in _group_rows(traffic, report):
+        ops = ", ".join(row["ops"][:3]) + (f" +{len(row['ops']) - 3}" if len(row["ops"]) > 3 else "")
+        gt.add_row(
+            str(row["group"]),
+            escape(ops),
+            _bytes(row["predicted_bytes"]),
+            _bytes(row["measured_bytes"]),
+            "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
+            "-" if row["kernel_ms"] is None else f"{row['kernel_ms']:.4f}",
         )
-        for col in ("group", "ops", "predicted DRAM", "simulated DRAM", "ratio", "kernel ms"):
-            gt.add_column(col, justify="left" if col in ("group", "ops") else "right")
-        for row in _group_rows(traffic, report):
-            ops = ", ".join(row["ops"][:3]) + (f" +{len(row['ops']) - 3}" if len(row["ops"]) > 3 else "")
-            gt.add_row(
-                str(row["group"]),
-                escape(ops),
-                _bytes(row["predicted_bytes"]),
-                _bytes(row["measured_bytes"]),
-                "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
-                "-" if row["kernel_ms"] is None else f"{row['kernel_ms']:.4f}",
-            )
-        out.print(gt)
+    out.print(gt)
 
 
 def _group_rows(traffic, report) -> list[dict]:
-    """Per plan group: ops, predicted and simulated DRAM bytes, and its kernel's time (a kernel
-    several identical groups share runs once per group: each call's time)."""
+    """Per plan group: ops, predicted and simulated DRAM bytes, and its kernel's time per call
+    (a kernel several identical groups share runs once per group)."""
     ms = {k.kernel: k.median_ms for k in report.kernels}
     return [
         {

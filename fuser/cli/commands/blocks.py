@@ -6,24 +6,24 @@ from __future__ import annotations
 import click
 
 from fuser.blockfusion.devices import DEVICE_NAMES
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+from fuser.cli.common import (
+    emit_json,
+    input_shape_option,
+    json_option,
+    load_graph,
+    progress_bar,
+    show,
+    status,
+)
+from fuser.reports.text import plain
 
 
 def verify_with_progress(graph, blocks):
     """blockfusion.verify.verify_blocks behind a progress bar (a TVM build per block)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fuser.blockfusion.verify import verify_blocks
 
-    with Progress(
-        TextColumn("building blocks with TVM"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=sum(b.fused for b in blocks))
+    with progress_bar() as progress:
+        task = progress.add_task("building blocks with TVM", total=sum(b.fused for b in blocks))
         return verify_blocks(graph, blocks, on_block=lambda i, n: progress.update(task, completed=i))
 
 
@@ -89,10 +89,13 @@ def command(model, input_shapes, as_json, device, measure, verify, emit_dir, plo
       fuser blocks model.onnx --input-shape x:32,3,224,224 --device h200
     """
     from fuser.api import optimize
-    from fuser.blockfusion.report import blocks_report, emit_kernels, render, roofline_png
+    from fuser.blockfusion.report import blocks_report, emit_kernels, measurement_device
     from fuser.blockfusion.structure import find_residual_blocks
+    from fuser.reports.blocks import blocks_view
     from fuser.serde.files import atomic_write
 
+    if measure:
+        measurement_device(device)  # a GPU device on a machine without one: refused before capture
     graph = load_graph(model, input_shapes)
     with status("folding BatchNorm into the convs"):
         graph = optimize(graph).graph
@@ -109,11 +112,11 @@ def command(model, input_shapes, as_json, device, measure, verify, emit_dir, plo
         report["emitted"] = {"directory": emit_dir, "kernels": sorted({m["file"] for m in manifest})}
         notes.append(f"wrote {len(report['emitted']['kernels'])} kernels and manifest.json to {emit_dir}")
     if plot_path:
-        atomic_write(plot_path, roofline_png(report))
+        from fuser.reports.plots import figure_bytes, roofline_figure
+
+        atomic_write(plot_path, figure_bytes(roofline_figure(report)))
         notes.append(f"wrote {plot_path}")
     if as_json:
         emit_json(report)
         return
-    render(report, out)
-    for note in notes:
-        out.print(note, highlight=False)
+    show(blocks_view(report), *(plain(note) for note in notes))

@@ -12,10 +12,13 @@ from fuser.cli.common import emit_json, err, input_shape_option, json_option, lo
 
 def tune_with_progress(fused, target, tuning_db: str, trials: int):
     """MetaSchedule tuning (fuser.backends.tvm.tuning) behind a progress bar of trials;
-    with 0 trials it only applies what the database already holds."""
+    with 0 trials it only applies what the database already holds. Returns the
+    TuningResult; a failed tuning raises its FuserError after the bar says so."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fuser.backends.tvm import tuning as tvm_tuning
+    from fuser.ir import FuserError
 
     with Progress(
         TextColumn("tuning {task.description}"),
@@ -28,18 +31,14 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
         bar = progress.add_task("kernels", total=None)
 
         def on_plan(budgets):
-            cached = sum(b.tuned for b in budgets)
-            err.print(
-                f"[dim]{len(budgets)} kernels, {cached} already in {tuning_db}; "
-                f"{budgets[0].want if budgets else 0} trials each for the rest[/]"
-            )
+            err.print(f"[dim]{escape(tvm_tuning.describe_budgets(budgets, tuning_db))}[/]")
             progress.update(bar, total=sum(b.want for b in budgets if not b.tuned))
 
         def on_progress(done, total, kernel):
-            progress.update(bar, completed=done, description=kernel)
+            progress.update(bar, completed=done, description=escape(kernel))
 
         try:
-            fused = tvm_tuning.tune(
+            result = tvm_tuning.tune(
                 fused, target, tuning_db, trials, on_plan=on_plan, on_progress=on_progress
             )
         except KeyboardInterrupt:
@@ -47,8 +46,12 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
                 f"stopped after the current batch; its records are in {tuning_db}: the same command resumes"
             )
             raise
-        progress.update(bar, completed=progress.tasks[0].total or 0, description="done")
-    return fused
+        except FuserError:
+            progress.update(bar, description="failed")
+            raise
+        progress.update(bar, completed=result.trials_run, description="done")
+    err.print(escape(tvm_tuning.describe_result(result)), highlight=False)
+    return result
 
 
 @click.command("compile")
@@ -70,8 +73,9 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
 )
 @click.option(
     "--cpu",
-    help="llvm only: the CPU to generate code for, by LLVM name (default: this "
-    "machine's, e.g. rocketlake; x86-64 runs on any x86 machine, slower).",
+    help="llvm only: the CPU to generate code for, by LLVM name (default: this machine's "
+    "as its OS reports it: LLVM's name minus the instruction sets the OS hides). "
+    "x86-64-v3 runs on any x86 machine with AVX2, x86-64 on any.",
 )
 @input_shape_option
 @click.option(
@@ -117,6 +121,7 @@ def command(
     \b
     Examples:
       fuser compile zoo:resnet18 -o r18_tvm
+      fuser compile zoo:resnet18 -o r18_portable --cpu x86-64-v3
       fuser compile model.onnx -o det_cuda --target cuda --input-shape x:1,3,640,640
       fuser compile zoo:resnet18 -o r18_plan --plan r18.plan.json
       fuser compile zoo:resnet18 -o r18_tuned --tune-trials 2000 --tuning-db ~/.fuser-tuning
@@ -134,6 +139,8 @@ def command(
         raise FuserError("--tune-trials: give a number of trials >= 0")
     if tune_trials and not tuning_db:
         raise FuserError("--tune-trials needs --tuning-db DIR (tuning records are kept there and reused)")
+    # A bad --cpu is refused before the (slow) capture, not after it.
+    tvm_target = tb.make_target(target, cpu=cpu)
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph).graph
@@ -141,7 +148,6 @@ def command(
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
         mod = tb.to_relax(graph, groups)
-        tvm_target = tb.make_target(target, cpu=cpu)
         tiling = None
         if plan_path and depth_first:
             from fuser.fusion.plan import Plan
@@ -151,8 +157,17 @@ def command(
             tiling = tile_hints(Plan.load(plan_path), threads)
         fused = tb.fuse(mod, tvm_target, planned=bool(groups), tiling=tiling)
         kernels = tb.kernel_names(fused)
+        group_kernels = tb.group_kernels(mod)
+    tuning = None
     if tuning_db:
-        fused = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
+        tuned = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
+        fused = tuned.mod
+        tuning = {
+            "trials_requested": tuned.trials_requested,
+            "trials_run": tuned.trials_run,
+            "build_errors": tuned.build_errors,
+            "kernels": {b.name: b.want for b in tuned.budgets},
+        }
     with status(f"building for {target}"):
         executable = tb.build_fused(fused, tvm_target)
     build_s = time.perf_counter() - start
@@ -161,15 +176,19 @@ def command(
             out_dir,
             executable,
             graph,
-            target,
+            tvm_target,
             extra={
                 "kernels": kernels,
+                "kernel_calls": tb.kernel_calls(fused),
                 "plan": plan_path,
                 "plan_groups": len(plan) if plan else None,
                 "depth_first": tb.depth_first_reports(fused) if tiling else None,
+                # group id -> kernel, and the kernels TVM shares between identical groups
+                "group_kernels": {str(g): k for g, k in group_kernels.items()} if plan else None,
+                "shared_kernels": tb.shared_kernels(group_kernels) if plan else None,
                 "tune_trials": tune_trials,
                 "tuning_db": tuning_db,
-                "cpu": tvm_target.attrs["mcpu"] if target == "llvm" else None,
+                "tuning": tuning,
             },
         )
     summary = {"output": out_dir, "build_seconds": round(build_s, 2), **meta}
@@ -181,7 +200,21 @@ def command(
     t.add_column("")
     for label, specs in (("inputs", meta["inputs"]), ("outputs", meta["outputs"])):
         t.add_row(label, ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs))
-    t.add_row("kernels", f"{len(kernels)}" + (f" (plan groups: {len(plan)})" if plan else ""))
+    t.add_row("kernels", f"{len(kernels)}" + (f" for {len(plan)} plan groups" if plan else ""))
+    shared = meta.get("shared_kernels")
+    if shared:
+        t.add_row(
+            "shared kernels",
+            f"{sum(map(len, shared.values()))} groups are structurally identical to another group "
+            f"and share its kernel: "
+            + "; ".join(f"{k} runs groups {', '.join(map(str, g))}" for k, g in shared.items()),
+        )
+    if target == "llvm":
+        t.add_row("cpu", f"{meta['cpu']}" + (f" ({' '.join(meta['mattr'])})" if meta["mattr"] else ""))
+    else:
+        t.add_row("cuda arch", meta["cuda_arch"])
+    if tuning:
+        t.add_row("tuning", f"{tuning['trials_run']} of {tuning['trials_requested']} trials run this time")
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     t.add_row("build", f"{build_s:.1f} s")
     out.print(t)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, show, status
 from fuser.ir import FuserError
 from fuser.pruning.importance import CRITERIA, NORMALIZERS, REDUCTIONS
 
@@ -45,30 +44,6 @@ def _load_data(path: str | None):
     return (loaded["x"], loaded["y"]) if "y" in loaded else loaded["x"]
 
 
-def _short(n: float) -> str:
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}"
-    return f"{n:g}"
-
-
-def _table(report, model: str):
-    t = Table(title=f"{model}: channel groups", title_justify="left")
-    for col in ("#", "layers", "channels", "params", "MACs"):
-        t.add_column(col, justify="left" if col == "layers" else "right")
-    for g in report.groups:
-        fixed = "" if g.prunable else " (fixed)"
-        t.add_row(
-            str(g.index),
-            g.name,
-            f"{g.channels} -> {g.kept}{fixed}",
-            f"{_short(g.params_before)} -> {_short(g.params_after)}",
-            f"{_short(g.macs_before)} -> {_short(g.macs_after)}",
-            style=None if g.kept < g.channels else "dim",
-        )
-    return t
-
-
 @click.command("prune")
 @click.argument("model")
 @click.argument("output", type=click.Path(dir_okay=False))
@@ -88,7 +63,13 @@ def _table(report, model: str):
     is_flag=True,
     help="Rank channels of all groups together (ratio of all channels), not per group.",
 )
-@click.option("--round-to", type=int, help="Keep channel counts multiples of this (e.g. 8).")
+@click.option(
+    "--round-to",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Keep channel counts multiples of this (vector-friendly for ONNX Runtime and TVM; 0: off).",
+)
 @click.option(
     "--ignore",
     "ignored",
@@ -161,12 +142,14 @@ def command(
     a classifier, squeeze-and-excite, channel shuffle and attention heads. An op
     without a rule keeps its channels and is listed. Graph outputs (the
     classifier) keep their shapes. Per-group ratio, Torch-Pruning's convention:
-    each group keeps int(C * (1 - ratio)) channels.
+    each group keeps int(C * (1 - ratio)) channels, rounded up to a multiple of
+    --round-to (8 by default). The channel counts left are printed, with a
+    warning when they are not multiples of this CPU's vector width.
 
     \b
     Examples:
       fuser prune zoo:resnet18 r18-half.onnx --ratio 0.5
-      fuser prune model.onnx small.onnx --ratio 0.3 --criterion obs --round-to 8
+      fuser prune model.onnx small.onnx --ratio 0.3 --criterion obs --round-to 16
       fuser prune det.onnx det-p.onnx --ratio 0.3 --input-shape x:1,3,640,640 --json
       fuser prune model.onnx p.onnx --ratio 0.5 --criterion taylor --data calib.npz
       fuser prune zoo:resnet50 p.onnx --ratio 0.5 --ignore 'layer4.*' --global
@@ -174,12 +157,17 @@ def command(
     """
     from fuser import api
     from fuser.pruning import prune_graph
+    from fuser.reports.pruning import prune_view
     from fuser.serde.onnx import save_onnx
-    from fuser.units import human
 
     if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
         raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
+    if not 0 <= ratio < 1:
+        raise FuserError(f"--ratio {ratio:g}: must be in [0, 1), the fraction of channels to remove")
+    if round_to < 0:
+        raise FuserError(f"--round-to {round_to}: give a channel multiple >= 1, or 0 for no rounding")
     data = _load_data(data_path)
+    ratios = _layer_ratios(layer_ratios)
     graph = load_graph(model, input_shapes)
     if optimize_first:
         with status("optimizing"):
@@ -205,9 +193,9 @@ def command(
             global_pruning=global_pruning,
             group_reduction=reduction,
             normalizer=None if normalizer == "none" else normalizer,
-            round_to=round_to,
+            round_to=round_to or None,
             ignored=ignored,
-            layer_ratios=_layer_ratios(layer_ratios),
+            layer_ratios=ratios,
             heads=heads,
             progress=progress,
         )
@@ -216,17 +204,4 @@ def command(
     if as_json:
         emit_json({"input": model, "output": output, **report.to_dict()})
         return
-    out.print(_table(report, model))
-    for reason in dict.fromkeys(g.frozen_reason for g in report.groups if g.frozen_reason):
-        out.print(f"[dim]fixed: {reason}[/]", highlight=False)
-    for b in report.blocked:
-        out.print(f"[yellow]blocked[/] {b}", highlight=False)
-    out.print(
-        f"[bold]total[/]: MACs {human(report.macs_before)} -> {human(report.macs_after)} "
-        f"({report.macs_after / max(report.macs_before, 1):.1%}), params "
-        f"{report.params_before:,} -> {report.params_after:,} "
-        f"({report.params_after / max(report.params_before, 1):.1%}); "
-        f"{report.channels_removed} channels removed in {report.seconds:.1f} s; "
-        f"wrote {output}",
-        highlight=False,
-    )
+    show(prune_view(report.to_dict(), model, output, round_to))

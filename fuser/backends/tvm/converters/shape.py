@@ -74,10 +74,8 @@ def _gather(c: Lowering, x, idx):
             # with no index array (a plan group's function may not hold one)
             y = R.strided_slice(x, [axis], [int(flat[0])], [int(flat[-1]) + 1], [step])
             return R.reshape(y, c.out_shape)
-        if (consts < 0).any():  # negative indices count from the back
-            dtype = str(consts.dtype)
-            idx = R.where(R.less(idx, relax.const(0, dtype)), R.add(idx, relax.const(n, dtype)), idx)
-    return R.reshape(R.take(x, idx, axis), c.out_shape)
+    # wrap: a negative index counts from the back (ONNX), and none reads out of bounds
+    return R.reshape(R.take(x, idx, axis, mode="wrap"), c.out_shape)
 
 
 @implements("relax", "Resize")
