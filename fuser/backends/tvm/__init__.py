@@ -21,6 +21,7 @@ from .build import (
     fuse_passes,
     kernel_calls,
     kernel_names,
+    schedule,
 )
 from .common import require_tvm, tvm_version
 from .cpu import host_features, missing_cpu_features, portable_cpu
@@ -47,6 +48,7 @@ __all__ = [
     "missing_cpu_features",
     "portable_cpu",
     "require_tvm",
+    "schedule",
     "shared_kernels",
     "time_kernels",
     "target_record",
