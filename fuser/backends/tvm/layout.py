@@ -14,8 +14,10 @@ transformed once at build time.
    count for the whole model (``group_limits``): TVM cannot change between two blocked
    layouts, and a grouped conv caps the block of every channel count it touches at its
    per-group width. A conv with no block stays NCHW (``["NCHW", "OIHW", "NCHW"]``: returning
-   nothing crashes ConvertLayout on a blocked input). Elementwise ops, pools, means, concat
-   and split follow the layout of their input.
+   nothing crashes ConvertLayout on a blocked input); if it is 1x1, stride 1, unpadded and
+   ungrouped it becomes ``W[O, C] @ X[N, C, H*W]`` (reshapes are free), which the matmul rule
+   vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
+   layout of their input.
 3. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
    (the index map evaluated on index grids). FoldConstant would compile one TIR function per
    weight: most of the build time of a 150-conv model.
@@ -23,7 +25,7 @@ transformed once at build time.
 ``legalize_map()`` gives LegalizeOps fuser's TE computes for blocked convolutions
 (``conv2d_nchwc``, ``depthwise_nchwc``: separate reduction axes for input-channel chunk,
 kernel row, kernel column and channel in block, which the window schedule rule tiles) and
-the fast forms of exp, sigmoid, tanh, erf and GELU (TVM's ``topi.fast_*``: polynomial
+the fast forms of softmax, exp, sigmoid, tanh, erf and GELU (TVM's ``topi.fast_*``: polynomial
 approximations that vectorize; LLVM turns ``exp`` of a vector into one libm call per lane).
 """
 
@@ -143,6 +145,31 @@ def _call_mutator(name: str, rewrite):
     return _pass
 
 
+def _pointwise_as_matmul(call, layout_cb):
+    """A 1x1, stride-1, unpadded, ungrouped NCHW conv that gets no blocked layout (a channel
+    count with no block: ShuffleNet's 58, DeepLab's 21 classes) as W[O, C] @ X[N, C, H*W]:
+    the matmul rule vectorizes it over the pixels."""
+    if call.op.name != "relax.nn.conv2d" or layout_cb(call).get(call.op.name, [""])[0] != "NCHW":
+        return None
+    a = call.attrs
+    x, w = call.args
+    if (
+        a.out_layout != "NCHW"
+        or int(a.groups) != 1
+        or any(int(s) != 1 for s in a.strides)
+        or any(int(p) for p in a.padding)
+        or _dims(w)[2:] != [1, 1]
+        or not isinstance(w, tvm.ir.expr.Constant)
+    ):
+        return None
+    n, c, h, wd = _dims(x)
+    o = _dims(w)[0]
+    R = relax.op
+    weight = relax.const(w.value.numpy().reshape(o, c))
+    y = R.matmul(weight, R.reshape(x, [n, c, h * wd]))
+    return R.reshape(y, [n, o, h, wd])
+
+
 # ---- pass 3: weights transformed at build time ---------------------------------------------
 def _eval_index(expr, env: dict):
     """A TIR index expression (vars, constants, + - * // %) on numpy index grids."""
@@ -202,6 +229,7 @@ def layout_passes(target) -> list:
     @tvm.transform.module_pass(opt_level=0, name="FuserConvertLayout")
     def convert_layout(mod, ctx):
         cb = make_layout_cb(lanes, group_limits(mod, lanes))
+        mod = _call_mutator("PlainPointwiseAsMatmul", lambda call: _pointwise_as_matmul(call, cb))(mod)
         return relax.transform.ConvertLayout({}, cb)(mod)
 
     return [
@@ -294,8 +322,8 @@ def _fast(name: str, fn):
 
 
 def fast_math() -> dict:
-    """LegalizeOps entries: exp, sigmoid, tanh, erf and GELU through topi.fast_exp,
-    fast_tanh and fast_erf (relative error ~1e-7 on float32)."""
+    """LegalizeOps entries: softmax, exp, sigmoid, tanh, erf and GELU through topi's
+    fast_softmax, fast_exp, fast_tanh and fast_erf (relative error ~1e-7 on float32)."""
     te, topi = tvm.te, tvm.topi
 
     def sigmoid(x):
@@ -310,7 +338,13 @@ def fast_math() -> dict:
             x.shape, lambda *i: half * x(*i) * (tvm.tirx.const(1.0, x.dtype) + erf(*i)), name="gelu"
         )
 
+    def softmax(bb, call):
+        return bb.call_te(
+            topi.nn.fast_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax"
+        )
+
     return {
+        "relax.nn.softmax": softmax,
         "relax.exp": _fast("fast_exp", topi.fast_exp),
         "relax.tanh": _fast("fast_tanh", topi.fast_tanh),
         "relax.erf": _fast("fast_erf", topi.fast_erf),

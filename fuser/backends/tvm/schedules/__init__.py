@@ -22,6 +22,7 @@ from .registry import (
     design_space,
     schedule_func,
     schedule_sources,
+    tunable,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "host_caches",
     "schedule_func",
     "schedule_sources",
+    "tunable",
 ]

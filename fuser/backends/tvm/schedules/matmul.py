@@ -3,6 +3,10 @@
 Matches a kernel with one reduction block whose iterators are spatial ones then exactly
 one reduction, reading two buffers, with only spatial blocks after it.
 
+Padding: j to a multiple of the lanes when only a smaller power of two divides it, i to
+a multiple of the row tile when its divisors fall below half of it (``pad_einsum``: padded
+input copies, the result copied back).
+
 Register tile: reg_m rows x nvec vectors of j (nvec up to 4 vectors, reg_m the largest
 divisor of the rows whose accumulators fit beside the nvec B vectors and the broadcast A).
 K is blocked so that a kc x (nvec x lanes) panel of B
@@ -49,20 +53,47 @@ def match(sch):
     return red[0]
 
 
+def _row_cap(facts, nvec: int) -> int:
+    """Rows of the register tile: accumulators beside nvec B vectors and one broadcast A."""
+    return max((facts.vector_registers - nvec - 1) // nvec, 1)
+
+
+def _pad(sch, mm, facts):
+    """Pad j to a multiple of the lanes when a power of two below them would be the
+    vector, and i to a multiple of the row tile when its divisors fall below half of it
+    (ViT's 197 tokens: prime): a padded copy of the inputs and a copy back beat scalar
+    code or one-row tiles."""
+    loops = sch.get_loops(mm)
+    M, N = extent(sch, loops[-3]), extent(sch, loops[-2])
+    lanes = facts.lanes
+    pads = [1] * len(sch.get(mm).iter_vars)
+    if lanes < N and vector_factor(N, lanes) < lanes:
+        pads[-2] = lanes
+    nvec = largest_divisor(-(-N // lanes), MAX_NVEC) if pads[-2] > 1 else 1
+    cap = _row_cap(facts, nvec)
+    if cap < M and 2 * largest_divisor(M, cap) <= cap:
+        pads[-3] = cap
+    if pads == [1] * len(pads):
+        return mm
+    name = sch.get(mm).name_hint
+    sch.pad_einsum(mm, pads)
+    return sch.get_sblock(name)
+
+
 def apply(sch, target, tunable: bool = False) -> bool:
     mm = match(sch)
     if mm is None:
         return False
     facts = cpu_facts(target)
     lanes = facts.lanes
+    mm = _pad(sch, mm, facts)
     epilogue = inline_around(sch, mm, lanes)
     loops = sch.get_loops(mm)
     batch, (im, jn, k) = loops[:-3], loops[-3:]
     M, N, K = extent(sch, im), extent(sch, jn), extent(sch, k)
     vec = vector_factor(N, lanes)
     nvec = largest_divisor(N // vec, MAX_NVEC)
-    cap = max((facts.vector_registers - nvec - 1) // nvec, 1)
-    reg_m = largest_divisor(M, cap)
+    reg_m = largest_divisor(M, _row_cap(facts, nvec))
     jo, jv = sch.split(jn, [None, vec])
     jo, jt = split2(sch, jo, nvec, tunable, 8)
     panel = nvec * vec * 4  # bytes of B (and of a C row) per k

@@ -48,6 +48,13 @@ def schedule_func(func, target) -> tuple:
     return None, NAIVE
 
 
+def tunable(func, target) -> bool:
+    """Whether the rule that takes ``func`` samples its tiles (else its space is one point
+    and tuning the kernel can only measure its default)."""
+    _, name = schedule_func(func, target)
+    return any(name == rule.NAME and rule.TUNABLE for rule in RULES)
+
+
 def is_scheduled(func) -> bool:
     return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
