@@ -222,8 +222,11 @@ def rpc_runner(tracker: str, key: str, timeout_s: int = 60):
 
 def _tracker_devices(host: str, port: int, key: str) -> int:
     """How many servers the tracker has under ``key`` (free or busy)."""
+    import socket
+
     from tvm import rpc
 
+    socket.create_connection((host, port), timeout=5).close()  # TVM's own client retries for 60 s
     summary = rpc.connect_tracker(host, port).summary()
     queue = summary.get("queue_info", {}).get(key, {})
     servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).endswith(key)]
