@@ -3,7 +3,8 @@
 Matches a kernel with one reduction block whose iterators are spatial ones then exactly
 one reduction, reading two buffers, with only spatial blocks after it.
 
-Padding: j to a multiple of the lanes when only a smaller power of two divides it, i to
+Padding: j to a multiple of the lanes when only a smaller power of two divides it and
+there are several row tiles to share the padded copy of B (never for a GEMV), i to
 a multiple of the row tile when its divisors fall below half of it (``pad_einsum``: padded
 input copies, the result copied back).
 
@@ -67,7 +68,8 @@ def _pad(sch, mm, facts):
     M, N = extent(sch, loops[-3]), extent(sch, loops[-2])
     lanes = facts.lanes
     pads = [1] * len(sch.get(mm).iter_vars)
-    if lanes < N and vector_factor(N, lanes) < lanes:
+    cap = _row_cap(facts, MAX_NVEC)
+    if lanes < N and vector_factor(N, lanes) < lanes and cap < M:  # (a GEMV would copy all of B)
         pads[-2] = lanes
     nvec = largest_divisor(-(-N // lanes), MAX_NVEC) if pads[-2] > 1 else 1
     cap = _row_cap(facts, nvec)
