@@ -24,6 +24,9 @@ Measurements, after one warm-up step per configuration
            storages of the model's parameters and buffers are not counted. That is the
            activation memory held from forward to backward, including small derived
            tensors (e.g. tune mode's folded weights W', one per conv).
+  saving   for tune: the ConvBNSummary estimate of eval's saved bytes minus tune's (from the
+           shapes at this batch) beside the measured difference; the TuneModeWarning it gives
+           at batches where tune mode saves nothing is printed under the table
   peak     peak resident memory of one more step above the resident memory just before
            it: VmHWM (reset by writing 5 to /proc/self/clear_refs) minus VmRSS, with all
            gradients freed first, so the baseline is models + optimizer state + batch.
@@ -51,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0"]
 CONFIGS = ["eval", "tune", "deploy", "compile"]
@@ -91,7 +95,7 @@ class Run:
         from torch import nn
 
         from fuser import models
-        from fuser.torchtools.convbn import convbn
+        from fuser.torchtools.convbn import TuneModeWarning, convbn
 
         self.config, self.x, self.target, self.info = config, x, target, {}
         model = models.create(name, seed=0)
@@ -105,8 +109,15 @@ class Run:
             functorch_config.enable_autograd_cache = False
             self.net = torch.compile(model)
         else:
-            self.net = convbn(model, config)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", TuneModeWarning)
+                self.net = convbn(model, config, example_inputs=x if config == "tune" else None)
             self.info["pairs"] = self.net.fuser_convbn_pairs
+            if config == "tune":  # the summary's estimate of eval's saved bytes minus tune's
+                self.info["estimated_saving"] = self.net.fuser_convbn_summary.saved_bytes()
+                self.info["warning"] = " ".join(
+                    str(w.message) for w in caught if w.category is TuneModeWarning
+                )
         self.net.train()
         for m in self.net.modules():  # fine-tuning: BN statistics frozen, all else training
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -250,10 +261,18 @@ def _ratio(row: dict, ref: dict | None, key: str) -> str:
     return f"{row[key] / ref[key]:.2f}x"
 
 
+def _saving(row: dict, ref: dict | None) -> str:
+    """Tune mode's estimated saving (ConvBNSummary) beside the measured one (eval - tune saved)."""
+    if row.get("estimated_saving") is None or ref is None:
+        return "-"
+    return f"{row['estimated_saving'] / MiB:.1f} / {(ref['saved_bytes'] - row['saved_bytes']) / MiB:.1f}"
+
+
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'model':<16} {'mode':<8} {'pairs':>5} {'saved MiB':>10} {'vs eval':>8} {'peak MiB':>9} "
-        f"{'vs eval':>8} {'step s':>7} {'vs eval':>8} {'cpu s':>7} {'warm-up s':>9}"
+        f"{'vs eval':>8} {'step s':>7} {'vs eval':>8} {'cpu s':>7} {'warm-up s':>9} "
+        f"{'saving MiB est/meas':>20}"
     )
     print(head)
     print("-" * len(head))
@@ -270,8 +289,11 @@ def print_table(rows: list[dict]) -> None:
             f"{row['saved_bytes'] / MiB:>10.1f} {_ratio(row, ref, 'saved_bytes'):>8} "
             f"{row['peak_bytes'] / MiB:>9.1f} {_ratio(row, ref, 'peak_bytes'):>8} "
             f"{row['step_s']:>7.3f} {_ratio(row, ref, 'step_s'):>8} {row['step_cpu_s']:>7.3f} "
-            f"{row['warmup_s']:>9.1f}"
+            f"{row['warmup_s']:>9.1f} {_saving(row, ref):>20}"
         )
+    for row in rows:
+        if row.get("warning"):
+            print(f"warning ({row['model']}): {row['warning']}")
 
 
 def check_targets(rows: list[dict]) -> list[dict]:

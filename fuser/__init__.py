@@ -8,9 +8,9 @@
 
 Feature entry points (imported on first use, so ``import fuser`` stays light):
 ``fuser.tune_mode`` / ``fuser.convbn`` (ConvBN Tune mode), ``fuser.partition``
-(fusion plans), ``fuser.prune`` (structured pruning), ``fuser.find_blocks`` (block
-fusion), ``fuser.load`` (a compiled TVM artifact), ``fuser.report`` (the report page's data,
-and the page).
+(fusion plans), ``fuser.prune`` (structured pruning; ``fuser.prune_module`` shrinks the
+user's own nn.Module in place), ``fuser.find_blocks`` (block fusion), ``fuser.load`` (a
+compiled TVM artifact), ``fuser.report`` (the report page's data, and the page).
 """
 
 import importlib
@@ -24,6 +24,7 @@ from .api import (  # noqa: E402
     optimize,
     partition,
     prune,
+    prune_module,
     report,
     save_onnx,
     to_graph,
@@ -64,6 +65,7 @@ __all__ = [
     "partition",
     "prune",
     "report",
+    "prune_module",
     "save_onnx",
     "to_graph",
     "to_onnx",

@@ -201,6 +201,7 @@ def prune(
     layer_ratios: dict[str, float] | None = None,
     heads: bool = False,
     progress: Callable[[str], None] | None = None,
+    in_place: bool = False,
 ) -> Result:
     """Remove ``ratio`` of the channels of every prunable group of ``model``.
 
@@ -218,15 +219,12 @@ def prune(
 
     Returns a Result: ``.graph`` (pruned; ``fuser.to_torch(result)`` gives a trainable
     nn.Module of it) and ``.report``, a PruneReport (per-group channels, MACs and params
-    before/after, and the ops that blocked pruning).
+    before/after, and the ops that blocked pruning). With ``in_place=True`` (an ``nn.Module``
+    with ``example_inputs``): ``fuser.prune_module``, which returns the module itself.
     """
     from fuser.pruning import prune_graph
 
-    graph = to_graph(model, example_inputs, input_shapes).copy()
-    report = prune_graph(
-        graph,
-        ratio,
-        criterion,
+    options = dict(
         data=data,
         loss=loss,
         global_pruning=global_pruning,
@@ -238,7 +236,39 @@ def prune(
         heads=heads,
         progress=progress,
     )
+    if in_place:
+        return prune_module(model, example_inputs, ratio, criterion, **options)
+    graph = to_graph(model, example_inputs, input_shapes).copy()
+    report = prune_graph(graph, ratio, criterion, **options)
     return Result(graph, report)
+
+
+def prune_module(model, example_inputs, ratio: float = 0.5, criterion: str = "l2", **options):
+    """``fuser.prune`` into the user's own ``nn.Module``: returns the same object (same class,
+    attribute names and forward) with its layers shrunk in place and its ``state_dict`` keys
+    unchanged; create the optimizer afterwards. ``module.fuser_prune_report`` says what changed.
+    Options are ``fuser.prune``'s. A layer whose forward() holds a fixed channel count, or a
+    custom op, is refused by name (FuserError) and the module is left as it was; see
+    ``fuser.torchtools.prune_module`` for the rules.
+    """
+    import torch
+
+    from fuser.pruning import prune_graph
+    from fuser.torchtools.prune_module import shrink
+
+    if not isinstance(model, torch.nn.Module) or example_inputs is None:
+        raise FuserError(
+            "prune in place needs an nn.Module and its example_inputs, e.g. "
+            "fuser.prune_module(model, torch.randn(1, 3, 224, 224), ratio=0.5)"
+        )
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    graph = from_torch(model, inputs, fallback=False)
+    pruned = graph.copy()
+    report = prune_graph(pruned, ratio, criterion, **options)
+    model.fuser_prune_report = shrink(
+        model, inputs, graph, pruned, report, lambda: from_torch(model, inputs, fallback=False)
+    )
+    return model
 
 
 def find_blocks(model: Any, device: str | None = "h100", input_shapes: Any = None):
@@ -300,6 +330,7 @@ __all__ = [
     "partition",
     "prune",
     "report",
+    "prune_module",
     "save_onnx",
     "to_graph",
     "to_onnx",

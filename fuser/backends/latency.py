@@ -70,6 +70,7 @@ class KernelTiming:
     group: int | None = None  # plan group id, when the build followed a plan
     dram_bytes: int | None = None  # the plan's DRAM estimate for that group
     shared_with: list[int] = field(default_factory=list)  # other groups the kernel runs
+    ops: str = ""  # the group's first .. last op (module paths for graphs captured from torch)
 
     @property
     def total_ms(self) -> float:
@@ -335,4 +336,6 @@ def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> l
     for k in kernels:
         if k.group is not None and plan_groups and k.group < len(plan_groups):
             k.dram_bytes = plan_groups[k.group].get("dram_bytes")
+            ops = plan_groups[k.group].get("ops") or []
+            k.ops = " .. ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else ""
     return sorted(kernels, key=lambda k: -k.total_ms)

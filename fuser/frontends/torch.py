@@ -1,11 +1,16 @@
 """torch -> IR capture.
 
 ``from_torch`` captures a module with torch.export (falling back to
-torch.fx.symbolic_trace, then torch.export of the traced module, non-strict),
-lowers the ExportedProgram to ONNX with PyTorch's own exporter (``optimize=False``
-so BatchNormalization stays a node for fuser's passes to see) and imports that.
-The module is captured in eval mode (inference semantics); its train/eval flags
-are restored afterwards.
+torch.fx.symbolic_trace, then torch.export of the traced module, non-strict) and
+converts the ExportedProgram's ATen graph to the IR directly (``fuser.frontends.aten``:
+parameters keep their fully-qualified names, nodes are named by module path and record
+module and source line in ``Node.meta``). A model holding an op without a converter is
+lowered instead with PyTorch's own ONNX exporter (``optimize=False`` so
+BatchNormalization stays a node for fuser's passes to see) and imported from ONNX, with
+one warning line naming the op (logger ``fuser.frontends.torch``); its nodes get the module
+path the exporter recorded (``Node.meta``) and are named ``<module>/<op>``. The module is
+captured in eval mode (inference semantics); its train/eval flags are restored
+afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from fuser.ir import FuserError, Graph
+from fuser.ir import FuserError, Graph, display_name
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -86,17 +93,22 @@ def _input_names(module, count: int) -> list[str]:
     return params[:count] if len(params) >= count else [f"input{i}" for i in range(count)]
 
 
-def torch_to_onnx(module, example_inputs: Any | Sequence[Any]):
-    """Capture ``module`` and return an onnx.ModelProto (BatchNormalization kept)."""
+def _args(module, example_inputs) -> tuple:
     import torch
 
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     if not all(isinstance(a, torch.Tensor) for a in args):
         raise FuserError(f"{type(module).__name__}: example_inputs must be tensors")
-    with _eval_mode(module), _quiet(), torch.no_grad():
-        program = export_program(module, args)
-        n_out = len(program.graph_signature.user_outputs)
-        names = _input_names(module, len(args))
+    return args
+
+
+def program_to_onnx(module, program, args: tuple):
+    """PyTorch's ONNX exporter on an ExportedProgram: an onnx.ModelProto (BatchNormalization kept)."""
+    import torch
+
+    n_out = len(program.graph_signature.user_outputs)
+    names = _input_names(module, len(args))
+    with _quiet():
         try:
             onnx_program = torch.onnx.export(
                 program,
@@ -113,13 +125,93 @@ def torch_to_onnx(module, example_inputs: Any | Sequence[Any]):
     return onnx_program.model_proto
 
 
-def from_torch(module, example_inputs, *, fold: bool = True) -> Graph:
-    """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``)."""
+def torch_to_onnx(module, example_inputs: Any | Sequence[Any]):
+    """Capture ``module`` with PyTorch's ONNX exporter: an onnx.ModelProto (BatchNormalization kept)."""
+    import torch
+
+    args = _args(module, example_inputs)
+    with _eval_mode(module), _quiet(), torch.no_grad():
+        program = export_program(module, args)
+        return program_to_onnx(module, program, args)
+
+
+def _exporter_meta(model) -> dict[str, dict]:
+    """Node name -> the module path, source line and ATen op the exporter recorded on it."""
+    import ast
+
+    from fuser.frontends.aten import source_of_trace
+
+    meta = {}
+    for n in model.graph.node:
+        props = {p.key: p.value for p in n.metadata_props}
+        try:
+            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        if len(scopes) < 2:
+            continue
+        meta[n.name] = {
+            "module": scopes[-2],  # scopes: '', 'layer1', 'layer1.0', 'layer1.0.conv1', then the op
+            "source": source_of_trace(props.get("pkg.torch.onnx.stack_trace", "")),
+            "torch_op": props.get("namespace", "").rpartition(": ")[2],
+        }
+    return meta
+
+
+def _from_exporter(module, program, args, fold: bool) -> Graph:
     from fuser.frontends.onnx import from_onnx
     from fuser.passes import drop_zero_bias
 
-    graph = from_onnx(torch_to_onnx(module, example_inputs), fold=fold)
+    model = program_to_onnx(module, program, args)
+    graph = from_onnx(model, fold=fold)
     drop_zero_bias.run(graph)  # the exporter's zero bias for bias-free convs
-    graph.name = type(module).__name__
-    graph.source = f"<{type(module).__name__}>"
+    meta = _exporter_meta(model)
+    taken: dict[str, int] = {}
+    for node in graph.nodes:  # named as the direct path names ops inside a module: <module>/<op>
+        node.meta.update(meta.get(node.name, {}))
+        if "module" in node.meta:
+            base = display_name(node) if node.meta["module"] else node.op.lower()
+            k = taken[base] = taken.get(base, -1) + 1
+            node.name = graph.unique_name(base if k == 0 else f"{base}@{k}")
+    return graph
+
+
+def from_torch(
+    module, example_inputs, *, fold: bool = True, direct: bool = True, fallback: bool = True
+) -> Graph:
+    """Capture an nn.Module into a Graph with static shapes (those of ``example_inputs``).
+
+    ``direct=False`` takes the ONNX exporter path even where every op has a converter;
+    ``fallback=False`` raises FuserError, naming the op and module, where one has none."""
+    import torch
+
+    from fuser.analysis.shapes import infer_shapes
+    from fuser.frontends.aten import UnsupportedOp, convert_program
+
+    args = _args(module, example_inputs)
+    name = type(module).__name__
+    with _eval_mode(module), torch.no_grad():
+        with _quiet():
+            program = export_program(module, args)
+        graph = None
+        if direct:
+            try:
+                graph = convert_program(program, module, name)
+            except UnsupportedOp as e:
+                if not fallback:
+                    raise FuserError(
+                        f"{name}: no direct converter for {e}; this needs every op converted directly "
+                        "(the ONNX exporter's graph cannot be traced back to the module's layers)"
+                    ) from None
+                log.warning(
+                    "fuser: %s: no direct converter for %s; capturing through the ONNX exporter (slower)",
+                    name,
+                    e,
+                )
+        if graph is None:
+            graph = _from_exporter(module, program, args, fold)
+        elif any(v.shape is None or v.dtype is None for n in graph.nodes for v in n.outputs):
+            infer_shapes(graph)
+    graph.name = name
+    graph.source = f"<{name}>"
     return graph

@@ -8,7 +8,9 @@ from .graph import (
     Value,
     check_graph,
     constant_value,
+    display_name,
     is_splat,
+    source_line,
     stable_topological_order,
 )
 
@@ -20,6 +22,8 @@ __all__ = [
     "Value",
     "check_graph",
     "constant_value",
+    "display_name",
     "is_splat",
+    "source_line",
     "stable_topological_order",
 ]

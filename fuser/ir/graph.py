@@ -157,6 +157,23 @@ class Node:
         return f"<Node {self.name}: {self.op}>"
 
 
+def display_name(node: Node) -> str:
+    """How reports name ``node``. A graph captured from torch names its nodes by the user's
+    module path (``layer3.1.conv2``; ops inside a module's forward ``layer3.1/add``) and
+    records the module in ``node.meta["module"]``; a node whose name does not say its module
+    (one a pass added, or one the ONNX exporter named) reads ``<module>/<op>``. Otherwise
+    (an ONNX model) the node's own name."""
+    module = node.meta.get("module")
+    if not module or node.name == module or node.name.startswith(module + "/"):
+        return node.name
+    return f"{module}/{node.op.lower()}"
+
+
+def source_line(node: Node) -> str:
+    """``file:line`` of the user's code that made ``node`` (graphs captured from torch), else ''."""
+    return node.meta.get("source", "")
+
+
 def _fmt_attr(v: Any) -> str:
     if isinstance(v, np.ndarray):
         return f"tensor{list(v.shape)}" if v.size > 8 else repr(v.tolist())

@@ -107,6 +107,12 @@ def test_forward_and_gradient_parity(case):
     assert all(p is params(model)[k] for k, p in params(tuned).items())  # shared, not copied
     assert list(tuned.state_dict()) == list(model.state_dict())
 
+    assert_same_forward_and_gradients(ref, tuned, x)
+
+
+def assert_same_forward_and_gradients(ref: nn.Module, tuned: nn.Module, x: torch.Tensor) -> None:
+    """Outputs, input gradients and every parameter's gradient agree (conv W, b and BN gamma,
+    beta, those that exist)."""
     x_ref, x_tune = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_tune = ref(x_ref), tuned(x_tune)
     assert rel(y_tune, y_ref) <= TOL
@@ -115,7 +121,7 @@ def test_forward_and_gradient_parity(case):
     y_tune.backward(grad_out)
     assert rel(x_tune.grad, x_ref.grad) <= TOL
     ref_params = params(ref)
-    for k, p in params(tuned).items():  # conv W, b and bn gamma, beta (those that exist)
+    for k, p in params(tuned).items():
         assert rel(p.grad, ref_params[k].grad) <= TOL, k
 
 
@@ -315,6 +321,7 @@ def test_exported_program_input():
 
 
 @pytest.mark.parametrize("case", ["convT2d_groups_nobias_noaffine", "linear"])
+@pytest.mark.filterwarnings("ignore::fuser.torchtools.convbn.TuneModeWarning")  # tiny export batch
 def test_exported_program_layer_kinds(case):
     model, x = make_case(case)
     ep = torch.export.export(copy.deepcopy(model), (x,))

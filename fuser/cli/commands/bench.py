@@ -198,7 +198,7 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
     )
     many_calls = any(k.calls > 1 for k in report.kernels)
     cols = ["kernel"] + (["group"] if planned else []) + (["calls"] if many_calls else []) + ["ms/call", "%"]
-    cols += ["plan DRAM", "shares kernel with"] if planned else []
+    cols += ["ops", "plan DRAM", "shares kernel with"] if planned else []
     for col in cols:
         left = col in ("kernel", "shares kernel with")
         kt.add_column(col, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
@@ -207,6 +207,6 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
         row += [str(k.calls)] if many_calls else []
         row += [f"{k.median_ms:.4f}", f"{100 * k.total_ms / max(total, 1e-12):.1f}"]
         if planned:
-            row += [_bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
+            row += [escape(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
         kt.add_row(*row)
     out.print(kt)
