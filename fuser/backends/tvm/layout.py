@@ -6,7 +6,9 @@ transformed once at build time.
 1. ``RewriteForLayout``: ops TVM 0.27's ConvertLayout cannot carry through a blocked layout
    (no FRelaxInferLayout) become ops it can: ``clip(x, lo, hi)`` ->
    ``minimum(maximum(x, lo), hi)``; ``leakyrelu(x, a)`` with 0 <= a <= 1 -> ``maximum(x, a*x)``.
-   Both compute the same numbers (max and min are exact).
+   Both compute the same numbers (max and min are exact). A ``split`` at indices cutting
+   equal parts becomes a split into sections (ConvertLayout gets blocked split indices
+   wrong: YOLOv8's channel halves came out as all and nothing).
 2. ``ConvertLayout`` with ``make_layout_cb``: a conv2d in NCHW/OIHW whose channel counts have
    a block (16, 8 or 4 channels, at most the target's float lanes; a count below the lanes is
    its own block) runs as ``NCHW{bi}c`` x ``OIHW{bi}i{bo}o`` -> ``NCHW{bo}c``; depthwise as
@@ -122,6 +124,26 @@ def _rewrite_call(call):
     return None
 
 
+def _split_sections(call):
+    """``split`` at indices cutting equal parts -> ``split`` into that many sections:
+    ConvertLayout keeps channel indices in channels on a blocked axis (YOLOv8's halves
+    came out as 2 chunks and 0), while a section count needs no change."""
+    if call.op.name != "relax.split" or isinstance(call.attrs.indices_or_sections, tvm.tirx.IntImm | int):
+        return None
+    indices = [int(i) for i in call.attrs.indices_or_sections]
+    size = _dims(call.args[0])[int(call.attrs.axis)]
+    cuts = [0, *indices, size]
+    parts = {b - a for a, b in zip(cuts, cuts[1:])}
+    if len(parts) != 1:
+        return None
+    return relax.op.split(call.args[0], len(cuts) - 1, int(call.attrs.axis))
+
+
+def _rewrite_for_layout(call):
+    new = _rewrite_call(call)
+    return new if new is not None else _split_sections(call)
+
+
 def _call_mutator(name: str, rewrite):
     """A module pass applying ``rewrite(call) -> Expr | None`` to every call of every Relax
     function, bottom up."""
@@ -233,7 +255,7 @@ def layout_passes(target) -> list:
         return relax.transform.ConvertLayout({}, cb)(mod)
 
     return [
-        _call_mutator("RewriteForLayout", _rewrite_call),
+        _call_mutator("RewriteForLayout", _rewrite_for_layout),
         relax.transform.Normalize(),
         convert_layout,
         relax.transform.Normalize(),
