@@ -170,3 +170,80 @@ def test_no_default_schedules_is_tvm_plain_pipeline():
     fused = tb.schedule(tb.fuse(tb.to_relax(graph), target, schedules=False), target, schedules=False)
     assert not any("nchwc" in k for k in tb.kernel_names(fused))
     assert set(tb.schedule_sources(fused).values()) == {schedules.NAIVE}
+
+
+# ---- each rule against ONNX Runtime, on this CPU and without AVX-512 -------------------------
+class _Shuffle(torch.nn.Module):
+    """ShuffleNet's channel shuffle: a reshape-transpose-reshape kernel."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class _Attention(torch.nn.Module):
+    """softmax(x x^T) x: batched matmuls and a softmax, as in ViT's attention."""
+
+    def forward(self, x):
+        return torch.softmax(x @ x.transpose(-1, -2), -1) @ x
+
+
+def _seq(*layers):
+    return torch.nn.Sequential(*layers)
+
+
+C = torch.nn.Conv2d
+# case -> (module, input shape, {kernel-name fragment: the rule that must schedule it})
+RULE_CASES = {
+    "conv3x3": (_seq(C(16, 32, 3, padding=1), torch.nn.ReLU6()), (1, 16, 8, 8), {"conv2d_nchwc": "window"}),
+    "conv1x1": (_seq(C(16, 32, 1), torch.nn.ReLU()), (1, 16, 8, 8), {"conv2d_nchwc": "window"}),
+    "conv1x1_plain": (C(58, 116, 1), (1, 58, 8, 8), {"matmul": "matmul"}),  # 58: no channel block
+    "depthwise": (C(32, 32, 3, padding=1, groups=32), (1, 32, 9, 9), {"dwconv_nchwc": "window"}),
+    "dense": (torch.nn.Linear(64, 40), (1, 64), {"matmul": "matmul"}),
+    "pool": (
+        _seq(
+            C(16, 16, 3, padding=1),
+            torch.nn.MaxPool2d(2),
+            torch.nn.AvgPool2d(2),
+            torch.nn.AdaptiveAvgPool2d(1),
+        ),
+        (1, 16, 8, 8),
+        {"max_pool2d": "window", "avg_pool2d": "window", "mean": "window"},
+    ),
+    "injective": (_Shuffle(), (1, 16, 8, 8), {"transpose": "injective"}),
+    "attention": (_Attention(), (1, 4, 12, 16), {"matmul": "matmul", "softmax": "reduction"}),
+}
+
+
+def _no_avx512_target():
+    """This CPU's target with AVX-512 switched off in its -mattr (as for a VM that hides it):
+    runs wherever the host target runs."""
+    host_target = tb.make_target("llvm")
+    attrs = {k: host_target.attrs[k] for k in ("mcpu", "num-cores")}
+    attrs["mattr"] = [*host_target.attrs.get("mattr", []), "-avx512f"]
+    return tvm.target.Target({"kind": "llvm", **attrs})
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["host", "no-avx512"])
+@pytest.mark.parametrize("case", sorted(RULE_CASES))
+def test_each_rule_matches_ort(case, avx512):
+    from test_tvm_target import EVEX_ONLY, executable_asm
+
+    module, shape, rules = RULE_CASES[case]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    graph = fuser.optimize(module.eval(), (x,)).graph
+    target = tb.make_target("llvm") if avx512 else _no_avx512_target()
+    fused = tb.schedule(tb.fuse(tb.to_relax(graph), target), target)
+    sources = tb.schedule_sources(fused)
+    _no_naive(fused)
+    for fragment, rule in rules.items():
+        taken = {k: v for k, v in sources.items() if fragment in k}
+        assert taken and set(taken.values()) == {rule}, sources
+    executable = tb.build_fused(fused, target)
+    if not avx512:
+        assert schedules.cpu_facts(target).lanes <= 8
+        assert not EVEX_ONLY.findall(executable_asm(executable))
+    feeds = {graph.inputs[0].name: x.numpy()}
+    got = native.run_executable(executable, graph, target, feeds)
+    want = ort_run_graph(graph, feeds)
+    assert all(rel_err(g, w) <= TOL for g, w in zip(got, want))
