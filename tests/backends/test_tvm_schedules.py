@@ -247,3 +247,41 @@ def test_each_rule_matches_ort(case, avx512):
     got = native.run_executable(executable, graph, target, feeds)
     want = ort_run_graph(graph, feeds)
     assert all(rel_err(g, w) <= TOL for g, w in zip(got, want))
+
+
+def test_tiny_tuning_budget_never_picks_a_schedule_slower_than_the_default(tmp_path):
+    """Tuning starts from the default schedules: each tunable kernel's default is measured
+    into the database first, so with 2 trials a kernel the build picks is the database's
+    fastest record for it and never one measured slower than its default schedule."""
+    import tvm_ffi
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from fuser.backends.tvm import tuning
+
+    graph, _ = _conv_graph(cin=8, cout=16, hw=8)
+    target = tb.make_target("llvm", 1)
+    fused = tb.fuse(tb.to_relax(graph), target)
+    result = tuning.tune(fused, target, tmp_path, 2)
+    assert result.seeded == len(result.budgets) >= 1 and result.trials_run >= 1
+    database = tuning.open_database(tmp_path)
+    with target:
+        tasks = ms.relax_integration.extract_tasks(fused, target)
+    tasks = [t for t in tasks if schedules.tunable(t.dispatched[0]["main"], target)]
+    assert {t.task_name for t in tasks} == {b.name for b in result.budgets}
+    for task in tasks:
+        workload = database.commit_workload(task.dispatched[0])
+        records = database.get_top_k(workload, 64)
+        default, _ = schedules.schedule_func(task.dispatched[0]["main"], target)
+
+        def applied(record, mod=task.dispatched[0]):
+            sch = s_tir.Schedule(mod)
+            record.trace.apply_to_schedule(sch, remove_postproc=True)
+            return sch.mod["main"]
+
+        seconds = [float(np.mean([float(s) for s in r.run_secs])) for r in records]
+        is_default = [tvm_ffi.structural_equal(applied(r), default) for r in records]
+        assert any(is_default), task.task_name  # the default was measured and kept
+        assert seconds[0] == min(seconds) <= seconds[is_default.index(True)]
+        chosen = result.mod[task.task_name]
+        tvm.ir.assert_structural_equal(chosen.body, applied(records[0]).body)
