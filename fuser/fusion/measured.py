@@ -105,7 +105,7 @@ def _build_and_simulate(graph, groups, tiling, default_tile, workdir: Path, name
     fused = tb.fuse(mod, target, planned=bool(groups), tiling=tiling, default_tile=default_tile)
     kernels = tb.kernel_names(fused)
     executable = tb.build_fused(fused, target)
-    artifact.save(workdir / name, executable, graph, "llvm", extra={"kernels": kernels})
+    artifact.save(workdir / name, executable, graph, target, extra={"kernels": kernels})
     traffic = simulate_dram(workdir / name, inputs, kernels, cache_bytes)
     return traffic, group_kernels(mod)
 

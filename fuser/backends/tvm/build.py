@@ -8,24 +8,33 @@ from typing import Any
 
 from fuser.ir import Graph
 
+from . import layout
 from .common import relax, require_tvm, tvm
 from .lower import to_relax
 from .runtime import TVMModel, value_specs
 from .target import make_target
 
 
-def fuse_passes(target, planned: bool, schedule: bool = True) -> list:
-    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops; for
-    cuda (``schedule``), TVM's dlight GPU rules for kernels nobody scheduled."""
-    seq = [
-        relax.transform.LegalizeOps(),
+def fuse_passes(target, planned: bool, schedules: bool = True, dlight: bool = True) -> list:
+    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops.
+
+    llvm with ``schedules``: blocked conv layouts with weights prepacked (``layout``;
+    not for plan builds, whose groups take their weights as arguments) and the TE
+    computes fuser's schedule rules know; the rules themselves run in ``schedule``.
+    cuda with ``dlight``: TVM's dlight GPU rules for kernels nobody scheduled."""
+    cpu = schedules and target.kind.name == "llvm"
+    seq = []
+    if cpu and not planned:
+        seq += layout.layout_passes(target)
+    seq += [
+        relax.transform.LegalizeOps(layout.legalize_map() if cpu else None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
     ]
     if not planned:
         seq.append(relax.transform.FuseOps())
     seq += [relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
-    if schedule and target.kind.name == "cuda":
+    if dlight and target.kind.name == "cuda":
         from tvm.s_tir import dlight as dl
 
         seq.append(
@@ -40,13 +49,23 @@ def fuse_passes(target, planned: bool, schedule: bool = True) -> list:
     return seq
 
 
-def fuse(mod, target, planned: bool | None = None, tiling: Mapping | None = None, default_tile=None):
-    """The IRModule after legalization and kernel formation (one PrimFunc per kernel).
+def fuse(
+    mod,
+    target,
+    planned: bool | None = None,
+    tiling: Mapping | None = None,
+    default_tile=None,
+    schedules: bool = True,
+):
+    """The IRModule after legalization and kernel formation (one PrimFunc per kernel);
+    ``schedules=False``: TVM's plain pipeline (NCHW, no fast math), for comparison.
 
     ``tiling``: plan group id -> ``depthfirst.TileHint``: those groups' kernels get
-    depth-first schedules (``fuser.backends.tvm.depthfirst``); ``default_tile``: the hint
-    for every other kernel (None: left as legalized). Their reports are in
-    ``depth_first_reports(fused)``."""
+    depth-first schedules (``fuser.backends.tvm.depthfirst``), whose inner loops are
+    fuser's CPU default schedules on llvm; ``default_tile``: the hint for every other
+    kernel (None: left to the default schedules, ``schedule``). Their reports are in
+    ``depth_first_reports(fused)``. With ``default_tile`` the layout passes are off (the
+    depth-first rules tile NCHW rows)."""
     if planned is None:
         planned = any(
             isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
@@ -54,7 +73,10 @@ def fuse(mod, target, planned: bool | None = None, tiling: Mapping | None = None
         )
     depth_first = bool(tiling) or default_tile is not None
     with target:
-        fused = tvm.transform.Sequential(fuse_passes(target, planned, schedule=not depth_first))(mod)
+        layout_ok = schedules and default_tile is None
+        fused = tvm.transform.Sequential(
+            fuse_passes(target, planned, schedules=layout_ok, dlight=not depth_first)
+        )(mod)
         if not depth_first:
             return fused
         from .depthfirst import schedule_kernels
@@ -79,6 +101,18 @@ def depth_first_reports(fused_mod) -> dict[str, dict]:
         for gv, f in fused_mod.functions.items()
         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and SCHEDULED_ATTR in f.attrs
     }
+
+
+def schedule(fused, target, schedules: bool = True):
+    """``fused`` with fuser's default schedules (``schedules/``) on every llvm kernel that
+    tuning or another schedule (depth-first) has not scheduled yet; ``schedule_sources``
+    says which."""
+    if not schedules or target.kind.name != "llvm":
+        return fused
+    from .schedules import apply_default_schedules
+
+    with target:
+        return apply_default_schedules(fused, target)
 
 
 def kernel_names(fused_mod) -> list[str]:
@@ -108,18 +142,27 @@ def _finalize_pipeline(target):
     return tvm.transform.Sequential(be.dataflow_lower_passes(target) + be.finalize_passes(target))
 
 
-def build(mod, target: str | Any = "llvm", planned: bool | None = None, tiling: Mapping | None = None):
-    """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda."""
+def build(
+    mod,
+    target: str | Any = "llvm",
+    planned: bool | None = None,
+    tiling: Mapping | None = None,
+    schedules: bool = True,
+):
+    """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda
+    (``schedules``: fuser's CPU layouts and default schedules; ``tiling``: see ``fuse``)."""
     require_tvm()
     if isinstance(target, str):
         target = make_target(target)
-    return build_fused(fuse(mod, target, planned, tiling), target)
+    return build_fused(fuse(mod, target, planned, tiling, schedules=schedules), target, schedules)
 
 
-def build_fused(fused, target):
-    """Compile a module already through ``fuse`` (its kernels fixed) to an Executable."""
+def build_fused(fused, target, schedules: bool = True):
+    """Compile a module already through ``fuse`` (its kernels fixed) to an Executable,
+    scheduling first what nobody has (``schedule``)."""
     if isinstance(target, str):
         target = make_target(target)
+    fused = schedule(fused, target, schedules)
     if target.kind.name != "cuda":
         return tvm.compile(fused, target, relax_pipeline=_finalize_pipeline(target))
     # TVM compiles CUDA with NVRTC by default (a Python extra); nvcc is what this
@@ -144,11 +187,13 @@ def cuda_source(executable) -> str:
     return "\n".join(m.inspect_source("") for m in _modules(executable.mod) if m.kind == "cuda")
 
 
-def compile_graph(graph: Graph, target: str = "llvm", groups=None, tiling: Mapping | None = None) -> TVMModel:
+def compile_graph(
+    graph: Graph, target: str = "llvm", groups=None, tiling: Mapping | None = None, schedules: bool = True
+) -> TVMModel:
     """to_relax + build + TVMModel in one call (the graph is run as given: call
     fuser.optimize first to fold BatchNorm). ``tiling``: group id -> TileHint (see ``fuse``)."""
     mod = to_relax(graph, groups)
-    ex = build(mod, target, planned=bool(groups), tiling=tiling)
+    ex = build(mod, target, planned=bool(groups), tiling=tiling, schedules=schedules)
     return TVMModel(
         ex, value_specs(graph.inputs), value_specs(graph.outputs), "cuda" if target == "cuda" else "cpu"
     )

@@ -541,11 +541,13 @@ def _loop_kinds(sch, b, loops) -> list[str]:
 
 
 def _vector_lanes(target) -> int:
-    """float32 lanes of the target's widest vector (AVX-512: 16, else 8)."""
+    """float32 lanes of the target's widest vector, as the CPU default schedules read them
+    (``schedules.common.cpu_facts``: AVX-512 16, AVX 8, SSE 4); cuda: 8."""
     if target is None or target.kind.name != "llvm":
         return 8
-    features = tvm.target.codegen.llvm_get_cpu_features(target)
-    return 16 if "avx512f" in [str(f) for f in features] else 8
+    from .schedules.common import cpu_facts
+
+    return cpu_facts(target).lanes
 
 
 def _contiguous_only(sch, b, loop) -> bool:
