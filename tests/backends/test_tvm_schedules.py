@@ -134,6 +134,20 @@ def test_blocks_and_vectors_follow_the_target(cpu, lanes):
         assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
 
 
+@pytest.mark.parametrize("cpu", ["x86-64-v4", "x86-64-v3"])
+def test_quarter_vector_blocks_stay_plain(cpu):
+    """116 channels (4 x 29) would be 4-channel blocks: a quarter (half) of a 16 (8) lane
+    vector. The tensor stays NCHW and its 1x1 conv runs as a matmul over the pixels; 32
+    channels still get a block."""
+    target = tb.make_target("llvm", cpu=cpu)
+    for cin, blocked in [(116, False), (32, True)]:
+        x = torch.randn(1, cin, 8, 8)
+        graph = fuser.optimize(torch.nn.Conv2d(cin, cin, 1).eval(), (x,)).graph
+        names = tb.kernel_names(tb.fuse(tb.to_relax(graph), target))
+        assert any("conv2d_nchwc" in k for k in names) == blocked, names
+        assert any("matmul" in k for k in names) != blocked, names
+
+
 def test_host_caches_read_from_the_os(tmp_path):
     for i, (level, kind, size) in enumerate(
         [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K")]
