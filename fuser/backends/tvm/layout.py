@@ -274,18 +274,27 @@ def layout_passes(target) -> list:
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 
 
-def conv2d_nchwc(data, kernel, strides, padding, dilation, groups=1):
-    """data [N, Cc, H, W, cb], kernel [Oc, Cc/groups, KH, KW, cb, ob] -> [N, Oc, OH, OW, ob];
-    output chunk oc reads the input chunks of its group."""
-    te, topi = tvm.te, tvm.topi
-    n, _, ih, iw, icb = (int(d) for d in data.shape)
-    occ, icc_g, kh, kw, _, ocb = (int(d) for d in kernel.shape)
-    oc_per_group = occ // groups
+def _padded_window(data, kh: int, kw: int, strides, padding, dilation):
+    """(data padded in H and W, output height, output width) of a KHxKW window over a blocked
+    NCHW[x]c ``data``."""
+    _, _, ih, iw, _ = (int(d) for d in data.shape)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
     oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
     if pt or pl or pb or pr:
-        data = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="data_pad")
+        data = tvm.topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="data_pad")
+    return data, oh, ow
+
+
+def conv2d_nchwc(data, kernel, strides, padding, dilation, groups=1):
+    """data [N, Cc, H, W, cb], kernel [Oc, Cc/groups, KH, KW, cb, ob] -> [N, Oc, OH, OW, ob];
+    output chunk oc reads the input chunks of its group."""
+    te = tvm.te
+    n, icb = int(data.shape[0]), int(data.shape[4])
+    occ, icc_g, kh, kw, _, ocb = (int(d) for d in kernel.shape)
+    oc_per_group = occ // groups
+    (sh, sw), (dh, dw) = strides, dilation
+    data, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
     rco = te.reduce_axis((0, icc_g), "rco")
     rkh = te.reduce_axis((0, kh), "rkh")
     rkw = te.reduce_axis((0, kw), "rkw")
@@ -307,14 +316,11 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, groups=1):
 
 def depthwise_nchwc(data, kernel, strides, padding, dilation):
     """data [N, Cc, H, W, cb], kernel [Cc, 1, KH, KW, cb] -> [N, Cc, OH, OW, cb]."""
-    te, topi = tvm.te, tvm.topi
-    n, cc, ih, iw, cb = (int(d) for d in data.shape)
+    te = tvm.te
+    n, cc, _, _, cb = (int(d) for d in data.shape)
     kh, kw = (int(d) for d in kernel.shape[2:4])
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
-    oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    if pt or pl or pb or pr:
-        data = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="data_pad")
+    (sh, sw), (dh, dw) = strides, dilation
+    data, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
     rkh = te.reduce_axis((0, kh), "rkh")
     rkw = te.reduce_axis((0, kw), "rkw")
     return te.compute(
