@@ -21,7 +21,8 @@ transformed once at build time.
    count for the whole model (``group_limits``): TVM cannot change between two blocked
    layouts, and a grouped conv caps the block of every channel count it touches at its
    per-group width. A conv with no block stays NCHW (``["NCHW", "OIHW", "NCHW"]``: returning
-   nothing crashes ConvertLayout on a blocked input); if it is 1x1, stride 1, unpadded and
+   nothing crashes ConvertLayout on a blocked input; so does a conv2d_transpose, which stays
+   NCHW/IOHW: PaddleOCR's detector head); if it is 1x1, stride 1, unpadded and
    ungrouped it becomes ``W[O, C] @ X[N, C, H*W]`` (reshapes are free), which the matmul rule
    vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
    layout of their input.
@@ -98,6 +99,8 @@ def make_layout_cb(lanes: int, limits: dict[int, int] | None = None):
 
     def layout_cb(call):
         op = call.op.name
+        if op == "relax.nn.conv2d_transpose":  # stays plain: {} crashes it on a blocked input
+            return {op: ["NCHW", "IOHW", "NCHW"]}
         if op != "relax.nn.conv2d":
             return {}
         if call.attrs.data_layout != "NCHW" or call.attrs.kernel_layout != "OIHW":
