@@ -134,6 +134,29 @@ def test_blocks_and_vectors_follow_the_target(cpu, lanes):
         assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
 
 
+@pytest.mark.parametrize("cpu", ["x86-64-v4", "x86-64-v3"])
+def test_quarter_vector_blocks_stay_plain(cpu):
+    """116 channels (4 x 29) would be 4-channel blocks: a quarter (half) of a 16 (8) lane
+    vector. The tensor stays NCHW and its 1x1 conv runs as a matmul over the pixels, while
+    its depthwise conv still runs blocked, between layout transforms; 32 channels keep
+    their block throughout. Outputs against ORT."""
+    target = tb.make_target("llvm", cpu=cpu)
+    for c, blocked in [(116, False), (32, True)]:
+        x = torch.randn(1, c, 8, 8, generator=torch.Generator().manual_seed(0))
+        module = torch.nn.Sequential(torch.nn.Conv2d(c, c, 1), torch.nn.Conv2d(c, c, 3, padding=1, groups=c))
+        graph = fuser.optimize(module.eval(), (x,)).graph
+        fused = tb.fuse(tb.to_relax(graph), target)
+        names = tb.kernel_names(fused)
+        assert any("conv2d_nchwc" in k for k in names) == blocked, names
+        assert any("matmul" in k for k in names) != blocked, names
+        assert any("dwconv_nchwc" in k for k in names), names
+        if cpu != "x86-64-v4" or "avx512f" in tb.host_features():
+            feeds = {graph.inputs[0].name: x.numpy()}
+            executable = tb.build_fused(tb.schedule(fused, target), target)
+            got = native.run_executable(executable, graph, target, feeds)
+            assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
+
+
 def test_host_caches_read_from_the_os(tmp_path):
     for i, (level, kind, size) in enumerate(
         [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K")]

@@ -106,6 +106,13 @@ def reductions(sch) -> list:
     return [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
 
 
+def only_reduction(sch, accept):
+    """The kernel's one reduction block (every other root block is then spatial) when
+    ``accept(its iterator kinds, its Block)``, else None."""
+    red = reductions(sch)
+    return red[0] if len(red) == 1 and accept(iter_kinds(sch, red[0]), sch.get(red[0])) else None
+
+
 def split_around(sch, block) -> tuple[list, list]:
     """(blocks before ``block``, blocks after it) at root."""
     blocks = root_blocks(sch)

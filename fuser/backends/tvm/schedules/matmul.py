@@ -25,11 +25,9 @@ from .common import (
     cpu_facts,
     extent,
     inline_around,
-    iter_kinds,
     largest_divisor,
-    reductions,
+    only_reduction,
     split2,
-    split_around,
     split_tiles,
     tile_epilogue,
     unroll_pragma,
@@ -42,16 +40,9 @@ MAX_NVEC = 4
 
 
 def match(sch):
-    red = reductions(sch)
-    if len(red) != 1:
-        return None
-    kinds = iter_kinds(sch, red[0])
-    if not (kinds.endswith("SSR") and set(kinds[:-1]) == {"S"}) or len(sch.get(red[0]).reads) != 2:
-        return None
-    _, post = split_around(sch, red[0])
-    if any("R" in iter_kinds(sch, b) for b in post):
-        return None
-    return red[0]
+    return only_reduction(
+        sch, lambda kinds, block: kinds.endswith("SSR") and set(kinds[:-1]) == {"S"} and len(block.reads) == 2
+    )
 
 
 def _row_cap(facts, nvec: int) -> int:

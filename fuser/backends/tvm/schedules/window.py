@@ -25,11 +25,9 @@ from .common import (
     cpu_facts,
     extent,
     inline_around,
-    iter_kinds,
     largest_divisor,
-    reductions,
+    only_reduction,
     split2,
-    split_around,
     tile_epilogue,
     unroll_pragma,
 )
@@ -41,18 +39,12 @@ MAX_UNROLLED_WINDOW = 49
 
 def match(sch):
     """The reduction block this rule tiles, or None."""
-    red = reductions(sch)
-    if len(red) != 1:
-        return None
-    kinds = iter_kinds(sch, red[0])
-    if not kinds.startswith("SSSSS") or set(kinds[5:]) != {"R"}:
-        return None
-    if len(sch.get(red[0]).writes[0].source.shape) != 5:
-        return None
-    _, post = split_around(sch, red[0])
-    if any("R" in iter_kinds(sch, b) for b in post):
-        return None
-    return red[0]
+    return only_reduction(
+        sch,
+        lambda kinds, block: (
+            kinds.startswith("SSSSS") and set(kinds[5:]) == {"R"} and len(block.writes[0].source.shape) == 5
+        ),
+    )
 
 
 def kind_of(sch, red) -> str:
