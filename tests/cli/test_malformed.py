@@ -303,8 +303,8 @@ def test_hostile_names_in_a_valid_model_print_as_text(tmp_path):
     ):
         r = invoke(*args)
         assert r.exit_code == 0 and "\x1b" not in r.output, (args, r.output, r.exception)
-        if args[0] == "info":
-            assert "[bold]conv[/]" in r.output and "relu\\nnext" in r.output, r.output
+        if args[0] == "info":  # (fuser.reports keeps a newline in a name as a line break in its cell)
+            assert "[bold]conv[/]" in r.output and "out\\x1b[2J" in r.output, r.output
     r = run_cli("info", model, "--nodes")
     assert r.returncode == 0 and "[red]m.onnx" in r.stdout and "\\x1b[2J" in r.stdout, r.stdout + r.stderr
     assert "\x1b[2J" not in r.stdout
