@@ -224,8 +224,12 @@ def similar(expected: list, got: list, rtol: float, atol: float) -> str:
         r, o = ref.astype(np.float64), out.astype(np.float64)
         close = np.isclose(o, r, rtol=rtol, atol=atol, equal_nan=True)
         if not close.all():
-            err = np.nanmax(np.abs(np.where(close, 0, o - r)))
-            return f"output {i}: {int((~close).sum())} of {ref.size} elements differ (max abs err {err:.3g})"
+            # NaN against a number (or inf against another) has no finite error: count those apart
+            unbounded = ~close & ~np.isfinite(o - r)
+            err = np.max(np.abs(np.where(close | unbounded, 0, o - r)))
+            extra = f", {int(unbounded.sum())} NaN/inf where the other is not" if unbounded.any() else ""
+            differ = f"{int((~close).sum())} of {ref.size} elements differ"
+            return f"output {i}: {differ} (max abs err {err:.3g}{extra})"
     return ""
 
 

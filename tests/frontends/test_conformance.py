@@ -6,8 +6,9 @@ CI runs named cases and a seeded sample; FUSER_HEAVY=1 runs all of them and chec
 
 import random
 
+import numpy as np
 import pytest
-from onnx_conformance import collect, run_all, summarize
+from onnx_conformance import collect, run_all, similar, summarize
 from util import HEAVY
 
 # cases that once failed: GroupNormalization, zero-size tensors, SpaceToDepth CRD, uint arithmetic,
@@ -77,6 +78,30 @@ def test_named_cases(cases):
 def test_seeded_sample(cases):
     sample = random.Random(7).sample(cases, 60)
     check(run_all(sample, workers=1, torch=True))
+
+
+def test_comparison_matches_nan_and_infinities_and_names_a_nan_mismatch():
+    a = np.array([np.nan, -np.inf, np.inf, 1.0], np.float32)
+    assert similar([a], [a.copy()], 1e-3, 1e-5) == ""
+    why = similar([np.zeros(4, np.float32)], [np.array([np.nan, np.nan, 0, 0.5], np.float32)], 1e-3, 1e-5)
+    assert why == "output 0: 3 of 4 elements differ (max abs err 0.5, 2 NaN/inf where the other is not)"
+
+
+# masked attention: TVM's ReduceMax of a fully masked row was -3.4e38, not -inf, and the
+# softmax's NaN leaked where ONNX gives 0
+TVM_CASES = {
+    "test_attention_causal_boolmask_nan_robustness_expanded",
+    "test_attention_local_window_gqa_rank4_mask_expanded",
+    "test_reduce_min_bool_inputs",
+}
+
+
+def test_tvm_on_masked_attention(cases):
+    pytest.importorskip("tvm", reason="Apache TVM is not installed (pip install fuser[tvm])")
+    outcomes = run_all([c for c in cases if c.name in TVM_CASES], workers=1, tvm=True)
+    assert sorted((o.name, o.status, o.tvm, o.tvm_detail) for o in outcomes) == sorted(
+        (name, "pass", "pass", "") for name in TVM_CASES
+    )
 
 
 @pytest.mark.heavy

@@ -70,7 +70,6 @@ FALLBACK_OPS = (
     "ReduceL2",
     "ReduceLogSum",
     "ReduceLogSumExp",
-    "ReduceMin",
     "ReduceProd",
     "ReduceSumSquare",
     "RoiAlign",
@@ -102,13 +101,6 @@ def _rms_axis(node) -> str | None:
     return None
 
 
-def _reduce_min(node) -> str | None:
-    x = node.inputs[0]
-    if x.dtype.kind == "b" or x.numel == 0:
-        return "bool or empty inputs are not handled by TVM's converter"
-    return None
-
-
 def _space_to_depth(node) -> str | None:
     return "mode=CRD is ignored by TVM's converter" if node.attrs.get("mode", "DCR") != "DCR" else None
 
@@ -120,7 +112,6 @@ def _elu(node) -> str | None:
 # Cases where TVM's converter for a listed op fails or computes something else: refused by name.
 GUARDS = {
     "RMSNormalization": _rms_axis,
-    "ReduceMin": _reduce_min,
     "SpaceToDepth": _space_to_depth,
     "Elu": _elu,
 }
