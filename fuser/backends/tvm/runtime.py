@@ -44,7 +44,8 @@ class TVMModel:
                     f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
                     f"got {a.dtype}{list(a.shape)}"
                 )
-            out.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+            # ascontiguousarray makes 0-d arrays 1-d
+            out.append(tvm.runtime.tensor(np.ascontiguousarray(a).reshape(a.shape), self.device))
         return out
 
     def __call__(self, *args, **kwargs) -> list[np.ndarray]:
