@@ -38,12 +38,15 @@ class Result:
         return f"{self.graph.summary()}\n{self.report}"
 
 
-def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -> Graph:
+def to_graph(
+    model: Any, example_inputs: Any = None, input_shapes: Any = None, input_values: Any = None
+) -> Graph:
     """Any model fuser accepts -> a Graph with static shapes.
 
     ``model``: a Graph or Result; an ONNX path or ModelProto (``input_shapes`` fixes
-    dynamic dims); ``"zoo:NAME"`` (``input_shapes``: one shape, default the model's); or an
-    ``nn.Module`` (``example_inputs`` required).
+    dynamic dims, ``input_values`` the values of inputs that shapes depend on); ``"zoo:NAME"``
+    (``input_shapes``: one shape, default the model's); or an ``nn.Module``
+    (``example_inputs`` required).
     """
     import onnx
 
@@ -54,7 +57,7 @@ def to_graph(model: Any, example_inputs: Any = None, input_shapes: Any = None) -
     if isinstance(model, str) and model.startswith(ZOO_PREFIX):
         return from_zoo(model[len(ZOO_PREFIX) :], input_shapes)
     if isinstance(model, (str, os.PathLike, onnx.ModelProto)):
-        return from_onnx(model, input_shapes)
+        return from_onnx(model, input_shapes, input_values=input_values)
     try:
         import torch
     except ImportError:  # pragma: no cover

@@ -7,6 +7,7 @@ Command modules in ``fuser/commands/`` import from here; each defines ``command`
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +18,29 @@ from fuser.ir import FuserError
 
 err = Console(stderr=True)
 out = Console()
+
+NAME_LIMIT = 200  # characters of one name or path shown; the rest is counted, not printed
+MESSAGE_LIMIT = 2000  # characters of one error line
+MAX_DIM = 2**31 - 1
+# what fuser.reports.text.visible leaves as it is but one line must not hold: line breaks, tabs,
+# zero-width and bidirectional-override characters
+_INVISIBLE = re.compile("[\t\n\r\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def safe(text, limit: int = NAME_LIMIT, total: int | None = None) -> str:
+    """Text from a model or a path for one line of rich markup: ``markup_safe`` (markup and
+    control characters escaped), line breaks and invisible characters shown escaped too, runs
+    of more than ``limit`` non-blank characters cut (the rest counted), at most ``total``
+    characters in all."""
+    from fuser.reports.text import markup_safe
+
+    s = _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    s = re.sub(
+        rf"\S{{{limit + 1},}}", lambda m: f"{m.group()[:limit]}...(+{len(m.group()) - limit} chars)", s
+    )
+    if total is not None and len(s) > total:
+        s = f"{s[:total]}...(+{len(s) - total} chars)"
+    return markup_safe(s)
 
 
 def parse_input_shapes(specs: tuple[str, ...]):
@@ -30,8 +54,8 @@ def parse_input_shapes(specs: tuple[str, ...]):
             shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
         except ValueError:
             raise FuserError(f"--input-shape '{spec}': dims must be integers, e.g. x:1,3,224,224") from None
-        if not shape or any(d <= 0 for d in shape):
-            raise FuserError(f"--input-shape '{spec}': dims must be positive integers")
+        if not shape or any(d <= 0 or d > MAX_DIM for d in shape):
+            raise FuserError(f"--input-shape '{spec}': dims must be integers from 1 to {MAX_DIM}")
         if name:
             named[name] = shape
         else:
@@ -41,7 +65,39 @@ def parse_input_shapes(specs: tuple[str, ...]):
     return bare[0] if bare else named
 
 
+def parse_input_values(specs: tuple[str, ...]) -> dict[str, list]:
+    """('axes:1,2', 'scales:1,1,2,2') -> {'axes': [1, 2], 'scales': [1.0, 1.0, 2.0, 2.0]}."""
+    values = {}
+    for spec in specs:
+        name, sep, text = spec.rpartition(":")
+        if not sep or not name:
+            raise FuserError(f"--input-value '{spec}': write NAME:V,V,.. (e.g. axes:1,2)")
+        try:
+            items = [
+                float(v) if any(c in v for c in ".eEn") else int(v) for v in text.split(",") if v.strip()
+            ]
+        except ValueError:
+            raise FuserError(f"--input-value '{spec}': values must be numbers, e.g. axes:1,2") from None
+        values[name] = items
+    return values
+
+
+def _remember_input_values(ctx: click.Context, param, specs):
+    ctx.meta["fuser.input_values"] = parse_input_values(specs) if specs else None
+
+
 def input_shape_option(f):
+    """--input-shape, and --input-value (read by load_graph, not passed to the command)."""
+    f = click.option(
+        "--input-value",
+        "input_values",
+        multiple=True,
+        metavar="NAME:V,V,..",
+        expose_value=False,
+        callback=_remember_input_values,
+        help="Fix the values of an input that shapes depend on (a Reshape's target, reduction axes), "
+        "e.g. axes:1,2. Repeat per input.",
+    )(f)
     return click.option(
         "--input-shape",
         "input_shapes",
@@ -63,14 +119,22 @@ def status(message: str):
 
 
 def load_graph(model: str, input_shapes: tuple[str, ...]):
+    """MODEL (a path or zoo:NAME) as a Graph; the file and its external data become inputs that
+    no output of this command may overwrite."""
     from fuser.api import to_graph
+    from fuser.frontends.onnx import model_files
+    from fuser.serde.files import protect_inputs
 
     shapes = parse_input_shapes(input_shapes)
-    if not model.startswith("zoo:") and not Path(model).exists():
-        raise FuserError(f"{model}: no such file (MODEL is an .onnx path or zoo:NAME)")
+    ctx = click.get_current_context(silent=True)
+    values = ctx.meta.get("fuser.input_values") if ctx is not None else None
     zoo = model.startswith("zoo:")
-    with status(f"capturing {model} (torch.export, then ONNX)" if zoo else f"importing {model}"):
-        return to_graph(model, input_shapes=shapes)
+    if not zoo:
+        if not Path(model).exists():
+            raise FuserError(f"{model}: no such file (MODEL is an .onnx path or zoo:NAME)")
+        protect_inputs(model_files(model))
+    with status(f"capturing {safe(model)} (torch.export, then ONNX)" if zoo else f"importing {safe(model)}"):
+        return to_graph(model, input_shapes=shapes, input_values=values)
 
 
 def emit_json(data) -> None:

@@ -11,7 +11,6 @@ import os
 import pkgutil
 import sys
 import traceback
-from pathlib import Path
 
 import click
 
@@ -19,6 +18,7 @@ from fuser.ir import FuserError
 from fuser.passes import DEFAULT_PIPELINE
 
 from .common import (
+    MESSAGE_LIMIT,
     emit_json,
     err,
     input_shape_option,
@@ -26,6 +26,7 @@ from .common import (
     load_graph,
     parse_input_shapes,
     prune_options,
+    safe,
     show,
     status,
 )
@@ -38,7 +39,15 @@ class FuserGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FuserError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {safe(e, total=MESSAGE_LIMIT)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except OSError as e:  # the file system refused something fuser did not check first
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(
+                f"[bold red]error:[/] {safe(f'{where}{e.strerror or e}', total=MESSAGE_LIMIT)}",
+                highlight=False,
+                soft_wrap=True,
+            )
             sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
@@ -49,7 +58,8 @@ class FuserGroup(click.Group):
             if os.environ.get("FUSER_DEBUG"):
                 traceback.print_exc()
             err.print(
-                f"[bold red]internal error:[/] {type(e).__name__}: {e} (set FUSER_DEBUG=1 for a traceback)",
+                f"[bold red]internal error:[/] {type(e).__name__}: {safe(e, total=MESSAGE_LIMIT)} "
+                "(set FUSER_DEBUG=1 for a traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -99,7 +109,7 @@ def info(model, input_shapes, as_json, show_nodes):
 # ---- optimize -----------------------------------------------------------------
 @main.command()
 @click.argument("model")
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output")
 @input_shape_option
 @click.option(
     "--skip",
@@ -121,11 +131,13 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     """
     from fuser.analysis import analyze
     from fuser.api import optimize as run_optimize
+    from fuser.frontends.onnx import model_files
     from fuser.reports.tables import optimize_view
+    from fuser.serde.files import check_output
     from fuser.serde.onnx import save_onnx
 
-    if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
-        raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
+    inputs = [] if model.startswith("zoo:") else model_files(model)
+    check_output(output, inputs)  # before the work: a refused output path fails fast
     graph = load_graph(model, input_shapes)
     passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None
     before = analyze(graph)
@@ -135,7 +147,7 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
         )
     graph, report = result.graph, result.report
     after = analyze(graph)
-    save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
+    save_onnx(graph, output, protect=inputs)
     summary = {
         "input": model,
         "output": output,
@@ -178,7 +190,7 @@ def zoo_list(as_json):
 
 @zoo.command("export")
 @click.argument("name")
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output")
 @input_shape_option
 @click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
 def zoo_export(name, output, input_shapes, seed):

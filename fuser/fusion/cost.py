@@ -16,7 +16,8 @@ layer by layer, reading its inputs and weights once and writing its outputs once
 An op whose F_β({op}) ≥ β alone (its weights, or the rows a global op must
 hold, exceed the buffer) can never be fused: F_β only grows when ops are added
 (more weights, more tensors, more rows), so every group holding it is invalid.
-Such ops are reported as unfusable and always stay alone.
+Such ops are reported as unfusable and always stay alone, as is an opaque op (a standard op
+fuser knows by its ONNX schema only, ``fuser.ir.ops.Category.OPAQUE``).
 
 Terms (elements; times e for bytes):
   W(G)     weights of the group's ops (a weight shared by several ops counts once)
@@ -56,11 +57,12 @@ every tile fetches all weights again. A tile produces ⌈H/T⌉ rows of each out
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from fuser.ir import FuserError
+from fuser.ir.ops import is_opaque
 
 from .opgraph import FusionGraph, bits, mask_of
 
@@ -113,6 +115,9 @@ class CostModel:
         self.buffer_bytes = int(buffer_bytes)
         self.element_bytes = int(element_bytes)
         self._memo: dict[int, GroupCost] = {}
+        # an op fuser knows by its ONNX schema only (fuser.ir.ops) runs alone: nothing is known
+        # of how it consumes rows
+        self.opaque_mask = sum(1 << i for i, op in enumerate(fg.ops) if is_opaque(op))
         self._lower_dram: dict[int, int] = {}
         self._weights = np.array(fg.weight_numel, dtype=np.int64)
         # each op's outputs hold at least one row on chip
@@ -123,14 +128,19 @@ class CostModel:
         singles = [self.cost(1 << i) for i in range(fg.n)]
         self.single_dram_bytes = [c.dram_bytes for c in singles]  # per op alone, without a lookup
         self.single_buffer_bytes = [c.buffer_bytes for c in singles]
-        self.fusable_mask = mask_of(i for i, c in enumerate(singles) if c.fits)
+        self.fusable_mask = mask_of(
+            i for i, c in enumerate(singles) if c.fits and not self.opaque_mask >> i & 1
+        )
 
     # ---- public -------------------------------------------------------------
     def cost(self, mask: int) -> GroupCost:
         """F_β, F_D and validity of the group ``mask`` (memoised)."""
         c = self._memo.get(mask)
         if c is None:
-            c = self._memo[mask] = self._cost(mask)
+            c = self._cost(mask)
+            if c.valid and mask & self.opaque_mask and mask & (mask - 1):
+                c = replace(c, valid=False)  # an opaque op shares no group
+            self._memo[mask] = c
         return c
 
     def valid(self, mask: int) -> bool:
@@ -182,7 +192,9 @@ class CostModel:
                 continue
             c = self.cost(1 << i)
             w = self.fg.weight_numel[i] * e
-            if w >= self.buffer_bytes:
+            if self.opaque_mask >> i & 1:
+                why = f"{self.fg.ops[i]} is opaque to fuser (known by its ONNX schema only)"
+            elif w >= self.buffer_bytes:
                 why = f"weights {w} B alone fill the {self.buffer_bytes} B buffer"
             else:
                 why = f"needs {c.buffer_bytes} B on chip alone (feature rows), buffer {self.buffer_bytes} B"
@@ -343,6 +355,8 @@ class LBDF(CostModel):
         for i in range(j - 1, -1, -1):
             op = ops[i]
             mask |= 1 << op
+            if mask & self.opaque_mask and mask & (mask - 1):
+                return  # an opaque op shares no group
             if fg.barrier_mask >> op & 1:  # the whole-tensor rule from here on: exact costs
                 for start in range(i, -1, -1):
                     mask |= 1 << ops[start]

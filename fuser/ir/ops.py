@@ -13,8 +13,16 @@ One ``OpDef`` per op (ONNX name, default domain):
     backends, with the ``implements`` decorator), ``"prune"`` (the channel rule of
     ``fuser.pruning.deps``); ``refusals``: a named reason where one deliberately has none.
 
-An op outside the registry is refused by name at import: fuser never guesses what an
-unknown op does. This module imports nothing else of fuser.
+The table below holds the ops fuser reasons about. Every other default-domain op that onnx
+defines (up to ``MAX_OPSET``, the newest opset onnx's shape inference knows) is admitted too,
+as ``Category.OPAQUE``: an ``OpDef`` generated from its ONNX schema, input roles inferred
+conservatively (an input that only takes integers is configuration, or an index when its name
+says so; everything else is data). Passes treat an opaque op as a barrier: fusion runs it
+alone, pruning stops at it and says so, constant folding evaluates it with onnx's reference
+implementation; backends implement it or refuse it by name. Refused at import, each with its
+own reason: control flow (``CONTROL_FLOW_OPS``), tensor sequences and optionals
+(``SEQUENCE_REFUSED``), and any op of another domain. This module imports nothing else of
+fuser.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+
+import onnx.defs
 
 
 class Category(str, Enum):
@@ -34,6 +44,7 @@ class Category(str, Enum):
     INJECTIVE = "injective"  # move or reinterpret data without arithmetic
     SOURCE = "source"  # make (small) tensors from shapes; folded once shapes are static
     SEQUENCE = "sequence"  # tensor sequences: lowered to Split at import
+    OPAQUE = "opaque"  # a standard op known by its ONNX schema only: a barrier to every pass
 
 
 class Role(str, Enum):
@@ -117,6 +128,26 @@ _define(
         "Not",
         "Sin",
         "Cos",
+        "Tan",
+        "Asin",
+        "Acos",
+        "Atan",
+        "Sinh",
+        "Cosh",
+        "Asinh",
+        "Acosh",
+        "Atanh",
+        "Sign",
+        "Round",
+        "IsNaN",
+        "IsInf",
+        "Selu",
+        "Celu",
+        "Softsign",
+        "ThresholdedRelu",
+        "Shrink",
+        "Swish",
+        "BitwiseNot",
     ],
 )
 _define(Category.ELEMENTWISE, ["Clip"], (D, C, C))
@@ -138,10 +169,17 @@ _define(
         "Equal",
         "Less",
         "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
         "Where",
         "And",
         "Or",
+        "Xor",
         "Mod",
+        "BitShift",
+        "BitwiseAnd",
+        "BitwiseOr",
+        "BitwiseXor",
     ],
     (D, D),
 )
@@ -159,6 +197,64 @@ _define(Category.SEQUENCE, ["SequenceAt"], (D, C))
 
 # Refused at import with their own message (no OpDef): fuser handles static graphs only.
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan", "SequenceMap"}
+
+# The newest default-domain opset onnx (and so its shape inference) knows; a model importing
+# a newer one is refused at import.
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def _latest_schemas() -> dict[str, onnx.defs.OpSchema]:
+    latest: dict[str, onnx.defs.OpSchema] = {}
+    for s in onnx.defs.get_all_schemas_with_history():
+        newer = s.name not in latest or s.since_version > latest[s.name].since_version
+        if s.domain in ("", "ai.onnx") and s.since_version <= MAX_OPSET and newer:
+            latest[s.name] = s
+    return latest
+
+
+SCHEMAS = _latest_schemas()
+# Tensor sequences and optionals, beyond the split-and-index pattern lowered at import.
+SEQUENCE_REFUSED = frozenset(
+    n
+    for n in SCHEMAS
+    if n.startswith(("Sequence", "Optional")) or n in ("ConcatFromSequence",)
+    if n not in OPS and n not in CONTROL_FLOW_OPS
+)
+_SHAPE_INTEGERS = {"tensor(int32)", "tensor(int64)"}
+_INDEX_NAMES = ("indices", "index", "position", "target", "labels", "ids")
+
+
+def _schema_roles(schema: onnx.defs.OpSchema) -> tuple[Role, ...]:
+    """Input roles from a schema: an input that takes only int32/int64 (when others take more)
+    is configuration, or an index when its name says so; every other input is data."""
+    constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    allowed = [constraints.get(f.type_str, {f.type_str}) for f in schema.inputs]
+    integer = [bool(a) and a <= _SHAPE_INTEGERS for a in allowed]
+    if not schema.inputs or all(integer):
+        return (D,)
+    return tuple(
+        (IDX if any(k in f.name.lower() for k in _INDEX_NAMES) else C) if is_int else D
+        for f, is_int in zip(schema.inputs, integer)
+    )
+
+
+# Where a schema's types do not tell configuration from data.
+_ROLE_OVERRIDES = {
+    "HannWindow": (C,),
+    "HammingWindow": (C,),
+    "BlackmanWindow": (C,),
+    "MelWeightMatrix": (C,),
+    "OneHot": (IDX, C, D),
+}
+for _name, _schema in sorted(SCHEMAS.items()):
+    if _name not in OPS and _name not in CONTROL_FLOW_OPS and _name not in SEQUENCE_REFUSED:
+        OPS[_name] = OpDef(_name, Category.OPAQUE, _ROLE_OVERRIDES.get(_name) or _schema_roles(_schema))
+
+
+def is_opaque(name: str) -> bool:
+    """A standard op fuser knows by its schema only (see the module docstring)."""
+    d = OPS.get(name)
+    return d is not None and d.category is Category.OPAQUE
 
 
 def op_def(name: str) -> OpDef | None:

@@ -5,7 +5,8 @@ is a splat constant (one value broadcast: what ConstantOfShape or Expand of a
 scalar folds to) equal to 0 is removed; the op's result is unchanged.
 PyTorch's ONNX exporter writes such a bias for every bias-free conv, so capture
 runs this pass to keep the graph's parameters equal to the module's. A real
-bias array that happens to be zero is a parameter and is kept.
+bias array that happens to be zero is a parameter and is kept. Gemm's C is optional
+from opset 11 only: before that it stays.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def run(graph: Graph) -> PassResult:
     dropped = 0
     for node in graph.nodes:
         i = BIAS_INPUT.get(node.op)
+        if node.op == "Gemm" and graph.opset < 11:
+            continue
         b = node.input(i) if i is not None else None
         if b is None or not b.is_const or not is_splat(b.const) or b.const.reshape(-1)[:1].any():
             continue

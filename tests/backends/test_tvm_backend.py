@@ -162,6 +162,20 @@ def test_onnx_ops_match_ort(case, planned):
     check_graph_matches_ort(graph, {"x": x}, [graph.nodes] if planned else None)
 
 
+@pytest.mark.parametrize("planned", [False, True])
+@pytest.mark.parametrize("op,sign", [("ReduceMax", 1), ("ReduceMin", -1)])
+def test_reduce_max_min_of_a_row_of_infinities_is_that_infinity(op, sign, planned):
+    """TVM starts max from -3.4e38, not -inf: masked attention's `ReduceMax(bias) == -inf`
+    test must still see a fully masked row (and -3.4e38 itself must stay -3.4e38)."""
+    graph = _onnx_graph(op, {"axes": [1], "keepdims": 1}, shape=(4, 3))
+    inf, lowest = -sign * np.inf, -sign * np.finfo(np.float32).max
+    x = np.array([[inf] * 3, [1, inf, 2], [lowest, inf, inf], [-inf, 0, inf]], "f4")
+    want = ort_run_graph(graph, {"x": x})[0]
+    np.testing.assert_array_equal(want.ravel(), [inf, 2 if sign > 0 else 1, lowest, -inf])
+    got = native.run_graph(graph, {"x": x}, [graph.nodes] if planned else None)[0]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_0d_constant_keeps_its_shape():
     from fuser.backends.tvm.converters import relax_const
 

@@ -41,7 +41,7 @@ def conv_chain() -> Graph:
 
 def se_block() -> Graph:
     """Squeeze-and-excite: t = conv1x1(x); y = t * sigmoid(fc2(relu(fc1(mean_hw(t)))))."""
-    g = Graph("se")
+    g = Graph("se", opset=18)
     x = g.add_input("x", (1, 8, 10, 10))
     t = _conv(g, x, 8, 8, 1, name="conv")
     axes = g.const(np.array([2, 3], np.int64), "axes")
@@ -81,7 +81,7 @@ def random_dag(seed: int, n_ops: int = 20) -> Graph:
     """A seeded CNN-like DAG: convs (1x1/3x3, some strided), activations, residual adds,
     channel concats, pools and squeeze-and-excite gates, with several outputs."""
     rng = random.Random(seed)
-    g = Graph(f"dag{seed}")
+    g = Graph(f"dag{seed}", opset=18)  # ReduceMean takes its axes as an input from opset 18
     x = g.add_input("x", (1, 4, 16, 16))
     stem = _conv(g, x, 4, 4, 3, name="stem")  # one entry op: the op graph is connected
     shapes = {id(stem): (4, 16, 16)}

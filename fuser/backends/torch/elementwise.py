@@ -136,6 +136,48 @@ def _where(c: Op, cond, a, b):
     return torch.where(cond, a, b)
 
 
+def _isinf(c: Op, x):
+    neg, pos = c.attr("detect_negative", 1), c.attr("detect_positive", 1)
+    if neg and pos:
+        return torch.isinf(x)
+    if pos:
+        return torch.isposinf(x)
+    if neg:
+        return torch.isneginf(x)
+    return torch.zeros_like(x, dtype=torch.bool)
+
+
+def _selu(c: Op, x):
+    alpha, gamma = c.attr("alpha", 1.67326319217681884765625), c.attr("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+def _celu(c: Op, x):
+    return F.celu(x, c.attr("alpha", 1.0))
+
+
+def _thresholded_relu(c: Op, x):
+    return torch.where(x > c.attr("alpha", 1.0), x, torch.zeros_like(x))
+
+
+def _shrink(c: Op, x):
+    lambd, bias = c.attr("lambd", 0.5), c.attr("bias", 0.0)
+    zero = torch.zeros_like(x)
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero))
+
+
+def _swish(c: Op, x):
+    return x * torch.sigmoid(c.attr("alpha", 1.0) * x)
+
+
+def _bit_shift(c: Op, x, y):
+    return x << y if c.attr("direction") == "LEFT" else x >> y
+
+
+def _softsign(x):
+    return x / (1 + x.abs())
+
+
 def _check_cast(c: Op, node: Node):
     if c.attr("to") not in ONNX_TO_TORCH_DTYPE:
         raise c.fail(f"Cast to ONNX type {c.attr('to')} is not supported")
@@ -185,4 +227,37 @@ register("torch", "Sum", _variadic(torch.add))
 register("torch", "Mean", _variadic(torch.add, mean=True))
 register("torch", "Max", _variadic(torch.maximum))
 register("torch", "Min", _variadic(torch.minimum))
+for _op, _fn in {
+    "Tan": torch.tan,
+    "Asin": torch.asin,
+    "Acos": torch.acos,
+    "Atan": torch.atan,
+    "Sinh": torch.sinh,
+    "Cosh": torch.cosh,
+    "Asinh": torch.asinh,
+    "Acosh": torch.acosh,
+    "Atanh": torch.atanh,
+    "Sign": torch.sign,
+    "Round": torch.round,  # half to even, as ONNX
+    "IsNaN": torch.isnan,
+    "Softsign": _softsign,
+    "BitwiseNot": torch.bitwise_not,
+}.items():
+    register("torch", _op, _unary(_fn))
+for _op, _fn in {
+    "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge,
+    "Xor": torch.logical_xor,
+    "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or,
+    "BitwiseXor": torch.bitwise_xor,
+}.items():
+    register("torch", _op, _binary(_fn))
+register("torch", "IsInf", _isinf)
+register("torch", "Selu", _selu)
+register("torch", "Celu", _celu)
+register("torch", "ThresholdedRelu", _thresholded_relu)
+register("torch", "Shrink", _shrink)
+register("torch", "Swish", _swish)
+register("torch", "BitShift", _bit_shift)
 register("torch.check", "Cast", _check_cast)

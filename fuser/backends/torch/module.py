@@ -24,15 +24,24 @@ import torch
 from torch import nn
 
 from fuser.ir import FuserError, Graph, Value, constant_value
-from fuser.ir.ops import Role, implementation, implemented, op_def
+from fuser.ir.ops import OPS, Category, Role, implementation, implemented, op_def, refusal, refuse
 
-from . import elementwise, reduce, resize, shape
+from . import elementwise, index, recurrent, reduce, resize, shape
 from . import nn as nn_family
 from . import source as source_family
 from .context import Op
 
 # Importing each op family registers its implementations into fuser.ir.ops.
-FAMILIES = (elementwise, nn_family, reduce, resize, shape, source_family)
+FAMILIES = (elementwise, index, nn_family, recurrent, reduce, resize, shape, source_family)
+# Standard ops fuser knows by their schema only, and has no torch code for: named refusals.
+refuse(
+    "torch",
+    sorted(n for n, d in OPS.items() if d.category is Category.OPAQUE and "torch" not in d.impls),
+    "has no torch implementation in fuser; run the model with ONNX Runtime (fuser optimize exports it)",
+)
+# torch computes little on uint16/32/64 ("not implemented for 'UInt32'"); these ops only move data.
+WIDE_UNSIGNED = {np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)}
+MOVES_DATA = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
 def _role(v: Value, array: np.ndarray) -> str:
@@ -64,6 +73,20 @@ def _to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(b)
 
 
+def _check_dtypes(node, where: str) -> None:
+    """String tensors, and uint16/32/64 arithmetic, are refused by name (torch has no kernels)."""
+    for v in list(node.inputs) + list(node.outputs):
+        if v is None or v.dtype is None:
+            continue
+        if v.dtype.kind in "OUS":
+            raise FuserError(f"{where}: torch backend: string tensors ('{v.name}') are not supported")
+        if v.dtype in WIDE_UNSIGNED and node.op not in MOVES_DATA:
+            raise FuserError(
+                f"{where}: torch backend: {v.dtype} arithmetic ('{v.name}') is not supported by torch; "
+                "run the model with ONNX Runtime"
+            )
+
+
 class FuserModule(nn.Module):
     """A fuser Graph as an nn.Module: ``forward(*inputs)`` in graph-input order."""
 
@@ -86,10 +109,10 @@ class FuserModule(nn.Module):
                 continue
             fn = implementation("torch", node.op)
             if fn is None or node.domain not in ("", "ai.onnx"):
-                raise FuserError(
-                    f"{where}: op '{node.op}' has no torch implementation; "
-                    f"the torch backend implements {len(implemented('torch'))} ops"
-                )
+                count = len(implemented("torch"))
+                why = refusal("torch", node.op) or f"has no torch implementation ({count} ops have one)"
+                raise FuserError(f"{where}: torch backend: op '{node.op}' {why}")
+            _check_dtypes(node, where)
             ins = []
             for v in node.inputs:
                 if v is not None and v.is_const:
@@ -233,7 +256,8 @@ def run_torch(
         )
     args = []
     for v in graph.inputs:
-        a = np.ascontiguousarray(inputs[v.name], dtype=v.dtype)
+        a = np.asarray(inputs[v.name], dtype=v.dtype)
+        a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes 0-d arrays 1-d
         args.append(torch.from_numpy(a if a.flags.writeable else a.copy()))
     with torch.inference_mode():
         out = module(*args)

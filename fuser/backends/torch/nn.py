@@ -116,6 +116,40 @@ def _groupnorm(c: Op, x, scale, bias):
     return F.group_norm(x, groups, scale, bias, c.attr("epsilon", 1e-5))
 
 
+def _rms_norm(c: Op, x, scale):
+    axis = c.attr("axis", -1) % x.dim()
+    dims = tuple(range(axis, x.dim()))
+    xf = x.float() if c.attr("stash_type", 1) == 1 else x
+    y = xf * torch.rsqrt(xf.square().mean(dims, keepdim=True) + c.attr("epsilon", 1e-5))
+    return y.to(x.dtype) * scale
+
+
+def _lp_norm(c: Op, x):
+    axis = c.attr("axis", -1) % x.dim()
+    norm = torch.linalg.vector_norm(x, c.attr("p", 2), dim=axis, keepdim=True)
+    return x / torch.where(norm == 0, torch.ones_like(norm), norm)  # a zero vector stays zero
+
+
+def _mean_variance_norm(c: Op, x):
+    dims = tuple(a % x.dim() for a in c.attr("axes", [0, 2, 3]))
+    mean = x.mean(dims, keepdim=True)
+    std = torch.sqrt((x * x).mean(dims, keepdim=True) - mean * mean)
+    return (x - mean) / (std + 1e-9)
+
+
+def _global_lp_pool(c: Op, x):
+    p = c.attr("p", 2)
+    return x.abs().pow(p).sum(tuple(range(2, x.dim())), keepdim=True).pow(1.0 / p)
+
+
+def _einsum(c: Op, *xs):
+    return torch.einsum(c.attr("equation").replace(" ", ""), *xs)
+
+
+def _det(c: Op, x):
+    return torch.linalg.det(x)
+
+
 def _lrn(c: Op, x):
     size = c.attr("size")
     alpha, beta, bias = c.attr("alpha", 1e-4), c.attr("beta", 0.75), c.attr("bias", 1.0)
@@ -309,6 +343,12 @@ register("torch", "LayerNormalization", _layernorm)
 register("torch", "InstanceNormalization", _instancenorm)
 register("torch", "GroupNormalization", _groupnorm)
 register("torch", "LRN", _lrn)
+register("torch", "RMSNormalization", _rms_norm)
+register("torch", "LpNormalization", _lp_norm)
+register("torch", "MeanVarianceNormalization", _mean_variance_norm)
+register("torch", "GlobalLpPool", _global_lp_pool)
+register("torch", "Einsum", _einsum)
+register("torch", "Det", _det)
 register("torch", "MaxPool", _maxpool)
 register("torch", "AveragePool", _avgpool)
 register("torch", "GlobalAveragePool", _global_avgpool)

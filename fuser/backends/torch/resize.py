@@ -1,4 +1,5 @@
-"""Torch implementation of Resize/Upsample, with ONNX's coordinate and rounding rules exactly."""
+"""Torch implementations of Resize/Upsample (with ONNX's coordinate and rounding rules exactly)
+and GridSample."""
 
 from __future__ import annotations
 
@@ -238,6 +239,33 @@ def _check_resize(c: Op, node: Node):
             raise c.fail("antialias when downsampling is not supported")
 
 
+_GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+_GRID_MODES["bicubic"] = "bicubic"  # GridSample-16 names
+
+
+def _grid_sample(c: Op, x, grid):
+    return F.grid_sample(
+        x,
+        grid.to(x.dtype),
+        mode=_GRID_MODES[c.attr("mode", "linear")],
+        padding_mode=c.attr("padding_mode", "zeros"),
+        align_corners=bool(c.attr("align_corners", 0)),
+    )
+
+
+def _check_grid_sample(c: Op, node: Node):
+    x = node.inputs[0]
+    mode = c.attr("mode", "linear")
+    if mode not in _GRID_MODES or c.attr("padding_mode", "zeros") not in ("zeros", "border", "reflection"):
+        raise c.fail(f"mode '{mode}' / padding_mode '{c.attr('padding_mode')}' is not supported")
+    if x.dtype is None or x.dtype.kind != "f" or len(x.shape) not in (4, 5):
+        raise c.fail("only floating-point 4-d and 5-d inputs are supported")
+    if len(x.shape) == 5 and _GRID_MODES[mode] == "bicubic":
+        raise c.fail("cubic sampling of 5-d inputs is not supported")
+
+
+register("torch", "GridSample", _grid_sample)
+register("torch.check", "GridSample", _check_grid_sample)
 register("torch", "Resize", _resize)
 register("torch", "Upsample", _resize)
 register("torch.check", "Resize", _check_resize)

@@ -162,7 +162,9 @@ def _depth_to_space(c: Op, x):
 def _space_to_depth(c: Op, x):
     bs = c.attr("blocksize")
     n, ch, h, w = x.shape
-    y = x.reshape(n, ch, h // bs, bs, w // bs, bs).permute(0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, ch, h // bs, bs, w // bs, bs)
+    # DCR: blocks outermost; CRD: channels outermost (the inverse of DepthToSpace's CRD)
+    y = y.permute(0, 3, 5, 1, 2, 4) if c.attr("mode", "DCR") == "DCR" else y.permute(0, 1, 3, 5, 2, 4)
     return y.reshape(n, ch * bs * bs, h // bs, w // bs)
 
 

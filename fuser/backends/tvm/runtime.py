@@ -73,7 +73,7 @@ class TVMModel:
         staged = self._staging.get(i)
         if staged is None:
             staged = self._staging[i] = tvm.runtime.empty(a.shape, str(a.dtype), self.device)
-        staged.copyfrom(np.ascontiguousarray(a))
+        staged.copyfrom(np.ascontiguousarray(a).reshape(a.shape))  # ascontiguousarray makes 0-d 1-d
         return staged
 
     def __call__(self, *args, **kwargs) -> list[np.ndarray]:

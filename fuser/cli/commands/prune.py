@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -46,7 +44,7 @@ def _load_data(path: str | None):
 
 @click.command("prune")
 @click.argument("model")
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output")
 @click.option(
     "--ratio", type=float, required=True, help="Fraction of each group's channels to remove, in [0, 1)."
 )
@@ -156,12 +154,14 @@ def command(
       fuser prune zoo:vit_tiny_patch16_224 v.onnx --ratio 0.3 --heads
     """
     from fuser import api
+    from fuser.frontends.onnx import model_files
     from fuser.pruning import prune_graph
     from fuser.reports.pruning import prune_view
+    from fuser.serde.files import check_output
     from fuser.serde.onnx import save_onnx
 
-    if not model.startswith("zoo:") and Path(output).resolve() == Path(model).resolve():
-        raise FuserError(f"{output}: refusing to overwrite the input; choose another output path")
+    inputs = [] if model.startswith("zoo:") else model_files(model)
+    check_output(output, inputs)  # before the work: a refused output path fails fast
     if not 0 <= ratio < 1:
         raise FuserError(f"--ratio {ratio:g}: must be in [0, 1), the fraction of channels to remove")
     if round_to < 0:
@@ -200,7 +200,7 @@ def command(
             progress=progress,
         )
         bar.update(task, description="writing", completed=len(STEPS))
-        save_onnx(graph, output, protect=[] if model.startswith("zoo:") else [model])
+        save_onnx(graph, output, protect=inputs)
     if as_json:
         emit_json({"input": model, "output": output, **report.to_dict()})
         return

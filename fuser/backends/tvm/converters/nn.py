@@ -163,6 +163,36 @@ def _reduce(fn: Callable) -> Callable:
     return lower
 
 
+def _extreme(fn: Callable, infinity: float) -> Callable:
+    """ReduceMax/ReduceMin on floats. TVM starts these reductions from the largest finite value
+    (-3.4e38 for max), not from the infinity, so a row of only -inf gives -3.4e38 for max (and
+    masked attention's `Equal(ReduceMax(bias), -inf)` then never sees a fully masked row). Rows
+    whose elements are all that infinity, and empty rows, get the infinity, as in ONNX."""
+
+    def reduce(x, axes: list[int], keepdims: bool):
+        dtype = str(x.ty.dtype)
+        if dtype == "bool":  # max is any, min is all; TVM has no bool max/min
+            hits = R.sum(R.astype(x if infinity < 0 else R.logical_not(x), "int32"), axes, keepdims)
+            found = R.greater(hits, relax.const(0, "int32"))
+            return found if infinity < 0 else R.logical_not(found)
+        if not dtype.startswith(("float", "bfloat")):
+            return fn(x, axes, keepdims)
+        inf = relax.const(infinity, dtype)
+        others = R.sum(R.astype(R.not_equal(x, inf), "int32"), axes, keepdims)
+        found = fn(x, axes, keepdims)
+        # the fill is computed from data: FoldConstant would make a data-free one a tensor
+        # constant, which a plan group's primitive function may not hold
+        fill = R.add(R.multiply(found, relax.const(0, dtype)), inf)
+        return R.where(R.greater(others, relax.const(0, "int32")), found, fill)
+
+    return reduce
+
+
 if R is not None:
-    for _op, _fn in {"ReduceMean": R.mean, "ReduceSum": R.sum, "ReduceMax": R.max}.items():
+    for _op, _fn in {
+        "ReduceMean": R.mean,
+        "ReduceSum": R.sum,
+        "ReduceMax": _extreme(R.max, -np.inf),
+        "ReduceMin": _extreme(R.min, np.inf),
+    }.items():
         register("relax", _op, _reduce(_fn))
