@@ -2,8 +2,10 @@
 
 Shared by `fuser bench` and ``benchmarks/latency.py``. Every backend runs the same
 optimized Graph on the same input: warm-up calls first, then ``repeat`` timed
-calls; we report the median and the spread (min, max) in milliseconds, and the
-ratio of each median to ONNX Runtime's.
+calls, the backends interleaved (``interleaved``); we report the median and the
+spread (min, max) in milliseconds, the ratio of each median to ONNX Runtime's and
+the GFLOP/s it means (2 x MACs per run), with each TVM build's compile time and what
+its calls cost besides the kernels (``CallOverhead``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ class Timing:
     vs_ort: float | None = None
     note: str = ""
     error: str = ""  # why this backend could not build or run the model ("" when it did)
+    build_s: float | None = None  # TVM: lowering, scheduling (tuning) and LLVM, seconds
+    gflops: float | None = None  # 2 x MACs / median
+
+
+@dataclass
+class CallOverhead:
+    """What a TVM call costs besides its kernels: the build with every kernel emptied
+    (``null_kernels``), timed with the input copied into a fresh tensor per call (how
+    TVMModel bound inputs before) and bound in place (now), against the real median."""
+
+    copy_in_ms: float
+    in_place_ms: float
+    run_ms: float
+
+    @property
+    def share_before(self) -> float:
+        return self.copy_in_ms / self.run_ms
+
+    @property
+    def share_after(self) -> float:
+        return self.in_place_ms / self.run_ms
 
 
 @dataclass
@@ -61,6 +84,8 @@ class Report:
     threads: int
     timings: list[Timing] = field(default_factory=list)
     kernels: list[KernelTiming] = field(default_factory=list)
+    overhead: CallOverhead | None = None  # of the build the kernels come from
+    kernel_sources: dict[str, str] = field(default_factory=dict)  # kernel -> schedule source
 
     @property
     def failed(self) -> list[Timing]:
@@ -88,13 +113,39 @@ def set_threads(threads: int) -> None:
 
 def measure(fn: Callable[[], object], warmup: int, repeat: int) -> list[float]:
     """Wall-clock milliseconds of ``repeat`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    return interleaved({"fn": fn}, warmup, repeat)["fn"]
+
+
+def cpu_clock() -> float:
+    """This process's CPU time (seconds): on one thread, the time a call ran, however many
+    other processes shared the cores (wall clock on a loaded machine swings 5-20x)."""
+    return time.process_time()
+
+
+BLOCK = 5  # timed calls per turn of a backend
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    warmup: int,
+    repeat: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Milliseconds (wall clock, or ``clock``) of ``repeat`` calls of each function, after
+    ``warmup`` untimed ones, the functions taking turns of BLOCK calls (a changing machine
+    load hits them all alike), the first call of each turn untimed: ONNX Runtime's threads
+    spin for a while after a run, and a backend timed right after it would pay for that."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    while any(len(t) < repeat for t in times.values()):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(min(BLOCK, repeat - len(times[name]))):
+                start = clock()
+                fn()
+                times[name].append((clock() - start) * 1e3)
     return times
 
 
@@ -126,28 +177,53 @@ def _ort_runner(graph: Graph, x: np.ndarray, threads: int) -> Callable:
     return lambda: session.run(None, feeds)
 
 
-def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, cpu=None):
-    """(runner, per-kernel timer) for an llvm build for this CPU or ``cpu`` (tuned when
-    ``tuning`` is given). A ``cpu`` with instruction sets this machine lacks is refused
-    before anything runs: its code would die with SIGILL."""
+@dataclass
+class _TVMBuild:
+    run: Callable[[], object]
+    build_s: float
+    kernel_timer: Callable[..., list[KernelTiming]]
+    overhead: Callable[..., CallOverhead]
+    sources: dict[str, str]
+
+
+def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, cpu=None) -> _TVMBuild:
+    """An llvm build for this CPU or ``cpu`` (tuned when ``tuning`` is given), with its
+    per-kernel timer and overhead measurement. A ``cpu`` with instruction sets this machine
+    lacks is refused before anything runs: its code would die with SIGILL."""
     from fuser.backends import tvm as tb
     from fuser.backends.tvm.cpu import check_features
 
     target = tb.make_target("llvm", threads, cpu=cpu)
     record = tb.target_record(target)
     check_features(record["cpu"], record["cpu_features"], f"tvm --cpu {cpu}")
+    start = time.perf_counter()
     mod = tb.to_relax(graph, groups)
     fused = tb.fuse(mod, target, planned=bool(groups))
     if tuning is not None:
         fused = tuning(fused, target)
+    fused = tb.schedule(fused, target)
     executable = tb.build_fused(fused, target)
-    model = tb.TVMModel(executable, tb.value_specs(graph.inputs), tb.value_specs(graph.outputs))
+    build_s = time.perf_counter() - start
+    specs = (tb.value_specs(graph.inputs), tb.value_specs(graph.outputs))
+    model = tb.TVMModel(executable, *specs)
 
-    def kernel_timer(number: int) -> list[KernelTiming]:
-        per_call = tb.time_kernels(executable, fused, number)
+    def kernel_timer(number: int, clock=None) -> list[KernelTiming]:
+        per_call = tb.time_kernels(executable, fused, number, clock=clock)
         return kernel_rows(per_call, tb.kernel_calls(fused), tb.group_kernels(mod))
 
-    return (lambda: model(x)), kernel_timer
+    def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:
+        import tvm
+
+        null = tb.TVMModel(tb.build_fused(tb.null_kernels(fused), target), *specs)
+        copied = {
+            "copy": lambda: null.vm["main"](tvm.runtime.tensor(np.array(x))),
+            "in_place": lambda: null(x),
+        }
+        times = interleaved(copied, 3, repeat, clock)
+        copy_in, in_place = times["copy"], times["in_place"]
+        return CallOverhead(statistics.median(copy_in), statistics.median(in_place), run_ms)
+
+    return _TVMBuild(lambda: model(x), build_s, kernel_timer, overhead, tb.schedule_sources(fused))
 
 
 def kernel_rows(
@@ -181,6 +257,7 @@ def run_report(
     tuning=None,
     cpu: str | None = None,
     on_step: Callable[[str], None] = lambda s: None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Report:
     """Time ``graph`` on each of ``backends`` (names from BACKENDS); TVM builds for this
     CPU or ``cpu`` (an LLVM name). A backend that cannot build or run the model gets a
@@ -192,36 +269,60 @@ def run_report(
         raise FuserError(f"{graph.source}: bench needs one input with a static shape")
     set_threads(threads)
     shape = [int(d) for d in graph.inputs[0].shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    from .tvm.runtime import aligned_empty
+
+    x = aligned_empty(shape, np.float32)  # TVM reads it in place
+    x[...] = np.random.default_rng(0).standard_normal(shape)
     report = Report(graph.name, shape, threads)
     # Per-kernel times come from the tuned build when there is one: it is the one to improve.
     kernels_of = "tvm-tuned" if "tvm-tuned" in backends else "tvm"
     if "tvm-tuned" in backends and tuning is None:
         raise FuserError("tvm-tuned needs a tuning budget (--tune-trials N)")
+    runs: dict[str, Callable] = {}
+    rows: dict[str, Timing] = {}
+    builds: dict[str, _TVMBuild] = {}
     for name in backends:
+        rows[name] = Timing(name, None, None, None, 0)
         try:
             on_step(f"building {name}")
-            kernel_timer = None
             if name in ("torch", "torch-compile"):
-                run = _torch_runner(graph, x, compiled=name == "torch-compile")
+                runs[name] = _torch_runner(graph, x, compiled=name == "torch-compile")
             elif name == "ort":
-                run = _ort_runner(graph, x, threads)
+                runs[name] = _ort_runner(graph, x, threads)
             else:
-                tune = tuning if name == "tvm-tuned" else None
-                run, kernel_timer = _tvm_runner(graph, x, threads, groups, tune, cpu)
-            on_step(f"timing {name}")
-            times = measure(run, warmup, repeat)
-            timing = Timing(name, statistics.median(times), min(times), max(times), len(times))
-            if name == kernels_of:
-                on_step(f"timing {name} kernels")
-                report.kernels = _join_plan(kernel_timer(max(repeat // 4, 3)), plan_groups)
+                builds[name] = _tvm_runner(
+                    graph, x, threads, groups, tuning if name == "tvm-tuned" else None, cpu
+                )
+                runs[name] = builds[name].run
+                rows[name].build_s = builds[name].build_s
+            runs[name]()  # a backend that cannot run fails here, before the timing
         except Exception as e:  # this backend's row says why; the others still run
-            timing = Timing(name, None, None, None, 0, error=_reason(e))
-        report.timings.append(timing)
-    ort_ms = next((t.median_ms for t in report.timings if t.backend == "ort" and not t.error), None)
+            rows[name].error = _reason(e)
+            runs.pop(name, None)
+    on_step(f"timing {', '.join(runs)} interleaved")
+    times = interleaved(runs, warmup, repeat, clock)
+    flops = 2 * _macs(graph)
+    for name, t in times.items():
+        row = rows[name]
+        row.median_ms, row.min_ms, row.max_ms, row.runs = statistics.median(t), min(t), max(t), len(t)
+        row.gflops = flops / row.median_ms / 1e6 if flops else None
+    report.timings = [rows[n] for n in backends]
+    if kernels_of in builds and not rows[kernels_of].error:
+        on_step(f"timing {kernels_of} kernels")
+        build = builds[kernels_of]
+        report.kernels = _join_plan(build.kernel_timer(max(repeat // 4, 3), clock), plan_groups)
+        report.kernel_sources = build.sources
+        report.overhead = build.overhead(rows[kernels_of].median_ms, repeat, clock)
+    ort_ms = rows["ort"].median_ms if "ort" in rows and not rows["ort"].error else None
     for t in report.timings:
         t.vs_ort = t.median_ms / ort_ms if ort_ms and not t.error else None
     return report
+
+
+def _macs(graph: Graph) -> int:
+    from fuser.analysis.costs import analyze
+
+    return int(analyze(graph)["macs"])
 
 
 def _reason(e: Exception) -> str:

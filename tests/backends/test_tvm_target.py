@@ -139,11 +139,14 @@ EVEX_ONLY = re.compile(
 )
 
 
-def _asm(graph, target) -> str:
-    executable = tb.build(tb.to_relax(graph), target)
+def executable_asm(executable) -> str:
     from fuser.backends.tvm.build import _modules
 
     return "\n".join(m.inspect_source("asm") for m in _modules(executable.mod) if m.kind == "llvm")
+
+
+def _asm(graph, target) -> str:
+    return executable_asm(tb.build(tb.to_relax(graph), target))
 
 
 def test_code_for_a_vm_without_avx512_has_no_avx512_instructions(epyc_vm):

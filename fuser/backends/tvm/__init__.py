@@ -21,16 +21,19 @@ from .build import (
     fuse_passes,
     kernel_calls,
     kernel_names,
+    schedule,
 )
 from .common import require_tvm, tvm_version
 from .cpu import host_features, missing_cpu_features, portable_cpu
 from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
-from .runtime import TVMModel, time_kernels, value_specs
+from .runtime import TVMModel, aligned_empty, null_kernels, time_kernels, value_specs
+from .schedules import schedule_sources
 from .target import cuda_available, host_cpu, make_target, target_record
 
 __all__ = [
     "GROUP_FUNC_PREFIX",
     "TVMModel",
+    "aligned_empty",
     "build",
     "build_fused",
     "compile_graph",
@@ -44,9 +47,12 @@ __all__ = [
     "kernel_calls",
     "kernel_names",
     "make_target",
+    "null_kernels",
     "missing_cpu_features",
     "portable_cpu",
     "require_tvm",
+    "schedule",
+    "schedule_sources",
     "shared_kernels",
     "time_kernels",
     "target_record",

@@ -7,16 +7,25 @@ from typing import Any
 
 from fuser.ir import Graph
 
+from . import layout
 from .common import relax, require_tvm, tvm
 from .lower import to_relax
 from .runtime import TVMModel, value_specs
 from .target import make_target
 
 
-def fuse_passes(target, planned: bool) -> list:
-    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops."""
-    seq = [
-        relax.transform.LegalizeOps(),
+def fuse_passes(target, planned: bool, schedules: bool = True) -> list:
+    """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops.
+
+    llvm with ``schedules``: blocked conv layouts with weights prepacked (``layout``;
+    not for plan builds, whose groups take their weights as arguments) and the TE
+    computes fuser's schedule rules know; the rules themselves run in ``schedule``."""
+    cpu = schedules and target.kind.name == "llvm"
+    seq = []
+    if cpu and not planned:
+        seq += layout.layout_passes(target)
+    seq += [
+        relax.transform.LegalizeOps(layout.legalize_map() if cpu else None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
     ]
@@ -38,15 +47,27 @@ def fuse_passes(target, planned: bool) -> list:
     return seq
 
 
-def fuse(mod, target, planned: bool | None = None):
-    """The IRModule after legalization and kernel formation (one PrimFunc per kernel)."""
+def fuse(mod, target, planned: bool | None = None, schedules: bool = True):
+    """The IRModule after legalization and kernel formation (one PrimFunc per kernel);
+    ``schedules=False``: TVM's plain pipeline (NCHW, no fast math), for comparison."""
     if planned is None:
         planned = any(
             isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
             for f in mod.functions.values()
         )
     with target:
-        return tvm.transform.Sequential(fuse_passes(target, planned))(mod)
+        return tvm.transform.Sequential(fuse_passes(target, planned, schedules))(mod)
+
+
+def schedule(fused, target, schedules: bool = True):
+    """``fused`` with fuser's default schedules (``schedules/``) on every llvm kernel that
+    tuning or another schedule has not scheduled yet; ``schedule_sources`` says which."""
+    if not schedules or target.kind.name != "llvm":
+        return fused
+    from .schedules import apply_default_schedules
+
+    with target:
+        return apply_default_schedules(fused, target)
 
 
 def kernel_names(fused_mod) -> list[str]:
@@ -76,18 +97,21 @@ def _finalize_pipeline(target):
     return tvm.transform.Sequential(be.dataflow_lower_passes(target) + be.finalize_passes(target))
 
 
-def build(mod, target: str | Any = "llvm", planned: bool | None = None):
-    """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda."""
+def build(mod, target: str | Any = "llvm", planned: bool | None = None, schedules: bool = True):
+    """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda
+    (``schedules``: fuser's CPU layouts and default schedules; see ``fuse``)."""
     require_tvm()
     if isinstance(target, str):
         target = make_target(target)
-    return build_fused(fuse(mod, target, planned), target)
+    return build_fused(fuse(mod, target, planned, schedules), target, schedules)
 
 
-def build_fused(fused, target):
-    """Compile a module already through ``fuse`` (its kernels fixed) to an Executable."""
+def build_fused(fused, target, schedules: bool = True):
+    """Compile a module already through ``fuse`` (its kernels fixed) to an Executable,
+    scheduling first what nobody has (``schedule``)."""
     if isinstance(target, str):
         target = make_target(target)
+    fused = schedule(fused, target, schedules)
     if target.kind.name != "cuda":
         return tvm.compile(fused, target, relax_pipeline=_finalize_pipeline(target))
     # TVM compiles CUDA with NVRTC by default (a Python extra); nvcc is what this
@@ -112,11 +136,11 @@ def cuda_source(executable) -> str:
     return "\n".join(m.inspect_source("") for m in _modules(executable.mod) if m.kind == "cuda")
 
 
-def compile_graph(graph: Graph, target: str = "llvm", groups=None) -> TVMModel:
+def compile_graph(graph: Graph, target: str = "llvm", groups=None, schedules: bool = True) -> TVMModel:
     """to_relax + build + TVMModel in one call (the graph is run as given: call
     fuser.optimize first to fold BatchNorm)."""
     mod = to_relax(graph, groups)
-    ex = build(mod, target, planned=bool(groups))
+    ex = build(mod, target, planned=bool(groups), schedules=schedules)
     return TVMModel(
         ex, value_specs(graph.inputs), value_specs(graph.outputs), "cuda" if target == "cuda" else "cpu"
     )

@@ -4,6 +4,13 @@
     fused = tune(fused, target, "tuning_db", trials=512)   # tuned kernels applied
     executable = tb.build_fused(fused, target)
 
+For llvm the search space is fuser's default schedule rules with their tile sizes
+sampled (``schedules.design_space``), and each kernel's default schedule is measured and
+committed to the database before the search: the search starts from it, and the build
+never picks a schedule slower than it. ``runner`` may be MetaSchedule's RPC runner
+(``rpc_runner``): the candidates are built here, one process per core, and timed on the
+devices an RPC tracker hands out.
+
 The database (``DIR/database_workload.json`` + ``database_tuning_record.json``,
 MetaSchedule's JSON format) is keyed by each kernel's structure, so a kernel that
 another run or another model already tuned is not tuned again. Records are appended
@@ -111,6 +118,7 @@ class TuningResult:
     run_errors: int = 0
     first_error: str = ""
     failed_kernels: list[str] = field(default_factory=list)  # had trials, none of them valid
+    seeded: int = 0  # default schedules measured and committed before the search
 
     @property
     def trials_requested(self) -> int:
@@ -136,6 +144,8 @@ def describe_result(result: TuningResult) -> str:
     text = f"tuning done: {result.trials_run} of {result.trials_requested} trials"
     if result.trials_run < result.trials_requested:
         text += " (some kernels ran out of distinct candidates)"
+    if result.seeded:
+        text += f", after {result.seeded} default schedules measured as the starting point"
     if result.build_errors:
         text += f"; {result.build_errors} failed to build (first error: {result.first_error})"
     return text
@@ -189,6 +199,93 @@ def _batch_callback(on_progress, names: list[str], total: int, stop: dict, resul
     return AfterBatch()
 
 
+def rpc_runner(tracker: str, key: str, timeout_s: int = 60):
+    """MetaSchedule's RPC runner: candidates timed on the devices registered under ``key``
+    with the RPC tracker at ``tracker`` (HOST:PORT), as many at once as it has."""
+    require_tvm()
+    from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner
+
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        raise FuserError(f"--rpc-tracker {tracker}: give HOST:PORT, e.g. 127.0.0.1:9190")
+    config = RPCConfig(
+        tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=timeout_s
+    )
+    try:
+        devices = _tracker_devices(host, int(port), key)
+    except (OSError, RuntimeError) as e:
+        raise FuserError(f"--rpc-tracker {tracker}: cannot reach the RPC tracker ({e})") from None
+    if not devices:
+        raise FuserError(f"--rpc-tracker {tracker}: no device registered under key {key!r}")
+    return RPCRunner(config, evaluator_config=_evaluator(), max_workers=devices)
+
+
+def _tracker_devices(host: str, port: int, key: str) -> int:
+    """How many servers the tracker has under ``key`` (free or busy)."""
+    import socket
+
+    from tvm import rpc
+
+    socket.create_connection((host, port), timeout=5).close()  # TVM's own client retries for 60 s
+    summary = rpc.connect_tracker(host, port).summary()
+    queue = summary.get("queue_info", {}).get(key, {})
+    servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).endswith(key)]
+    return max(len(servers), int(queue.get("free", 0)))
+
+
+def _evaluator():
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
+
+    return EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50)
+
+
+def _space(target, schedules: bool):
+    """fuser's rules as the search space (llvm), else MetaSchedule's own."""
+    if not schedules or target.kind.name != "llvm":
+        return "post-order-apply"
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import design_space
+
+    return ms.space_generator.ScheduleFn(
+        design_space(target), sch_rules=[], postprocs="llvm", mutator_probs="llvm"
+    )
+
+
+def _seed_defaults(tasks, target, database, builder, runner, result) -> None:
+    """Measure each task's default schedule (its design space at the default decisions)
+    with the tuning builder and runner, and commit it as a tuning record."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import design_space
+
+    space = design_space(target)
+    scheduled = []
+    for task in tasks:
+        sch = s_tir.Schedule(task.dispatched[0])
+        scheduled.append((task, space(sch)))
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in scheduled])
+    inputs, ran = [], []
+    for (task, sch), b in zip(scheduled, built):
+        if b.error_msg:
+            result.build_errors += 1
+            result.first_error = result.first_error or _first_line(b.error_msg)
+            continue
+        args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+        inputs.append(ms.runner.RunnerInput(b.artifact_path, "cpu", args))
+        ran.append((task, sch, args))
+    for (task, sch, args), future in zip(ran, runner.run(inputs)):
+        r = future.result()
+        if r.error_msg:
+            result.run_errors += 1
+            result.first_error = result.first_error or _first_line(r.error_msg)
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, r.run_secs, target, args))
+        result.seeded += 1
+
+
 def _quiet_console() -> None:
     """Keep MetaSchedule's per-trial tables off the console (they still go to DIR/logs).
     Each of its logger setups gives its console handler the level of this logger, and
@@ -231,6 +328,7 @@ def tune(
     on_plan: Callable[[list[KernelBudget]], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
     runner=None,
+    schedules: bool = True,
 ) -> TuningResult:
     """Tune the kernels of ``fused`` (from ``tb.fuse``) with ``trials`` MetaSchedule
     trials in all, split over its kernels by ``split_trials``; returns a TuningResult
@@ -246,7 +344,10 @@ def tune(
     Raises a FuserError, naming the first error, when a trial failed to run (the
     generated code crashed, raised or timed out: timings from such a machine mean
     nothing) or a kernel's trials all failed; its records stay in the database.
-    ``runner``: a MetaSchedule Runner (default: LocalRunner, a child process here).
+    ``runner``: a MetaSchedule Runner (default: LocalRunner, a child process here;
+    ``rpc_runner`` for a device farm). ``schedules`` (llvm): search fuser's rules' space,
+    starting from each kernel's default schedule, measured first by the same runner
+    (not counted in ``trials``); False: MetaSchedule's own space.
     """
     require_tvm()
     from tvm import relax
@@ -259,6 +360,10 @@ def tune(
     with target:
         tasks = ms.relax_integration.extract_tasks(fused, target)
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
+    if schedules and target.kind.name == "llvm":  # one-point spaces keep their default schedule
+        from .schedules import tunable
+
+        tasks = [t for t in tasks if tunable(t.dispatched[0]["main"], target)]
     budgets = [
         KernelBudget(t.task_name, _valid_records(database, t.dispatched[0]), want)
         for t, want in zip(tasks, split_trials(trials, len(tasks)))
@@ -272,10 +377,21 @@ def tune(
         logs = str(Path(db_dir) / "logs")
         stop: dict = {}
         counts: dict = {}
+        builder = ms.builder.LocalBuilder(f_build=build_candidate)
+        runner = runner or ms.runner.LocalRunner(evaluator_config=_evaluator())
+        space = _space(target, schedules)
+        if not isinstance(space, str):
+            unseeded = [t for t, b in zip(tasks, budgets) if not b.tuned and b.records == 0]
+            _seed_defaults(unseeded, target, database, builder, runner, result)
+            if result.run_errors:
+                raise FuserError(
+                    f"tuning failed: the default schedules of {result.run_errors} kernels failed to run "
+                    f"(first error: {result.first_error})"
+                )
         shared = {
             "database": database,
-            "builder": ms.builder.LocalBuilder(f_build=build_candidate),
-            "runner": runner or ms.runner.LocalRunner(),
+            "builder": builder,
+            "runner": runner,
             "cost_model": ms.cost_model.CostModel.create("xgb", num_tuning_cores=_cores(target)),
             "task_scheduler": "round-robin",
         }
@@ -286,7 +402,7 @@ def tune(
                 for want in sorted({w for _, w in pending}, reverse=True):
                     batch = [t for t, w in pending if w == want]
                     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                        batch, logs, strategy=_search_strategy(want), num_threads="physical"
+                        batch, logs, space=space, strategy=_search_strategy(want), num_threads="physical"
                     )
                     _quiet_console()
                     ms.tune.tune_tasks(

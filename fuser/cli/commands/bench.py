@@ -10,6 +10,8 @@ from rich.table import Table
 
 from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
 
+from .compile import rpc_options, rpc_runner, tune_with_progress
+
 FAILED_BACKEND_EXIT = 3  # the report printed, but a backend could not build or run the model
 
 
@@ -61,6 +63,7 @@ def _bytes(n) -> str:
     type=click.Path(file_okay=False),
     help="Tuning database folder for tvm-tuned, shared with `fuser compile`.",
 )
+@rpc_options
 @click.option(
     "--kernels",
     "top_kernels",
@@ -81,6 +84,8 @@ def command(
     tune_trials,
     tuning_db,
     cpu,
+    rpc_tracker,
+    rpc_key,
     top_kernels,
     as_json,
 ):
@@ -105,6 +110,8 @@ def command(
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
       fuser bench zoo:resnet18 --backends ort,tvm --cpu x86-64-v3
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --plan plan.json --kernels 60
+      fuser bench zoo:mobilenet_v2 --backends ort,tvm,tvm-tuned --tune-trials 500 \\
+          --tuning-db db --rpc-tracker 10.0.0.5:9190 --rpc-key epyc-9004
     """
     from fuser.api import optimize
     from fuser.backends import latency as tvm_latency
@@ -118,10 +125,12 @@ def command(
     if cpu and not any(b.startswith("tvm") for b in names):
         raise FuserError("--cpu applies to the tvm backends; add tvm to --backends")
 
-    def tuning(fused, target):
-        from .compile import tune_with_progress
+    if (rpc_tracker or rpc_key) and "tvm-tuned" not in names:
+        raise FuserError("--rpc-tracker/--rpc-key time tuning candidates: add tvm-tuned to --backends")
+    runner = rpc_runner(rpc_tracker, rpc_key) if "tvm-tuned" in names else None
 
-        return tune_with_progress(fused, target, tuning_db, tune_trials).mod
+    def tuning(fused, target):
+        return tune_with_progress(fused, target, tuning_db, tune_trials, runner).mod
 
     if any(b.startswith("tvm") for b in names):
         from fuser.backends import tvm as tb

@@ -5,12 +5,40 @@ from __future__ import annotations
 import time
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
 
 
-def tune_with_progress(fused, target, tuning_db: str, trials: int):
+def rpc_options(f):
+    """--rpc-tracker / --rpc-key: time tuning candidates on a farm through TVM's RPC tracker."""
+    f = click.option(
+        "--rpc-key",
+        metavar="KEY",
+        help="With --rpc-tracker: the key the farm's devices registered under (rpc_server --key).",
+    )(f)
+    return click.option(
+        "--rpc-tracker",
+        metavar="HOST:PORT",
+        help="Time tuning candidates on the devices of this TVM RPC tracker (built here, one "
+        "process per core); see the README's 'Tuning on a farm'.",
+    )(f)
+
+
+def rpc_runner(rpc_tracker: str | None, rpc_key: str | None):
+    """MetaSchedule's RPC runner for --rpc-tracker/--rpc-key, or None (local runner)."""
+    from fuser.backends.tvm import tuning as tvm_tuning
+    from fuser.ir import FuserError
+
+    if not rpc_tracker and not rpc_key:
+        return None
+    if not (rpc_tracker and rpc_key):
+        raise FuserError("--rpc-tracker and --rpc-key go together (HOST:PORT and the devices' key)")
+    return tvm_tuning.rpc_runner(rpc_tracker, rpc_key)
+
+
+def tune_with_progress(fused, target, tuning_db: str, trials: int, runner=None, schedules: bool = True):
     """MetaSchedule tuning (fuser.backends.tvm.tuning) behind a progress bar of trials;
     with 0 trials it only applies what the database already holds. Returns the
     TuningResult; a failed tuning raises its FuserError after the bar says so."""
@@ -39,7 +67,14 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
 
         try:
             result = tvm_tuning.tune(
-                fused, target, tuning_db, trials, on_plan=on_plan, on_progress=on_progress
+                fused,
+                target,
+                tuning_db,
+                trials,
+                on_plan=on_plan,
+                on_progress=on_progress,
+                runner=runner,
+                schedules=schedules,
             )
         except KeyboardInterrupt:
             err.print(
@@ -98,15 +133,41 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int):
     help="Folder of MetaSchedule records, reused across runs and models: a kernel "
     "already tuned there is not tuned again, and an interrupted run resumes.",
 )
+@rpc_options
+@click.option(
+    "--no-default-schedules",
+    "plain",
+    is_flag=True,
+    help="llvm: TVM's plain pipeline (NCHW, kernels as legalized, no fast math) instead of "
+    "fuser's blocked layouts and default schedules; for comparison (tens of times slower untuned).",
+)
 @json_option
-def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, tuning_db, as_json):
+def command(
+    model,
+    out_dir,
+    target,
+    cpu,
+    input_shapes,
+    plan_path,
+    tune_trials,
+    tuning_db,
+    rpc_tracker,
+    rpc_key,
+    plain,
+    as_json,
+):
     """Compile MODEL with Apache TVM and write a deployable build to OUT_DIR.
 
     fuser's passes (BatchNorm folding, cleanups) run first; the graph is then
-    lowered to TVM Relax and built. Untuned builds are far slower than ONNX
-    Runtime on CPU: tune with --tune-trials N --tuning-db DIR (N trials in all,
-    split over the kernels; minutes per kernel on a small CPU). Run the result with `fuser run OUT_DIR` or
-    from Python with fuser.load(OUT_DIR)(x) -> list of numpy outputs.
+    lowered to TVM Relax and built. For llvm, convolutions run in blocked
+    channel layouts (weights rearranged at build time) and every kernel gets one
+    of fuser's default schedules, sized from the CPU's vector width and caches;
+    the summary names the rule of each kernel (or `tuned`, or `naive` for one no
+    rule took). Tuning (--tune-trials N --tuning-db DIR: N trials in all, split
+    over the kernels, ~40 a minute on 2 cores) searches around those schedules
+    and never keeps a slower one; --rpc-tracker times the candidates on a farm.
+    Run the result with `fuser run OUT_DIR` or from Python with
+    fuser.load(OUT_DIR)(x) -> list of numpy outputs.
 
     \b
     Examples:
@@ -115,10 +176,14 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
       fuser compile model.onnx -o det_cuda --target cuda --input-shape x:1,3,640,640
       fuser compile zoo:resnet18 -o r18_plan --plan r18.plan.json
       fuser compile zoo:resnet18 -o r18_tuned --tune-trials 2000 --tuning-db ~/.fuser-tuning
+      fuser compile zoo:resnet18 -o r18_farm --tune-trials 2000 --tuning-db db \\
+          --rpc-tracker 10.0.0.5:9190 --rpc-key epyc-9004
+      fuser compile zoo:resnet18 -o r18_plain --no-default-schedules --json
     """
     from fuser.api import optimize
     from fuser.backends import tvm as tb
     from fuser.backends.tvm import artifact as tvm_artifact
+    from fuser.backends.tvm.schedules import cpu_facts, schedule_sources
     from fuser.fusion.plan import plan_groups
     from fuser.ir import FuserError
 
@@ -129,6 +194,14 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
         raise FuserError("--tune-trials: give a number of trials >= 0")
     if tune_trials and not tuning_db:
         raise FuserError("--tune-trials needs --tuning-db DIR (tuning records are kept there and reused)")
+    if (rpc_tracker or rpc_key) and not tune_trials:
+        raise FuserError(
+            "--rpc-tracker/--rpc-key time tuning candidates: add --tune-trials N and --tuning-db DIR"
+        )
+    if plain and target != "llvm":
+        raise FuserError("--no-default-schedules applies to --target llvm only")
+    schedules = not plain
+    runner = rpc_runner(rpc_tracker, rpc_key)  # a bad tracker is refused before minutes of work
     # A bad --cpu is refused before the (slow) capture, not after it.
     tvm_target = tb.make_target(target, cpu=cpu)
     graph = load_graph(model, input_shapes)
@@ -138,21 +211,27 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
         mod = tb.to_relax(graph, groups)
-        fused = tb.fuse(mod, tvm_target, planned=bool(groups))
+        fused = tb.fuse(mod, tvm_target, planned=bool(groups), schedules=schedules)
         kernels = tb.kernel_names(fused)
         group_kernels = tb.group_kernels(mod)
     tuning = None
     if tuning_db:
-        tuned = tune_with_progress(fused, tvm_target, tuning_db, tune_trials)
+        tuned = tune_with_progress(fused, tvm_target, tuning_db, tune_trials, runner, schedules)
         fused = tuned.mod
         tuning = {
             "trials_requested": tuned.trials_requested,
             "trials_run": tuned.trials_run,
             "build_errors": tuned.build_errors,
             "kernels": {b.name: b.want for b in tuned.budgets},
+            "seeded": tuned.seeded,
+            "rpc_tracker": rpc_tracker,
+            "rpc_key": rpc_key,
         }
+    with status(f"scheduling {len(kernels)} kernels"):
+        fused = tb.schedule(fused, tvm_target, schedules)
+        sources = schedule_sources(fused)
     with status(f"building for {target}"):
-        executable = tb.build_fused(fused, tvm_target)
+        executable = tb.build_fused(fused, tvm_target, schedules)
     build_s = time.perf_counter() - start
     with status(f"writing {out_dir}"):
         meta = tvm_artifact.save(
@@ -171,6 +250,9 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
                 "tune_trials": tune_trials,
                 "tuning_db": tuning_db,
                 "tuning": tuning,
+                "default_schedules": schedules if target == "llvm" else None,
+                "cpu_facts": cpu_facts(tvm_target).to_dict() if target == "llvm" else None,
+                "kernel_schedules": sources,
             },
         )
     summary = {"output": out_dir, "build_seconds": round(build_s, 2), **meta}
@@ -193,6 +275,15 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
         )
     if target == "llvm":
         t.add_row("cpu", f"{meta['cpu']}" + (f" ({' '.join(meta['mattr'])})" if meta["mattr"] else ""))
+        t.add_row("features", _features_line(meta["cpu_features"]))
+        facts = meta["cpu_facts"]
+        t.add_row(
+            "tiles from",
+            f"{facts['vector_lanes_f32']} float lanes, {facts['vector_registers']} vector registers; "
+            f"caches L1d {_kib(facts['l1d_bytes'])}, L2 {_kib(facts['l2_bytes'])}, "
+            f"L3 {_kib(facts['l3_bytes'])} (this host's)",
+        )
+        t.add_row("schedules", _sources_line(sources, schedules))
     else:
         t.add_row("cuda arch", meta["cuda_arch"])
     if tuning:
@@ -200,3 +291,39 @@ def command(model, out_dir, target, cpu, input_shapes, plan_path, tune_trials, t
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     t.add_row("build", f"{build_s:.1f} s")
     out.print(t)
+    if target == "llvm":
+        out.print(_kernel_table(sources, meta["kernel_calls"]))
+
+
+# the instruction sets worth naming first; the full list is in --json
+_VECTOR_ISAS = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni")
+
+
+def _features_line(features: list[str]) -> str:
+    shown = [f for f in _VECTOR_ISAS if f in features]
+    return f"{', '.join(shown) or 'no vector ISA beyond SSE2'} ({len(features)} instruction sets in all)"
+
+
+def _kib(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def _sources_line(sources: dict[str, str], schedules: bool) -> str:
+    counts: dict[str, int] = {}
+    for s in sources.values():
+        counts[s] = counts.get(s, 0) + 1
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return text + ("" if schedules else " (--no-default-schedules)")
+
+
+def _kernel_table(sources: dict[str, str], calls: dict[str, int]) -> Table:
+    """One row per kernel: its schedule's source (default rule, tuned, naive)."""
+    from fuser.backends.tvm.schedules import NAIVE, TUNED
+
+    t = Table(title="kernel schedules", title_justify="left")
+    for col in ("kernel", "calls", "schedule"):
+        t.add_column(col, justify="right" if col == "calls" else "left", overflow="fold")
+    for name, source in sorted(sources.items()):
+        style = "red" if source == NAIVE else "green" if source == TUNED else ""
+        t.add_row(escape(name), str(calls.get(name, 1)), f"[{style}]{source}[/]" if style else source)
+    return t

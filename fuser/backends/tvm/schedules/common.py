@@ -1,0 +1,253 @@
+"""What the schedule rules share: the target's vector facts and the host's caches, block
+queries on a ``tir.Schedule``, and the tiling primitives (a split that tuning may resample,
+register-tile epilogues, injective loop nests)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common import tvm
+
+SPATIAL, REDUCE = 0, 2  # IterVar.iter_type
+CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
+DEFAULT_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 8 << 20}  # where the OS does not say
+MAX_UNROLL = 64  # statements an unrolled epilogue may have (a whole SE multiply unrolled: minutes of LLVM)
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    """What the tile sizes come from: float32 lanes of the widest vector the target may use,
+    its vector registers, and the data-cache sizes of this host (bytes)."""
+
+    lanes: int
+    vector_registers: int
+    l1d: int
+    l2: int
+    l3: int
+
+    def to_dict(self) -> dict:
+        return {
+            "vector_lanes_f32": self.lanes,
+            "vector_registers": self.vector_registers,
+            "l1d_bytes": self.l1d,
+            "l2_bytes": self.l2,
+            "l3_bytes": self.l3,
+        }
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+@functools.cache
+def host_caches(cache_dir: str = str(CACHE_DIR)) -> dict[int, int]:
+    """Data (or unified) cache size per level as the OS reports it for CPU 0; levels it does
+    not report keep ``DEFAULT_CACHES``."""
+    caches = dict(DEFAULT_CACHES)
+    root = Path(cache_dir)
+    for index in sorted(root.glob("index*")) if root.is_dir() else ():
+        try:
+            kind = (index / "type").read_text().strip()
+            level = int((index / "level").read_text())
+            size = _size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and size:
+            caches[level] = size
+    return caches
+
+
+def cpu_features(target) -> frozenset[str]:
+    """The features LLVM enables for ``target`` (its mcpu and mattr; not the host's)."""
+    return frozenset(str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target))
+
+
+def cpu_facts(target) -> CpuFacts:
+    """Vector lanes and registers from the target's features (``llvm_get_vector_width``
+    answers 512 for every x86 target, whatever its mcpu), caches from the host."""
+    feats = cpu_features(target) if target.kind.name == "llvm" else frozenset()
+    if "avx512f" in feats:
+        lanes, regs = 16, 32
+    elif "avx" in feats:
+        lanes, regs = 8, 16
+    else:
+        lanes, regs = 4, 16 if ("sse2" in feats or "neon" in feats) else 8
+    caches = host_caches(os.environ.get("FUSER_CACHE_DIR", str(CACHE_DIR)))
+    return CpuFacts(lanes, regs, caches[1], caches[2], caches[3])
+
+
+# ---- block queries -------------------------------------------------------------------------
+def extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def iter_kinds(sch, block) -> str:
+    """'S' spatial, 'R' reduction, 'O' other, per block iterator."""
+    return "".join(
+        "S" if iv.iter_type == SPATIAL else "R" if iv.iter_type == REDUCE else "O"
+        for iv in sch.get(block).iter_vars
+    )
+
+
+def root_blocks(sch) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def block_name(sch, block) -> str:
+    return sch.get(block).name_hint
+
+
+def reductions(sch) -> list:
+    return [b for b in root_blocks(sch) if "R" in iter_kinds(sch, b)]
+
+
+def only_reduction(sch, accept):
+    """The kernel's one reduction block (every other root block is then spatial) when
+    ``accept(its iterator kinds, its Block)``, else None."""
+    red = reductions(sch)
+    return red[0] if len(red) == 1 and accept(iter_kinds(sch, red[0]), sch.get(red[0])) else None
+
+
+def split_around(sch, block) -> tuple[list, list]:
+    """(blocks before ``block``, blocks after it) at root."""
+    blocks = root_blocks(sch)
+    i = [block_name(sch, b) for b in blocks].index(block_name(sch, block))
+    return blocks[:i], blocks[i + 1 :]
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    for d in range(max(min(n, limit), 1), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def vector_factor(n: int, lanes: int) -> int:
+    """Largest power of two <= lanes dividing n (1 when none >= 2 does)."""
+    v = lanes
+    while v > 1 and n % v:
+        v //= 2
+    return v
+
+
+# ---- tiling primitives ---------------------------------------------------------------------
+def split2(sch, loop, inner: int, tunable: bool, max_inner: int):
+    """loop -> (outer, inner) with ``inner`` iterations inside; in a tunable schedule a
+    sampled tile whose default decision is ``inner``, so tuning searches around it."""
+    return split_tiles(sch, loop, [inner], tunable, max_inner)
+
+
+def split_tiles(sch, loop, inners: list[int], tunable: bool, max_inner: int):
+    """loop -> (outer, *inner loops of ``inners`` iterations), one sampled perfect tile in a
+    tunable schedule (its default decision ``inners``)."""
+    if tunable:
+        n, inner = extent(sch, loop), 1
+        for f in inners:
+            inner *= f
+        factors = sch.sample_perfect_tile(
+            loop,
+            n=1 + len(inners),
+            max_innermost_factor=max(max_inner, inners[-1]),
+            decision=[n // inner, *inners],
+        )
+        return sch.split(loop, factors)
+    return sch.split(loop, [None, *inners])
+
+
+UNROLL_CHOICES = (0, 16, 64, 512)
+
+
+def unroll_pragma(sch, loop, default: int, tunable: bool) -> None:
+    """TVM's auto-unroll of the loops under ``loop`` up to ``default`` steps (sampled in a
+    tunable schedule)."""
+    if tunable:
+        value = sch.sample_categorical(
+            list(UNROLL_CHOICES),
+            [1.0 / len(UNROLL_CHOICES)] * len(UNROLL_CHOICES),
+            UNROLL_CHOICES.index(default),
+        )
+    else:
+        value = default
+    sch.annotate(loop, "pragma_auto_unroll_max_step", value)
+    sch.annotate(loop, "pragma_unroll_explicit", 1)
+
+
+def parallel_vectorized(sch, block, lanes: int, min_parallel: int = 4096) -> None:
+    """A spatial block's innermost loop vectorized where a power of two divides it, its
+    leading loops fused into one parallel loop (when the block is big enough to pay for
+    the threads)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    total = 1
+    for lp in loops:
+        total *= extent(sch, lp)
+    inner = loops[-1]
+    v = vector_factor(extent(sch, inner), lanes)
+    outer = list(loops)
+    if v >= 2:
+        if v < extent(sch, inner):
+            loops = list(loops[:-1]) + list(sch.split(inner, [None, v]))
+        sch.vectorize(loops[-1])
+        outer = list(loops[:-1])
+    if outer and total >= min_parallel:
+        keep, n = [], 1
+        for lp in outer:
+            keep.append(lp)
+            n *= extent(sch, lp)
+            if n >= 64:
+                break
+        sch.parallel(sch.fuse(*keep) if len(keep) > 1 else keep[0])
+
+
+def tile_epilogue(sch, loops, lanes: int) -> None:
+    """Loops of an epilogue computed at a register tile: the innermost vectorized where it
+    divides, the rest unrolled from the inside out while the unrolled body stays within
+    MAX_UNROLL statements."""
+    if not loops:
+        return
+    inner = loops[-1]
+    v = vector_factor(extent(sch, inner), lanes)
+    if v > 1:
+        if v < extent(sch, inner):
+            loops = list(loops[:-1]) + list(sch.split(inner, [None, v]))
+        sch.vectorize(loops[-1])
+        loops = loops[:-1]
+    body = 1
+    for lp in reversed(loops):
+        e = extent(sch, lp)
+        if e == 1:
+            continue
+        if body * e > MAX_UNROLL:
+            break
+        body *= e
+        sch.unroll(lp)
+
+
+def inline_around(sch, red, lanes: int):
+    """Prepare a one-reduction kernel: the injective chain after ``red`` inlined into its
+    last block (the epilogue), ``red`` accumulating in a local buffer, producers (pad,
+    elementwise inputs) inlined into each other and the last one scheduled at root.
+    Returns the epilogue block."""
+    ScheduleError = tvm.s_tir.ScheduleError
+    pre, post = split_around(sch, red)
+    for b in post[:-1]:
+        sch.compute_inline(b)
+    if post:
+        epilogue = post[-1]
+        sch.set_scope(red, 0, "local")
+    else:
+        epilogue = sch.cache_write(red, 0, "local")
+    for b in pre[:-1]:
+        try:
+            sch.compute_inline(b)
+        except ScheduleError:  # read twice or not elementwise: at root
+            parallel_vectorized(sch, b, lanes)
+    if pre:
+        parallel_vectorized(sch, pre[-1], lanes)
+    return epilogue

@@ -1,0 +1,101 @@
+"""Rule ``window``: blocked window reductions in NCHW[x]c: direct, 1x1 and grouped
+convolution, depthwise convolution, max/avg pooling and global pooling.
+
+Matches a kernel with one reduction block of five spatial iterators (n, c_chunk, oh, ow,
+c_block) followed by reduction iterators, whose output is 5-D, with only spatial blocks
+after it. Kind: ``conv`` (a 6-D weight), ``depthwise`` (a 5-D weight) or ``pool``.
+
+Register tile: reg_w output columns x reg_c channel chunks x the channel block
+(vectorized). Vector registers hold the accumulators: conv keeps 4 free (the weight
+vectors and the broadcast input), depthwise and pool need one input vector per
+accumulator, so they get half. reg_w is the largest divisor of OW that fits, reg_c
+(conv only) the largest divisor of the chunks that fits in what is left. Loops: n x
+c_chunk x oh fused and parallel; then the column tiles, the reduction loops, the tile
+(unrolled, vectorized). Windows up to 7x7 of depthwise and pool are unrolled. Producers
+(pad) at root, parallel and vectorized; the injective epilogue (bias, activation,
+residual add) is computed per register tile from the local accumulator.
+
+Tunable: reg_w, reg_c (conv) and the unroll depth of the reduction are sampled, their
+defaults being the values above.
+"""
+
+from __future__ import annotations
+
+from .common import (
+    cpu_facts,
+    extent,
+    inline_around,
+    largest_divisor,
+    only_reduction,
+    split2,
+    tile_epilogue,
+    unroll_pragma,
+)
+
+NAME = "window"
+TUNABLE = True
+MAX_UNROLLED_WINDOW = 49
+
+
+def match(sch):
+    """The reduction block this rule tiles, or None."""
+    return only_reduction(
+        sch,
+        lambda kinds, block: (
+            kinds.startswith("SSSSS") and set(kinds[5:]) == {"R"} and len(block.writes[0].source.shape) == 5
+        ),
+    )
+
+
+def kind_of(sch, red) -> str:
+    reads = sch.get(red).reads
+    if len(reads) >= 2 and len(reads[1].source.shape) == 6:
+        return "conv"
+    return "depthwise" if len(reads) >= 2 else "pool"
+
+
+def register_tile(sch, red, epilogue, facts, kind: str, tunable: bool = False) -> None:
+    """Tile the last five spatial loops and the reduction loops of ``red`` as the module doc
+    says; loops above them (a caller's tiles) stay outermost. ``epilogue`` (or None) is
+    computed per register tile."""
+    loops = sch.get_loops(red)
+    nred = len(sch.get(red).iter_vars) - 5
+    above, (n, oc, oh, ow, ob), rloops = loops[: -5 - nred], loops[-5 - nred : -nred], loops[-nred:]
+    OC, OW, OB = extent(sch, oc), extent(sch, ow), extent(sch, ob)
+    vec_regs = max(-(-OB // facts.lanes), 1)
+    budget = facts.vector_registers - 4 if kind == "conv" else (facts.vector_registers - 2) // 2
+    reg_w = largest_divisor(OW, max(budget // vec_regs, 1))
+    rest = budget // (vec_regs * reg_w)
+    reg_c = largest_divisor(OC, rest) if kind == "conv" and rest >= 2 else 1
+    oco, oci = split2(sch, oc, reg_c, tunable and kind == "conv", 4)
+    owo, owi = split2(sch, ow, reg_w, tunable, budget)
+    sch.reorder(*above, n, oco, oh, owo, *rloops, oci, owi, ob)
+    outer = len(above) + 4  # loops down to the column tile
+    if not above:
+        sch.parallel(sch.fuse(n, oco, oh))
+        outer -= 2
+    sch.unroll(owi)
+    sch.unroll(oci)
+    sch.vectorize(ob)
+    window = 1
+    for r in rloops:
+        window *= extent(sch, r)
+    if kind != "conv" and window <= MAX_UNROLLED_WINDOW:
+        for r in rloops:
+            sch.unroll(r)
+    elif kind == "conv":
+        unroll_pragma(sch, rloops[-1], 16, tunable)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, owo, preserve_unit_loops=True)
+        tile_epilogue(sch, sch.get_loops(epilogue)[outer:], facts.lanes)
+    sch.decompose_reduction(red, rloops[0])
+
+
+def apply(sch, target, tunable: bool = False) -> bool:
+    red = match(sch)
+    if red is None:
+        return False
+    facts = cpu_facts(target)
+    epilogue = inline_around(sch, red, facts.lanes)
+    register_tile(sch, red, epilogue, facts, kind_of(sch, red), tunable)
+    return True
