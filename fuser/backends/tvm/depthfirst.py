@@ -275,16 +275,21 @@ class _Kernel:
         """Whether no block reduces over channels: no data read has an axis indexed by reduction
         variables alone (a dense conv's input channel, a matmul's k, a global pool's rows);
         a window's reduction is added to an output position. Elementwise, depthwise, pooling and
-        resize chains are channel-local."""
+        resize chains are channel-local. Weights are not data: a read that does not follow the
+        output rows of a reduction with rows (a depthwise kernel's taps) is skipped, as in
+        ``sizes``."""
         for b in self.blocks():
             block = self.sch.get(b)
             spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE]
             reduce = [
                 iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE and int(iv.dom.extent) > 1
             ]
+            rows = self._row_vars(b) if self.is_reduction(b) and self.has_rows(b) else []
             for ld in _loads(block):
                 if len(_shape(ld.source)) < 3:
                     continue
+                if rows and not any(_uses(i, v) for i in ld.indices for v in rows):
+                    continue  # a weight
                 for index in ld.indices:
                     if any(_uses(index, v) for v in reduce) and not any(_uses(index, v) for v in spatial):
                         return False
@@ -295,6 +300,13 @@ class _Kernel:
         tile computes a part of; a vector (a pooled or fully connected output) is computed whole,
         once."""
         return sum(d > 1 for d in _shape(self.written(b))[1:]) >= 2
+
+    def _row_vars(self, b) -> list:
+        """The block variables that index the row axis of what ``b`` writes."""
+        block = self.sch.get(b)
+        buf = self.written(b)
+        store = next(s for s in _stores(block) if s.buffer.same_as(buf))
+        return [iv.var for iv in block.iter_vars if _uses(store.indices[_row_axis(buf)], iv.var)]
 
     def sizes(self) -> _Sizes:
         """Bytes the kernel reads and writes: a weight is a parameter a reduction reads with an
@@ -308,9 +320,7 @@ class _Kernel:
             if not self.is_reduction(b) or not self.has_rows(b):
                 continue
             block = self.sch.get(b)
-            buf = self.written(b)
-            store = next(s for s in _stores(block) if s.buffer.same_as(buf))
-            rows = [iv.var for iv in block.iter_vars if _uses(store.indices[_row_axis(buf)], iv.var)]
+            rows = self._row_vars(b)
             mine = [
                 ld.source
                 for ld in _loads(block)
