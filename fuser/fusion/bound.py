@@ -40,7 +40,8 @@ at its time limit) is at most the least DRAM of any plan:
               to max μ of c's outputs) (a tensor leaves the group, or every consumer
               demands its rows); τ(S) is the fewest T with W_max(S) + Σ_t ρ_S(t, T)·row(t)
               < β over the tensors S reads or writes, ρ_S the larger of μ_t and the demands
-              of S's own consumers.
+              of S's own consumers, found backward through S (a consumer in S demands rows
+              for its own ρ_S output rows: row rules only grow with the rows asked for).
   exactness   for a component G found in a solution: "the group is exactly G" is
               1 − Σ_tree(G) z_e − Σ_{e leaving G} (1 − z_e), so Σ_{op∈G} q_op ≥ (T*(G) − 1)·W(G)
               times it, and the reads of a tensor by consumers found in separate components
@@ -279,11 +280,11 @@ class CutBound:
         fg = self.fg
         mu = self._mu_rows(tiles)
         rows: dict[int, int] = {}
-        for op in ops:
+        for op in reversed(ops):  # consumers first: their demands grow the rows of their inputs
+            r_out = 1
             for t in fg.op_outputs[op]:
                 rows[t] = max(rows.get(t, 0), mu[t])
-        for op in ops:  # demands of the group's own consumers
-            r_out = max((mu[t] for t in fg.op_outputs[op]), default=1)
+                r_out = max(r_out, rows[t])
             for t, rule in fg.op_inputs[op]:
                 rows[t] = max(rows.get(t, 0), rule.rows(r_out, fg.tensor_height[t]))
         w_max = max(fg.weight_numel[i] for i in ops)
@@ -468,7 +469,11 @@ class CutBound:
             if sum(x[q] for q in qs) + 0.5 >= extra:
                 continue
             tau = self.least_tiles(g)
-            for level in sorted({tau, (tau + 1) // 2}):
+            levels, level = set(), tau
+            while level >= 2:  # halving: smaller cores bind every group that holds them
+                levels.add(level)
+                level = (level + 1) // 2 if level > 2 else 1
+            for level in sorted(levels):
                 if level < 2:
                     continue
                 core = self._heavy_core(g, level)
