@@ -62,7 +62,7 @@ import numpy as np
 
 from fuser.ir import FuserError
 
-from .opgraph import FusionGraph, bits, group_key, mask_of
+from .opgraph import FusionGraph, bits, mask_of
 
 STYLES = ("lbdf", "brr")
 LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the bound
@@ -112,8 +112,8 @@ class CostModel:
         self.fg = fg
         self.buffer_bytes = int(buffer_bytes)
         self.element_bytes = int(element_bytes)
-        self._memo: dict[tuple, GroupCost] = {}  # by group_key
-        self._lower_dram: dict[tuple, int] = {}
+        self._memo: dict[int, GroupCost] = {}
+        self._lower_dram: dict[int, int] = {}
         self._weights = np.array(fg.weight_numel, dtype=np.int64)
         # each op's outputs hold at least one row on chip
         self._output_rows = np.array(
@@ -128,14 +128,13 @@ class CostModel:
     # ---- public -------------------------------------------------------------
     def cost(self, mask: int) -> GroupCost:
         """F_β, F_D and validity of the group ``mask`` (memoised)."""
-        key = group_key(mask)
-        c = self._memo.get(key)
+        c = self._memo.get(mask)
         if c is None:
-            c = self._memo[key] = self._cost(mask)
+            c = self._memo[mask] = self._cost(mask)
         return c
 
     def valid(self, mask: int) -> bool:
-        c = self._memo.get(group_key(mask))
+        c = self._memo.get(mask)
         if c is not None:
             return c.valid
         if mask.bit_count() > LOWER_BOUND_FROM and self.lower_bound(mask) >= self.buffer_bytes:
@@ -164,11 +163,10 @@ class CostModel:
     def lower_dram(self, mask: int) -> int:
         """A lower bound of the DRAM bytes of any partition of ``mask``: (W + In + Out)·e,
         every weight, input and output moved once."""
-        key = group_key(mask)
-        bound = self._lower_dram.get(key)
+        bound = self._lower_dram.get(mask)
         if bound is None:
-            c = self._memo.get(key)
-            bound = self._lower_dram[key] = (
+            c = self._memo.get(mask)
+            bound = self._lower_dram[mask] = (
                 self._dram_elements(mask) * self.element_bytes
                 if c is None or self.name == "brr"
                 else c.dram_bytes

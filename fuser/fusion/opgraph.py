@@ -182,14 +182,6 @@ def bits(mask: int) -> list[int]:
     return out
 
 
-def group_key(mask: int) -> tuple[int, int, int]:
-    """A dict key for the group ``mask``. Python hashes ints modulo 2^61 − 1, so bit i and
-    bit i + 61 hash alike and the groups of a long chain crowd into few hash buckets (a
-    5,000-op chain: 21,643 groups in 1,924 buckets, up to 85 deep); with its top bit and
-    size beside it every interval of a chain has a key of its own."""
-    return mask, mask.bit_length(), mask.bit_count()
-
-
 def mask_of(indices) -> int:
     """The bitmask of op (or tensor) ``indices``; big sets through numpy (no n-bit int per index)."""
     indices = list(indices)

@@ -33,7 +33,7 @@ from fuser.ir import FuserError
 from fuser.ir.ops import Category, ops_in
 
 from .cost import CostModel, GroupCost
-from .opgraph import ELEMENTWISE, bits, group_key
+from .opgraph import ELEMENTWISE, bits
 from .plan import decode, encode, merge_makes_cycle
 from .split import Splitter, edge_cuts
 
@@ -84,7 +84,7 @@ class PlanEvaluator:
         self.used = 0
         self.best: Evaluated | None = None
         self._memo: dict[bytes, Evaluated] = {}
-        self._verdicts: dict[tuple, tuple[bool, GroupCost | None]] = {}  # by group_key
+        self._verdicts: dict[int, tuple[bool, GroupCost | None]] = {}
 
     @property
     def exhausted(self) -> bool:
@@ -118,8 +118,7 @@ class PlanEvaluator:
     def _verdict(self, mask: int) -> tuple[bool, GroupCost | None]:
         """(valid, its cost when valid and it moves no more DRAM than its ops alone, else
         None) of a group of several ops (memoised)."""
-        key = group_key(mask)
-        v = self._verdicts.get(key)
+        v = self._verdicts.get(mask)
         if v is None:
             cost = self.cost
             if cost.valid(mask):
@@ -127,7 +126,7 @@ class PlanEvaluator:
                 v = (True, c if c.dram_bytes <= cost.singles_dram(mask) else None)
             else:
                 v = (False, None)  # not costed: big invalid groups are refused by a cheap bound
-            self._verdicts[key] = v
+            self._verdicts[mask] = v
         return v
 
     def _kept_cost(self, piece: int) -> GroupCost | None:

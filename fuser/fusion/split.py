@@ -59,7 +59,7 @@ import numpy as np
 
 from .cost import CostModel
 from .explain import ExactExplainer, Explainer
-from .opgraph import FusionGraph, bits, group_key
+from .opgraph import FusionGraph, bits
 
 SPLITS = ("random", "explain")
 TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
@@ -156,16 +156,15 @@ class Splitter:
     def __init__(self, cost: CostModel):
         self.cost = cost
         self.fg = cost.fg
-        self._memo: dict[tuple, SplitResult] = {}  # by group_key
+        self._memo: dict[int, SplitResult] = {}
 
     def split(self, mask: int) -> SplitResult:
         if self.cost.valid(mask):
             return SplitResult([mask], [], self.cost.cost(mask).dram_bytes)
-        key = group_key(mask)
-        result = self._memo.get(key)
+        result = self._memo.get(mask)
         if result is None:
             stuck = mask & ~self.cost.fusable_mask
-            result = self._memo[key] = self._isolate(mask, stuck) if stuck else self._split(mask)
+            result = self._memo[mask] = self._isolate(mask, stuck) if stuck else self._split(mask)
         return result
 
     def _isolate(self, mask: int, stuck: int) -> SplitResult:
