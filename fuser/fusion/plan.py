@@ -230,7 +230,7 @@ class Plan:
     ``groups``: ``PlanGroup``s in an order that runs (topological).
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
     ``optimum``: the proven bound on the least DRAM of any plan, when computed
-    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method"}``.
+    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method", "plan_bytes"}``.
     ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
