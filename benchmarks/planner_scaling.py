@@ -68,14 +68,14 @@ def main(argv=None) -> int:
         cells = (case, str(fg.n), style, str(budget), f"{wall:.1f}", f"{cpu:.1f}", target)
         table.add_row(*cells, f"{plan.dram_bytes / 1e6:.2f}", str(len(plan.groups)))
         console.print("  " + " ".join(cells), highlight=False)
-        return wall
+        return wall, cpu
 
     lengths = [500, 1000, 2000] if args.quick else [500, 1000, 2000, 3000, 5000]
-    walls = []
+    times = []
     for n in lengths:
         fg = build_fusion_graph(conv_relu_chain(n - 1))
-        walls.append(row(f"chain {n}", fg, "lbdf", 1000, "10" if n == 5000 else ""))
-    slope = np.polyfit(np.log(lengths), np.log(walls), 1)[0]
+        times.append(row(f"chain {n}", fg, "lbdf", 1000, "10" if n == 5000 else ""))
+    slope_wall, slope_cpu = (np.polyfit(np.log(lengths), np.log(t), 1)[0] for t in zip(*times))
     fg = build_fusion_graph(fuser.optimize(str(LIGHT / "light_inception_v2.onnx")).graph)
     for style in ("lbdf", "brr"):
         row("inception v2", fg, style, 200 if args.quick else 1000, "5")
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     row("efficientnet_b3 @300", fg, "lbdf", 1000 if args.quick else 5000, "20")
     console.print(table)
     console.print(
-        f"chain wall time grows as N^{slope:.2f} over N = {lengths[0]}..{lengths[-1]} ops (1.00 = linear)",
+        f"chain planning time grows as N^{slope_wall:.2f} (wall), N^{slope_cpu:.2f} (CPU) "
+        f"over N = {lengths[0]}..{lengths[-1]} ops (1.00 = linear)",
         highlight=False,
     )
     if args.out:

@@ -230,7 +230,7 @@ class Plan:
     ``groups``: ``PlanGroup``s in an order that runs (topological).
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
     ``optimum``: the proven bound on the least DRAM of any plan, when computed
-    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method"}``.
+    (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method", "plan_bytes"}``.
     ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
@@ -293,9 +293,15 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path) -> None:
+        """Writes the plan as JSON: same model, options and seed, same bytes. A lower bound
+        that was stopped by its time limit depends on the machine's speed, so only a proven
+        optimum is saved with the plan."""
         from fuser.serde.files import atomic_write
 
-        atomic_write(path, (self.to_json() + "\n").encode())
+        d = self.to_dict()
+        if not (self.optimum or {}).get("exact"):
+            d.pop("optimum", None)
+        atomic_write(path, (json.dumps(d, indent=2) + "\n").encode())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<plan>") -> Plan:

@@ -32,7 +32,7 @@ import numpy as np
 from fuser.ir import FuserError
 from fuser.ir.ops import Category, ops_in
 
-from .cost import CostModel
+from .cost import CostModel, GroupCost
 from .opgraph import ELEMENTWISE, bits
 from .plan import decode, encode, merge_makes_cycle
 from .split import Splitter, edge_cuts
@@ -84,52 +84,73 @@ class PlanEvaluator:
         self.used = 0
         self.best: Evaluated | None = None
         self._memo: dict[bytes, Evaluated] = {}
-        self._pays: dict[int, bool] = {}
+        self._verdicts: dict[int, tuple[bool, GroupCost | None]] = {}
 
     @property
     def exhausted(self) -> bool:
         return self.used >= self.budget
 
-    def repair(self, groups: list[int]) -> tuple[list[int], list]:
-        """Split invalid groups and dissolve unprofitable ones."""
-        cost = self.cost
-        final, steps = [], []
+    def repair(self, groups: list[int]) -> tuple[list[int], list, list[GroupCost]]:
+        """Split invalid groups and dissolve unprofitable ones; also the costs of the
+        multi-op groups kept (one memo lookup per group: big bitmasks are slow to hash)."""
+        final, steps, kept = [], [], []
         for g in groups:
             if not g & (g - 1):  # one op: always valid, nothing to dissolve
                 final.append(g)
                 continue
-            if cost.valid(g):
-                pieces = [g]
+            valid, c = self._verdict(g)
+            if valid:
+                pieces = [(g, c)]
             else:
                 result = self.splitter.split(g)
-                pieces = result.pieces
+                pieces = [(p, self._kept_cost(p)) for p in result.pieces]
                 steps.extend(result.steps)
-            for p in pieces:
-                if p & (p - 1) and not self._profitable(p):
+            for p, c in pieces:
+                if not p & (p - 1):
+                    final.append(p)
+                elif c is None:
                     final.extend(1 << i for i in bits(p))
                 else:
                     final.append(p)
-        return final, steps
+                    kept.append(c)
+        return final, steps, kept
 
-    def _profitable(self, mask: int) -> bool:
-        """Whether the group moves no more DRAM than its ops alone (memoised)."""
-        ok = self._pays.get(mask)
-        if ok is None:
-            ok = self._pays[mask] = self.cost.cost(mask).dram_bytes <= self.cost.singles_dram(mask)
-        return ok
+    def _verdict(self, mask: int) -> tuple[bool, GroupCost | None]:
+        """(valid, its cost when valid and it moves no more DRAM than its ops alone, else
+        None) of a group of several ops (memoised)."""
+        v = self._verdicts.get(mask)
+        if v is None:
+            cost = self.cost
+            if cost.valid(mask):
+                c = cost.cost(mask)
+                v = (True, c if c.dram_bytes <= cost.singles_dram(mask) else None)
+            else:
+                v = (False, None)  # not costed: big invalid groups are refused by a cheap bound
+            self._verdicts[mask] = v
+        return v
+
+    def _kept_cost(self, piece: int) -> GroupCost | None:
+        """A split's piece as ``_verdict`` keeps it; a piece still invalid (the splitters
+        hand back none) is kept, as it was, when it moves no more DRAM than its ops alone."""
+        if not piece & (piece - 1):
+            return None  # one op: runs alone, never dissolved
+        valid, c = self._verdict(piece)
+        if valid:
+            return c
+        c = self.cost.cost(piece)
+        return c if c.dram_bytes <= self.cost.singles_dram(piece) else None
 
     def evaluate(self, genome: np.ndarray) -> Evaluated:
         genome = np.asarray(genome, dtype=bool)
         key = np.packbits(genome).tobytes()
         ev = self._memo.get(key)
         if ev is None:
-            groups, steps = self.repair(sorted(decode(self.fg, genome)))
-            multi = [g for g in groups if g & (g - 1)]
+            groups, steps, kept = self.repair(sorted(decode(self.fg, genome)))
             singles = [g.bit_length() - 1 for g in groups if not g & (g - 1)]
             cost = self.cost
-            dram = cost.dram(multi) + sum(cost.single_dram_bytes[i] for i in singles)
+            dram = sum(c.dram_bytes for c in kept) + sum(cost.single_dram_bytes[i] for i in singles)
             peak = max(
-                [cost.cost(g).buffer_bytes for g in multi]  # repaired groups fit
+                [c.buffer_bytes for c in kept]  # repaired groups fit
                 + [cost.single_buffer_bytes[i] for i in singles if cost.fusable_mask >> i & 1],
                 default=0,
             )

@@ -55,6 +55,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .cost import CostModel
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, bits
@@ -243,7 +245,8 @@ class ExplainSplitter(Splitter):
         self.lookahead_ops = lookahead_ops  # larger groups peel their largest valid piece
         self.tree_nodes = tree_nodes
         self._nodes_left: int | None = None  # set while a tree search runs
-        self._scans: dict[int, tuple[list[tuple[int, int]], int]] = {}  # chain DP, by last op
+        self._scans: dict[int, tuple[list[int], np.ndarray, int]] = {}  # chain DP, by last op
+        self._chain_dp: dict[int, tuple[list[int], list, list[int], list[int]]] = {}  # by first op
 
     def split(self, mask: int) -> SplitResult:
         if self._nodes_left is not None:  # inside a tree search: its budget applies
@@ -300,44 +303,64 @@ class ExplainSplitter(Splitter):
                 return False
         return True
 
-    def _scan(self, ops: list[int], j: int, group: int) -> list[tuple[int, int]]:
-        """(interval mask, F_D) of ``ops[i:j]`` for i = j−1, j−2, ... while valid, reusing the
-        scan of an earlier chain group that ends at the same op: an interval's cost does not
-        depend on the group around it, and inside a chain group the path upstream of an op
-        is unique, so a cached interval that lies inside this group is this group's."""
+    def _scan(self, ops: list[int], j: int, group: int) -> tuple[list[int], np.ndarray, int]:
+        """(interval masks, their F_D, count n) of ``ops[i:j]`` for i = j−1, ..., j−n, the
+        intervals ending at ``ops[j−1]`` while valid, reusing the scan of an earlier chain
+        group that ends at the same op: an interval's cost does not depend on the group
+        around it, and inside a chain group the path upstream of an op is unique, so a
+        cached interval that lies inside this group is this group's."""
         end = ops[j - 1]
         cached = self._scans.get(end)
         if cached is not None:
-            scan, stop = cached  # stop: the first invalid interval, 0 when the scan ran out of ops
-            if len(scan) >= j and scan[j - 1][0] & ~group == 0:
-                return scan[:j]
+            intervals, drams, stop = (
+                cached  # stop: the first invalid interval, 0 when the scan ran out of ops
+            )
+            if len(intervals) >= j and intervals[j - 1] & ~group == 0:
+                return intervals, drams, j
             if stop and stop & ~group == 0:
-                return scan
-        scan = [(interval, dram) for _, interval, dram in self.cost.upstream_intervals(ops, j)]
-        stop = scan[-1][0] | 1 << ops[j - 1 - len(scan)] if len(scan) < j else 0
-        self._scans[end] = (scan, stop)
-        return scan
+                return intervals, drams, len(intervals)
+        scan = list(self.cost.upstream_intervals(ops, j))
+        intervals = [interval for _, interval, _ in scan]
+        drams = np.array([dram for _, _, dram in scan], dtype=np.int64)
+        stop = intervals[-1] | 1 << ops[j - 1 - len(scan)] if len(scan) < j else 0
+        self._scans[end] = (intervals, drams, stop)
+        return intervals, drams, len(intervals)
 
     def chain_split(self, mask: int) -> SplitResult:
         """The least-DRAM split of a chain group: its pieces are intervals, so DP over the
-        chain is exact: best[j] = min over valid ops i..j−1 of best[i] + F_D(ops i..j−1)."""
+        chain is exact: best[j] = min over valid ops i..j−1 of best[i] + F_D(ops i..j−1)
+        (ties: the longest last piece). best[j] depends only on the first j ops, so chain
+        groups that start with the same ops share it: the DP of the last such group is kept
+        per first op and extended."""
         ops = bits(mask)
         k = len(ops)
-        best: list[int | None] = [0] + [None] * k
-        choice = [0] * (k + 1)
-        piece = [0] * (k + 1)
-        for j in range(1, k + 1):
-            for x, (interval, dram) in enumerate(self._scan(ops, j, mask)):
-                i = j - 1 - x
-                if best[j] is None or best[i] + dram < best[j]:
-                    best[j], choice[j], piece[j] = best[i] + dram, i, interval
+        cached = self._chain_dp.get(ops[0])
+        done = 0  # best[0..done] are known
+        if cached is not None:
+            old_ops, best, choice, piece = cached
+            limit = min(k, len(old_ops))
+            while done < limit and old_ops[done] == ops[done]:
+                done += 1
+            best, choice, piece = best[: done + 1], choice[: done + 1], piece[: done + 1]
+        else:
+            best, choice, piece = np.zeros(1, np.int64), [0], [0]
+        if done < k:
+            best = np.concatenate([best, np.zeros(k - done, np.int64)])
+            for j in range(done + 1, k + 1):
+                intervals, drams, n = self._scan(ops, j, mask)
+                totals = best[j - n : j][::-1] + drams[:n]  # x = 0: the interval of ops[j-1] alone
+                x = int(totals.argmin())  # the first least: as a scan from x = 0 with strict <
+                best[j] = totals[x]
+                choice.append(j - 1 - x)
+                piece.append(intervals[x])
+            self._chain_dp[ops[0]] = (ops, best, choice, piece)
         pieces, j = [], k
         while j > 0:
             pieces.append(piece[j])
             j = choice[j]
         pieces.reverse()
         step = SplitStep(mask, (), "chain DP (least DRAM over every split of a chain)", tuple(pieces))
-        return SplitResult(pieces, [step], best[k])
+        return SplitResult(pieces, [step], int(best[k]))
 
     def candidate_cuts(self, mask: int, ranked_edges: list[tuple[int, int]]) -> list[Cut]:
         cuts, seen = [], set()

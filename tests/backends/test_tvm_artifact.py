@@ -231,7 +231,16 @@ def test_tuning_database_is_reused_and_resumed(tmp_path):
     assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= 1e-4
 
 
-def test_tuning_whose_trials_crash_is_reported_failed(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "flags, failure",
+    [
+        # fuser's default schedules are measured first (the seeds of the search): they crash first
+        ([], "tuning failed: the default schedules of 1 kernels failed to run"),
+        (["--no-default-schedules"], "tuning failed: 1 of 1 trials failed (1 to run, 0 to build"),
+    ],
+    ids=["seeded", "metaschedule-space"],
+)
+def test_tuning_whose_trials_crash_is_reported_failed(tmp_path, monkeypatch, flags, failure):
     """MetaSchedule's runner process dies with SIGILL on every candidate (what a build for
     the wrong CPU did): `fuser compile --tune-trials` fails with the runner's error, exit 2,
     never 'tuning done', and writes no build."""
@@ -249,11 +258,12 @@ def test_tuning_whose_trials_crash_is_reported_failed(tmp_path, monkeypatch):
     fuser.save_onnx(fuser.optimize(torch.nn.Linear(16, 8).eval(), (torch.randn(2, 16),)), path)
     r = CliRunner().invoke(
         main,
-        ["compile", str(path), "-o", str(out), "--tune-trials", "1", "--tuning-db", str(tmp_path / "db")],
+        ["compile", str(path), "-o", str(out), "--tune-trials", "1", "--tuning-db", str(tmp_path / "db")]
+        + flags,
     )
     text = " ".join(r.output.split())
     assert r.exit_code == 2, r.output
-    assert "tuning failed: 1 of 1 trials failed (1 to run, 0 to build" in text
+    assert failure in text
     assert "first error: LocalRunner: An exception occurred" in text
     assert "tuning done" not in text and not (out / tvm_artifact.METADATA).exists()
 

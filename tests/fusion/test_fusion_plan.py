@@ -148,3 +148,20 @@ def test_plan_groups_are_typed_and_print_is_a_short_summary():
     assert all(set(g) >= {"ops", "buffer_bytes", "dram_bytes", "valid"} for g in data["groups"])
     assert "tiles" not in data["groups"][0]  # LBDF: no row tiles in the JSON
     assert Plan.from_dict(data) == plan
+
+
+def test_saved_plan_keeps_a_proven_optimum_and_drops_a_time_limited_bound(tmp_path):
+    fg = build_fusion_graph(random_dag(1, n_ops=30))
+    plan, _ = partition_fusion_graph(fg, buffer="4KB", search="local", budget=30)
+    path = tmp_path / "plan.json"
+    plan.optimum = {"bytes": plan.dram_bytes, "exact": True, "method": "ilp", "plan_bytes": plan.dram_bytes}
+    plan.save(path)
+    assert json.loads(path.read_text())["optimum"]["exact"] is True
+    plan.optimum = {
+        "bytes": plan.dram_bytes // 2,
+        "exact": False,
+        "method": "ilp dual bound",
+        "plan_bytes": None,
+    }
+    plan.save(path)
+    assert "optimum" not in json.loads(path.read_text())

@@ -1,0 +1,584 @@
+"""A certified lower bound on the least DRAM of any plan, exact when it closes: row generation
+on an edge-cut relaxation of the partition problem, solved by HiGHS (``scipy.optimize.milp``).
+
+Why it is a bound. Every legal plan of valid groups (``fuser.fusion.plan``) sets, per
+producer->consumer edge e of the op graph, z_e = 1 when its ends are in different groups.
+Its DRAM, Σ F_D over its groups (``fuser.fusion.cost``), is
+
+  Σ_G W(G)·T(G) + Σ_t numel(t)·(written_t + reads_t)    elements (times e for bytes)
+
+with T(G) = 1 except for BRR's tiles, written_t = 1 when t is a graph output or some
+consumer of t is cut from its producer, reads_t = the number of groups other than its
+producer's that read t (graph inputs: every group reading them). The relaxation is a MILP
+over the z_e whose every constraint holds for every legal plan of valid groups and whose
+objective is at most that plan's DRAM, so its optimum (or HiGHS's dual bound when stopped
+at its time limit) is at most the least DRAM of any plan:
+
+  objective   W_total + Σ_t numel(t)·(w_t + r_t) + Σ_op q_op,
+              W_total the distinct weights, each moved at least once by any plan;
+              w_t ≥ z_e and r_t ≥ z_e over t's consumer edges e (graph outputs w_t = 1,
+              graph inputs r_t ≥ 1; a weight shared by several ops counts like a graph
+              input read by each group holding a user).
+  reads       consumers c_1 ⇝ c_2 ⇝ ... of t on one path (in topological order): convex
+              groups hold consecutive runs of them, so
+              r_t ≥ Σ_i z_(p,c_i) − Σ_i s_i,  s_i ≤ z_(p,c_i), s_i ≤ z_(p,c_i+1), s_i ≤ 1 − z_e
+              for every edge e between c_i and c_i+1 (their ops are in the group when they are).
+  covering    F_β only grows as ops are added (the cost model's monotonicity), so for every
+              connected invalid set S and a spanning tree of its edges: Σ_tree z_e ≥ 1
+              (all uncut would put S inside one group); an edge whose two ops are already
+              invalid together is cut (z_e = 1).
+  convexity   a group holding both ends of an edge a -> b holds every op between them
+              (else a path leaves the group and comes back: a cycle): z_e ≤ z_ab for every
+              edge e on a path a ⇝ b; such an edge is cut outright when the ops between a
+              and b are invalid together. A component of the relaxed solution that is not
+              convex adds z_(u,w) ≤ Σ_Q z_e for an uncut path Q joining two of its ops a, b
+              and an edge u -> w between them that leaves it.
+  BRR tiles   q_op ≥ w(op)·(τ(S) − 1)·(1 − Σ_tree(S) z_e) for the ops of a connected set S,
+              w(op) its share of its weights, τ(S) the fewest tiles any valid group holding
+              S can run in: rows(t) ≥ μ_t(T), μ_t(T) = ⌈H_t/T⌉ for graph outputs and tensors
+              no op reads, else min(⌈H_t/T⌉, max over consumers c of c's row rule applied
+              to max μ of c's outputs) (a tensor leaves the group, or every consumer
+              demands its rows); τ(S) is the fewest T with W_max(S) + Σ_t ρ_S(t, T)·row(t)
+              < β over the tensors S reads or writes, ρ_S the larger of μ_t and the demands
+              of S's own consumers, found backward through S (a consumer in S demands rows
+              for its own ρ_S output rows: row rules only grow with the rows asked for).
+  exactness   for a component G found in a solution: "the group is exactly G" is
+              1 − Σ_tree(G) z_e − Σ_{e leaving G} (1 − z_e), so Σ_{op∈G} q_op ≥ (T*(G) − 1)·W(G)
+              times it, and the reads of a tensor by consumers found in separate components
+              G_i: r_t ≥ Σ_i (1 − Σ_{e leaving G_i} (1 − z_e)).
+
+Row generation: solve, read the components of the uncut edges, add what the solution
+violates (covering sets grown inside each invalid component and shrunk to minimal, the
+non-convex components, reads and tiles counted short), solve again, until the solution
+is a legal plan of valid groups whose DRAM equals the relaxed objective: that plan is
+optimal and the bound exact. At the time limit the best bound so far stands (each round's
+optimum, or dual bound, is a bound; they only grow). The legal plans met on the way are
+upper bounds (``BoundResult.plan``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import BRR, CostModel
+from .opgraph import bits
+from .plan import topological_groups
+
+MAX_BETWEEN_EDGES = 64  # convexity/read rows per edge pair up front; longer spans come lazily
+MAX_SEEDS = 64  # covering sets grown per invalid component and round
+
+
+@dataclass
+class BoundResult:
+    """A certified lower bound of the least DRAM (bytes), and the best plan seen."""
+
+    lower_bytes: int
+    exact: bool  # the bound is the optimum: ``plan`` reaches it
+    plan: list[int] | None = None  # a legal plan of valid groups (op bitmasks), when one was met
+    plan_bytes: int | None = None
+    rounds: int = 0
+    cuts: int = 0
+    seconds: float = 0.0
+    log: list[str] = field(default_factory=list)
+
+
+class _Model:
+    """The MILP in growing form: variables (z_e first), objective, rows."""
+
+    def __init__(self, n_binary: int):
+        self.cost: list[float] = [0.0] * n_binary
+        self.lower: list[float] = [0.0] * n_binary
+        self.upper: list[float] = [1.0] * n_binary
+        self.integer: list[int] = [1] * n_binary
+        self.rows: list[tuple[dict[int, float], float, float]] = []
+        self.constant = 0.0
+
+    def var(self, cost: float, lower: float = 0.0, upper: float = np.inf) -> int:
+        self.cost.append(float(cost))
+        self.lower.append(lower)
+        self.upper.append(upper)
+        self.integer.append(0)
+        return len(self.cost) - 1
+
+    def row(self, coefs: dict[int, float], lo: float = -np.inf, hi: float = np.inf) -> None:
+        self.rows.append((coefs, lo, hi))
+
+    def solve(self, time_limit: float):
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import coo_matrix
+
+        r, c, v = [], [], []
+        for k, (coefs, _, _) in enumerate(self.rows):
+            for j, a in coefs.items():
+                r.append(k)
+                c.append(j)
+                v.append(a)
+        n = len(self.cost)
+        constraints = ()
+        if self.rows:
+            a = coo_matrix((v, (r, c)), shape=(len(self.rows), n)).tocsr()
+            constraints = LinearConstraint(a, [lo for _, lo, _ in self.rows], [hi for _, _, hi in self.rows])
+        return milp(
+            np.array(self.cost),
+            constraints=constraints,
+            integrality=np.array(self.integer),
+            bounds=Bounds(np.array(self.lower), np.array(self.upper)),
+            options={"time_limit": max(time_limit, 0.1), "disp": False, "mip_rel_gap": 0},
+        )
+
+
+class CutBound:
+    """The relaxation of one cost model (see the module docstring)."""
+
+    def __init__(self, cost: CostModel):
+        self.cost = cost
+        fg = self.fg = cost.fg
+        self.anc, self.desc = fg.ancestors(), fg.descendants()
+        self.m = _Model(len(fg.edges))
+        self.z = fg.edge_index
+        self._seen_rows: set = set()
+        self._reads: dict[int, tuple[int, list[int], list[int | None]]] = {}  # key -> (var, consumers, z)
+        self._q: dict[int, int] = {}  # op -> q variable (BRR)
+        self._mu: dict[int, list[int]] = {}
+        self._uncut: list[list[int]] = []  # per op: its uncut neighbours in this round's solution
+        self._share = self._weight_shares()
+        self._build()
+
+    # ---- the static part ------------------------------------------------------------
+    def _weight_shares(self) -> list[float]:
+        fg = self.fg
+        if not fg.shared_weights:
+            return [float(w) for w in fg.weight_numel]
+        users: dict[int, int] = {}
+        for ids in fg.weight_ids:
+            for w in ids:
+                users[w] = users.get(w, 0) + 1
+        return [sum(fg.weight_numel_by_id[w] / users[w] for w in fg.weight_ids[i]) for i in range(fg.n)]
+
+    def between(self, a: int, b: int) -> int:
+        """The ops on paths a ⇝ b (both ends included)."""
+        return (self.desc[a] | 1 << a) & (self.anc[b] | 1 << b)
+
+    def _build(self) -> None:
+        fg, m, cost = self.fg, self.m, self.cost
+        users: dict[int, list[int]] = {}
+        for i, ids in enumerate(fg.weight_ids):
+            for w in ids:
+                users.setdefault(w, []).append(i)
+        for w, ops in users.items():  # a shared weight is read by every group holding a user
+            self._add_reads(("w", w), fg.weight_numel_by_id[w], ops, [None] * len(ops))
+        for t in range(len(fg.tensor_numel)):
+            numel = fg.tensor_numel[t]
+            consumers = bits(fg.tensor_consumer_mask[t])
+            p = fg.tensor_producer[t]
+            if p < 0:
+                if consumers:
+                    self._add_reads(("t", t), numel, consumers, [None] * len(consumers))
+                continue
+            zs = [self.z[(p, c)] for c in consumers]
+            if fg.tensor_is_output[t]:
+                m.constant += numel
+            elif len(zs) == 1:
+                m.cost[zs[0]] += numel
+            elif zs:
+                w = m.var(numel, 0, 1)
+                for z in zs:
+                    m.row({w: 1, z: -1}, lo=0)
+            if zs:
+                self._add_reads(("t", t), numel, consumers, zs)
+        for k, (u, v) in enumerate(fg.edges):
+            if not cost.valid(1 << u | 1 << v):
+                m.lower[k] = 1.0
+                continue
+            span = self.between(u, v)
+            if span & (span - 1) & ~(1 << u | 1 << v):  # another path u ⇝ v
+                if not cost.valid(span):
+                    m.lower[k] = 1.0
+                    continue
+                for e in fg.inner_edges(span)[:MAX_BETWEEN_EDGES]:
+                    if e != (u, v):
+                        m.row({self.z[e]: 1, k: -1}, hi=0)
+        if isinstance(cost, BRR):
+            for i in range(fg.n):
+                if self._share[i] > 0:
+                    self._q[i] = m.var(1.0)
+
+    def _add_reads(self, key, numel: int, consumers: list[int], zs: list[int | None]) -> None:
+        """r ≥ each consumer's cut, and the chain-run rows for consumers on one path."""
+        m = self.m
+        if len(consumers) == 1:
+            if zs[0] is None:
+                m.constant += numel
+            else:
+                m.cost[zs[0]] += numel
+            return
+        producer = all(z is not None for z in zs)
+        r = m.var(numel, 0 if producer else 1)
+        self._reads[key] = (r, consumers, zs)
+        for z in zs:
+            if z is not None:
+                m.row({r: 1, z: -1}, lo=0)
+        chains: list[list[int]] = []
+        for k, c in enumerate(consumers):  # ascending: topological
+            for chain in chains:
+                if self.desc[consumers[chain[-1]]] >> c & 1:
+                    chain.append(k)
+                    break
+            else:
+                chains.append([k])
+        for chain in chains:
+            if len(chain) < 2:
+                continue
+            coefs: dict[int, float] = {r: 1.0}
+            lo = 0.0
+            for k in chain:
+                if zs[k] is None:
+                    lo += 1
+                else:
+                    coefs[zs[k]] = coefs.get(zs[k], 0) - 1
+            for a, b in zip(chain, chain[1:]):
+                s = m.var(0, 0, 1)
+                coefs[s] = 1.0
+                for k in (a, b):
+                    if zs[k] is not None:
+                        m.row({s: 1, zs[k]: -1}, hi=0)
+                span = self.between(consumers[a], consumers[b])
+                for e in self.fg.inner_edges(span)[:MAX_BETWEEN_EDGES]:
+                    m.row({s: 1, self.z[e]: 1}, hi=1)
+            m.row(coefs, lo=lo)
+
+    # ---- BRR: a monotone bound on the tiles --------------------------------------------
+    def _mu_rows(self, tiles: int) -> list[int]:
+        """μ_t(T): the fewest rows of t any valid group producing or reading it holds."""
+        mu = self._mu.get(tiles)
+        if mu is not None:
+            return mu
+        fg = self.fg
+        n_t = len(fg.tensor_numel)
+        mu = [0] * n_t
+        demand = [0] * n_t
+        for op in reversed(range(fg.n)):
+            for t in fg.op_outputs[op]:
+                sink = -(-fg.tensor_height[t] // tiles)
+                if fg.tensor_is_output[t] or not fg.tensor_consumer_mask[t]:
+                    mu[t] = sink
+                else:
+                    mu[t] = min(sink, demand[t])
+            r_out = max((mu[t] for t in fg.op_outputs[op]), default=1)
+            for t, rule in fg.op_inputs[op]:
+                demand[t] = max(demand[t], rule.rows(r_out, fg.tensor_height[t]))
+        for t in range(n_t):
+            if fg.tensor_producer[t] < 0:
+                mu[t] = demand[t]
+        self._mu[tiles] = mu
+        return mu
+
+    def _footprint_bound(self, ops: list[int], tiles: int) -> int:
+        fg = self.fg
+        mu = self._mu_rows(tiles)
+        rows: dict[int, int] = {}
+        for op in reversed(ops):  # consumers first: their demands grow the rows of their inputs
+            r_out = 1
+            for t in fg.op_outputs[op]:
+                rows[t] = max(rows.get(t, 0), mu[t])
+                r_out = max(r_out, rows[t])
+            for t, rule in fg.op_inputs[op]:
+                rows[t] = max(rows.get(t, 0), rule.rows(r_out, fg.tensor_height[t]))
+        w_max = max(fg.weight_numel[i] for i in ops)
+        return (w_max + sum(r * fg.tensor_row_numel[t] for t, r in rows.items())) * self.cost.element_bytes
+
+    def least_tiles(self, mask: int) -> int:
+        """τ(S): a valid group holding ``mask`` runs in at least this many tiles."""
+        ops = bits(mask)
+        beta = self.cost.buffer_bytes
+        hi = max(self.fg.tensor_height) or 1
+        if self._footprint_bound(ops, hi) >= beta:
+            return hi
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._footprint_bound(ops, mid) < beta:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _heavy_core(self, mask: int, level: int) -> int:
+        """A minimal connected subset of ``mask`` that still needs ``level`` tiles (τ ≥ level)."""
+        fg, beta = self.fg, self.cost.buffer_bytes
+        for op in bits(mask):
+            smaller = mask & ~(1 << op)
+            if (
+                smaller & (smaller - 1)
+                and fg.is_connected(smaller)
+                and self._footprint_bound(bits(smaller), level - 1) >= beta
+            ):
+                mask = smaller
+        return mask
+
+    # ---- separation ------------------------------------------------------------------
+    def _zi(self, u: int, v: int) -> int:
+        return self.z[(u, v)] if (u, v) in self.z else self.z[(v, u)]
+
+    def _connector(self, targets: int) -> list[int]:
+        """z indices of uncut edges (this round's solution) joining the ops of ``targets``,
+        which lie in one component: if they all stay uncut, those ops share a group."""
+        adj = self._uncut
+        root = (targets & -targets).bit_length() - 1
+        parent = {root: -1}
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for v in adj[u]:
+                    if v not in parent:
+                        parent[v] = u
+                        nxt.append(v)
+            frontier = nxt
+        edges: set[int] = set()
+        for v in bits(targets):
+            while parent[v] >= 0 and self._zi(parent[v], v) not in edges:
+                edges.add(self._zi(parent[v], v))
+                v = parent[v]
+        return sorted(edges)
+
+    def _boundary(self, mask: int) -> list[int]:
+        fg = self.fg
+        out = []
+        for u in bits(mask):
+            for v in fg.succs[u]:
+                if not mask >> v & 1:
+                    out.append(self.z[(u, v)])
+            for p in fg.preds[u]:
+                if not mask >> p & 1:
+                    out.append(self.z[(p, u)])
+        return out
+
+    def _add(self, coefs: dict[int, float], lo=-np.inf, hi=np.inf) -> bool:
+        """Add a row unless it is there already; whether it was added."""
+        coefs = {j: a for j, a in coefs.items() if a}
+        key = (tuple(sorted(coefs.items())), lo, hi)
+        if key in self._seen_rows:
+            return False
+        self._seen_rows.add(key)
+        self.m.row(coefs, lo, hi)
+        return True
+
+    def _cover(self, mask: int) -> bool:
+        """Σ z_e ≥ 1 over edges joining the invalid set ``mask`` (they cannot all stay uncut)."""
+        tree = self._connector(mask)
+        return self._add(dict.fromkeys(tree, 1.0), lo=1)
+
+    def minimal_invalid_sets(self, group: int) -> list[int]:
+        """Connected invalid subsets of the invalid ``group``, each minimal: grown from seeds
+        inside the group until invalid, then shrunk while they stay connected and invalid."""
+        fg, cost = self.fg, self.cost
+        ops = bits(group)
+        step = max(1, len(ops) // MAX_SEEDS)
+        found: set[int] = set()
+        for seed in ops[::step]:
+            s, frontier = 1 << seed, [seed]
+            order = [seed]
+            while cost.valid(s) and frontier:
+                u = frontier.pop(0)
+                for v in bits(fg.nbr_mask(u) & group & ~s):
+                    s |= 1 << v
+                    order.append(v)
+                    frontier.append(v)
+                    if not cost.valid(s):
+                        break
+            if cost.valid(s):
+                continue
+            for op in order:
+                smaller = s & ~(1 << op)
+                if smaller & (smaller - 1) and fg.is_connected(smaller) and not cost.valid(smaller):
+                    s = smaller
+            found.add(s)
+        return sorted(found)
+
+    def _convexity(self, group: int) -> int:
+        """Rows cutting off a non-convex component; the number added."""
+        fg = self.fg
+        up = down = 0
+        for i in bits(group):
+            up |= self.anc[i]
+            down |= self.desc[i]
+        bad = up & down & ~group
+        added = 0
+        for x in bits(bad)[:4]:
+            a = next(i for i in bits(group) if self.desc[i] >> x & 1)
+            b = next(i for i in bits(group) if self.anc[i] >> x & 1)
+            path = self._connector(1 << a | 1 << b)
+            span = self.between(a, b)
+            for u in bits(span & group):
+                for w in fg.succs[u]:
+                    if span >> w & 1 and not group >> w & 1:
+                        coefs = dict.fromkeys(path, -1.0)
+                        coefs[self.z[(u, w)]] = 1.0
+                        added += self._add(coefs, hi=0)
+        return added
+
+    def _exactly(self, group: int) -> tuple[dict[int, float], float]:
+        """[a plan's group is exactly ``group``] ≥ const + Σ coefs·z: its spanning tree uncut
+        and every edge leaving it cut."""
+        coefs: dict[int, float] = {}
+        for z in self._connector(group):
+            coefs[z] = coefs.get(z, 0) - 1
+        boundary = self._boundary(group)
+        for z in boundary:
+            coefs[z] = coefs.get(z, 0) + 1
+        return coefs, 1.0 - len(boundary)
+
+    @staticmethod
+    def _plus(coefs: dict[int, float], more: dict[int, float], scale: float) -> None:
+        for z, a in more.items():
+            coefs[z] = coefs.get(z, 0) + scale * a
+
+    def _read_cuts(self, owner: list[int], groups: list[int], x: np.ndarray) -> int:
+        added = 0
+        for r, consumers, zs in self._reads.values():
+            outside = {}
+            for c, z in zip(consumers, zs):
+                if z is None or x[z] > 0.5:
+                    outside[owner[c]] = groups[owner[c]]
+            if x[r] + 0.5 >= len(outside):
+                continue
+            coefs: dict[int, float] = {r: 1.0}  # r ≥ Σ_g [every edge leaving g cut]
+            lo = 0.0
+            for g in outside.values():
+                boundary = self._boundary(g)
+                self._plus(coefs, dict.fromkeys(boundary, 1.0), -1)
+                lo += 1 - len(boundary)
+            added += self._add(coefs, lo=lo)
+        return added
+
+    def _tile_cuts(self, groups: list[int], x: np.ndarray) -> int:
+        added = 0
+        cost = self.cost
+        for g in groups:
+            if not g & (g - 1):
+                continue
+            c = cost.cost(g)
+            if c.tiles <= 1:
+                continue
+            extra = (c.tiles - 1) * sum(self._share[i] for i in bits(g))
+            qs = [self._q[i] for i in bits(g) if i in self._q]
+            if sum(x[q] for q in qs) + 0.5 >= extra:
+                continue
+            tau = self.least_tiles(g)
+            levels, level = set(), tau
+            while level >= 2:  # halving: smaller cores bind every group that holds them
+                levels.add(level)
+                level = (level + 1) // 2 if level > 2 else 1
+            for level in sorted(levels):
+                if level < 2:
+                    continue
+                core = self._heavy_core(g, level)
+                for i in bits(g):
+                    if i in self._q:
+                        a = self._share[i] * (level - 1)
+                        coefs = {self._q[i]: 1.0}
+                        self._plus(coefs, dict.fromkeys(self._connector(core | 1 << i), 1.0), a)
+                        added += self._add(coefs, lo=a)
+            if tau < c.tiles:  # Σ q ≥ extra·[exactly g]
+                coefs = dict.fromkeys(qs, 1.0)
+                ind, const = self._exactly(g)
+                self._plus(coefs, ind, -extra)
+                added += self._add(coefs, lo=extra * const)
+        return added
+
+    # ---- the loop --------------------------------------------------------------------
+    def _integral(self) -> bool:
+        """Whether every plan's relaxed objective is an integer (then bounds round up)."""
+        return all(float(c).is_integer() for c in self.m.cost) and all(
+            float(s).is_integer() for s in self._share
+        )
+
+    def solve(self, time_limit: float = 20.0, max_rounds: int | None = None) -> BoundResult:
+        from .plan import _components
+
+        fg, cost, m = self.fg, self.cost, self.m
+        e = cost.element_bytes
+        start = time.perf_counter()
+        integral = self._integral()
+        lower = 0.0  # elements
+        best_plan, best_dram = None, None  # elements
+        rounds = cuts = 0
+        log: list[str] = []
+        while True:
+            left = time_limit - (time.perf_counter() - start)
+            if left <= 0 or rounds == max_rounds:
+                break
+            res = m.solve(left)
+            rounds += 1
+            bound = getattr(res, "mip_dual_bound", None)
+            if bound is None or not np.isfinite(bound):
+                bound = res.fun if res.status == 0 else None
+            if bound is not None:
+                bound += m.constant
+                bound = np.ceil(bound - 1e-6) if integral else bound - 1e-6 * abs(bound)
+                lower = max(lower, bound)
+            if res.x is None:
+                break
+            x = res.x
+            uncut = [fg.edges[k] for k in range(len(fg.edges)) if x[k] < 0.5]
+            groups = _components(fg.n, uncut, range(fg.n))
+            self._uncut = [[] for _ in range(fg.n)]
+            for u, v in uncut:
+                self._uncut[u].append(v)
+                self._uncut[v].append(u)
+            owner = [0] * fg.n
+            for k, g in enumerate(groups):
+                for i in bits(g):
+                    owner[i] = k
+            added = 0
+            for k, (u, v) in enumerate(fg.edges):  # cut, yet its ends share a group: a cycle row
+                if x[k] > 0.5 and owner[u] == owner[v]:
+                    coefs = dict.fromkeys(self._connector(1 << u | 1 << v), -1.0)
+                    coefs[k] = 1.0
+                    added += self._add(coefs, hi=0)
+            invalid = [g for g in groups if g & (g - 1) and not cost.valid(g)]
+            for g in invalid:
+                for s in self.minimal_invalid_sets(g):
+                    added += self._cover(s)
+            for g in groups:
+                if g & (g - 1):
+                    added += self._convexity(g)
+            if not invalid and not added and topological_groups(fg, groups) is not None:
+                dram = sum(cost.cost(g).dram_bytes for g in groups) // e
+                if best_dram is None or dram < best_dram:
+                    best_plan, best_dram = groups, dram
+                if best_dram <= lower:
+                    log.append(f"round {rounds}: optimal, {dram * e} B")
+                    break
+                added += self._read_cuts(owner, groups, x)
+                if isinstance(cost, BRR):
+                    added += self._tile_cuts(groups, x)
+            log.append(
+                f"round {rounds}: bound {lower * e:.0f} B, {len(groups)} groups, {len(invalid)} invalid, "
+                f"+{added} rows, {time.perf_counter() - start:.1f} s"
+            )
+            cuts += added
+            if not added:
+                break  # nothing left to separate: the bound stands
+        exact = best_dram is not None and best_dram <= lower
+        lower_bytes = best_dram * e if exact else int(np.floor(lower * e))
+        return BoundResult(
+            lower_bytes,
+            exact,
+            best_plan,
+            None if best_dram is None else best_dram * e,
+            rounds,
+            cuts,
+            time.perf_counter() - start,
+            log,
+        )
+
+
+def cut_bound(cost: CostModel, time_limit: float = 20.0, max_rounds: int | None = None) -> BoundResult:
+    """The certified lower bound of ``cost``'s least DRAM (see the module docstring), after
+    at most ``time_limit`` seconds and ``max_rounds`` rounds (every round's bound holds)."""
+    return CutBound(cost).solve(time_limit, max_rounds)
