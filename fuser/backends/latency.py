@@ -186,9 +186,12 @@ class _TVMBuild:
     sources: dict[str, str]
 
 
-def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, cpu=None) -> _TVMBuild:
-    """An llvm build for this CPU or ``cpu`` (tuned when ``tuning`` is given), with its
-    per-kernel timer and overhead measurement. A ``cpu`` with instruction sets this machine
+def _tvm_runner(
+    graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=None, cpu=None, tiling=None
+) -> _TVMBuild:
+    """An llvm build for this CPU or ``cpu`` (tuned when ``tuning`` is given; ``tiling``:
+    plan group id -> TileHint for depth-first group kernels), with its per-kernel timer and
+    overhead measurement. A ``cpu`` with instruction sets this machine
     lacks is refused before anything runs: its code would die with SIGILL."""
     from fuser.backends import tvm as tb
     from fuser.backends.tvm.cpu import check_features
@@ -198,7 +201,7 @@ def _tvm_runner(graph: Graph, x: np.ndarray, threads: int, groups=None, tuning=N
     check_features(record["cpu"], record["cpu_features"], f"tvm --cpu {cpu}")
     start = time.perf_counter()
     mod = tb.to_relax(graph, groups)
-    fused = tb.fuse(mod, target, planned=bool(groups))
+    fused = tb.fuse(mod, target, planned=bool(groups), tiling=tiling)
     if tuning is not None:
         fused = tuning(fused, target)
     fused = tb.schedule(fused, target)
@@ -256,12 +259,14 @@ def run_report(
     plan_groups: list[dict] | None = None,
     tuning=None,
     cpu: str | None = None,
+    tiling=None,
     on_step: Callable[[str], None] = lambda s: None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Report:
     """Time ``graph`` on each of ``backends`` (names from BACKENDS); TVM builds for this
-    CPU or ``cpu`` (an LLVM name). A backend that cannot build or run the model gets a
-    row with the reason (``Timing.error``) and the others are still timed."""
+    CPU or ``cpu`` (an LLVM name), ``tiling`` as in ``tvm.build.fuse``. A backend that
+    cannot build or run the model gets a row with the reason (``Timing.error``) and the
+    others are still timed."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise FuserError(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
@@ -291,7 +296,7 @@ def run_report(
                 runs[name] = _ort_runner(graph, x, threads)
             else:
                 builds[name] = _tvm_runner(
-                    graph, x, threads, groups, tuning if name == "tvm-tuned" else None, cpu
+                    graph, x, threads, groups, tuning if name == "tvm-tuned" else None, cpu, tiling
                 )
                 runs[name] = builds[name].run
                 rows[name].build_s = builds[name].build_s

@@ -1,4 +1,6 @@
-"""Block-fusion reports (``fuser.blockfusion.blocks_report``) as tables: blocks with their
+"""Block-fusion reports (``fuser.blockfusion.blocks_report``) as tables: the residual blocks
+found by structure (what each computes, fused as one depth-first TVM kernel or why not, the
+check against ORT when run), then the CUDA templates' cross-check: blocks with their
 DRAM and roofline unfused -> fused, the groups not fused and why, the efficiency gap per
 kernel when measured, and the waterline totals."""
 
@@ -14,14 +16,46 @@ from .format import bytes_pair, us
 from .text import plain
 
 
+def residual_table(report: dict) -> Table:
+    """The residual blocks found by structure: what each computes, whether it became one
+    depth-first TVM kernel (and why not), and the checks against ORT when run."""
+    blocks = report.get("residual_blocks", [])
+    checks = {c["block"]: c for c in report.get("residual_checks", [])}
+    title = Text()
+    title.append(plain(report["model"]))
+    title.append(
+        f": {len(blocks)} residual blocks found by structure, "
+        f"{sum(1 for b in blocks if b['fused'])} fused, each one depth-first TVM kernel"
+    )
+    t = Table(title=title, title_justify="left")
+    for col in ("block", "kind", "computes", "fused", "why / how", *(["TVM vs ORT"] if checks else [])):
+        t.add_column(col, overflow="fold")
+    for b in blocks:
+        if b["inside"]:
+            state, why = "inside", f"part of {b['inside']}"
+        elif b["fused"]:
+            state, why = ("split" if b["stages"] > 1 else "yes"), b["reason"]
+        else:
+            state, why = "no", b["reason"]
+        if b["template"]:
+            why = (why + "; " if why else "") + f"CUDA template {b['template']} covers it"
+        row = [plain(b["name"]), b["kind"], plain(b["description"]), state, plain(why)]
+        if checks:
+            c = checks.get(b["name"])
+            row.append("-" if c is None else f"{c['rel_err']:.1e}")
+        t.add_row(*row)
+    return t
+
+
 def blocks_view(report: dict) -> Lines:
     """Everything ``fuser blocks`` prints."""
     dev = report["device"]
     title = Text()
     title.append(plain(report["model"]))
     title.append(
-        f": {len(report['blocks'])} fusable blocks, {report['kernels']} distinct kernels "
-        f"(model for {dev['name']}, {report['elem_bytes']}-byte storage)"
+        f": CUDA templates (a cross-check of those kernels): {len(report['blocks'])} blocks, "
+        f"{report['kernels']} distinct kernels (model for {dev['name']}, {report['elem_bytes']}-byte "
+        "storage)"
     )
     t = Table(title=title, title_justify="left")
     for col in ("block", "shape", "tile", "MACs", "DRAM unfused→fused", "I (flop/B)", "roofline µs"):
@@ -37,9 +71,9 @@ def blocks_view(report: dict) -> Lines:
             f"{r['intensity_unfused']:.0f}→{r['intensity_fused']:.0f}",
             f"{us(unfused_roof)}→{us(r['fused']['roofline_s'])}",
         )
-    parts = [t]
+    parts = [residual_table(report), t] if "residual_blocks" in report else [t]
     if report["not_fused"]:
-        nt = Table(title="not fused", title_justify="left")
+        nt = Table(title="no CUDA template", title_justify="left")
         nt.add_column("nodes")
         nt.add_column("reason")
         for r in report["not_fused"]:

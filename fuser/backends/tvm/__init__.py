@@ -8,8 +8,9 @@
 Modules, by concern: ``converters/`` (one Relax converter per op, by op family,
 registered into ``fuser.ir.ops``), ``lower`` (Graph -> IRModule), ``cpu`` (what this
 x86 CPU runs), ``target`` (llvm CPU and cuda arch), ``build`` (kernel formation and
-compilation), ``runtime`` (the VM behind a numpy call, per-kernel timing), ``artifact``
-(build folders), ``tuning`` (MetaSchedule).
+compilation), ``depthfirst`` (depth-first schedules of fused kernels: row tiles, line
+buffers), ``cachesim`` (DRAM bytes per kernel on a simulated cache), ``runtime`` (the VM
+behind a numpy call, per-kernel timing), ``artifact`` (build folders), ``tuning`` (MetaSchedule).
 """
 
 from .build import (
@@ -17,6 +18,7 @@ from .build import (
     build_fused,
     compile_graph,
     cuda_source,
+    depth_first_reports,
     fuse,
     fuse_passes,
     kernel_calls,
@@ -25,6 +27,7 @@ from .build import (
 )
 from .common import require_tvm, tvm_version
 from .cpu import host_features, missing_cpu_features, portable_cpu
+from .depthfirst import TileHint
 from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
 from .runtime import TVMModel, aligned_empty, null_kernels, time_kernels, value_specs
 from .schedules import schedule_sources
@@ -33,12 +36,14 @@ from .target import cuda_available, host_cpu, make_target, target_record
 __all__ = [
     "GROUP_FUNC_PREFIX",
     "TVMModel",
+    "TileHint",
     "aligned_empty",
     "build",
     "build_fused",
     "compile_graph",
     "cuda_available",
     "cuda_source",
+    "depth_first_reports",
     "fuse",
     "fuse_passes",
     "host_cpu",

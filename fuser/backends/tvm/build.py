@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from fuser.ir import Graph
@@ -14,12 +15,13 @@ from .runtime import TVMModel, value_specs
 from .target import make_target
 
 
-def fuse_passes(target, planned: bool, schedules: bool = True) -> list:
+def fuse_passes(target, planned: bool, schedules: bool = True, dlight: bool = True) -> list:
     """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops.
 
     llvm with ``schedules``: blocked conv layouts with weights prepacked (``layout``;
     not for plan builds, whose groups take their weights as arguments) and the TE
-    computes fuser's schedule rules know; the rules themselves run in ``schedule``."""
+    computes fuser's schedule rules know; the rules themselves run in ``schedule``.
+    cuda with ``dlight``: TVM's dlight GPU rules for kernels nobody scheduled."""
     cpu = schedules and target.kind.name == "llvm"
     seq = []
     if cpu and not planned:
@@ -32,7 +34,7 @@ def fuse_passes(target, planned: bool, schedules: bool = True) -> list:
     if not planned:
         seq.append(relax.transform.FuseOps())
     seq += [relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
-    if target.kind.name == "cuda":
+    if dlight and target.kind.name == "cuda":
         from tvm.s_tir import dlight as dl
 
         seq.append(
@@ -47,21 +49,64 @@ def fuse_passes(target, planned: bool, schedules: bool = True) -> list:
     return seq
 
 
-def fuse(mod, target, planned: bool | None = None, schedules: bool = True):
+def fuse(
+    mod,
+    target,
+    planned: bool | None = None,
+    tiling: Mapping | None = None,
+    default_tile=None,
+    schedules: bool = True,
+):
     """The IRModule after legalization and kernel formation (one PrimFunc per kernel);
-    ``schedules=False``: TVM's plain pipeline (NCHW, no fast math), for comparison."""
+    ``schedules=False``: TVM's plain pipeline (NCHW, no fast math), for comparison.
+
+    ``tiling``: plan group id -> ``depthfirst.TileHint``: those groups' kernels get
+    depth-first schedules (``fuser.backends.tvm.depthfirst``), whose inner loops are
+    fuser's CPU default schedules on llvm; ``default_tile``: the hint for every other
+    kernel (None: left to the default schedules, ``schedule``). Their reports are in
+    ``depth_first_reports(fused)``. With ``default_tile`` the layout passes are off (the
+    depth-first rules tile NCHW rows)."""
     if planned is None:
         planned = any(
             isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs
             for f in mod.functions.values()
         )
+    depth_first = bool(tiling) or default_tile is not None
     with target:
-        return tvm.transform.Sequential(fuse_passes(target, planned, schedules))(mod)
+        layout_ok = schedules and default_tile is None
+        fused = tvm.transform.Sequential(
+            fuse_passes(target, planned, schedules=layout_ok, dlight=not depth_first)
+        )(mod)
+        if not depth_first:
+            return fused
+        from .depthfirst import schedule_kernels
+        from .lower import group_kernels
+
+        kernel_of = group_kernels(mod)
+        hints = {kernel_of[g]: h for g, h in (tiling or {}).items() if g in kernel_of}
+        fused, _ = schedule_kernels(fused, hints, target, default_tile)
+        if target.kind.name == "cuda":  # dlight for what depth-first left unscheduled
+            fused = tvm.transform.Sequential(fuse_passes(target, True)[-1:])(fused)
+        return fused
+
+
+def depth_first_reports(fused_mod) -> dict[str, dict]:
+    """Kernel -> what its depth-first schedule did (``depthfirst.KernelSchedule.to_dict``)."""
+    import json
+
+    from .depthfirst import SCHEDULED_ATTR
+
+    return {
+        gv.name_hint: json.loads(str(f.attrs[SCHEDULED_ATTR]))
+        for gv, f in fused_mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and SCHEDULED_ATTR in f.attrs
+    }
 
 
 def schedule(fused, target, schedules: bool = True):
     """``fused`` with fuser's default schedules (``schedules/``) on every llvm kernel that
-    tuning or another schedule has not scheduled yet; ``schedule_sources`` says which."""
+    tuning or another schedule (depth-first) has not scheduled yet; ``schedule_sources``
+    says which."""
     if not schedules or target.kind.name != "llvm":
         return fused
     from .schedules import apply_default_schedules
@@ -97,13 +142,19 @@ def _finalize_pipeline(target):
     return tvm.transform.Sequential(be.dataflow_lower_passes(target) + be.finalize_passes(target))
 
 
-def build(mod, target: str | Any = "llvm", planned: bool | None = None, schedules: bool = True):
+def build(
+    mod,
+    target: str | Any = "llvm",
+    planned: bool | None = None,
+    tiling: Mapping | None = None,
+    schedules: bool = True,
+):
     """Compile a Relax module (from ``to_relax``) to a tvm Executable for llvm or cuda
-    (``schedules``: fuser's CPU layouts and default schedules; see ``fuse``)."""
+    (``schedules``: fuser's CPU layouts and default schedules; ``tiling``: see ``fuse``)."""
     require_tvm()
     if isinstance(target, str):
         target = make_target(target)
-    return build_fused(fuse(mod, target, planned, schedules), target, schedules)
+    return build_fused(fuse(mod, target, planned, tiling, schedules=schedules), target, schedules)
 
 
 def build_fused(fused, target, schedules: bool = True):
@@ -136,11 +187,13 @@ def cuda_source(executable) -> str:
     return "\n".join(m.inspect_source("") for m in _modules(executable.mod) if m.kind == "cuda")
 
 
-def compile_graph(graph: Graph, target: str = "llvm", groups=None, schedules: bool = True) -> TVMModel:
+def compile_graph(
+    graph: Graph, target: str = "llvm", groups=None, tiling: Mapping | None = None, schedules: bool = True
+) -> TVMModel:
     """to_relax + build + TVMModel in one call (the graph is run as given: call
-    fuser.optimize first to fold BatchNorm)."""
+    fuser.optimize first to fold BatchNorm). ``tiling``: group id -> TileHint (see ``fuse``)."""
     mod = to_relax(graph, groups)
-    ex = build(mod, target, planned=bool(groups), schedules=schedules)
+    ex = build(mod, target, planned=bool(groups), tiling=tiling, schedules=schedules)
     return TVMModel(
         ex, value_specs(graph.inputs), value_specs(graph.outputs), "cuda" if target == "cuda" else "cpu"
     )

@@ -53,6 +53,13 @@ def _bytes(n) -> str:
     "as its OS reports it); one whose instruction sets this CPU lacks gets a failed row.",
 )
 @click.option(
+    "--dram",
+    is_flag=True,
+    help="With --plan: also run the plan-driven build once under valgrind's cachegrind "
+    "(a cache of 2x the plan's buffer) and show per group its ops, the plan's predicted "
+    "DRAM bytes, the simulated ones and the kernel's time (minutes: the run is simulated).",
+)
+@click.option(
     "--tune-trials",
     type=int,
     default=0,
@@ -81,6 +88,7 @@ def command(
     warmup,
     repeat,
     plan_path,
+    dram,
     tune_trials,
     tuning_db,
     cpu,
@@ -110,6 +118,7 @@ def command(
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --threads 2 --json
       fuser bench zoo:resnet18 --backends ort,tvm --cpu x86-64-v3
       fuser bench zoo:mobilenet_v2 --backends ort,tvm --plan plan.json --kernels 60
+      fuser bench zoo:mobilenet_v2 --input-shape 1,3,64,64 --backends tvm --plan p.json --dram
       fuser bench zoo:mobilenet_v2 --backends ort,tvm,tvm-tuned --tune-trials 500 \\
           --tuning-db db --rpc-tracker 10.0.0.5:9190 --rpc-key epyc-9004
     """
@@ -139,11 +148,15 @@ def command(
     graph = load_graph(model, input_shapes)
     with status("optimizing"):
         graph = optimize(graph).graph
-    groups = plan = None
+    groups = plan = tiling = None
+    if dram and not plan_path:
+        raise FuserError("--dram needs --plan PLAN (it compares the plan's groups with the build)")
     if plan_path:
-        from fuser.fusion.plan import plan_groups
+        from fuser.fusion.plan import Plan, plan_groups
+        from fuser.fusion.tiling import tile_hints
 
         groups, plan = plan_groups(plan_path, graph)
+        tiling = tile_hints(Plan.load(plan_path), threads)
     with status("benchmarking"):
         report = tvm_latency.run_report(
             graph,
@@ -155,12 +168,26 @@ def command(
             plan_groups=plan,
             tuning=tuning if tuning_db else None,
             cpu=cpu,
+            tiling=tiling,
             on_step=lambda s: err.print(f"[dim]{s}[/]") if not as_json else None,
         )
+    traffic = None
+    if dram:
+        from fuser.fusion.measured import measure_plan
+        from fuser.fusion.plan import Plan
+
+        with status("simulating the plan-driven build's DRAM traffic under cachegrind"):
+            traffic = measure_plan(graph, Plan.load(plan_path), fuseops=False)
     if as_json:
-        emit_json(report.to_dict())
+        data = report.to_dict()
+        if traffic is not None:
+            data["groups"] = _group_rows(traffic, report)
+            data["dram"] = {k: v for k, v in traffic.to_dict().items() if k != "groups"}
+        emit_json(data)
     else:
         _print_report(model, report, repeat, top_kernels)
+        if traffic is not None:
+            _print_traffic(traffic, report)
     if report.failed:
         failed = ", ".join(t.backend for t in report.failed)
         err.print(f"{len(report.failed)} of {len(report.timings)} backends failed: {escape(failed)}")
@@ -210,3 +237,42 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
             row += [escape(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
         kt.add_row(*row)
     out.print(kt)
+
+
+def _print_traffic(traffic, report) -> None:
+    gt = Table(
+        title=f"plan groups: DRAM predicted vs simulated (cache {_bytes(traffic.cache_bytes)}); "
+        f"in all {_bytes(traffic.predicted_bytes)} vs {_bytes(traffic.measured_bytes)}",
+        title_justify="left",
+    )
+    for col in ("group", "ops", "predicted DRAM", "simulated DRAM", "ratio", "kernel ms"):
+        gt.add_column(col, justify="left" if col in ("group", "ops") else "right")
+    for row in _group_rows(traffic, report):
+        ops = ", ".join(row["ops"][:3]) + (f" +{len(row['ops']) - 3}" if len(row["ops"]) > 3 else "")
+        gt.add_row(
+            str(row["group"]),
+            escape(ops),
+            _bytes(row["predicted_bytes"]),
+            _bytes(row["measured_bytes"]),
+            "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
+            "-" if row["kernel_ms"] is None else f"{row['kernel_ms']:.4f}",
+        )
+    out.print(gt)
+
+
+def _group_rows(traffic, report) -> list[dict]:
+    """Per plan group: ops, predicted and simulated DRAM bytes, and its kernel's time per call
+    (a kernel several identical groups share runs once per group)."""
+    ms = {k.kernel: k.median_ms for k in report.kernels}
+    return [
+        {
+            "group": g.group,
+            "ops": g.ops,
+            "kernel": g.kernel,
+            "predicted_bytes": g.predicted_bytes,
+            "measured_bytes": g.measured_bytes,
+            "ratio": g.ratio,
+            "kernel_ms": ms.get(g.kernel),
+        }
+        for g in traffic.groups
+    ]

@@ -6,8 +6,25 @@ from __future__ import annotations
 import click
 
 from fuser.blockfusion.devices import DEVICE_NAMES
-from fuser.cli.common import emit_json, input_shape_option, json_option, load_graph, show, status
+from fuser.cli.common import (
+    emit_json,
+    input_shape_option,
+    json_option,
+    load_graph,
+    progress_bar,
+    show,
+    status,
+)
 from fuser.reports.text import plain
+
+
+def verify_with_progress(graph, blocks):
+    """blockfusion.verify.verify_blocks behind a progress bar (a TVM build per block)."""
+    from fuser.blockfusion.verify import verify_blocks
+
+    with progress_bar() as progress:
+        task = progress.add_task("building blocks with TVM", total=sum(b.fused for b in blocks))
+        return verify_blocks(graph, blocks, on_block=lambda i, n: progress.update(task, completed=i))
 
 
 @click.command("blocks")
@@ -29,6 +46,12 @@ from fuser.reports.text import plain
     "efficiency gap and the measured waterline.",
 )
 @click.option(
+    "--verify",
+    is_flag=True,
+    help="Build every fused block as one depth-first TVM kernel and compare it with ONNX Runtime "
+    "on the block's subgraph (and with the CUDA template's CPU reference where one covers it).",
+)
+@click.option(
     "--emit-cuda",
     "emit_dir",
     type=click.Path(file_okay=False),
@@ -42,21 +65,24 @@ from fuser.reports.text import plain
     metavar="PNG",
     help="Write a roofline plot: one point per kernel, unfused layers and fused blocks.",
 )
-def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
-    """Block fusion report for MODEL: one CUDA kernel per residual block.
+def command(model, input_shapes, as_json, device, measure, verify, emit_dir, plot_path):
+    """Block fusion report for MODEL: each residual block becomes one kernel.
 
-    MODEL is folded (BatchNorm into the convs) and searched for ConvFirst blocks
-    (grouped kxk -> 1x1 expand + act -> 1x1 project, + x), MBConv blocks without
-    squeeze-and-excite (1x1 expand -> depthwise kxk -> 1x1 project, + x) and
-    ResNet basic blocks. For each: MACs, DRAM bytes of the unfused layers and of
-    the fused kernel (input with its halo, output, weights), operational
-    intensity and roofline latency. Blocks that cannot be fused depth-first
-    (squeeze-and-excite, other global ops) are listed with the reason.
+    MODEL is folded (BatchNorm into the convs) and its residual blocks are found by
+    structure: single-entry, single-exit regions whose skip edge rejoins them (ResNet
+    basic and bottleneck, MBConv with or without squeeze-and-excite, ConvFirst,
+    ConvNeXt, YOLOv8 C2f and bottlenecks, PP-LCNet squeeze-excite, ShuffleNet units).
+    Each is listed with what it computes (activations named: SiLU, HardSwish, ...),
+    whether it is fused as one depth-first TVM kernel, and why not (ops TVM lacks,
+    attention mixing rows); squeeze-and-excite is fused split at its global pool.
+    Then the hand-written CUDA templates' report, a cross-check for the blocks they
+    cover: MACs, DRAM bytes unfused and fused, intensity, roofline latency.
 
     \b
     Examples:
-      fuser blocks zoo:convfirst                        # tables, H100 model
-      fuser blocks zoo:mobilenet_v2 --json              # blocks[].kind/ops/macs/dram_bytes_*
+      fuser blocks zoo:yolov8n                          # C2f blocks, SiLU named
+      fuser blocks zoo:mobilenet_v2 --verify            # each block's TVM kernel vs ORT
+      fuser blocks zoo:mobilenet_v2 --json              # residual_blocks[], blocks[] (templates)
       fuser blocks zoo:resnet18 --emit-cuda kernels/    # one .cu per distinct kernel
       fuser blocks zoo:convfirst --plot roofline.png    # roofline, fused vs unfused
       fuser blocks zoo:mobilenet_v2 --device cpu --measure   # efficiency gap on this CPU
@@ -64,6 +90,7 @@ def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
     """
     from fuser.api import optimize
     from fuser.blockfusion.report import blocks_report, emit_kernels, measurement_device
+    from fuser.blockfusion.structure import find_residual_blocks
     from fuser.reports.blocks import blocks_view
     from fuser.serde.files import atomic_write
 
@@ -72,8 +99,13 @@ def command(model, input_shapes, as_json, device, measure, emit_dir, plot_path):
     graph = load_graph(model, input_shapes)
     with status("folding BatchNorm into the convs"):
         graph = optimize(graph).graph
-    with status("finding blocks" + (" and timing them" if measure else "")):
+    with status("finding residual blocks"):
+        residual = find_residual_blocks(graph)
+    with status("costing the CUDA templates" + (" and timing them" if measure else "")):
         report = blocks_report(graph, device, measure)
+    report["residual_blocks"] = [b.to_dict() for b in residual]
+    if verify:
+        report["residual_checks"] = [c.to_dict() for c in verify_with_progress(graph, residual)]
     notes = []
     if emit_dir:
         manifest = emit_kernels(graph, emit_dir, device)

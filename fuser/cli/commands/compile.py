@@ -121,6 +121,14 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int, runner=None, 
     "one TVM kernel. Without it TVM's FuseOps chooses the kernels.",
 )
 @click.option(
+    "--depth-first/--no-depth-first",
+    default=True,
+    show_default=True,
+    help="With --plan: each group's kernel produces its last output row by row with every "
+    "producer in the same loop (LBDF line buffers, BRR tiles); --no-depth-first keeps TVM's "
+    "op-after-op loops inside the kernel.",
+)
+@click.option(
     "--tune-trials",
     type=int,
     default=0,
@@ -149,6 +157,7 @@ def command(
     cpu,
     input_shapes,
     plan_path,
+    depth_first,
     tune_trials,
     tuning_db,
     rpc_tracker,
@@ -211,7 +220,14 @@ def command(
     start = time.perf_counter()
     with status(f"lowering to Relax for {target}"):
         mod = tb.to_relax(graph, groups)
-        fused = tb.fuse(mod, tvm_target, planned=bool(groups), schedules=schedules)
+        tiling = None
+        if plan_path and depth_first:
+            from fuser.fusion.plan import Plan
+            from fuser.fusion.tiling import tile_hints
+
+            threads = int(tvm_target.attrs["num-cores"]) if target == "llvm" else 1
+            tiling = tile_hints(Plan.load(plan_path), threads)
+        fused = tb.fuse(mod, tvm_target, planned=bool(groups), tiling=tiling, schedules=schedules)
         kernels = tb.kernel_names(fused)
         group_kernels = tb.group_kernels(mod)
     tuning = None
@@ -244,6 +260,7 @@ def command(
                 "kernel_calls": tb.kernel_calls(fused),
                 "plan": plan_path,
                 "plan_groups": len(plan) if plan else None,
+                "depth_first": tb.depth_first_reports(fused) if tiling else None,
                 # group id -> kernel, and the kernels TVM shares between identical groups
                 "group_kernels": {str(g): k for g, k in group_kernels.items()} if plan else None,
                 "shared_kernels": tb.shared_kernels(group_kernels) if plan else None,

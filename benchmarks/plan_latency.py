@@ -1,0 +1,144 @@
+"""Plan-driven TVM builds against TVM's own FuseOps build, timed in one run, interleaved.
+
+Per case (MODEL@SIZE/bBATCH): ONNX Runtime for reference; ``tvm`` = FuseOps with fuser's CPU
+default schedules (blocked layouts, prepacked weights: what ``fuser compile`` builds without a
+plan); ``tvm plan`` = one depth-first kernel per group of an LBDF plan made for ``--buffer``
+(default: this host's L2 per core, read from /sys), its other kernels on the default
+schedules; ``tvm plan, no tiling`` = the same groups as plain FuseTIR kernels (the plan
+changes kernel boundaries only). Same schedules, no tuning for all TVM builds. Each median's
+ratio to the FuseOps build is printed (> 1: slower). Writes benchmarks/results/plan_latency.txt.
+
+    python benchmarks/plan_latency.py                                    # resnet18@224/b1
+    python benchmarks/plan_latency.py --cases mobilenet_v2@224/b1,mobilenet_v2@224/b8
+    python benchmarks/plan_latency.py --cpu-time                         # loaded machine: 1 thread, CPU time
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "plan_latency.txt"
+SPEEDUP_TARGET = 1.2  # the issue: plan-driven >= 1.2x faster than FuseOps (MobileNetV2 at 224)
+
+
+def parse_case(text: str) -> tuple[str, int, int]:
+    name, rest = text.split("@")
+    size, batch = rest.split("/b")
+    return name, int(size), int(batch)
+
+
+def _tvm(graph, target, groups=None, tiling=None):
+    from fuser.backends import tvm as tb
+
+    start = time.perf_counter()
+    mod = tb.to_relax(graph, groups)
+    fused = tb.fuse(mod, target, planned=bool(groups), tiling=tiling)
+    model = tb.TVMModel(
+        tb.build_fused(fused, target), tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
+    )
+    return model, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="resnet18@224/b1", help="comma list of MODEL@SIZE/bBATCH")
+    ap.add_argument("--buffer", help="the plan's buffer (default: this host's L2 per core)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-untiled", action="store_true", help="skip the plan build without depth-first")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="1 thread, each call timed by process CPU time (loaded machine)",
+    )
+    ap.add_argument("--output", default=str(RESULTS))
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    import fuser
+    from fuser.backends import tvm as tb
+    from fuser.backends.latency import interleaved
+    from fuser.backends.tvm.schedules import host_caches
+    from fuser.fusion.api import partition
+    from fuser.fusion.tiling import tile_hints
+    from fuser.models import create, input_shape
+    from fuser.units import format_size, human_bytes, parse_size
+
+    threads = 1 if args.cpu_time else args.threads
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    buffer = parse_size(args.buffer) if args.buffer else host_caches()[2]
+    out = Console(record=True, width=140)
+    out.print(
+        f"plan-driven vs FuseOps TVM builds, untuned, default schedules; {platform.machine()}, "
+        f"{threads} threads, {'process CPU time' if args.cpu_time else 'wall clock'}, median of "
+        f"{args.repeat}, interleaved; plan: LBDF for a {format_size(buffer)} buffer"
+        + ("" if args.buffer else " (this host's L2 per core)")
+    )
+    target = tb.make_target("llvm", threads=threads)
+    torch.set_num_threads(threads)
+    summary = []
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        name, size, batch = parse_case(case)
+        shape = list(input_shape(name))
+        shape[0], shape[2:] = batch, [size, size]
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        graph = fuser.optimize(create(name, seed=0).eval(), (x,)).graph
+        plan = partition(graph, buffer=buffer, style="lbdf", search="greedy", element_bytes=4)
+        owner = {op: gid for gid, g in enumerate(plan.groups) for op in g.ops}
+        xn = x.numpy()
+        builds = {"tvm": _tvm(graph, target)}
+        builds["tvm plan"] = _tvm(graph, target, owner, tile_hints(plan, threads))
+        if not args.no_untiled:
+            builds["tvm plan, no tiling"] = _tvm(graph, target, owner)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        session = ort.InferenceSession(fuser.to_onnx(graph).SerializeToString(), so)
+        feeds = {graph.inputs[0].name: xn}
+        ref = session.run(None, feeds)[0]
+        runs = {"ort": lambda s=session, f=feeds: s.run(None, f)}
+        errs = {}
+        for label, (model, _) in builds.items():
+            got = model(xn)[0]
+            errs[label] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+            runs[label] = lambda m=model, a=xn: m(a)
+        times = interleaved(runs, args.warmup, args.repeat, clock)
+        base = statistics.median(times["tvm"])
+        t = Table(
+            title=f"{case}: {len(plan.groups)} plan groups, plan DRAM {human_bytes(plan.dram_bytes)}",
+            title_justify="left",
+        )
+        for col in ("build", "median ms", "min..max ms", "vs FuseOps", "build s", "rel err vs ORT"):
+            t.add_column(col, justify="left" if col == "build" else "right")
+        for label, ts in times.items():
+            med = statistics.median(ts)
+            t.add_row(
+                label,
+                f"{med:.2f}",
+                f"{min(ts):.2f}..{max(ts):.2f}",
+                f"{med / base:.2f}x",
+                f"{builds[label][1]:.0f}" if label in builds else "-",
+                f"{errs[label]:.1e}" if label in errs else "-",
+            )
+        out.print(t)
+        speedup = base / statistics.median(times["tvm plan"])
+        summary.append(f"  {case}: plan-driven {speedup:.2f}x the FuseOps build's speed")
+    out.print(f"target (MobileNetV2 at 224, b1 and b8): plan-driven >= {SPEEDUP_TARGET}x faster than FuseOps")
+    for line in summary:
+        out.print(line)
+    Path(args.output).write_text(out.export_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,895 @@
+"""Depth-first schedules for fused kernels: the last op's output is produced tile by tile
+(rows, or rows x output-channel blocks), and every producer in the kernel is computed inside
+that tile loop, so intermediates live in small line buffers instead of whole tensors.
+
+    func, report = depth_first(prim_func, TileHint("lbdf", buffer_bytes=128 << 10), target)
+    mod, reports = schedule_kernels(fused_mod, {"fuser_group_3": TileHint("brr", tiles=4)}, target)
+
+Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other kernel):
+
+1. Inline. A spatial block is inlined into its consumers when none of them is a reduction
+   (an elementwise chain becomes one epilogue); a plain copy (a pad that pads nothing, a
+   reshape, a split) is inlined into any consumer. A real pad (and a concat: both select) is
+   kept: it is the line buffer of the op after it, and the activation before it is inlined into
+   it. An output block is reverse-inlined into its one spatial producer when it can be (the
+   residual Add joins the epilogue of the last conv).
+2. Anchors and tiles. Every output block whose tensor has rows (rank >= 4, H > 1) is an
+   anchor; an output the kernel also reads itself is split with ``cache_write`` into an
+   internal block and a copy, the copy being the anchor. Each anchor's loops become
+   (batch, band, tile, rows of the tile, the rest), shared by all anchors (``merge``), each
+   taking ceil(H / tiles) rows per tile. LBDF: one row of the last output per tile (the cost
+   model's sink = 1 row); BRR: the plan's T* tiles. Bands split the rows between threads at
+   batch 1 (each band starts its line buffers afresh). Channel-major instead, (batch, channel
+   block, tile, ...), for one anchor when: (a) no op reduces over channels (elementwise,
+   depthwise, pooling chains): one channel at a time, whose rows are contiguous, where a row
+   of all channels touches a cache line per channel; (b) a single weighted op whose weights
+   exceed 3/4 of the planned buffer: blocks of output channels whose weights are read once, as
+   the cost model's single-op baseline assumes, where rows would stream all weights per tile
+   (the input stays on chip across blocks, and blocks run in parallel); when the input does
+   not fit but the output does, it is not tiled at all: its reduction loops go outermost, the
+   output accumulates on chip, and inputs and weights stream once.
+3. Producers, last first, are computed at the tile loop (``compute_at``) when all their
+   consumers are already under it. Held back: blocks whose output is a vector rather than a
+   map (global pools, squeeze-and-excite vectors, flattened features: a tile would recompute
+   them whole) and, through them, what they read. A held
+   block with rows whose consumers are all settled starts a stage of its own, an earlier tile
+   loop: the tensor a global pool reads is produced whole, tile by tile, before the pool (the
+   cost model's barrier rule). Blocks that fit no stage stay whole, in program order.
+4. Inner loops: ``inner(sch, blocks, target)`` schedules the loops inside the tiles (default
+   ``default_inner``; the CPU default schedules replace it), then batch x bands becomes the
+   parallel loop (llvm) or blockIdx.x (cuda; inner loops bound to threadIdx.x).
+5. Line buffers. Each intermediate written under a tile loop keeps only its window: E rows
+   (what one tile reads of it), indexed ``row mod E``. LBDF rolls: a producer computes only the
+   rows the previous tile has not (predicate ``tile == 0 or row - first >= E - S``, S rows
+   advanced per tile), so every row is computed once. BRR recomputes each tile's halo (Optimus).
+   A one-element store before the tile loop keeps the buffer's allocation outside it (it lives
+   across tiles); it is added last, as it makes the producer no longer the buffer's only writer.
+   TVM's ``rolling_buffer`` does this only for windows that start exactly at ``tile * S`` (a
+   padded window starts at ``tile * S - pad``) and marks every block's row axis opaque, which
+   stops all other buffers from compacting, so the rewrite is done here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fuser.ir import FuserError
+
+from .common import require_tvm, tvm
+
+STYLES = ("lbdf", "brr")
+SCHEDULED_ATTR = "fuser.depth_first"  # PrimFunc attribute: the schedule report (JSON)
+CUDA_THREADS = 128
+LINE_BYTES = 64  # cache line
+CUDA_ROWS_PER_BAND = 4
+REDUCE = 2  # IterVar.iter_type of a reduction axis
+TILE_ANNOTATION = "fuser.tile"  # marks tile loops: inner rules schedule only the loops below
+TILE_DEPTH = 2  # an anchor's loops: batch, band (or channel block), tile, ...
+
+
+@dataclass(frozen=True)
+class TileHint:
+    """How to tile one kernel.
+
+    ``style``: lbdf (one row per tile, rolling line buffers) or brr (``tiles`` tiles of the
+    last output, halos recomputed). ``buffer_bytes``: the on-chip buffer the plan assumed (it
+    sizes channel blocks; None: no channel blocking). ``threads``: CPU threads.
+    """
+
+    style: str = "lbdf"
+    tiles: int | None = None
+    buffer_bytes: int | None = None
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise FuserError(f"tile style '{self.style}': choose one of {', '.join(STYLES)}")
+
+
+@dataclass
+class Stage:
+    """One tile loop of a kernel: its anchors, how it is split and the blocks inside it."""
+
+    anchors: list[str]
+    tiles: int
+    bands: int = 1
+    channel_blocks: int = 1
+    blocks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KernelSchedule:
+    """What ``depth_first`` did to one kernel (plain data for reports)."""
+
+    kernel: str
+    style: str
+    stages: list[Stage] = field(default_factory=list)
+    line_buffers: dict[str, int] = field(default_factory=dict)  # writer block -> rows its buffer keeps
+    whole: list[str] = field(default_factory=list)  # intermediates kept whole
+    note: str = ""
+
+    @property
+    def tiled(self) -> bool:
+        return bool(self.stages)
+
+    def to_dict(self) -> dict:
+        return {
+            "kernel": self.kernel,
+            "style": self.style,
+            "tiled": self.tiled,
+            "stages": [vars(s) for s in self.stages],
+            "line_buffers": self.line_buffers,
+            "whole": self.whole,
+            "note": self.note,
+        }
+
+
+# ---- IR queries ---------------------------------------------------------------------------
+def _sblock_types():
+    from tvm.s_tir import SBlock, SBlockRealize
+
+    return SBlock, SBlockRealize
+
+
+def _substitute(expr, pairs):
+    """``expr`` with each Var of ``pairs`` (var, value) replaced."""
+    import tvm_ffi
+
+    def swap(v):
+        return next((value for var, value in pairs if v.same_as(var)), v)
+
+    return tvm_ffi.structural_map(expr, (tvm.ir.expr.Var, swap))
+
+
+def _uses(expr, var) -> bool:
+    import tvm_ffi
+
+    found = []
+    tvm_ffi.structural_walk(expr, (tvm.ir.expr.Var, lambda v: found.append(v) if v.same_as(var) else None))
+    return bool(found)
+
+
+def _realizes(stmt) -> list[tuple]:
+    """(SBlockRealize, enclosing For loops) for every block under ``stmt``, in program order."""
+    _, SBlockRealize = _sblock_types()
+    tirx = tvm.tirx
+    out = []
+
+    def visit(s, loops):
+        if isinstance(s, SBlockRealize):
+            out.append((s, loops))
+            visit(s.block.body, loops)
+        elif isinstance(s, tirx.For):
+            visit(s.body, (*loops, s))
+        elif isinstance(s, tirx.SeqStmt):
+            for x in s.seq:
+                visit(x, loops)
+        elif isinstance(s, tirx.IfThenElse):
+            visit(s.then_case, loops)
+            if s.else_case is not None:
+                visit(s.else_case, loops)
+
+    visit(stmt, ())
+    return out
+
+
+def _shape(buf) -> list[int]:
+    return [int(d) for d in buf.ty.shape]
+
+
+def _row_axis(buf) -> int | None:
+    """The row axis of a buffer (shape[-2] for rank >= 4 with more than one row), or None."""
+    shape = _shape(buf)
+    return len(shape) - 2 if len(shape) >= 4 and shape[-2] > 1 else None
+
+
+def _stores(block) -> list:
+    import tvm_ffi
+
+    out = []
+    tvm_ffi.structural_walk(block.body, (tvm.tirx.BufferStore, out.append))
+    return out
+
+
+def _loads(block) -> list:
+    import tvm_ffi
+
+    out = []
+    tvm_ffi.structural_walk(block.body, (tvm.ir.expr.TensorLoad, out.append))
+    return out
+
+
+class _Kernel:
+    """A Schedule with the queries the rules need."""
+
+    def __init__(self, sch):
+        self.sch = sch
+
+    @property
+    def root(self):
+        return self.sch.get_sblock("root")
+
+    def same(self, a, b) -> bool:
+        """Whether two loop or block handles name the same statement."""
+        return self.sch.get(a).same_as(self.sch.get(b))
+
+    def blocks(self) -> list:
+        return list(self.sch.get_child_blocks(self.root))
+
+    def name(self, b) -> str:
+        return self.sch.get(b).name_hint
+
+    def is_reduction(self, b) -> bool:
+        return any(int(iv.iter_type) == REDUCE for iv in self.sch.get(b).iter_vars)
+
+    def written(self, b):
+        return self.sch.get(b).writes[0].source
+
+    def has_rows(self, b) -> bool:
+        return _row_axis(self.written(b)) is not None
+
+    def height(self, b) -> int:
+        buf = self.written(b)
+        return _shape(buf)[_row_axis(buf)]
+
+    def is_output(self, b) -> bool:
+        block = self.sch.get(b)
+        return any(self.sch.get(o).same_as(block) for o in self.sch.get_output_blocks(self.root))
+
+    def _value(self, b):
+        body = self.sch.get(b).body
+        return body.value if isinstance(body, tvm.tirx.BufferStore) else None
+
+    def selects(self, b) -> bool:
+        """A spatial block choosing between inputs or a constant: a real pad, a concat."""
+        value = self._value(b)
+        return value is not None and "if_then_else" in str(value)
+
+    def is_copy(self, b) -> bool:
+        return isinstance(self._value(b), tvm.ir.expr.TensorLoad)
+
+    def realize(self, b):
+        block = self.sch.get(b)
+        return next(r for r, _ in _realizes(self.sch.mod["main"].body) if r.block.same_as(block))
+
+    def bound(self, b, expr):
+        """``expr`` (in ``b``'s block vars) in terms of the loop vars around ``b``."""
+        r = self.realize(b)
+        return _substitute(expr, [(iv.var, v) for iv, v in zip(r.block.iter_vars, r.iter_values)])
+
+    def row_loop(self, b):
+        """The loop running over the rows of ``b``'s output, or None."""
+        buf = self.written(b)
+        axis = _row_axis(buf)
+        store = next((s for s in _stores(self.sch.get(b)) if s.buffer.same_as(buf)), None)
+        if axis is None or store is None:
+            return None
+        row = self.bound(b, store.indices[axis])
+        loops = [lp for lp in self.sch.get_loops(b) if _uses(row, self.sch.get(lp).loop_var)]
+        return loops[0] if len(loops) == 1 else None
+
+    def channel_local(self) -> bool:
+        """Whether no block reduces over channels: no data read has an axis indexed by reduction
+        variables alone (a dense conv's input channel, a matmul's k, a global pool's rows);
+        a window's reduction is added to an output position. Elementwise, depthwise, pooling and
+        resize chains are channel-local. Weights are not data: a read that does not follow the
+        output rows of a reduction with rows (a depthwise kernel's taps) is skipped, as in
+        ``sizes``."""
+        for b in self.blocks():
+            block = self.sch.get(b)
+            spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE]
+            reduce = [
+                iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE and int(iv.dom.extent) > 1
+            ]
+            rows = self._row_vars(b) if self.is_reduction(b) and self.has_rows(b) else []
+            for ld in _loads(block):
+                if len(_shape(ld.source)) < 3:
+                    continue
+                if rows and not any(_uses(i, v) for i in ld.indices for v in rows):
+                    continue  # a weight
+                for index in ld.indices:
+                    if any(_uses(index, v) for v in reduce) and not any(_uses(index, v) for v in spatial):
+                        return False
+        return True
+
+    def varies(self, b) -> bool:
+        """Whether ``b``'s output is a map (two or more non-unit axes after the batch), which a
+        tile computes a part of; a vector (a pooled or fully connected output) is computed whole,
+        once."""
+        return sum(d > 1 for d in _shape(self.written(b))[1:]) >= 2
+
+    def _row_vars(self, b) -> list:
+        """The block variables that index the row axis of what ``b`` writes."""
+        block = self.sch.get(b)
+        buf = self.written(b)
+        store = next(s for s in _stores(block) if s.buffer.same_as(buf))
+        return [iv.var for iv in block.iter_vars if _uses(store.indices[_row_axis(buf)], iv.var)]
+
+    def sizes(self) -> _Sizes:
+        """Bytes the kernel reads and writes: a weight is a parameter a reduction reads with an
+        index that does not follow its output rows; other parameters are inputs or outputs."""
+        func = self.sch.mod["main"]
+        params = list(func.params)
+        outputs = [self.written(b) for b in self.blocks() if self.is_output(b)]
+        sizes = _Sizes()
+        weights = []
+        for b in self.blocks():
+            if not self.is_reduction(b) or not self.has_rows(b):
+                continue
+            block = self.sch.get(b)
+            rows = self._row_vars(b)
+            mine = [
+                ld.source
+                for ld in _loads(block)
+                if any(ld.source.same_as(p) for p in params)
+                and not any(_uses(i, v) for i in ld.indices for v in rows)
+            ]
+            if mine:
+                sizes.weighted.append(self.name(b))
+            weights += [w for w in mine if not any(w.same_as(x) for x in weights)]
+        for p in params:
+            if any(p.same_as(w) for w in weights):
+                sizes.weight += _bytes(p)
+            elif any(p.same_as(o) for o in outputs):
+                sizes.output += _bytes(p)
+            else:
+                sizes.input += _bytes(p)
+        return sizes
+
+
+def _bytes(buf) -> int:
+    return math.prod(_shape(buf)) * tvm.DataType(str(buf.ty.dtype)).bits // 8
+
+
+@dataclass
+class _Sizes:
+    weighted: list[str] = field(default_factory=list)  # reductions that read weights
+    weight: int = 0
+    input: int = 0
+    output: int = 0
+
+
+# ---- rule 1: inline ----------------------------------------------------------------------
+def _inline(k: _Kernel) -> None:
+    sch = k.sch
+    ScheduleError = tvm.s_tir.ScheduleError
+    changed = True
+    while changed:
+        changed = False
+        for b in k.blocks():
+            if k.is_output(b) or k.is_reduction(b) or k.selects(b):
+                continue
+            consumers = list(sch.get_consumers(b))
+            if consumers and (k.is_copy(b) or not any(k.is_reduction(c) for c in consumers)):
+                try:
+                    sch.compute_inline(b)
+                except ScheduleError:
+                    continue
+                changed = True
+                break
+    for b in k.blocks():
+        if k.is_output(b) and not k.is_reduction(b):
+            producers = list(sch.get_producers(b))
+            if len(producers) == 1 and not k.is_reduction(producers[0]) and not k.selects(producers[0]):
+                with contextlib.suppress(ScheduleError):
+                    sch.reverse_compute_inline(b)
+
+
+# ---- rules 2-3: anchors, stages, compute_at ------------------------------------------------
+def _order(k: _Kernel, anchors: list, hint: TileHint, sizes: _Sizes) -> str:
+    """The loop order of the first stage (rule 2): rows, channels, blocks or reduction."""
+    if len(anchors) != 1:
+        return "rows"
+    if k.channel_local():
+        return "channels"
+    beta = hint.buffer_bytes
+    if len(sizes.weighted) != 1 or not beta or 4 * sizes.weight <= 3 * beta:
+        return "rows"
+    batch = _shape(k.written(anchors[0]))[0]  # tiles run image by image: what one image needs
+    if 4 * sizes.input <= 3 * beta * batch or 4 * sizes.output > 3 * beta * batch:
+        return "blocks"  # the input stays on chip while weight blocks stream (in parallel)
+    return "reduction"
+
+
+def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, sizes: _Sizes) -> Stage:
+    """Split the anchors' loops into (batch, band or channel block, tile, ...), merged."""
+    sch = k.sch
+    height = max(k.height(a) for a in anchors)
+    tiles = height if hint.style == "lbdf" or not hint.tiles else max(1, min(hint.tiles, height))
+    stage = Stage([k.name(a) for a in anchors], tiles)
+    beta = hint.buffer_bytes
+    per_channel = order == "channels"
+    channel_mode = order in ("channels", "blocks")
+    nests = []
+    for a in anchors:
+        row = k.row_loop(a)
+        loops = list(sch.get_loops(a))
+        batch = loops[0] if len(loops) > 1 and not k.same(loops[0], row) else None
+        rest = [lp for lp in loops if not k.same(lp, row) and (batch is None or not k.same(lp, batch))]
+        if channel_mode and rest:
+            channels = int(sch.get(rest[0]).extent)
+            stage.channel_blocks = (
+                channels if per_channel else max(1, min(channels // 8, math.ceil(4 * sizes.weight / beta)))
+            )
+            block, inner = sch.split(rest[0], [stage.channel_blocks, None])
+            rest = [inner, *rest[1:]]
+            sch.reorder(*([batch] if batch is not None else []), block, row, *rest)
+            tile, _ = sch.split(row, [tiles, None])
+            nests.append((batch, block, tile))
+            continue
+        sch.reorder(*([batch] if batch is not None else []), row, *rest)
+        nests.append((batch, row, None))
+    if channel_mode:
+        return stage
+    batch_extent = int(sch.get(nests[0][0]).extent) if nests[0][0] is not None else 1
+    if kind == "cuda":  # a divisor: a partial band would put the block's syncs under a condition
+        stage.bands = max(
+            b for b in range(1, tiles + 1) if tiles % b == 0 and b * CUDA_ROWS_PER_BAND <= max(tiles, 4)
+        )
+    elif batch_extent < hint.threads and tiles >= 2 * hint.threads:
+        stage.bands = hint.threads
+    per_band = math.ceil(tiles / stage.bands)
+    nests = [
+        (batch, *sch.split(row, [stage.bands, per_band, math.ceil(k.height(a) / tiles)])[:2])
+        for a, (batch, row, _) in zip(anchors, nests)
+    ]
+    if len(nests) > 1:
+        for level in range(3):  # batch, band, tile: one loop nest for all anchors
+            loops = [n[level] for n in nests]
+            if all(lp is not None for lp in loops):
+                sch.merge(*loops)
+                nests = [_outer(k, a, n[0] is not None) for a, n in zip(anchors, nests)]
+    return stage
+
+
+def _outer(k: _Kernel, anchor, has_batch: bool):
+    """The (batch, band, tile) loops of ``anchor`` (loop handles change on merge)."""
+    loops = list(k.sch.get_loops(anchor))
+    return (loops[0], loops[1], loops[2]) if has_batch else (None, loops[0], loops[1])
+
+
+def _tile_loop(k: _Kernel, stage: Stage):
+    """The tile loop of a stage: below batch and band (or channel block) of its first anchor."""
+    return list(k.sch.get_loops(k.sch.get_sblock(stage.anchors[0])))[TILE_DEPTH]
+
+
+def _place(k: _Kernel, tile_loop, placed: set) -> list[str]:
+    """compute_at every unplaced block, last first, whose consumers are all under ``tile_loop``
+    (a vector, a block read outside the loop and what only they read stay where they are)."""
+    sch = k.sch
+    ScheduleError = tvm.s_tir.ScheduleError
+    inside = set(placed)
+    moved = []
+    for b in reversed(k.blocks()):
+        name = k.name(b)
+        if name in placed or k.is_output(b):
+            continue
+        consumers = [k.name(c) for c in sch.get_consumers(b)]
+        if not k.varies(b) or not consumers or any(c not in inside for c in consumers):
+            continue
+        try:
+            sch.compute_at(b, tile_loop)
+        except ScheduleError:
+            continue
+        inside.add(name)
+        moved.append(name)
+    return moved
+
+
+def _stages(k: _Kernel, hint: TileHint, kind: str) -> tuple[list[Stage], list, str]:
+    """Rules 2 and 3: the tile loops of the kernel; returns (stages, their tile loop vars, a
+    note when it is not tiled)."""
+    sch = k.sch
+    for b in k.blocks():
+        if k.is_output(b) and k.has_rows(b) and list(sch.get_consumers(b)):
+            sch.cache_write(b, 0, "global", consumer_blocks=list(sch.get_consumers(b)))
+    sizes = k.sizes()
+    anchors = [b for b in k.blocks() if k.is_output(b) and k.has_rows(b) and k.row_loop(b) is not None]
+    order = _order(k, anchors, hint, sizes)
+    if order == "reduction":
+        _reduction_outer(k, sch.get_sblock(sizes.weighted[0]))
+        return [], [], "not tiled: reduction outermost (weights and input over the buffer, output under)"
+    stages, tile_vars = [], []
+    placed = {k.name(a) for a in anchors}
+    while anchors:
+        stage = _tile(k, anchors, hint, kind, order, sizes)
+        tile = _tile_loop(k, stage)
+        sch.annotate(tile, TILE_ANNOTATION, 1)
+        stage.blocks = _place(k, tile, placed)
+        placed.update(stage.blocks)
+        stages.append(stage)
+        tile_vars.append(sch.get(tile).loop_var)
+        anchors = []
+        for b in reversed(k.blocks()):  # the next stage: a held map whose consumers are settled
+            name = k.name(b)
+            if name in placed or k.is_output(b) or not k.has_rows(b) or k.row_loop(b) is None:
+                continue
+            if all(k.name(c) in placed or not k.varies(c) for c in sch.get_consumers(b)):
+                anchors = [b]
+                placed.add(name)
+                break
+        order = "rows"
+    return stages, tile_vars, "" if stages else "not tiled: no output has rows"
+
+
+def _reduction_outer(k: _Kernel, b) -> None:
+    """A single op whose weights do not fit but whose output does: the first reduction loop
+    (input channels) is split by a cache line of weights and its outer part goes outermost,
+    so the output accumulates on chip while inputs and weights stream once; inside it the
+    loops run (output channels, the line of input channels, the kernel window, the output
+    rows and columns), walking each weight line whole."""
+    sch = k.sch
+    loops = list(sch.get_loops(b))
+    kinds = _loop_kinds(sch, b, loops)
+    reduce = [lp for lp, kd in zip(loops, kinds) if kd == "R"]
+    spatial = [lp for lp, kd in zip(loops, kinds) if kd != "R"]
+    if not reduce or len(spatial) < 2:
+        return
+    line = LINE_BYTES // 4
+    extent = int(sch.get(reduce[0]).extent)
+    outer, inner = (
+        sch.split(reduce[0], [None, line]) if extent > line and extent % line == 0 else (None, reduce[0])
+    )
+    order = [*spatial[:-2], inner, *reduce[1:], *spatial[-2:]]
+    sch.reorder(*([outer] if outer is not None else []), *order)
+
+
+# ---- rule 4: inner loops --------------------------------------------------------------------
+def _loop_kinds(sch, b, loops) -> list[str]:
+    """Per loop: S (bound only to spatial iters), R (to a reduction iter) or O (other)."""
+    block = sch.get(b)
+    realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
+    kinds = []
+    for lp in loops:
+        var = sch.get(lp).loop_var
+        used = [int(iv.iter_type) for iv, v in zip(block.iter_vars, realize.iter_values) if _uses(v, var)]
+        kinds.append("R" if REDUCE in used else "S" if used and all(u == 0 for u in used) else "O")
+    return kinds
+
+
+def _vector_lanes(target) -> int:
+    """float32 lanes of the target's widest vector, as the CPU default schedules read them
+    (``schedules.common.cpu_facts``: AVX-512 16, AVX 8, SSE 4); cuda: 8."""
+    if target is None or target.kind.name != "llvm":
+        return 8
+    from .schedules.common import cpu_facts
+
+    return cpu_facts(target).lanes
+
+
+def _contiguous_only(sch, b, loop) -> bool:
+    """Whether ``loop`` indexes only the last (contiguous) axis of the block's reads and writes:
+    the loop that may be vectorized without strided (cache-line wasting) accesses."""
+    var = sch.get(loop).loop_var
+    block = sch.get(b)
+    realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
+    pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+    for access in [*_loads(block), *_stores(block)]:
+        indices = [_substitute(i, pairs) for i in access.indices]
+        if any(_uses(i, var) for i in indices[:-1]):
+            return False
+    return True
+
+
+def default_inner(sch, blocks: Sequence[str], target=None) -> None:
+    """The loops inside each tile (the hook the CPU default schedules replace).
+
+    llvm: when the innermost spatial loop walks only the contiguous axis of every access, the
+    reduction loops go outside it (decompose_reduction hoists the init) and it is vectorized
+    by the target's vector width; otherwise the loop order stays (e.g. a matmul whose weight is
+    read along the reduction) so that each cache line is used whole. cuda: the spatial loops
+    are fused and bound to threadIdx.x."""
+    ScheduleError = tvm.s_tir.ScheduleError
+    kind = target.kind.name if target is not None else "llvm"
+    lanes = _vector_lanes(target)
+    for name in blocks:
+        try:
+            b = sch.get_sblock(name)
+            loops = inner_loops(sch, b)
+            kinds = _loop_kinds(sch, b, loops)
+            spatial = [lp for lp, kd in zip(loops, kinds) if kd == "S"]
+            reduce = [lp for lp, kd in zip(loops, kinds) if kd == "R"]
+            if not spatial:
+                continue
+            if kind == "cuda":
+                inner = [lp for lp, kd in zip(loops, kinds) if kd == "S"]
+                if inner:
+                    sch.reorder(*inner, *reduce)
+                    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+                    _, threads = sch.split(fused, [None, CUDA_THREADS])
+                    sch.bind(threads, "threadIdx.x")
+                    if reduce:  # accumulate in a register, store once: no shared-memory hazard
+                        sch.reverse_compute_at(sch.cache_write(b, 0, "local"), threads)
+                continue
+            last = spatial[-1]
+            if not _contiguous_only(sch, b, last):
+                continue
+            if reduce:
+                last_var = sch.get(last).loop_var
+                sch.reorder(*reduce, last)
+                sch.decompose_reduction(b, reduce[0])
+                last = next(lp for lp in sch.get_loops(b) if sch.get(lp).loop_var.same_as(last_var))
+            extent = int(sch.get(last).extent)
+            if extent > lanes:
+                _, last = sch.split(last, [None, lanes])
+            if extent > 1:
+                sch.vectorize(last)
+        except ScheduleError:
+            continue
+
+
+def inner_loops(sch, b) -> list:
+    """The loops of block ``b`` below its tile loop (all of them in an untiled kernel): the
+    loops an inner schedule may change."""
+    loops = list(sch.get_loops(b))
+    tiles = [i for i, lp in enumerate(loops) if TILE_ANNOTATION in (sch.get(lp).annotations or {})]
+    return loops[tiles[-1] + 1 :] if tiles else [lp for lp in loops if int(sch.get(lp).kind) == 0]
+
+
+def _parallel(k: _Kernel, stages: list[Stage], kind: str, threads: int) -> None:
+    """The loops above each stage's tile loop: parallel on llvm, blockIdx.x on cuda."""
+    sch = k.sch
+    ScheduleError = tvm.s_tir.ScheduleError
+    for stage in stages:
+        anchor = sch.get_sblock(stage.anchors[0])
+        outer = list(sch.get_loops(anchor))[:TILE_DEPTH]
+        try:
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if kind == "cuda":
+                sch.bind(fused, "blockIdx.x")
+            elif threads > 1 and int(sch.get(fused).extent) > 1:
+                sch.parallel(fused)
+        except ScheduleError:
+            continue
+
+
+# ---- rule 5: circular line buffers ----------------------------------------------------------
+@dataclass
+class _Window:
+    """The rows of one intermediate buffer that one tile holds."""
+
+    buf: object
+    axis: int
+    rows: int  # E
+    advance: int  # S: rows the window moves per tile
+    tile_var: object
+    writers: dict = field(default_factory=dict)  # block name -> row - first row of the window
+    new: object = None
+
+
+def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
+    """The row window of every intermediate buffer written inside a tile loop."""
+    ana = tvm.sym.Analyzer()
+    params = list(func.params)
+    realizes = _realizes(func.body)
+
+    def tile_of(loops):
+        return next((v for lp in reversed(loops) for v in tile_vars if lp.loop_var.same_as(v)), None)
+
+    def read_outside(buf, tile_var) -> bool:  # a reader under no tile loop, or another one
+        for r, loops in realizes[1:]:  # the root block holds them all
+            if any(ld.source.same_as(buf) for ld in _loads(r.block)):
+                t = tile_of(loops)
+                if t is None or not t.same_as(tile_var):
+                    return True
+        return False
+
+    windows: list[_Window] = []
+    for realize, loops in realizes:
+        block = realize.block
+        at = [(i, v) for i, lp in enumerate(loops) for v in tile_vars if lp.loop_var.same_as(v)]
+        if not at or not block.writes:
+            continue
+        (depth, tile_var) = at[-1]
+        buf = block.writes[0].source
+        axis = _row_axis(buf)
+        store = next((s for s in _stores(block) if s.buffer.same_as(buf)), None)
+        if axis is None or store is None or any(buf.same_as(p) for p in params):
+            continue
+        if read_outside(buf, tile_var):  # the map a global pool reads: whole, not a window
+            continue
+        pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+        row = _substitute(store.indices[axis], pairs)
+        inner = {
+            lp.loop_var: tvm.sym.IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops[depth + 1 :]
+        }
+        span = ana.int_set(row, inner)
+        first = span.min_value
+        rows = ana.simplify(span.max_value - first + 1)
+        zero, one = (tvm.tirx.const(v, tile_var.ty.dtype) for v in (0, 1))
+        advance = ana.simplify(_substitute(first, [(tile_var, one)]) - _substitute(first, [(tile_var, zero)]))
+        IntImm = tvm.ir.prim.expr.IntImm
+        if not isinstance(rows, IntImm) or not isinstance(advance, IntImm) or int(advance) <= 0:
+            continue  # not a window that slides with the tile (e.g. W of a channels-last tensor)
+        w = next((w for w in windows if w.buf.same_as(buf)), None)
+        if w is None:
+            w = _Window(buf, axis, int(rows), int(advance), tile_var)
+            windows.append(w)
+        w.rows = max(w.rows, int(rows))
+        w.writers[block.name_hint] = ana.simplify(row - first)
+    return windows
+
+
+def _circular(func, windows: list[_Window], roll: bool):
+    """Rule 5 on the scheduled function."""
+    import tvm_ffi
+
+    SBlock, SBlockRealize = _sblock_types()
+    tirx = tvm.tirx
+    Range = tvm.ir.Range
+    ana = tvm.sym.Analyzer()
+    for w in windows:
+        shape = _shape(w.buf)
+        shape[w.axis] = w.rows
+        w.new = tirx.decl_buffer(shape, w.buf.ty.dtype, w.buf.name, scope=w.buf.scope())
+
+    def window_of(buf):
+        return next((w for w in windows if buf.same_as(w.buf)), None)
+
+    def wrap(indices, w):
+        out = list(indices)
+        out[w.axis] = tirx.floormod(out[w.axis], tirx.const(w.rows, out[w.axis].ty.dtype))
+        return out
+
+    def on_load(load):
+        w = window_of(load.source)
+        return load if w is None else tirx.BufferLoad(w.new, wrap(load.indices, w))
+
+    def on_store(store):
+        w = window_of(store.buffer)
+        return store if w is None else tirx.BufferStore(w.new, store.value, wrap(store.indices, w))
+
+    def regions(rs):
+        out = []
+        for r in rs:
+            w = window_of(r.source)
+            if w is None:
+                out.append(r)
+                continue
+            region = list(r.region)
+            region[w.axis] = Range.from_min_extent(0, w.rows)
+            out.append(tirx.BufferRegion(w.new, region))
+        return out
+
+    def with_body(b, body=None, allocs=None):
+        return SBlock(
+            b.iter_vars,
+            regions(b.reads),
+            regions(b.writes),
+            b.name_hint,
+            b.body if body is None else body,
+            b.init,
+            b.alloc_buffers if allocs is None else allocs,
+            b.match_buffers,
+            b.annotations,
+        )
+
+    writers = {name: w for w in windows for name in w.writers}
+
+    def on_realize(r):
+        w = writers.get(r.block.name_hint)
+        if w is None or not roll or w.rows <= w.advance:
+            return r
+        delta = w.writers[r.block.name_hint]
+        fresh = tirx.Or(
+            tirx.EQ(w.tile_var, tirx.const(0, w.tile_var.ty.dtype)),
+            tirx.GE(delta, tirx.const(w.rows - w.advance, delta.ty.dtype)),
+        )
+        return SBlockRealize(r.iter_values, ana.simplify(tirx.And(r.predicate, fresh)), r.block)
+
+    def pins(tile_var):
+        out = []
+        for w in windows:  # shared memory is the thread block's for its whole run: no pin
+            if w.tile_var.same_as(tile_var) and w.buf.scope() in ("", "global"):
+                nd = len(w.new.ty.shape)
+                store = tirx.BufferStore(w.new, tirx.const(0, w.new.ty.dtype), [tirx.const(0, "int64")] * nd)
+                region = [tirx.BufferRegion(w.new, [Range.from_min_extent(0, 1)] * nd)]
+                name = f"{next(iter(w.writers))}_pin"
+                out.append(SBlockRealize([], True, SBlock([], [], region, name, store)))
+        return out
+
+    tile_vars = []
+    for w in windows:
+        if not any(w.tile_var.same_as(v) for v in tile_vars):
+            tile_vars.append(w.tile_var)
+
+    def tile_of(s):
+        if isinstance(s, tirx.For):
+            return next((v for v in tile_vars if s.loop_var.same_as(v)), None)
+        return None
+
+    def pinned(body):
+        v = tile_of(body)
+        before = pins(v) if v is not None else []
+        return tirx.SeqStmt([*before, body]) if before else None
+
+    def on_for(f):
+        body = pinned(f.body)
+        if body is None:
+            return f
+        return tirx.For(f.loop_var, f.min, f.extent, f.kind, body, f.thread_binding, f.annotations)
+
+    def on_seq(q):
+        items = []
+        for x in q.seq:
+            v = tile_of(x)
+            items += [*(pins(v) if v is not None else []), x]
+        return tirx.SeqStmt(items) if len(items) != len(q.seq) else q
+
+    def on_block(b):
+        allocs = [window_of(a).new if window_of(a) is not None else a for a in b.alloc_buffers]
+        return with_body(b, pinned(b.body), allocs)
+
+    return tvm_ffi.structural_map(
+        func,
+        [
+            (tvm.ir.expr.TensorLoad, on_load),
+            (tirx.BufferStore, on_store),
+            (SBlock, on_block),
+            (SBlockRealize, on_realize),
+            (tirx.SeqStmt, on_seq),
+            (tirx.For, on_for),
+        ],
+    )
+
+
+# ---- the schedule -------------------------------------------------------------------------
+def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None, name: str = "kernel"):
+    """Rules 1-5 on one PrimFunc; returns (scheduled PrimFunc, KernelSchedule). A kernel the
+    rules cannot tile keeps its loops (with the inner schedule) and says why in the report."""
+    require_tvm()
+    import json
+
+    from tvm import s_tir
+
+    kind = target.kind.name if target is not None else "llvm"
+    report = KernelSchedule(name, hint.style)
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    k = _Kernel(sch)
+    try:
+        _inline(k)
+        stages, tile_vars, report.note = _stages(k, hint, kind)
+    except s_tir.ScheduleError as e:  # keep the kernel as it was, inner loops scheduled
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        k = _Kernel(sch)
+        stages, tile_vars = [], []
+        report.note = f"not tiled: {str(e).strip().splitlines()[-1][:200]}"
+    report.stages = stages
+    placed = {n for s in stages for n in (*s.blocks, *s.anchors)}
+    report.whole = sorted(
+        k.written(b).name for b in k.blocks() if k.name(b) not in placed and not k.is_output(b)
+    )
+    if kind == "cuda":
+        if report.whole or not stages:  # a whole intermediate would need global memory
+            report.note = report.note or "cuda: a whole intermediate needs global memory; left to dlight"
+            report.stages = []
+            return func, report
+        for name in placed - set(n for s in stages for n in s.anchors):
+            sch.set_scope(sch.get_sblock(name), 0, "shared")  # line buffers live in the block's smem
+    _parallel(k, stages, kind, hint.threads)
+    (inner or default_inner)(sch, [r.block.name_hint for r, _ in _realizes(sch.mod["main"].body)][1:], target)
+    windows = _windows(sch.mod["main"], stages, tile_vars)
+    out = _circular(sch.mod["main"], windows, roll=hint.style == "lbdf")
+    report.line_buffers = {next(iter(w.writers)): w.rows for w in windows}
+    out = out.with_attr("tirx.is_scheduled", True)
+    return out.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict())), report
+
+
+def schedule_kernels(
+    fused_mod, hints: Mapping[str, TileHint], target, default: TileHint | None = None, inner=None
+):
+    """Depth-first schedule every kernel of a module after ``fuse``: those named in ``hints``
+    with their hint, the others with ``default`` (None: left as they are). Returns (module,
+    {kernel: KernelSchedule})."""
+    require_tvm()
+    reports = {}
+    funcs = {}
+    for gv, func in fused_mod.functions.items():
+        hint = hints.get(gv.name_hint, default) if isinstance(func, tvm.tirx.PrimFunc) else None
+        if hint is not None:
+            func, reports[gv.name_hint] = depth_first(func, hint, target, inner, gv.name_hint)
+        funcs[gv] = func
+    return tvm.IRModule(funcs, attrs=fused_mod.attrs, global_infos=fused_mod.global_infos), reports
