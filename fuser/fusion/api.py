@@ -80,8 +80,8 @@ def partition_fusion_graph(
 ) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
     ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``); where
-    that proof meets a legal plan of valid groups moving less DRAM than the search's, the plan
-    returned is that one (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from
+    that proof finds the optimum and it moves less DRAM than the search's plan, the plan
+    returned is the optimum (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from
     which method and what the search's plan moved)."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
@@ -110,7 +110,9 @@ def partition_fusion_graph(
     from .exact import optimum_and_plan
 
     optimum, groups = optimum_and_plan(cost, best.dram, gap_time_limit)
-    if groups is not None and optimum["plan_bytes"] < best.dram:
+    # Only a proven optimum: a plan met before a time limit stopped the proof would make the
+    # plan depend on the machine's speed (same inputs and seed, same plan).
+    if optimum["exact"] and groups is not None and optimum["plan_bytes"] < best.dram:
         info["search"] = f"{search}+exact"
         info["adopted"] = {"from": optimum["method"], "search_dram_bytes": best.dram}
         best, front = adopt(evaluator, groups, front)

@@ -215,25 +215,13 @@ def optimum_and_plan(
     time limit depends on the machine's speed."""
     if is_chain(cost.fg):
         best = chain_optimum(cost)
-        found = {
-            "bytes": best.dram_bytes,
-            "exact": True,
-            "method": best.method,
-            "plan_bytes": best.dram_bytes,
-        }
-        return found, best.groups
+        return _proven(best.dram_bytes, best.method, best.groups)
     from .bound import cut_bound
 
     start = time.perf_counter()
     cut = cut_bound(cost, time_limit / 2)
     if cut.exact:
-        found = {
-            "bytes": cut.lower_bytes,
-            "exact": True,
-            "method": "edge-cut MILP",
-            "plan_bytes": cut.plan_bytes,
-        }
-        return found, cut.plan
+        return _proven(cut.lower_bytes, "edge-cut MILP", cut.plan)
     bounds = [
         (cost.lower_dram(cost.fg.all_mask), "W + In + Out of the graph"),
         (cut.lower_bytes, "edge-cut MILP bound"),
@@ -241,13 +229,7 @@ def optimum_and_plan(
     left = time_limit - (time.perf_counter() - start)
     exact = exact_optimum(cost, time_limit=left) if left > 1 else None
     if exact is not None and exact.optimal:
-        found = {
-            "bytes": exact.dram_bytes,
-            "exact": True,
-            "method": exact.method,
-            "plan_bytes": exact.dram_bytes,
-        }
-        return found, exact.groups
+        return _proven(exact.dram_bytes, exact.method, exact.groups)
     plans = [
         (b, groups)
         for b, groups in ((cut.plan_bytes, cut.plan), (exact and exact.dram_bytes, exact and exact.groups))
@@ -258,3 +240,8 @@ def optimum_and_plan(
     best, method = max(bounds, key=lambda b: b[0])
     plan_bytes, plan = min(plans, key=lambda p: p[0], default=(None, None))
     return {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}, plan
+
+
+def _proven(optimum: int, method: str, groups: list[int]) -> tuple[dict, list[int]]:
+    """An exact answer: the optimum and the plan that reaches it."""
+    return {"bytes": optimum, "exact": True, "method": method, "plan_bytes": optimum}, groups

@@ -7,6 +7,8 @@ from fuser.fusion import build_fusion_graph, make_cost_model, partition
 from fuser.fusion.exact import exact_optimum
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems
+from fuser.reports.format import mb
+from fuser.reports.fusion import plan_header
 
 # (graph, style, buffer, search, budget): a tiny budget leaves the search above the optimum (measured)
 CASES = [
@@ -41,6 +43,7 @@ def test_gap_adopts_the_optimum_when_the_search_falls_short(build, style, buffer
     assert plan.splits == []  # valid as found: no split made it
     assert plan.pareto[0]["dram_bytes"] == plan.dram_bytes
     assert partition(graph, **kw, gap=True).to_json() == plan.to_json()
+    assert f"the search's plan moved {mb(searched.dram_bytes)} MB" in plan_header(plan).plain
 
 
 def test_gap_keeps_a_plan_already_optimal():
@@ -48,3 +51,22 @@ def test_gap_keeps_a_plan_already_optimal():
     plan = partition(graph, buffer=2000, search="local", budget=200, gap=True)
     assert plan.gap == 0 and plan.search["search"] == "local" and "adopted" not in plan.search
     assert plan.groups == partition(graph, buffer=2000, search="local", budget=200).groups
+
+
+def test_gap_adopts_only_a_proven_optimum(monkeypatch):
+    """A plan met before the proof's time limit depends on the machine's speed: not adopted."""
+    import fuser.fusion.exact as exact
+
+    graph = random_dag(2, n_ops=10)
+    kw = dict(buffer=1500, style="lbdf", search="random", budget=3)
+    proven = exact.optimum_and_plan
+
+    def stopped(cost, dram_bytes, time_limit):
+        found, groups = proven(cost, dram_bytes, time_limit)
+        return {**found, "exact": False, "method": "edge-cut MILP bound"}, groups
+
+    monkeypatch.setattr(exact, "optimum_and_plan", stopped)
+    plan = partition(graph, **kw, gap=True)
+    searched = partition(graph, **kw)
+    assert plan.optimum["plan_bytes"] < plan.dram_bytes == searched.dram_bytes
+    assert plan.groups == searched.groups and "adopted" not in plan.search
