@@ -11,7 +11,7 @@ from .cost import CostModel, GroupCost, make_cost_model
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, build_fusion_graph
 from .plan import Plan, PlanGroup, topological_groups
-from .search import SEARCHES, Evaluated, PlanEvaluator, Progress, run_search
+from .search import SEARCHES, Evaluated, PlanEvaluator, Progress, pareto_front, run_search
 from .split import SPLITS, Splitter, make_splitter
 
 EXPLAINERS = ("exact", "gnn")
@@ -79,7 +79,10 @@ def partition_fusion_graph(
     gap_time_limit: float = 20.0,
 ) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
-    ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``)."""
+    ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``); where
+    that proof finds the optimum and it moves less DRAM than the search's plan, the plan
+    returned is the optimum (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from
+    which method and what the search's plan moved)."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -102,12 +105,36 @@ def partition_fusion_graph(
         "plans_evaluated": evaluator.used,
         "buffer": format_size(buffer_bytes),
     }
-    plan = build_plan(cost, best, front, info, splitter)
-    if gap:
-        from .exact import optimality_gap
+    if not gap:
+        return build_plan(cost, best, front, info, splitter), seconds
+    from .exact import optimum_and_plan
 
-        plan.optimum = optimality_gap(cost, plan.dram_bytes, gap_time_limit)
+    optimum, groups = optimum_and_plan(cost, best.dram, gap_time_limit)
+    # Only a proven optimum: a plan met before a time limit stopped the proof would make the
+    # plan depend on the machine's speed (same inputs and seed, same plan).
+    if optimum["exact"] and groups is not None and optimum["plan_bytes"] < best.dram:
+        info["search"] = f"{search}+exact"
+        info["adopted"] = {"from": optimum["method"], "search_dram_bytes": best.dram}
+        best, front = adopt(evaluator, groups, front)
+    plan = build_plan(cost, best, front, info, splitter)
+    plan.optimum = optimum
     return plan, seconds
+
+
+def adopt(
+    evaluator: PlanEvaluator, groups: list[int], front: list[Evaluated]
+) -> tuple[Evaluated, list[Evaluated]]:
+    """The legal plan of valid groups the optimality proof met, as the search's best: no split
+    made it (its groups are valid as found), and it joins the Pareto front."""
+    cost = evaluator.cost
+    assert all(cost.valid(g) for g in groups if g & (g - 1)), "the proof's plan holds an invalid group"
+    exact = Evaluated(
+        evaluator.genome_of(groups),
+        sorted(groups),
+        sum(cost.cost(g).dram_bytes for g in groups),
+        evaluator.peak(groups),
+    )
+    return exact, pareto_front([*front, exact])
 
 
 def partition(
@@ -122,6 +149,7 @@ def partition(
     element_bytes: int = 1,
     explainer: str = "exact",
     progress: Progress | None = None,
+    gap: bool = False,
 ) -> Plan:
     """Partition ``graph``'s ops into fusion groups under an on-chip buffer of ``buffer`` bytes
     (``fuser.partition`` takes any model and optimizes it first).
@@ -130,6 +158,8 @@ def partition(
     ``style``: ``"lbdf"`` or ``"brr"`` (see ``fuser.fusion.cost``).
     ``search``: ``"greedy"``, ``"random"``, ``"local"`` or ``"nsga2"``; ``budget`` plans.
     ``split``: ``"random"`` or ``"explain"`` (with ``explainer`` ``"exact"`` or ``"gnn"``).
+    ``gap``: prove the plan's distance to optimal, and hand back the better plan the proof
+    met (see ``partition_fusion_graph``).
     The same inputs and seed give the same plan.
     """
     plan, _ = partition_fusion_graph(
@@ -143,5 +173,6 @@ def partition(
         element_bytes=element_bytes,
         explainer=explainer,
         progress=progress,
+        gap=gap,
     )
     return plan

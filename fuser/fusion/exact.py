@@ -193,7 +193,16 @@ def exact_optimum(
 def optimality_gap(cost: CostModel, dram_bytes: int, time_limit: float = 20.0) -> dict:
     """The proven bound on the least DRAM of any plan of valid groups, to judge a plan moving
     ``dram_bytes``: ``{"bytes", "exact", "method", "plan_bytes"}`` (``plan_bytes``: the least
-    DRAM of a legal plan met on the way, or None); the best of, within ``time_limit``:
+    DRAM of a legal plan met on the way, or None); see ``optimum_and_plan``."""
+    return optimum_and_plan(cost, dram_bytes, time_limit)[0]
+
+
+def optimum_and_plan(
+    cost: CostModel, dram_bytes: int, time_limit: float = 20.0
+) -> tuple[dict, list[int] | None]:
+    """``optimality_gap``'s answer and the groups (op bitmasks) of the legal plan of valid groups
+    behind its ``plan_bytes`` (None when no plan was met). The bound is the best of, within
+    ``time_limit``:
 
     - chains: the exact chain DP;
     - the edge-cut relaxation by row generation (``fuser.fusion.bound``, half the time):
@@ -206,18 +215,13 @@ def optimality_gap(cost: CostModel, dram_bytes: int, time_limit: float = 20.0) -
     time limit depends on the machine's speed."""
     if is_chain(cost.fg):
         best = chain_optimum(cost)
-        return {"bytes": best.dram_bytes, "exact": True, "method": best.method, "plan_bytes": best.dram_bytes}
+        return _proven(best.dram_bytes, best.method, best.groups)
     from .bound import cut_bound
 
     start = time.perf_counter()
     cut = cut_bound(cost, time_limit / 2)
     if cut.exact:
-        return {
-            "bytes": cut.lower_bytes,
-            "exact": True,
-            "method": "edge-cut MILP",
-            "plan_bytes": cut.plan_bytes,
-        }
+        return _proven(cut.lower_bytes, "edge-cut MILP", cut.plan)
     bounds = [
         (cost.lower_dram(cost.fg.all_mask), "W + In + Out of the graph"),
         (cut.lower_bytes, "edge-cut MILP bound"),
@@ -225,14 +229,19 @@ def optimality_gap(cost: CostModel, dram_bytes: int, time_limit: float = 20.0) -
     left = time_limit - (time.perf_counter() - start)
     exact = exact_optimum(cost, time_limit=left) if left > 1 else None
     if exact is not None and exact.optimal:
-        return {
-            "bytes": exact.dram_bytes,
-            "exact": True,
-            "method": exact.method,
-            "plan_bytes": exact.dram_bytes,
-        }
-    plans = [b for b in (cut.plan_bytes, exact and exact.dram_bytes) if b]
+        return _proven(exact.dram_bytes, exact.method, exact.groups)
+    plans = [
+        (b, groups)
+        for b, groups in ((cut.plan_bytes, cut.plan), (exact and exact.dram_bytes, exact and exact.groups))
+        if b
+    ]
     if exact is not None and exact.lower_bound is not None:
         bounds.append((exact.lower_bound, "ilp dual bound"))
     best, method = max(bounds, key=lambda b: b[0])
-    return {"bytes": best, "exact": False, "method": method, "plan_bytes": min(plans, default=None)}
+    plan_bytes, plan = min(plans, key=lambda p: p[0], default=(None, None))
+    return {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}, plan
+
+
+def _proven(optimum: int, method: str, groups: list[int]) -> tuple[dict, list[int]]:
+    """An exact answer: the optimum and the plan that reaches it."""
+    return {"bytes": optimum, "exact": True, "method": method, "plan_bytes": optimum}, groups

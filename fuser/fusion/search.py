@@ -343,11 +343,11 @@ def search_nsga2(ev: PlanEvaluator, seed: int, population: int = 40) -> tuple[Ev
         minimize(FusionProblem(), algorithm, ("n_eval", ev.budget), seed=seed, verbose=False)
     else:  # nothing to search over
         ev.evaluate(np.zeros(n_edges, dtype=bool))
-    front = _pareto_front(list(evaluated.values()) or [ev.best])
+    front = pareto_front(list(evaluated.values()) or [ev.best])
     return ev.best, front
 
 
-def _pareto_front(plans: list[Evaluated]) -> list[Evaluated]:
+def pareto_front(plans: list[Evaluated]) -> list[Evaluated]:
     """Plans no other plan beats on both DRAM and peak buffer, by DRAM."""
     unique = {}
     for p in sorted(plans, key=lambda e: (e.dram, e.peak, e.key)):

@@ -124,6 +124,12 @@ def plan_header(plan, seconds: float | None = None) -> Text:
         f"{search.get('split', '?')} split, {search.get('plans_evaluated', '?')} plans"
         + (f" in {seconds:.1f} s" if seconds is not None else "")
     )
+    adopted = search.get("adopted")
+    if adopted:  # partition(gap=True) replaced the search's plan by the proven optimum
+        text.append(
+            f"\n  the search's plan moved {mb(adopted['search_dram_bytes'])} MB; "
+            f"the optimum ({adopted['from']}) moves less and is the plan"
+        )
     return text
 
 

@@ -57,7 +57,8 @@ from fuser.units import format_size, parse_size
     "--gap/--no-gap",
     default=True,
     show_default=True,
-    help="Prove how far the plan is from optimal (exact ILP/DP, else a certified lower bound).",
+    help="Prove how far the plan is from optimal (exact ILP/DP, else a certified lower bound); "
+    "when the proof finds an optimum below the search's plan, that optimum is the plan.",
 )
 def command(
     model,

@@ -1,0 +1,72 @@
+"""``gap=True`` hands back the better plan the optimality proof met (``fuser.fusion.api``)."""
+
+import pytest
+from test_fusion_graphs import conv_chain, random_dag
+
+from fuser.fusion import build_fusion_graph, make_cost_model, partition
+from fuser.fusion.exact import exact_optimum
+from fuser.fusion.opgraph import bits
+from fuser.fusion.plan import partition_problems
+from fuser.reports.format import mb
+from fuser.reports.fusion import plan_header
+
+# (graph, style, buffer, search, budget): a tiny budget leaves the search above the optimum (measured)
+CASES = [
+    (lambda: random_dag(2, n_ops=10), "lbdf", 1500, "random", 3),
+    (lambda: random_dag(2, n_ops=10), "brr", 4000, "local", 3),
+    (lambda: random_dag(4, n_ops=10), "brr", 2500, "greedy", 1),
+]
+
+
+@pytest.mark.parametrize("build,style,buffer,search,budget", CASES)
+def test_gap_adopts_the_optimum_when_the_search_falls_short(build, style, buffer, search, budget):
+    graph = build()
+    fg = build_fusion_graph(graph)
+    cost = make_cost_model(fg, style, buffer)
+    optimum = exact_optimum(cost)
+    assert optimum.optimal
+    kw = dict(buffer=buffer, style=style, search=search, budget=budget, seed=0)
+    searched = partition(graph, **kw)
+    assert searched.dram_bytes > optimum.dram_bytes  # the case tests something
+    assert searched.optimum is None and searched.search["search"] == search
+
+    plan = partition(graph, **kw, gap=True)
+    assert plan.dram_bytes == optimum.dram_bytes == plan.optimum["bytes"] and plan.gap == 0
+    assert plan.search["search"] == f"{search}+exact"
+    assert plan.search["adopted"]["search_dram_bytes"] == searched.dram_bytes
+    index = {name: i for i, name in enumerate(fg.names)}
+    groups = [sum(1 << index[op] for op in g.ops) for g in plan.groups]
+    assert sorted(i for g in groups for i in bits(g)) == list(range(fg.n))  # every op once
+    assert partition_problems(fg, groups) == []  # convex, acyclic, in a running order
+    assert all(g.valid for g in plan.groups)
+    assert sum(g.dram_bytes for g in plan.groups) == plan.dram_bytes
+    assert plan.splits == []  # valid as found: no split made it
+    assert plan.pareto[0]["dram_bytes"] == plan.dram_bytes
+    assert partition(graph, **kw, gap=True).to_json() == plan.to_json()
+    assert f"the search's plan moved {mb(searched.dram_bytes)} MB" in plan_header(plan).plain
+
+
+def test_gap_keeps_a_plan_already_optimal():
+    graph = conv_chain()
+    plan = partition(graph, buffer=2000, search="local", budget=200, gap=True)
+    assert plan.gap == 0 and plan.search["search"] == "local" and "adopted" not in plan.search
+    assert plan.groups == partition(graph, buffer=2000, search="local", budget=200).groups
+
+
+def test_gap_adopts_only_a_proven_optimum(monkeypatch):
+    """A plan met before the proof's time limit depends on the machine's speed: not adopted."""
+    import fuser.fusion.exact as exact
+
+    graph = random_dag(2, n_ops=10)
+    kw = dict(buffer=1500, style="lbdf", search="random", budget=3)
+    proven = exact.optimum_and_plan
+
+    def stopped(cost, dram_bytes, time_limit):
+        found, groups = proven(cost, dram_bytes, time_limit)
+        return {**found, "exact": False, "method": "edge-cut MILP bound"}, groups
+
+    monkeypatch.setattr(exact, "optimum_and_plan", stopped)
+    plan = partition(graph, **kw, gap=True)
+    searched = partition(graph, **kw)
+    assert plan.optimum["plan_bytes"] < plan.dram_bytes == searched.dram_bytes
+    assert plan.groups == searched.groups and "adopted" not in plan.search
