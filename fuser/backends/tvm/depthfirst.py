@@ -37,11 +37,16 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    cost model's barrier rule). Blocks that fit no stage stay whole, in program order.
 4. Inner loops: ``inner(sch, blocks, target)`` schedules the loops inside the tiles (default
    ``default_inner``; the CPU default schedules replace it), then batch x bands becomes the
-   parallel loop (llvm) or blockIdx.x (cuda; inner loops bound to threadIdx.x).
+   parallel loop (llvm) or blockIdx.x (cuda; inner loops bound to threadIdx.x). llvm: a
+   reduction over an NCHW row at least ``MIN_VECTOR`` lanes wide gets a register tile (reg_c
+   output channels x reg_w row vectors accumulated in registers, written back per tile): plan
+   groups take their weights as arguments, so the blocked layout of the default schedules is
+   not available to them.
 5. Line buffers. Each intermediate written under a tile loop keeps only its window: E rows
    (what one tile reads of it), indexed ``row mod E``. LBDF rolls: a producer computes only the
    rows the previous tile has not (predicate ``tile == 0 or row - first >= E - S``, S rows
    advanced per tile), so every row is computed once. BRR recomputes each tile's halo (Optimus).
+   A register tile's local accumulator rolls with the window its copy-out writes.
    A one-element store before the tile loop keeps the buffer's allocation outside it (it lives
    across tiles); it is added last, as it makes the producer no longer the buffer's only writer.
    TVM's ``rolling_buffer`` does this only for windows that start exactly at ``tile * S`` (a
@@ -68,6 +73,7 @@ CUDA_ROWS_PER_BAND = 4
 REDUCE = 2  # IterVar.iter_type of a reduction axis
 TILE_ANNOTATION = "fuser.tile"  # marks tile loops: inner rules schedule only the loops below
 TILE_DEPTH = 2  # an anchor's loops: batch, band (or channel block), tile, ...
+MIN_VECTOR = 4  # lanes below which a one-row register tile does not pay (narrow late layers)
 
 
 @dataclass(frozen=True)
@@ -607,18 +613,77 @@ def default_inner(sch, blocks: Sequence[str], target=None) -> None:
             last = spatial[-1]
             if not _contiguous_only(sch, b, last):
                 continue
+            if reduce and _register_tile(sch, b, spatial, reduce, target):
+                continue
             if reduce:
-                last_var = sch.get(last).loop_var
                 sch.reorder(*reduce, last)
-                sch.decompose_reduction(b, reduce[0])
-                last = next(lp for lp in sch.get_loops(b) if sch.get(lp).loop_var.same_as(last_var))
             extent = int(sch.get(last).extent)
             if extent > lanes:
                 _, last = sch.split(last, [None, lanes])
             if extent > 1:
-                sch.vectorize(last)
+                sch.vectorize(last)  # before decompose_reduction: vectorize needs the block whole
+            if reduce:
+                sch.decompose_reduction(b, reduce[0])
         except ScheduleError:
             continue
+
+
+def _register_tile(sch, b, spatial, reduce, target) -> bool:
+    """A reduction whose innermost spatial loop is contiguous (an NCHW row): the accumulators
+    of reg_c output channels x reg_w vectors of the row stay in registers (``cache_write`` to
+    local, written back per tile) while the reduction loops run outside them, each weight a
+    broadcast shared by the reg_w vectors, each input vector by the reg_c channels (the
+    window rule's register tile, in NCHW: plan groups keep their weights as arguments, so
+    there is no blocked layout). Channel loop: the widest other spatial loop; when the input
+    also reads it (depthwise, pooling) reg_c = 1 and the row vectors take its registers.
+    False (nothing changed) when the row has no vector of at least 4 lanes."""
+    from .schedules.common import cpu_facts, extent, largest_divisor, vector_factor
+
+    if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
+        return False  # a loop whose extent depends on the tile (a clipped window)
+    facts = cpu_facts(target) if target is not None else None
+    lanes, regs = (facts.lanes, facts.vector_registers) if facts else (8, 16)
+    width = extent(sch, spatial[-1])
+    vec = vector_factor(width, lanes)
+    if vec < MIN_VECTOR:
+        return False
+    others = spatial[:-1]
+    channel = max(others, key=lambda lp: extent(sch, lp)) if others else None
+    var = sch.get(channel).loop_var if channel is not None else None
+    row_var = sch.get(spatial[-1]).loop_var
+    block = sch.get(b)
+    realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
+    pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+
+    def reads_channel(load):
+        indices = [_substitute(i, pairs) for i in load.indices]
+        return any(_uses(i, row_var) for i in indices) and any(_uses(i, var) for i in indices)
+
+    out = block.writes[0].source
+    inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
+    shared = var is not None and not any(reads_channel(ld) for ld in inputs)
+    budget = regs - 4 if shared else (regs - 2) // 2
+    reg_w = largest_divisor(width // vec, max(budget, 1))
+    reg_c = largest_divisor(extent(sch, channel), budget // reg_w) if shared else 1
+    wo, wi, wv = sch.split(spatial[-1], [None, reg_w, vec])
+    if reg_c > 1:
+        co, ci = sch.split(channel, [None, reg_c])
+        outer = [co if lp.same_as(channel) else lp for lp in others]
+        sch.reorder(*outer, wo, *reduce, ci, wi, wv)
+    else:
+        ci = None
+        sch.reorder(*others, wo, *reduce, wi, wv)
+    acc = sch.cache_write(b, 0, "local")
+    sch.reverse_compute_at(acc, wo, preserve_unit_loops=True)
+    for lp in (ci, wi):
+        if lp is not None:
+            sch.unroll(lp)
+    sch.vectorize(wv)  # before decompose_reduction: vectorize needs the block whole
+    copy = list(sch.get_loops(acc))[-1]
+    if extent(sch, copy) >= vec and extent(sch, copy) % vec == 0:
+        sch.vectorize(sch.split(copy, [None, vec])[1])
+    sch.decompose_reduction(b, reduce[0])
+    return True
 
 
 def inner_loops(sch, b) -> list:
@@ -657,6 +722,7 @@ class _Window:
     advance: int  # S: rows the window moves per tile
     tile_var: object
     writers: dict = field(default_factory=dict)  # block name -> row - first row of the window
+    firsts: dict = field(default_factory=dict)  # writer block -> first row of the window
     new: object = None
 
 
@@ -687,7 +753,7 @@ def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
         buf = block.writes[0].source
         axis = _row_axis(buf)
         store = next((s for s in _stores(block) if s.buffer.same_as(buf)), None)
-        if axis is None or store is None or any(buf.same_as(p) for p in params):
+        if axis is None or store is None or any(buf.same_as(p) for p in params) or buf.scope() == "local":
             continue
         if read_outside(buf, tile_var):  # the map a global pool reads: whole, not a window
             continue
@@ -710,7 +776,28 @@ def _windows(func, stages: list[Stage], tile_vars) -> list[_Window]:
             windows.append(w)
         w.rows = max(w.rows, int(rows))
         w.writers[block.name_hint] = ana.simplify(row - first)
+        w.firsts[block.name_hint] = first
+    _accumulators(realizes, windows, ana)
     return windows
+
+
+def _accumulators(realizes, windows: list[_Window], ana) -> None:
+    """A register tile's local accumulator (``cache_write``) is no window of its own, but its
+    writers compute the rows its copy-out writes into a window: they roll with that window
+    (same predicate), or LBDF would recompute every row of the window per tile."""
+    for realize, _ in realizes:
+        copy = realize.block
+        w = next((w for w in windows if copy.name_hint in w.writers), None)
+        locals_ = [ld.source for ld in _loads(copy) if ld.source.scope() == "local"]
+        if w is None or len(locals_) != 1:
+            continue
+        for r, _ in realizes:
+            store = next((s for s in _stores(r.block) if s.buffer.same_as(locals_[0])), None)
+            if store is None or r.block.name_hint in w.writers:
+                continue
+            pairs = [(iv.var, v) for iv, v in zip(r.block.iter_vars, r.iter_values)]
+            row = _substitute(store.indices[w.axis], pairs)
+            w.writers[r.block.name_hint] = ana.simplify(row - w.firsts[copy.name_hint])
 
 
 def _circular(func, windows: list[_Window], roll: bool):
