@@ -103,8 +103,14 @@ def plan_task(fg, model: str, digest: str, config: dict) -> dict:
     }
 
 
+# Bump when the planner can return another plan for the same model and configuration (2: a
+# proven optimum cheaper than the search's plan is adopted), so a cache from before is not reused.
+PLANNER_REVISION = 2
+
+
 def cache_key(digest: str, config: dict) -> str:
-    return hashlib.sha256(json.dumps([digest, config], sort_keys=True).encode()).hexdigest()[:24]
+    key = [digest, config, PLANNER_REVISION]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _start_ray(address: str | None, workers: int | None):
