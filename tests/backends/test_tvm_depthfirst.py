@@ -225,3 +225,18 @@ def test_cuda_build_of_the_same_schedule_compiles():
     assert sum(r["tiled"] for r in reports.values()) >= 10
     source = tb.cuda_source(tb.build_fused(fused, target))
     assert "__shared__" in source and "__syncthreads" in source
+
+
+def test_a_schedule_that_does_not_compile_falls_back_to_the_default_and_says_why(monkeypatch):
+    """TVM's lowering rejected one depth-first kernel of an optimal MobileNetV2 plan ('variable
+    used before definition'): such a kernel is built with its default schedule, named in the
+    report, and the model still matches ORT."""
+    graph, x = two_convs()
+    monkeypatch.setattr(depthfirst, "_compile_error", lambda func, target: "lowering rejected it")
+    fused, target = scheduled(graph, depthfirst.TileHint("lbdf"))
+    (report,) = tb.depth_first_reports(fused).values()
+    assert not report["tiled"] and report["note"].startswith("depth-first schedule did not compile")
+    assert "lowering rejected it" in report["note"]
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL

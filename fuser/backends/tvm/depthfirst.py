@@ -977,6 +977,30 @@ def schedule_kernels(
     for gv, func in fused_mod.functions.items():
         hint = hints.get(gv.name_hint, default) if isinstance(func, tvm.tirx.PrimFunc) else None
         if hint is not None:
-            func, reports[gv.name_hint] = depth_first(func, hint, target, inner, gv.name_hint)
+            scheduled, reports[gv.name_hint] = depth_first(func, hint, target, inner, gv.name_hint)
+            error = _compile_error(scheduled, target)
+            func = _fallback(func, reports[gv.name_hint], error) if error else scheduled
         funcs[gv] = func
     return tvm.IRModule(funcs, attrs=fused_mod.attrs, global_infos=fused_mod.global_infos), reports
+
+
+def _compile_error(func, target) -> str | None:
+    """Why LLVM cannot compile the scheduled kernel alone (None: it can; milliseconds a
+    kernel). A schedule that breaks TVM's lowering would otherwise fail the whole model's
+    build naming no kernel; cuda kernels are not checked (nvcc per kernel is seconds)."""
+    if target is None or target.kind.name != "llvm":
+        return None
+    try:
+        tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    except Exception as e:  # noqa: BLE001  (any lowering error: keep the kernel unscheduled)
+        return str(e).strip().splitlines()[0][:200]
+    return None
+
+
+def _fallback(func, report: KernelSchedule, error: str):
+    """The kernel as it came, left to the default schedules; its report says why."""
+    import json
+
+    report.note = f"depth-first schedule did not compile ({error}); default schedule used"
+    report.stages, report.line_buffers, report.whole = [], {}, []
+    return func.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict()))
