@@ -43,7 +43,7 @@ def safe(text, limit: int = NAME_LIMIT, total: int | None = None) -> str:
     return markup_safe(s)
 
 
-def parse_input_shapes(specs: tuple[str, ...]):
+def parse_shape_options(specs: tuple[str, ...]):
     """('x:1,3,224,224',) -> {'x': (1,3,224,224)}; ('1,3,224,224',) -> (1,3,224,224)."""
     if not specs:
         return None
@@ -125,7 +125,7 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
     from fuser.frontends.onnx import model_files
     from fuser.serde.files import protect_inputs
 
-    shapes = parse_input_shapes(input_shapes)
+    shapes = parse_shape_options(input_shapes)
     ctx = click.get_current_context(silent=True)
     values = ctx.meta.get("fuser.input_values") if ctx is not None else None
     zoo = model.startswith("zoo:")

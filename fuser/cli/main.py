@@ -24,7 +24,7 @@ from .common import (
     input_shape_option,
     json_option,
     load_graph,
-    parse_input_shapes,
+    parse_shape_options,
     prune_options,
     safe,
     show,
@@ -200,7 +200,7 @@ def zoo_export(name, output, input_shapes, seed):
     from fuser.serde.onnx import save_onnx
 
     with status(f"capturing zoo:{name} (torch.export, then ONNX)"):
-        graph = from_zoo(name, parse_input_shapes(input_shapes), seed=seed)
+        graph = from_zoo(name, parse_shape_options(input_shapes), seed=seed)
     save_onnx(graph, output)
     show(
         plain(
