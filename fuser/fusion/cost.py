@@ -234,15 +234,23 @@ class CostModel:
         w_max = max(fg.weight_numel[i] for i in ops)
         seen_in = 0
         n_in = n_out = 0
+        # locals: this loop runs for every new group the search meets
+        op_inputs, op_outputs, producer, numel = (
+            fg.op_inputs,
+            fg.op_outputs,
+            fg.tensor_producer,
+            fg.tensor_numel,
+        )
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
         for i in ops:
-            for t, _ in fg.op_inputs[i]:
-                p = fg.tensor_producer[t]
+            for t, _ in op_inputs[i]:
+                p = producer[t]
                 if (p < 0 or not mask >> p & 1) and not seen_in >> t & 1:
                     seen_in |= 1 << t
-                    n_in += fg.tensor_numel[t]
-            for t in fg.op_outputs[i]:
-                if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask:
-                    n_out += fg.tensor_numel[t]
+                    n_in += numel[t]
+            for t in op_outputs[i]:
+                if is_output[t] or consumers[t] & outside:
+                    n_out += numel[t]
         return weights, w_max, n_in, n_out
 
     def _rows(self, ops: list[int], mask: int, sink_rows: Callable[[int], int]):
@@ -251,18 +259,22 @@ class CostModel:
         fg = self.fg
         rows: dict[int, int] = {}
         demander: dict[int, int] = {}
+        # locals: this loop runs for every new group the search meets
+        op_inputs, op_outputs, height = fg.op_inputs, fg.op_outputs, fg.tensor_height
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
         for op in reversed(ops):
             r_out = 0
-            for t in fg.op_outputs[op]:
+            for t in op_outputs[op]:
                 r = rows.get(t, 0)
-                if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask or r == 0:
+                if is_output[t] or consumers[t] & outside or r == 0:
                     s = sink_rows(t)
                     if s > r:
                         r, demander[t] = s, op
                 rows[t] = r
-                r_out = max(r_out, r)
-            for t, rule in fg.op_inputs[op]:
-                need = rule.rows(r_out, fg.tensor_height[t])
+                if r > r_out:
+                    r_out = r
+            for t, rule in op_inputs[op]:
+                need = rule.rows(r_out, height[t])
                 if need > rows.get(t, 0):
                     rows[t], demander[t] = need, op
         whole = 0

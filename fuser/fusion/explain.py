@@ -90,26 +90,19 @@ class ExactExplainer(Explainer):
         (A the down-set side); the other edges rank below by local blame."""
         fg = self.cost.fg
         total = sum(scores.values())
-        if len(scores) > 64:  # numpy sums pay off on big groups
-            vector = np.zeros(fg.n)
-            for i, s in scores.items():
-                vector[i] = s
-
-            def share(down: int) -> float:
-                return float(fg.member_vector(down) @ vector)
-        else:
-
-            def share(down: int) -> float:
-                return sum(scores[i] for i in bits(down))
-
+        vector = np.zeros(fg.n)
+        for i, s in scores.items():
+            vector[i] = s
         ranked = sorted(local, key=lambda e: (-local[e], e))
         top = ranked[: self.shortlist]
+        downs = [d for u, v in top for d in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask))]
+        # every down-set's share in one product; scores are whole bytes, so the float sums are exact
+        shares = (fg.member_matrix(downs) @ vector).tolist() if downs else []
         floor = min((local[e] for e in top), default=0.0)
         edges = {e: local[e] / (1 + total) - 1 for e in ranked[self.shortlist :]}  # below every shortlisted
-        for u, v in top:
+        for k, (u, v) in enumerate(top):
             relief = 0.0
-            for down in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask)):
-                part = share(down)
+            for part in shares[2 * k : 2 * k + 2]:
                 relief = max(relief, total - max(part, total - part))
             edges[(u, v)] = relief + (local[(u, v)] - floor) / (1 + total)  # ties: local blame
         return edges

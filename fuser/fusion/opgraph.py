@@ -230,6 +230,7 @@ class FusionGraph:
     edge_array: np.ndarray | None = None  # edges as an (E, 2) array
     _anc: list[int] | None = None
     _desc: list[int] | None = None
+    _convex_memo: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -305,7 +306,14 @@ class FusionGraph:
     def convex_components(self, mask: int) -> list[int]:
         """Weakly connected components of the convex set ``mask``: inside it, an op is
         connected to all its ancestors and descendants, so components grow by whole
-        closures rather than edge by edge."""
+        closures rather than edge by edge. Memoised: the splitter's cuts of different
+        groups often share a side."""
+        found = self._convex_memo.get(mask)
+        if found is None:
+            found = self._convex_memo[mask] = tuple(self._convex_components(mask))
+        return list(found)
+
+    def _convex_components(self, mask: int) -> list[int]:
         anc, desc = self.ancestors(), self.descendants()
         out = []
         rest = mask
@@ -324,8 +332,13 @@ class FusionGraph:
 
     def member_vector(self, mask: int) -> np.ndarray:
         """``mask`` as a 0/1 vector over ops (for numpy sums over big groups)."""
-        raw = np.frombuffer(mask.to_bytes((self.n + 7) // 8, "little"), np.uint8)
-        return np.unpackbits(raw, count=self.n, bitorder="little")
+        return self.member_matrix([mask])[0]
+
+    def member_matrix(self, masks: list[int]) -> np.ndarray:
+        """``masks`` as rows of 0/1 over ops (one numpy pass for many sums)."""
+        width = (self.n + 7) // 8
+        raw = np.frombuffer(b"".join(m.to_bytes(width, "little") for m in masks), np.uint8)
+        return np.unpackbits(raw.reshape(len(masks), width), axis=1, count=self.n, bitorder="little")
 
     def group_names(self, mask: int) -> list[str]:
         return [self.names[i] for i in bits(mask)]
