@@ -7,9 +7,9 @@ DEMO_STAMP := .install-demo.stamp
 TEST_STAMP := .install-test.stamp
 
 # Debian packages: Graphviz draws the report's graph (demo and tests); Chromium renders the
-# page in the tests only.
+# page in the tests only; valgrind (cachegrind) measures the DRAM traffic of plan builds in the tests.
 DEMO_PACKAGES := graphviz fonts-dejavu-core
-TEST_PACKAGES := $(DEMO_PACKAGES) chromium
+TEST_PACKAGES := $(DEMO_PACKAGES) chromium valgrind
 
 .PHONY: install install-test demo lint test test-heavy clean
 
@@ -30,11 +30,11 @@ $(DEMO_STAMP): pyproject.toml
 	$(call system,dot,$(DEMO_PACKAGES))
 	@touch $@
 
-# The tests also need the test tools, Apache TVM and Chromium.
+# The tests also need the test tools, Apache TVM, Ray (fuser sweep), Chromium and valgrind.
 $(TEST_STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,tvm]'
-	$(call system,dot chromium,$(TEST_PACKAGES))
+	$(PY) -m pip install -q -e '.[test,tvm,ray]'
+	$(call system,dot chromium valgrind,$(TEST_PACKAGES))
 	@touch $@
 
 install: $(DEMO_STAMP)
