@@ -24,6 +24,7 @@ from .convnext import convnext_tiny
 from .deeplab import DEEPLABV3PLUS_MOBILENET_V3_PARAMS, deeplabv3plus_mobilenet_v3
 from .efficientnet import efficientnet_b0, efficientnet_b3
 from .mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from .picodet import PICODET_LAYOUT_PARAMS, picodet_lcnet_layout
 from .resnet import resnet18, resnet50, resnet152
 from .shufflenet import shufflenet_v2_x1_0
 from .squeezenet import squeezenet1_1
@@ -105,6 +106,13 @@ _REGISTRY: dict[str, ModelEntry] = {
         YOLOV8N_PARAMS,
         "YOLOv8n (Ultralytics 2023): C2f bottlenecks, SPPF, decoupled anchor-free head with DFL",
         input_shape=(1, 3, 640, 640),
+    ),
+    "picodet_layout": ModelEntry(
+        picodet_lcnet_layout,
+        None,
+        PICODET_LAYOUT_PARAMS,
+        "PP-PicoDet-LCNet x1.0 (Yu et al. 2021), PP-Structure's layout detector: LCNet + CSP-PAN + PicoHead",
+        input_shape=(1, 3, 800, 608),
     ),
     "convfirst": ModelEntry(
         convfirst,

@@ -25,7 +25,8 @@ TOL = 1e-4
 # basic blocks; MobileNetV2 10 inverted residuals with a skip (1+2+3+2+2, not the t=1 first or
 # the stride-2/widening ones); ConvNeXt-T 3+3+9+3; EfficientNet-B0 16 MBConv of which 9 have a
 # skip (the other 7 keep only their squeeze-excite); YOLOv8n 8 C2f (4 backbone, 4 neck) and its
-# 3 head branches (box and class convs joined by Concat).
+# 3 head branches (box and class convs joined by Concat); PicoDet's CSP-PAN 4 CSP layers (2
+# top-down, 2 bottom-up: two 1x1 branches joined by Concat) and LCNet's 2 squeeze-excite blocks.
 HAND = {
     "resnet18": {"ResNet basic": 8},
     "mobilenet_v2": {"MBConv": 10},
@@ -33,6 +34,7 @@ HAND = {
     "convnext_tiny": {"ConvNeXt": 18},
     "yolov8n": {"C2f": 8, "concat block": 3},
     "efficientnet_b0": {"MBConv + SE": 9, "squeeze-excite": 7},
+    "picodet_layout": {"concat block": 4, "squeeze-excite": 2},
 }
 
 

@@ -36,9 +36,10 @@ EXPECTED_PARAMS = {
     "deeplabv3plus_mobilenet_v3": 11_727_653,  # ours: no reference model
     "convfirst": 9_137_416,  # ours: no reference model
     "yolov8n": 3_157_200,  # Ultralytics' model.info(); 3,151,904 with BN folded (below)
+    "picodet_layout": 1_791_988,  # no published count at 5 classes; 1.5x COCO is checked below
 }
-OWN_MODELS = {"deeplabv3plus_mobilenet_v3", "convfirst"}
-HEAVY_MODELS = {"resnet152", "vgg16", "efficientnet_b3", "yolov8n"}
+OWN_MODELS = {"deeplabv3plus_mobilenet_v3", "convfirst", "picodet_layout"}
+HEAVY_MODELS = {"resnet152", "vgg16", "efficientnet_b3", "yolov8n", "picodet_layout"}
 RUN_HEAVY_FULL = os.environ.get("FUSER_HEAVY") == "1"
 SMALL_RESOLUTION = 64
 
@@ -77,7 +78,7 @@ def test_names_and_metadata():
         expected_reference = None if name in OWN_MODELS else EXPECTED_PARAMS[name]
         assert info["params_reference"] == expected_reference
         side = {"efficientnet_b3": 300, "yolov8n": 640}.get(name, 224)
-        expected_shape = (1, 3, side, side)
+        expected_shape = (1, 3, 800, 608) if name == "picodet_layout" else (1, 3, side, side)
         assert models.input_shape(name) == expected_shape
     with pytest.raises(KeyError):
         models.create("no_such_model")
@@ -99,6 +100,8 @@ def test_forward_shape_and_finite(name):
         expected = (1, 21) + tuple(x.shape[-2:])
     elif name == "yolov8n":  # 4 box + 80 class rows, one column per anchor of the 3 levels
         expected = (1, 84, sum((x.shape[2] // s) * (x.shape[3] // s) for s in (8, 16, 32)))
+    elif name == "picodet_layout":  # 5 class scores + 4 x 8 box bins per anchor of the 4 levels
+        expected = (1, sum(-(-x.shape[2] // s) * -(-x.shape[3] // s) for s in (8, 16, 32, 64)), 37)
     else:
         expected = (1, 1000)
     assert tuple(y.shape) == expected
@@ -206,3 +209,17 @@ def test_yolov8n_fused_parameter_count_and_anchors():
     graph = fuser.optimize(built("yolov8n"), (torch.zeros(1, 3, 640, 640),)).graph
     assert analyze(graph)["params"] == 3_151_904
     assert graph.outputs[0].shape == (1, 84, 8400)
+
+
+def test_picodet_matches_published_configurations():
+    """PaddleDetection's README lists PicoDet-LCNet 1.5x (80 COCO classes) at 3.10 M parameters;
+    the layout model at its 800 x 608 input has 10,105 anchors (100x76 + 50x38 + 25x19 + 13x10)."""
+    from fuser.models.picodet import picodet_lcnet_layout
+
+    coco = picodet_lcnet_layout(num_classes=80, scale=1.5)
+    assert count_params(coco) // 10_000 == 310  # 3,107,664; the README's 3.10 M is truncated
+    with torch.no_grad():
+        y = built("picodet_layout")(torch.zeros(1, 3, 800, 608))
+    assert tuple(y.shape) == (1, 10_105, 37)
+    scores = y[..., :5]
+    assert ((scores >= 0) & (scores <= 1)).all()
