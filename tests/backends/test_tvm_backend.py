@@ -282,6 +282,7 @@ ZOO_ALL = [
     "mobilenet_v2",
     "mobilenet_v3_large",
     "mobilenet_v3_small",
+    "picodet_layout",
     "resnet152",
     "resnet18",
     "resnet50",
