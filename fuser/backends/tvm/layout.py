@@ -26,7 +26,12 @@ transformed once at build time.
    ungrouped it becomes ``W[O, C] @ X[N, C, H*W]`` (reshapes are free), which the matmul rule
    vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
    layout of their input.
-3. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
+3. ``HoistWeightLayouts``: in a Primitive function (a plan group, whose weights are its
+   arguments), a parameter read only by one op on it alone (a ``layout_transform``, Gemm's
+   transpose) and given a constant by every call takes that op's result instead; the op moves
+   to the calls, where pass 4 prepacks a layout and FoldConstant folds the rest. Groups sharing
+   one function (identical shapes) keep sharing it.
+4. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
    (the index map evaluated on index grids). FoldConstant would compile one TIR function per
    weight: most of the build time of a 150-conv model.
 
@@ -207,7 +212,128 @@ def _pointwise_as_matmul(call, layout_cb):
     return R.reshape(y, [n, o, h, wd])
 
 
-# ---- pass 3: weights transformed at build time ---------------------------------------------
+# ---- pass 3: weight layouts out of plan groups -----------------------------------------------
+def _callers(mod) -> dict[str, list]:
+    """Function name -> the calls of it in the module's Relax functions."""
+    calls: dict[str, list] = {}
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar):
+            calls.setdefault(e.op.name_hint, []).append(e)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return calls
+
+
+def _hoistable(func, calls: list) -> dict[int, object]:
+    """Parameter index -> the one binding reading it, an op on it alone (a layout_transform, a
+    transpose), for parameters every call passes a constant."""
+    uses: dict[int, list] = {}
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    for b in bindings:
+        seen = _vars(b.value)
+        for i, p in enumerate(func.params):
+            uses.setdefault(i, []).extend(b for v in seen if v.same_as(p))
+    out = {}
+    for i, users in uses.items():
+        if len(users) != 1 or not calls or not all(_constant(c.args[i]) for c in calls):
+            continue
+        value = users[0].value
+        if (
+            isinstance(value, relax.Call)
+            and isinstance(value.op, tvm.ir.Op)
+            and value.args
+            and value.args[0].same_as(func.params[i])
+            and not any(isinstance(a, relax.Var) for a in value.args[1:])
+        ):
+            out[i] = users[0]
+    return out
+
+
+def _vars(expr) -> list:
+    seen: list = []
+    relax.analysis.post_order_visit(expr, lambda e: seen.append(e) if isinstance(e, relax.Var) else None)
+    return seen
+
+
+def _constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.expr.Constant) and isinstance(getattr(expr, "ty", None), relax.TensorType)
+
+
+def hoist_weight_layouts():
+    """Pass 3 (module doc)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Body(PyExprMutator):
+        def __init__(self, hoisted: dict):  # binding var -> the new parameter
+            super().__init__()
+            self.hoisted = hoisted
+
+        def visit_var_binding_(self, binding):
+            new = next((p for v, p in self.hoisted.items() if v.same_as(binding.var)), None)
+            if new is None:
+                super().visit_var_binding_(binding)
+            else:
+                self.set_var_remap(binding.var, new)
+
+    @mutator
+    class _Calls(PyExprMutator):
+        def __init__(self, mod, moved: dict):  # function name -> (new gvar, {index: binding})
+            super().__init__(mod)
+            self.moved = moved
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call.op, tvm.ir.GlobalVar) or call.op.name_hint not in self.moved:
+                return call
+            gv, hoisted = self.moved[call.op.name_hint]
+            args = list(call.args)
+            for i, b in hoisted.items():
+                v = b.value
+                args[i] = relax.Call(v.op, [args[i], *v.args[1:]], v.attrs, v.ty_args)
+            return relax.Call(gv, args)
+
+    @tvm.transform.module_pass(opt_level=0, name="HoistWeightLayouts")
+    def _pass(mod, _ctx):
+        callers = _callers(mod)
+        funcs, moved = {}, {}
+        for gv, func in mod.functions_items():
+            if not (isinstance(func, relax.Function) and func.attrs and "Primitive" in func.attrs):
+                continue
+            hoisted = _hoistable(func, callers.get(gv.name_hint, []))
+            if not hoisted:
+                continue
+            params = list(func.params)
+            for i, b in hoisted.items():
+                params[i] = relax.Var(params[i].name, b.var.ty)
+            body = _Body({b.var: params[i] for i, b in hoisted.items()}).visit_expr(func.body)
+            funcs[gv] = relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs)
+            new = tvm.ir.GlobalVar(gv.name_hint)
+            tvm.get_global_func("relax.UpdateType")(new, funcs[gv].ty)  # callers type-check on it
+            moved[gv.name_hint] = (new, hoisted)
+        if not moved:
+            return mod
+        mod = tvm.IRModule(
+            {
+                (moved[gv.name_hint][0] if gv in funcs else gv): funcs.get(gv, f)
+                for gv, f in mod.functions_items()
+            },
+            attrs=mod.attrs,
+            global_infos=mod.global_infos,
+        )
+        calls = _Calls(mod, moved)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and gv.name_hint not in moved:
+                calls.builder_.update_func(gv, calls.visit_expr(func))
+        return calls.builder_.get()
+
+    return _pass
+
+
+# ---- pass 4: weights transformed at build time ---------------------------------------------
 def _eval_index(expr, env: dict):
     """A TIR index expression (vars, constants, + - * // %) on numpy index grids."""
     tirx = tvm.tirx
@@ -257,7 +383,7 @@ def _prepack(call):
 
 
 def layout_passes(target) -> list:
-    """Passes 1-3 (module doc) for an llvm target."""
+    """Passes 1-4 (module doc) for an llvm target."""
     require_tvm()
     from .schedules.common import cpu_facts
 
@@ -274,6 +400,7 @@ def layout_passes(target) -> list:
         relax.transform.Normalize(),
         convert_layout,
         relax.transform.Normalize(),
+        hoist_weight_layouts(),
         _call_mutator("PrepackWeights", _prepack),
     ]
 
