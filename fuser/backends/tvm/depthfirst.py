@@ -45,10 +45,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
 4. Inner loops: ``inner(sch, blocks, target)`` schedules the loops inside the tiles (default
    ``default_inner``; the CPU default schedules replace it), then batch x bands becomes the
    parallel loop (llvm) or blockIdx.x (cuda; inner loops bound to threadIdx.x). llvm: a
-   reduction over an NCHW row at least ``MIN_VECTOR`` lanes wide gets a register tile (reg_c
-   output channels x reg_w row vectors accumulated in registers, written back per tile): plan
-   groups take their weights as arguments, so the blocked layout of the default schedules is
-   not available to them.
+   reduction whose contiguous innermost loop is at least ``MIN_VECTOR`` lanes wide (an NCHW
+   row; the channel block of the blocked NCHW[x]c layout the layout passes give plan groups,
+   with weights prepacked) gets a register tile (``_register_tile``), written back per tile.
 5. Line buffers. Each intermediate written under a tile loop keeps only its window: E rows
    (what one tile reads of it), indexed ``row mod E``. LBDF rolls: a producer computes only the
    rows the previous tile has not (predicate ``tile == 0 or row - first >= E - S``, S rows
@@ -658,14 +657,14 @@ def default_inner(sch, blocks: Sequence[str], target=None) -> None:
 
 
 def _register_tile(sch, b, spatial, reduce, target) -> bool:
-    """A reduction whose innermost spatial loop is contiguous (an NCHW row): the accumulators
-    of reg_c output channels x reg_w vectors of the row stay in registers (``cache_write`` to
-    local, written back per tile) while the reduction loops run outside them, each weight a
-    broadcast shared by the reg_w vectors, each input vector by the reg_c channels (the
-    window rule's register tile, in NCHW: plan groups keep their weights as arguments, so
-    there is no blocked layout). Channel loop: the widest other spatial loop; when the input
-    also reads it (depthwise, pooling) reg_c = 1 and the row vectors take its registers.
-    False (nothing changed) when the row has no vector of at least 4 lanes."""
+    """A reduction whose innermost spatial loop is contiguous (an NCHW row, or the channel
+    block of NCHW[x]c): the accumulators of reg_c x reg_w vectors stay in registers
+    (``cache_write`` to local, written back per tile) while the reduction loops run outside
+    them. reg_c tiles the widest other spatial loop (NCHW: output channels, each weight a
+    broadcast shared by the reg_w row vectors; NCHW[x]c: output columns, each input a broadcast
+    shared by the channel-block vector of weights). When the input also reads that loop
+    (depthwise, pooling) each accumulator needs its own input vector: half the registers.
+    False (nothing changed) when the innermost loop has no vector of at least 4 lanes."""
     from .schedules.common import cpu_facts, extent, largest_divisor, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
@@ -693,7 +692,7 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     shared = var is not None and not any(reads_channel(ld) for ld in inputs)
     budget = regs - 4 if shared else (regs - 2) // 2
     reg_w = largest_divisor(width // vec, max(budget, 1))
-    reg_c = largest_divisor(extent(sch, channel), budget // reg_w) if shared else 1
+    reg_c = largest_divisor(extent(sch, channel), max(budget // reg_w, 1)) if channel is not None else 1
     wo, wi, wv = sch.split(spatial[-1], [None, reg_w, vec])
     if reg_c > 1:
         co, ci = sch.split(channel, [None, reg_c])
