@@ -262,3 +262,48 @@ def test_a_schedule_that_does_not_compile_falls_back_to_the_default_and_says_why
     got = run_fused(graph, fused, target, x)
     want = ort_run_graph(graph, {graph.inputs[0].name: x})
     assert rel_err(got[0], want[0]) <= TOL
+
+
+def conv_chain(widths=(16, 16, 16, 32, 32), hw=12):
+    """conv3x3 + ReLU from each width to the next: a chain to cut into groups."""
+    torch.manual_seed(0)
+    layers = []
+    for cin, cout in zip(widths, widths[1:]):
+        layers += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
+    x = torch.randn(1, widths[0], hw, hw)
+    return fuser.optimize(torch.nn.Sequential(*layers).eval(), (x,)).graph, x.numpy()
+
+
+def test_plan_groups_pass_blocked_tensors_and_prepacked_weights():
+    """Groups of two convs each: the layout passes block their convs (NCHW[x]c), the tensor
+    between the groups stays blocked (no layout_transform kernel between them), weights reach
+    the kernels prepacked (6-D), and the build matches ORT."""
+    graph, x = conv_chain()
+    names = [n.name for n in graph.nodes]
+    owner = {n: i // 4 for i, n in enumerate(names)}  # (conv, relu) x 2 per group
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling={0: depthfirst.TileHint("lbdf")})
+    assert tb.kernel_names(fused) == ["fuser_group_0", "fuser_group_1"]
+    first, second = (fused[k] for k in ("fuser_group_0", "fuser_group_1"))
+    shapes = [[int(d) for d in p.ty.shape] for p in first.params]
+    assert [len(s) for s in shapes].count(6) == 2  # the two convs' weights, OIHW[i]i[o]o
+    between = shapes[-1]  # group 0's result is group 1's first input
+    assert len(between) == 5 and between[2:4] == [12, 12] and between[1] * between[4] == 16
+    assert [int(d) for d in second.params[0].ty.shape] == between
+    assert tb.depth_first_reports(fused)["fuser_group_0"]["tiled"]
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_depth_first_kernels_are_compiled_once_together(monkeypatch):
+    """The compile check runs once for all depth-first kernels; per kernel only if it fails."""
+    graph, x = conv_chain()
+    owner = {n.name: i // 4 for i, n in enumerate(graph.nodes)}
+    checked = []
+    real = depthfirst._compile_error
+    monkeypatch.setattr(depthfirst, "_compile_error", lambda k, t: checked.append(sorted(k)) or real(k, t))
+    target = tb.make_target("llvm", threads=1)
+    hints = {0: depthfirst.TileHint("lbdf"), 1: depthfirst.TileHint("lbdf")}
+    tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
+    assert checked == [["fuser_group_0", "fuser_group_1"]]
