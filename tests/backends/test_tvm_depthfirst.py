@@ -307,3 +307,21 @@ def test_depth_first_kernels_are_compiled_once_together(monkeypatch):
     hints = {0: depthfirst.TileHint("lbdf"), 1: depthfirst.TileHint("lbdf")}
     tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
     assert checked == [["fuser_group_0", "fuser_group_1"]]
+
+
+def test_a_register_tile_that_does_not_compile_is_dropped_not_the_depth_first_schedule(monkeypatch):
+    """ResNet-18's conv1 + ReLU + max pool group: TVM's lowering rejected its register tiles
+    under the rolling window. The kernel is scheduled again without them, still depth-first."""
+    graph, x = two_convs()
+
+    def rejects_register_tiles(kernels, target):
+        return "rejected" if any('"local"' in f.script() for f in kernels.values()) else None
+
+    monkeypatch.setattr(depthfirst, "_compile_error", rejects_register_tiles)
+    fused, target = scheduled(graph, depthfirst.TileHint("lbdf"))
+    (report,) = tb.depth_first_reports(fused).values()
+    assert report["tiled"] and report["note"].startswith("register tiles off")
+    assert sorted(report["line_buffers"].values())[-3:] == [3, 3, 5]
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL

@@ -48,6 +48,10 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    reduction whose contiguous innermost loop is at least ``MIN_VECTOR`` lanes wide (an NCHW
    row; the channel block of the blocked NCHW[x]c layout the layout passes give plan groups,
    with weights prepacked) gets a register tile (``_register_tile``), written back per tile.
+   A kernel LLVM does not compile (TVM's lowering rejects some register tiles under a rolling
+   window: "variable used before definition", ResNet-18's conv1 + ReLU + max pool group) is
+   scheduled again without register tiles; if that fails too, the kernel as it came goes to
+   the default schedules and its report says why.
 5. Line buffers. Each intermediate written under a tile loop keeps only its window: E rows
    (what one tile reads of it), indexed ``row mod E``. LBDF rolls: a producer computes only the
    rows the previous tile has not (predicate ``tile == 0 or row - first >= E - S``, S rows
@@ -63,6 +67,7 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -608,7 +613,7 @@ def _contiguous_only(sch, b, loop) -> bool:
     return True
 
 
-def default_inner(sch, blocks: Sequence[str], target=None) -> None:
+def default_inner(sch, blocks: Sequence[str], target=None, register_tiles: bool = True) -> None:
     """The loops inside each tile (the hook the CPU default schedules replace).
 
     llvm: when the innermost spatial loop walks only the contiguous axis of every access, the
@@ -641,7 +646,7 @@ def default_inner(sch, blocks: Sequence[str], target=None) -> None:
             last = spatial[-1]
             if not _contiguous_only(sch, b, last):
                 continue
-            if reduce and _register_tile(sch, b, spatial, reduce, target):
+            if reduce and register_tiles and _register_tile(sch, b, spatial, reduce, target):
                 continue
             if reduce:
                 sch.reorder(*reduce, last)
@@ -956,7 +961,6 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     """Rules 1-5 on one PrimFunc; returns (scheduled PrimFunc, KernelSchedule). A kernel the
     rules cannot tile keeps its loops (with the inner schedule) and says why in the report."""
     require_tvm()
-    import json
 
     from tvm import s_tir
 
@@ -1011,16 +1015,35 @@ def schedule_kernels(
         if hint is not None:
             scheduled, reports[gv.name_hint] = depth_first(func, hint, target, inner, gv.name_hint)
             if reports[gv.name_hint].tiled:
-                tiled[gv.name_hint] = (func, scheduled)
+                tiled[gv.name_hint] = (func, scheduled, hint)
             func = scheduled
         funcs[gv] = func
-    if _compile_error({k: s for k, (_, s) in tiled.items()}, target):  # one compile; per kernel if it fails
+    if _compile_error(
+        {k: s for k, (_, s, _) in tiled.items()}, target
+    ):  # one compile; per kernel if it fails
         for gv in funcs:
             if gv.name_hint in tiled:
-                original, scheduled = tiled[gv.name_hint]
-                error = _compile_error({gv.name_hint: scheduled}, target)
-                funcs[gv] = _fallback(original, reports[gv.name_hint], error) if error else scheduled
+                funcs[gv] = _compiling(gv.name_hint, *tiled[gv.name_hint], reports, target, inner)
     return tvm.IRModule(funcs, attrs=fused_mod.attrs, global_infos=fused_mod.global_infos), reports
+
+
+def _compiling(name: str, original, scheduled, hint: TileHint, reports: dict, target, inner):
+    """``scheduled`` if LLVM compiles it; else the same depth-first schedule without register
+    tiles (default inner loops only); else ``original`` on its default schedule (rule 4)."""
+    error = _compile_error({name: scheduled}, target)
+    if not error:
+        return scheduled
+    if inner is None:
+        plain, report = depth_first(original, hint, target, _without_register_tiles, name)
+        if report.tiled and not _compile_error({name: plain}, target):
+            report.note = f"register tiles off: with them the kernel did not compile ({error})"
+            reports[name] = report
+            return plain.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict()))
+    return _fallback(original, reports[name], error)
+
+
+def _without_register_tiles(sch, blocks, target=None) -> None:
+    default_inner(sch, blocks, target, register_tiles=False)
 
 
 def _compile_error(kernels: Mapping, target) -> str | None:
@@ -1041,8 +1064,6 @@ def _compile_error(kernels: Mapping, target) -> str | None:
 
 def _fallback(func, report: KernelSchedule, error: str):
     """The kernel as it came, left to the default schedules; its report says why."""
-    import json
-
     report.note = f"depth-first schedule did not compile ({error}); default schedule used"
     report.stages, report.line_buffers, report.whole = [], {}, []
     return func.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict()))
