@@ -18,8 +18,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    (an elementwise chain becomes one epilogue); a plain copy (a pad that pads nothing, a
    reshape, a split) is inlined into any consumer. A real pad (and a concat: both select) is
    kept: it is the line buffer of the op after it, and the activation before it is inlined into
-   it. An output block is reverse-inlined into its one spatial producer when it can be (the
-   residual Add joins the epilogue of the last conv).
+   it. An output block is reverse-inlined into its one spatial producer when it can be and is
+   that producer's only reader (the residual Add joins the epilogue of the last conv; TVM's
+   reverse_compute_inline would drop a buffer another block still reads).
 2. Anchors and tiles. Every output block whose tensor has rows (rank >= 4, H > 1) is an
    anchor; an output the kernel also reads itself is split with ``cache_write`` into an
    internal block and a copy, the copy being the anchor. Each anchor's loops become
@@ -412,7 +413,12 @@ def _inline(k: _Kernel) -> None:
     for b in k.blocks():
         if k.is_output(b) and not k.is_reduction(b):
             producers = list(sch.get_producers(b))
-            if len(producers) == 1 and not k.is_reduction(producers[0]) and not k.selects(producers[0]):
+            if (
+                len(producers) == 1
+                and not k.is_reduction(producers[0])
+                and not k.selects(producers[0])
+                and len(sch.get_consumers(producers[0])) == 1  # TVM would drop a buffer others read
+            ):
                 with contextlib.suppress(ScheduleError):
                     sch.reverse_compute_inline(b)
 
