@@ -274,13 +274,15 @@ def conv_chain(widths=(16, 16, 16, 32, 32), hw=12):
     return fuser.optimize(torch.nn.Sequential(*layers).eval(), (x,)).graph, x.numpy()
 
 
-def test_plan_groups_pass_blocked_tensors_and_prepacked_weights():
+@pytest.mark.parametrize("cut", [4, 3])
+def test_plan_groups_pass_blocked_tensors_and_prepacked_weights(cut):
     """Groups of two convs each: the layout passes block their convs (NCHW[x]c), the tensor
     between the groups stays blocked (no layout_transform kernel between them), weights reach
-    the kernels prepacked (6-D), and the build matches ORT."""
+    the kernels prepacked (6-D), and the build matches ORT. cut 3: the second group starts with
+    the first group's last ReLU (a plan may cut between a conv and its activation)."""
     graph, x = conv_chain()
     names = [n.name for n in graph.nodes]
-    owner = {n: i // 4 for i, n in enumerate(names)}  # (conv, relu) x 2 per group
+    owner = {n: int(i >= cut) for i, n in enumerate(names)}
     target = tb.make_target("llvm", threads=1)
     fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling={0: depthfirst.TileHint("lbdf")})
     assert tb.kernel_names(fused) == ["fuser_group_0", "fuser_group_1"]

@@ -393,6 +393,75 @@ def _constant(expr) -> bool:
     return isinstance(expr, tvm.ir.expr.Constant) and isinstance(getattr(expr, "ty", None), relax.TensorType)
 
 
+UNARY_EPILOGUE = ("relax.maximum", "relax.minimum", "relax.nn.relu")
+
+
+def _scalar_epilogue(expr) -> bool:
+    """An elementwise op of one tensor and scalar constants (ReLU, ReLU6 as max/min): it
+    commutes with any layout_transform."""
+    return (
+        isinstance(expr, relax.Call)
+        and isinstance(expr.op, tvm.ir.Op)
+        and expr.op.name in UNARY_EPILOGUE
+        and isinstance(expr.args[0], relax.Var)
+        and all(_constant(a) and len(a.ty.shape) == 0 for a in expr.args[1:])
+    )
+
+
+def transforms_before_epilogues():
+    """Module pass: in a Primitive function, ``layout_transform(op(x, scalars))`` where the op's
+    result has no other reader becomes ``op(layout_transform(x), scalars)``, repeated: a group
+    that starts with the previous conv's activation (MobileNetV2 at batch 8: ReLU6, then a 1x1
+    conv) then blocks its parameter itself, which pass 3 can hoist."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Swap(PyExprMutator):
+        def __init__(self, moved: list):  # epilogue bindings to emit after their transform
+            super().__init__()
+            self.moved = moved
+
+        def visit_var_binding_(self, binding):
+            if any(binding.same_as(m) for m, _ in self.moved):
+                return  # emitted below, after the transform of its input
+            lt = next((t for m, t in self.moved if t.same_as(binding)), None)
+            if lt is None:
+                return super().visit_var_binding_(binding)
+            epilogue = next(m for m, t in self.moved if t.same_as(binding)).value
+            blocked = self.builder_.emit(_apply(lt.value, self.visit_expr(epilogue.args[0])))
+            value = relax.Call(epilogue.op, [blocked, *epilogue.args[1:]], epilogue.attrs, epilogue.ty_args)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+
+    def moves(func) -> list:
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        out = []
+        for b in bindings:
+            if not _is_layout_transform(b.value) or not isinstance(b.value.args[0], relax.Var):
+                continue
+            if len(b.value.args[0].ty.shape) != 4 or len(b.var.ty.shape) != 5:
+                continue  # only a transform into the blocked layout moves up, towards a parameter
+            src = next((e for e in bindings if e.var.same_as(b.value.args[0])), None)
+            if src is not None and _scalar_epilogue(src.value) and len(_readers(func, src.var)) == 1:
+                out.append((src, b))
+        return out
+
+    @tvm.transform.module_pass(opt_level=0, name="TransformsBeforeEpilogues")
+    def _pass(mod, _ctx):
+        for _ in range(4):  # one op per round: ReLU6 is two
+            changed = False
+            for gv, func in list(mod.functions_items()):
+                moved = moves(func) if _primitive(func) else []
+                if moved:
+                    new = _Swap(moved).visit_expr(func)
+                    mod[gv] = relax.Function(new.params, new.body, func.ret_ty, func.is_pure, func.attrs)
+                    changed = True
+            if not changed:
+                break
+        return mod
+
+    return _pass
+
+
 def hoist_group_layouts():
     """Pass 3 (module doc)."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -544,6 +613,7 @@ def layout_passes(target) -> list:
         relax.transform.Normalize(),
         convert_layout,
         relax.transform.Normalize(),
+        transforms_before_epilogues(),
         hoist_group_layouts(),
         _call_mutator("PrepackWeights", _prepack),
     ]
