@@ -36,7 +36,9 @@ transformed once at build time.
    from (a group's blocked result into a group that blocks it the same way) is dropped: the
    groups pass the blocked tensor; the transforms left in ``main`` are kernels of their own (at
    the model's input and output, or between groups with different blocks). Groups sharing one
-   function (identical shapes) keep sharing it.
+   function (identical shapes) keep sharing it. Before it, ``TransformsBeforeEpilogues`` moves
+   a transform into the blocked layout above a ReLU/max/min by scalars that only it reads, so a
+   group starting with the previous conv's activation blocks its parameter directly.
 4. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
    (the index map evaluated on index grids). FoldConstant would compile one TIR function per
    weight: most of the build time of a 150-conv model.
