@@ -3,14 +3,16 @@
 Per case (MODEL@SIZE/bBATCH): ONNX Runtime for reference; ``tvm`` = FuseOps with fuser's CPU
 default schedules (blocked layouts, prepacked weights: what ``fuser compile`` builds without a
 plan); ``tvm plan`` = one depth-first kernel per group of an LBDF plan made for ``--buffer``
-(default: this host's L2 per core, read from /sys), its other kernels on the default
-schedules; ``tvm plan, no tiling`` = the same groups as plain FuseTIR kernels (the plan
-changes kernel boundaries only). Same schedules, no tuning for all TVM builds. Each median's
-ratio to the FuseOps build is printed (> 1: slower). Writes benchmarks/results/plan_latency.txt.
+(default: this host's L2 per core, read from /sys) by ``--search`` (default local, partition's
+default), its other kernels on the default schedules; ``tvm plan, no tiling`` = the same
+groups as plain FuseTIR kernels (the plan changes kernel boundaries only). Same schedules, no
+tuning for all TVM builds. Each median's ratio to the FuseOps build is printed (> 1: slower).
+Writes benchmarks/results/plan_latency.txt.
 
     python benchmarks/plan_latency.py                                    # resnet18@224/b1
     python benchmarks/plan_latency.py --cases mobilenet_v2@224/b1,mobilenet_v2@224/b8
     python benchmarks/plan_latency.py --cpu-time                         # loaded machine: 1 thread, CPU time
+    python benchmarks/plan_latency.py --search greedy                    # the planner's greedy search
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_latency.txt"
+WEIGHTED = ("Conv", "Gemm", "MatMul")
 SPEEDUP_TARGET = 1.2  # the issue: plan-driven >= 1.2x faster than FuseOps (MobileNetV2 at 224)
 
 
@@ -48,6 +51,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="resnet18@224/b1", help="comma list of MODEL@SIZE/bBATCH")
     ap.add_argument("--buffer", help="the plan's buffer (default: this host's L2 per core)")
+    ap.add_argument(
+        "--search",
+        default="local",
+        help="the planner's search (partition's default, local; greedy puts every conv of "
+        "MobileNetV2 at 224 in a group of its own)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -82,7 +91,7 @@ def main(argv=None) -> int:
     out.print(
         f"plan-driven vs FuseOps TVM builds, untuned, default schedules; {platform.machine()}, "
         f"{threads} threads, {'process CPU time' if args.cpu_time else 'wall clock'}, median of "
-        f"{args.repeat}, interleaved; plan: LBDF for a {format_size(buffer)} buffer"
+        f"{args.repeat}, interleaved; plan: LBDF ({args.search} search) for a {format_size(buffer)} buffer"
         + ("" if args.buffer else " (this host's L2 per core)")
     )
     target = tb.make_target("llvm", threads=threads)
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
         shape[0], shape[2:] = batch, [size, size]
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         graph = fuser.optimize(create(name, seed=0).eval(), (x,)).graph
-        plan = partition(graph, buffer=buffer, style="lbdf", search="greedy", element_bytes=4)
+        plan = partition(graph, buffer=buffer, style="lbdf", search=args.search, element_bytes=4)
         owner = {op: gid for gid, g in enumerate(plan.groups) for op in g.ops}
         xn = x.numpy()
         builds = {"tvm": _tvm(graph, target)}
@@ -114,8 +123,11 @@ def main(argv=None) -> int:
             runs[label] = lambda m=model, a=xn: m(a)
         times = interleaved(runs, args.warmup, args.repeat, clock)
         base = statistics.median(times["tvm"])
+        kind = {n.name: n.op for n in graph.nodes}
+        multi = sum(sum(kind.get(op) in WEIGHTED for op in g.ops) > 1 for g in plan.groups)
         t = Table(
-            title=f"{case}: {len(plan.groups)} plan groups, plan DRAM {human_bytes(plan.dram_bytes)}",
+            title=f"{case}: {len(plan.groups)} plan groups ({multi} with more than one conv or Gemm), "
+            f"plan DRAM {human_bytes(plan.dram_bytes)}",
             title_justify="left",
         )
         for col in ("build", "median ms", "min..max ms", "vs FuseOps", "build s", "rel err vs ORT"):

@@ -53,10 +53,17 @@ def test_plan_driven_build_matches_ort(name):
     kernels = set(group_kernels(mod).values())
     assert kernels <= set(reports)  # every group kernel went through the depth-first rules
     tiled = [r for r in reports.values() if r["tiled"]]
-    assert len(tiled) >= 0.8 * len(kernels)
-    # what is not tiled says why: a head without rows, or one op whose weights exceed the buffer
+    # one blocked op per kernel (rule 0) goes to the default schedule: no intermediate to keep
+    one_op = [r for r in reports.values() if r["note"] == depthfirst.SINGLE_OP_NOTE]
+    heads = [r for r in reports.values() if r["note"] == "not tiled: no output has rows"]
+    assert len(tiled) >= 0.8 * (len(kernels) - len(one_op) - len(heads)) and tiled
+    # what is not tiled says why: one op, a head without rows, or weights over the buffer
     assert all(r["note"].startswith("not tiled") for r in reports.values() if not r["tiled"])
-    assert any(rows > 1 for r in tiled for rows in r["line_buffers"].values())  # windows of rows
+    # windows of rows where a window's producer is inside a tile loop (at 64x64 and 128 KB the
+    # plans of MobileNetV2 and ConvFirst group each window op alone: rule 0, default schedule)
+    windowed = [r for r in tiled if any(s["blocks"] for s in r["stages"]) and r["line_buffers"]]
+    if name in ("resnet18", "yolov8n"):
+        assert any(rows > 1 for r in windowed for rows in r["line_buffers"].values())
     got = run_fused(graph, fused, target, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
     for g, w in zip(got, want):
@@ -125,7 +132,10 @@ def test_lbdf_keeps_line_buffers_of_the_window_and_matches_brr():
             # buffer would hold 3: a chain of windows costs the schedule more)
             assert sorted(report["line_buffers"].values())[-3:] == [3, 3, 5]
             func = next(f for gv, f in fused.functions.items() if gv.name_hint.startswith("fuser_group"))
-            rows = [int(s.split(",")[2]) for s in intermediate_shapes(func).values() if s.count(",") == 3]
+            # rows: axis 2 of NCHW and of the blocked NCHW[x]c the layout passes give the convs
+            rows = [
+                int(s.split(",")[2]) for s in intermediate_shapes(func).values() if s.count(",") in (3, 4)
+            ]
             assert rows and max(rows) <= 5
 
 
@@ -163,9 +173,9 @@ def test_lbdf_computes_each_row_once_and_brr_recomputes_halos():
     the index wraps); BRR's 3 tiles of 4 rows recompute each tile's 1-row halo of it."""
     graph, _ = two_convs()
     fused, _ = scheduled(graph, depthfirst.TileHint("lbdf"))
-    assert rows_computed(fused, "conv2d_nchw_update") == list(range(12))
+    assert rows_computed(fused, "conv2d_nchwc_update") == list(range(12))
     fused, _ = scheduled(graph, depthfirst.TileHint("brr", tiles=3))
-    rows = rows_computed(fused, "conv2d_nchw_update")
+    rows = rows_computed(fused, "conv2d_nchwc_update")
     assert sorted(set(rows)) == list(range(12)) and len(rows) == 12 + 4  # rows 3,4 and 7,8 twice
 
 
@@ -190,19 +200,31 @@ def test_global_pool_splits_the_kernel_into_two_tile_loops():
 
 
 def test_weight_heavy_single_op_tiles_output_channels():
-    conv = torch.nn.Conv2d(64, 256, 1)
-    x = torch.randn(1, 64, 8, 8)
+    """An NCHW conv (58 input channels: no channel block) with more weights than the buffer
+    tiles output channels; a blocked one is left to the default schedule (rule 0)."""
+    conv = torch.nn.Conv2d(58, 256, 3, padding=1)
+    x = torch.randn(1, 58, 8, 8)
     graph = fuser.optimize(conv.eval(), (x,)).graph
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})[0]
-    # 64 KB of weights against a 32 KB buffer: blocks of output channels, each read once
-    fused, target = scheduled(graph, depthfirst.TileHint("lbdf", buffer_bytes=32 * 1024))
+    weights = 58 * 256 * 9 * 4
+    # 522 KB of weights against a 261 KB buffer: blocks of output channels, each read once
+    fused, target = scheduled(graph, depthfirst.TileHint("lbdf", buffer_bytes=weights // 2))
     (report,) = tb.depth_first_reports(fused).values()
-    assert report["stages"][0]["channel_blocks"] == 8  # ceil(4 x 64 KB / 32 KB)
+    assert report["stages"][0]["channel_blocks"] == 8  # ceil(4 x 522 KB / 261 KB)
     assert rel_err(run_fused(graph, fused, target, x.numpy())[0], want) <= TOL
     # and with room for the weights, rows as usual
     fused, _ = scheduled(graph, depthfirst.TileHint("lbdf", buffer_bytes=1 << 20))
     (report,) = tb.depth_first_reports(fused).values()
     assert report["stages"][0]["channel_blocks"] == 1
+    # 64 channels block: one blocked conv, default schedule, same numbers
+    conv = torch.nn.Conv2d(64, 256, 3, padding=1)
+    x = torch.randn(1, 64, 8, 8)
+    graph = fuser.optimize(conv.eval(), (x,)).graph
+    fused, target = scheduled(graph, depthfirst.TileHint("lbdf", buffer_bytes=32 * 1024))
+    (report,) = tb.depth_first_reports(fused).values()
+    assert not report["tiled"] and report["note"] == depthfirst.SINGLE_OP_NOTE
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})[0]
+    assert rel_err(run_fused(graph, fused, target, x.numpy())[0], want) <= TOL
 
 
 def test_plan_group_kernels_are_named_after_plan_ids():
@@ -237,6 +259,71 @@ def test_a_schedule_that_does_not_compile_falls_back_to_the_default_and_says_why
     (report,) = tb.depth_first_reports(fused).values()
     assert not report["tiled"] and report["note"].startswith("depth-first schedule did not compile")
     assert "lowering rejected it" in report["note"]
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def conv_chain(widths=(16, 16, 16, 32, 32), hw=12):
+    """conv3x3 + ReLU from each width to the next: a chain to cut into groups."""
+    torch.manual_seed(0)
+    layers = []
+    for cin, cout in zip(widths, widths[1:]):
+        layers += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
+    x = torch.randn(1, widths[0], hw, hw)
+    return fuser.optimize(torch.nn.Sequential(*layers).eval(), (x,)).graph, x.numpy()
+
+
+@pytest.mark.parametrize("cut", [4, 3])
+def test_plan_groups_pass_blocked_tensors_and_prepacked_weights(cut):
+    """Groups of two convs each: the layout passes block their convs (NCHW[x]c), the tensor
+    between the groups stays blocked (no layout_transform kernel between them), weights reach
+    the kernels prepacked (6-D), and the build matches ORT. cut 3: the second group starts with
+    the first group's last ReLU (a plan may cut between a conv and its activation)."""
+    graph, x = conv_chain()
+    names = [n.name for n in graph.nodes]
+    owner = {n: int(i >= cut) for i, n in enumerate(names)}
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling={0: depthfirst.TileHint("lbdf")})
+    assert tb.kernel_names(fused) == ["fuser_group_0", "fuser_group_1"]
+    first, second = (fused[k] for k in ("fuser_group_0", "fuser_group_1"))
+    shapes = [[int(d) for d in p.ty.shape] for p in first.params]
+    assert [len(s) for s in shapes].count(6) == 2  # the two convs' weights, OIHW[i]i[o]o
+    between = shapes[-1]  # group 0's result is group 1's first input
+    assert len(between) == 5 and between[2:4] == [12, 12] and between[1] * between[4] == 16
+    assert [int(d) for d in second.params[0].ty.shape] == between
+    assert tb.depth_first_reports(fused)["fuser_group_0"]["tiled"]
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_depth_first_kernels_are_compiled_once_together(monkeypatch):
+    """The compile check runs once for all depth-first kernels; per kernel only if it fails."""
+    graph, x = conv_chain()
+    owner = {n.name: i // 4 for i, n in enumerate(graph.nodes)}
+    checked = []
+    real = depthfirst._compile_error
+    monkeypatch.setattr(depthfirst, "_compile_error", lambda k, t: checked.append(sorted(k)) or real(k, t))
+    target = tb.make_target("llvm", threads=1)
+    hints = {0: depthfirst.TileHint("lbdf"), 1: depthfirst.TileHint("lbdf")}
+    tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
+    assert checked == [["fuser_group_0", "fuser_group_1"]]
+
+
+def test_a_register_tile_that_does_not_compile_is_dropped_not_the_depth_first_schedule(monkeypatch):
+    """ResNet-18's conv1 + ReLU + max pool group: TVM's lowering rejected its register tiles
+    under the rolling window. The kernel is scheduled again without them, still depth-first."""
+    graph, x = two_convs()
+
+    def rejects_register_tiles(kernels, target):
+        return "rejected" if any('"local"' in f.script() for f in kernels.values()) else None
+
+    monkeypatch.setattr(depthfirst, "_compile_error", rejects_register_tiles)
+    fused, target = scheduled(graph, depthfirst.TileHint("lbdf"))
+    (report,) = tb.depth_first_reports(fused).values()
+    assert report["tiled"] and report["note"].startswith("register tiles off")
+    assert sorted(report["line_buffers"].values())[-3:] == [3, 3, 5]
     got = run_fused(graph, fused, target, x)
     want = ort_run_graph(graph, {graph.inputs[0].name: x})
     assert rel_err(got[0], want[0]) <= TOL

@@ -18,13 +18,13 @@ from .target import make_target
 def fuse_passes(target, planned: bool, schedules: bool = True, dlight: bool = True) -> list:
     """Legalize to TIR and form kernels: FuseOps unless a plan already grouped the ops.
 
-    llvm with ``schedules``: blocked conv layouts with weights prepacked (``layout``;
-    not for plan builds, whose groups take their weights as arguments) and the TE
+    llvm with ``schedules``: blocked conv layouts with weights prepacked (``layout``; a
+    plan group's weights are arguments, transformed at its call sites) and the TE
     computes fuser's schedule rules know; the rules themselves run in ``schedule``.
     cuda with ``dlight``: TVM's dlight GPU rules for kernels nobody scheduled."""
     cpu = schedules and target.kind.name == "llvm"
     seq = []
-    if cpu and not planned:
+    if cpu:
         seq += layout.layout_passes(target)
     seq += [
         relax.transform.LegalizeOps(layout.legalize_map() if cpu else None),

@@ -26,7 +26,20 @@ transformed once at build time.
    ungrouped it becomes ``W[O, C] @ X[N, C, H*W]`` (reshapes are free), which the matmul rule
    vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
    layout of their input.
-3. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
+3. ``HoistLayoutsOutOfGroups``: plan groups (Primitive functions, converted one by one, so each
+   starts and ends in the plain layout) exchange blocked tensors. A parameter read only by one
+   ``layout_transform``, or given a constant by every call and read only by one op on it alone
+   (Gemm's transpose), takes that op's result instead: the op moves to the calls, where pass 4
+   prepacks a weight's layout and FoldConstant folds the rest. A function whose result is a
+   ``layout_transform`` of a blocked tensor back to plain returns the blocked tensor; the
+   transform moves to its calls. At a call, a transform that undoes the one its argument came
+   from (a group's blocked result into a group that blocks it the same way) is dropped: the
+   groups pass the blocked tensor; the transforms left in ``main`` are kernels of their own (at
+   the model's input and output, or between groups with different blocks). Groups sharing one
+   function (identical shapes) keep sharing it. Before it, ``TransformsBeforeEpilogues`` moves
+   a transform into the blocked layout above a ReLU/max/min by scalars that only it reads, so a
+   group starting with the previous conv's activation blocks its parameter directly.
+4. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
    (the index map evaluated on index grids). FoldConstant would compile one TIR function per
    weight: most of the build time of a 150-conv model.
 
@@ -207,7 +220,335 @@ def _pointwise_as_matmul(call, layout_cb):
     return R.reshape(y, [n, o, h, wd])
 
 
-# ---- pass 3: weights transformed at build time ---------------------------------------------
+# ---- pass 3: layouts out of plan groups ----------------------------------------------------
+def _callers(mod) -> dict[str, list]:
+    """Function name -> the calls of it in the module's Relax functions."""
+    calls: dict[str, list] = {}
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar):
+            calls.setdefault(e.op.name_hint, []).append(e)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return calls
+
+
+def _hoistable(func, calls: list) -> dict[int, object]:
+    """Parameter index -> the one binding reading it, an op on it alone (a layout_transform, a
+    transpose), for parameters every call passes a constant."""
+    uses: dict[int, list] = {}
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    for b in bindings:
+        seen = _vars(b.value)
+        for i, p in enumerate(func.params):
+            uses.setdefault(i, []).extend(b for v in seen if v.same_as(p))
+    out = {}
+    for i, users in uses.items():
+        if len(users) > 1 and _same_layout_transforms(users):
+            users = users[:1]  # ConvertLayout blocks a tensor once per reader: one is enough
+        if len(users) != 1 or not calls:
+            continue
+        value = users[0].value
+        if (
+            isinstance(value, relax.Call)
+            and isinstance(value.op, tvm.ir.Op)
+            and value.args
+            and value.args[0].same_as(func.params[i])
+            and not any(isinstance(a, relax.Var) for a in value.args[1:])
+            and (_is_layout_transform(value) or all(_constant(c.args[i]) for c in calls))
+        ):
+            out[i] = users[0]
+    return out
+
+
+def _readers(func, param) -> list:
+    """The bindings of ``func`` that read ``param``."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    return [b for b in bindings if any(v.same_as(param) for v in _vars(b.value))]
+
+
+def _same_layout_transforms(bindings) -> bool:
+    first = bindings[0].value
+    return all(
+        _is_layout_transform(b.value)
+        and b.value.args[0].same_as(first.args[0])
+        and b.value.attrs.index_map.is_equivalent_to(first.attrs.index_map)
+        for b in bindings
+    )
+
+
+def _primitive(func) -> bool:
+    return isinstance(func, relax.Function) and bool(func.attrs) and "Primitive" in func.attrs
+
+
+def _boundaries(mod, callers: dict) -> tuple[dict, dict]:
+    """(function name -> {parameter index: binding to hoist}, function name -> result binding to
+    sink): weights' ops always; a layout_transform of a data parameter or of a result only where
+    every tensor crossing that boundary goes from a sunk result straight into a hoisted
+    parameter that undoes it, so no transform is left in ``main`` (plan groups stay exactly the
+    kernels), found by dropping what fails until nothing changes."""
+    prim = {gv.name_hint: f for gv, f in mod.functions_items() if _primitive(f)}
+    hoists = {n: _hoistable(f, callers.get(n, [])) for n, f in prim.items()}
+    results = {n: _blocked_result(f) for n, f in prim.items() if callers.get(n)}
+    results = {n: b for n, b in results.items() if b is not None}
+    produced: list = []  # (var in a caller, the group whose call it is bound to)
+    uses: list = []  # (var, (group, parameter index) or None for any other use)
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or _primitive(func):
+            continue
+        for block in func.body.blocks:
+            for b in block.bindings:
+                v = b.value
+                if (
+                    isinstance(v, relax.Call)
+                    and isinstance(v.op, tvm.ir.GlobalVar)
+                    and v.op.name_hint in prim
+                ):
+                    produced.append((b.var, v.op.name_hint))
+                    uses += [
+                        (a, (v.op.name_hint, i)) for i, a in enumerate(v.args) if isinstance(a, relax.Var)
+                    ]
+                else:
+                    uses += [(a, None) for a in _vars(v)]
+        uses += [(a, None) for a in _vars(func.body.body)]
+
+    def producer(var):
+        return next((n for v, n in produced if v.same_as(var)), None)
+
+    def cancels(group, i, var) -> bool:
+        b, src = hoists.get(group, {}).get(i), producer(var)
+        return (
+            b is not None
+            and src in results
+            and _is_layout_transform(b.value)
+            and _undoes(b.value.attrs.index_map, b.var.ty, results[src].value)
+        )
+
+    changed = True
+    while changed:
+        changed = False
+        for name in list(results):
+            mine = [v for v, n in produced if n == name]
+            if not all(u is not None and cancels(*u, v) for v, u in uses if any(v.same_as(m) for m in mine)):
+                del results[name]
+                changed = True
+        for name, hoisted in hoists.items():
+            for i in list(hoisted):
+                calls = callers.get(name, [])
+                if all(_constant(c.args[i]) for c in calls):
+                    continue
+                if not all(cancels(name, i, c.args[i]) for c in calls):
+                    del hoisted[i]
+                    changed = True
+    return hoists, results
+
+
+def _is_layout_transform(expr) -> bool:
+    return (
+        isinstance(expr, relax.Call)
+        and isinstance(expr.op, tvm.ir.Op)
+        and expr.op.name == "relax.layout_transform"
+        and expr.attrs.pad_value is None
+    )
+
+
+def _blocked_result(func):
+    """The binding of a Primitive function's result when it is a layout_transform of a blocked
+    (5-D) tensor back to a plain one, else None."""
+    result = func.body.body
+    for block in func.body.blocks:
+        for b in block.bindings:
+            if b.var.same_as(result) and _is_layout_transform(b.value):
+                shape = getattr(b.value.args[0].ty, "shape", None)
+                return b if shape is not None and len(shape) == 5 else None
+    return None
+
+
+def _undoes(index_map, result_ty, inner) -> bool:
+    """Whether a layout_transform by ``index_map`` giving ``result_ty`` undoes layout_transform
+    ``inner``: its result is ``inner``'s input."""
+    if not _is_layout_transform(inner):
+        return False
+    import tvm_ffi
+
+    x = inner.args[0]
+    if not isinstance(x.ty, relax.TensorType) or not tvm_ffi.structural_equal(x.ty, result_ty):
+        return False
+    back = inner.attrs.index_map.inverse(list(x.ty.shape))
+    return bool(back.is_equivalent_to(index_map))
+
+
+def _apply(call, arg):
+    """``call`` (an op on one tensor) on ``arg`` instead."""
+    return relax.Call(call.op, [arg, *call.args[1:]], call.attrs, call.ty_args)
+
+
+def _vars(expr) -> list:
+    seen: list = []
+    relax.analysis.post_order_visit(expr, lambda e: seen.append(e) if isinstance(e, relax.Var) else None)
+    return seen
+
+
+def _constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.expr.Constant) and isinstance(getattr(expr, "ty", None), relax.TensorType)
+
+
+UNARY_EPILOGUE = ("relax.maximum", "relax.minimum", "relax.nn.relu")
+
+
+def _scalar_epilogue(expr) -> bool:
+    """An elementwise op of one tensor and scalar constants (ReLU, ReLU6 as max/min): it
+    commutes with any layout_transform."""
+    return (
+        isinstance(expr, relax.Call)
+        and isinstance(expr.op, tvm.ir.Op)
+        and expr.op.name in UNARY_EPILOGUE
+        and isinstance(expr.args[0], relax.Var)
+        and all(_constant(a) and len(a.ty.shape) == 0 for a in expr.args[1:])
+    )
+
+
+def transforms_before_epilogues():
+    """Module pass: in a Primitive function, ``layout_transform(op(x, scalars))`` where the op's
+    result has no other reader becomes ``op(layout_transform(x), scalars)``, repeated: a group
+    that starts with the previous conv's activation (MobileNetV2 at batch 8: ReLU6, then a 1x1
+    conv) then blocks its parameter itself, which pass 3 can hoist."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Swap(PyExprMutator):
+        def __init__(self, moved: list):  # epilogue bindings to emit after their transform
+            super().__init__()
+            self.moved = moved
+
+        def visit_var_binding_(self, binding):
+            if any(binding.same_as(m) for m, _ in self.moved):
+                return  # emitted below, after the transform of its input
+            lt = next((t for m, t in self.moved if t.same_as(binding)), None)
+            if lt is None:
+                return super().visit_var_binding_(binding)
+            epilogue = next(m for m, t in self.moved if t.same_as(binding)).value
+            blocked = self.builder_.emit(_apply(lt.value, self.visit_expr(epilogue.args[0])))
+            value = relax.Call(epilogue.op, [blocked, *epilogue.args[1:]], epilogue.attrs, epilogue.ty_args)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+
+    def moves(func) -> list:
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        out = []
+        for b in bindings:
+            if not _is_layout_transform(b.value) or not isinstance(b.value.args[0], relax.Var):
+                continue
+            if len(b.value.args[0].ty.shape) != 4 or len(b.var.ty.shape) != 5:
+                continue  # only a transform into the blocked layout moves up, towards a parameter
+            src = next((e for e in bindings if e.var.same_as(b.value.args[0])), None)
+            if src is not None and _scalar_epilogue(src.value) and len(_readers(func, src.var)) == 1:
+                out.append((src, b))
+        return out
+
+    @tvm.transform.module_pass(opt_level=0, name="TransformsBeforeEpilogues")
+    def _pass(mod, _ctx):
+        for _ in range(4):  # one op per round: ReLU6 is two
+            changed = False
+            for gv, func in list(mod.functions_items()):
+                moved = moves(func) if _primitive(func) else []
+                if moved:
+                    new = _Swap(moved).visit_expr(func)
+                    mod[gv] = relax.Function(new.params, new.body, func.ret_ty, func.is_pure, func.attrs)
+                    changed = True
+            if not changed:
+                break
+        return mod
+
+    return _pass
+
+
+def hoist_group_layouts():
+    """Pass 3 (module doc)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Body(PyExprMutator):
+        def __init__(self, hoisted: dict, result):  # binding var -> the new parameter
+            super().__init__()
+            self.hoisted, self.result = hoisted, result
+
+        def visit_var_binding_(self, binding):
+            new = next((p for v, p in self.hoisted.items() if v.same_as(binding.var)), None)
+            if new is not None:
+                self.set_var_remap(binding.var, new)
+            elif binding.same_as(self.result):  # return the blocked tensor itself
+                value = self.visit_expr(binding.value.args[0])
+                out = relax.Var(binding.var.name, value.ty)
+                self.builder_.emit_normalized(relax.VarBinding(out, value))
+                self.set_var_remap(binding.var, out)
+            else:
+                super().visit_var_binding_(binding)
+
+    @mutator
+    class _Calls(PyExprMutator):
+        def __init__(self, mod, moved: dict):  # function name -> (new gvar, {index: binding})
+            super().__init__(mod)
+            self.moved = moved
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call.op, tvm.ir.GlobalVar) or call.op.name_hint not in self.moved:
+                return call
+            gv, hoisted, result = self.moved[call.op.name_hint]
+            args = list(call.args)
+            for i, b in hoisted.items():
+                # a group's blocked result going into a group that blocks it again: that tensor
+                inner = self.lookup_binding(args[i]) if isinstance(args[i], relax.Var) else None
+                if _is_layout_transform(b.value) and _undoes(b.value.attrs.index_map, b.var.ty, inner):
+                    args[i] = inner.args[0]
+                else:
+                    args[i] = _apply(b.value, args[i])
+            out = relax.Call(gv, args)
+            return out if result is None else _apply(result.value, out)
+
+    @tvm.transform.module_pass(opt_level=0, name="HoistLayoutsOutOfGroups")
+    def _pass(mod, _ctx):
+        callers = _callers(mod)
+        hoists, results = _boundaries(mod, callers)
+        funcs, moved = {}, {}
+        for gv, func in mod.functions_items():
+            if not _primitive(func):
+                continue
+            hoisted, result = hoists.get(gv.name_hint, {}), results.get(gv.name_hint)
+            if not hoisted and result is None:
+                continue
+            params = list(func.params)
+            for i, b in hoisted.items():
+                params[i] = relax.Var(params[i].name, b.var.ty)
+            readers = {b.var: params[i] for i in hoisted for b in _readers(func, func.params[i])}
+            body = _Body(readers, result).visit_expr(func.body)
+            ret = func.ret_ty if result is None else result.value.args[0].ty
+            funcs[gv] = relax.Function(params, body, ret, func.is_pure, func.attrs)
+            new = tvm.ir.GlobalVar(gv.name_hint)
+            tvm.get_global_func("relax.UpdateType")(new, funcs[gv].ty)  # callers type-check on it
+            moved[gv.name_hint] = (new, hoisted, result)
+        if not moved:
+            return mod
+        mod = tvm.IRModule(
+            {
+                (moved[gv.name_hint][0] if gv in funcs else gv): funcs.get(gv, f)
+                for gv, f in mod.functions_items()
+            },
+            attrs=mod.attrs,
+            global_infos=mod.global_infos,
+        )
+        calls = _Calls(mod, moved)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and gv.name_hint not in moved:
+                calls.builder_.update_func(gv, calls.visit_expr(func))
+        return calls.builder_.get()
+
+    return _pass
+
+
+# ---- pass 4: weights transformed at build time ---------------------------------------------
 def _eval_index(expr, env: dict):
     """A TIR index expression (vars, constants, + - * // %) on numpy index grids."""
     tirx = tvm.tirx
@@ -257,7 +598,7 @@ def _prepack(call):
 
 
 def layout_passes(target) -> list:
-    """Passes 1-3 (module doc) for an llvm target."""
+    """Passes 1-4 (module doc) for an llvm target."""
     require_tvm()
     from .schedules.common import cpu_facts
 
@@ -274,6 +615,8 @@ def layout_passes(target) -> list:
         relax.transform.Normalize(),
         convert_layout,
         relax.transform.Normalize(),
+        transforms_before_epilogues(),
+        hoist_group_layouts(),
         _call_mutator("PrepackWeights", _prepack),
     ]
 
