@@ -124,6 +124,21 @@ class CostModel:
         self._output_rows = np.array(
             [sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs], dtype=np.int64
         )
+        # per op: (tensor, rows it needs of that input per output row count r, its producer)
+        # for each data input; a table lookup where RowRule.rows would run per group
+        self._needs = [
+            [
+                (
+                    t,
+                    _need_table(
+                        rule, fg.tensor_height[t], max([1, *map(fg.tensor_height.__getitem__, outs)])
+                    ),
+                    fg.tensor_producer[t],
+                )
+                for t, rule in ins
+            ]
+            for ins, outs in zip(fg.op_inputs, fg.op_outputs)
+        ]
         self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
         singles = [self.cost(1 << i) for i in range(fg.n)]
         self.single_dram_bytes = [c.dram_bytes for c in singles]  # per op alone, without a lookup
@@ -182,6 +197,11 @@ class CostModel:
                 else c.dram_bytes
             )
         return bound
+
+    def piece_dram_bound(self, mask: int) -> int:
+        """A lower bound of the DRAM bytes of ``mask`` however it is split: F_D(mask) when it
+        is valid, else ``lower_dram``."""
+        return self.cost(mask).dram_bytes if self.valid(mask) else self.lower_dram(mask)
 
     def unfusable(self) -> list[tuple[int, str]]:
         """(op, reason) for each op that cannot share a group with any other."""
@@ -260,7 +280,7 @@ class CostModel:
         rows: dict[int, int] = {}
         demander: dict[int, int] = {}
         # locals: this loop runs for every new group the search meets
-        op_inputs, op_outputs, height = fg.op_inputs, fg.op_outputs, fg.tensor_height
+        needs, op_outputs = self._needs, fg.op_outputs
         is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
         for op in reversed(ops):
             r_out = 0
@@ -273,10 +293,16 @@ class CostModel:
                 rows[t] = r
                 if r > r_out:
                     r_out = r
-            for t, rule in op_inputs[op]:
-                need = rule.rows(r_out, height[t])
+            for t, table, _ in needs[op]:
+                need = table[r_out]
                 if need > rows.get(t, 0):
                     rows[t], demander[t] = need, op
+        return rows, demander, self._whole(ops, mask, demander)
+
+    def _whole(self, ops: list[int], mask: int, demander: dict[int, int] | None = None) -> int:
+        """The tensors the barrier rule holds whole (a tensor bitmask); ``demander`` gains the
+        op waiting on each."""
+        fg = self.fg
         whole = 0
         if mask & fg.barrier_mask:
             complete_out: dict[int, int] = {}  # tensors complete before the op emits a row
@@ -290,11 +316,12 @@ class CostModel:
                 waited = ready & fg.op_input_mask[op]
                 if waited:
                     whole |= waited
-                    for t in bits(waited):
-                        demander[t] = op
+                    if demander is not None:
+                        for t in bits(waited):
+                            demander[t] = op
                 upstream[op] = up
                 complete_out[op] = ready | up if fg.barrier_mask >> op & 1 else ready
-        return rows, demander, whole
+        return whole
 
     def _feature(self, rows: dict[int, int], whole: int) -> int:
         fg = self.fg
@@ -320,6 +347,12 @@ def _one_row(t: int) -> int:
     return 1
 
 
+def _need_table(rule, height: int, out_height: int) -> tuple[int, ...]:
+    """``rule.rows(r, height)`` for r = 0 .. out_height (a group never asks an op for more
+    rows than its tallest output has)."""
+    return tuple(rule.rows(r, height) for r in range(out_height + 1))
+
+
 class LBDF(CostModel):
     """Line-buffer depth-first: F_β = (W + Feat(G, 1))·e, F_D = (W + In + Out)·e."""
 
@@ -332,17 +365,59 @@ class LBDF(CostModel):
         return int(self._weights[member].sum())
 
     def _cost(self, mask: int) -> GroupCost:
-        e = self.element_bytes
         ops = bits(mask)
-        weights, _, n_in, n_out = self._io(mask, ops)
-        rows, _, whole = self._rows(ops, mask, _one_row)
-        feature = self._feature(rows, whole)
+        weights, n_in, n_out, feature = self._lbdf_terms(mask, ops)
+        return self._group_cost(len(ops), weights, n_in, n_out, feature)
+
+    def _lbdf_terms(self, mask: int, ops: list[int]) -> tuple[int, int, int, int]:
+        """(W, In, Out, Feat(G, 1)) in one backward pass: ``_io`` and ``_rows`` fused for the
+        sink of one row, where a tensor's rows are only its consumers' demand (at least one)."""
+        fg = self.fg
+        if fg.shared_weights:
+            ids = {w for i in ops for w in fg.weight_ids[i]}
+            weights = sum(fg.weight_numel_by_id[w] for w in ids)
+        else:
+            weights = sum(map(fg.weight_numel.__getitem__, ops))
+        rows: dict[int, int] = {}
+        n_in = n_out = feature = 0
+        # locals: this loop runs for every new group the search meets
+        needs, op_outputs, numel, row_numel = self._needs, fg.op_outputs, fg.tensor_numel, fg.tensor_row_numel
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
+        for op in reversed(ops):
+            r_out = 0
+            for t in op_outputs[op]:
+                if is_output[t] or consumers[t] & outside:
+                    n_out += numel[t]
+                r = rows.get(t)
+                if r is None:  # read by no op of G: one row as it is written out
+                    r = rows[t] = 1
+                    feature += row_numel[t]
+                if r > r_out:
+                    r_out = r
+            for t, table, p in needs[op]:
+                need = table[r_out]
+                old = rows.get(t)
+                if old is None:
+                    if p < 0 or not mask >> p & 1:
+                        n_in += numel[t]
+                    rows[t] = need
+                    feature += need * row_numel[t]
+                elif need > old:
+                    rows[t] = need
+                    feature += (need - old) * row_numel[t]
+        if mask & fg.barrier_mask:
+            for t in bits(self._whole(ops, mask)):
+                feature += (fg.tensor_height[t] - rows[t]) * row_numel[t]
+        return weights, n_in, n_out, feature
+
+    def _group_cost(self, n_ops: int, weights: int, n_in: int, n_out: int, feature: int) -> GroupCost:
+        e = self.element_bytes
         buffer = (weights + feature) * e
         fits = buffer < self.buffer_bytes
         return GroupCost(
             buffer,
             (weights + n_in + n_out) * e,
-            fits or len(ops) == 1,
+            fits or n_ops == 1,
             fits,
             weights * e,
             feature * e,
@@ -403,6 +478,10 @@ class LBDF(CostModel):
             if i < j - 1 and (weights + feature) * e >= beta:
                 return
             yield i, mask, (weights + n_in + n_out) * e
+
+    def piece_dram_bound(self, mask: int) -> int:
+        """F_D = (W + In + Out)·e whether or not ``mask`` is valid: no F_β needed."""
+        return self.lower_dram(mask)
 
     def breakdown(self, mask: int) -> Breakdown:
         ops = bits(mask)

@@ -68,16 +68,24 @@ EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²)
 
 @dataclass
 class Cut:
-    """One way to cut a group: the down-set side, the pieces and their validity."""
+    """One way to cut a group: the down-set side and the pieces. A piece's validity is
+    looked up only when asked (``cost.valid`` is memoised): most cuts the explain split
+    weighs are decided by one large invalid piece, and the others need no exact F_β."""
 
     edge: tuple[int, int]
     down: int
     pieces: list[int]
-    valid: list[bool]
+    cost: CostModel
+
+    @property
+    def valid(self) -> list[bool]:
+        return [self.cost.valid(p) for p in self.pieces]
 
     @property
     def all_valid(self) -> bool:
-        return all(self.valid)
+        # the largest pieces first: they are the likeliest to overflow, and past
+        # LOWER_BOUND_FROM ops the cheap bound refuses them without an exact count
+        return all(self.cost.valid(p) for p in sorted(self.pieces, key=int.bit_count, reverse=True))
 
     def dram(self, cost: CostModel) -> int:
         return sum(cost.cost(p).dram_bytes for p in self.pieces)
@@ -85,8 +93,7 @@ class Cut:
 
 def cut_at(fg: FusionGraph, cost: CostModel, mask: int, down: int, edge: tuple[int, int]) -> Cut:
     """Cut the convex group ``mask`` into ``down`` and the rest, each split into components."""
-    pieces = fg.convex_components(down) + fg.convex_components(mask & ~down)
-    return Cut(edge, down, pieces, [cost.valid(p) for p in pieces])
+    return Cut(edge, down, fg.convex_components(down) + fg.convex_components(mask & ~down), cost)
 
 
 def edge_cuts(fg: FusionGraph, mask: int, edge: tuple[int, int]) -> list[int]:
@@ -416,9 +423,7 @@ class ExplainSplitter(Splitter):
         cost = self.cost
 
         def bound(c: Cut) -> int:
-            return sum(
-                cost.cost(p).dram_bytes if ok else cost.lower_dram(p) for p, ok in zip(c.pieces, c.valid)
-            )
+            return sum(cost.piece_dram_bound(p) for p in c.pieces)
 
         best, best_total = cuts[0], None
         for lower, _, c in sorted((bound(c), k, c) for k, c in enumerate(cuts))[: self.branch]:
