@@ -152,10 +152,13 @@ class CostModel:
         """F_β, F_D and validity of the group ``mask`` (memoised)."""
         c = self._memo.get(mask)
         if c is None:
-            c = self._cost(mask)
-            if c.valid and mask & self.opaque_mask and mask & (mask - 1):
-                c = replace(c, valid=False)  # an opaque op shares no group
-            self._memo[mask] = c
+            c = self._remember(mask, self._cost(mask))
+        return c
+
+    def _remember(self, mask: int, c: GroupCost) -> GroupCost:
+        if c.valid and mask & self.opaque_mask and mask & (mask - 1):
+            c = replace(c, valid=False)  # an opaque op shares no group
+        self._memo[mask] = c
         return c
 
     def valid(self, mask: int) -> bool:
@@ -343,10 +346,6 @@ class CostModel:
         return f"{self.name.upper()}, buffer {self.buffer_bytes:,} B, {self.element_bytes} B/element"
 
 
-def _one_row(t: int) -> int:
-    return 1
-
-
 def _need_table(rule, height: int, out_height: int) -> tuple[int, ...]:
     """``rule.rows(r, height)`` for r = 0 .. out_height (a group never asks an op for more
     rows than its tallest output has)."""
@@ -366,12 +365,14 @@ class LBDF(CostModel):
 
     def _cost(self, mask: int) -> GroupCost:
         ops = bits(mask)
-        weights, n_in, n_out, feature = self._lbdf_terms(mask, ops)
+        weights, n_in, n_out, feature, _, _ = self._lbdf_terms(mask, ops)
         return self._group_cost(len(ops), weights, n_in, n_out, feature)
 
-    def _lbdf_terms(self, mask: int, ops: list[int]) -> tuple[int, int, int, int]:
-        """(W, In, Out, Feat(G, 1)) in one backward pass: ``_io`` and ``_rows`` fused for the
-        sink of one row, where a tensor's rows are only its consumers' demand (at least one)."""
+    def _lbdf_terms(self, mask: int, ops: list[int], demander: dict[int, int] | None = None):
+        """(W, In, Out, Feat(G, 1), rows, whole) in one backward pass: ``_io`` and ``_rows``
+        fused for the sink of one row, where a tensor's rows are only its consumers' demand
+        (at least one). ``demander``, when given, gains the op demanding each tensor's rows
+        exactly as ``_rows`` finds it."""
         fg = self.fg
         if fg.shared_weights:
             ids = {w for i in ops for w in fg.weight_ids[i]}
@@ -380,6 +381,7 @@ class LBDF(CostModel):
             weights = sum(map(fg.weight_numel.__getitem__, ops))
         rows: dict[int, int] = {}
         n_in = n_out = feature = 0
+        track = demander is not None
         # locals: this loop runs for every new group the search meets
         needs, op_outputs, numel, row_numel = self._needs, fg.op_outputs, fg.tensor_numel, fg.tensor_row_numel
         is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
@@ -392,6 +394,8 @@ class LBDF(CostModel):
                 if r is None:  # read by no op of G: one row as it is written out
                     r = rows[t] = 1
                     feature += row_numel[t]
+                    if track:
+                        demander[t] = op
                 if r > r_out:
                     r_out = r
             for t, table, p in needs[op]:
@@ -405,10 +409,15 @@ class LBDF(CostModel):
                 elif need > old:
                     rows[t] = need
                     feature += (need - old) * row_numel[t]
-        if mask & fg.barrier_mask:
-            for t in bits(self._whole(ops, mask)):
+                else:
+                    continue
+                if track:
+                    demander[t] = op
+        whole = self._whole(ops, mask, demander) if mask & fg.barrier_mask else 0
+        if whole:
+            for t in bits(whole):
                 feature += (fg.tensor_height[t] - rows[t]) * row_numel[t]
-        return weights, n_in, n_out, feature
+        return weights, n_in, n_out, feature, rows, whole
 
     def _group_cost(self, n_ops: int, weights: int, n_in: int, n_out: int, feature: int) -> GroupCost:
         e = self.element_bytes
@@ -485,11 +494,13 @@ class LBDF(CostModel):
 
     def breakdown(self, mask: int) -> Breakdown:
         ops = bits(mask)
-        rows, demander, whole = self._rows(ops, mask, _one_row)
+        demander: dict[int, int] = {}
+        weights, n_in, n_out, feature, rows, whole = self._lbdf_terms(mask, ops, demander)
+        tensor_bytes = self._tensor_bytes(rows, whole)
+        if mask not in self._memo:  # the splitter asks for F_β next: from the same pass
+            self._remember(mask, self._group_cost(len(ops), weights, n_in, n_out, feature))
         return Breakdown(
-            {i: self.fg.weight_numel[i] * self.element_bytes for i in ops},
-            self._tensor_bytes(rows, whole),
-            demander,
+            {i: self.fg.weight_numel[i] * self.element_bytes for i in ops}, tensor_bytes, demander
         )
 
 

@@ -231,6 +231,7 @@ class FusionGraph:
     _anc: list[int] | None = None
     _desc: list[int] | None = None
     _convex_memo: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    _related_masks: list[int] | None = None
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -314,7 +315,7 @@ class FusionGraph:
         return list(found)
 
     def _convex_components(self, mask: int) -> list[int]:
-        anc, desc = self.ancestors(), self.descendants()
+        related = self._related()
         out = []
         rest = mask
         while rest:
@@ -322,13 +323,21 @@ class FusionGraph:
             seen, frontier = start, start
             while frontier:
                 grow = 0
-                for i in bits(frontier):
-                    grow |= anc[i] | desc[i]
+                while frontier:  # the bits of the frontier, inline: this loop is hot
+                    low = frontier & -frontier
+                    grow |= related[low.bit_length() - 1]
+                    frontier ^= low
                 frontier = grow & rest & ~seen
                 seen |= frontier
             out.append(seen)
             rest &= ~seen
         return out
+
+    def _related(self) -> list[int]:
+        """Per op: its ancestors and descendants (the ops a convex set links it to)."""
+        if self._related_masks is None:
+            self._related_masks = [a | d for a, d in zip(self.ancestors(), self.descendants())]
+        return self._related_masks
 
     def member_vector(self, mask: int) -> np.ndarray:
         """``mask`` as a 0/1 vector over ops (for numpy sums over big groups)."""

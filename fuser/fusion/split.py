@@ -83,9 +83,7 @@ class Cut:
 
     @property
     def all_valid(self) -> bool:
-        # the largest pieces first: they are the likeliest to overflow, and past
-        # LOWER_BOUND_FROM ops the cheap bound refuses them without an exact count
-        return all(self.cost.valid(p) for p in sorted(self.pieces, key=int.bit_count, reverse=True))
+        return all(map(self.cost.valid, self.pieces))
 
     def dram(self, cost: CostModel) -> int:
         return sum(cost.cost(p).dram_bytes for p in self.pieces)
@@ -388,7 +386,7 @@ class ExplainSplitter(Splitter):
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))
-        cuts = self.candidate_cuts(mask, explanation.ranked_edges())
+        cuts = self.candidate_cuts(mask, explanation.ranked_edges(self.top_edges))
         complete = [c for c in cuts if c.all_valid]
         if complete:
             best = min(complete, key=lambda c: c.dram(cost))

@@ -119,3 +119,54 @@ def test_sizes_parse_and_print():
     for bad in ("", "12 parsecs", "-1KB", "0"):
         with pytest.raises(FuserError):
             parse_size(bad)
+
+
+def _square_chain():
+    """conv -> Mul(t, t) -> conv: one op reading the same tensor twice."""
+    from test_fusion_graphs import _conv, finish
+
+    from fuser.ir import Graph
+
+    g = Graph("square")
+    x = g.add_input("x", (1, 4, 16, 16))
+    t = _conv(g, x, 4, 8, 3, name="c1")
+    sq = g.add_node("Mul", [t, t], name="square").output
+    return finish(g, [_conv(g, sq, 8, 8, 3, stride=2, name="c2")])
+
+
+def _interval_groups(fg, rng, count):
+    """Random intervals of the topological order (convex), each with its components."""
+    from fuser.fusion.opgraph import mask_of
+
+    groups = {fg.all_mask}
+    for _ in range(count):
+        i = rng.randrange(fg.n)
+        j = rng.randrange(i, min(fg.n, i + 30)) + 1
+        groups.update(fg.convex_components(mask_of(range(i, j))))
+    return sorted(groups)
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag1", "dag2", "se", "square"])
+def test_lbdf_one_pass_equals_the_row_walk(graph):
+    """LBDF's fused backward pass (cost and breakdown) against the generic terms BRR uses:
+    ``_io`` and ``_rows`` with a one-row sink, on random convex groups."""
+    import random
+
+    from test_fusion_graphs import random_dag
+
+    from fuser.fusion.opgraph import bits
+
+    g = {"se": se_block, "square": _square_chain}.get(graph) or (lambda: random_dag(int(graph[3:]), 40))
+    fg = build_fusion_graph(g())
+    cost = LBDF(fg, 4096)
+    for mask in _interval_groups(fg, random.Random(graph), 60):
+        ops = bits(mask)
+        weights, _, n_in, n_out = cost._io(mask, ops)
+        rows, demander, whole = cost._rows(ops, mask, lambda t: 1)
+        feature = cost._feature(rows, whole)
+        c = LBDF(fg, 4096).cost(mask)  # fresh: no breakdown filled its memo
+        assert (c.weight_bytes, c.input_bytes, c.output_bytes, c.feature_bytes) == (weights, n_in, n_out, feature)
+        assert c.buffer_bytes == weights + feature and c.dram_bytes == weights + n_in + n_out
+        b = LBDF(fg, 4096).breakdown(mask)
+        assert b.demander == demander and list(b.tensor_bytes) == list(rows)
+        assert b.tensor_bytes == cost._tensor_bytes(rows, whole)

@@ -157,3 +157,29 @@ def test_gnn_classifier_is_accurate_and_its_explanations_split_validly():
     pieces = splitter.split(group).pieces
     assert all(cost.valid(p) for p in pieces)
     assert partition_problems(fg, pieces + [1 << i for i in bits(fg.all_mask & ~group)]) == []
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag3", "se", "square"])
+def test_local_edge_blame_is_both_ends_plus_what_the_consumer_dictates(graph):
+    """s(u) + s(v) + the bytes v dictates on every tensor u sends it, counted per read
+    (``Mul(t, t)`` reads t twice), for every inner edge: the explainer's local blame by hand."""
+    from test_fusion_cost import _square_chain
+
+    g = {"se": se_block, "square": _square_chain}.get(graph) or (lambda: random_dag(int(graph[3:]), 40))
+    fg = build_fusion_graph(g())
+    cost = LBDF(fg, 1024)
+    explainer = ExactExplainer(cost)
+    explainer.shortlist = 0  # every edge ranked by local blame alone: local / (1 + F_β) − 1
+    for mask in [fg.all_mask, *fg.convex_components(fg.all_mask & ~1)]:
+        if mask & (mask - 1) == 0:
+            continue
+        b = cost.breakdown(mask)
+        scores = dict(b.op_weight)
+        for t, nbytes in b.tensor_bytes.items():
+            scores[b.demander[t]] += nbytes
+        total = sum(scores.values())
+        got = explainer.explain(mask).edge_scores
+        assert set(got) == set(fg.inner_edges(mask))
+        for u, v in fg.inner_edges(mask):
+            dictated = sum(b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)] if b.demander[t] == v)
+            assert got[(u, v)] == (scores[u] + scores[v] + dictated) / (1 + total) - 1
