@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cost import CostModel
-from .opgraph import bits
 
 
 @dataclass
@@ -83,14 +82,16 @@ class ExactExplainer(Explainer):
             v = b.demander[t]
             scores[v] += nbytes
             u = producer[t]
-            if u != v and u >= 0 and mask >> u & 1:  # then v, not the producer, reads t
+            if u != v and u in scores:  # u in the group: then v, not the producer, reads t
                 reads = fg.edge_tensors[(u, v)].count(t)  # Add(x, x) reads x twice
                 dictated[(u, v)] = dictated.get((u, v), 0) + nbytes * reads
         local = {}
-        for u in bits(mask):
-            for v in fg.succs[u]:
-                if mask >> v & 1:
-                    local[(u, v)] = scores[u] + scores[v] + dictated.get((u, v), 0)
+        succs = fg.succs
+        for u, score in scores.items():  # the group's ops: set membership, not bit tests
+            for v in succs[u]:
+                other = scores.get(v)
+                if other is not None:
+                    local[(u, v)] = score + other + dictated.get((u, v), 0)
         return Explanation(scores, self._balanced(mask, scores, local))
 
     def _balanced(self, mask: int, scores: dict[int, float], local: dict) -> dict:
@@ -100,18 +101,21 @@ class ExactExplainer(Explainer):
         fg = self.cost.fg
         total = sum(scores.values())
         vector = np.zeros(fg.n)
-        for i, s in scores.items():
-            vector[i] = s
-        top = heapq.nsmallest(self.shortlist, local, key=lambda e: (-local[e], e))
-        downs = [d for u, v in top for d in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask))]
+        vector[list(scores)] = list(scores.values())
+        top = [e for _, e in heapq.nsmallest(self.shortlist, [(-s, e) for e, s in local.items()])]
+        up, down = fg.up_closed(), fg.down_closed()  # the closures inline: this runs per tree node
+        downs = [d for u, v in top for d in (up[u] & mask, mask & ~down[v])]
         # every down-set's share in one product; scores are whole bytes, so the float sums are exact
         shares = (fg.member_matrix(downs) @ vector).tolist() if downs else []
         floor = min((local[e] for e in top), default=0.0)
         chosen = set(top)
         edges = {e: local[e] / (1 + total) - 1 for e in local if e not in chosen}  # below every shortlisted
-        for k, (u, v) in enumerate(top):
+        for k, e in enumerate(top):
             relief = 0.0
             for part in shares[2 * k : 2 * k + 2]:
-                relief = max(relief, total - max(part, total - part))
-            edges[(u, v)] = relief + (local[(u, v)] - floor) / (1 + total)  # ties: local blame
+                rest = total - part
+                left = total - (part if part > rest else rest)  # what the larger side leaves
+                if left > relief:
+                    relief = left
+            edges[e] = relief + (local[e] - floor) / (1 + total)  # ties: local blame
         return edges

@@ -232,6 +232,8 @@ class FusionGraph:
     _desc: list[int] | None = None
     _convex_memo: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _related_masks: list[int] | None = None
+    _up_closed: list[int] | None = None
+    _down_closed: list[int] | None = None
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -291,6 +293,18 @@ class FusionGraph:
     def inner_edges(self, mask: int) -> list[tuple[int, int]]:
         return [(u, v) for u in bits(mask) for v in self.succs[u] if mask >> v & 1]
 
+    def up_closed(self) -> list[int]:
+        """Per op: itself and its ancestors (``closure_up`` before the AND)."""
+        if self._up_closed is None:
+            self._up_closed = [a | 1 << i for i, a in enumerate(self.ancestors())]
+        return self._up_closed
+
+    def down_closed(self) -> list[int]:
+        """Per op: itself and its descendants (``closure_down`` before the AND)."""
+        if self._down_closed is None:
+            self._down_closed = [d | 1 << i for i, d in enumerate(self.descendants())]
+        return self._down_closed
+
     def closure_up(self, op: int, mask: int) -> int:
         """``op`` and its ancestors inside the convex set ``mask``.
 
@@ -298,11 +312,11 @@ class FusionGraph:
         is convex (such a path would be a cycle of groups), and so is every down-set
         or up-set of a convex group, so the closures are plain bitmask ANDs.
         """
-        return (self.ancestors()[op] | (1 << op)) & mask
+        return self.up_closed()[op] & mask
 
     def closure_down(self, op: int, mask: int) -> int:
         """``op`` and its descendants inside the convex set ``mask``."""
-        return (self.descendants()[op] | (1 << op)) & mask
+        return self.down_closed()[op] & mask
 
     def convex_components(self, mask: int) -> list[int]:
         """Weakly connected components of the convex set ``mask``: inside it, an op is

@@ -90,8 +90,14 @@ class Cut:
 
 
 def cut_at(fg: FusionGraph, cost: CostModel, mask: int, down: int, edge: tuple[int, int]) -> Cut:
-    """Cut the convex group ``mask`` into ``down`` and the rest, each split into components."""
-    return Cut(edge, down, fg.convex_components(down) + fg.convex_components(mask & ~down), cost)
+    """Cut the convex group ``mask`` into ``down`` and the rest, each split into components.
+    A side that is one closure of the edge's ends (``edge_cuts`` makes one side so) is one
+    component: in a convex set every op of it is linked to that end."""
+    u, v = edge
+    rest = mask & ~down
+    lower = [down] if down == fg.closure_up(u, mask) else fg.convex_components(down)
+    upper = [rest] if rest == fg.closure_down(v, mask) else fg.convex_components(rest)
+    return Cut(edge, down, lower + upper, cost)
 
 
 def edge_cuts(fg: FusionGraph, mask: int, edge: tuple[int, int]) -> list[int]:
