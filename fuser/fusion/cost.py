@@ -328,9 +328,11 @@ class CostModel:
 
     def _feature(self, rows: dict[int, int], whole: int) -> int:
         fg = self.fg
-        return sum(
-            (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] for t, r in rows.items()
-        )
+        row_numel = fg.tensor_row_numel
+        feature = sum(r * row_numel[t] for t, r in rows.items())
+        for t in bits(whole) if whole else ():  # held whole, not rows(t)
+            feature += (fg.tensor_height[t] - rows[t]) * row_numel[t]
+        return feature
 
     def _tensor_bytes(self, rows, whole) -> dict[int, int]:
         fg, e = self.fg, self.element_bytes
@@ -528,12 +530,56 @@ class BRR(CostModel):
         rows, _, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // tiles))
         return self._feature(rows, whole)
 
+    def _walk(self, mask: int, ops: list[int]) -> tuple[list, int, int]:
+        """What every footprint of the group shares, found once for the tile search: per op,
+        last first, its inputs' need tables and its outputs as (tensor, leaves the group);
+        the tensors the barrier rule holds whole; T_max."""
+        fg = self.fg
+        is_output, consumers, outside, height = (
+            fg.tensor_is_output,
+            fg.tensor_consumer_mask,
+            ~mask,
+            fg.tensor_height,
+        )
+        steps = []
+        t_max = 1
+        for op in reversed(ops):
+            outputs = []
+            for t in fg.op_outputs[op]:
+                leaves = is_output[t] or bool(consumers[t] & outside)
+                if leaves and height[t] > t_max:
+                    t_max = height[t]
+                outputs.append((t, leaves))
+            steps.append((self._needs[op], outputs))
+        return steps, (self._whole(ops, mask) if mask & fg.barrier_mask else 0), t_max
+
+    def _walk_footprint(self, steps: list, whole: int, tiles: int) -> int:
+        """``_footprint`` over a prepared ``_walk``: the same rows, without the demanders."""
+        height = self.fg.tensor_height
+        rows: dict[int, int] = {}
+        for needs, outputs in steps:
+            r_out = 0
+            for t, leaves in outputs:
+                r = rows.get(t, 0)
+                if leaves or r == 0:
+                    sink = -(-height[t] // tiles)
+                    if sink > r:
+                        r = sink
+                rows[t] = r
+                if r > r_out:
+                    r_out = r
+            for t, table, _ in needs:
+                need = table[r_out]
+                if need > rows.get(t, 0):
+                    rows[t] = need
+        return self._feature(rows, whole)
+
     def _cost(self, mask: int) -> GroupCost:
         e, beta = self.element_bytes, self.buffer_bytes
         ops = bits(mask)
         weights, w_max, n_in, n_out = self._io(mask, ops)
-        t_max = self._tiles_max(mask, ops)
-        smallest = self._footprint(ops, mask, t_max)
+        steps, whole, t_max = self._walk(mask, ops)
+        smallest = self._walk_footprint(steps, whole, t_max)
         fits = (w_max + smallest) * e < beta
         if len(ops) == 1 or not fits:
             # alone, an op runs layer by layer (the baseline); an invalid group is never run
@@ -552,7 +598,7 @@ class BRR(CostModel):
         feature_hi = smallest
         while lo < hi:
             mid = (lo + hi) // 2
-            f = self._footprint(ops, mask, mid)
+            f = self._walk_footprint(steps, whole, mid)
             if (w_max + f) * e < beta:
                 hi, feature_hi = mid, f
             else:

@@ -165,8 +165,34 @@ def test_lbdf_one_pass_equals_the_row_walk(graph):
         rows, demander, whole = cost._rows(ops, mask, lambda t: 1)
         feature = cost._feature(rows, whole)
         c = LBDF(fg, 4096).cost(mask)  # fresh: no breakdown filled its memo
-        assert (c.weight_bytes, c.input_bytes, c.output_bytes, c.feature_bytes) == (weights, n_in, n_out, feature)
+        assert (c.weight_bytes, c.input_bytes, c.output_bytes, c.feature_bytes) == (
+            weights,
+            n_in,
+            n_out,
+            feature,
+        )
         assert c.buffer_bytes == weights + feature and c.dram_bytes == weights + n_in + n_out
         b = LBDF(fg, 4096).breakdown(mask)
         assert b.demander == demander and list(b.tensor_bytes) == list(rows)
         assert b.tensor_bytes == cost._tensor_bytes(rows, whole)
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag1", "se", "square"])
+def test_brr_prepared_walk_equals_the_row_walk(graph):
+    """BRR's tile search walks a group prepared once (``_walk``): every tile count's
+    footprint and T_max against the generic ``_footprint``/``_tiles_max``."""
+    import random
+
+    from test_fusion_graphs import random_dag
+
+    from fuser.fusion.opgraph import bits
+
+    g = {"se": se_block, "square": _square_chain}.get(graph) or (lambda: random_dag(int(graph[3:]), 40))
+    fg = build_fusion_graph(g())
+    cost = BRR(fg, 4096)
+    for mask in _interval_groups(fg, random.Random(graph), 40):
+        ops = bits(mask)
+        steps, whole, t_max = cost._walk(mask, ops)
+        assert t_max == cost._tiles_max(mask, ops)
+        for tiles in range(1, t_max + 1):
+            assert cost._walk_footprint(steps, whole, tiles) == cost._footprint(ops, mask, tiles)
