@@ -374,12 +374,24 @@ class ExplainSplitter(Splitter):
         return SplitResult(pieces, [step], int(best[k]))
 
     def candidate_cuts(self, mask: int, ranked_edges: list[tuple[int, int]]) -> list[Cut]:
+        """The cuts of the ``top_edges`` best edges (both down-sets, ``edge_cuts``), each once:
+        ``cut_at`` inline, where the closure side of each cut is one component."""
+        fg, cost = self.fg, self.cost
+        up_closed, down_closed = fg.up_closed(), fg.down_closed()
         cuts, seen = [], set()
         for edge in ranked_edges[: self.top_edges]:
-            for down in edge_cuts(self.fg, mask, edge):
-                if down not in seen:
-                    seen.add(down)
-                    cuts.append(cut_at(self.fg, self.cost, mask, down, edge))
+            u, v = edge
+            smallest = up_closed[u] & mask
+            upper = down_closed[v] & mask
+            largest = mask & ~upper
+            if smallest not in seen:
+                seen.add(smallest)
+                rest = mask & ~smallest
+                pieces = [smallest, rest] if rest == upper else [smallest, *fg.convex_components(rest)]
+                cuts.append(Cut(edge, smallest, pieces, cost))
+            if largest != smallest and largest not in seen:
+                seen.add(largest)
+                cuts.append(Cut(edge, largest, [*fg.convex_components(largest), upper], cost))
         return cuts
 
     def _split(self, mask: int) -> SplitResult:

@@ -183,3 +183,30 @@ def test_local_edge_blame_is_both_ends_plus_what_the_consumer_dictates(graph):
         for u, v in fg.inner_edges(mask):
             dictated = sum(b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)] if b.demander[t] == v)
             assert got[(u, v)] == (scores[u] + scores[v] + dictated) / (1 + total) - 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_candidate_cuts_are_the_cuts_of_cut_at(seed):
+    """The explain split's inline cuts: the same down-sets, pieces and order as ``edge_cuts`` and
+    ``cut_at`` give for every inner edge, on random convex groups."""
+    from fuser.fusion.split import cut_at
+
+    fg = build_fusion_graph(random_dag(seed, 40))
+    cost = LBDF(fg, 2048)
+    splitter = ExplainSplitter(cost)
+    splitter.top_edges = 10**6
+    rng = random.Random(seed)
+    groups = [fg.all_mask] + [
+        fg.convex_components(fg.all_mask & ~(1 << rng.randrange(fg.n)))[0] for _ in range(20)
+    ]
+    for mask in groups:
+        edges = fg.inner_edges(mask)
+        rng.shuffle(edges)
+        want, seen = [], set()
+        for edge in edges:
+            for down in edge_cuts(fg, mask, edge):
+                if down not in seen:
+                    seen.add(down)
+                    want.append(cut_at(fg, cost, mask, down, edge))
+        got = splitter.candidate_cuts(mask, edges)
+        assert [(c.edge, c.down, c.pieces) for c in got] == [(c.edge, c.down, c.pieces) for c in want]
