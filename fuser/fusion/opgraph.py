@@ -169,8 +169,22 @@ def is_barrier(node: Node) -> bool:
     )
 
 
+# per byte k of a mask and its value: the bit indices it holds (masks of up to 512 ops)
+_TABLE_BYTES = 64
+_BYTE_BITS = [
+    [tuple(8 * k + i for i in range(8) if b >> i & 1) for b in range(256)] for k in range(_TABLE_BYTES)
+]
+
+
 def bits(mask: int) -> list[int]:
     """Indices of the set bits of ``mask``, ascending (ops of a group in topological order)."""
+    width = (mask.bit_length() + 7) // 8
+    if width <= _TABLE_BYTES:  # a table lookup per byte: this runs for every new group
+        out: list[int] = []
+        for k, byte in enumerate(mask.to_bytes(width, "little")):
+            if byte:
+                out += _BYTE_BITS[k][byte]
+        return out
     if mask.bit_count() > 32:  # numpy wins on big sets
         raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), np.uint8)
         return np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist()
