@@ -64,10 +64,11 @@ import numpy as np
 from fuser.ir import FuserError
 from fuser.ir.ops import is_opaque
 
-from .opgraph import FusionGraph, bits, mask_of
+from .opgraph import TABLE_BITS, FusionGraph, bits, mask_of
 
 STYLES = ("lbdf", "brr")
-LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the bound
+LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the numpy bound
+SMALL_MASK_BITS = TABLE_BITS  # masks this wide list their ops by table (opgraph.bits): the bound is cheap
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class CostModel:
             ]
             for ins, outs in zip(fg.op_inputs, fg.op_outputs)
         ]
+        self._output_rows_list = self._output_rows.tolist()
+        self._refuted: set[int] = set()  # groups the lower bound proved invalid
         self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
         singles = [self.cost(1 << i) for i in range(fg.n)]
         self.single_dram_bytes = [c.dram_bytes for c in singles]  # per op alone, without a lookup
@@ -165,16 +168,31 @@ class CostModel:
         c = self._memo.get(mask)
         if c is not None:
             return c.valid
-        if mask.bit_count() > LOWER_BOUND_FROM and self.lower_bound(mask) >= self.buffer_bytes:
-            return False  # big and surely over the buffer: skip the exact count
+        if mask in self._refuted:
+            return False
+        if (
+            mask & (mask - 1)  # one op is always valid
+            and (mask.bit_length() <= SMALL_MASK_BITS or mask.bit_count() > LOWER_BOUND_FROM)
+            and self.lower_bound(mask) >= self.buffer_bytes
+        ):
+            self._refuted.add(mask)
+            return False  # surely over the buffer: skip the exact count
         return self.cost(mask).valid
 
     def lower_bound(self, mask: int) -> int:
         """A cheap lower bound of F_β(mask): on-chip weights plus one row of every output."""
+        if mask.bit_length() <= SMALL_MASK_BITS:  # plain sums over a table-made op list
+            ops = bits(mask)
+            rows = sum(map(self._output_rows_list.__getitem__, ops))
+            return (self._weight_bound(ops) + rows) * self.element_bytes
         member = self.fg.member_vector(mask).astype(bool)
         return (self._weight_term(member) + int(self._output_rows[member].sum())) * self.element_bytes
 
     def _weight_term(self, member: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def _weight_bound(self, ops: list[int]) -> int:
+        """``_weight_term`` of the ops ``ops``."""
         raise NotImplementedError
 
     def dram(self, groups) -> int:
@@ -365,6 +383,10 @@ class LBDF(CostModel):
             return int(self._weights[member].max())
         return int(self._weights[member].sum())
 
+    def _weight_bound(self, ops: list[int]) -> int:
+        numel = map(self.fg.weight_numel.__getitem__, ops)
+        return max(numel) if self.fg.shared_weights else sum(numel)
+
     def _cost(self, mask: int) -> GroupCost:
         ops = bits(mask)
         weights, n_in, n_out, feature, _, _ = self._lbdf_terms(mask, ops)
@@ -514,6 +536,9 @@ class BRR(CostModel):
 
     def _weight_term(self, member: np.ndarray) -> int:
         return int(self._weights[member].max())
+
+    def _weight_bound(self, ops: list[int]) -> int:
+        return max(map(self.fg.weight_numel.__getitem__, ops))
 
     def _tiles_max(self, mask: int, ops: list[int]) -> int:
         fg = self.fg

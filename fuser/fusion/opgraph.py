@@ -169,8 +169,9 @@ def is_barrier(node: Node) -> bool:
     )
 
 
-# per byte k of a mask and its value: the bit indices it holds (masks of up to 512 ops)
+# per byte k of a mask and its value: the bit indices it holds (masks of up to TABLE_BITS ops)
 _TABLE_BYTES = 64
+TABLE_BITS = 8 * _TABLE_BYTES
 _BYTE_BITS = [
     [tuple(8 * k + i for i in range(8) if b >> i & 1) for b in range(256)] for k in range(_TABLE_BYTES)
 ]

@@ -172,6 +172,9 @@ def test_lbdf_one_pass_equals_the_row_walk(graph):
             feature,
         )
         assert c.buffer_bytes == weights + feature and c.dram_bytes == weights + n_in + n_out
+        member = fg.member_vector(mask).astype(bool)  # the numpy bound of masks past 512 ops
+        assert cost.lower_bound(mask) == cost._weight_term(member) + cost._output_rows[member].sum()
+        assert cost.lower_bound(mask) <= c.buffer_bytes
         b = LBDF(fg, 4096).breakdown(mask)
         assert b.demander == demander and list(b.tensor_bytes) == list(rows)
         assert b.tensor_bytes == cost._tensor_bytes(rows, whole)
@@ -194,5 +197,8 @@ def test_brr_prepared_walk_equals_the_row_walk(graph):
         ops = bits(mask)
         steps, whole, t_max = cost._walk(mask, ops)
         assert t_max == cost._tiles_max(mask, ops)
+        member = fg.member_vector(mask).astype(bool)  # the numpy bound of masks past 512 ops
+        assert cost.lower_bound(mask) == cost._weight_term(member) + cost._output_rows[member].sum()
+        assert cost.lower_bound(mask) <= cost.cost(mask).buffer_bytes
         for tiles in range(1, t_max + 1):
             assert cost._walk_footprint(steps, whole, tiles) == cost._footprint(ops, mask, tiles)
