@@ -262,18 +262,21 @@ class CostModel:
         weights, _, n_in, n_out = self._io(mask)
         return weights + n_in + n_out
 
+    def _weights_of(self, ops: list[int]) -> int:
+        """W: elements of the weights of ``ops``, a weight shared by several counted once."""
+        fg = self.fg
+        if fg.shared_weights:
+            return sum(fg.weight_numel_by_id[w] for w in {w for i in ops for w in fg.weight_ids[i]})
+        return sum(map(fg.weight_numel.__getitem__, ops))
+
     def _io(self, mask: int, ops: list[int] | None = None) -> tuple[int, int, int, int]:
         """(W, W_max, In, Out) of ``mask`` (whose ops are ``ops``) in elements."""
         fg = self.fg
         if ops is None:
             ops = bits(mask)
-        if fg.shared_weights:
-            ids = {w for i in ops for w in fg.weight_ids[i]}
-            weights = sum(fg.weight_numel_by_id[w] for w in ids)
-        else:
-            weights = sum(fg.weight_numel[i] for i in ops)
+        weights = self._weights_of(ops)
         w_max = max(fg.weight_numel[i] for i in ops)
-        seen_in = 0
+        seen_in: set[int] = set()
         n_in = n_out = 0
         # locals: this loop runs for every new group the search meets
         op_inputs, op_outputs, producer, numel = (
@@ -286,8 +289,8 @@ class CostModel:
         for i in ops:
             for t, _ in op_inputs[i]:
                 p = producer[t]
-                if (p < 0 or not mask >> p & 1) and not seen_in >> t & 1:
-                    seen_in |= 1 << t
+                if (p < 0 or not mask >> p & 1) and t not in seen_in:
+                    seen_in.add(t)
                     n_in += numel[t]
             for t in op_outputs[i]:
                 if is_output[t] or consumers[t] & outside:
@@ -398,11 +401,7 @@ class LBDF(CostModel):
         (at least one). ``demander``, when given, gains the op demanding each tensor's rows
         exactly as ``_rows`` finds it."""
         fg = self.fg
-        if fg.shared_weights:
-            ids = {w for i in ops for w in fg.weight_ids[i]}
-            weights = sum(fg.weight_numel_by_id[w] for w in ids)
-        else:
-            weights = sum(map(fg.weight_numel.__getitem__, ops))
+        weights = self._weights_of(ops)
         rows: dict[int, int] = {}
         n_in = n_out = feature = 0
         track = demander is not None
@@ -555,28 +554,39 @@ class BRR(CostModel):
         rows, _, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // tiles))
         return self._feature(rows, whole)
 
-    def _walk(self, mask: int, ops: list[int]) -> tuple[list, int, int]:
+    def _walk(self, mask: int, ops: list[int]) -> tuple[list, int, int, tuple[int, int, int, int]]:
         """What every footprint of the group shares, found once for the tile search: per op,
         last first, its inputs' need tables and its outputs as (tensor, leaves the group);
-        the tensors the barrier rule holds whole; T_max."""
+        the tensors the barrier rule holds whole; T_max; and ``_io``'s (W, W_max, In, Out)."""
         fg = self.fg
-        is_output, consumers, outside, height = (
-            fg.tensor_is_output,
-            fg.tensor_consumer_mask,
-            ~mask,
-            fg.tensor_height,
-        )
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
+        height, numel = fg.tensor_height, fg.tensor_numel
         steps = []
         t_max = 1
+        n_in = n_out = 0
+        read: set[int] = set()  # inputs from outside the group, counted once
         for op in reversed(ops):
             outputs = []
             for t in fg.op_outputs[op]:
                 leaves = is_output[t] or bool(consumers[t] & outside)
-                if leaves and height[t] > t_max:
-                    t_max = height[t]
+                if leaves:
+                    n_out += numel[t]
+                    if height[t] > t_max:
+                        t_max = height[t]
                 outputs.append((t, leaves))
-            steps.append((self._needs[op], outputs))
-        return steps, (self._whole(ops, mask) if mask & fg.barrier_mask else 0), t_max
+            needs = self._needs[op]
+            for t, _, p in needs:
+                if (p < 0 or not mask >> p & 1) and t not in read:
+                    read.add(t)
+                    n_in += numel[t]
+            steps.append((needs, outputs))
+        whole = self._whole(ops, mask) if mask & fg.barrier_mask else 0
+        return (
+            steps,
+            whole,
+            t_max,
+            (self._weights_of(ops), max(map(fg.weight_numel.__getitem__, ops)), n_in, n_out),
+        )
 
     def _walk_footprint(self, steps: list, whole: int, tiles: int) -> int:
         """``_footprint`` over a prepared ``_walk``: the same rows, without the demanders."""
@@ -602,8 +612,8 @@ class BRR(CostModel):
     def _cost(self, mask: int) -> GroupCost:
         e, beta = self.element_bytes, self.buffer_bytes
         ops = bits(mask)
-        weights, w_max, n_in, n_out = self._io(mask, ops)
-        steps, whole, t_max = self._walk(mask, ops)
+        steps, whole, t_max, (weights, w_max, n_in, n_out) = self._walk(mask, ops)
+        self._lower_dram.setdefault(mask, (weights + n_in + n_out) * e)  # what lower_dram would count
         smallest = self._walk_footprint(steps, whole, t_max)
         fits = (w_max + smallest) * e < beta
         if len(ops) == 1 or not fits:

@@ -195,7 +195,8 @@ def test_brr_prepared_walk_equals_the_row_walk(graph):
     cost = BRR(fg, 4096)
     for mask in _interval_groups(fg, random.Random(graph), 40):
         ops = bits(mask)
-        steps, whole, t_max = cost._walk(mask, ops)
+        steps, whole, t_max, io = cost._walk(mask, ops)
+        assert io == cost._io(mask, ops)
         assert t_max == cost._tiles_max(mask, ops)
         member = fg.member_vector(mask).astype(bool)  # the numpy bound of masks past 512 ops
         assert cost.lower_bound(mask) == cost._weight_term(member) + cost._output_rows[member].sum()
