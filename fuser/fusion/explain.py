@@ -102,11 +102,21 @@ class ExactExplainer(Explainer):
         total = sum(scores.values())
         vector = np.zeros(fg.n)
         vector[list(scores)] = list(scores.values())
-        top = [e for _, e in heapq.nsmallest(self.shortlist, [(-s, e) for e, s in local.items()])]
-        up, down = fg.up_closed(), fg.down_closed()  # the closures inline: this runs per tree node
-        downs = [d for u, v in top for d in (up[u] & mask, mask & ~down[v])]
+        top = [e for _, e in sorted([(-s, e) for e, s in local.items()])[: self.shortlist]]
         # every down-set's share in one product; scores are whole bytes, so the float sums are exact
-        shares = (fg.member_matrix(downs) @ vector).tolist() if downs else []
+        # (and the vector is 0 off the group, so a closure's row sums its part in the group)
+        matrices = fg.closure_matrices()
+        if not top:
+            shares = []
+        elif matrices is not None:
+            up_rows, down_rows = matrices
+            smallest = (up_rows[[u for u, _ in top]] @ vector).tolist()  # u and its ancestors
+            largest = (total - down_rows[[v for _, v in top]] @ vector).tolist()  # all but v and below
+            shares = [x for pair in zip(smallest, largest) for x in pair]
+        else:
+            up, down = fg.up_closed(), fg.down_closed()
+            downs = [d for u, v in top for d in (up[u] & mask, mask & ~down[v])]
+            shares = (fg.member_matrix(downs) @ vector).tolist()
         floor = min((local[e] for e in top), default=0.0)
         chosen = set(top)
         edges = {e: local[e] / (1 + total) - 1 for e in local if e not in chosen}  # below every shortlisted

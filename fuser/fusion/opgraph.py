@@ -172,6 +172,7 @@ def is_barrier(node: Node) -> bool:
 # per byte k of a mask and its value: the bit indices it holds (masks of up to TABLE_BITS ops)
 _TABLE_BYTES = 64
 TABLE_BITS = 8 * _TABLE_BYTES
+CLOSURE_MATRIX_OPS = 1024  # FusionGraph.closure_matrices: two n × n float arrays (16 MB at this n)
 _BYTE_BITS = [
     [tuple(8 * k + i for i in range(8) if b >> i & 1) for b in range(256)] for k in range(_TABLE_BYTES)
 ]
@@ -249,6 +250,7 @@ class FusionGraph:
     _related_masks: list[int] | None = None
     _up_closed: list[int] | None = None
     _down_closed: list[int] | None = None
+    _closure_matrices: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -319,6 +321,18 @@ class FusionGraph:
         if self._down_closed is None:
             self._down_closed = [d | 1 << i for i, d in enumerate(self.descendants())]
         return self._down_closed
+
+    def closure_matrices(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``up_closed`` and ``down_closed`` as 0/1 float rows (n × n), for sums over many
+        closures in one product; None past CLOSURE_MATRIX_OPS ops (n² memory)."""
+        if self.n > CLOSURE_MATRIX_OPS:
+            return None
+        if self._closure_matrices is None:
+            self._closure_matrices = (
+                self.member_matrix(self.up_closed()).astype(np.float64),
+                self.member_matrix(self.down_closed()).astype(np.float64),
+            )
+        return self._closure_matrices
 
     def closure_up(self, op: int, mask: int) -> int:
         """``op`` and its ancestors inside the convex set ``mask``.

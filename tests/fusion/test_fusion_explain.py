@@ -210,3 +210,23 @@ def test_candidate_cuts_are_the_cuts_of_cut_at(seed):
                     want.append(cut_at(fg, cost, mask, down, edge))
         got = splitter.candidate_cuts(mask, edges)
         assert [(c.edge, c.down, c.pieces) for c in got] == [(c.edge, c.down, c.pieces) for c in want]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_balance_from_closure_matrices_equals_the_member_product(seed, monkeypatch):
+    """Edge scores with the closure sums read from the n × n closure matrices (graphs of up to
+    1024 ops) are exactly those of the per-group member product used past that size."""
+    from fuser.fusion import opgraph
+
+    def explanations():
+        fg = build_fusion_graph(random_dag(seed, 40))
+        explainer = ExactExplainer(LBDF(fg, 1024))
+        rng = random.Random(seed)
+        groups = [fg.all_mask] + [
+            fg.convex_components(fg.all_mask & ~(1 << rng.randrange(fg.n)))[0] for _ in range(10)
+        ]
+        return [explainer.explain(g).edge_scores for g in groups if g & (g - 1)]
+
+    with_matrices = explanations()
+    monkeypatch.setattr(opgraph, "CLOSURE_MATRIX_OPS", 0)
+    assert explanations() == with_matrices
