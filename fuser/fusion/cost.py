@@ -64,10 +64,11 @@ import numpy as np
 from fuser.ir import FuserError
 from fuser.ir.ops import is_opaque
 
-from .opgraph import FusionGraph, bits, mask_of
+from .opgraph import TABLE_BITS, FusionGraph, bits, mask_of
 
 STYLES = ("lbdf", "brr")
-LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the bound
+LOWER_BOUND_FROM = 24  # ops; below this the exact F_β is as cheap as the numpy bound
+SMALL_MASK_BITS = TABLE_BITS  # masks this wide list their ops by table (opgraph.bits): the bound is cheap
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,23 @@ class CostModel:
         self._output_rows = np.array(
             [sum(fg.tensor_row_numel[t] for t in outs) for outs in fg.op_outputs], dtype=np.int64
         )
+        # per op: (tensor, rows it needs of that input per output row count r, its producer)
+        # for each data input; a table lookup where RowRule.rows would run per group
+        self._needs = [
+            [
+                (
+                    t,
+                    _need_table(
+                        rule, fg.tensor_height[t], max([1, *map(fg.tensor_height.__getitem__, outs)])
+                    ),
+                    fg.tensor_producer[t],
+                )
+                for t, rule in ins
+            ]
+            for ins, outs in zip(fg.op_inputs, fg.op_outputs)
+        ]
+        self._output_rows_list = self._output_rows.tolist()
+        self._refuted: set[int] = set()  # groups the lower bound proved invalid
         self._single_dram = [self._dram_elements(1 << i) for i in range(fg.n)]
         singles = [self.cost(1 << i) for i in range(fg.n)]
         self.single_dram_bytes = [c.dram_bytes for c in singles]  # per op alone, without a lookup
@@ -137,26 +155,44 @@ class CostModel:
         """F_β, F_D and validity of the group ``mask`` (memoised)."""
         c = self._memo.get(mask)
         if c is None:
-            c = self._cost(mask)
-            if c.valid and mask & self.opaque_mask and mask & (mask - 1):
-                c = replace(c, valid=False)  # an opaque op shares no group
-            self._memo[mask] = c
+            c = self._remember(mask, self._cost(mask))
+        return c
+
+    def _remember(self, mask: int, c: GroupCost) -> GroupCost:
+        if c.valid and mask & self.opaque_mask and mask & (mask - 1):
+            c = replace(c, valid=False)  # an opaque op shares no group
+        self._memo[mask] = c
         return c
 
     def valid(self, mask: int) -> bool:
         c = self._memo.get(mask)
         if c is not None:
             return c.valid
-        if mask.bit_count() > LOWER_BOUND_FROM and self.lower_bound(mask) >= self.buffer_bytes:
-            return False  # big and surely over the buffer: skip the exact count
+        if mask in self._refuted:
+            return False
+        if (
+            mask & (mask - 1)  # one op is always valid
+            and (mask.bit_length() <= SMALL_MASK_BITS or mask.bit_count() > LOWER_BOUND_FROM)
+            and self.lower_bound(mask) >= self.buffer_bytes
+        ):
+            self._refuted.add(mask)
+            return False  # surely over the buffer: skip the exact count
         return self.cost(mask).valid
 
     def lower_bound(self, mask: int) -> int:
         """A cheap lower bound of F_β(mask): on-chip weights plus one row of every output."""
+        if mask.bit_length() <= SMALL_MASK_BITS:  # plain sums over a table-made op list
+            ops = bits(mask)
+            rows = sum(map(self._output_rows_list.__getitem__, ops))
+            return (self._weight_bound(ops) + rows) * self.element_bytes
         member = self.fg.member_vector(mask).astype(bool)
         return (self._weight_term(member) + int(self._output_rows[member].sum())) * self.element_bytes
 
     def _weight_term(self, member: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def _weight_bound(self, ops: list[int]) -> int:
+        """``_weight_term`` of the ops ``ops``."""
         raise NotImplementedError
 
     def dram(self, groups) -> int:
@@ -182,6 +218,11 @@ class CostModel:
                 else c.dram_bytes
             )
         return bound
+
+    def piece_dram_bound(self, mask: int) -> int:
+        """A lower bound of the DRAM bytes of ``mask`` however it is split: F_D(mask) when it
+        is valid, else ``lower_dram``."""
+        return self.cost(mask).dram_bytes if self.valid(mask) else self.lower_dram(mask)
 
     def unfusable(self) -> list[tuple[int, str]]:
         """(op, reason) for each op that cannot share a group with any other."""
@@ -221,18 +262,21 @@ class CostModel:
         weights, _, n_in, n_out = self._io(mask)
         return weights + n_in + n_out
 
+    def _weights_of(self, ops: list[int]) -> int:
+        """W: elements of the weights of ``ops``, a weight shared by several counted once."""
+        fg = self.fg
+        if fg.shared_weights:
+            return sum(fg.weight_numel_by_id[w] for w in {w for i in ops for w in fg.weight_ids[i]})
+        return sum(map(fg.weight_numel.__getitem__, ops))
+
     def _io(self, mask: int, ops: list[int] | None = None) -> tuple[int, int, int, int]:
         """(W, W_max, In, Out) of ``mask`` (whose ops are ``ops``) in elements."""
         fg = self.fg
         if ops is None:
             ops = bits(mask)
-        if fg.shared_weights:
-            ids = {w for i in ops for w in fg.weight_ids[i]}
-            weights = sum(fg.weight_numel_by_id[w] for w in ids)
-        else:
-            weights = sum(fg.weight_numel[i] for i in ops)
+        weights = self._weights_of(ops)
         w_max = max(fg.weight_numel[i] for i in ops)
-        seen_in = 0
+        seen_in: set[int] = set()
         n_in = n_out = 0
         # locals: this loop runs for every new group the search meets
         op_inputs, op_outputs, producer, numel = (
@@ -245,8 +289,8 @@ class CostModel:
         for i in ops:
             for t, _ in op_inputs[i]:
                 p = producer[t]
-                if (p < 0 or not mask >> p & 1) and not seen_in >> t & 1:
-                    seen_in |= 1 << t
+                if (p < 0 or not mask >> p & 1) and t not in seen_in:
+                    seen_in.add(t)
                     n_in += numel[t]
             for t in op_outputs[i]:
                 if is_output[t] or consumers[t] & outside:
@@ -260,7 +304,7 @@ class CostModel:
         rows: dict[int, int] = {}
         demander: dict[int, int] = {}
         # locals: this loop runs for every new group the search meets
-        op_inputs, op_outputs, height = fg.op_inputs, fg.op_outputs, fg.tensor_height
+        needs, op_outputs = self._needs, fg.op_outputs
         is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
         for op in reversed(ops):
             r_out = 0
@@ -273,10 +317,16 @@ class CostModel:
                 rows[t] = r
                 if r > r_out:
                     r_out = r
-            for t, rule in op_inputs[op]:
-                need = rule.rows(r_out, height[t])
+            for t, table, _ in needs[op]:
+                need = table[r_out]
                 if need > rows.get(t, 0):
                     rows[t], demander[t] = need, op
+        return rows, demander, self._whole(ops, mask, demander)
+
+    def _whole(self, ops: list[int], mask: int, demander: dict[int, int] | None = None) -> int:
+        """The tensors the barrier rule holds whole (a tensor bitmask); ``demander`` gains the
+        op waiting on each."""
+        fg = self.fg
         whole = 0
         if mask & fg.barrier_mask:
             complete_out: dict[int, int] = {}  # tensors complete before the op emits a row
@@ -290,17 +340,20 @@ class CostModel:
                 waited = ready & fg.op_input_mask[op]
                 if waited:
                     whole |= waited
-                    for t in bits(waited):
-                        demander[t] = op
+                    if demander is not None:
+                        for t in bits(waited):
+                            demander[t] = op
                 upstream[op] = up
                 complete_out[op] = ready | up if fg.barrier_mask >> op & 1 else ready
-        return rows, demander, whole
+        return whole
 
     def _feature(self, rows: dict[int, int], whole: int) -> int:
         fg = self.fg
-        return sum(
-            (fg.tensor_height[t] if whole >> t & 1 else r) * fg.tensor_row_numel[t] for t, r in rows.items()
-        )
+        row_numel = fg.tensor_row_numel
+        feature = sum(r * row_numel[t] for t, r in rows.items())
+        for t in bits(whole) if whole else ():  # held whole, not rows(t)
+            feature += (fg.tensor_height[t] - rows[t]) * row_numel[t]
+        return feature
 
     def _tensor_bytes(self, rows, whole) -> dict[int, int]:
         fg, e = self.fg, self.element_bytes
@@ -316,8 +369,10 @@ class CostModel:
         return f"{self.name.upper()}, buffer {self.buffer_bytes:,} B, {self.element_bytes} B/element"
 
 
-def _one_row(t: int) -> int:
-    return 1
+def _need_table(rule, height: int, out_height: int) -> tuple[int, ...]:
+    """``rule.rows(r, height)`` for r = 0 .. out_height (a group never asks an op for more
+    rows than its tallest output has)."""
+    return tuple(rule.rows(r, height) for r in range(out_height + 1))
 
 
 class LBDF(CostModel):
@@ -331,18 +386,70 @@ class LBDF(CostModel):
             return int(self._weights[member].max())
         return int(self._weights[member].sum())
 
+    def _weight_bound(self, ops: list[int]) -> int:
+        numel = map(self.fg.weight_numel.__getitem__, ops)
+        return max(numel) if self.fg.shared_weights else sum(numel)
+
     def _cost(self, mask: int) -> GroupCost:
-        e = self.element_bytes
         ops = bits(mask)
-        weights, _, n_in, n_out = self._io(mask, ops)
-        rows, _, whole = self._rows(ops, mask, _one_row)
-        feature = self._feature(rows, whole)
+        weights, n_in, n_out, feature, _, _ = self._lbdf_terms(mask, ops)
+        return self._group_cost(len(ops), weights, n_in, n_out, feature)
+
+    def _lbdf_terms(self, mask: int, ops: list[int], demander: dict[int, int] | None = None):
+        """(W, In, Out, Feat(G, 1), rows, whole) in one backward pass: ``_io`` and ``_rows``
+        fused for the sink of one row, where a tensor's rows are only its consumers' demand
+        (at least one). ``demander``, when given, gains the op demanding each tensor's rows
+        exactly as ``_rows`` finds it."""
+        fg = self.fg
+        weights = self._weights_of(ops)
+        rows: dict[int, int] = {}
+        n_in = n_out = feature = 0
+        track = demander is not None
+        # locals: this loop runs for every new group the search meets
+        needs, op_outputs, numel, row_numel = self._needs, fg.op_outputs, fg.tensor_numel, fg.tensor_row_numel
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
+        for op in reversed(ops):
+            r_out = 0
+            for t in op_outputs[op]:
+                if is_output[t] or consumers[t] & outside:
+                    n_out += numel[t]
+                r = rows.get(t)
+                if r is None:  # read by no op of G: one row as it is written out
+                    r = rows[t] = 1
+                    feature += row_numel[t]
+                    if track:
+                        demander[t] = op
+                if r > r_out:
+                    r_out = r
+            for t, table, p in needs[op]:
+                need = table[r_out]
+                old = rows.get(t)
+                if old is None:
+                    if p < 0 or not mask >> p & 1:
+                        n_in += numel[t]
+                    rows[t] = need
+                    feature += need * row_numel[t]
+                elif need > old:
+                    rows[t] = need
+                    feature += (need - old) * row_numel[t]
+                else:
+                    continue
+                if track:
+                    demander[t] = op
+        whole = self._whole(ops, mask, demander) if mask & fg.barrier_mask else 0
+        if whole:
+            for t in bits(whole):
+                feature += (fg.tensor_height[t] - rows[t]) * row_numel[t]
+        return weights, n_in, n_out, feature, rows, whole
+
+    def _group_cost(self, n_ops: int, weights: int, n_in: int, n_out: int, feature: int) -> GroupCost:
+        e = self.element_bytes
         buffer = (weights + feature) * e
         fits = buffer < self.buffer_bytes
         return GroupCost(
             buffer,
             (weights + n_in + n_out) * e,
-            fits or len(ops) == 1,
+            fits or n_ops == 1,
             fits,
             weights * e,
             feature * e,
@@ -404,13 +511,19 @@ class LBDF(CostModel):
                 return
             yield i, mask, (weights + n_in + n_out) * e
 
+    def piece_dram_bound(self, mask: int) -> int:
+        """F_D = (W + In + Out)·e whether or not ``mask`` is valid: no F_β needed."""
+        return self.lower_dram(mask)
+
     def breakdown(self, mask: int) -> Breakdown:
         ops = bits(mask)
-        rows, demander, whole = self._rows(ops, mask, _one_row)
+        demander: dict[int, int] = {}
+        weights, n_in, n_out, feature, rows, whole = self._lbdf_terms(mask, ops, demander)
+        tensor_bytes = self._tensor_bytes(rows, whole)
+        if mask not in self._memo:  # the splitter asks for F_β next: from the same pass
+            self._remember(mask, self._group_cost(len(ops), weights, n_in, n_out, feature))
         return Breakdown(
-            {i: self.fg.weight_numel[i] * self.element_bytes for i in ops},
-            self._tensor_bytes(rows, whole),
-            demander,
+            {i: self.fg.weight_numel[i] * self.element_bytes for i in ops}, tensor_bytes, demander
         )
 
 
@@ -422,6 +535,9 @@ class BRR(CostModel):
 
     def _weight_term(self, member: np.ndarray) -> int:
         return int(self._weights[member].max())
+
+    def _weight_bound(self, ops: list[int]) -> int:
+        return max(map(self.fg.weight_numel.__getitem__, ops))
 
     def _tiles_max(self, mask: int, ops: list[int]) -> int:
         fg = self.fg
@@ -438,12 +554,67 @@ class BRR(CostModel):
         rows, _, whole = self._rows(ops, mask, lambda t: -(-fg.tensor_height[t] // tiles))
         return self._feature(rows, whole)
 
+    def _walk(self, mask: int, ops: list[int]) -> tuple[list, int, int, tuple[int, int, int, int]]:
+        """What every footprint of the group shares, found once for the tile search: per op,
+        last first, its inputs' need tables and its outputs as (tensor, leaves the group);
+        the tensors the barrier rule holds whole; T_max; and ``_io``'s (W, W_max, In, Out)."""
+        fg = self.fg
+        is_output, consumers, outside = fg.tensor_is_output, fg.tensor_consumer_mask, ~mask
+        height, numel = fg.tensor_height, fg.tensor_numel
+        steps = []
+        t_max = 1
+        n_in = n_out = 0
+        read: set[int] = set()  # inputs from outside the group, counted once
+        for op in reversed(ops):
+            outputs = []
+            for t in fg.op_outputs[op]:
+                leaves = is_output[t] or bool(consumers[t] & outside)
+                if leaves:
+                    n_out += numel[t]
+                    if height[t] > t_max:
+                        t_max = height[t]
+                outputs.append((t, leaves))
+            needs = self._needs[op]
+            for t, _, p in needs:
+                if (p < 0 or not mask >> p & 1) and t not in read:
+                    read.add(t)
+                    n_in += numel[t]
+            steps.append((needs, outputs))
+        whole = self._whole(ops, mask) if mask & fg.barrier_mask else 0
+        return (
+            steps,
+            whole,
+            t_max,
+            (self._weights_of(ops), max(map(fg.weight_numel.__getitem__, ops)), n_in, n_out),
+        )
+
+    def _walk_footprint(self, steps: list, whole: int, tiles: int) -> int:
+        """``_footprint`` over a prepared ``_walk``: the same rows, without the demanders."""
+        height = self.fg.tensor_height
+        rows: dict[int, int] = {}
+        for needs, outputs in steps:
+            r_out = 0
+            for t, leaves in outputs:
+                r = rows.get(t, 0)
+                if leaves or r == 0:
+                    sink = -(-height[t] // tiles)
+                    if sink > r:
+                        r = sink
+                rows[t] = r
+                if r > r_out:
+                    r_out = r
+            for t, table, _ in needs:
+                need = table[r_out]
+                if need > rows.get(t, 0):
+                    rows[t] = need
+        return self._feature(rows, whole)
+
     def _cost(self, mask: int) -> GroupCost:
         e, beta = self.element_bytes, self.buffer_bytes
         ops = bits(mask)
-        weights, w_max, n_in, n_out = self._io(mask, ops)
-        t_max = self._tiles_max(mask, ops)
-        smallest = self._footprint(ops, mask, t_max)
+        steps, whole, t_max, (weights, w_max, n_in, n_out) = self._walk(mask, ops)
+        self._lower_dram.setdefault(mask, (weights + n_in + n_out) * e)  # what lower_dram would count
+        smallest = self._walk_footprint(steps, whole, t_max)
         fits = (w_max + smallest) * e < beta
         if len(ops) == 1 or not fits:
             # alone, an op runs layer by layer (the baseline); an invalid group is never run
@@ -462,7 +633,7 @@ class BRR(CostModel):
         feature_hi = smallest
         while lo < hi:
             mid = (lo + hi) // 2
-            f = self._footprint(ops, mask, mid)
+            f = self._walk_footprint(steps, whole, mid)
             if (w_max + f) * e < beta:
                 hi, feature_hi = mid, f
             else:

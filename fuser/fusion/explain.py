@@ -21,12 +21,12 @@ network that classifies groups as valid or not, explained by the gradient of its
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cost import CostModel
-from .opgraph import bits
 
 
 @dataclass
@@ -36,9 +36,13 @@ class Explanation:
     op_scores: dict[int, float]
     edge_scores: dict[tuple[int, int], float]
 
-    def ranked_edges(self) -> list[tuple[int, int]]:
-        """Inner edges, best cut first (ties: topological order, so results are stable)."""
-        return sorted(self.edge_scores, key=lambda e: (-self.edge_scores[e], e))
+    def ranked_edges(self, top: int | None = None) -> list[tuple[int, int]]:
+        """Inner edges, best cut first (ties: topological order, so results are stable);
+        the ``top`` best only when given."""
+        scores = self.edge_scores
+        if top is not None and top < len(scores):
+            return heapq.nsmallest(top, scores, key=lambda e: (-scores[e], e))
+        return sorted(scores, key=lambda e: (-scores[e], e))
 
     def culprits(self, excess: float) -> list[int]:
         """The fewest top-scored ops whose scores cover ``excess`` (F_β − β), at least one."""
@@ -72,16 +76,22 @@ class ExactExplainer(Explainer):
         fg = self.cost.fg
         b = self.cost.breakdown(mask)
         scores = {i: float(w) for i, w in b.op_weight.items()}
+        dictated: dict[tuple[int, int], int] = {}  # bytes v dictates on the tensors u sends it
+        producer = fg.tensor_producer
         for t, nbytes in b.tensor_bytes.items():
-            scores[b.demander[t]] += nbytes
+            v = b.demander[t]
+            scores[v] += nbytes
+            u = producer[t]
+            if u != v and u in scores:  # u in the group: then v, not the producer, reads t
+                reads = fg.edge_tensors[(u, v)].count(t)  # Add(x, x) reads x twice
+                dictated[(u, v)] = dictated.get((u, v), 0) + nbytes * reads
         local = {}
-        for u in bits(mask):
-            for v in fg.succs[u]:
-                if mask >> v & 1:
-                    dictated = sum(
-                        b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)] if b.demander.get(t) == v
-                    )
-                    local[(u, v)] = scores[u] + scores[v] + dictated
+        succs = fg.succs
+        for u, score in scores.items():  # the group's ops: set membership, not bit tests
+            for v in succs[u]:
+                other = scores.get(v)
+                if other is not None:
+                    local[(u, v)] = score + other + dictated.get((u, v), 0)
         return Explanation(scores, self._balanced(mask, scores, local))
 
     def _balanced(self, mask: int, scores: dict[int, float], local: dict) -> dict:
@@ -91,18 +101,31 @@ class ExactExplainer(Explainer):
         fg = self.cost.fg
         total = sum(scores.values())
         vector = np.zeros(fg.n)
-        for i, s in scores.items():
-            vector[i] = s
-        ranked = sorted(local, key=lambda e: (-local[e], e))
-        top = ranked[: self.shortlist]
-        downs = [d for u, v in top for d in (fg.closure_up(u, mask), mask & ~fg.closure_down(v, mask))]
+        vector[list(scores)] = list(scores.values())
+        top = [e for _, e in sorted([(-s, e) for e, s in local.items()])[: self.shortlist]]
         # every down-set's share in one product; scores are whole bytes, so the float sums are exact
-        shares = (fg.member_matrix(downs) @ vector).tolist() if downs else []
+        # (and the vector is 0 off the group, so a closure's row sums its part in the group)
+        matrices = fg.closure_matrices()
+        if not top:
+            shares = []
+        elif matrices is not None:
+            up_rows, down_rows = matrices
+            smallest = (up_rows[[u for u, _ in top]] @ vector).tolist()  # u and its ancestors
+            largest = (total - down_rows[[v for _, v in top]] @ vector).tolist()  # all but v and below
+            shares = [x for pair in zip(smallest, largest) for x in pair]
+        else:
+            up, down = fg.up_closed(), fg.down_closed()
+            downs = [d for u, v in top for d in (up[u] & mask, mask & ~down[v])]
+            shares = (fg.member_matrix(downs) @ vector).tolist()
         floor = min((local[e] for e in top), default=0.0)
-        edges = {e: local[e] / (1 + total) - 1 for e in ranked[self.shortlist :]}  # below every shortlisted
-        for k, (u, v) in enumerate(top):
+        chosen = set(top)
+        edges = {e: local[e] / (1 + total) - 1 for e in local if e not in chosen}  # below every shortlisted
+        for k, e in enumerate(top):
             relief = 0.0
             for part in shares[2 * k : 2 * k + 2]:
-                relief = max(relief, total - max(part, total - part))
-            edges[(u, v)] = relief + (local[(u, v)] - floor) / (1 + total)  # ties: local blame
+                rest = total - part
+                left = total - (part if part > rest else rest)  # what the larger side leaves
+                if left > relief:
+                    relief = left
+            edges[e] = relief + (local[e] - floor) / (1 + total)  # ties: local blame
         return edges

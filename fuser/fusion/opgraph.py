@@ -169,8 +169,24 @@ def is_barrier(node: Node) -> bool:
     )
 
 
+# per byte k of a mask and its value: the bit indices it holds (masks of up to TABLE_BITS ops)
+_TABLE_BYTES = 64
+TABLE_BITS = 8 * _TABLE_BYTES
+CLOSURE_MATRIX_OPS = 1024  # FusionGraph.closure_matrices: two n × n float arrays (16 MB at this n)
+_BYTE_BITS = [
+    [tuple(8 * k + i for i in range(8) if b >> i & 1) for b in range(256)] for k in range(_TABLE_BYTES)
+]
+
+
 def bits(mask: int) -> list[int]:
     """Indices of the set bits of ``mask``, ascending (ops of a group in topological order)."""
+    width = (mask.bit_length() + 7) // 8
+    if width <= _TABLE_BYTES:  # a table lookup per byte: this runs for every new group
+        out: list[int] = []
+        for k, byte in enumerate(mask.to_bytes(width, "little")):
+            if byte:
+                out += _BYTE_BITS[k][byte]
+        return out
     if mask.bit_count() > 32:  # numpy wins on big sets
         raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), np.uint8)
         return np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist()
@@ -231,6 +247,10 @@ class FusionGraph:
     _anc: list[int] | None = None
     _desc: list[int] | None = None
     _convex_memo: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    _related_masks: list[int] | None = None
+    _up_closed: list[int] | None = None
+    _down_closed: list[int] | None = None
+    _closure_matrices: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -290,6 +310,30 @@ class FusionGraph:
     def inner_edges(self, mask: int) -> list[tuple[int, int]]:
         return [(u, v) for u in bits(mask) for v in self.succs[u] if mask >> v & 1]
 
+    def up_closed(self) -> list[int]:
+        """Per op: itself and its ancestors (``closure_up`` before the AND)."""
+        if self._up_closed is None:
+            self._up_closed = [a | 1 << i for i, a in enumerate(self.ancestors())]
+        return self._up_closed
+
+    def down_closed(self) -> list[int]:
+        """Per op: itself and its descendants (``closure_down`` before the AND)."""
+        if self._down_closed is None:
+            self._down_closed = [d | 1 << i for i, d in enumerate(self.descendants())]
+        return self._down_closed
+
+    def closure_matrices(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``up_closed`` and ``down_closed`` as 0/1 float rows (n × n), for sums over many
+        closures in one product; None past CLOSURE_MATRIX_OPS ops (n² memory)."""
+        if self.n > CLOSURE_MATRIX_OPS:
+            return None
+        if self._closure_matrices is None:
+            self._closure_matrices = (
+                self.member_matrix(self.up_closed()).astype(np.float64),
+                self.member_matrix(self.down_closed()).astype(np.float64),
+            )
+        return self._closure_matrices
+
     def closure_up(self, op: int, mask: int) -> int:
         """``op`` and its ancestors inside the convex set ``mask``.
 
@@ -297,11 +341,11 @@ class FusionGraph:
         is convex (such a path would be a cycle of groups), and so is every down-set
         or up-set of a convex group, so the closures are plain bitmask ANDs.
         """
-        return (self.ancestors()[op] | (1 << op)) & mask
+        return self.up_closed()[op] & mask
 
     def closure_down(self, op: int, mask: int) -> int:
         """``op`` and its descendants inside the convex set ``mask``."""
-        return (self.descendants()[op] | (1 << op)) & mask
+        return self.down_closed()[op] & mask
 
     def convex_components(self, mask: int) -> list[int]:
         """Weakly connected components of the convex set ``mask``: inside it, an op is
@@ -314,7 +358,7 @@ class FusionGraph:
         return list(found)
 
     def _convex_components(self, mask: int) -> list[int]:
-        anc, desc = self.ancestors(), self.descendants()
+        related = self._related()
         out = []
         rest = mask
         while rest:
@@ -322,13 +366,21 @@ class FusionGraph:
             seen, frontier = start, start
             while frontier:
                 grow = 0
-                for i in bits(frontier):
-                    grow |= anc[i] | desc[i]
+                while frontier:  # the bits of the frontier, inline: this loop is hot
+                    low = frontier & -frontier
+                    grow |= related[low.bit_length() - 1]
+                    frontier ^= low
                 frontier = grow & rest & ~seen
                 seen |= frontier
             out.append(seen)
             rest &= ~seen
         return out
+
+    def _related(self) -> list[int]:
+        """Per op: its ancestors and descendants (the ops a convex set links it to)."""
+        if self._related_masks is None:
+            self._related_masks = [a | d for a, d in zip(self.ancestors(), self.descendants())]
+        return self._related_masks
 
     def member_vector(self, mask: int) -> np.ndarray:
         """``mask`` as a 0/1 vector over ops (for numpy sums over big groups)."""

@@ -68,25 +68,36 @@ EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²)
 
 @dataclass
 class Cut:
-    """One way to cut a group: the down-set side, the pieces and their validity."""
+    """One way to cut a group: the down-set side and the pieces. A piece's validity is
+    looked up only when asked (``cost.valid`` is memoised): most cuts the explain split
+    weighs are decided by one large invalid piece, and the others need no exact F_β."""
 
     edge: tuple[int, int]
     down: int
     pieces: list[int]
-    valid: list[bool]
+    cost: CostModel
+
+    @property
+    def valid(self) -> list[bool]:
+        return [self.cost.valid(p) for p in self.pieces]
 
     @property
     def all_valid(self) -> bool:
-        return all(self.valid)
+        return all(map(self.cost.valid, self.pieces))
 
     def dram(self, cost: CostModel) -> int:
         return sum(cost.cost(p).dram_bytes for p in self.pieces)
 
 
 def cut_at(fg: FusionGraph, cost: CostModel, mask: int, down: int, edge: tuple[int, int]) -> Cut:
-    """Cut the convex group ``mask`` into ``down`` and the rest, each split into components."""
-    pieces = fg.convex_components(down) + fg.convex_components(mask & ~down)
-    return Cut(edge, down, pieces, [cost.valid(p) for p in pieces])
+    """Cut the convex group ``mask`` into ``down`` and the rest, each split into components.
+    A side that is one closure of the edge's ends (``edge_cuts`` makes one side so) is one
+    component: in a convex set every op of it is linked to that end."""
+    u, v = edge
+    rest = mask & ~down
+    lower = [down] if down == fg.closure_up(u, mask) else fg.convex_components(down)
+    upper = [rest] if rest == fg.closure_down(v, mask) else fg.convex_components(rest)
+    return Cut(edge, down, lower + upper, cost)
 
 
 def edge_cuts(fg: FusionGraph, mask: int, edge: tuple[int, int]) -> list[int]:
@@ -363,12 +374,24 @@ class ExplainSplitter(Splitter):
         return SplitResult(pieces, [step], int(best[k]))
 
     def candidate_cuts(self, mask: int, ranked_edges: list[tuple[int, int]]) -> list[Cut]:
+        """The cuts of the ``top_edges`` best edges (both down-sets, ``edge_cuts``), each once:
+        ``cut_at`` inline, where the closure side of each cut is one component."""
+        fg, cost = self.fg, self.cost
+        up_closed, down_closed = fg.up_closed(), fg.down_closed()
         cuts, seen = [], set()
         for edge in ranked_edges[: self.top_edges]:
-            for down in edge_cuts(self.fg, mask, edge):
-                if down not in seen:
-                    seen.add(down)
-                    cuts.append(cut_at(self.fg, self.cost, mask, down, edge))
+            u, v = edge
+            smallest = up_closed[u] & mask
+            upper = down_closed[v] & mask
+            largest = mask & ~upper
+            if smallest not in seen:
+                seen.add(smallest)
+                rest = mask & ~smallest
+                pieces = [smallest, rest] if rest == upper else [smallest, *fg.convex_components(rest)]
+                cuts.append(Cut(edge, smallest, pieces, cost))
+            if largest != smallest and largest not in seen:
+                seen.add(largest)
+                cuts.append(Cut(edge, largest, [*fg.convex_components(largest), upper], cost))
         return cuts
 
     def _split(self, mask: int) -> SplitResult:
@@ -381,7 +404,7 @@ class ExplainSplitter(Splitter):
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))
-        cuts = self.candidate_cuts(mask, explanation.ranked_edges())
+        cuts = self.candidate_cuts(mask, explanation.ranked_edges(self.top_edges))
         complete = [c for c in cuts if c.all_valid]
         if complete:
             best = min(complete, key=lambda c: c.dram(cost))
@@ -416,9 +439,7 @@ class ExplainSplitter(Splitter):
         cost = self.cost
 
         def bound(c: Cut) -> int:
-            return sum(
-                cost.cost(p).dram_bytes if ok else cost.lower_dram(p) for p, ok in zip(c.pieces, c.valid)
-            )
+            return sum(cost.piece_dram_bound(p) for p in c.pieces)
 
         best, best_total = cuts[0], None
         for lower, _, c in sorted((bound(c), k, c) for k, c in enumerate(cuts))[: self.branch]:

@@ -1,10 +1,12 @@
 """LBDF and BRR cost models against hand counts (elements; e bytes per element)."""
 
+import random
+
 import pytest
-from test_fusion_graphs import conv_chain, se_block
+from test_fusion_graphs import conv_chain, random_dag, se_block
 
 from fuser.fusion.cost import BRR, LBDF
-from fuser.fusion.opgraph import build_fusion_graph
+from fuser.fusion.opgraph import bits, build_fusion_graph, mask_of
 from fuser.ir import FuserError
 from fuser.units import format_size, parse_size
 
@@ -119,3 +121,73 @@ def test_sizes_parse_and_print():
     for bad in ("", "12 parsecs", "-1KB", "0"):
         with pytest.raises(FuserError):
             parse_size(bad)
+
+
+def _square_chain():
+    """conv -> Mul(t, t) -> conv: one op reading the same tensor twice."""
+    from test_fusion_graphs import _conv, finish
+
+    from fuser.ir import Graph
+
+    g = Graph("square")
+    x = g.add_input("x", (1, 4, 16, 16))
+    t = _conv(g, x, 4, 8, 3, name="c1")
+    sq = g.add_node("Mul", [t, t], name="square").output
+    return finish(g, [_conv(g, sq, 8, 8, 3, stride=2, name="c2")])
+
+
+def _interval_groups(fg, rng, count):
+    """Random intervals of the topological order (convex), each with its components."""
+    groups = {fg.all_mask}
+    for _ in range(count):
+        i = rng.randrange(fg.n)
+        j = rng.randrange(i, min(fg.n, i + 30)) + 1
+        groups.update(fg.convex_components(mask_of(range(i, j))))
+    return sorted(groups)
+
+
+def _groups_of(graph: str, model, count: int):
+    """(cost model, group, its ops) for random convex groups of a test graph."""
+    g = {"se": se_block, "square": _square_chain}.get(graph) or (lambda: random_dag(int(graph[3:]), 40))
+    fg = build_fusion_graph(g())
+    cost = model(fg, 4096)
+    for mask in _interval_groups(fg, random.Random(graph), count):
+        yield cost, mask, bits(mask)
+
+
+def _assert_lower_bound(cost, mask: int) -> None:
+    """The plain-sum bound equals the numpy one (masks past 512 ops) and bounds F_β."""
+    member = cost.fg.member_vector(mask).astype(bool)
+    assert cost.lower_bound(mask) == cost._weight_term(member) + cost._output_rows[member].sum()
+    assert cost.lower_bound(mask) <= cost.cost(mask).buffer_bytes
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag1", "dag2", "se", "square"])
+def test_lbdf_one_pass_equals_the_row_walk(graph):
+    """LBDF's fused backward pass (cost and breakdown) against the generic terms BRR uses:
+    ``_io`` and ``_rows`` with a one-row sink, on random convex groups."""
+    for cost, mask, ops in _groups_of(graph, LBDF, 60):
+        weights, _, n_in, n_out = cost._io(mask, ops)
+        rows, demander, whole = cost._rows(ops, mask, lambda t: 1)
+        feature = cost._feature(rows, whole)
+        c = LBDF(cost.fg, 4096).cost(mask)  # fresh: no breakdown filled its memo
+        terms = (c.weight_bytes, c.input_bytes, c.output_bytes, c.feature_bytes)
+        assert terms == (weights, n_in, n_out, feature)
+        assert c.buffer_bytes == weights + feature and c.dram_bytes == weights + n_in + n_out
+        _assert_lower_bound(cost, mask)
+        b = LBDF(cost.fg, 4096).breakdown(mask)
+        assert b.demander == demander and list(b.tensor_bytes) == list(rows)
+        assert b.tensor_bytes == cost._tensor_bytes(rows, whole)
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag1", "se", "square"])
+def test_brr_prepared_walk_equals_the_row_walk(graph):
+    """BRR's tile search walks a group prepared once (``_walk``): every tile count's
+    footprint and T_max against the generic ``_footprint``/``_tiles_max``."""
+    for cost, mask, ops in _groups_of(graph, BRR, 40):
+        steps, whole, t_max, io = cost._walk(mask, ops)
+        assert io == cost._io(mask, ops)
+        assert t_max == cost._tiles_max(mask, ops)
+        _assert_lower_bound(cost, mask)
+        for tiles in range(1, t_max + 1):
+            assert cost._walk_footprint(steps, whole, tiles) == cost._footprint(ops, mask, tiles)

@@ -157,3 +157,76 @@ def test_gnn_classifier_is_accurate_and_its_explanations_split_validly():
     pieces = splitter.split(group).pieces
     assert all(cost.valid(p) for p in pieces)
     assert partition_problems(fg, pieces + [1 << i for i in bits(fg.all_mask & ~group)]) == []
+
+
+@pytest.mark.parametrize("graph", ["dag0", "dag3", "se", "square"])
+def test_local_edge_blame_is_both_ends_plus_what_the_consumer_dictates(graph):
+    """s(u) + s(v) + the bytes v dictates on every tensor u sends it, counted per read
+    (``Mul(t, t)`` reads t twice), for every inner edge: the explainer's local blame by hand."""
+    from test_fusion_cost import _square_chain
+
+    g = {"se": se_block, "square": _square_chain}.get(graph) or (lambda: random_dag(int(graph[3:]), 40))
+    fg = build_fusion_graph(g())
+    cost = LBDF(fg, 1024)
+    explainer = ExactExplainer(cost)
+    explainer.shortlist = 0  # every edge ranked by local blame alone: local / (1 + F_β) − 1
+    for mask in [fg.all_mask, *fg.convex_components(fg.all_mask & ~1)]:
+        if mask & (mask - 1) == 0:
+            continue
+        b = cost.breakdown(mask)
+        scores = dict(b.op_weight)
+        for t, nbytes in b.tensor_bytes.items():
+            scores[b.demander[t]] += nbytes
+        total = sum(scores.values())
+        got = explainer.explain(mask).edge_scores
+        assert set(got) == set(fg.inner_edges(mask))
+        for u, v in fg.inner_edges(mask):
+            dictated = sum(b.tensor_bytes[t] for t in fg.edge_tensors[(u, v)] if b.demander[t] == v)
+            assert got[(u, v)] == (scores[u] + scores[v] + dictated) / (1 + total) - 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_candidate_cuts_are_the_cuts_of_cut_at(seed):
+    """The explain split's inline cuts: the same down-sets, pieces and order as ``edge_cuts`` and
+    ``cut_at`` give for every inner edge, on random convex groups."""
+    from fuser.fusion.split import cut_at
+
+    fg = build_fusion_graph(random_dag(seed, 40))
+    cost = LBDF(fg, 2048)
+    splitter = ExplainSplitter(cost)
+    splitter.top_edges = 10**6
+    rng = random.Random(seed)
+    groups = [fg.all_mask] + [
+        fg.convex_components(fg.all_mask & ~(1 << rng.randrange(fg.n)))[0] for _ in range(20)
+    ]
+    for mask in groups:
+        edges = fg.inner_edges(mask)
+        rng.shuffle(edges)
+        want, seen = [], set()
+        for edge in edges:
+            for down in edge_cuts(fg, mask, edge):
+                if down not in seen:
+                    seen.add(down)
+                    want.append(cut_at(fg, cost, mask, down, edge))
+        got = splitter.candidate_cuts(mask, edges)
+        assert [(c.edge, c.down, c.pieces) for c in got] == [(c.edge, c.down, c.pieces) for c in want]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_balance_from_closure_matrices_equals_the_member_product(seed, monkeypatch):
+    """Edge scores with the closure sums read from the n × n closure matrices (graphs of up to
+    1024 ops) are exactly those of the per-group member product used past that size."""
+    from fuser.fusion import opgraph
+
+    def explanations():
+        fg = build_fusion_graph(random_dag(seed, 40))
+        explainer = ExactExplainer(LBDF(fg, 1024))
+        rng = random.Random(seed)
+        groups = [fg.all_mask] + [
+            fg.convex_components(fg.all_mask & ~(1 << rng.randrange(fg.n)))[0] for _ in range(10)
+        ]
+        return [explainer.explain(g).edge_scores for g in groups if g & (g - 1)]
+
+    with_matrices = explanations()
+    monkeypatch.setattr(opgraph, "CLOSURE_MATRIX_OPS", 0)
+    assert explanations() == with_matrices

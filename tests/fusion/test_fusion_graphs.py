@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from fuser.analysis.shapes import infer_shapes
 from fuser.ir import Graph
@@ -185,3 +186,20 @@ def test_random_dags_are_seeded_and_connected():
     assert str(a) == str(b)
     fg = build_fusion_graph(a)
     assert fg.n >= 20 and fg.is_connected(fg.all_mask)
+
+
+@pytest.mark.parametrize("width", [1, 8, 63, 300, 512, 513, 5000])
+def test_bits_lists_the_set_bits_in_order(width):
+    """``bits`` (a byte table up to 512 ops, a loop or numpy past it) against a bit-by-bit scan."""
+    from fuser.fusion.opgraph import bits
+
+    rng = random.Random(width)
+    masks = [0, 1 << (width - 1), (1 << width) - 1] + [
+        rng.getrandbits(width) & rng.getrandbits(width) for _ in range(50)
+    ]
+    masks += [
+        rng.getrandbits(width) & rng.getrandbits(width) & rng.getrandbits(width) & rng.getrandbits(width)
+        for _ in range(50)
+    ]
+    for m in masks:
+        assert bits(m) == [i for i in range(m.bit_length()) if m >> i & 1]
