@@ -63,10 +63,30 @@ def test_gap_adopts_only_a_proven_optimum(monkeypatch):
 
     def stopped(cost, dram_bytes, time_limit):
         found, groups = proven(cost, dram_bytes, time_limit)
-        return {**found, "exact": False, "method": "edge-cut MILP bound"}, groups
+        return {**found, "exact": False, "method": "edge-cut MILP bound", "plan_settled": False}, groups
 
     monkeypatch.setattr(exact, "optimum_and_plan", stopped)
     plan = partition(graph, **kw, gap=True)
     searched = partition(graph, **kw)
     assert plan.optimum["plan_bytes"] < plan.dram_bytes == searched.dram_bytes
     assert plan.groups == searched.groups and "adopted" not in plan.search
+
+
+def test_gap_adopts_a_settled_bounds_plan(monkeypatch):
+    """Not proven optimal, but met by a bound that ended before its time limit (the block bound
+    whose every block settled): the same on every machine, so adopted when it moves less."""
+    import fuser.fusion.exact as exact
+
+    graph = random_dag(2, n_ops=10)
+    kw = dict(buffer=1500, style="lbdf", search="random", budget=3)
+    proven = exact.optimum_and_plan
+
+    def settled(cost, dram_bytes, time_limit):
+        found, groups = proven(cost, dram_bytes, time_limit)
+        return {**found, "exact": False, "method": "block edge-cut MILP bound", "plan_from": "block"}, groups
+
+    monkeypatch.setattr(exact, "optimum_and_plan", settled)
+    plan = partition(graph, **kw, gap=True)
+    searched = partition(graph, **kw)
+    assert plan.dram_bytes == plan.optimum["plan_bytes"] < searched.dram_bytes
+    assert plan.search["adopted"] == {"from": "block", "search_dram_bytes": searched.dram_bytes}
