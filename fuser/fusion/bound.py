@@ -159,6 +159,7 @@ class CutBound:
         self.whole = block is None or self.own == fg.all_mask
         self.members = list(range(first, last))
         self.read_tensors = reads  # tensors whose reads this block counts (None: those it produces)
+        self.last_plan: list[int] | None = None
         self._seen_rows: set = set()
         self._reads: dict[int, tuple[int, list[int], list[int | None]]] = {}  # key -> (var, consumers, z)
         self._q: dict[int, int] = {}  # op -> q variable (BRR)
@@ -595,6 +596,7 @@ class CutBound:
             if isinstance(cost, BRR):  # valid groups' tiles every round: fewer rounds than at the end only
                 added += self._tile_cuts([g for g in groups if g not in invalid], x)
             if not invalid and not added and topological_groups(fg, groups) is not None:
+                self.last_plan = groups  # the relaxation's own choice (a block's, for stitching)
                 dram = sum(cost.cost(g).dram_bytes for g in groups) // e
                 if best_dram is None or dram < best_dram:
                     best_plan, best_dram = groups, dram
@@ -665,17 +667,23 @@ def block_bound(
 ) -> BoundResult:
     """A certified lower bound from independent blocks: the op order cut into runs of at most
     ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
-    (``CutBound(cost, block)``), the bounds summed.
+    (``CutBound(cost, block, halo, reads)``), the bounds summed.
 
-    Why it is a bound: a block's relaxation keeps exactly the terms of the whole relaxation
-    that involve only its own edges (its tensors' writes and reads by its own ops, its ops'
-    tile terms q, a graph input or weight in the block of its first reader) and the rows over
-    those edges; the terms of tensors crossing blocks are dropped (≥ 0). Any legal plan,
-    restricted to a block, satisfies that block's rows (a group of the plan meets a block in
-    a union of components, each inside the group, so every covering, convexity and tile row
-    holds; rows that would name an edge leaving the block are never written), and its DRAM
-    is at least the sum of the blocks' objectives. So Σ_blocks (optimum, or dual bound) ≤
-    the least DRAM. Small blocks solve fast; the price is the crossing tensors' traffic."""
+    Why it is a bound: every term of the whole relaxation's objective goes to exactly one
+    block: a tensor's write to its producer's block, its reads to the block holding all its
+    readers (else to its producer's), a graph input's or shared weight's reads to its first
+    reader's block, an op's tile term q to its own block. A block's relaxation holds the edges
+    among its ops and ``halo`` ops on each side (so a tensor crossing into the next block is
+    one variable, its write counted before and its read after the cut), all its terms over
+    those edges, and only rows over those edges (a row that would name an edge leaving them,
+    the "exactly this group" rows, is not written). Any legal plan, restricted to those
+    edges, satisfies every block's rows, and its DRAM is at least the sum of the blocks' terms.
+    So Σ_blocks (optimum, or dual bound) ≤ the least DRAM. Terms beyond a halo are dropped
+    (≥ 0); small blocks solve in seconds where the whole relaxation takes minutes.
+
+    The plan: the cheaper of the blocks' plans cut down to their own ops, and the plan whose
+    groups follow each block's choice on its own edges (a crossing edge uncut when both
+    blocks leave it uncut), when that one is legal and valid."""
     start = time.perf_counter()
     fg = cost.fg
     starts = block_cuts(fg, max_ops)
@@ -689,26 +697,43 @@ def block_bound(
         if p >= 0:
             reads[readers.pop() if len(readers) == 1 else block_of[p]].add(t)
     total, rounds, cuts, log, settled = 0, 0, 0, [], True
-    plan: list[int] = []
+    cut_down: list[int] | None = []
+    together = [0] * len(fg.edges)  # per edge: the blocks that see it and keep its ends together
     for k, (a, b) in enumerate(zip(starts, ends)):
         left = time_limit - (time.perf_counter() - start)
         share = left / (len(starts) - k)
-        res = CutBound(cost, (a, b), halo, reads[k]).solve(share)
+        relaxation = CutBound(cost, (a, b), halo, reads[k])
+        res = relaxation.solve(share)
         total += res.lower_bytes
         rounds += res.rounds
         cuts += res.cuts
         settled = settled and res.settled
-        log.append(f"block {a}..{b - 1}: bound {res.lower_bytes} B, {res.rounds} rounds, {res.seconds:.1f} s")
+        log.append(
+            f"block {a}..{b - 1}: bound {res.lower_bytes} B, {res.rounds} rounds, {res.seconds:.1f} s"
+            + ("" if res.settled else ", stopped by its time limit")
+        )
         own = ((1 << b) - 1) & ~((1 << a) - 1)
-        if plan is not None and res.plan is not None:  # its groups cut down to the block's own ops
-            plan += [c for g in res.plan if g & own for c in cost.fg.components(g & own)]
+        if cut_down is not None and res.plan is not None:
+            cut_down += [c for g in res.plan if g & own for c in fg.components(g & own)]
         else:
-            plan = None
-    plan_bytes = None
-    if plan is not None and all(cost.valid(g) for g in plan) and topological_groups(cost.fg, plan):
-        plan_bytes = sum(cost.cost(g).dram_bytes for g in plan)
-    else:
-        plan = None
+            cut_down = None
+        for g in relaxation.last_plan or ():
+            for u, v in fg.inner_edges(g):
+                if own >> u & 1 or own >> v & 1:
+                    together[fg.edge_index[(u, v)]] += 1
+    from .plan import _components
+
+    kept = [(u, v) for k, (u, v) in enumerate(fg.edges) if together[k] == 1 + (block_of[u] != block_of[v])]
+    followed = _components(fg.n, kept, range(fg.n))
+    plan, plan_bytes = None, None
+    for candidate in (cut_down, followed):
+        if candidate is None or not all(cost.valid(g) for g in candidate):
+            continue
+        if topological_groups(fg, candidate) is None:
+            continue
+        dram = sum(cost.cost(g).dram_bytes for g in candidate)
+        if plan_bytes is None or dram < plan_bytes:
+            plan, plan_bytes = candidate, dram
     exact = plan_bytes is not None and plan_bytes <= total
     return BoundResult(
         plan_bytes if exact else total,

@@ -206,11 +206,11 @@ def optimum_and_plan(
 
     - chains: the exact chain DP;
     - the edge-cut relaxation by row generation (``fuser.fusion.bound``, half the time, a
-      quarter on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a legal plan,
-      else its certified lower bound;
-    - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half): the
-      relaxation of runs of ``BLOCK_OPS`` ops solved apart and summed, with the legal plan
-      its blocks' plans make;
+      quarter for BRR on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a
+      legal plan, else its certified lower bound;
+    - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
+      BRR, a quarter for LBDF): the relaxation of runs of ``BLOCK_OPS`` ops solved apart and
+      summed, with the legal plan its blocks' plans make;
     - the ILP over every valid group (the rest of the time): exact when solved, else
       HiGHS's dual bound;
     - the trivial bound every plan pays, (W + In + Out)·e of the whole graph.
@@ -225,7 +225,10 @@ def optimum_and_plan(
 
     start = time.perf_counter()
     blocks = cost.fg.n > 2 * BLOCK_OPS
-    cut = cut_bound(cost, time_limit / (4 if blocks else 2))
+    # the whole relaxation closes well on LBDF; on BRR its tiles need many slow rounds, which
+    # the blocks do in seconds each
+    brr = cost.name == "brr"
+    cut = cut_bound(cost, time_limit / (4 if blocks and brr else 2))
     if cut.exact:
         return _proven(cut.lower_bytes, "edge-cut MILP", cut.plan)
     bounds = [
@@ -234,7 +237,7 @@ def optimum_and_plan(
     ]
     plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
     if blocks:
-        block = block_bound(cost, time_limit / 2)
+        block = block_bound(cost, time_limit / (2 if brr else 4))
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))
