@@ -698,7 +698,7 @@ def block_bound(
             reads[readers.pop() if len(readers) == 1 else block_of[p]].add(t)
     total, rounds, cuts, log, settled = 0, 0, 0, [], True
     cut_down: list[int] | None = []
-    together = [0] * len(fg.edges)  # per edge: the blocks that see it and keep its ends together
+    kept: list[set[int]] = []  # per block: the edges its relaxation's last plan keeps uncut
     for k, (a, b) in enumerate(zip(starts, ends)):
         left = time_limit - (time.perf_counter() - start)
         share = left / (len(starts) - k)
@@ -713,25 +713,30 @@ def block_bound(
             + ("" if res.settled else ", stopped by its time limit")
         )
         own = ((1 << b) - 1) & ~((1 << a) - 1)
-        if cut_down is not None and res.plan is not None:
-            cut_down += [c for g in res.plan if g & own for c in fg.components(g & own)]
+        chosen = relaxation.last_plan or res.plan
+        if cut_down is not None and chosen is not None:
+            cut_down += [c for g in chosen if g & own for c in fg.components(g & own)]
         else:
             cut_down = None
-        for g in relaxation.last_plan or ():
-            for u, v in fg.inner_edges(g):
-                if own >> u & 1 or own >> v & 1:
-                    together[fg.edge_index[(u, v)]] += 1
+        kept.append({fg.edge_index[e] for g in relaxation.last_plan or () for e in fg.inner_edges(g)})
     from .plan import _components
 
-    kept = [(u, v) for k, (u, v) in enumerate(fg.edges) if together[k] == 1 + (block_of[u] != block_of[v])]
-    followed = _components(fg.n, kept, range(fg.n))
+    uncut = [  # an edge in a block as that block chose; one between blocks where both chose so
+        (u, v) for k, (u, v) in enumerate(fg.edges) if k in kept[block_of[u]] and k in kept[block_of[v]]
+    ]
+    followed = _components(fg.n, uncut, range(fg.n))
     plan, plan_bytes = None, None
-    for candidate in (cut_down, followed):
+    for name, candidate in (("cut down", cut_down), ("followed", followed)):
+        if candidate is not None and all(cost.valid(g) for g in candidate):
+            candidate = merge_polish(cost, candidate)
         if candidate is None or not all(cost.valid(g) for g in candidate):
+            log.append(f"{name} plan: none or invalid")
             continue
         if topological_groups(fg, candidate) is None:
+            log.append(f"{name} plan: cyclic")
             continue
         dram = sum(cost.cost(g).dram_bytes for g in candidate)
+        log.append(f"{name} plan: {dram} B")
         if plan_bytes is None or dram < plan_bytes:
             plan, plan_bytes = candidate, dram
     exact = plan_bytes is not None and plan_bytes <= total
@@ -746,3 +751,33 @@ def block_bound(
         log,
         settled,
     )
+
+
+def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
+    """``groups`` (a plan of valid groups) with neighbouring groups merged while that moves less
+    DRAM: the merge saving most first, kept only when the merged group is valid and the plan
+    stays acyclic. Deterministic: ties go to the lower pair of group masks."""
+    fg = cost.fg
+    groups = sorted(groups)
+    while True:
+        owner = {}
+        for k, g in enumerate(groups):
+            for i in bits(g):
+                owner[i] = k
+        pairs = sorted({tuple(sorted((owner[u], owner[v]))) for u, v in fg.edges if owner[u] != owner[v]})
+        saving = []
+        for a, b in pairs:
+            merged = groups[a] | groups[b]
+            if not cost.valid(merged):
+                continue
+            parts = cost.cost(groups[a]).dram_bytes + cost.cost(groups[b]).dram_bytes
+            gain = parts - cost.cost(merged).dram_bytes
+            if gain > 0:
+                saving.append((-gain, a, b))
+        for _, a, b in sorted(saving):
+            trial = [g for k, g in enumerate(groups) if k not in (a, b)] + [groups[a] | groups[b]]
+            if topological_groups(fg, trial) is not None:
+                groups = sorted(trial)
+                break
+        else:
+            return groups
