@@ -179,6 +179,10 @@ class CutBound:
                 users[w] = users.get(w, 0) + 1
         return [sum(fg.weight_numel_by_id[w] / users[w] for w in fg.weight_ids[i]) for i in range(fg.n)]
 
+    def _apart(self, a: int, b: int) -> bool:
+        """Whether no valid group holds both ops (it would hold every op between them)."""
+        return not self.cost.valid(self.between(a, b))
+
     def between(self, a: int, b: int) -> int:
         """The ops on paths a ⇝ b (both ends included)."""
         return (self.desc[a] | 1 << a) & (self.anc[b] | 1 << b)
@@ -205,13 +209,20 @@ class CutBound:
                 continue
             write = own >> p & 1  # its write counts in its producer's block
             read = write if self.read_tensors is None else t in self.read_tensors
-            if not (write or read) or not block >> p & 1:
-                continue  # counted in another block (or, beyond the halo, dropped)
+            if not (write or read):
+                continue  # counted in another block
+            if not block >> p & 1:  # made beyond the halo: read from DRAM by an op that can share
+                if any(own >> c & 1 and self._apart(p, c) for c in consumers):  # no group with it
+                    m.constant += numel
+                continue
+            written = fg.tensor_is_output[t] or any(
+                not block >> c & 1 and self._apart(p, c) for c in consumers
+            )  # (an op beyond the halo that can share no group with the producer reads it)
             consumers = [c for c in consumers if block >> c & 1]
             zs = [self.z[(p, c)] for c in consumers]
             if not write:
                 pass
-            elif fg.tensor_is_output[t]:
+            elif written:
                 m.constant += numel
             elif len(zs) == 1:
                 m.cost[zs[0]] += numel
