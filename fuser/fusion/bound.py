@@ -53,7 +53,13 @@ non-convex components, reads and tiles counted short), solve again, until the so
 is a legal plan of valid groups whose DRAM equals the relaxed objective: that plan is
 optimal and the bound exact. At the time limit the best bound so far stands (each round's
 optimum, or dual bound, is a bound; they only grow). The legal plans met on the way are
-upper bounds (``BoundResult.plan``).
+upper bounds (``BoundResult.plan``). On BRR the tile rows of every valid component are
+separated every round (not only once the whole solution is legal): fewer, slower rounds.
+
+Blocks (``block_bound``): on large graphs the whole relaxation's rounds grow slow; the same
+relaxation over runs of ``BLOCK_OPS`` ops of the topological order (each term of the
+objective counted in exactly one run) solves in seconds per run, and the runs' bounds add up
+to a bound of the whole (see ``block_bound``). ``merge_polish`` improves the plans met.
 """
 
 from __future__ import annotations
