@@ -771,10 +771,18 @@ def block_bound(
 
 
 def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
-    """``groups`` (a plan of valid groups) with neighbouring groups merged while that moves less
-    DRAM: the merge saving most first, kept only when the merged group is valid and the plan
-    stays acyclic. Deterministic: ties go to the lower pair of group masks."""
+    """``groups`` (a plan of valid groups) improved while DRAM falls: neighbouring groups merged
+    (the merge saving most first), else one op moved to a neighbouring group (the first such
+    move that saves, in op order; what it leaves behind splits into its connected pieces);
+    each step kept only when every group is valid and the plan stays acyclic. Deterministic."""
     fg = cost.fg
+
+    def dram(gs) -> int:
+        return sum(cost.cost(g).dram_bytes for g in gs)
+
+    def legal(gs) -> bool:
+        return all(cost.valid(g) for g in gs) and topological_groups(fg, gs) is not None
+
     groups = sorted(groups)
     while True:
         owner = {}
@@ -785,16 +793,30 @@ def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
         saving = []
         for a, b in pairs:
             merged = groups[a] | groups[b]
-            if not cost.valid(merged):
-                continue
-            parts = cost.cost(groups[a]).dram_bytes + cost.cost(groups[b]).dram_bytes
-            gain = parts - cost.cost(merged).dram_bytes
-            if gain > 0:
-                saving.append((-gain, a, b))
+            if cost.valid(merged):
+                gain = dram((groups[a], groups[b])) - cost.cost(merged).dram_bytes
+                if gain > 0:
+                    saving.append((-gain, a, b))
+        step = None
         for _, a, b in sorted(saving):
             trial = [g for k, g in enumerate(groups) if k not in (a, b)] + [groups[a] | groups[b]]
             if topological_groups(fg, trial) is not None:
-                groups = sorted(trial)
+                step = trial
                 break
-        else:
+        for u, v in fg.edges if step is None else ():
+            a, b = owner[u], owner[v]
+            if a == b:
+                continue
+            for op, src, dst in ((u, a, b), (v, b, a)):
+                left = groups[src] & ~(1 << op)
+                moved = [*fg.components(left), groups[dst] | 1 << op] if left else [groups[dst] | 1 << op]
+                if dram(moved) < dram((groups[src], groups[dst])):
+                    trial = [g for k, g in enumerate(groups) if k not in (src, dst)] + moved
+                    if legal(moved) and topological_groups(fg, trial) is not None:
+                        step = trial
+                        break
+            if step is not None:
+                break
+        if step is None:
             return groups
+        groups = sorted(step)
