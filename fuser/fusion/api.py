@@ -80,9 +80,11 @@ def partition_fusion_graph(
 ) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
     ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``); where
-    that proof finds the optimum and it moves less DRAM than the search's plan, the plan
-    returned is the optimum (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from
-    which method and what the search's plan moved)."""
+    that proof finds the optimum, or a legal plan by a bound that settled before its time limit,
+    and it moves less DRAM than the search's plan, the plan returned is that one
+    (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from which method and what
+    the search's plan moved); or, when cheaper still, the search's plan polished
+    (``fuser.fusion.bound.merge_polish``: ``+polish``), neighbouring groups merged where that saves."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -107,14 +109,21 @@ def partition_fusion_graph(
     }
     if not gap:
         return build_plan(cost, best, front, info, splitter), seconds
+    from .bound import merge_polish
     from .exact import optimum_and_plan
 
     optimum, groups = optimum_and_plan(cost, best.dram, gap_time_limit)
-    # Only a proven optimum: a plan met before a time limit stopped the proof would make the
+    # Only a plan from a bound that ended on its own (a proven optimum, or a block bound whose
+    # every block settled): a plan met before a time limit stopped the proof would make the
     # plan depend on the machine's speed (same inputs and seed, same plan).
-    if optimum["exact"] and groups is not None and optimum["plan_bytes"] < best.dram:
-        info["search"] = f"{search}+exact"
-        info["adopted"] = {"from": optimum["method"], "search_dram_bytes": best.dram}
+    polished = merge_polish(cost, best.groups)  # neighbouring groups merged where that saves
+    choices = [(cost.dram(polished), 1, "merge polish", polished, "polish")]
+    if optimum["plan_settled"] and groups is not None:
+        choices.append((optimum["plan_bytes"], 0, optimum["plan_from"], groups, "exact"))
+    dram, _, source, groups, tag = min(choices, key=lambda c: c[:2])
+    if dram < best.dram:
+        info["search"] = f"{search}+{tag}"
+        info["adopted"] = {"from": source, "search_dram_bytes": best.dram}
         best, front = adopt(evaluator, groups, front)
     plan = build_plan(cost, best, front, info, splitter)
     plan.optimum = optimum

@@ -53,7 +53,13 @@ non-convex components, reads and tiles counted short), solve again, until the so
 is a legal plan of valid groups whose DRAM equals the relaxed objective: that plan is
 optimal and the bound exact. At the time limit the best bound so far stands (each round's
 optimum, or dual bound, is a bound; they only grow). The legal plans met on the way are
-upper bounds (``BoundResult.plan``).
+upper bounds (``BoundResult.plan``). On BRR the tile rows of every valid component are
+separated every round (not only once the whole solution is legal): fewer, slower rounds.
+
+Blocks (``block_bound``): on large graphs the whole relaxation's rounds grow slow; the same
+relaxation over runs of ``BLOCK_OPS`` ops of the topological order (each term of the
+objective counted in exactly one run) solves in seconds per run, and the runs' bounds add up
+to a bound of the whole (see ``block_bound``). ``merge_polish`` improves the plans met.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from .opgraph import bits
 from .plan import topological_groups
 
 MAX_BETWEEN_EDGES = 64  # convexity/read rows per edge pair up front; longer spans come lazily
+BLOCK_OPS = 40  # ops per block of the block bound: its blocks settle in seconds
 MAX_SEEDS = 64  # covering sets grown per invalid component and round
 
 
@@ -83,6 +90,9 @@ class BoundResult:
     cuts: int = 0
     seconds: float = 0.0
     log: list[str] = field(default_factory=list)
+    # ended on its own (optimal, or nothing left to separate), no time limit met: then the same
+    # inputs give the same bound and plan on any machine
+    settled: bool = False
 
 
 class _Model:
@@ -133,12 +143,29 @@ class _Model:
 class CutBound:
     """The relaxation of one cost model (see the module docstring)."""
 
-    def __init__(self, cost: CostModel):
+    def __init__(
+        self,
+        cost: CostModel,
+        block: tuple[int, int] | None = None,
+        halo: int = 0,
+        reads: set[int] | None = None,
+    ):
         self.cost = cost
         fg = self.fg = cost.fg
         self.anc, self.desc = fg.ancestors(), fg.descendants()
         self.m = _Model(len(fg.edges))
         self.z = fg.edge_index
+        # block: only the ops first..last-1 (a run of the topological order, so convex), see
+        # ``block_bound``; every other edge is held cut and stays out of every row
+        # ``halo`` more ops on each side join its rows, but not its objective
+        first, last = block or (0, fg.n)
+        self.own = ((1 << last) - 1) & ~((1 << first) - 1)
+        first, last = max(0, first - halo), min(fg.n, last + halo)
+        self.block = ((1 << last) - 1) & ~((1 << first) - 1)
+        self.whole = block is None or self.own == fg.all_mask
+        self.members = list(range(first, last))
+        self.read_tensors = reads  # tensors whose reads this block counts (None: those it produces)
+        self.last_plan: list[int] | None = None
         self._seen_rows: set = set()
         self._reads: dict[int, tuple[int, list[int], list[int | None]]] = {}  # key -> (var, consumers, z)
         self._q: dict[int, int] = {}  # op -> q variable (BRR)
@@ -158,28 +185,50 @@ class CutBound:
                 users[w] = users.get(w, 0) + 1
         return [sum(fg.weight_numel_by_id[w] / users[w] for w in fg.weight_ids[i]) for i in range(fg.n)]
 
+    def _apart(self, a: int, b: int) -> bool:
+        """Whether no valid group holds both ops (it would hold every op between them)."""
+        return not self.cost.valid(self.between(a, b))
+
     def between(self, a: int, b: int) -> int:
         """The ops on paths a ⇝ b (both ends included)."""
         return (self.desc[a] | 1 << a) & (self.anc[b] | 1 << b)
 
     def _build(self) -> None:
         fg, m, cost = self.fg, self.m, self.cost
+        block, own = self.block, self.own
         users: dict[int, list[int]] = {}
         for i, ids in enumerate(fg.weight_ids):
             for w in ids:
                 users.setdefault(w, []).append(i)
         for w, ops in users.items():  # a shared weight is read by every group holding a user
-            self._add_reads(("w", w), fg.weight_numel_by_id[w], ops, [None] * len(ops))
+            if own >> ops[0] & 1:  # counted once: in the block of its first user
+                ops = [i for i in ops if block >> i & 1]
+                self._add_reads(("w", w), fg.weight_numel_by_id[w], ops, [None] * len(ops))
         for t in range(len(fg.tensor_numel)):
             numel = fg.tensor_numel[t]
             consumers = bits(fg.tensor_consumer_mask[t])
             p = fg.tensor_producer[t]
             if p < 0:
-                if consumers:
+                if consumers and own >> consumers[0] & 1:  # counted in its first reader's block
+                    consumers = [c for c in consumers if block >> c & 1]
                     self._add_reads(("t", t), numel, consumers, [None] * len(consumers))
                 continue
+            write = own >> p & 1  # its write counts in its producer's block
+            read = write if self.read_tensors is None else t in self.read_tensors
+            if not (write or read):
+                continue  # counted in another block
+            if not block >> p & 1:  # made beyond the halo: read from DRAM by an op that can share
+                if any(own >> c & 1 and self._apart(p, c) for c in consumers):  # no group with it
+                    m.constant += numel
+                continue
+            written = fg.tensor_is_output[t] or any(
+                not block >> c & 1 and self._apart(p, c) for c in consumers
+            )  # (an op beyond the halo that can share no group with the producer reads it)
+            consumers = [c for c in consumers if block >> c & 1]
             zs = [self.z[(p, c)] for c in consumers]
-            if fg.tensor_is_output[t]:
+            if not write:
+                pass
+            elif written:
                 m.constant += numel
             elif len(zs) == 1:
                 m.cost[zs[0]] += numel
@@ -187,9 +236,12 @@ class CutBound:
                 w = m.var(numel, 0, 1)
                 for z in zs:
                     m.row({w: 1, z: -1}, lo=0)
-            if zs:
+            if zs and read:
                 self._add_reads(("t", t), numel, consumers, zs)
         for k, (u, v) in enumerate(fg.edges):
+            if not (block >> u & 1 and block >> v & 1):
+                m.lower[k] = 1.0  # out of the block: no variable, in no row, no cost
+                continue
             if not cost.valid(1 << u | 1 << v):
                 m.lower[k] = 1.0
                 continue
@@ -202,7 +254,7 @@ class CutBound:
                     if e != (u, v):
                         m.row({self.z[e]: 1, k: -1}, hi=0)
         if isinstance(cost, BRR):
-            for i in range(fg.n):
+            for i in bits(own):
                 if self._share[i] > 0:
                     self._q[i] = m.var(1.0)
 
@@ -345,6 +397,13 @@ class CutBound:
                 v = parent[v]
         return sorted(edges)
 
+    def _crosses(self, mask: int) -> bool:
+        """Whether an edge leaves ``mask`` out of the block (its z is no variable)."""
+        out = 0
+        for u in bits(mask):
+            out |= self.fg.nbr_mask(u)
+        return bool(out & ~self.block)
+
     def _boundary(self, mask: int) -> list[int]:
         fg = self.fg
         out = []
@@ -421,9 +480,11 @@ class CutBound:
                         added += self._add(coefs, hi=0)
         return added
 
-    def _exactly(self, group: int) -> tuple[dict[int, float], float]:
+    def _exactly(self, group: int) -> tuple[dict[int, float], float] | None:
         """[a plan's group is exactly ``group``] ≥ const + Σ coefs·z: its spanning tree uncut
-        and every edge leaving it cut."""
+        and every edge leaving it cut (None when an edge leaves the block: not expressible)."""
+        if self._crosses(group):
+            return None
         coefs: dict[int, float] = {}
         for z in self._connector(group):
             coefs[z] = coefs.get(z, 0) - 1
@@ -444,7 +505,7 @@ class CutBound:
             for c, z in zip(consumers, zs):
                 if z is None or x[z] > 0.5:
                     outside[owner[c]] = groups[owner[c]]
-            if x[r] + 0.5 >= len(outside):
+            if x[r] + 0.5 >= len(outside) or any(self._crosses(g) for g in outside.values()):
                 continue
             coefs: dict[int, float] = {r: 1.0}  # r ≥ Σ_g [every edge leaving g cut]
             lo = 0.0
@@ -464,8 +525,8 @@ class CutBound:
             c = cost.cost(g)
             if c.tiles <= 1:
                 continue
-            extra = (c.tiles - 1) * sum(self._share[i] for i in bits(g))
-            qs = [self._q[i] for i in bits(g) if i in self._q]
+            qs = [self._q[i] for i in bits(g) if i in self._q]  # this block's own ops
+            extra = (c.tiles - 1) * sum(self._share[i] for i in bits(g) if i in self._q)
             if sum(x[q] for q in qs) + 0.5 >= extra:
                 continue
             tau = self.least_tiles(g)
@@ -483,9 +544,10 @@ class CutBound:
                         coefs = {self._q[i]: 1.0}
                         self._plus(coefs, dict.fromkeys(self._connector(core | 1 << i), 1.0), a)
                         added += self._add(coefs, lo=a)
-            if tau < c.tiles:  # Σ q ≥ extra·[exactly g]
+            exactly = self._exactly(g) if tau < c.tiles else None
+            if exactly is not None:  # Σ q ≥ extra·[exactly g]
                 coefs = dict.fromkeys(qs, 1.0)
-                ind, const = self._exactly(g)
+                ind, const = exactly
                 self._plus(coefs, ind, -extra)
                 added += self._add(coefs, lo=extra * const)
         return added
@@ -508,6 +570,7 @@ class CutBound:
         best_plan, best_dram = None, None  # elements
         rounds = cuts = 0
         log: list[str] = []
+        settled = False
         while True:
             left = time_limit - (time.perf_counter() - start)
             if left <= 0 or rounds == max_rounds:
@@ -525,18 +588,18 @@ class CutBound:
                 break
             x = res.x
             uncut = [fg.edges[k] for k in range(len(fg.edges)) if x[k] < 0.5]
-            groups = _components(fg.n, uncut, range(fg.n))
+            groups = _components(fg.n, uncut, self.members)
             self._uncut = [[] for _ in range(fg.n)]
             for u, v in uncut:
                 self._uncut[u].append(v)
                 self._uncut[v].append(u)
-            owner = [0] * fg.n
+            owner = [-1] * fg.n  # ops out of the block: in no group
             for k, g in enumerate(groups):
                 for i in bits(g):
                     owner[i] = k
             added = 0
             for k, (u, v) in enumerate(fg.edges):  # cut, yet its ends share a group: a cycle row
-                if x[k] > 0.5 and owner[u] == owner[v]:
+                if x[k] > 0.5 and owner[u] == owner[v] >= 0:
                     coefs = dict.fromkeys(self._connector(1 << u | 1 << v), -1.0)
                     coefs[k] = 1.0
                     added += self._add(coefs, hi=0)
@@ -547,12 +610,16 @@ class CutBound:
             for g in groups:
                 if g & (g - 1):
                     added += self._convexity(g)
+            if isinstance(cost, BRR):  # valid groups' tiles every round: fewer rounds than at the end only
+                added += self._tile_cuts([g for g in groups if g not in invalid], x)
             if not invalid and not added and topological_groups(fg, groups) is not None:
+                self.last_plan = groups  # the relaxation's own choice (a block's, for stitching)
                 dram = sum(cost.cost(g).dram_bytes for g in groups) // e
                 if best_dram is None or dram < best_dram:
                     best_plan, best_dram = groups, dram
-                if best_dram <= lower:
+                if self.whole and best_dram <= lower:
                     log.append(f"round {rounds}: optimal, {dram * e} B")
+                    settled = res.status == 0
                     break
                 added += self._read_cuts(owner, groups, x)
                 if isinstance(cost, BRR):
@@ -563,8 +630,9 @@ class CutBound:
             )
             cuts += added
             if not added:
+                settled = res.status == 0
                 break  # nothing left to separate: the bound stands
-        exact = best_dram is not None and best_dram <= lower
+        exact = self.whole and best_dram is not None and best_dram <= lower
         lower_bytes = best_dram * e if exact else int(np.floor(lower * e))
         return BoundResult(
             lower_bytes,
@@ -575,6 +643,7 @@ class CutBound:
             cuts,
             time.perf_counter() - start,
             log,
+            settled,
         )
 
 
@@ -582,3 +651,172 @@ def cut_bound(cost: CostModel, time_limit: float = 20.0, max_rounds: int | None 
     """The certified lower bound of ``cost``'s least DRAM (see the module docstring), after
     at most ``time_limit`` seconds and ``max_rounds`` rounds (every round's bound holds)."""
     return CutBound(cost).solve(time_limit, max_rounds)
+
+
+def block_cuts(fg, max_ops: int) -> list[int]:
+    """Where to split the topological order into runs of at most ``max_ops`` ops: the cut
+    positions (op indices that start a block) whose crossing tensors are smallest in total
+    (dynamic programming; a crossing tensor's traffic is what the block bound gives up)."""
+    n = fg.n
+    crossing = [0] * (n + 1)  # elements of tensors produced before p and read at or after p
+    for t, numel in enumerate(fg.tensor_numel):
+        p = fg.tensor_producer[t]
+        consumers = bits(fg.tensor_consumer_mask[t])
+        if p >= 0 and consumers:
+            for q in range(p + 1, consumers[-1] + 1):
+                crossing[q] += numel
+    best = [0.0] + [np.inf] * n
+    back = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_ops), j):
+            c = best[i] + (crossing[i] if i else 0)
+            if c < best[j]:
+                best[j], back[j] = c, i
+    starts, j = [], n
+    while j > 0:
+        starts.append(back[j])
+        j = back[j]
+    return sorted(starts)
+
+
+def block_bound(
+    cost: CostModel, time_limit: float = 20.0, max_ops: int = BLOCK_OPS, halo: int = 8
+) -> BoundResult:
+    """A certified lower bound from independent blocks: the op order cut into runs of at most
+    ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
+    (``CutBound(cost, block, halo, reads)``), the bounds summed.
+
+    Why it is a bound: every term of the whole relaxation's objective goes to exactly one
+    block: a tensor's write to its producer's block, its reads to the block holding all its
+    readers (else to its producer's), a graph input's or shared weight's reads to its first
+    reader's block, an op's tile term q to its own block. A block's relaxation holds the edges
+    among its ops and ``halo`` ops on each side (so a tensor crossing into the next block is
+    one variable, its write counted before and its read after the cut), all its terms over
+    those edges, and only rows over those edges (a row that would name an edge leaving them,
+    the "exactly this group" rows, is not written). Any legal plan, restricted to those
+    edges, satisfies every block's rows, and its DRAM is at least the sum of the blocks' terms.
+    So Σ_blocks (optimum, or dual bound) ≤ the least DRAM. Terms beyond a halo are dropped
+    (≥ 0); small blocks solve in seconds where the whole relaxation takes minutes.
+
+    The plan: the cheaper of the blocks' plans cut down to their own ops, and the plan whose
+    groups follow each block's choice on its own edges (a crossing edge uncut when both
+    blocks leave it uncut), when that one is legal and valid."""
+    start = time.perf_counter()
+    fg = cost.fg
+    starts = block_cuts(fg, max_ops)
+    ends = [*starts[1:], fg.n]
+    block_of = [0] * fg.n
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        block_of[a:b] = [k] * (b - a)
+    reads: list[set[int]] = [set() for _ in starts]
+    for t, p in enumerate(fg.tensor_producer):  # reads: where every reader is, else the producer's
+        readers = {block_of[c] for c in bits(fg.tensor_consumer_mask[t])}
+        if p >= 0:
+            reads[readers.pop() if len(readers) == 1 else block_of[p]].add(t)
+    total, rounds, cuts, log, settled = 0, 0, 0, [], True
+    cut_down: list[int] | None = []
+    kept: list[set[int]] = []  # per block: the edges its relaxation's last plan keeps uncut
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        left = time_limit - (time.perf_counter() - start)
+        share = left / (len(starts) - k)
+        relaxation = CutBound(cost, (a, b), halo, reads[k])
+        res = relaxation.solve(share)
+        total += res.lower_bytes
+        rounds += res.rounds
+        cuts += res.cuts
+        settled = settled and res.settled
+        log.append(
+            f"block {a}..{b - 1}: bound {res.lower_bytes} B, {res.rounds} rounds, {res.seconds:.1f} s"
+            + ("" if res.settled else ", stopped by its time limit")
+        )
+        own = ((1 << b) - 1) & ~((1 << a) - 1)
+        chosen = relaxation.last_plan or res.plan
+        if cut_down is not None and chosen is not None:
+            cut_down += [c for g in chosen if g & own for c in fg.components(g & own)]
+        else:
+            cut_down = None
+        kept.append({fg.edge_index[e] for g in relaxation.last_plan or () for e in fg.inner_edges(g)})
+    from .plan import _components
+
+    uncut = [  # an edge in a block as that block chose; one between blocks where both chose so
+        (u, v) for k, (u, v) in enumerate(fg.edges) if k in kept[block_of[u]] and k in kept[block_of[v]]
+    ]
+    followed = _components(fg.n, uncut, range(fg.n))
+    plan, plan_bytes = None, None
+    for name, candidate in (("cut down", cut_down), ("followed", followed)):
+        if candidate is not None and all(cost.valid(g) for g in candidate):
+            candidate = merge_polish(cost, candidate)
+        if candidate is None or not all(cost.valid(g) for g in candidate):
+            log.append(f"{name} plan: none or invalid")
+            continue
+        if topological_groups(fg, candidate) is None:
+            log.append(f"{name} plan: cyclic")
+            continue
+        dram = sum(cost.cost(g).dram_bytes for g in candidate)
+        log.append(f"{name} plan: {dram} B")
+        if plan_bytes is None or dram < plan_bytes:
+            plan, plan_bytes = candidate, dram
+    exact = plan_bytes is not None and plan_bytes <= total
+    return BoundResult(
+        plan_bytes if exact else total,
+        exact,
+        plan,
+        plan_bytes,
+        rounds,
+        cuts,
+        time.perf_counter() - start,
+        log,
+        settled,
+    )
+
+
+def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
+    """``groups`` (a plan of valid groups) improved while DRAM falls: neighbouring groups merged
+    (the merge saving most first), else one op moved to a neighbouring group (the first such
+    move that saves, in op order; what it leaves behind splits into its connected pieces);
+    each step kept only when every group is valid and the plan stays acyclic. Deterministic."""
+    fg = cost.fg
+
+    def dram(gs) -> int:
+        return sum(cost.cost(g).dram_bytes for g in gs)
+
+    def legal(gs) -> bool:
+        return all(cost.valid(g) for g in gs) and topological_groups(fg, gs) is not None
+
+    groups = sorted(groups)
+    while True:
+        owner = {}
+        for k, g in enumerate(groups):
+            for i in bits(g):
+                owner[i] = k
+        pairs = sorted({tuple(sorted((owner[u], owner[v]))) for u, v in fg.edges if owner[u] != owner[v]})
+        saving = []
+        for a, b in pairs:
+            merged = groups[a] | groups[b]
+            if cost.valid(merged):
+                gain = dram((groups[a], groups[b])) - cost.cost(merged).dram_bytes
+                if gain > 0:
+                    saving.append((-gain, a, b))
+        step = None
+        for _, a, b in sorted(saving):
+            trial = [g for k, g in enumerate(groups) if k not in (a, b)] + [groups[a] | groups[b]]
+            if topological_groups(fg, trial) is not None:
+                step = trial
+                break
+        for u, v in fg.edges if step is None else ():
+            a, b = owner[u], owner[v]
+            if a == b:
+                continue
+            for op, src, dst in ((u, a, b), (v, b, a)):
+                left = groups[src] & ~(1 << op)
+                moved = [*fg.components(left), groups[dst] | 1 << op] if left else [groups[dst] | 1 << op]
+                if dram(moved) < dram((groups[src], groups[dst])):
+                    trial = [g for k, g in enumerate(groups) if k not in (src, dst)] + moved
+                    if legal(moved) and topological_groups(fg, trial) is not None:
+                        step = trial
+                        break
+            if step is not None:
+                break
+        if step is None:
+            return groups
+        groups = sorted(step)

@@ -205,43 +205,62 @@ def optimum_and_plan(
     ``time_limit``:
 
     - chains: the exact chain DP;
-    - the edge-cut relaxation by row generation (``fuser.fusion.bound``, half the time):
-      exact when it closes on a legal plan, else its certified lower bound;
+    - the edge-cut relaxation by row generation (``fuser.fusion.bound``, half the time, a
+      quarter for BRR on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a
+      legal plan, else its certified lower bound;
+    - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
+      BRR, a quarter for LBDF): the relaxation of runs of ``BLOCK_OPS`` ops solved apart and
+      summed, with the legal plan its blocks' plans make;
     - the ILP over every valid group (the rest of the time): exact when solved, else
       HiGHS's dual bound;
     - the trivial bound every plan pays, (W + In + Out)·e of the whole graph.
 
     Not exact, the gap printed is an upper bound on the true gap. A bound stopped by its
-    time limit depends on the machine's speed."""
+    time limit depends on the machine's speed. ``plan_settled``: the plan came from a bound
+    that ended on its own, before any time limit (so the same on every machine)."""
     if is_chain(cost.fg):
         best = chain_optimum(cost)
         return _proven(best.dram_bytes, best.method, best.groups)
-    from .bound import cut_bound
+    from .bound import BLOCK_OPS, block_bound, cut_bound
 
     start = time.perf_counter()
-    cut = cut_bound(cost, time_limit / 2)
+    blocks = cost.fg.n > 2 * BLOCK_OPS
+    # the whole relaxation closes well on LBDF; on BRR its tiles need many slow rounds, which
+    # the blocks do in seconds each
+    brr = cost.name == "brr"
+    cut = cut_bound(cost, time_limit / (4 if blocks and brr else 2))
     if cut.exact:
         return _proven(cut.lower_bytes, "edge-cut MILP", cut.plan)
     bounds = [
         (cost.lower_dram(cost.fg.all_mask), "W + In + Out of the graph"),
         (cut.lower_bytes, "edge-cut MILP bound"),
     ]
+    plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
+    if blocks:
+        block = block_bound(cost, time_limit / (2 if brr else 4))
+        if block.exact:
+            return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
+        bounds.append((block.lower_bytes, "block edge-cut MILP bound"))
+        plans.append((block.plan_bytes, block.plan, block.settled, "block edge-cut MILP"))
     left = time_limit - (time.perf_counter() - start)
     exact = exact_optimum(cost, time_limit=left) if left > 1 else None
     if exact is not None and exact.optimal:
         return _proven(exact.dram_bytes, exact.method, exact.groups)
-    plans = [
-        (b, groups)
-        for b, groups in ((cut.plan_bytes, cut.plan), (exact and exact.dram_bytes, exact and exact.groups))
-        if b
-    ]
+    if exact is not None:
+        plans.append((exact.dram_bytes, exact.groups, False, "ilp"))
     if exact is not None and exact.lower_bound is not None:
         bounds.append((exact.lower_bound, "ilp dual bound"))
     best, method = max(bounds, key=lambda b: b[0])
-    plan_bytes, plan = min(plans, key=lambda p: p[0], default=(None, None))
-    return {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}, plan
+    plan_bytes, plan, settled, plan_from = min(
+        (p for p in plans if p[0]), key=lambda p: (p[0], not p[2]), default=(None, None, False, None)
+    )
+    answer = {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}
+    answer.update(plan_settled=settled, plan_from=plan_from)
+    return answer, plan
 
 
 def _proven(optimum: int, method: str, groups: list[int]) -> tuple[dict, list[int]]:
     """An exact answer: the optimum and the plan that reaches it."""
-    return {"bytes": optimum, "exact": True, "method": method, "plan_bytes": optimum}, groups
+    answer = {"bytes": optimum, "exact": True, "method": method, "plan_bytes": optimum}
+    answer.update(plan_settled=True, plan_from=method)
+    return answer, groups

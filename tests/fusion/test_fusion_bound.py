@@ -5,8 +5,9 @@ import pytest
 from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
 
 from fuser.fusion import build_fusion_graph, make_cost_model, partition_fusion_graph
-from fuser.fusion.bound import cut_bound
+from fuser.fusion.bound import block_bound, block_cuts, cut_bound
 from fuser.fusion.exact import exact_optimum, optimality_gap
+from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems
 
 CASES = [
@@ -62,3 +63,62 @@ def test_gap_is_a_real_bound_below_every_search(style, buffer):
     assert gap["plan_bytes"] is None or gap["bytes"] <= gap["plan_bytes"]
     if gap["exact"]:
         assert gap["plan_bytes"] == gap["bytes"]
+
+
+BLOCK_CASES = [
+    (seed, style, buffer, max_ops, halo)
+    for seed in range(4)
+    for style, buffer in (("lbdf", 2500), ("brr", 2500), ("brr", 1000))
+    for max_ops, halo in ((4, 0), (5, 2), (6, 8))
+]
+
+
+@pytest.mark.parametrize("seed,style,buffer,max_ops,halo", BLOCK_CASES)
+def test_block_bound_is_below_the_optimum(seed, style, buffer, max_ops, halo):
+    """Blocks of a few ops, with and without a halo: the summed bound never passes the exact
+    optimum (ILP over every valid group), and the blocks' plan is legal and at least it."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=14))
+    cost = make_cost_model(fg, style, buffer)
+    best = exact_optimum(cost)
+    assert best.optimal
+    res = block_bound(cost, time_limit=30, max_ops=max_ops, halo=halo)
+    assert res.settled and 0 < res.lower_bytes <= best.dram_bytes
+    assert res.plan is not None and partition_problems(fg, res.plan) == []
+    assert all(cost.valid(g) for g in res.plan)
+    assert res.plan_bytes == sum(cost.cost(g).dram_bytes for g in res.plan) >= best.dram_bytes
+    assert sorted(i for g in res.plan for i in bits(g)) == list(range(fg.n))
+
+
+@pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000)])
+def test_one_block_is_the_whole_relaxation(style, buffer):
+    fg = build_fusion_graph(random_dag(1, n_ops=12))
+    cost = make_cost_model(fg, style, buffer)
+    best = exact_optimum(cost)
+    res = block_bound(cost, time_limit=30, max_ops=fg.n)
+    assert res.exact and res.lower_bytes == res.plan_bytes == best.dram_bytes
+
+
+def test_block_cuts_take_the_smallest_crossings():
+    """The dynamic program's cut positions against every way to cut 10 ops into runs of at most
+    4: the least total of crossing tensors (elements produced before a cut, read after it)."""
+    from itertools import combinations
+
+    fg = build_fusion_graph(random_dag(3, n_ops=10))
+
+    def crossing(p):
+        return sum(
+            numel
+            for t, numel in enumerate(fg.tensor_numel)
+            if 0 <= fg.tensor_producer[t] < p and fg.tensor_consumer_mask[t] >> p
+        )
+
+    def total(cuts):
+        return sum(crossing(p) for p in cuts)
+
+    def fits(cuts):
+        edges = [0, *cuts, fg.n]
+        return all(b - a <= 4 for a, b in zip(edges, edges[1:]))
+
+    best = min(total(c) for k in range(fg.n) for c in combinations(range(1, fg.n), k) if fits(c))
+    starts = block_cuts(fg, 4)
+    assert starts[0] == 0 and fits(starts[1:]) and total(starts[1:]) == best
