@@ -94,15 +94,41 @@ def _inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
     return {v.name: rng.standard_normal([int(d) for d in v.shape]).astype(str(v.dtype)) for v in graph.inputs}
 
 
+def _serial(fused_mod):
+    """Parallel loops made serial: the simulation runs one thread anyway, and LLVM emits a
+    parallel loop's body as a private lambda with no symbol, which cachegrind cannot attribute
+    to its kernel (the default schedules parallelise whatever the thread count)."""
+    import tvm
+    import tvm_ffi
+
+    tirx = tvm.tirx
+
+    def on_for(f):
+        if f.kind != tirx.ForKind.PARALLEL:
+            return f
+        return tirx.For(
+            f.loop_var, f.min, f.extent, tirx.ForKind.SERIAL, f.body, f.thread_binding, f.annotations
+        )
+
+    out = {}
+    for gv, func in fused_mod.functions.items():
+        out[gv] = (
+            tvm_ffi.structural_map(func, [(tirx.For, on_for)]) if isinstance(func, tirx.PrimFunc) else func
+        )
+    return tvm.IRModule(out, attrs=fused_mod.attrs)
+
+
 def _build_and_simulate(graph, groups, tiling, default_tile, workdir: Path, name: str, inputs, cache_bytes):
     from fuser.backends import tvm as tb
     from fuser.backends.tvm import artifact
+    from fuser.backends.tvm.build import schedule
     from fuser.backends.tvm.cachesim import SIMULATED_CPU, simulate_dram
     from fuser.backends.tvm.lower import group_kernels
 
     target = tb.make_target("llvm", cpu=SIMULATED_CPU, threads=1)
     mod = tb.to_relax(graph, groups)
     fused = tb.fuse(mod, target, planned=bool(groups), tiling=tiling, default_tile=default_tile)
+    fused = _serial(schedule(fused, target))
     kernels = tb.kernel_names(fused)
     executable = tb.build_fused(fused, target)
     artifact.save(workdir / name, executable, graph, target, extra={"kernels": kernels})
