@@ -308,3 +308,32 @@ def test_tiny_tuning_budget_never_picks_a_schedule_slower_than_the_default(tmp_p
         assert seconds[0] == min(seconds) <= seconds[is_default.index(True)]
         chosen = result.mod[task.task_name]
         tvm.ir.assert_structural_equal(chosen.body, applied(records[0]).body)
+
+
+def _conv_silu_add_concat(channels=16, hw=12):
+    """YOLOv8n's C2f tail in one kernel: conv -> SiLU -> + x -> concat with x."""
+    torch.manual_seed(0)
+    conv = C(channels, channels, 3, padding=1)
+
+    class Tail(torch.nn.Module):
+        def forward(self, x):
+            y = torch.nn.functional.silu(conv(x)) + x
+            return torch.cat([x, y], 1)
+
+    x = torch.randn(1, channels, hw, hw)
+    return fuser.optimize(Tail().eval(), (x,)).graph, x.numpy()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_concat_after_a_conv_is_computed_whole_and_one_thread_targets_stay_serial(threads):
+    """The window rule once computed the concat per register tile: the half that comes from
+    the other input was never written (NaN). A one-thread target gets no parallel loop."""
+    graph, x = _conv_silu_add_concat()
+    target = tb.make_target("llvm", threads=threads)
+    fused = tb.schedule(tb.fuse(tb.to_relax(graph, [list(graph.nodes)]), target, planned=True), target)
+    assert set(tb.schedule_sources(fused).values()) == {"window"}
+    kernel = next(f for gv, f in fused.functions.items() if gv.name_hint == "fuser_group_0")
+    assert ("T.parallel" in kernel.script()) == (threads > 1)
+    got = native.run_executable(tb.build_fused(fused, target), graph, target, {graph.inputs[0].name: x})
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL

@@ -20,13 +20,21 @@ MAX_UNROLL = 64  # statements an unrolled epilogue may have (a whole SE multiply
 @dataclass(frozen=True)
 class CpuFacts:
     """What the tile sizes come from: float32 lanes of the widest vector the target may use,
-    its vector registers, and the data-cache sizes of this host (bytes)."""
+    its vector registers, the data-cache sizes of this host (bytes), and the threads the
+    target is built for (its ``num-cores``; 0 when it does not say). A one-thread target
+    gets no parallel loop: LLVM would emit each parallel body as a nameless lambda that
+    profilers and cachegrind cannot attribute to its kernel, for no gain."""
 
     lanes: int
     vector_registers: int
     l1d: int
     l2: int
     l3: int
+    threads: int = 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.threads != 1
 
     def to_dict(self) -> dict:
         return {
@@ -35,6 +43,7 @@ class CpuFacts:
             "l1d_bytes": self.l1d,
             "l2_bytes": self.l2,
             "l3_bytes": self.l3,
+            "threads": self.threads,
         }
 
 
@@ -78,7 +87,8 @@ def cpu_facts(target) -> CpuFacts:
     else:
         lanes, regs = 4, 16 if ("sse2" in feats or "neon" in feats) else 8
     caches = host_caches(os.environ.get("FUSER_CACHE_DIR", str(CACHE_DIR)))
-    return CpuFacts(lanes, regs, caches[1], caches[2], caches[3])
+    threads = int(target.attrs.get("num-cores", 0) or 0) if target.kind.name == "llvm" else 0
+    return CpuFacts(lanes, regs, caches[1], caches[2], caches[3], threads)
 
 
 # ---- block queries -------------------------------------------------------------------------
@@ -177,10 +187,11 @@ def unroll_pragma(sch, loop, default: int, tunable: bool) -> None:
     sch.annotate(loop, "pragma_unroll_explicit", 1)
 
 
-def parallel_vectorized(sch, block, lanes: int, min_parallel: int = 4096) -> None:
+def parallel_vectorized(sch, block, facts: CpuFacts, min_parallel: int = 4096) -> None:
     """A spatial block's innermost loop vectorized where a power of two divides it, its
     leading loops fused into one parallel loop (when the block is big enough to pay for
-    the threads)."""
+    the threads and the target has more than one)."""
+    lanes = facts.lanes
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -195,7 +206,7 @@ def parallel_vectorized(sch, block, lanes: int, min_parallel: int = 4096) -> Non
             loops = list(loops[:-1]) + list(sch.split(inner, [None, v]))
         sch.vectorize(loops[-1])
         outer = list(loops[:-1])
-    if outer and total >= min_parallel:
+    if outer and total >= min_parallel and facts.parallel:
         keep, n = [], 1
         for lp in outer:
             keep.append(lp)
@@ -229,13 +240,33 @@ def tile_epilogue(sch, loops, lanes: int) -> None:
         sch.unroll(lp)
 
 
-def inline_around(sch, red, lanes: int):
+def is_concat(sch, block) -> bool:
+    """A spatial block selecting between two or more tensors (a concat; a pad selects
+    between one tensor and a constant)."""
+    body = sch.get(block).body
+    sources = {region.source.name for region in sch.get(block).reads}
+    return isinstance(body, tvm.tirx.BufferStore) and len(sources) > 1 and "if_then_else" in str(body.value)
+
+
+def inline_around(sch, red, facts: CpuFacts):
     """Prepare a one-reduction kernel: the injective chain after ``red`` inlined into its
     last block (the epilogue), ``red`` accumulating in a local buffer, producers (pad,
     elementwise inputs) inlined into each other and the last one scheduled at root.
     Returns the epilogue block."""
     ScheduleError = tvm.s_tir.ScheduleError
     pre, post = split_around(sch, red)
+    # a concat computed per register tile would cover only the tile's own channels: the
+    # other inputs' part is never written (YOLOv8n's C2f concat read garbage, NaN). The
+    # epilogue stops before it; the concat and what follows run at root
+    cut = next((i for i, b in enumerate(post) if is_concat(sch, b)), len(post))
+    post, after = post[:cut], post[cut:]
+    for b in after[:-1]:
+        try:
+            sch.compute_inline(b)
+        except ScheduleError:
+            parallel_vectorized(sch, b, facts)
+    if after:
+        parallel_vectorized(sch, after[-1], facts)
     for b in post[:-1]:
         sch.compute_inline(b)
     if post:
@@ -247,7 +278,7 @@ def inline_around(sch, red, lanes: int):
         try:
             sch.compute_inline(b)
         except ScheduleError:  # read twice or not elementwise: at root
-            parallel_vectorized(sch, b, lanes)
+            parallel_vectorized(sch, b, facts)
     if pre:
-        parallel_vectorized(sch, pre[-1], lanes)
+        parallel_vectorized(sch, pre[-1], facts)
     return epilogue

@@ -12,7 +12,8 @@ TUNABLE = False
 
 
 def apply(sch, target, tunable: bool = False) -> bool:
-    lanes = cpu_facts(target).lanes
+    facts = cpu_facts(target)
+    lanes = facts.lanes
     touched = False
     for b in root_blocks(sch):
         kinds = iter_kinds(sch, b)
@@ -27,6 +28,8 @@ def apply(sch, target, tunable: bool = False) -> bool:
                 sch.vectorize(inner)
                 lead -= 1
         if lead >= 1:
-            sch.parallel(sch.fuse(*loops[:lead]) if lead > 1 else loops[0])
+            fused = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+            if facts.parallel:
+                sch.parallel(fused)
             touched = True
     return touched

@@ -16,11 +16,11 @@ def apply(sch, target, tunable: bool = False) -> bool:
     blocks = root_blocks(sch)
     if not blocks or any(set(iter_kinds(sch, b)) - {"S"} for b in blocks):
         return False
-    lanes = cpu_facts(target).lanes
+    facts = cpu_facts(target)
     for b in blocks[:-1]:
         try:
             sch.compute_inline(b)
         except tvm.s_tir.ScheduleError:
-            parallel_vectorized(sch, b, lanes)
-    parallel_vectorized(sch, blocks[-1], lanes)
+            parallel_vectorized(sch, b, facts)
+    parallel_vectorized(sch, blocks[-1], facts)
     return True

@@ -80,7 +80,7 @@ def apply(sch, target, tunable: bool = False) -> bool:
     facts = cpu_facts(target)
     lanes = facts.lanes
     mm = _pad(sch, mm, facts)
-    epilogue = inline_around(sch, mm, lanes)
+    epilogue = inline_around(sch, mm, facts)
     loops = sch.get_loops(mm)
     batch, (im, jn, k) = loops[:-3], loops[-3:]
     M, N, K = extent(sch, im), extent(sch, jn), extent(sch, k)
@@ -97,7 +97,8 @@ def apply(sch, target, tunable: bool = False) -> bool:
     ko, ki = split2(sch, k, kc, tunable, K)
     sch.reorder(*batch, jo, mo, ko, io, ki, ii, jt, jv)
     outer = sch.fuse(*batch, jo, mo)
-    sch.parallel(outer)
+    if facts.parallel:
+        sch.parallel(outer)
     sch.unroll(ii)
     sch.unroll(jt)
     if vec > 1:

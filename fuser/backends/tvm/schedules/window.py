@@ -10,10 +10,11 @@ Register tile: reg_w output columns x reg_c channel chunks x the channel block
 vectors and the broadcast input), depthwise and pool need one input vector per
 accumulator, so they get half. reg_w is the largest divisor of OW that fits, reg_c
 (conv only) the largest divisor of the chunks that fits in what is left. Loops: n x
-c_chunk x oh fused and parallel; then the column tiles, the reduction loops, the tile
-(unrolled, vectorized). Windows up to 7x7 of depthwise and pool are unrolled. Producers
-(pad) at root, parallel and vectorized; the injective epilogue (bias, activation,
-residual add) is computed per register tile from the local accumulator.
+c_chunk x oh fused (parallel unless the target has one thread); then the column tiles,
+the reduction loops, the tile (unrolled, vectorized). Windows up to 7x7 of depthwise and
+pool are unrolled. Producers (pad) at root, parallel and vectorized; the injective
+epilogue (bias, activation, residual add) is computed per register tile from the local
+accumulator; a concat after it runs at root (per tile it would miss its other inputs).
 
 Tunable: reg_w, reg_c (conv) and the unroll depth of the reduction are sampled, their
 defaults being the values above.
@@ -72,7 +73,9 @@ def register_tile(sch, red, epilogue, facts, kind: str, tunable: bool = False) -
     sch.reorder(*above, n, oco, oh, owo, *rloops, oci, owi, ob)
     outer = len(above) + 4  # loops down to the column tile
     if not above:
-        sch.parallel(sch.fuse(n, oco, oh))
+        fused = sch.fuse(n, oco, oh)
+        if facts.parallel:
+            sch.parallel(fused)
         outer -= 2
     sch.unroll(owi)
     sch.unroll(oci)
@@ -96,6 +99,6 @@ def apply(sch, target, tunable: bool = False) -> bool:
     if red is None:
         return False
     facts = cpu_facts(target)
-    epilogue = inline_around(sch, red, facts.lanes)
+    epilogue = inline_around(sch, red, facts)
     register_tile(sch, red, epilogue, facts, kind_of(sch, red), tunable)
     return True
