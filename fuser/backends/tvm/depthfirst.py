@@ -12,7 +12,12 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    could keep on chip, and the default ``window`` rule already runs output-channel chunks
    outermost (each weight read once, the input kept in cache) with a register tile. Measured:
    MobileNetV2 at 224, 1 thread, its last 1x1 convs (7x7 rows, 1.2-1.6 MB of weights) took
-   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule.
+   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when its weights
+   exceed 3/4 of the planned buffer and its output has more than one row: the default
+   schedule runs a chunk's rows inside its channel chunk, streaming the chunk's weights once
+   per row, which the cost model (weights read once) does not count (ResNet-18 at 64x64, 128 KB:
+   layer4's 3x3 convs, 9.4 MB of weights over 2 rows, measured 2.2x their prediction); rule 2b
+   then blocks its output channels.
 
 1. Inline. A spatial block is inlined into its consumers when none of them is a reduction
    (an elementwise chain becomes one epilogue); a plain copy (a pad that pads nothing, a
@@ -33,7 +38,10 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    of all channels touches a cache line per channel; (b) a single weighted op whose weights
    exceed 3/4 of the planned buffer: blocks of output channels whose weights are read once, as
    the cost model's single-op baseline assumes, where rows would stream all weights per tile
-   (the input stays on chip across blocks, and blocks run in parallel); when the input does
+   (the input stays on chip across blocks, and blocks run in parallel). The fewest blocks of at
+   most 1/4 of the buffer each that divide the channel loop (a blocked tensor's loop runs over
+   its channel chunks: at most one block a chunk), so a block's weights stay on chip across its
+   rows; when the input does
    not fit but the output does, it is not tiled at all: its reduction loops go outermost, the
    output accumulates on chip, and inputs and weights stream once.
 3. Producers, last first, are computed at the tile loop (``compute_at``) when all their
@@ -379,17 +387,25 @@ class _Sizes:
 SINGLE_OP_NOTE = "not tiled: one blocked op, no intermediate to keep; default schedule"
 
 
-def _single_blocked_op(k: _Kernel) -> bool:
+def _single_blocked_op(k: _Kernel, hint: TileHint) -> bool:
     """Whether the kernel's only reduction writes a blocked (5-D) tensor and nothing but
-    elementwise work, pads and layout changes surround it (rule 0)."""
+    elementwise work, pads and layout changes surround it, and its weights are read once by
+    the default schedule (rule 0)."""
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
         return False
+    if _weights_over_buffer(k.sizes(), hint) and k.height(reductions[0]) > 1:
+        return False  # rule 2b: the default schedule would stream its weights once per output row
     # a concat (a select over two or more tensors): the window rule's epilogue computes it wrong
     # (YOLOv8n's conv + SiLU + add + concat groups gave NaN), so it stays depth-first
     return not any(
         k.selects(b) and len({ld.source.name for ld in _loads(k.sch.get(b))}) > 1 for b in k.blocks()
     )
+
+
+def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
+    """Whether the kernel's weights exceed 3/4 of the planned buffer (rules 0 and 2b)."""
+    return bool(hint.buffer_bytes) and 4 * sizes.weight > 3 * hint.buffer_bytes
 
 
 # ---- rule 1: inline ----------------------------------------------------------------------
@@ -431,7 +447,7 @@ def _order(k: _Kernel, anchors: list, hint: TileHint, sizes: _Sizes) -> str:
     if k.channel_local():
         return "channels"
     beta = hint.buffer_bytes
-    if len(sizes.weighted) != 1 or not beta or 4 * sizes.weight <= 3 * beta:
+    if len(sizes.weighted) != 1 or not _weights_over_buffer(sizes, hint):
         return "rows"
     batch = _shape(k.written(anchors[0]))[0]  # tiles run image by image: what one image needs
     if 4 * sizes.input <= 3 * beta * batch or 4 * sizes.output > 3 * beta * batch:
@@ -456,9 +472,7 @@ def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, size
         rest = [lp for lp in loops if not k.same(lp, row) and (batch is None or not k.same(lp, batch))]
         if channel_mode and rest:
             channels = int(sch.get(rest[0]).extent)
-            stage.channel_blocks = (
-                channels if per_channel else max(1, min(channels // 8, math.ceil(4 * sizes.weight / beta)))
-            )
+            stage.channel_blocks = channels if per_channel else _weight_blocks(channels, sizes.weight, beta)
             block, inner = sch.split(rest[0], [stage.channel_blocks, None])
             rest = [inner, *rest[1:]]
             sch.reorder(*([batch] if batch is not None else []), block, row, *rest)
@@ -488,6 +502,15 @@ def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, size
                 sch.merge(*loops)
                 nests = [_outer(k, a, n[0] is not None) for a, n in zip(anchors, nests)]
     return stage
+
+
+def _weight_blocks(channels: int, weight: int, beta: int) -> int:
+    """Output-channel blocks of a weight-heavy op (rule 2b): each block's weights at most 1/4 of
+    the buffer, so that they stay on chip across the block's rows (the cost model reads them
+    once); the fewest that divide the channel loop (a partial block's predicate would stop the
+    inner loops' unrolling), at most one a channel (of a blocked tensor: a chunk of channels)."""
+    want = min(channels, math.ceil(4 * weight / beta))
+    return next(d for d in range(want, channels + 1) if channels % d == 0)
 
 
 def _outer(k: _Kernel, anchor, has_batch: bool):
@@ -974,7 +997,7 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     report = KernelSchedule(name, hint.style)
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     k = _Kernel(sch)
-    if kind == "llvm" and _single_blocked_op(k):
+    if kind == "llvm" and _single_blocked_op(k, hint):
         report.note = SINGLE_OP_NOTE
         return func.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict())), report
     try:
