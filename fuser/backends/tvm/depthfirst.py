@@ -12,11 +12,13 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    could keep on chip, and the default ``window`` rule already runs output-channel chunks
    outermost (each weight read once, the input kept in cache) with a register tile. Measured:
    MobileNetV2 at 224, 1 thread, its last 1x1 convs (7x7 rows, 1.2-1.6 MB of weights) took
-   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when its weights
-   exceed 3/4 of the planned buffer and its output has more than one row: the default
-   schedule runs a chunk's rows inside its channel chunk, streaming the chunk's weights once
-   per row, which the cost model (weights read once) does not count (ResNet-18 at 64x64, 128 KB:
-   layer4's 3x3 convs, 9.4 MB of weights over 2 rows, measured 2.2x their prediction); rule 2b
+   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when the default
+   schedule would read the weights more than once: its weights exceed 3/4 of the planned
+   buffer, its output has more than one row, and one iteration of the default schedule's
+   innermost loop over output rows (the window rule's batch x chunk x row loop) touches more
+   than 3/4 of the buffer of weights, which the next row then reads again. The cost model
+   reads weights once; ResNet-18 at 64x64, 128 KB, x86-64-v2: layer4's 3x3 convs (a chunk of
+   16 channels is 147-295 KB of weights, 2 rows) measured 2.2x their prediction. Rule 2b
    then blocks its output channels.
 
 1. Inline. A spatial block is inlined into its consumers when none of them is a reduction
@@ -361,9 +363,10 @@ class _Kernel:
             if mine:
                 sizes.weighted.append(self.name(b))
             weights += [w for w in mine if not any(w.same_as(x) for x in weights)]
-        for p in params:
+        for i, p in enumerate(params):
             if any(p.same_as(w) for w in weights):
                 sizes.weight += _bytes(p)
+                sizes.weight_params.append(i)
             elif any(p.same_as(o) for o in outputs):
                 sizes.output += _bytes(p)
             else:
@@ -381,21 +384,28 @@ class _Sizes:
     weight: int = 0
     input: int = 0
     output: int = 0
+    weight_params: list[int] = field(default_factory=list)  # positions of the weights in the params
 
 
 # ---- rule 0: one op ---------------------------------------------------------------------------
 SINGLE_OP_NOTE = "not tiled: one blocked op, no intermediate to keep; default schedule"
 
 
-def _single_blocked_op(k: _Kernel, hint: TileHint) -> bool:
+def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
     """Whether the kernel's only reduction writes a blocked (5-D) tensor and nothing but
-    elementwise work, pads and layout changes surround it, and its weights are read once by
-    the default schedule (rule 0)."""
+    elementwise work, pads and layout changes surround it, and the default schedule reads its
+    weights once (rule 0)."""
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
         return False
-    if _weights_over_buffer(k.sizes(), hint) and k.height(reductions[0]) > 1:
-        return False  # rule 2b: the default schedule would stream its weights once per output row
+    sizes = k.sizes()
+    rows = k.has_rows(reductions[0])
+    if (
+        rows
+        and _weights_over_buffer(sizes, hint)
+        and _default_rereads_weights(k.sch.mod["main"], target, sizes, hint)
+    ):
+        return False  # rule 2b
     # a concat (a select over two or more tensors): the window rule's epilogue computes it wrong
     # (YOLOv8n's conv + SiLU + add + concat groups gave NaN), so it stays depth-first
     return not any(
@@ -406,6 +416,47 @@ def _single_blocked_op(k: _Kernel, hint: TileHint) -> bool:
 def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
     """Whether the kernel's weights exceed 3/4 of the planned buffer (rules 0 and 2b)."""
     return bool(hint.buffer_bytes) and 4 * sizes.weight > 3 * hint.buffer_bytes
+
+
+def _default_rereads_weights(func, target, sizes: _Sizes, hint: TileHint) -> bool:
+    """Whether the default schedule of a one-op kernel reads more than 3/4 of the buffer of
+    weights per output row: the next row then reads them again. Measured on the scheduled
+    loops: the weights one iteration of the innermost loop over output rows touches (the
+    window rule's is the fused batch x chunk x row loop, a chunk's weights inside it)."""
+    from .schedules import schedule_func
+
+    scheduled, _ = schedule_func(func, target) if target is not None else (None, None)
+    if scheduled is None:
+        return False
+    weights = [scheduled.params[i] for i in sizes.weight_params]
+    ana = tvm.sym.Analyzer()
+    IntImm = tvm.ir.prim.expr.IntImm
+    for realize, loops in _realizes(scheduled.body):
+        block = realize.block
+        loads = [ld for ld in _loads(block) if any(ld.source.same_as(w) for w in weights)]
+        out = block.writes[0].source if block.writes else None
+        axis = None if out is None else _row_axis(out)
+        store = next((s for s in _stores(block) if out is not None and s.buffer.same_as(out)), None)
+        if not loads or axis is None or store is None:
+            continue
+        pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+        row = _substitute(store.indices[axis], pairs)
+        at = [i for i, lp in enumerate(loops) if _uses(row, lp.loop_var)]
+        if not at:
+            continue
+        inner = {
+            lp.loop_var: tvm.sym.IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops[at[-1] + 1 :]
+        }
+        per_row = 0
+        for ld in loads:
+            touched = _bytes(ld.source) // math.prod(_shape(ld.source))
+            for index in ld.indices:
+                span = ana.int_set(_substitute(index, pairs), inner)
+                extent = ana.simplify(span.max_value - span.min_value + 1)
+                touched *= int(extent) if isinstance(extent, IntImm) else 1 << 30
+            per_row += touched
+        return 4 * per_row > 3 * hint.buffer_bytes
+    return False
 
 
 # ---- rule 1: inline ----------------------------------------------------------------------
@@ -997,7 +1048,7 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     report = KernelSchedule(name, hint.style)
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     k = _Kernel(sch)
-    if kind == "llvm" and _single_blocked_op(k, hint):
+    if kind == "llvm" and _single_blocked_op(k, hint, target):
         report.note = SINGLE_OP_NOTE
         return func.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict())), report
     try:
