@@ -681,14 +681,18 @@ def _vector_lanes(target) -> int:
 
 def _contiguous_only(sch, b, loop) -> bool:
     """Whether ``loop`` indexes only the last (contiguous) axis of the block's reads and writes:
-    the loop that may be vectorized without strided (cache-line wasting) accesses."""
+    the loop that may be vectorized without strided (cache-line wasting) accesses. Trailing
+    axes of one element do not count (a bias of shape (1, C, 1, 1) is contiguous in C)."""
     var = sch.get(loop).loop_var
     block = sch.get(b)
     realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
     pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
     for access in [*_loads(block), *_stores(block)]:
+        buf = access.source if isinstance(access, tvm.ir.expr.TensorLoad) else access.buffer
+        shape = _shape(buf)
+        last = max((i for i, d in enumerate(shape) if d > 1), default=len(shape) - 1)
         indices = [_substitute(i, pairs) for i in access.indices]
-        if any(_uses(i, var) for i in indices[:-1]):
+        if any(_uses(i, var) for i in indices[:last]):
             return False
     return True
 
