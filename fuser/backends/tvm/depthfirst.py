@@ -749,12 +749,15 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     """A reduction whose innermost spatial loop is contiguous (an NCHW row, or the channel
     block of NCHW[x]c): the accumulators of reg_c x reg_w vectors stay in registers
     (``cache_write`` to local, written back per tile) while the reduction loops run outside
-    them. reg_c tiles the widest other spatial loop (NCHW: output channels, each weight a
-    broadcast shared by the reg_w row vectors; NCHW[x]c: output columns, each input a broadcast
-    shared by the channel-block vector of weights). When the input also reads that loop
-    (depthwise, pooling) each accumulator needs its own input vector: half the registers.
+    them. reg_w tiles the row (NCHW: vectors of the innermost loop; NCHW[x]c, whose innermost
+    loop is one vector, the channel block: the output columns), reg_c the output channels
+    (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
+    (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
+    channels) the pair that fits in the registers less 4 and loads the fewest vectors per
+    multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken; when one does (depthwise,
+    pooling) each accumulator needs its own input vector: half the registers, all on the row.
     False (nothing changed) when the innermost loop has no vector of at least 4 lanes."""
-    from .schedules.common import cpu_facts, extent, largest_divisor, vector_factor
+    from .schedules.common import cpu_facts, extent, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return False  # a loop whose extent depends on the tile (a clipped window)
@@ -764,32 +767,51 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     vec = vector_factor(width, lanes)
     if vec < MIN_VECTOR:
         return False
-    others = spatial[:-1]
-    channel = max(others, key=lambda lp: extent(sch, lp)) if others else None
-    var = sch.get(channel).loop_var if channel is not None else None
-    row_var = sch.get(spatial[-1]).loop_var
     block = sch.get(b)
     realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
     pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+    out = block.writes[0].source
+    store = next(st for st in _stores(block) if st.buffer.same_as(out))
+    others = spatial[:-1]
 
-    def reads_channel(load):
+    def indexing(axis):  # the loop of ``others`` that walks this axis of the output
+        index = _substitute(store.indices[axis], pairs)
+        return next((lp for lp in others if _uses(index, sch.get(lp).loop_var)), None)
+
+    row, channel = spatial[-1], max(others, key=lambda lp: extent(sch, lp)) if others else None
+    if width == vec and len(_shape(out)) == 5:  # NCHW[x]c: the row is the columns loop
+        row, channel = indexing(3), indexing(1)
+        if row is None:
+            row, channel = spatial[-1], None
+    units = extent(sch, row) // (vec if row.same_as(spatial[-1]) else 1)
+    row_var = sch.get(row).loop_var
+    var = sch.get(channel).loop_var if channel is not None else None
+
+    def reads_both(load):
         indices = [_substitute(i, pairs) for i in load.indices]
         return any(_uses(i, row_var) for i in indices) and any(_uses(i, var) for i in indices)
 
-    out = block.writes[0].source
     inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
-    shared = var is not None and not any(reads_channel(ld) for ld in inputs)
-    budget = regs - 4 if shared else (regs - 2) // 2
-    reg_w = largest_divisor(width // vec, max(budget, 1))
-    reg_c = largest_divisor(extent(sch, channel), max(budget // reg_w, 1)) if channel is not None else 1
-    wo, wi, wv = sch.split(spatial[-1], [None, reg_w, vec])
+    shared = var is not None and not any(reads_both(ld) for ld in inputs)
+    budget = max(regs - 4 if shared else (regs - 2) // 2, 1)
+    channels = extent(sch, channel) if shared else 1
+    reg_c, reg_w = min(
+        ((c, w) for c in _divisors(channels) for w in _divisors(units) if c * w <= budget),
+        key=lambda cw: ((cw[0] + cw[1]) / (cw[0] * cw[1]), -cw[0] * cw[1]),
+    )
+    if row.same_as(spatial[-1]):
+        wo, wi, wv = sch.split(row, [None, reg_w, vec])
+        rest = [lp for lp in others if not lp.same_as(channel)]
+    else:
+        (wo, wi), wv = sch.split(row, [None, reg_w]), spatial[-1]
+        rest = [lp for lp in others if not lp.same_as(channel) and not lp.same_as(row)]
+    ci = None
     if reg_c > 1:
         co, ci = sch.split(channel, [None, reg_c])
-        outer = [co if lp.same_as(channel) else lp for lp in others]
-        sch.reorder(*outer, wo, *reduce, ci, wi, wv)
-    else:
-        ci = None
-        sch.reorder(*others, wo, *reduce, wi, wv)
+        rest = [co, *rest]
+    elif channel is not None:
+        rest = [channel, *rest]
+    sch.reorder(*rest, wo, *reduce, *([ci] if ci is not None else []), wi, wv)
     acc = sch.cache_write(b, 0, "local")
     sch.reverse_compute_at(acc, wo, preserve_unit_loops=True)
     for lp in (ci, wi):
@@ -801,6 +823,10 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
         sch.vectorize(sch.split(copy, [None, vec])[1])
     sch.decompose_reduction(b, reduce[0])
     return True
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def inner_loops(sch, b) -> list:
