@@ -934,7 +934,7 @@ def _accumulators(realizes, windows: list[_Window], ana) -> None:
         locals_ = [ld.source for ld in _loads(copy) if ld.source.scope() == "local"]
         if w is None or len(locals_) != 1:
             continue
-        for r, _ in realizes:
+        for r, _ in realizes[1:]:  # not the root block: its body holds every store
             store = next((s for s in _stores(r.block) if s.buffer.same_as(locals_[0])), None)
             if store is None or r.block.name_hint in w.writers:
                 continue
