@@ -349,3 +349,29 @@ def test_a_register_tile_that_does_not_compile_is_dropped_not_the_depth_first_sc
     got = run_fused(graph, fused, target, x)
     want = ort_run_graph(graph, {graph.inputs[0].name: x})
     assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_a_pool_anchor_after_a_register_tiled_conv_keeps_its_register_tiles():
+    """ResNet-18's stem as a group (conv 7x7 / 2 + ReLU + max pool) whose output stays blocked for
+    the next group: the pool is the anchor, the conv's register tile rolls with its window. The
+    root block once got the rolling predicate too (its body holds the accumulator's stores), which
+    LLVM rejected ('ax2_1 used before definition'): the kernel lost its register tiles."""
+    torch.manual_seed(0)
+    stem = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 7, 2, 3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, 1),
+        torch.nn.Conv2d(16, 16, 3, 1, 1),
+    )
+    x = torch.randn(1, 3, 64, 64)
+    graph = fuser.optimize(stem.eval(), (x,)).graph
+    owner = {n.name: int(i >= 3) for i, n in enumerate(graph.nodes)}
+    target = tb.make_target("llvm", threads=1)
+    hints = {0: depthfirst.TileHint("lbdf"), 1: depthfirst.TileHint("lbdf")}
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
+    report = tb.depth_first_reports(fused)["fuser_group_0"]
+    assert report["tiled"] and report["note"] == "", report["note"]
+    assert '"local"' in fused["fuser_group_0"].script()  # register tiles kept
+    got = run_fused(graph, fused, target, x.numpy())
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL
