@@ -12,7 +12,14 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    could keep on chip, and the default ``window`` rule already runs output-channel chunks
    outermost (each weight read once, the input kept in cache) with a register tile. Measured:
    MobileNetV2 at 224, 1 thread, its last 1x1 convs (7x7 rows, 1.2-1.6 MB of weights) took
-   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule.
+   0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when the default
+   schedule would read the weights more than once: its weights exceed 3/4 of the planned
+   buffer, its output has more than one row, and one iteration of the default schedule's
+   innermost loop over output rows (the window rule's batch x chunk x row loop) touches more
+   than 3/4 of the buffer of weights, which the next row then reads again. The cost model
+   reads weights once; ResNet-18 at 64x64, 128 KB, x86-64-v2: layer4's 3x3 convs (a chunk of
+   16 channels is 147-295 KB of weights, 2 rows) measured 2.2x their prediction. Rule 2b
+   then blocks its output channels.
 
 1. Inline. A spatial block is inlined into its consumers when none of them is a reduction
    (an elementwise chain becomes one epilogue); a plain copy (a pad that pads nothing, a
@@ -33,7 +40,10 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    of all channels touches a cache line per channel; (b) a single weighted op whose weights
    exceed 3/4 of the planned buffer: blocks of output channels whose weights are read once, as
    the cost model's single-op baseline assumes, where rows would stream all weights per tile
-   (the input stays on chip across blocks, and blocks run in parallel); when the input does
+   (the input stays on chip across blocks, and blocks run in parallel). The fewest blocks of at
+   most 1/4 of the buffer each that divide the channel loop (a blocked tensor's loop runs over
+   its channel chunks: at most one block a chunk), so a block's weights stay on chip across its
+   rows; when the input does
    not fit but the output does, it is not tiled at all: its reduction loops go outermost, the
    output accumulates on chip, and inputs and weights stream once.
 3. Producers, last first, are computed at the tile loop (``compute_at``) when all their
@@ -48,11 +58,17 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    parallel loop (llvm) or blockIdx.x (cuda; inner loops bound to threadIdx.x). llvm: a
    reduction whose contiguous innermost loop is at least ``MIN_VECTOR`` lanes wide (an NCHW
    row; the channel block of the blocked NCHW[x]c layout the layout passes give plan groups,
-   with weights prepacked) gets a register tile (``_register_tile``), written back per tile.
-   A kernel LLVM does not compile (TVM's lowering rejects some register tiles under a rolling
-   window: "variable used before definition", ResNet-18's conv1 + ReLU + max pool group) is
-   scheduled again without register tiles; if that fails too, the kernel as it came goes to
-   the default schedules and its report says why.
+   with weights prepacked) gets a register tile (``_register_tile``), written back per tile:
+   reg_c output channels (NCHW[x]c: channel chunks) x reg_w row vectors (NCHW[x]c: output
+   columns, the vector being the channel block), the pair that fits the registers and loads
+   the fewest vectors per multiply-add (a conv; a depthwise conv or pool, whose input differs
+   per accumulator, tiles the row alone). MobileNetV2 224, 1 thread: the features.12 group
+   took 0.40 ms with one column of 12 chunks, 0.22 ms with 2 chunks x 14 columns (FuseOps
+   0.38 ms). Other spatial blocks (pads, activations) are vectorized on their innermost loop
+   when it walks only the last axis of every access of more than one element (a bias
+   (1, C, 1, 1) is contiguous in C). A kernel LLVM does not compile is scheduled again
+   without register tiles; if that fails too, the kernel as it came goes to the default
+   schedules and its report says why.
 5. Line buffers. Each intermediate written under a tile loop keeps only its window: E rows
    (what one tile reads of it), indexed ``row mod E``. LBDF rolls: a producer computes only the
    rows the previous tile has not (predicate ``tile == 0 or row - first >= E - S``, S rows
@@ -353,9 +369,10 @@ class _Kernel:
             if mine:
                 sizes.weighted.append(self.name(b))
             weights += [w for w in mine if not any(w.same_as(x) for x in weights)]
-        for p in params:
+        for i, p in enumerate(params):
             if any(p.same_as(w) for w in weights):
                 sizes.weight += _bytes(p)
+                sizes.weight_params.append(i)
             elif any(p.same_as(o) for o in outputs):
                 sizes.output += _bytes(p)
             else:
@@ -373,23 +390,79 @@ class _Sizes:
     weight: int = 0
     input: int = 0
     output: int = 0
+    weight_params: list[int] = field(default_factory=list)  # positions of the weights in the params
 
 
 # ---- rule 0: one op ---------------------------------------------------------------------------
 SINGLE_OP_NOTE = "not tiled: one blocked op, no intermediate to keep; default schedule"
 
 
-def _single_blocked_op(k: _Kernel) -> bool:
+def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
     """Whether the kernel's only reduction writes a blocked (5-D) tensor and nothing but
-    elementwise work, pads and layout changes surround it (rule 0)."""
+    elementwise work, pads and layout changes surround it, and the default schedule reads its
+    weights once (rule 0)."""
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
         return False
+    sizes = k.sizes()
+    rows = k.has_rows(reductions[0])
+    if (
+        rows
+        and _weights_over_buffer(sizes, hint)
+        and _default_rereads_weights(k.sch.mod["main"], target, sizes, hint)
+    ):
+        return False  # rule 2b
     # a concat (a select over two or more tensors): the window rule's epilogue computes it wrong
     # (YOLOv8n's conv + SiLU + add + concat groups gave NaN), so it stays depth-first
     return not any(
         k.selects(b) and len({ld.source.name for ld in _loads(k.sch.get(b))}) > 1 for b in k.blocks()
     )
+
+
+def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
+    """Whether the kernel's weights exceed 3/4 of the planned buffer (rules 0 and 2b)."""
+    return bool(hint.buffer_bytes) and 4 * sizes.weight > 3 * hint.buffer_bytes
+
+
+def _default_rereads_weights(func, target, sizes: _Sizes, hint: TileHint) -> bool:
+    """Whether the default schedule of a one-op kernel reads more than 3/4 of the buffer of
+    weights per output row: the next row then reads them again. Measured on the scheduled
+    loops: the weights one iteration of the innermost loop over output rows touches (the
+    window rule's is the fused batch x chunk x row loop, a chunk's weights inside it)."""
+    from .schedules import schedule_func
+
+    scheduled, _ = schedule_func(func, target) if target is not None else (None, None)
+    if scheduled is None:
+        return False
+    weights = [scheduled.params[i] for i in sizes.weight_params]
+    ana = tvm.sym.Analyzer()
+    IntImm = tvm.ir.prim.expr.IntImm
+    for realize, loops in _realizes(scheduled.body):
+        block = realize.block
+        loads = [ld for ld in _loads(block) if any(ld.source.same_as(w) for w in weights)]
+        out = block.writes[0].source if block.writes else None
+        axis = None if out is None else _row_axis(out)
+        store = next((s for s in _stores(block) if out is not None and s.buffer.same_as(out)), None)
+        if not loads or axis is None or store is None:
+            continue
+        pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+        row = _substitute(store.indices[axis], pairs)
+        at = [i for i, lp in enumerate(loops) if _uses(row, lp.loop_var)]
+        if not at:
+            continue
+        inner = {
+            lp.loop_var: tvm.sym.IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops[at[-1] + 1 :]
+        }
+        per_row = 0
+        for ld in loads:
+            touched = _bytes(ld.source) // math.prod(_shape(ld.source))
+            for index in ld.indices:
+                span = ana.int_set(_substitute(index, pairs), inner)
+                extent = ana.simplify(span.max_value - span.min_value + 1)
+                touched *= int(extent) if isinstance(extent, IntImm) else 1 << 30
+            per_row += touched
+        return 4 * per_row > 3 * hint.buffer_bytes
+    return False
 
 
 # ---- rule 1: inline ----------------------------------------------------------------------
@@ -431,7 +504,7 @@ def _order(k: _Kernel, anchors: list, hint: TileHint, sizes: _Sizes) -> str:
     if k.channel_local():
         return "channels"
     beta = hint.buffer_bytes
-    if len(sizes.weighted) != 1 or not beta or 4 * sizes.weight <= 3 * beta:
+    if len(sizes.weighted) != 1 or not _weights_over_buffer(sizes, hint):
         return "rows"
     batch = _shape(k.written(anchors[0]))[0]  # tiles run image by image: what one image needs
     if 4 * sizes.input <= 3 * beta * batch or 4 * sizes.output > 3 * beta * batch:
@@ -456,9 +529,7 @@ def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, size
         rest = [lp for lp in loops if not k.same(lp, row) and (batch is None or not k.same(lp, batch))]
         if channel_mode and rest:
             channels = int(sch.get(rest[0]).extent)
-            stage.channel_blocks = (
-                channels if per_channel else max(1, min(channels // 8, math.ceil(4 * sizes.weight / beta)))
-            )
+            stage.channel_blocks = channels if per_channel else _weight_blocks(channels, sizes.weight, beta)
             block, inner = sch.split(rest[0], [stage.channel_blocks, None])
             rest = [inner, *rest[1:]]
             sch.reorder(*([batch] if batch is not None else []), block, row, *rest)
@@ -488,6 +559,15 @@ def _tile(k: _Kernel, anchors: list, hint: TileHint, kind: str, order: str, size
                 sch.merge(*loops)
                 nests = [_outer(k, a, n[0] is not None) for a, n in zip(anchors, nests)]
     return stage
+
+
+def _weight_blocks(channels: int, weight: int, beta: int) -> int:
+    """Output-channel blocks of a weight-heavy op (rule 2b): each block's weights at most 1/4 of
+    the buffer, so that they stay on chip across the block's rows (the cost model reads them
+    once); the fewest that divide the channel loop (a partial block's predicate would stop the
+    inner loops' unrolling), at most one a channel (of a blocked tensor: a chunk of channels)."""
+    want = min(channels, math.ceil(4 * weight / beta))
+    return next(d for d in range(want, channels + 1) if channels % d == 0)
 
 
 def _outer(k: _Kernel, anchor, has_batch: bool):
@@ -607,14 +687,18 @@ def _vector_lanes(target) -> int:
 
 def _contiguous_only(sch, b, loop) -> bool:
     """Whether ``loop`` indexes only the last (contiguous) axis of the block's reads and writes:
-    the loop that may be vectorized without strided (cache-line wasting) accesses."""
+    the loop that may be vectorized without strided (cache-line wasting) accesses. Trailing
+    axes of one element do not count (a bias of shape (1, C, 1, 1) is contiguous in C)."""
     var = sch.get(loop).loop_var
     block = sch.get(b)
     realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
     pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
     for access in [*_loads(block), *_stores(block)]:
+        buf = access.source if isinstance(access, tvm.ir.expr.TensorLoad) else access.buffer
+        shape = _shape(buf)
+        last = max((i for i, d in enumerate(shape) if d > 1), default=len(shape) - 1)
         indices = [_substitute(i, pairs) for i in access.indices]
-        if any(_uses(i, var) for i in indices[:-1]):
+        if any(_uses(i, var) for i in indices[:last]):
             return False
     return True
 
@@ -671,12 +755,15 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     """A reduction whose innermost spatial loop is contiguous (an NCHW row, or the channel
     block of NCHW[x]c): the accumulators of reg_c x reg_w vectors stay in registers
     (``cache_write`` to local, written back per tile) while the reduction loops run outside
-    them. reg_c tiles the widest other spatial loop (NCHW: output channels, each weight a
-    broadcast shared by the reg_w row vectors; NCHW[x]c: output columns, each input a broadcast
-    shared by the channel-block vector of weights). When the input also reads that loop
-    (depthwise, pooling) each accumulator needs its own input vector: half the registers.
+    them. reg_w tiles the row (NCHW: vectors of the innermost loop; NCHW[x]c, whose innermost
+    loop is one vector, the channel block: the output columns), reg_c the output channels
+    (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
+    (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
+    channels) the pair that fits in the registers less 4 and loads the fewest vectors per
+    multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken; when one does (depthwise,
+    pooling) each accumulator needs its own input vector: half the registers, all on the row.
     False (nothing changed) when the innermost loop has no vector of at least 4 lanes."""
-    from .schedules.common import cpu_facts, extent, largest_divisor, vector_factor
+    from .schedules.common import cpu_facts, extent, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return False  # a loop whose extent depends on the tile (a clipped window)
@@ -686,32 +773,51 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     vec = vector_factor(width, lanes)
     if vec < MIN_VECTOR:
         return False
-    others = spatial[:-1]
-    channel = max(others, key=lambda lp: extent(sch, lp)) if others else None
-    var = sch.get(channel).loop_var if channel is not None else None
-    row_var = sch.get(spatial[-1]).loop_var
     block = sch.get(b)
     realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
     pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
+    out = block.writes[0].source
+    store = next(st for st in _stores(block) if st.buffer.same_as(out))
+    others = spatial[:-1]
 
-    def reads_channel(load):
+    def indexing(axis):  # the loop of ``others`` that walks this axis of the output
+        index = _substitute(store.indices[axis], pairs)
+        return next((lp for lp in others if _uses(index, sch.get(lp).loop_var)), None)
+
+    row, channel = spatial[-1], max(others, key=lambda lp: extent(sch, lp)) if others else None
+    if width == vec and len(_shape(out)) == 5:  # NCHW[x]c: the row is the columns loop
+        row, channel = indexing(3), indexing(1)
+        if row is None:
+            row, channel = spatial[-1], None
+    units = extent(sch, row) // (vec if row.same_as(spatial[-1]) else 1)
+    row_var = sch.get(row).loop_var
+    var = sch.get(channel).loop_var if channel is not None else None
+
+    def reads_both(load):
         indices = [_substitute(i, pairs) for i in load.indices]
         return any(_uses(i, row_var) for i in indices) and any(_uses(i, var) for i in indices)
 
-    out = block.writes[0].source
     inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
-    shared = var is not None and not any(reads_channel(ld) for ld in inputs)
-    budget = regs - 4 if shared else (regs - 2) // 2
-    reg_w = largest_divisor(width // vec, max(budget, 1))
-    reg_c = largest_divisor(extent(sch, channel), max(budget // reg_w, 1)) if channel is not None else 1
-    wo, wi, wv = sch.split(spatial[-1], [None, reg_w, vec])
+    shared = var is not None and not any(reads_both(ld) for ld in inputs)
+    budget = max(regs - 4 if shared else (regs - 2) // 2, 1)
+    channels = extent(sch, channel) if shared else 1
+    reg_c, reg_w = min(
+        ((c, w) for c in _divisors(channels) for w in _divisors(units) if c * w <= budget),
+        key=lambda cw: ((cw[0] + cw[1]) / (cw[0] * cw[1]), -cw[0] * cw[1]),
+    )
+    if row.same_as(spatial[-1]):
+        wo, wi, wv = sch.split(row, [None, reg_w, vec])
+        rest = [lp for lp in others if not lp.same_as(channel)]
+    else:
+        (wo, wi), wv = sch.split(row, [None, reg_w]), spatial[-1]
+        rest = [lp for lp in others if not lp.same_as(channel) and not lp.same_as(row)]
+    ci = None
     if reg_c > 1:
         co, ci = sch.split(channel, [None, reg_c])
-        outer = [co if lp.same_as(channel) else lp for lp in others]
-        sch.reorder(*outer, wo, *reduce, ci, wi, wv)
-    else:
-        ci = None
-        sch.reorder(*others, wo, *reduce, wi, wv)
+        rest = [co, *rest]
+    elif channel is not None:
+        rest = [channel, *rest]
+    sch.reorder(*rest, wo, *reduce, *([ci] if ci is not None else []), wi, wv)
     acc = sch.cache_write(b, 0, "local")
     sch.reverse_compute_at(acc, wo, preserve_unit_loops=True)
     for lp in (ci, wi):
@@ -723,6 +829,10 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
         sch.vectorize(sch.split(copy, [None, vec])[1])
     sch.decompose_reduction(b, reduce[0])
     return True
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def inner_loops(sch, b) -> list:
@@ -830,7 +940,7 @@ def _accumulators(realizes, windows: list[_Window], ana) -> None:
         locals_ = [ld.source for ld in _loads(copy) if ld.source.scope() == "local"]
         if w is None or len(locals_) != 1:
             continue
-        for r, _ in realizes:
+        for r, _ in realizes[1:]:  # not the root block: its body holds every store
             store = next((s for s in _stores(r.block) if s.buffer.same_as(locals_[0])), None)
             if store is None or r.block.name_hint in w.writers:
                 continue
@@ -974,7 +1084,7 @@ def depth_first(func, hint: TileHint, target=None, inner: Callable | None = None
     report = KernelSchedule(name, hint.style)
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     k = _Kernel(sch)
-    if kind == "llvm" and _single_blocked_op(k):
+    if kind == "llvm" and _single_blocked_op(k, hint, target):
         report.note = SINGLE_OP_NOTE
         return func.with_attr(SCHEDULED_ATTR, json.dumps(report.to_dict())), report
     try:
