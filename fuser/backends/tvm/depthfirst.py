@@ -383,13 +383,7 @@ def _single_blocked_op(k: _Kernel) -> bool:
     """Whether the kernel's only reduction writes a blocked (5-D) tensor and nothing but
     elementwise work, pads and layout changes surround it (rule 0)."""
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
-    if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
-        return False
-    # a concat (a select over two or more tensors): the window rule's epilogue computes it wrong
-    # (YOLOv8n's conv + SiLU + add + concat groups gave NaN), so it stays depth-first
-    return not any(
-        k.selects(b) and len({ld.source.name for ld in _loads(k.sch.get(b))}) > 1 for b in k.blocks()
-    )
+    return len(reductions) == 1 and len(_shape(k.written(reductions[0]))) == 5
 
 
 # ---- rule 1: inline ----------------------------------------------------------------------
