@@ -405,17 +405,11 @@ def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
         return False
     sizes = k.sizes()
-    rows = k.has_rows(reductions[0])
-    if (
-        rows
+    # rule 2b instead where the default schedule would read the weights once per output row
+    return not (
+        k.has_rows(reductions[0])
         and _weights_over_buffer(sizes, hint)
         and _default_rereads_weights(k.sch.mod["main"], target, sizes, hint)
-    ):
-        return False  # rule 2b
-    # a concat (a select over two or more tensors): the window rule's epilogue computes it wrong
-    # (YOLOv8n's conv + SiLU + add + concat groups gave NaN), so it stays depth-first
-    return not any(
-        k.selects(b) and len({ld.source.name for ld in _loads(k.sch.get(b))}) > 1 for b in k.blocks()
     )
 
 
