@@ -97,7 +97,8 @@ def _inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
 def _serial(fused_mod):
     """Parallel loops made serial: the simulation runs one thread anyway, and LLVM emits a
     parallel loop's body as a private lambda with no symbol, which cachegrind cannot attribute
-    to its kernel (the default schedules parallelise whatever the thread count)."""
+    to its kernel (the simulated target has one thread, but dlight's reduction rule and
+    tuned records still mark loops parallel)."""
     import tvm
     import tvm_ffi
 
