@@ -39,15 +39,15 @@ LBDF only: BRR's tile count makes each interval an exact evaluation, so BRR chai
 of more than ``EXACT_CHAIN_OPS`` ops keep the tree search).
 The tree search may split at most ``tree_nodes`` new groups for one group the
 plan asks to split, ``big_tree_nodes`` for a group of more than ``big_group_ops``
-ops (its memo grows across calls, so later splits reuse what earlier ones found).
+ops when that is set (``BIG_GROUP_OPS``, off by default) (its memo grows across
+calls, so later splits reuse what earlier ones found).
 Past that, which happens on wide graphs split whole (the all-fused Inception v2
 needs about 100,000 tree nodes), the groups it still has to split are split by
 interval DP (below). A big group is first split by interval DP, whose DRAM is
 the cutoff of its tree search: it gets the tree's split when that moves less,
-else the interval DP's. Only full tree-search results are shared between the
-splits the plan asks for; what a search found with interval-DP answers inside it
-holds for that search only, and a requested split so found is kept as answered,
-so each group's split is one function of the group, whatever was split before.
+else the interval DP's. A big group's search shares only full tree-search results
+with later splits; what it found with interval-DP answers inside it holds for that
+search only, and a requested split so found is kept as answered.
 **Interval DP**: with a group's ops in topological order o_1..o_k, every
 interval o_i..o_j is convex, its weakly connected components are legal pieces and
 pieces of consecutive intervals keep the group graph acyclic; so
@@ -73,8 +73,12 @@ from .opgraph import FusionGraph, bits
 
 SPLITS = ("random", "explain")
 TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
-BIG_GROUP_OPS = 48  # larger groups: interval DP first, its DRAM the tree search's cutoff
-BIG_TREE_NODES = 200  # and a smaller tree search
+# Groups of more than BIG_GROUP_OPS ops: interval DP first, its DRAM the cutoff of a tree search
+# of BIG_TREE_NODES nodes. Off (None) by default: at 48 ops / 200 nodes Inception v2 (NSGA-II 1000,
+# 256 KB) plans in 14.6 s CPU instead of 40.5 (LBDF) and 11.4 instead of 18.3 (BRR) with less DRAM,
+# but PicoDet BRR's plan moves 0.9% more (benchmarks/results/planner_scaling.txt).
+BIG_GROUP_OPS: int | None = None
+BIG_TREE_NODES = 200
 EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²) cost work)
 
 
@@ -270,14 +274,13 @@ class ExplainSplitter(Splitter):
         self._nodes_left: int | None = None  # set while a tree search runs
         self._scans: dict[int, tuple[list[int], np.ndarray, int]] = {}  # chain DP, by last op
         self._chain_dp: dict[int, tuple[list[int], list, list[int], list[int]]] = {}  # by first op
-        self.big_group_ops = BIG_GROUP_OPS  # larger groups: interval DP bounds a smaller tree search
+        self.big_group_ops = BIG_GROUP_OPS  # None: off; else larger groups get interval DP first
         self.big_tree_nodes = BIG_TREE_NODES
-        self._interval_cap = False  # set while a big group's tree search runs
-        # Only full tree-search results are shared between searches (``_memo``, ``_at_least``):
-        # what a search found with interval-DP leaves (past its node budget, or a big group's
-        # interval DP) holds for that search only, and a split asked for is kept as answered
-        # (``_requested``), so each group's split is the same function of the group whatever
-        # searches ran before.
+        self._interval_cap = False  # set while a big group's tree search runs: interval DP bounds
+        self._cutoffs = False  # and pieces are split with cutoffs (``_least_dram_cut``)
+        # A big group's search shares only full tree-search results (``_memo``, ``_at_least``):
+        # what it found with interval-DP answers (past its node budget, or its interval DP)
+        # holds for that search only, and the split asked for is kept as answered (``_requested``).
         self._at_least: dict[int, int] = {}  # groups whose split provably moves at least this
         self._partial = 0  # interval-DP answers so far (a result found after one is partial)
         self._search_memo: dict[int, SplitResult] = {}
@@ -293,18 +296,18 @@ class ExplainSplitter(Splitter):
         result = self._requested.get(mask)
         if result is not None:
             return result
-        big = mask.bit_count() > self.big_group_ops
+        big = self.big_group_ops is not None and mask.bit_count() > self.big_group_ops
         self._nodes_left = self.big_tree_nodes if big else self.tree_nodes
-        self._interval_cap = big
+        self._interval_cap = self._cutoffs = big
         partial = self._partial
         try:
             result = self._bounded(mask, None)
         finally:
             self._nodes_left = None
-            self._interval_cap = False
+            self._interval_cap = self._cutoffs = False
             self._search_memo.clear()
             self._search_at_least.clear()
-        if self._partial != partial:
+        if big and self._partial != partial:
             self._requested[mask] = result
         return result
 
@@ -456,7 +459,8 @@ class ExplainSplitter(Splitter):
         partial = self._partial
         stuck = mask & ~cost.fusable_mask
         result = self._isolate(mask, stuck) if stuck else self._split(mask, limit)
-        partial = self._partial != partial  # found with interval-DP leaves: this search's only
+        # found with interval-DP leaves: this (big group's) search's only
+        partial = self._cutoffs and self._partial != partial
         if result is None:
             bounds = self._search_at_least if partial else self._at_least
             bounds[mask] = max(limit, bounds.get(mask, -1))
@@ -518,16 +522,26 @@ class ExplainSplitter(Splitter):
         Branch and bound: a piece moves at least its (W + In + Out) however it is
         split, so cuts are tried from the lowest such bound, at most ``branch`` of
         them, and the search stops at the first bound no better than the best total.
-        A cut is dropped as soon as the splits of its first pieces and the bounds of
-        the rest reach the best total (or ``limit``), and each piece is split with the
-        cutoff that leaves it: what it would have to beat to matter. A cut so dropped
-        could not have won (ties keep the earlier cut), so the cut chosen is the one a
-        full evaluation of every tried cut would choose.
+        In a big group's search, a cut is dropped as soon as the splits of its first
+        pieces and the bounds of the rest reach the best total (or ``limit``), and each
+        piece is split with the cutoff that leaves it: what it would have to beat to
+        matter. A cut so dropped could not have won (ties keep the earlier cut), so the
+        cut chosen is the one a full evaluation of every tried cut would choose (the
+        plain search evaluates them in full: what it leaves unsplit would change which
+        groups later reach its node budget, so its plans would change).
         """
         cost = self.cost
         bound = cost.piece_dram_bound
         best, best_total = None, None
         tried = sorted((sum(map(bound, c.pieces)), k, c) for k, c in enumerate(cuts))[: self.branch]
+        if not self._cutoffs:  # the plain search: every tried cut's pieces split in full
+            for lower, _, c in tried:
+                if best_total is not None and lower >= best_total:
+                    break
+                total = sum(self._bounded(p, None).dram for p in c.pieces)
+                if best_total is None or total < best_total:
+                    best, best_total = c, total
+            return best
         for lower, _, c in tried:
             cap = limit if best_total is None else best_total if limit is None else min(best_total, limit)
             if cap is not None and lower >= cap:

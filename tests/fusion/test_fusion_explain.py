@@ -266,7 +266,7 @@ def test_tree_search_cutoff_refuses_only_splits_that_cannot_win(style):
             full = _full_split(cost, mask)
             for limit in (full.dram - 1, full.dram, full.dram + 1, full.dram // 2, cost.lower_dram(mask)):
                 splitter = ExplainSplitter(cost, tree_nodes=10**9)
-                splitter._nodes_left = 10**9  # as inside a search
+                splitter._nodes_left, splitter._cutoffs = 10**9, True  # as in a big group's search
                 got = splitter._bounded(mask, limit)
                 if got is None:
                     assert full.dram >= limit
@@ -304,12 +304,12 @@ def test_big_groups_move_no_more_than_their_interval_split_and_stay_legal(seed, 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_splits_found_past_the_node_budget_stay_in_their_search(seed):
-    """After searches that ran out of nodes, every split the splitter shares between searches
-    is the full split of its group, and asking again gives the same answer."""
+    """After big groups' searches that ran out of nodes, every split the splitter shares between
+    searches is the full split of its group, and asking again gives the same answer."""
     fg = build_fusion_graph(random_dag(seed, 40))
     cost = LBDF(fg, 2048)
-    splitter = ExplainSplitter(cost, tree_nodes=3)
-    splitter.big_group_ops = fg.n
+    splitter = ExplainSplitter(cost)
+    splitter.big_group_ops, splitter.big_tree_nodes = 0, 3
     asked = _invalid_groups(fg, cost, seed)
     answers = [splitter.split(g) for g in asked]
     assert splitter._requested, "no search ran out of nodes: the test checks nothing"
