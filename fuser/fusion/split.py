@@ -20,7 +20,10 @@ to blame, form the cuts of its ``top_edges`` best edges, and
   2. else take the cut whose pieces, split recursively the same way, move the
      least DRAM in total: a greedy tree search over the explainer's cuts (the
      ``branch`` most promising of them), memoised by group and pruned by branch
-     and bound. For groups of more than
+     and bound with cutoffs: a piece is split only as far as needed to learn
+     whether its cut can still beat the best cut found (``_bounded``: the
+     split, or proof that it moves at least the cutoff), which picks the cut
+     a full evaluation would pick. For groups of more than
      ``lookahead_ops`` ops (unlimited by default) it instead keeps the largest
      valid piece any cut offers (most ops, then least DRAM) and recurses on the
      rest, the cheaper rule of the paper; on EfficientNet-B3 (LBDF, 256 KB) the
@@ -35,10 +38,17 @@ scans each j's intervals upstream with incremental costs (``upstream_intervals``
 LBDF only: BRR's tile count makes each interval an exact evaluation, so BRR chains
 of more than ``EXACT_CHAIN_OPS`` ops keep the tree search).
 The tree search may split at most ``tree_nodes`` new groups for one group the
-plan asks to split (its memo grows across calls, so later splits reuse what
-earlier ones found). Past that, which happens on wide graphs split whole (the
-all-fused Inception v2 needs about 100,000 tree nodes), the groups it still has
-to split are split by **interval DP**: with its ops in topological order o_1..o_k, every
+plan asks to split, ``big_tree_nodes`` for a group of more than ``big_group_ops``
+ops when that is set (``BIG_GROUP_OPS``, off by default) (its memo grows across
+calls, so later splits reuse what earlier ones found).
+Past that, which happens on wide graphs split whole (the all-fused Inception v2
+needs about 100,000 tree nodes), the groups it still has to split are split by
+interval DP (below). A big group is first split by interval DP, whose DRAM is
+the cutoff of its tree search: it gets the tree's split when that moves less,
+else the interval DP's. A big group's search shares only full tree-search results
+with later splits; what it found with interval-DP answers inside it holds for that
+search only, and a requested split so found is kept as answered.
+**Interval DP**: with a group's ops in topological order o_1..o_k, every
 interval o_i..o_j is convex, its weakly connected components are legal pieces and
 pieces of consecutive intervals keep the group graph acyclic; so
   best[j] = min over i of best[i] + Σ F_D(components of o_i..o_{j−1}),
@@ -63,6 +73,12 @@ from .opgraph import FusionGraph, bits
 
 SPLITS = ("random", "explain")
 TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
+# Groups of more than BIG_GROUP_OPS ops: interval DP first, its DRAM the cutoff of a tree search
+# of BIG_TREE_NODES nodes. Off (None) by default: at 48 ops / 200 nodes Inception v2 (NSGA-II 1000,
+# 256 KB) plans in 14.6 s CPU instead of 40.5 (LBDF) and 11.4 instead of 18.3 (BRR) with less DRAM,
+# but PicoDet BRR's plan moves 0.9% more (benchmarks/results/planner_scaling.txt).
+BIG_GROUP_OPS: int | None = None
+BIG_TREE_NODES = 200
 EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²) cost work)
 
 
@@ -258,19 +274,52 @@ class ExplainSplitter(Splitter):
         self._nodes_left: int | None = None  # set while a tree search runs
         self._scans: dict[int, tuple[list[int], np.ndarray, int]] = {}  # chain DP, by last op
         self._chain_dp: dict[int, tuple[list[int], list, list[int], list[int]]] = {}  # by first op
+        self.big_group_ops = BIG_GROUP_OPS  # None: off; else larger groups get interval DP first
+        self.big_tree_nodes = BIG_TREE_NODES
+        self._interval_cap = False  # set while a big group's tree search runs: interval DP bounds
+        self._cutoffs = False  # and pieces are split with cutoffs (``_least_dram_cut``)
+        # A big group's search shares only full tree-search results (``_memo``, ``_at_least``):
+        # what it found with interval-DP answers (past its node budget, or its interval DP)
+        # holds for that search only, and the split asked for is kept as answered (``_requested``).
+        self._at_least: dict[int, int] = {}  # groups whose split provably moves at least this
+        self._partial = 0  # interval-DP answers so far (a result found after one is partial)
+        self._search_memo: dict[int, SplitResult] = {}
+        self._search_at_least: dict[int, int] = {}
+        self._requested: dict[int, SplitResult] = {}
+        self._intervals: dict[int, SplitResult] = {}  # interval_split, by group
 
     def split(self, mask: int) -> SplitResult:
         if self._nodes_left is not None:  # inside a tree search: its budget applies
-            return super().split(mask)
-        self._nodes_left = self.tree_nodes
+            result = self._bounded(mask, None)
+            assert result is not None  # no cutoff, no refusal
+            return result
+        result = self._requested.get(mask)
+        if result is not None:
+            return result
+        big = self.big_group_ops is not None and mask.bit_count() > self.big_group_ops
+        self._nodes_left = self.big_tree_nodes if big else self.tree_nodes
+        self._interval_cap = self._cutoffs = big
+        partial = self._partial
         try:
-            return super().split(mask)
+            result = self._bounded(mask, None)
         finally:
             self._nodes_left = None
+            self._interval_cap = self._cutoffs = False
+            self._search_memo.clear()
+            self._search_at_least.clear()
+        if big and self._partial != partial:
+            self._requested[mask] = result
+        return result
 
     def interval_split(self, mask: int) -> SplitResult:
         """The least-DRAM split of ``mask`` into the components of intervals of its
-        topological order (see the module docstring)."""
+        topological order (see the module docstring); memoised."""
+        result = self._intervals.get(mask)
+        if result is None:
+            result = self._intervals[mask] = self._interval_split(mask)
+        return result
+
+    def _interval_split(self, mask: int) -> SplitResult:
         cost, fg = self.cost, self.fg
         ops = bits(mask)
         k = len(ops)
@@ -394,27 +443,64 @@ class ExplainSplitter(Splitter):
                 cuts.append(Cut(edge, largest, [*fg.convex_components(largest), upper], cost))
         return cuts
 
-    def _split(self, mask: int) -> SplitResult:
+    def _bounded(self, mask: int, limit: int | None) -> SplitResult | None:
+        """``split(mask)``, or None when that provably moves ``limit`` bytes or more (the
+        tree search's cutoff: such a split cannot win); None is remembered as a bound."""
+        cost = self.cost
+        if cost.valid(mask):
+            return SplitResult([mask], [], cost.cost(mask).dram_bytes)
+        result = self._memo.get(mask) or self._search_memo.get(mask)
+        if result is not None:
+            return result
+        if limit is not None:
+            known = max(self._at_least.get(mask, -1), self._search_at_least.get(mask, -1))
+            if known >= limit:
+                return None
+        partial = self._partial
+        stuck = mask & ~cost.fusable_mask
+        result = self._isolate(mask, stuck) if stuck else self._split(mask, limit)
+        # found with interval-DP leaves: this (big group's) search's only
+        partial = self._cutoffs and self._partial != partial
+        if result is None:
+            bounds = self._search_at_least if partial else self._at_least
+            bounds[mask] = max(limit, bounds.get(mask, -1))
+        else:
+            (self._search_memo if partial else self._memo)[mask] = result
+        return result
+
+    def _split(self, mask: int, limit: int | None = None) -> SplitResult | None:
         cost = self.cost
         if (cost.incremental_intervals or mask.bit_count() <= EXACT_CHAIN_OPS) and self.is_chain(mask):
             return self.chain_split(mask)
         self._nodes_left -= 1
         if self._nodes_left < 0:
+            self._partial += 1
             return self.interval_split(mask)
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))
         cuts = self.candidate_cuts(mask, explanation.ranked_edges(self.top_edges))
+        fallback = None
+        if limit is None and self._interval_cap:  # a big group asked for: interval DP bounds the search
+            fallback = self.interval_split(mask)
+            limit = fallback.dram
         complete = [c for c in cuts if c.all_valid]
         if complete:
             best = min(complete, key=lambda c: c.dram(cost))
+            if fallback is not None and fallback.dram < best.dram(cost):
+                self._partial += 1
+                return fallback
             return SplitResult(
                 best.pieces,
                 [SplitStep(mask, culprits, "all pieces valid", tuple(best.pieces))],
                 best.dram(cost),
             )
         if self.lookahead_ops is None or mask.bit_count() <= self.lookahead_ops:
-            best = self._least_dram_cut(cuts)
+            best = self._least_dram_cut(cuts, limit)
+            if best is None:
+                if fallback is not None:
+                    self._partial += 1
+                return fallback
             return self._recurse(
                 best.pieces, SplitStep(mask, culprits, "least DRAM after splitting", tuple(best.pieces))
             )
@@ -429,24 +515,47 @@ class ExplainSplitter(Splitter):
         first = cuts[0]
         return self._recurse(first.pieces, SplitStep(mask, culprits, "best-scored edge", tuple(first.pieces)))
 
-    def _least_dram_cut(self, cuts: list[Cut]) -> Cut:
-        """The cut whose pieces, each split recursively (memoised), move the least DRAM.
+    def _least_dram_cut(self, cuts: list[Cut], limit: int | None = None) -> Cut | None:
+        """The cut whose pieces, each split recursively (memoised), move the least DRAM;
+        None when every cut provably moves ``limit`` bytes or more.
 
         Branch and bound: a piece moves at least its (W + In + Out) however it is
         split, so cuts are tried from the lowest such bound, at most ``branch`` of
         them, and the search stops at the first bound no better than the best total.
+        In a big group's search, a cut is dropped as soon as the splits of its first
+        pieces and the bounds of the rest reach the best total (or ``limit``), and each
+        piece is split with the cutoff that leaves it: what it would have to beat to
+        matter. A cut so dropped could not have won (ties keep the earlier cut), so the
+        cut chosen is the one a full evaluation of every tried cut would choose (the
+        plain search evaluates them in full: what it leaves unsplit would change which
+        groups later reach its node budget, so its plans would change).
         """
         cost = self.cost
-
-        def bound(c: Cut) -> int:
-            return sum(cost.piece_dram_bound(p) for p in c.pieces)
-
-        best, best_total = cuts[0], None
-        for lower, _, c in sorted((bound(c), k, c) for k, c in enumerate(cuts))[: self.branch]:
-            if best_total is not None and lower >= best_total:
+        bound = cost.piece_dram_bound
+        best, best_total = None, None
+        tried = sorted((sum(map(bound, c.pieces)), k, c) for k, c in enumerate(cuts))[: self.branch]
+        if not self._cutoffs:  # the plain search: every tried cut's pieces split in full
+            for lower, _, c in tried:
+                if best_total is not None and lower >= best_total:
+                    break
+                total = sum(self._bounded(p, None).dram for p in c.pieces)
+                if best_total is None or total < best_total:
+                    best, best_total = c, total
+            return best
+        for lower, _, c in tried:
+            cap = limit if best_total is None else best_total if limit is None else min(best_total, limit)
+            if cap is not None and lower >= cap:
                 break
-            total = sum(self.split(p).dram for p in c.pieces)
-            if best_total is None or total < best_total:
+            total, rest = 0, lower
+            for p in c.pieces:
+                rest -= bound(p)
+                result = self._bounded(p, None if cap is None else cap - total - rest)
+                if result is None:
+                    break
+                total += result.dram
+                if cap is not None and total + rest >= cap:
+                    break
+            else:
                 best, best_total = c, total
         return best
 

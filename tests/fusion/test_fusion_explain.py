@@ -230,3 +230,90 @@ def test_balance_from_closure_matrices_equals_the_member_product(seed, monkeypat
     with_matrices = explanations()
     monkeypatch.setattr(opgraph, "CLOSURE_MATRIX_OPS", 0)
     assert explanations() == with_matrices
+
+
+def _invalid_groups(fg, cost, seed, count=12):
+    """The whole graph and random convex groups of it that do not fit."""
+    rng = random.Random(seed)
+    groups = [fg.all_mask]
+    for _ in range(4 * count):
+        drop = fg.all_mask
+        for _ in range(rng.randrange(1, 6)):
+            drop &= ~(1 << rng.randrange(fg.n))
+        groups.extend(fg.convex_components(drop))
+    return list(dict.fromkeys(g for g in groups if not cost.valid(g)))[:count]
+
+
+def _full_split(cost, mask):
+    """The tree search with no node budget and no interval-DP bound: the split by definition."""
+    splitter = ExplainSplitter(cost, tree_nodes=10**9)
+    splitter.big_group_ops = fg_size = cost.fg.n
+    assert mask.bit_count() <= fg_size
+    return splitter.split(mask)
+
+
+@pytest.mark.parametrize("style", ["lbdf", "brr"])
+def test_tree_search_cutoff_refuses_only_splits_that_cannot_win(style):
+    """``_bounded(g, limit)`` (the tree search's cutoff) answers None only when the full split of
+    g moves at least ``limit`` bytes, and otherwise the full split itself, pieces and all."""
+    from fuser.fusion.cost import make_cost_model
+
+    refused = answered = 0
+    for seed in range(4):
+        fg = build_fusion_graph(random_dag(seed, 28))
+        cost = make_cost_model(fg, style, 2048)
+        for mask in _invalid_groups(fg, cost, seed, 8):
+            full = _full_split(cost, mask)
+            for limit in (full.dram - 1, full.dram, full.dram + 1, full.dram // 2, cost.lower_dram(mask)):
+                splitter = ExplainSplitter(cost, tree_nodes=10**9)
+                splitter._nodes_left, splitter._cutoffs = 10**9, True  # as in a big group's search
+                got = splitter._bounded(mask, limit)
+                if got is None:
+                    assert full.dram >= limit
+                    refused += 1
+                else:
+                    assert (got.dram, got.pieces) == (full.dram, full.pieces)
+                    answered += 1
+    assert refused and answered
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("style", ["lbdf", "brr"])
+def test_big_groups_move_no_more_than_their_interval_split_and_stay_legal(seed, style):
+    """A group over ``big_group_ops`` ops: interval DP bounds a smaller tree search, so its split
+    moves no more than the interval DP's (groups without unfusable ops: those are taken out
+    first, whatever the group's size), and a full search beats neither."""
+    from fuser.fusion.cost import make_cost_model
+
+    fg = build_fusion_graph(random_dag(seed, 40))
+    cost = make_cost_model(fg, style, 8192)
+    groups = [g for g in _invalid_groups(fg, cost, seed, 20) if not g & ~cost.fusable_mask]
+    assert len(groups) >= 10
+    for mask in groups:
+        big = ExplainSplitter(cost)
+        big.big_group_ops, big.big_tree_nodes = 0, 5
+        got = big.split(mask)
+        assert got.dram <= big.interval_split(mask).dram
+        unlimited = ExplainSplitter(cost)
+        unlimited.big_group_ops, unlimited.big_tree_nodes = 0, 10**9
+        assert unlimited.split(mask).dram <= min(big.interval_split(mask).dram, _full_split(cost, mask).dram)
+        assert got.dram == sum(cost.cost(p).dram_bytes for p in got.pieces)
+        assert sum(got.pieces) == mask and all(cost.valid(p) for p in got.pieces)
+        assert topological_groups(fg, got.pieces) is not None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_splits_found_past_the_node_budget_stay_in_their_search(seed):
+    """After big groups' searches that ran out of nodes, every split the splitter shares between
+    searches is the full split of its group, and asking again gives the same answer."""
+    fg = build_fusion_graph(random_dag(seed, 40))
+    cost = LBDF(fg, 2048)
+    splitter = ExplainSplitter(cost)
+    splitter.big_group_ops, splitter.big_tree_nodes = 0, 3
+    asked = _invalid_groups(fg, cost, seed)
+    answers = [splitter.split(g) for g in asked]
+    assert splitter._requested, "no search ran out of nodes: the test checks nothing"
+    for mask, result in splitter._memo.items():
+        full = _full_split(cost, mask)
+        assert (result.dram, result.pieces) == (full.dram, full.pieces)
+    assert [splitter.split(g) for g in asked] == answers
