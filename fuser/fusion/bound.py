@@ -78,7 +78,7 @@ MAX_BETWEEN_EDGES = 64  # convexity/read rows per edge pair up front; longer spa
 BLOCK_OPS = 40  # ops per block of the block bound: its blocks settle in seconds
 MAX_REACH = 16  # far neighbours a block's region may take in (``CutBound._reach_out``)
 MAX_SEEDS = 64  # covering sets grown per invalid component and round
-PRICE_ROUNDS = 12  # subgradient rounds of the block bound's prices (``price_blocks``)
+PRICE_ROUNDS = 20  # subgradient rounds of the block bound's prices (``price_blocks``)
 
 
 @dataclass
@@ -878,24 +878,30 @@ def price_blocks(
     if not shared:
         return lower_bytes
     price = dict.fromkeys(shared, 0)
-    best, theta = lower_bytes, 1.0
+    best, theta, failed = lower_bytes, 1.0, 0
+    direction: dict = {}
     upper = upper_bytes if upper_bytes is not None else int(lower_bytes * 1.05) + e
     for r in range(max_rounds):
         xs = [b.last_x for b in blocks]
         if any(x is None for x in xs):
             break
         grad = {key: round(xs[key[0]][key[2]]) - round(xs[key[1]][key[2]]) for key in shared}
-        norm = sum(g * g for g in grad.values())
-        if not norm or theta < 1 / 64:
+        if not any(grad.values()) or theta < 1 / 64:
             break  # the blocks agree on every shared edge: these prices are the best
+        # deflected: half the last direction added, which damps the zig-zag of plain steps
+        direction = {key: g + 0.5 * direction.get(key, 0) for key, g in grad.items()}
+        norm = sum(d * d for d in direction.values())
         step = theta * max(upper - best, e) / e / norm
         moved = set()
-        for key, g in grad.items():
-            if g:
-                price[key] += int(round(step * g)) or g
+        for key, d in direction.items():
+            delta = int(round(step * d))
+            if delta:
+                price[key] += delta
                 moved.update((key[0], key[1]))
-        for b in moved:
-            blocks[b].m.cost[:n_edges] = base[b]
+        if not moved:
+            break
+        for b in blocks:
+            b.m.cost[:n_edges] = base[blocks.index(b)]
         for (k, k2, i), lam in price.items():
             blocks[k].m.cost[i] += lam
             blocks[k2].m.cost[i] -= lam
@@ -908,9 +914,11 @@ def price_blocks(
         total = sum(b.last_bound for b in blocks)
         log.append(f"prices round {r + 1}: bound {total} B, θ {theta:g}, {len(moved)} blocks re-solved")
         if total > best:
-            best = total
-        else:
-            theta /= 2
+            best, failed = total, 0
+        else:  # θ halves after two rounds that do not raise the bound
+            failed += 1
+            if failed == 2:
+                theta, failed = theta / 2, 0
     return best
 
 

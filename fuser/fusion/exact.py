@@ -209,10 +209,11 @@ def optimum_and_plan(
       quarter for BRR on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a
       legal plan, else its certified lower bound;
     - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
-      BRR, a quarter for LBDF): the relaxation of runs of ``BLOCK_OPS`` ops solved apart and
-      summed, with the legal plan its blocks' plans make;
-    - the ILP over every valid group (the rest of the time): exact when solved, else
-      HiGHS's dual bound;
+      BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
+      the ILP): the relaxation of runs of ``BLOCK_OPS`` ops solved apart, summed and priced,
+      with the legal plan its blocks' plans make;
+    - the ILP over every valid group (the rest of the time, when there are at most 30,000):
+      exact when solved, else HiGHS's dual bound;
     - the trivial bound every plan pays, (W + In + Out)·e of the whole graph.
 
     Not exact, the gap printed is an upper bound on the true gap. A bound stopped by its
@@ -236,14 +237,18 @@ def optimum_and_plan(
         (cut.lower_bytes, "edge-cut MILP bound"),
     ]
     plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
+    candidates = valid_groups(cost, 30_000)  # None: too many for the ILP, whose time the blocks take
     if blocks:
-        block = block_bound(cost, time_limit / (2 if brr else 4))
+        share = time_limit / (2 if brr else 4)
+        if candidates is None:
+            share = time_limit - (time.perf_counter() - start)
+        block = block_bound(cost, share)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))
         plans.append((block.plan_bytes, block.plan, block.settled, "block edge-cut MILP"))
     left = time_limit - (time.perf_counter() - start)
-    exact = exact_optimum(cost, time_limit=left) if left > 1 else None
+    exact = ilp_optimum(cost, candidates, left) if left > 1 and candidates is not None else None
     if exact is not None and exact.optimal:
         return _proven(exact.dram_bytes, exact.method, exact.groups)
     if exact is not None:

