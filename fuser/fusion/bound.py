@@ -863,7 +863,8 @@ def price_blocks(
     cancel on it: Σ_blocks min(objective + prices) ≤ Σ_blocks (its terms) ≤ its DRAM, for every
     λ (integers here, so the blocks' rounding up stays sound). Blocks that disagree on e (one
     keeps it, one cuts it: a halo op put in two different groups) have it priced toward
-    agreement: λ_e += step·(z_e^A − z_e^B), step = θ·(upper − lower)/‖g‖² (Polyak), θ halved
+    agreement: λ_e += step·(z_e^A − z_e^B), step = θ·(upper − lower)/2/‖d‖² (Polyak aimed halfway
+    to the plan, d the subgradient plus half the last d), θ halved
     after a round that does not raise the bound. Rows found on the way stay (each holds for any
     plan); a block whose prices did not move keeps its bound."""
     start = time.perf_counter()
@@ -891,7 +892,7 @@ def price_blocks(
         # deflected: half the last direction added, which damps the zig-zag of plain steps
         direction = {key: g + 0.5 * direction.get(key, 0) for key, g in grad.items()}
         norm = sum(d * d for d in direction.values())
-        step = theta * max(upper - best, e) / e / norm
+        step = theta * max((upper - best) // 2, e) / e / norm  # aimed halfway to the plan
         moved = set()
         for key, d in direction.items():
             delta = int(round(step * d))
