@@ -781,7 +781,9 @@ def block_bound(
     kept: list[set[int]] = []  # per block: the edges its relaxation's last plan keeps uncut
     for k, (a, b) in enumerate(zip(starts, ends)):
         left = time_limit - (time.perf_counter() - start)
-        share = left / (len(starts) - k)
+        # up to half of what is left (all, for the last): a slow block early on settles, which
+        # the plan's adoption needs, and the fast ones after it leave time for the prices
+        share = left if k == len(starts) - 1 else left / 2
         relaxation = CutBound(cost, (a, b), halo, reads[k])
         res = relaxation.solve(share)
         relaxations.append(relaxation)
