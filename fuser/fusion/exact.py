@@ -193,7 +193,7 @@ def exact_optimum(
 def optimality_gap(cost: CostModel, dram_bytes: int, time_limit: float = 20.0) -> dict:
     """The proven bound on the least DRAM of any plan of valid groups, to judge a plan moving
     ``dram_bytes``: ``{"bytes", "exact", "method", "plan_bytes"}`` (``plan_bytes``: the least
-    DRAM of a legal plan met on the way, or None); see ``optimum_and_plan``."""
+    DRAM of a legal plan met on the way, a settled one first, or None); see ``optimum_and_plan``."""
     return optimum_and_plan(cost, dram_bytes, time_limit)[0]
 
 
@@ -259,7 +259,10 @@ def optimum_and_plan(
         bounds.append((exact.lower_bound, "ilp dual bound"))
     best, method = max(bounds, key=lambda b: b[0])
     plan_bytes, plan, settled, plan_from = min(
-        (p for p in plans if p[0]), key=lambda p: (p[0], not p[2]), default=(None, None, False, None)
+        # a settled plan first (only such a plan may be adopted), then the cheapest
+        (p for p in plans if p[0]),
+        key=lambda p: (not p[2], p[0]),
+        default=(None, None, False, None),
     )
     answer = {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}
     answer.update(plan_settled=settled, plan_from=plan_from)
