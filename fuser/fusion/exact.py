@@ -80,16 +80,17 @@ def chain_optimum(cost: CostModel) -> ExactResult:
     return ExactResult(best[n], groups[::-1], "chain-dp", True, considered)
 
 
-def valid_groups(cost: CostModel, max_candidates: int) -> list[int] | None:
-    """Every connected, convex, valid group (None past ``max_candidates``)."""
+def valid_groups(cost: CostModel, max_candidates: int, seconds: float | None = None) -> list[int] | None:
+    """Every connected, convex, valid group (None past ``max_candidates``, or ``seconds``)."""
     fg = cost.fg
+    deadline = None if seconds is None else time.perf_counter() + seconds
     anc, desc = fg.ancestors(), fg.descendants()
     found: list[int] = []
     budget = [max_candidates * 4]  # connected sets visited, convex or not
 
     def grow(sub: int, ext: int, around: int, above: int) -> bool:
         budget[0] -= 1
-        if budget[0] < 0:
+        if budget[0] < 0 or (deadline is not None and not budget[0] % 256 and time.perf_counter() > deadline):
             return False
         reach_down = reach_up = 0
         for i in bits(sub):
@@ -238,7 +239,9 @@ def optimum_and_plan(
         (cut.lower_bytes, "edge-cut MILP bound"),
     ]
     plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
-    candidates = valid_groups(cost, 30_000)  # None: too many for the ILP, whose time the blocks take
+    # None: too many for the ILP (or, beside the blocks, too slow to list: an eighth of the
+    # time), whose time the blocks then take
+    candidates = valid_groups(cost, 30_000, time_limit / 8 if blocks else None)
     if blocks:
         share = time_limit / (2 if brr else 4)
         if candidates is None:
