@@ -59,7 +59,8 @@ separated every round (not only once the whole solution is legal): fewer, slower
 Blocks (``block_bound``): on large graphs the whole relaxation's rounds grow slow; the same
 relaxation over runs of ``BLOCK_OPS`` ops of the topological order (each term of the
 objective counted in exactly one run) solves in seconds per run, and the runs' bounds add up
-to a bound of the whole (see ``block_bound``). ``merge_polish`` improves the plans met.
+to a bound of the whole (see ``block_bound``); Lagrangian prices on the edges two runs share
+raise that sum (``price_blocks``). ``merge_polish`` improves the plans met.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ from .plan import topological_groups
 
 MAX_BETWEEN_EDGES = 64  # convexity/read rows per edge pair up front; longer spans come lazily
 BLOCK_OPS = 40  # ops per block of the block bound: its blocks settle in seconds
+MAX_REACH = 16  # far neighbours a block's region may take in (``CutBound._reach_out``)
 MAX_SEEDS = 64  # covering sets grown per invalid component and round
+PRICE_ROUNDS = 20  # subgradient rounds of the block bound's prices (``price_blocks``)
 
 
 @dataclass
@@ -163,9 +166,13 @@ class CutBound:
         first, last = max(0, first - halo), min(fg.n, last + halo)
         self.block = ((1 << last) - 1) & ~((1 << first) - 1)
         self.whole = block is None or self.own == fg.all_mask
-        self.members = list(range(first, last))
+        if not self.whole:
+            self.block = self._reach_out(self.block)
+        self.members = bits(self.block)
         self.read_tensors = reads  # tensors whose reads this block counts (None: those it produces)
         self.last_plan: list[int] | None = None
+        self.last_x: np.ndarray | None = None  # the last round's solution
+        self.last_bound = 0  # the last ``solve``'s bound (bytes)
         self._seen_rows: set = set()
         self._reads: dict[int, tuple[int, list[int], list[int | None]]] = {}  # key -> (var, consumers, z)
         self._q: dict[int, int] = {}  # op -> q variable (BRR)
@@ -175,6 +182,24 @@ class CutBound:
         self._build()
 
     # ---- the static part ------------------------------------------------------------
+    def _reach_out(self, region: int) -> int:
+        """``region`` (a run of the topological order) grown by the neighbours of its own ops
+        beyond it, each while the region stays convex (every op on a path between two of its
+        ops in it): a long edge (a skip connection's far reader) then has a variable, and
+        every row over the region's edges still holds for any legal plan."""
+        up = down = 0
+        for i in bits(region):
+            up |= self.anc[i]
+            down |= self.desc[i]
+        around = 0
+        for i in bits(self.own):
+            around |= self.fg.nbr_mask(i)
+        for c in bits(around & ~region)[:MAX_REACH]:
+            grown = region | 1 << c
+            if not (up | self.anc[c]) & (down | self.desc[c]) & ~grown:
+                region, up, down = grown, up | self.anc[c], down | self.desc[c]
+        return region
+
     def _weight_shares(self) -> list[float]:
         fg = self.fg
         if not fg.shared_weights:
@@ -189,6 +214,24 @@ class CutBound:
         """Whether no valid group holds both ops (it would hold every op between them)."""
         return not self.cost.valid(self.between(a, b))
 
+    def _separate(self, a: int, b: int) -> bool:
+        """Whether no valid group holds both ops: one reaches the other and the ops between
+        them are invalid together (ops on no common path: maybe, so False)."""
+        if a > b:
+            a, b = b, a
+        return bool(self.desc[a] >> b & 1) and self._apart(a, b)
+
+    def _far_readers(self, far: list[int], apart_from: list[int]) -> int:
+        """At least this many groups read a tensor through the consumers ``far`` (beyond the
+        block) that are not the groups of the ops ``apart_from`` (its producer and the consumers
+        the block's rows count): the consumers in ``far`` that share no valid group with any
+        op of ``apart_from`` nor with each other (taken greedily in op order), one group each."""
+        taken: list[int] = []
+        for c in far:
+            if all(self._separate(c, o) for o in apart_from) and all(self._separate(c, o) for o in taken):
+                taken.append(c)
+        return len(taken)
+
     def between(self, a: int, b: int) -> int:
         """The ops on paths a ⇝ b (both ends included)."""
         return (self.desc[a] | 1 << a) & (self.anc[b] | 1 << b)
@@ -202,30 +245,31 @@ class CutBound:
                 users.setdefault(w, []).append(i)
         for w, ops in users.items():  # a shared weight is read by every group holding a user
             if own >> ops[0] & 1:  # counted once: in the block of its first user
-                ops = [i for i in ops if block >> i & 1]
-                self._add_reads(("w", w), fg.weight_numel_by_id[w], ops, [None] * len(ops))
+                self._add_outside_reads(("w", w), fg.weight_numel_by_id[w], ops)
         for t in range(len(fg.tensor_numel)):
             numel = fg.tensor_numel[t]
             consumers = bits(fg.tensor_consumer_mask[t])
             p = fg.tensor_producer[t]
             if p < 0:
                 if consumers and own >> consumers[0] & 1:  # counted in its first reader's block
-                    consumers = [c for c in consumers if block >> c & 1]
-                    self._add_reads(("t", t), numel, consumers, [None] * len(consumers))
+                    self._add_outside_reads(("t", t), numel, consumers)
                 continue
             write = own >> p & 1  # its write counts in its producer's block
             read = write if self.read_tensors is None else t in self.read_tensors
             if not (write or read):
                 continue  # counted in another block
-            if not block >> p & 1:  # made beyond the halo: read from DRAM by an op that can share
-                if any(own >> c & 1 and self._apart(p, c) for c in consumers):  # no group with it
-                    m.constant += numel
+            if not block >> p & 1:  # made beyond the halo: read from DRAM by the groups of its
+                if read:  # consumers that share no group with it (one each, when apart)
+                    m.constant += numel * self._far_readers(consumers, [p])
                 continue
             written = fg.tensor_is_output[t] or any(
                 not block >> c & 1 and self._apart(p, c) for c in consumers
             )  # (an op beyond the halo that can share no group with the producer reads it)
+            far = [c for c in consumers if not block >> c & 1]
             consumers = [c for c in consumers if block >> c & 1]
             zs = [self.z[(p, c)] for c in consumers]
+            if read and far:  # readers beyond the halo in groups of their own: read once each
+                m.constant += numel * self._far_readers(far, [p, *consumers])
             if not write:
                 pass
             elif written:
@@ -257,6 +301,13 @@ class CutBound:
             for i in bits(own):
                 if self._share[i] > 0:
                     self._q[i] = m.var(1.0)
+
+    def _add_outside_reads(self, key, numel: int, readers: list[int]) -> None:
+        """A graph input or shared weight: every group holding a reader reads it."""
+        near = [c for c in readers if self.block >> c & 1]
+        far = [c for c in readers if not self.block >> c & 1]
+        self.m.constant += numel * self._far_readers(far, near)
+        self._add_reads(key, numel, near, [None] * len(near))
 
     def _add_reads(self, key, numel: int, consumers: list[int], zs: list[int | None]) -> None:
         """r ≥ each consumer's cut, and the chain-run rows for consumers on one path."""
@@ -586,7 +637,7 @@ class CutBound:
                 lower = max(lower, bound)
             if res.x is None:
                 break
-            x = res.x
+            x = self.last_x = res.x
             uncut = [fg.edges[k] for k in range(len(fg.edges)) if x[k] < 0.5]
             groups = _components(fg.n, uncut, self.members)
             self._uncut = [[] for _ in range(fg.n)]
@@ -633,7 +684,7 @@ class CutBound:
                 settled = res.status == 0
                 break  # nothing left to separate: the bound stands
         exact = self.whole and best_dram is not None and best_dram <= lower
-        lower_bytes = best_dram * e if exact else int(np.floor(lower * e))
+        lower_bytes = self.last_bound = best_dram * e if exact else int(np.floor(lower * e))
         return BoundResult(
             lower_bytes,
             exact,
@@ -680,7 +731,11 @@ def block_cuts(fg, max_ops: int) -> list[int]:
 
 
 def block_bound(
-    cost: CostModel, time_limit: float = 20.0, max_ops: int = BLOCK_OPS, halo: int = 8
+    cost: CostModel,
+    time_limit: float = 20.0,
+    max_ops: int = BLOCK_OPS,
+    halo: int = 8,
+    price_rounds: int = PRICE_ROUNDS,
 ) -> BoundResult:
     """A certified lower bound from independent blocks: the op order cut into runs of at most
     ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
@@ -696,11 +751,17 @@ def block_bound(
     the "exactly this group" rows, is not written). Any legal plan, restricted to those
     edges, satisfies every block's rows, and its DRAM is at least the sum of the blocks' terms.
     So Σ_blocks (optimum, or dual bound) ≤ the least DRAM. Terms beyond a halo are dropped
-    (≥ 0); small blocks solve in seconds where the whole relaxation takes minutes.
+    (≥ 0), except a tensor's readers beyond the halo that provably share no group with its
+    producer or the readers the block sees (``_far_readers``: one read each); a block's region
+    also takes in its own ops' far neighbours while it stays convex (``_reach_out``), so every
+    row over its edges still holds. Small blocks solve in seconds where the whole relaxation
+    takes minutes. Then, while a plan is dearer than the sum, ``price_blocks`` raises it.
 
-    The plan: the cheaper of the blocks' plans cut down to their own ops, and the plan whose
-    groups follow each block's choice on its own edges (a crossing edge uncut when both
-    blocks leave it uncut), when that one is legal and valid."""
+    The plan (from the blocks as built, never the priced ones: it does not hang on how many
+    price rounds the time allows): the cheapest, merge-polished, of the blocks' plans cut down
+    to their own ops, the plan whose groups follow each block's choice on its own edges (a
+    crossing edge uncut when both blocks leave it uncut), and the blocks' plans stitched in
+    op order and in reverse (``stitch``), when legal and valid."""
     start = time.perf_counter()
     fg = cost.fg
     starts = block_cuts(fg, max_ops)
@@ -714,13 +775,18 @@ def block_bound(
         if p >= 0:
             reads[readers.pop() if len(readers) == 1 else block_of[p]].add(t)
     total, rounds, cuts, log, settled = 0, 0, 0, [], True
+    relaxations: list[CutBound] = []
     cut_down: list[int] | None = []
+    chosen_plans: list[list[int] | None] = []  # per block: its relaxation's plan
     kept: list[set[int]] = []  # per block: the edges its relaxation's last plan keeps uncut
     for k, (a, b) in enumerate(zip(starts, ends)):
         left = time_limit - (time.perf_counter() - start)
-        share = left / (len(starts) - k)
+        # up to half of what is left (all, for the last): a slow block early on settles, which
+        # the plan's adoption needs, and the fast ones after it leave time for the prices
+        share = left if k == len(starts) - 1 else left / 2
         relaxation = CutBound(cost, (a, b), halo, reads[k])
         res = relaxation.solve(share)
+        relaxations.append(relaxation)
         total += res.lower_bytes
         rounds += res.rounds
         cuts += res.cuts
@@ -731,6 +797,7 @@ def block_bound(
         )
         own = ((1 << b) - 1) & ~((1 << a) - 1)
         chosen = relaxation.last_plan or res.plan
+        chosen_plans.append(chosen)
         if cut_down is not None and chosen is not None:
             cut_down += [c for g in chosen if g & own for c in fg.components(g & own)]
         else:
@@ -742,8 +809,15 @@ def block_bound(
         (u, v) for k, (u, v) in enumerate(fg.edges) if k in kept[block_of[u]] and k in kept[block_of[v]]
     ]
     followed = _components(fg.n, uncut, range(fg.n))
+    candidates = [("cut down", cut_down), ("followed", followed)]
+    if all(chosen_plans):
+        owns = [((1 << b) - 1) & ~((1 << a) - 1) for a, b in zip(starts, ends)]
+        candidates += [
+            ("stitched forward", stitch(fg, chosen_plans, owns)),
+            ("stitched backward", stitch(fg, chosen_plans[::-1], owns[::-1])),
+        ]
     plan, plan_bytes = None, None
-    for name, candidate in (("cut down", cut_down), ("followed", followed)):
+    for name, candidate in candidates:
         if candidate is not None and all(cost.valid(g) for g in candidate):
             candidate = merge_polish(cost, candidate)
         if candidate is None or not all(cost.valid(g) for g in candidate):
@@ -756,6 +830,9 @@ def block_bound(
         log.append(f"{name} plan: {dram} B")
         if plan_bytes is None or dram < plan_bytes:
             plan, plan_bytes = candidate, dram
+    if plan_bytes is None or plan_bytes > total:  # the blocks' shared edges priced to agree
+        left = time_limit - (time.perf_counter() - start)
+        total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds)
     exact = plan_bytes is not None and plan_bytes <= total
     return BoundResult(
         plan_bytes if exact else total,
@@ -768,6 +845,101 @@ def block_bound(
         log,
         settled,
     )
+
+
+def price_blocks(
+    cost: CostModel,
+    blocks: list[CutBound],
+    lower_bytes: int,
+    upper_bytes: int | None,
+    time_limit: float,
+    log: list[str],
+    max_rounds: int = PRICE_ROUNDS,
+) -> int:
+    """The block bound raised by Lagrangian prices on the edges two blocks share (both hold
+    both ends: the halos' overlap): the best of ``lower_bytes`` (the blocks solved as built)
+    and the bounds of up to ``max_rounds`` rounds of subgradient steps within ``time_limit``.
+
+    Why it is a bound: for an edge e held by blocks A and B, any price λ_e adds λ_e·z_e to A's
+    objective and −λ_e·z_e to B's. A legal plan gives z_e the same value in both, so the prices
+    cancel on it: Σ_blocks min(objective + prices) ≤ Σ_blocks (its terms) ≤ its DRAM, for every
+    λ (integers here, so the blocks' rounding up stays sound). Blocks that disagree on e (one
+    keeps it, one cuts it: a halo op put in two different groups) have it priced toward
+    agreement: λ_e += step·(z_e^A − z_e^B), step = θ·(upper − lower)/2/‖d‖² (Polyak aimed halfway
+    to the plan, d the subgradient plus half the last d), θ halved
+    after a round that does not raise the bound. Rows found on the way stay (each holds for any
+    plan); a block whose prices did not move keeps its bound."""
+    start = time.perf_counter()
+    e = cost.element_bytes
+    n_edges = len(cost.fg.edges)
+    base = [list(b.m.cost[:n_edges]) for b in blocks]
+    shared = []  # (block, later block, edge)
+    for k, a in enumerate(blocks):
+        free = {i for i in range(n_edges) if a.m.lower[i] == 0}
+        for k2 in range(k + 1, len(blocks)):
+            shared += [(k, k2, i) for i in sorted(free) if blocks[k2].m.lower[i] == 0]
+    if not shared:
+        return lower_bytes
+    price = dict.fromkeys(shared, 0)
+    best, theta, failed = lower_bytes, 1.0, 0
+    direction: dict = {}
+    upper = upper_bytes if upper_bytes is not None else int(lower_bytes * 1.05) + e
+    for r in range(max_rounds):
+        xs = [b.last_x for b in blocks]
+        if any(x is None for x in xs):
+            break
+        grad = {key: round(xs[key[0]][key[2]]) - round(xs[key[1]][key[2]]) for key in shared}
+        if not any(grad.values()) or theta < 1 / 64:
+            break  # the blocks agree on every shared edge: these prices are the best
+        # deflected: half the last direction added, which damps the zig-zag of plain steps
+        direction = {key: g + 0.5 * direction.get(key, 0) for key, g in grad.items()}
+        norm = sum(d * d for d in direction.values())
+        step = theta * max((upper - best) // 2, e) / e / norm  # aimed halfway to the plan
+        moved = set()
+        for key, d in direction.items():
+            delta = int(round(step * d))
+            if delta:
+                price[key] += delta
+                moved.update((key[0], key[1]))
+        if not moved:
+            break
+        for b in blocks:
+            b.m.cost[:n_edges] = base[blocks.index(b)]
+        for (k, k2, i), lam in price.items():
+            blocks[k].m.cost[i] += lam
+            blocks[k2].m.cost[i] -= lam
+        for k in sorted(moved):
+            left = time_limit - (time.perf_counter() - start)
+            if left <= 0:
+                log.append(f"prices round {r + 1}: stopped by the time limit")
+                return best
+            blocks[k].solve(left / (len(moved) - sorted(moved).index(k)))
+        total = sum(b.last_bound for b in blocks)
+        log.append(f"prices round {r + 1}: bound {total} B, θ {theta:g}, {len(moved)} blocks re-solved")
+        if total > best:
+            best, failed = total, 0
+        else:  # θ halves after two rounds that do not raise the bound
+            failed += 1
+            if failed == 2:
+                theta, failed = theta / 2, 0
+    return best
+
+
+def stitch(fg, plans: list[list[int]], owns: list[int]) -> list[int]:
+    """One plan from the blocks' plans, taken in the order given: each block's groups that hold
+    its own ops, less the ops an earlier block placed, split into their connected pieces (a
+    group straddling a block's edge is kept whole by the block taken first). Every group is a
+    subset of a block's group, so valid when those are (F_β only grows with ops); whether the
+    plan is acyclic is for the caller to check."""
+    placed, groups = 0, []
+    for plan, own in zip(plans, owns):
+        for g in plan:
+            if g & own:
+                rest = g & ~placed
+                groups += fg.components(rest)
+                placed |= rest
+    groups += fg.components(fg.all_mask & ~placed) if fg.all_mask & ~placed else []
+    return groups
 
 
 def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:

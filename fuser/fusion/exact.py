@@ -80,16 +80,17 @@ def chain_optimum(cost: CostModel) -> ExactResult:
     return ExactResult(best[n], groups[::-1], "chain-dp", True, considered)
 
 
-def valid_groups(cost: CostModel, max_candidates: int) -> list[int] | None:
-    """Every connected, convex, valid group (None past ``max_candidates``)."""
+def valid_groups(cost: CostModel, max_candidates: int, seconds: float | None = None) -> list[int] | None:
+    """Every connected, convex, valid group (None past ``max_candidates``, or ``seconds``)."""
     fg = cost.fg
+    deadline = None if seconds is None else time.perf_counter() + seconds
     anc, desc = fg.ancestors(), fg.descendants()
     found: list[int] = []
     budget = [max_candidates * 4]  # connected sets visited, convex or not
 
     def grow(sub: int, ext: int, around: int, above: int) -> bool:
         budget[0] -= 1
-        if budget[0] < 0:
+        if budget[0] < 0 or (deadline is not None and not budget[0] % 256 and time.perf_counter() > deadline):
             return False
         reach_down = reach_up = 0
         for i in bits(sub):
@@ -193,7 +194,7 @@ def exact_optimum(
 def optimality_gap(cost: CostModel, dram_bytes: int, time_limit: float = 20.0) -> dict:
     """The proven bound on the least DRAM of any plan of valid groups, to judge a plan moving
     ``dram_bytes``: ``{"bytes", "exact", "method", "plan_bytes"}`` (``plan_bytes``: the least
-    DRAM of a legal plan met on the way, or None); see ``optimum_and_plan``."""
+    DRAM of a legal plan met on the way, a settled one first, or None); see ``optimum_and_plan``."""
     return optimum_and_plan(cost, dram_bytes, time_limit)[0]
 
 
@@ -209,10 +210,12 @@ def optimum_and_plan(
       quarter for BRR on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a
       legal plan, else its certified lower bound;
     - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
-      BRR, a quarter for LBDF): the relaxation of runs of ``BLOCK_OPS`` ops solved apart and
-      summed, with the legal plan its blocks' plans make;
-    - the ILP over every valid group (the rest of the time): exact when solved, else
-      HiGHS's dual bound;
+      BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
+      the ILP): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF,
+      whose blocks solve fast) solved apart, summed and priced,
+      with the legal plan its blocks' plans make;
+    - the ILP over every valid group (the rest of the time, when there are at most 30,000):
+      exact when solved, else HiGHS's dual bound;
     - the trivial bound every plan pays, (W + In + Out)·e of the whole graph.
 
     Not exact, the gap printed is an upper bound on the true gap. A bound stopped by its
@@ -236,14 +239,21 @@ def optimum_and_plan(
         (cut.lower_bytes, "edge-cut MILP bound"),
     ]
     plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
+    # None: too many for the ILP (or, beside the blocks, too slow to list: an eighth of the
+    # time), whose time the blocks then take
+    candidates = valid_groups(cost, 30_000, time_limit / 8 if blocks else None)
     if blocks:
-        block = block_bound(cost, time_limit / (2 if brr else 4))
+        share = time_limit / (2 if brr else 4)
+        if candidates is None:
+            share = time_limit - (time.perf_counter() - start)
+        # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
+        block = block_bound(cost, share, max_ops=BLOCK_OPS if brr else 2 * BLOCK_OPS)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))
         plans.append((block.plan_bytes, block.plan, block.settled, "block edge-cut MILP"))
     left = time_limit - (time.perf_counter() - start)
-    exact = exact_optimum(cost, time_limit=left) if left > 1 else None
+    exact = ilp_optimum(cost, candidates, left) if left > 1 and candidates is not None else None
     if exact is not None and exact.optimal:
         return _proven(exact.dram_bytes, exact.method, exact.groups)
     if exact is not None:
@@ -252,7 +262,10 @@ def optimum_and_plan(
         bounds.append((exact.lower_bound, "ilp dual bound"))
     best, method = max(bounds, key=lambda b: b[0])
     plan_bytes, plan, settled, plan_from = min(
-        (p for p in plans if p[0]), key=lambda p: (p[0], not p[2]), default=(None, None, False, None)
+        # a settled plan first (only such a plan may be adopted), then the cheapest
+        (p for p in plans if p[0]),
+        key=lambda p: (not p[2], p[0]),
+        default=(None, None, False, None),
     )
     answer = {"bytes": best, "exact": False, "method": method, "plan_bytes": plan_bytes}
     answer.update(plan_settled=settled, plan_from=plan_from)

@@ -89,6 +89,40 @@ def test_block_bound_is_below_the_optimum(seed, style, buffer, max_ops, halo):
     assert sorted(i for g in res.plan for i in bits(g)) == list(range(fg.n))
 
 
+PRICE_CASES = [
+    (seed, style, buffer)
+    for seed in range(4, 8)
+    for style, buffer in (("lbdf", 2500), ("brr", 2500), ("brr", 1000))
+]
+
+
+@pytest.mark.parametrize("seed,style,buffer", PRICE_CASES)
+def test_priced_block_bound_is_below_the_optimum(seed, style, buffer):
+    """Prices on the edges two blocks share (and far readers, regions grown along long edges)
+    only raise the block bound, and it stays at most the exact optimum."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=18))
+    cost = make_cost_model(fg, style, buffer)
+    best = exact_optimum(cost)
+    assert best.optimal
+    for max_ops, halo in ((4, 0), (5, 2), (6, 3)):
+        plain = block_bound(cost, time_limit=30, max_ops=max_ops, halo=halo, price_rounds=0)
+        priced = block_bound(cost, time_limit=30, max_ops=max_ops, halo=halo)
+        assert plain.settled and priced.settled
+        assert 0 < plain.lower_bytes <= priced.lower_bytes <= best.dram_bytes
+
+
+def test_prices_raise_the_block_bound():
+    """A case where the blocks, built apart, put halo ops in different groups: priced toward
+    agreement, their summed bound rises (12,556 B -> 14,607 B when written; the optimum is
+    17,240 B)."""
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    plain = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0)
+    priced = block_bound(cost, time_limit=30, max_ops=5, halo=2)
+    optimum = exact_optimum(cost).dram_bytes
+    assert plain.lower_bytes + (optimum - plain.lower_bytes) // 4 < priced.lower_bytes <= optimum
+
+
 @pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000)])
 def test_one_block_is_the_whole_relaxation(style, buffer):
     fg = build_fusion_graph(random_dag(1, n_ops=12))
