@@ -375,6 +375,20 @@ def test_an_activation_alone_in_a_group_passes_the_blocked_tensor_through():
     assert rel_err(got[0], want[0]) <= TOL
 
 
+def test_an_activation_group_whose_result_leaves_the_model_stays_plain():
+    """The same ReLU group as the model's output: its transform back cannot move out (main
+    returns it), so the group keeps its plain parameter rather than transforming inside."""
+    graph, x = conv_chain(widths=(16, 16))
+    owner = {n.name: i for i, n in enumerate(graph.nodes)}
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True)
+    relu = fused["fuser_group_1"]
+    assert [[int(d) for d in p.ty.shape] for p in relu.params] == [[1, 16, 12, 12]] * 2
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
 def test_depth_first_kernels_are_compiled_once_together(monkeypatch):
     """The compile check runs once for all depth-first kernels; per kernel only if it fails."""
     graph, x = conv_chain()
