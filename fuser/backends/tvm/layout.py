@@ -451,7 +451,10 @@ def _elementwise(expr, func) -> bool:
     if shape is None or len(shape) != 4:
         return False
     tensors = [a for a in expr.args if not (_constant(a) and len(a.ty.shape) == 0)]
-    if not tensors or not all(isinstance(a, relax.Var) and _dims(a) == _dims(expr) for a in tensors):
+    if not tensors or not all(
+        isinstance(a, relax.Var) and getattr(a.ty, "shape", None) is not None and _dims(a) == _dims(expr)
+        for a in tensors
+    ):
         return False
     return len(tensors) == 1 or all(any(a.same_as(p) for p in func.params) for a in tensors)
 
