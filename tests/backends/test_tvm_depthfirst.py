@@ -320,6 +320,75 @@ def test_plan_groups_pass_blocked_tensors_and_prepacked_weights(cut):
     assert rel_err(got[0], want[0]) <= TOL
 
 
+class ResidualAtCut(torch.nn.Module):
+    """y = ReLU(conv0(x)); a = conv1(y); ReLU(conv3(ReLU(conv2(a + y)))): cut before the add,
+    the first group returns two tensors (y, a) and the second starts with their sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = (torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(2))
+        self.c2, self.c3 = torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.c0(x))
+        return torch.relu(self.c3(torch.relu(self.c2(self.c1(y) + y))))
+
+
+def test_a_tuple_result_into_a_residual_add_stays_blocked_between_groups():
+    """Layout pass 3 on a group returning a tuple into a group starting with a residual add of
+    two plain tensors (MobileNetV2 at batch 8): both tensors cross blocked (5-D, 16 channels
+    as 16c), no layout_transform kernel between the groups, the same numbers as ORT."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 12, 12)
+    graph = fuser.optimize(ResidualAtCut().eval(), (x,)).graph
+    cut = [n.op for n in graph.nodes].index("Add")
+    owner = {n.name: int(i >= cut) for i, n in enumerate(graph.nodes)}
+    target = tb.make_target("llvm", threads=1)
+    mod = tb.to_relax(graph, owner)
+    assert isinstance(mod["fuser_group_0"].ret_ty, tvm.relax.TupleType)  # (y, a): the case itself
+    fused = tb.fuse(mod, target, planned=True)
+    assert tb.kernel_names(fused) == ["fuser_group_0", "fuser_group_1"]
+    first, second = (fused[k] for k in ("fuser_group_0", "fuser_group_1"))
+    outputs = [[int(d) for d in p.ty.shape] for p in first.params[-2:]]  # destination-passing
+    assert outputs == [[1, 1, 12, 12, 16]] * 2
+    assert [[int(d) for d in p.ty.shape] for p in second.params[:2]] == outputs
+    got = run_fused(graph, fused, target, x.numpy())
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_an_activation_alone_in_a_group_passes_the_blocked_tensor_through():
+    """A ReLU the plan put in a group of its own between two conv groups (MobileNetV2 at batch 8:
+    ReLU6 on 960 channels) takes and returns the blocked tensor: every tensor between the three
+    groups is 5-D, no layout_transform kernel, the same numbers as ORT."""
+    graph, x = conv_chain(widths=(16, 16, 16))
+    names = [n.name for n in graph.nodes]
+    assert [n.op for n in graph.nodes] == ["Conv", "Relu", "Conv", "Relu"]
+    owner = {n: min(i, 2) for i, n in enumerate(names)}
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True)
+    assert tb.kernel_names(fused) == ["fuser_group_0", "fuser_group_1", "fuser_group_2"]
+    relu = fused["fuser_group_1"]
+    assert [[int(d) for d in p.ty.shape] for p in relu.params] == [[1, 1, 12, 12, 16]] * 2
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_an_activation_group_whose_result_leaves_the_model_stays_plain():
+    """The same ReLU group as the model's output: its transform back cannot move out (main
+    returns it), so the group keeps its plain parameter rather than transforming inside."""
+    graph, x = conv_chain(widths=(16, 16))
+    owner = {n.name: i for i, n in enumerate(graph.nodes)}
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True)
+    relu = fused["fuser_group_1"]
+    assert [[int(d) for d in p.ty.shape] for p in relu.params] == [[1, 16, 12, 12]] * 2
+    got = run_fused(graph, fused, target, x)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
 def test_depth_first_kernels_are_compiled_once_together(monkeypatch):
     """The compile check runs once for all depth-first kernels; per kernel only if it fails."""
     graph, x = conv_chain()

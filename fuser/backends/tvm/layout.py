@@ -27,18 +27,32 @@ transformed once at build time.
    vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
    layout of their input.
 3. ``HoistLayoutsOutOfGroups``: plan groups (Primitive functions, converted one by one, so each
-   starts and ends in the plain layout) exchange blocked tensors. A parameter read only by one
-   ``layout_transform``, or given a constant by every call and read only by one op on it alone
-   (Gemm's transpose), takes that op's result instead: the op moves to the calls, where pass 4
+   starts and ends in the plain layout) exchange blocked tensors. A parameter read only by
+   ``layout_transform``s into one layout (one or several: ConvertLayout blocks a tensor once per
+   reader), or given a constant by every call and read only by one op on it alone (Gemm's
+   transpose), takes that op's result instead: the op moves to the calls, where pass 4
    prepacks a weight's layout and FoldConstant folds the rest. A function whose result is a
-   ``layout_transform`` of a blocked tensor back to plain returns the blocked tensor; the
-   transform moves to its calls. At a call, a transform that undoes the one its argument came
-   from (a group's blocked result into a group that blocks it the same way) is dropped: the
-   groups pass the blocked tensor; the transforms left in ``main`` are kernels of their own (at
-   the model's input and output, or between groups with different blocks). Groups sharing one
-   function (identical shapes) keep sharing it. Before it, ``TransformsBeforeEpilogues`` moves
-   a transform into the blocked layout above a ReLU/max/min by scalars that only it reads, so a
-   group starting with the previous conv's activation blocks its parameter directly.
+   ``layout_transform`` of a blocked tensor back to plain returns the blocked tensor; so does
+   each field of a result tuple that is one and that nothing else in the function reads (a
+   group with two outputs: MobileNetV2's residual sum and the next expansion); the transform
+   moves to its calls (to the ``TupleGetItem`` of a field). At a call, a transform that
+   undoes the one its argument came from (a group's blocked result into a group that blocks
+   it the same way) is dropped: the groups pass the blocked tensor. A result (field) or data
+   parameter moves only where every tensor crossing that boundary cancels so, and a tuple is
+   read only field by field; the transforms left in ``main`` are kernels of their own (at the
+   model's input and output, or between groups with different blocks). Groups sharing one
+   function (identical shapes) keep sharing it. Before it, ``TransformsBeforeEpilogues``
+   moves a transform into the blocked layout above an elementwise op of scalars and tensors
+   of its result's plain shape: a ReLU/max/min by scalars, or an add/subtract/multiply/max/min
+   of two or more tensors that are all parameters (a residual add at a group's start), each
+   tensor blocked on its own, repeated up a chain, so a group starting with the previous
+   conv's activation or with a residual sum blocks its parameters directly. The op's plain
+   result may have one other reader, the function's result tuple, which then reads the
+   inverse transform of the blocked op (a field this pass sinks). A group that is only an
+   elementwise chain on one tensor (a ReLU6 the plan put alone: MobileNetV2's 960-channel
+   stage at batch 8), every call of which takes a result this pass can sink, in one block,
+   runs on that block (a transform in, the chain, a transform back), and keeps it only if both
+   transforms move out.
 4. ``PrepackWeights``: each ``layout_transform`` of a constant is done here, once, in numpy
    (the index map evaluated on index grids). FoldConstant would compile one TIR function per
    weight: most of the build time of a 150-conv model.
@@ -284,17 +298,20 @@ def _primitive(func) -> bool:
 
 
 def _boundaries(mod, callers: dict) -> tuple[dict, dict]:
-    """(function name -> {parameter index: binding to hoist}, function name -> result binding to
-    sink): weights' ops always; a layout_transform of a data parameter or of a result only where
+    """(function name -> {parameter index: binding to hoist}, function name -> {result field:
+    binding to sink}): weights' ops always; a layout_transform of a data parameter or of a result only where
     every tensor crossing that boundary goes from a sunk result straight into a hoisted
     parameter that undoes it, so no transform is left in ``main`` (plan groups stay exactly the
     kernels), found by dropping what fails until nothing changes."""
     prim = {gv.name_hint: f for gv, f in mod.functions_items() if _primitive(f)}
     hoists = {n: _hoistable(f, callers.get(n, [])) for n, f in prim.items()}
-    results = {n: _blocked_result(f) for n, f in prim.items() if callers.get(n)}
-    results = {n: b for n, b in results.items() if b is not None}
-    produced: list = []  # (var in a caller, the group whose call it is bound to)
+    results = {n: _blocked_results(f) for n, f in prim.items() if callers.get(n)}
+    produced: list = []  # (var in a caller, the group whose call it is bound to, result field)
     uses: list = []  # (var, (group, parameter index) or None for any other use)
+
+    def producer(var):
+        return next(((n, f) for v, n, f in produced if v.same_as(var)), None)
+
     for func in mod.functions.values():
         if not isinstance(func, relax.Function) or _primitive(func):
             continue
@@ -306,34 +323,38 @@ def _boundaries(mod, callers: dict) -> tuple[dict, dict]:
                     and isinstance(v.op, tvm.ir.GlobalVar)
                     and v.op.name_hint in prim
                 ):
-                    produced.append((b.var, v.op.name_hint))
+                    produced.append((b.var, v.op.name_hint, None))
                     uses += [
                         (a, (v.op.name_hint, i)) for i, a in enumerate(v.args) if isinstance(a, relax.Var)
                     ]
+                elif isinstance(v, relax.TupleGetItem) and producer(v.tuple_value) is not None:
+                    produced.append((b.var, producer(v.tuple_value)[0], int(v.index)))
                 else:
                     uses += [(a, None) for a in _vars(v)]
         uses += [(a, None) for a in _vars(func.body.body)]
 
-    def producer(var):
-        return next((n for v, n in produced if v.same_as(var)), None)
-
     def cancels(group, i, var) -> bool:
-        b, src = hoists.get(group, {}).get(i), producer(var)
+        b, (src, field) = hoists.get(group, {}).get(i), producer(var) or (None, None)
+        sunk = results.get(src, {}).get(field)
         return (
             b is not None
-            and src in results
+            and sunk is not None
             and _is_layout_transform(b.value)
-            and _undoes(b.value.attrs.index_map, b.var.ty, results[src].value)
+            and _undoes(b.value.attrs.index_map, b.var.ty, sunk.value)
         )
 
     changed = True
     while changed:
         changed = False
-        for name in list(results):
-            mine = [v for v, n in produced if n == name]
-            if not all(u is not None and cancels(*u, v) for v, u in uses if any(v.same_as(m) for m in mine)):
-                del results[name]
-                changed = True
+        for name, fields in results.items():
+            for field in list(fields):
+                # a tuple's fields: the tuple itself may be read only through TupleGetItem
+                mine = [v for v, n, f in produced if n == name and f in (field, None)]
+                if not all(
+                    u is not None and cancels(*u, v) for v, u in uses if any(v.same_as(m) for m in mine)
+                ):
+                    del fields[field]
+                    changed = True
         for name, hoisted in hoists.items():
             for i in list(hoisted):
                 calls = callers.get(name, [])
@@ -354,16 +375,30 @@ def _is_layout_transform(expr) -> bool:
     )
 
 
-def _blocked_result(func):
-    """The binding of a Primitive function's result when it is a layout_transform of a blocked
-    (5-D) tensor back to a plain one, else None."""
-    result = func.body.body
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if b.var.same_as(result) and _is_layout_transform(b.value):
-                shape = getattr(b.value.args[0].ty, "shape", None)
-                return b if shape is not None and len(shape) == 5 else None
-    return None
+def _blocked_results(func) -> dict:
+    """Result field (None: the whole result) -> its binding, for each that is a layout_transform
+    of a blocked (5-D) tensor back to a plain one: the result, or fields of a result tuple
+    that nothing else in the function reads."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+
+    def bound(var):
+        return next((b for b in bindings if b.var.same_as(var)), None)
+
+    def blocked(b) -> bool:
+        shape = getattr(b.value.args[0].ty, "shape", None) if b and _is_layout_transform(b.value) else None
+        return shape is not None and len(shape) == 5
+
+    whole = bound(func.body.body)
+    if blocked(whole):
+        return {None: whole}
+    if whole is None or not isinstance(whole.value, relax.Tuple):
+        return {}
+    fields = list(whole.value.fields)
+    return {
+        k: bound(f)
+        for k, f in enumerate(fields)
+        if blocked(bound(f)) and len(_readers(func, f)) == 1 and sum(g.same_as(f) for g in fields) == 1
+    }
 
 
 def _undoes(index_map, result_ty, inner) -> bool:
@@ -395,66 +430,98 @@ def _constant(expr) -> bool:
     return isinstance(expr, tvm.ir.expr.Constant) and isinstance(getattr(expr, "ty", None), relax.TensorType)
 
 
-UNARY_EPILOGUE = ("relax.maximum", "relax.minimum", "relax.nn.relu")
+ELEMENTWISE = (
+    "relax.maximum",
+    "relax.minimum",
+    "relax.nn.relu",
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+)
 
 
-def _scalar_epilogue(expr) -> bool:
-    """An elementwise op of one tensor and scalar constants (ReLU, ReLU6 as max/min): it
-    commutes with any layout_transform."""
-    return (
-        isinstance(expr, relax.Call)
-        and isinstance(expr.op, tvm.ir.Op)
-        and expr.op.name in UNARY_EPILOGUE
-        and isinstance(expr.args[0], relax.Var)
-        and all(_constant(a) and len(a.ty.shape) == 0 for a in expr.args[1:])
-    )
+def _elementwise(expr, func) -> bool:
+    """An elementwise op whose arguments are scalar constants and tensors of its result's
+    plain 4-D shape, at least one: it commutes with any layout_transform. A tensor of two or
+    more must be a parameter of ``func`` (a residual add at a group's start), so the blocked
+    copies it needs are hoisted to the calls, not left in the group."""
+    if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in ELEMENTWISE):
+        return False
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or len(shape) != 4:
+        return False
+    tensors = [a for a in expr.args if not (_constant(a) and len(a.ty.shape) == 0)]
+    if not tensors or not all(
+        isinstance(a, relax.Var) and getattr(a.ty, "shape", None) is not None and _dims(a) == _dims(expr)
+        for a in tensors
+    ):
+        return False
+    return len(tensors) == 1 or all(any(a.same_as(p) for p in func.params) for a in tensors)
 
 
 def transforms_before_epilogues():
-    """Module pass: in a Primitive function, ``layout_transform(op(x, scalars))`` where the op's
-    result has no other reader becomes ``op(layout_transform(x), scalars)``, repeated: a group
-    that starts with the previous conv's activation (MobileNetV2 at batch 8: ReLU6, then a 1x1
-    conv) then blocks its parameter itself, which pass 3 can hoist."""
+    """Module pass: in a Primitive function, ``layout_transform(op(x, ...))`` into the blocked
+    layout, for an elementwise op (``_elementwise``), becomes ``op(layout_transform(x), ...)``,
+    repeated: a group that starts with the previous conv's activation (MobileNetV2 at batch 8:
+    ReLU6, then a 1x1 conv) or with a residual add of two plain parameters then blocks its
+    parameters itself, which pass 3 can hoist. Where the op's plain result has other readers
+    (only the function's result: MobileNetV2's residual sum, returned for the next block's
+    skip) they read the inverse transform of the blocked one, a result pass 3 can sink."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Swap(PyExprMutator):
-        def __init__(self, moved: list):  # epilogue bindings to emit after their transform
+        def __init__(self, src, lts: list, others: bool):  # op binding, its transforms into a layout
             super().__init__()
-            self.moved = moved
+            self.src, self.lts, self.others = src, lts, others
 
         def visit_var_binding_(self, binding):
-            if any(binding.same_as(m) for m, _ in self.moved):
-                return  # emitted below, after the transform of its input
-            lt = next((t for m, t in self.moved if t.same_as(binding)), None)
-            if lt is None:
+            if any(binding.same_as(t) for t in self.lts):
+                return  # its readers read the blocked op (remapped below)
+            if not binding.same_as(self.src):
                 return super().visit_var_binding_(binding)
-            epilogue = next(m for m, t in self.moved if t.same_as(binding)).value
-            blocked = self.builder_.emit(_apply(lt.value, self.visit_expr(epilogue.args[0])))
-            value = relax.Call(epilogue.op, [blocked, *epilogue.args[1:]], epilogue.attrs, epilogue.ty_args)
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+            src, lts = self.src, self.lts
+            lt, op = lts[0].value, src.value
+            args = [
+                a if _constant(a) else self.builder_.emit(_apply(lt, self.visit_expr(a))) for a in op.args
+            ]
+            blocked = self.builder_.emit(relax.Call(op.op, args, op.attrs, op.ty_args))
+            for t in lts:
+                self.set_var_remap(t.var, blocked)
+            if self.others:
+                back = lt.attrs.index_map.inverse(list(src.var.ty.shape))
+                plain = self.builder_.normalize(relax.op.layout_transform(blocked, back))
+                self.builder_.emit_normalized(relax.VarBinding(src.var, plain))
 
     def moves(func) -> list:
         bindings = [b for block in func.body.blocks for b in block.bindings]
         out = []
-        for b in bindings:
-            if not _is_layout_transform(b.value) or not isinstance(b.value.args[0], relax.Var):
+        for src in bindings:
+            if not _elementwise(src.value, func):
                 continue
-            if len(b.value.args[0].ty.shape) != 4 or len(b.var.ty.shape) != 5:
-                continue  # only a transform into the blocked layout moves up, towards a parameter
-            src = next((e for e in bindings if e.var.same_as(b.value.args[0])), None)
-            if src is not None and _scalar_epilogue(src.value) and len(_readers(func, src.var)) == 1:
-                out.append((src, b))
+            readers = _readers(func, src.var)
+            lts = [
+                b
+                for b in readers
+                if _is_layout_transform(b.value)
+                and len(b.var.ty.shape) == 5
+                and b.value.args[0].same_as(src.var)
+            ]
+            lts = [b for b in lts if b.value.attrs.index_map.is_equivalent_to(lts[0].value.attrs.index_map)]
+            others = [b for b in readers if not any(b.same_as(t) for t in lts)]
+            returned = src.var.same_as(func.body.body)  # its plain value stays the result
+            if lts and all(_returns_only(func, b) for b in others):
+                out.append((src, lts, bool(others) or returned))
         return out
 
     @tvm.transform.module_pass(opt_level=0, name="TransformsBeforeEpilogues")
     def _pass(mod, _ctx):
-        for _ in range(4):  # one op per round: ReLU6 is two
+        for _ in range(16):  # one op per function and round: bindings change under the next
             changed = False
             for gv, func in list(mod.functions_items()):
                 moved = moves(func) if _primitive(func) else []
-                if moved:
-                    new = _Swap(moved).visit_expr(func)
+                for src, lts, others in moved[:1]:
+                    new = _Swap(src, lts, others).visit_expr(func)
                     mod[gv] = relax.Function(new.params, new.body, func.ret_ty, func.is_pure, func.attrs)
                     changed = True
             if not changed:
@@ -464,21 +531,94 @@ def transforms_before_epilogues():
     return _pass
 
 
+def _returns_only(func, binding) -> bool:
+    """Whether ``binding`` is the function's result tuple (its value only returned)."""
+    return binding.var.same_as(func.body.body) and isinstance(binding.value, relax.Tuple)
+
+
+def _elementwise_group(func):
+    """The tensor parameter of a Primitive function that is only an elementwise chain on it
+    (a ReLU6 the plan put in a group of its own: MobileNetV2 at batch 8), else None."""
+    tensors = [p for p in func.params if len(getattr(p.ty, "shape", None) or []) == 4]
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    if len(tensors) != 1 or not bindings or not isinstance(func.body.body, relax.Var):
+        return None
+    for b in bindings:
+        if not isinstance(b.value, relax.Var) and not (
+            _elementwise(b.value, func) and sum(isinstance(a, relax.Var) for a in b.value.args) == 1
+        ):
+            return None
+    return tensors[0] if _dims(func.body.body) == _dims(tensors[0]) else None
+
+
+def _blocked_chain(func, param, block: int):
+    """``func`` on ``param`` in NCHW{block}c (ConvertLayout's index map), its result
+    transformed back: the transforms pass 3 can move to the calls."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Blocked(PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if not self.started:
+                self.started = True
+                into = relax.op.layout_transform(param, lambda n, c, h, w: (n, c // block, h, w, c % block))
+                self.set_var_remap(param, self.builder_.emit(into))
+            if not binding.var.same_as(func.body.body):
+                return super().visit_var_binding_(binding)
+            blocked = self.builder_.emit(self.visit_expr(binding.value))
+            back = relax.op.layout_transform(blocked, lambda n, o, h, w, i: (n, o * block + i, h, w))
+            plain = self.builder_.normalize(back)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, plain))
+
+    mutator_ = _Blocked()
+    mutator_.started = False
+    new = mutator_.visit_expr(func)
+    return relax.Function(new.params, new.body, func.ret_ty, func.is_pure, func.attrs)
+
+
+def _block_elementwise_groups(mod, callers: dict) -> tuple:
+    """(the module with every elementwise-only group whose calls all take a blocked group
+    result of one layout rewritten by ``_blocked_chain``, {name: original function})."""
+    bound = {}
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and not _primitive(func):
+            bound.update({b.var: b.value for block in func.body.blocks for b in block.bindings})
+    originals = {}
+    for gv, func in list(mod.functions_items()):
+        param = _elementwise_group(func) if _primitive(func) else None
+        if param is None or not callers.get(gv.name_hint):
+            continue
+        index = next(i for i, p in enumerate(func.params) if p.same_as(param))
+        blocks = []
+        for call in callers[gv.name_hint]:
+            src = bound.get(call.args[index])
+            if not (isinstance(src, relax.Call) and isinstance(src.op, tvm.ir.GlobalVar)):
+                break
+            result = _blocked_results(mod[src.op]).get(None) if _primitive(mod[src.op]) else None
+            if result is None:
+                break
+            blocks.append(int(result.value.args[0].ty.shape[4]))
+        if len(blocks) == len(callers[gv.name_hint]) and len(set(blocks)) == 1:
+            originals[gv] = func
+            mod[gv] = _blocked_chain(func, param, blocks[0])
+    return mod, originals
+
+
 def hoist_group_layouts():
     """Pass 3 (module doc)."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Body(PyExprMutator):
-        def __init__(self, hoisted: dict, result):  # binding var -> the new parameter
+        def __init__(self, hoisted: dict, results: list):  # binding var -> the new parameter
             super().__init__()
-            self.hoisted, self.result = hoisted, result
+            self.hoisted, self.results = hoisted, results
 
         def visit_var_binding_(self, binding):
             new = next((p for v, p in self.hoisted.items() if v.same_as(binding.var)), None)
             if new is not None:
                 self.set_var_remap(binding.var, new)
-            elif binding.same_as(self.result):  # return the blocked tensor itself
+            elif any(binding.same_as(r) for r in self.results):  # return the blocked tensor itself
                 value = self.visit_expr(binding.value.args[0])
                 out = relax.Var(binding.var.name, value.ty)
                 self.builder_.emit_normalized(relax.VarBinding(out, value))
@@ -506,25 +646,45 @@ def hoist_group_layouts():
                 else:
                     args[i] = _apply(b.value, args[i])
             out = relax.Call(gv, args)
-            return out if result is None else _apply(result.value, out)
+            return out if None not in result else _apply(result[None].value, out)
+
+        def visit_tuple_getitem_(self, op):
+            op = self.visit_expr_post_order(op)
+            call = self.lookup_binding(op.tuple_value) if isinstance(op.tuple_value, relax.Var) else None
+            if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
+                sunk = self.moved.get(call.op.name_hint, (None, None, {}))[2].get(int(op.index))
+                if sunk is not None:  # the field is blocked now: its transform moves here
+                    return _apply(sunk.value, op)
+            return op
 
     @tvm.transform.module_pass(opt_level=0, name="HoistLayoutsOutOfGroups")
     def _pass(mod, _ctx):
         callers = _callers(mod)
-        hoists, results = _boundaries(mod, callers)
+        mod, blocked = _block_elementwise_groups(mod, callers)
+        while True:  # an elementwise group stays blocked only if both its transforms move out
+            hoists, results = _boundaries(mod, callers)
+            undo = [
+                gv
+                for gv in blocked
+                if not (hoists.get(gv.name_hint) and None in results.get(gv.name_hint, {}))
+            ]
+            for gv in undo:
+                mod[gv] = blocked.pop(gv)
+            if not undo:
+                break
         funcs, moved = {}, {}
         for gv, func in mod.functions_items():
             if not _primitive(func):
                 continue
-            hoisted, result = hoists.get(gv.name_hint, {}), results.get(gv.name_hint)
-            if not hoisted and result is None:
+            hoisted, result = hoists.get(gv.name_hint, {}), results.get(gv.name_hint, {})
+            if not hoisted and not result:
                 continue
             params = list(func.params)
             for i, b in hoisted.items():
                 params[i] = relax.Var(params[i].name, b.var.ty)
             readers = {b.var: params[i] for i in hoisted for b in _readers(func, func.params[i])}
-            body = _Body(readers, result).visit_expr(func.body)
-            ret = func.ret_ty if result is None else result.value.args[0].ty
+            body = _Body(readers, list(result.values())).visit_expr(func.body)
+            ret = body.body.ty if result else func.ret_ty
             funcs[gv] = relax.Function(params, body, ret, func.is_pure, func.attrs)
             new = tvm.ir.GlobalVar(gv.name_hint)
             tvm.get_global_func("relax.UpdateType")(new, funcs[gv].ty)  # callers type-check on it
