@@ -240,6 +240,19 @@ def tile_epilogue(sch, loops, lanes: int) -> None:
         sch.unroll(lp)
 
 
+def inline_else_at_root(sch, blocks: list, facts: CpuFacts) -> None:
+    """Each of ``blocks`` but the last inlined into its consumers where it can be (read twice
+    or not elementwise: it stays at root); what stays at root, the last always, is
+    vectorized and parallel."""
+    for b in blocks[:-1]:
+        try:
+            sch.compute_inline(b)
+        except tvm.s_tir.ScheduleError:
+            parallel_vectorized(sch, b, facts)
+    if blocks:
+        parallel_vectorized(sch, blocks[-1], facts)
+
+
 def is_concat(sch, block) -> bool:
     """A spatial block selecting between two or more tensors (a concat; a pad selects
     between one tensor and a constant)."""
@@ -253,20 +266,13 @@ def inline_around(sch, red, facts: CpuFacts):
     last block (the epilogue), ``red`` accumulating in a local buffer, producers (pad,
     elementwise inputs) inlined into each other and the last one scheduled at root.
     Returns the epilogue block."""
-    ScheduleError = tvm.s_tir.ScheduleError
     pre, post = split_around(sch, red)
     # a concat computed per register tile would cover only the tile's own channels: the
     # other inputs' part is never written (YOLOv8n's C2f concat read garbage, NaN). The
     # epilogue stops before it; the concat and what follows run at root
     cut = next((i for i, b in enumerate(post) if is_concat(sch, b)), len(post))
-    post, after = post[:cut], post[cut:]
-    for b in after[:-1]:
-        try:
-            sch.compute_inline(b)
-        except ScheduleError:
-            parallel_vectorized(sch, b, facts)
-    if after:
-        parallel_vectorized(sch, after[-1], facts)
+    inline_else_at_root(sch, post[cut:], facts)
+    post = post[:cut]
     for b in post[:-1]:
         sch.compute_inline(b)
     if post:
@@ -274,11 +280,5 @@ def inline_around(sch, red, facts: CpuFacts):
         sch.set_scope(red, 0, "local")
     else:
         epilogue = sch.cache_write(red, 0, "local")
-    for b in pre[:-1]:
-        try:
-            sch.compute_inline(b)
-        except ScheduleError:  # read twice or not elementwise: at root
-            parallel_vectorized(sch, b, facts)
-    if pre:
-        parallel_vectorized(sch, pre[-1], facts)
+    inline_else_at_root(sch, pre, facts)
     return epilogue

@@ -5,8 +5,7 @@ fused and parallel and its innermost loop vectorized where a power of two divide
 
 from __future__ import annotations
 
-from ..common import tvm
-from .common import cpu_facts, iter_kinds, parallel_vectorized, root_blocks
+from .common import cpu_facts, inline_else_at_root, iter_kinds, root_blocks
 
 NAME = "injective"
 TUNABLE = False
@@ -16,11 +15,5 @@ def apply(sch, target, tunable: bool = False) -> bool:
     blocks = root_blocks(sch)
     if not blocks or any(set(iter_kinds(sch, b)) - {"S"} for b in blocks):
         return False
-    facts = cpu_facts(target)
-    for b in blocks[:-1]:
-        try:
-            sch.compute_inline(b)
-        except tvm.s_tir.ScheduleError:
-            parallel_vectorized(sch, b, facts)
-    parallel_vectorized(sch, blocks[-1], facts)
+    inline_else_at_root(sch, blocks, cpu_facts(target))
     return True
