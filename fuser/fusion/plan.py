@@ -231,6 +231,9 @@ class Plan:
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
     ``optimum``: the proven bound on the least DRAM of any plan, when computed
     (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method", "plan_bytes"}``.
+    ``images``: the batch, when the plan was made for one image of it (every byte count above
+    is then one image's: ``fuser.fusion.opgraph.build_fusion_graph``); ``batch_dram_bytes``:
+    what the whole batch moves. JSON: both only when ``images`` > 1.
     ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
@@ -247,6 +250,8 @@ class Plan:
     search: dict = field(default_factory=dict)
     pareto: list[dict] = field(default_factory=list)
     optimum: dict | None = None
+    images: int = 1
+    batch_dram_bytes: int | None = None
 
     @property
     def dram_ratio(self) -> float:
@@ -275,6 +280,8 @@ class Plan:
         )
         if search.get("search"):
             text += f"; {search['search']} search, {search.get('split')} split"
+        if self.images > 1:
+            text += f"; per image of {self.images}, the batch moves {self.batch_dram_bytes:,} B"
         if self.gap is not None:
             kind = "optimal" if self.optimum["exact"] else "a lower bound"
             text += f"; within {100 * self.gap:.1f}% of {kind}"
@@ -287,6 +294,8 @@ class Plan:
         d["groups"] = [g.to_dict() for g in self.groups]
         if self.optimum is None:
             del d["optimum"]
+        if self.images == 1:
+            del d["images"], d["batch_dram_bytes"]
         return d
 
     def to_json(self) -> str:
