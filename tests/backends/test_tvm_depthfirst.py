@@ -477,7 +477,7 @@ def test_a_register_tiles_epilogue_is_computed_in_its_write_back():
     }
     assert writers[func.params[-1].name].endswith("_local"), writers  # the add, in the project's write-back
     assert not any(name.startswith("T_add") for name in writers.values()), writers
-    dw_write_back = next(name for name in writers.values() if name.startswith("depthwise") and name.endswith("_local"))
+    dw_write_back = next(n for n in writers.values() if n.startswith("depthwise") and n.endswith("_local"))
     assert any(buf.startswith("T_minimum") and w == dw_write_back for buf, w in writers.items()), writers
     got = run_fused(graph, fused, target, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
