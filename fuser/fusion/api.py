@@ -40,6 +40,7 @@ def group_report(cost: CostModel, mask: int) -> PlanGroup:
         input_bytes=c.input_bytes,
         output_bytes=c.output_bytes,
         tiles=c.tiles if cost.name == "brr" else None,
+        batch_dram_bytes=cost.batch_dram(c) if cost.fg.images > 1 else None,
     )
 
 
@@ -63,7 +64,7 @@ def build_plan(
     )
     if fg.images > 1:
         plan.images = fg.images
-        plan.batch_dram_bytes = sum(cost.batch_dram(cost.cost(g)) for g in best.groups)
+        plan.batch_dram_bytes = sum(g.batch_dram_bytes for g in plan.groups)
     return plan
 
 

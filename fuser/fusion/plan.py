@@ -196,7 +196,9 @@ class PlanGroup:
     """One fusion group of a plan: its ops (names, topological order) and costs (bytes).
 
     ``buffer_bytes`` is F_β, ``dram_bytes`` F_D (see ``fuser.fusion.cost``); ``tiles``:
-    BRR's row tiles (None under LBDF). JSON: the same keys, ``tiles`` only when set.
+    BRR's row tiles (None under LBDF); ``batch_dram_bytes``: F_D of the whole batch when the
+    plan was made for one image of it (``Plan.images``). JSON: the same keys, ``tiles`` and
+    ``batch_dram_bytes`` only when set.
     """
 
     ops: list[str]
@@ -209,11 +211,13 @@ class PlanGroup:
     input_bytes: int = 0
     output_bytes: int = 0
     tiles: int | None = None
+    batch_dram_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.tiles is None:
-            del d["tiles"]
+        for key in ("tiles", "batch_dram_bytes"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod

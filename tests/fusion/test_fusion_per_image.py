@@ -47,6 +47,8 @@ def test_a_plan_for_one_image_fuses_what_the_whole_batch_plan_must_split():
     assert per_image.op_groups == one.op_groups == [["conv1", "relu", "conv2"]]
     assert per_image.dram_bytes == one.dram_bytes == W1 + W2 + X + Y
     assert (per_image.images, per_image.batch_dram_bytes) == (8, W1 + W2 + 8 * (X + Y))
+    assert [g.batch_dram_bytes for g in per_image.groups] == [W1 + W2 + 8 * (X + Y)]
+    assert one.groups[0].batch_dram_bytes is None and "batch_dram_bytes" not in one.to_dict()["groups"][0]
     assert len(whole.op_groups) > 1 and whole.images == 1
     assert "images" in per_image.to_dict() and "images" not in one.to_dict()  # batch-1 JSON unchanged
     assert "per image of 8, the batch moves" in str(per_image)
