@@ -1,8 +1,10 @@
 """Predicted against measured DRAM traffic: each fusion plan's cost model next to the bytes its
 depth-first TVM build moves on a simulated cache (valgrind cachegrind), and next to TVM's own
-FuseOps build with the same schedule rules. fp32 (4 bytes per element), batch 1, LBDF.
+FuseOps build with the same schedule rules. fp32 (4 bytes per element), LBDF, batch 1 unless
+a case ends in /bN: the plan is then made for one image of the batch (the planner's default)
+and its prediction is the batch's (a fitting group's weights read once, activations per image).
 
-Per case (MODEL@SIZE/BUFFER): per group, the ops, predicted bytes, measured bytes and their
+Per case (MODEL@SIZE/BUFFER[/bN]): per group, the ops, predicted bytes, measured bytes and their
 ratio; per model, predicted, measured (plan-driven), measured (FuseOps), measured/predicted
 and plan/FuseOps, and the floor: the bytes every build must move at least once (weights, input
 and output, fp32), so floor/FuseOps bounds the plan/FuseOps any plan can reach. The simulated
@@ -12,6 +14,7 @@ overrides it.
     python benchmarks/fusion_measured.py                 # the acceptance cases (~30 min on 2 cores)
     python benchmarks/fusion_measured.py --cases mobilenet_v2@64/128KB --groups   # one case, all groups
     python benchmarks/fusion_measured.py --cases resnet18@32/64KB --no-fuseops     # smoke run (~2 min)
+    python benchmarks/fusion_measured.py --cases mobilenet_v2@64/128KB/b4          # a batch planned per image
 
 Writes benchmarks/results/fusion_measured.txt (and --json prints the reports).
 """
@@ -38,10 +41,10 @@ MODEL_TOLERANCE = 0.25  # measured within +-25% of predicted
 FUSEOPS_TARGET = 0.6  # plan-driven <= 0.6x FuseOps on MobileNetV2
 
 
-def parse_case(text: str) -> tuple[str, int, str]:
+def parse_case(text: str) -> tuple[str, int, str, int]:
     name, rest = text.split("@")
-    size, buffer = rest.split("/")
-    return name, int(size), buffer
+    size, buffer, *batch = rest.split("/")
+    return name, int(size), buffer, int(batch[0].lstrip("b")) if batch else 1
 
 
 def main(argv=None) -> int:
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     out = Console(record=True, width=140)
     out.print(
         f"fuser fusion plans: predicted vs simulated DRAM; {platform.processor() or platform.machine()}, "
-        f"fp32, batch 1, LBDF, {args.search} search ({args.budget} plans)"
+        f"fp32, LBDF, {args.search} search ({args.budget} plans)"
     )
     reports = []
     summary = Table(title="per model", title_justify="left")
@@ -91,10 +94,10 @@ def main(argv=None) -> int:
     ):
         summary.add_column(col, justify="left" if col == "case" else "right")
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
-        name, size, buffer = parse_case(case)
+        name, size, buffer, batch = parse_case(case)
         start = time.perf_counter()
         shape = list(input_shape(name))
-        shape[2:] = [size, size]
+        shape[0], shape[2:] = batch, [size, size]
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         graph = fuser.optimize(create(name, seed=0).eval(), (x,)).graph
         floor = 4 * (analyze(graph)["params"] + sum(v.numel for v in graph.inputs + graph.outputs))
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
             f"{report.model_ratio:.2f}",
             _kb(report.fuseops_bytes) if report.fuseops_bytes else "-",
             f"{report.fuseops_ratio:.2f}" if report.fuseops_ratio else "-",
-            _kb(report.no_fusion_bytes),
+            _kb(report.no_fusion_bytes or None),  # per-image plans: not computed for the batch
             _kb(floor),
         )
     out.print(summary)

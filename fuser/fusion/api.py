@@ -40,6 +40,7 @@ def group_report(cost: CostModel, mask: int) -> PlanGroup:
         input_bytes=c.input_bytes,
         output_bytes=c.output_bytes,
         tiles=c.tiles if cost.name == "brr" else None,
+        batch_dram_bytes=cost.batch_dram(c) if cost.fg.images > 1 else None,
     )
 
 
@@ -47,7 +48,7 @@ def build_plan(
     cost: CostModel, best: Evaluated, front: list[Evaluated], search: dict, splitter: Splitter
 ) -> Plan:
     fg = cost.fg
-    return Plan(
+    plan = Plan(
         model=fg.graph.name,
         style=cost.name,
         buffer_bytes=cost.buffer_bytes,
@@ -61,6 +62,10 @@ def build_plan(
         search=search,
         pareto=[{"dram_bytes": p.dram, "peak_buffer_bytes": p.peak, "groups": len(p.groups)} for p in front],
     )
+    if fg.images > 1:
+        plan.images = fg.images
+        plan.batch_dram_bytes = sum(g.batch_dram_bytes for g in plan.groups)
+    return plan
 
 
 def partition_fusion_graph(
@@ -159,6 +164,7 @@ def partition(
     explainer: str = "exact",
     progress: Progress | None = None,
     gap: bool = False,
+    per_image: bool = True,
 ) -> Plan:
     """Partition ``graph``'s ops into fusion groups under an on-chip buffer of ``buffer`` bytes
     (``fuser.partition`` takes any model and optimizes it first).
@@ -169,10 +175,12 @@ def partition(
     ``split``: ``"random"`` or ``"explain"`` (with ``explainer`` ``"exact"`` or ``"gnn"``).
     ``gap``: prove the plan's distance to optimal, and hand back the better plan the proof
     met (see ``partition_fusion_graph``).
+    ``per_image``: at a batch above 1, plan for one image of it (how fuser's group kernels run:
+    images outermost); ``False`` sizes every group for the whole batch at once.
     The same inputs and seed give the same plan.
     """
     plan, _ = partition_fusion_graph(
-        build_fusion_graph(graph),
+        build_fusion_graph(graph, per_image),
         buffer=buffer,
         style=style,
         search=search,

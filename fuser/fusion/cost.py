@@ -198,6 +198,11 @@ class CostModel:
     def dram(self, groups) -> int:
         return sum(self.cost(g).dram_bytes for g in groups)
 
+    def batch_dram(self, c: GroupCost) -> int:
+        """F_D of a group for the whole batch, when sizes are one image's (``fg.images``):
+        every tile, weights and all, once per image."""
+        return self.fg.images * c.dram_bytes
+
     def no_fusion_dram(self) -> int:
         """Σ over ops of (W + In + Out)·e: every op alone."""
         return sum(self._single_dram) * self.element_bytes
@@ -394,6 +399,12 @@ class LBDF(CostModel):
         ops = bits(mask)
         weights, n_in, n_out, feature, _, _ = self._lbdf_terms(mask, ops)
         return self._group_cost(len(ops), weights, n_in, n_out, feature)
+
+    def batch_dram(self, c: GroupCost) -> int:
+        """A group that fits keeps its weights on chip across the images of the batch: read once."""
+        if not c.fits:
+            return super().batch_dram(c)
+        return c.dram_bytes + (self.fg.images - 1) * (c.input_bytes + c.output_bytes)
 
     def _lbdf_terms(self, mask: int, ops: list[int], demander: dict[int, int] | None = None):
         """(W, In, Out, Feat(G, 1), rows, whole) in one backward pass: ``_io`` and ``_rows``

@@ -182,7 +182,7 @@ def measure_plan(
                 gid,
                 kernel,
                 list(g["ops"]),
-                int(g["dram_bytes"]),
+                int(g.get("batch_dram_bytes", g["dram_bytes"])),  # a plan made per image: the batch's
                 None if k is None else k.dram_bytes // len(sharing),
                 [x for x in sharing if x != gid],
             )
@@ -193,8 +193,8 @@ def measure_plan(
         style=data["style"],
         buffer_bytes=int(data["buffer_bytes"]),
         cache_bytes=cache,
-        predicted_bytes=int(data["dram_bytes"]),
-        no_fusion_bytes=int(data.get("no_fusion_dram_bytes", 0)),
+        predicted_bytes=int(data.get("batch_dram_bytes") or data["dram_bytes"]),
+        no_fusion_bytes=int(data.get("no_fusion_dram_bytes", 0)) if data.get("images", 1) == 1 else 0,
         measured_bytes=traffic.dram_bytes,
         fuseops_bytes=None if base is None else base.dram_bytes,
         groups=groups,

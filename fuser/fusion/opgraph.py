@@ -251,6 +251,7 @@ class FusionGraph:
     _up_closed: list[int] | None = None
     _down_closed: list[int] | None = None
     _closure_matrices: tuple[np.ndarray, np.ndarray] | None = None
+    images: int = 1  # tensor sizes are of one image of a batch of this many (build_fusion_graph)
 
     def __post_init__(self):
         self.n = len(self.names)
@@ -402,9 +403,25 @@ class FusionGraph:
             raise FuserError(f"{self.graph.source}: no op named '{name}' in {self.graph.name}") from None
 
 
-def build_fusion_graph(graph: Graph) -> FusionGraph:
-    """Index ``graph`` (all of ``graph.nodes``, in their topological order)."""
+def image_count(graph: Graph) -> int:
+    """The batch of ``graph``: the leading dim that all its inputs share (rank 2 or more), else 1."""
+    leading = {
+        v.shape[0] if v.shape is not None and len(v.shape) >= 2 and isinstance(v.shape[0], int) else 0
+        for v in graph.inputs
+    }
+    return max(leading.pop(), 1) if len(leading) == 1 else 1
+
+
+def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
+    """Index ``graph`` (all of ``graph.nodes``, in their topological order).
+
+    ``per_image``: sizes are those of one image of the batch (``FusionGraph.images`` of them),
+    because fuser's group kernels tile images outermost (a tile holds one image's rows): the
+    buffer a group needs is one image's, and a plan made for one image is the plan at any
+    batch. A tensor whose leading dim is not a multiple of the batch keeps its whole size.
+    ``per_image=False`` plans the whole batch as one image."""
     nodes = graph.nodes
+    images = image_count(graph) if per_image else 1
     op_index = {id(n): i for i, n in enumerate(nodes)}
     tensor_index: dict[int, int] = {}
     t_names, t_numel, t_height, t_row, t_prod, t_cons, t_out = [], [], [], [], [], [], []
@@ -420,10 +437,11 @@ def build_fusion_graph(graph: Graph) -> FusionGraph:
                 )
             tensor_index[key] = len(t_names)
             height = row_height(v)
+            numel = v.numel // images if images > 1 and v.shape and v.shape[0] % images == 0 else v.numel
             t_names.append(v.name)
-            t_numel.append(v.numel)
+            t_numel.append(numel)
             t_height.append(height)
-            t_row.append(v.numel // height)
+            t_row.append(numel // height)
             t_prod.append(op_index.get(id(v.producer), -1) if v.producer is not None else -1)
             t_cons.append(0)
             t_out.append(key in outputs)
@@ -490,6 +508,7 @@ def build_fusion_graph(graph: Graph) -> FusionGraph:
         succ_mask=[mask_of(s) for s in succ_l],
         edges=edges,
         edge_tensors=edge_tensors,
+        images=images,
     )
     fg.edge_index = {e: k for k, e in enumerate(edges)}
     fg.edge_array = np.array(edges, dtype=np.int64).reshape(-1, 2)

@@ -196,7 +196,9 @@ class PlanGroup:
     """One fusion group of a plan: its ops (names, topological order) and costs (bytes).
 
     ``buffer_bytes`` is F_β, ``dram_bytes`` F_D (see ``fuser.fusion.cost``); ``tiles``:
-    BRR's row tiles (None under LBDF). JSON: the same keys, ``tiles`` only when set.
+    BRR's row tiles (None under LBDF); ``batch_dram_bytes``: F_D of the whole batch when the
+    plan was made for one image of it (``Plan.images``). JSON: the same keys, ``tiles`` and
+    ``batch_dram_bytes`` only when set.
     """
 
     ops: list[str]
@@ -209,11 +211,13 @@ class PlanGroup:
     input_bytes: int = 0
     output_bytes: int = 0
     tiles: int | None = None
+    batch_dram_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.tiles is None:
-            del d["tiles"]
+        for key in ("tiles", "batch_dram_bytes"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -231,6 +235,9 @@ class Plan:
     ``splits``: one explanation per split of an invalid group (see fuser.fusion.split).
     ``optimum``: the proven bound on the least DRAM of any plan, when computed
     (``fuser.fusion.exact.optimality_gap``): ``{"bytes", "exact", "method", "plan_bytes"}``.
+    ``images``: the batch, when the plan was made for one image of it (every byte count above
+    is then one image's: ``fuser.fusion.opgraph.build_fusion_graph``); ``batch_dram_bytes``:
+    what the whole batch moves. JSON: both only when ``images`` > 1.
     ``print(plan)`` gives a short summary; ``plan.to_json()`` everything.
     """
 
@@ -247,6 +254,8 @@ class Plan:
     search: dict = field(default_factory=dict)
     pareto: list[dict] = field(default_factory=list)
     optimum: dict | None = None
+    images: int = 1
+    batch_dram_bytes: int | None = None
 
     @property
     def dram_ratio(self) -> float:
@@ -275,6 +284,8 @@ class Plan:
         )
         if search.get("search"):
             text += f"; {search['search']} search, {search.get('split')} split"
+        if self.images > 1:
+            text += f"; per image of {self.images}, the batch moves {self.batch_dram_bytes:,} B"
         if self.gap is not None:
             kind = "optimal" if self.optimum["exact"] else "a lower bound"
             text += f"; within {100 * self.gap:.1f}% of {kind}"
@@ -287,6 +298,8 @@ class Plan:
         d["groups"] = [g.to_dict() for g in self.groups]
         if self.optimum is None:
             del d["optimum"]
+        if self.images == 1:
+            del d["images"], d["batch_dram_bytes"]
         return d
 
     def to_json(self) -> str:

@@ -130,6 +130,11 @@ def plan_header(plan, seconds: float | None = None) -> Text:
             f"\n  the search's plan moved {mb(adopted['search_dram_bytes'])} MB; "
             f"the optimum ({adopted['from']}) moves less and is the plan"
         )
+    if d.get("images", 1) > 1:  # sized for one image: fuser's group kernels run images outermost
+        text.append(
+            f"\n  planned per image of a batch of {d['images']} (bytes below are one image's); "
+            f"the batch moves {mb(d['batch_dram_bytes'])} MB"
+        )
     return text
 
 

@@ -444,3 +444,74 @@ def test_a_pool_anchor_after_a_register_tiled_conv_keeps_its_register_tiles():
     got = run_fused(graph, fused, target, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
     assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_a_register_tiles_epilogue_is_computed_in_its_write_back():
+    """An inverted residual as one group: the project conv's residual add (the kernel's output)
+    and the depthwise conv's ReLU6 (a one-row window: no rolling predicate) are computed where
+    each register tile is written back, from its accumulators, not in passes of their own."""
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expand = torch.nn.Sequential(torch.nn.Conv2d(16, 64, 1), torch.nn.ReLU6())
+            self.dw = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.ReLU6())
+            self.project = torch.nn.Conv2d(64, 16, 1)
+
+        def forward(self, x):
+            return x + self.project(self.dw(self.expand(x)))
+
+    x = torch.randn(1, 16, 16, 16)
+    graph = fuser.optimize(Block().eval(), (x,)).graph
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(
+        tb.to_relax(graph, {n.name: 0 for n in graph.nodes}),
+        target,
+        planned=True,
+        tiling={0: depthfirst.TileHint("lbdf")},
+    )
+    func = fused["fuser_group_0"]
+    writers = {
+        w.source.name: r.block.name_hint for r, _ in depthfirst._realizes(func.body) for w in r.block.writes
+    }
+    assert writers[func.params[-1].name].endswith("_local"), writers  # the add, in the project's write-back
+    assert not any(name.startswith("T_add") for name in writers.values()), writers
+    dw_write_back = next(n for n in writers.values() if n.startswith("depthwise") and n.endswith("_local"))
+    assert any(buf.startswith("T_minimum") and w == dw_write_back for buf, w in writers.items()), writers
+    got = run_fused(graph, fused, target, x.numpy())
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL
+
+
+def test_a_single_conv_that_computes_its_input_is_tiled_by_rows():
+    """Rule 0 keeps the default schedule only for a conv reading the kernel's arguments (or a pad
+    of them): ConvFirst's SiLU + 1x1 conv + add, on the default schedule, wrote the SiLU'd input
+    whole and measured 5-6x its predicted DRAM. Row tiles keep it in a line buffer."""
+    torch.manual_seed(0)
+
+    class Project(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.conv = torch.nn.SiLU(), torch.nn.Conv2d(32, 16, 1)
+
+        def forward(self, x, skip):
+            return skip + self.conv(self.act(x))
+
+    x, skip = torch.randn(1, 32, 16, 16), torch.randn(1, 16, 16, 16)
+    graph = fuser.optimize(Project().eval(), (x, skip)).graph
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(
+        tb.to_relax(graph, {n.name: 0 for n in graph.nodes}),
+        target,
+        planned=True,
+        tiling={0: depthfirst.TileHint("lbdf", buffer_bytes=128 << 10)},
+    )
+    report = tb.depth_first_reports(fused)["fuser_group_0"]
+    assert report["tiled"] and report["note"] != depthfirst.SINGLE_OP_NOTE, report
+    model = tb.TVMModel(
+        tb.build_fused(fused, target), tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
+    )
+    feeds = {graph.inputs[0].name: x.numpy(), graph.inputs[1].name: skip.numpy()}
+    got = model(**feeds)
+    assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL

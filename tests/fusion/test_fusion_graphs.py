@@ -30,10 +30,10 @@ def finish(g: Graph, outputs) -> Graph:
     return g
 
 
-def conv_chain() -> Graph:
+def conv_chain(batch: int = 1) -> Graph:
     """x[1,4,16,16] -> conv3x3 4->8 -> relu -> conv3x3/2 8->8 -> y[1,8,8,8] (hand counts in tests)."""
     g = Graph("chain")
-    x = g.add_input("x", (1, 4, 16, 16))
+    x = g.add_input("x", (batch, 4, 16, 16))
     c1 = _conv(g, x, 4, 8, 3, name="conv1")
     r = g.add_node("Relu", [c1], name="relu").output
     c2 = _conv(g, r, 8, 8, 3, stride=2, name="conv2")

@@ -8,9 +8,11 @@ that tile loop, so intermediates live in small line buffers instead of whole ten
 Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other kernel):
 
 0. One op (llvm). A kernel with a single reduction over a blocked NCHW[x]c tensor (one conv,
-   depthwise conv or pool and its epilogue, no concat) is not tiled: it has no intermediate a line buffer
-   could keep on chip, and the default ``window`` rule already runs output-channel chunks
-   outermost (each weight read once, the input kept in cache) with a register tile. Measured:
+   depthwise conv or pool and its epilogue, no concat) that reads the kernel's arguments is not
+   tiled: it has no intermediate a line buffer could keep on chip (one that computes its input,
+   an activation or a real pad, is: the default schedule would write that input whole), and
+   the default ``window`` rule already runs output-channel chunks outermost (each weight read
+   once, the input kept in cache) with a register tile. Measured:
    MobileNetV2 at 224, 1 thread, its last 1x1 convs (7x7 rows, 1.2-1.6 MB of weights) took
    0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when the default
    schedule would read the weights more than once: its weights exceed 3/4 of the planned
@@ -64,7 +66,10 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    the fewest vectors per multiply-add (a conv; a depthwise conv or pool, whose input differs
    per accumulator, tiles the row alone). MobileNetV2 224, 1 thread: the features.12 group
    took 0.40 ms with one column of 12 chunks, 0.22 ms with 2 chunks x 14 columns (FuseOps
-   0.38 ms). Other spatial blocks (pads, activations) are vectorized on their innermost loop
+   0.38 ms). The elementwise block that alone reads a register tile's result (a bias and
+   activation, a residual add) is then computed in the tile's write-back, from the registers,
+   where TVM can inline it (not under a rolling window's predicate), saving a pass over the
+   line buffer. Other spatial blocks (pads, activations) are vectorized on their innermost loop
    when it walks only the last axis of every access of more than one element (a bias
    (1, C, 1, 1) is contiguous in C). A kernel LLVM does not compile is scheduled again
    without register tiles; if that fails too, the kernel as it came goes to the default
@@ -398,11 +403,13 @@ SINGLE_OP_NOTE = "not tiled: one blocked op, no intermediate to keep; default sc
 
 
 def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
-    """Whether the kernel's only reduction writes a blocked (5-D) tensor and nothing but
-    elementwise work, pads and layout changes surround it, and the default schedule reads its
-    weights once (rule 0)."""
+    """Whether the kernel's only reduction writes a blocked (5-D) tensor, reads the kernel's
+    arguments (or plain copies of them), only elementwise work follows it, and the default
+    schedule reads its weights once (rule 0)."""
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
+        return False
+    if _computes_its_input(k, reductions[0]):
         return False
     sizes = k.sizes()
     # rule 2b instead where the default schedule would read the weights once per output row
@@ -411,6 +418,27 @@ def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
         and _weights_over_buffer(sizes, hint)
         and _default_rereads_weights(k.sch.mod["main"], target, sizes, hint)
     )
+
+
+def _computes_its_input(k: _Kernel, reduction) -> bool:
+    """Whether the kernel computes what its reduction reads (an activation, also under a pad)
+    rather than reading the kernel's arguments or pads and copies of them: the default schedule
+    computes that tensor whole, at root, so it moves to DRAM and back, where row tiles keep it
+    in a line buffer. ConvFirst at 64x64, 128 KB: its SiLU + 1x1 conv + add groups measured
+    5-6x their prediction on rule 0."""
+    params = list(k.sch.mod["main"].params)
+
+    def computed(buf, reader) -> bool:
+        if any(buf.same_as(p) for p in params):
+            return False
+        for b in k.blocks():
+            if k.written(b).same_as(buf) and not k.same(b, reader):
+                if not (k.is_copy(b) or k.selects(b)):
+                    return True
+                return any(computed(r.source, b) for r in k.sch.get(b).reads)
+        return False
+
+    return any(computed(r.source, reduction) for r in k.sch.get(reduction).reads)
 
 
 def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
@@ -708,6 +736,7 @@ def default_inner(sch, blocks: Sequence[str], target=None, register_tiles: bool 
     ScheduleError = tvm.s_tir.ScheduleError
     kind = target.kind.name if target is not None else "llvm"
     lanes = _vector_lanes(target)
+    write_backs = []
     for name in blocks:
         try:
             b = sch.get_sblock(name)
@@ -730,7 +759,9 @@ def default_inner(sch, blocks: Sequence[str], target=None, register_tiles: bool 
             last = spatial[-1]
             if not _contiguous_only(sch, b, last):
                 continue
-            if reduce and register_tiles and _register_tile(sch, b, spatial, reduce, target):
+            acc = _register_tile(sch, b, spatial, reduce, target) if reduce and register_tiles else None
+            if acc is not None:
+                write_backs.append(sch.get(acc).name_hint)
                 continue
             if reduce:
                 sch.reorder(*reduce, last)
@@ -743,9 +774,23 @@ def default_inner(sch, blocks: Sequence[str], target=None, register_tiles: bool 
                 sch.decompose_reduction(b, reduce[0])
         except ScheduleError:
             continue
+    for name in write_backs:
+        _epilogue_in_write_back(sch, name)
 
 
-def _register_tile(sch, b, spatial, reduce, target) -> bool:
+def _epilogue_in_write_back(sch, name: str) -> None:
+    """The elementwise block that alone reads a register tile's result (a bias and activation,
+    a residual add) is computed in the tile's write-back, from the registers, not in a pass of
+    its own over the line buffer. Left as it is when TVM cannot inline it."""
+    try:
+        consumers = sch.get_consumers(sch.get_sblock(name))
+        if len(consumers) == 1 and all(iv.iter_type == 0 for iv in sch.get(consumers[0]).iter_vars):
+            sch.reverse_compute_inline(consumers[0])
+    except tvm.s_tir.ScheduleError:  # e.g. a rolling window's predicate on the consumer
+        pass
+
+
+def _register_tile(sch, b, spatial, reduce, target):
     """A reduction whose innermost spatial loop is contiguous (an NCHW row, or the channel
     block of NCHW[x]c): the accumulators of reg_c x reg_w vectors stay in registers
     (``cache_write`` to local, written back per tile) while the reduction loops run outside
@@ -756,17 +801,18 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     channels) the pair that fits in the registers less 4 and loads the fewest vectors per
     multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken; when one does (depthwise,
     pooling) each accumulator needs its own input vector: half the registers, all on the row.
-    False (nothing changed) when the innermost loop has no vector of at least 4 lanes."""
+    Returns the write-back block; None (nothing changed) when the innermost loop has no vector
+    of at least 4 lanes."""
     from .schedules.common import cpu_facts, extent, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
-        return False  # a loop whose extent depends on the tile (a clipped window)
+        return None  # a loop whose extent depends on the tile (a clipped window)
     facts = cpu_facts(target) if target is not None else None
     lanes, regs = (facts.lanes, facts.vector_registers) if facts else (8, 16)
     width = extent(sch, spatial[-1])
     vec = vector_factor(width, lanes)
     if vec < MIN_VECTOR:
-        return False
+        return None
     block = sch.get(b)
     realize = next(r for r, _ in _realizes(sch.mod["main"].body) if r.block.same_as(block))
     pairs = [(iv.var, v) for iv, v in zip(block.iter_vars, realize.iter_values)]
@@ -822,7 +868,7 @@ def _register_tile(sch, b, spatial, reduce, target) -> bool:
     if extent(sch, copy) >= vec and extent(sch, copy) % vec == 0:
         sch.vectorize(sch.split(copy, [None, vec])[1])
     sch.decompose_reduction(b, reduce[0])
-    return True
+    return acc
 
 
 def _divisors(n: int) -> list[int]:

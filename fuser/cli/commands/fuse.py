@@ -60,6 +60,12 @@ from fuser.units import format_size, parse_size
     help="Prove how far the plan is from optimal (exact ILP/DP, else a certified lower bound); "
     "when the proof finds an optimum below the search's plan, that optimum is the plan.",
 )
+@click.option(
+    "--whole-batch",
+    is_flag=True,
+    help="At a batch above 1, size every group for the whole batch at once. By default a plan is "
+    "made for one image of the batch, the way fuser's group kernels run (images outermost).",
+)
 def command(
     model,
     input_shapes,
@@ -77,6 +83,7 @@ def command(
     top,
     show_groups,
     gap,
+    whole_batch,
 ):
     """Partition MODEL's ops into fusion groups that fit an on-chip buffer.
 
@@ -112,7 +119,7 @@ def command(
     graph = load_graph(model, input_shapes)
     with status("optimizing (folding BN, cleanups)"):
         graph = optimize(graph).graph
-    fg = build_fusion_graph(graph)
+    fg = build_fusion_graph(graph, per_image=not whole_batch)
     results = []
     with progress_bar() as progress:
         for size in sizes:
