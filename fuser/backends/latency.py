@@ -337,10 +337,12 @@ def _reason(e: Exception) -> str:
 
 
 def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> list[KernelTiming]:
-    """Attach the plan's DRAM estimate to each group's row; slowest (in all calls) first."""
+    """Attach the plan's DRAM estimate to each group's row (the batch's, when the plan was made
+    for one image of it); slowest (in all calls) first."""
     for k in kernels:
         if k.group is not None and plan_groups and k.group < len(plan_groups):
-            k.dram_bytes = plan_groups[k.group].get("dram_bytes")
+            group = plan_groups[k.group]
+            k.dram_bytes = group.get("batch_dram_bytes", group.get("dram_bytes"))
             ops = plan_groups[k.group].get("ops") or []
             k.ops = " .. ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else ""
     return sorted(kernels, key=lambda k: -k.total_ms)

@@ -64,3 +64,12 @@ def test_fuse_cli_plans_per_image_unless_whole_batch(tmp_path):
     assert len(per_image["groups"]) == 1 and len(whole["groups"]) > 1 and "images" not in whole
     text = CliRunner().invoke(main, args).output
     assert "planned per image of a batch of 8" in text
+
+
+def test_the_kernel_table_shows_what_the_batch_moves():
+    from fuser.backends.latency import KernelTiming, _join_plan
+
+    plan = partition(conv_chain(8), buffer=W1 + W2 + FEATURE + 1)
+    groups = plan.to_dict()["groups"]
+    (row,) = _join_plan([KernelTiming("fuser_group_0", 1.0, group=0)], groups)
+    assert row.dram_bytes == W1 + W2 + 8 * (X + Y)  # not one image's W1 + W2 + X + Y
