@@ -515,3 +515,33 @@ def test_a_single_conv_that_computes_its_input_is_tiled_by_rows():
     feeds = {graph.inputs[0].name: x.numpy(), graph.inputs[1].name: skip.numpy()}
     got = model(**feeds)
     assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
+
+
+def test_a_write_back_tvm_cannot_analyse_keeps_its_consumer():
+    """YOLOv8n's DFL (transpose + softmax + 1x1 conv) as one group on x86-64-v2: inlining the
+    softmax's exp into the max-reduction's write-back fails inside TVM's region analysis
+    (InternalError, not ScheduleError); the consumer stays a block of its own and the build
+    matches ORT."""
+    from fuser.backends.tvm.cachesim import SIMULATED_CPU
+
+    class DFL(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.proj = torch.nn.Conv2d(16, 64, 1), torch.nn.Conv2d(16, 1, 1, bias=False)
+
+        def forward(self, x):
+            b, _, h, w = x.shape
+            y = self.conv(x).view(b, 4, 16, h * w).transpose(2, 1).softmax(1)
+            return self.proj(y).view(b, 4, h * w)
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 8, 8)
+    graph = fuser.optimize(DFL().eval(), (x,)).graph
+    owner = {n.name: 2 for n in graph.nodes}  # transpose, softmax, proj together
+    owner.update({graph.nodes[0].name: 0, graph.nodes[1].name: 1, graph.nodes[-1].name: 3})
+    target = tb.make_target("llvm", cpu=SIMULATED_CPU, threads=1)
+    hint = depthfirst.TileHint("lbdf", buffer_bytes=128 << 10)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=dict.fromkeys(range(4), hint))
+    got = run_fused(graph, fused, target, x.numpy())
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL
