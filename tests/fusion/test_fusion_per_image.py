@@ -10,6 +10,7 @@ from fuser.cli import main
 from fuser.fusion.api import partition
 from fuser.fusion.cost import BRR, LBDF
 from fuser.fusion.opgraph import build_fusion_graph
+from fuser.fusion.plan import Plan
 from fuser.serde.onnx import save_onnx
 
 FEATURE = 1 * ROW_Y + 3 * ROW_C1 + 3 * ROW_C1 + 5 * ROW_X  # one image's line buffers: 1152
@@ -52,6 +53,7 @@ def test_a_plan_for_one_image_fuses_what_the_whole_batch_plan_must_split():
     assert len(whole.op_groups) > 1 and whole.images == 1
     assert "images" in per_image.to_dict() and "images" not in one.to_dict()  # batch-1 JSON unchanged
     assert "per image of 8, the batch moves" in str(per_image)
+    assert Plan.from_dict(per_image.to_dict()).to_dict() == per_image.to_dict()  # saved plans keep both
 
 
 def test_fuse_cli_plans_per_image_unless_whole_batch(tmp_path):
