@@ -110,8 +110,10 @@ class ExactExplainer(Explainer):
             shares = []
         elif matrices is not None:
             up_rows, down_rows = matrices
-            smallest = (up_rows[[u for u, _ in top]] @ vector).tolist()  # u and its ancestors
-            largest = (total - down_rows[[v for _, v in top]] @ vector).tolist()  # all but v and below
+            # take: the same rows as fancy indexing, ~4 µs faster a product at 302 ops (Inception v2)
+            ups, downs = [u for u, _ in top], [v for _, v in top]
+            smallest = (up_rows.take(ups, axis=0) @ vector).tolist()  # u and its ancestors
+            largest = (total - down_rows.take(downs, axis=0) @ vector).tolist()  # all but v and below
             shares = [x for pair in zip(smallest, largest) for x in pair]
         else:
             up, down = fg.up_closed(), fg.down_closed()
