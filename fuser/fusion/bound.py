@@ -835,12 +835,13 @@ def block_bound(
         log.append(f"{name} plan: {dram} B")
         if plan_bytes is None or dram < plan_bytes:
             plan, plan_bytes = candidate, dram
-    if plan is not None:  # re-planned exactly window by window, where that saves
-        plan = window_polish(cost, plan, log=log)
-        plan_bytes = cost.dram(plan)
     if plan_bytes is None or plan_bytes > total:  # the blocks' shared edges priced to agree
         left = time_limit - (time.perf_counter() - start)
         total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds)
+    # after the prices, which keep the time they had: windows are a fixed amount of work, untimed
+    if plan is not None:
+        plan = window_polish(cost, plan, log=log)
+        plan_bytes = cost.dram(plan)
     exact = plan_bytes is not None and plan_bytes <= total
     return BoundResult(
         plan_bytes if exact else total,
