@@ -89,7 +89,8 @@ def partition_fusion_graph(
     and it moves less DRAM than the search's plan, the plan returned is that one
     (``plan.search["search"]`` gains ``+exact``, ``["adopted"]`` says from which method and what
     the search's plan moved); or, when cheaper still, the search's plan polished
-    (``fuser.fusion.bound.merge_polish``: ``+polish``), neighbouring groups merged where that saves."""
+    (``fuser.fusion.bound.polish``: ``+polish``): neighbouring groups merged and runs of ops
+    re-planned exactly where that saves."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -114,15 +115,15 @@ def partition_fusion_graph(
     }
     if not gap:
         return build_plan(cost, best, front, info, splitter), seconds
-    from .bound import merge_polish
+    from .bound import polish
     from .exact import optimum_and_plan
 
     optimum, groups = optimum_and_plan(cost, best.dram, gap_time_limit)
     # Only a plan from a bound that ended on its own (a proven optimum, or a block bound whose
     # every block settled): a plan met before a time limit stopped the proof would make the
     # plan depend on the machine's speed (same inputs and seed, same plan).
-    polished = merge_polish(cost, best.groups)  # neighbouring groups merged where that saves
-    choices = [(cost.dram(polished), 1, "merge polish", polished, "polish")]
+    polished = polish(cost, best.groups)  # groups merged, runs of ops re-planned where that saves
+    choices = [(cost.dram(polished), 1, "polish", polished, "polish")]
     if optimum["plan_settled"] and groups is not None:
         choices.append((optimum["plan_bytes"], 0, optimum["plan_from"], groups, "exact"))
     dram, _, source, groups, tag = min(choices, key=lambda c: c[:2])

@@ -60,7 +60,8 @@ Blocks (``block_bound``): on large graphs the whole relaxation's rounds grow slo
 relaxation over runs of ``BLOCK_OPS`` ops of the topological order (each term of the
 objective counted in exactly one run) solves in seconds per run, and the runs' bounds add up
 to a bound of the whole (see ``block_bound``); Lagrangian prices on the edges two runs share
-raise that sum (``price_blocks``). ``merge_polish`` improves the plans met.
+raise that sum (``price_blocks``). ``merge_polish`` and ``window_polish`` (exact re-planning of
+runs of the op order, the rest of the plan held) improve the plans met.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ BLOCK_OPS = 40  # ops per block of the block bound: its blocks settle in seconds
 MAX_REACH = 16  # far neighbours a block's region may take in (``CutBound._reach_out``)
 MAX_SEEDS = 64  # covering sets grown per invalid component and round
 PRICE_ROUNDS = 20  # subgradient rounds of the block bound's prices (``price_blocks``)
+PRICE_THETA = 1.0  # the first price step, as a fraction of the Polyak step aimed halfway to the plan
+WINDOW_OPS = 24  # ops per window of ``window_polish``
+WINDOW_CANDIDATES = 4000  # valid groups a window's ILP may take
 
 
 @dataclass
@@ -761,7 +765,8 @@ def block_bound(
     price rounds the time allows): the cheapest, merge-polished, of the blocks' plans cut down
     to their own ops, the plan whose groups follow each block's choice on its own edges (a
     crossing edge uncut when both blocks leave it uncut), and the blocks' plans stitched in
-    op order and in reverse (``stitch``), when legal and valid."""
+    op order and in reverse (``stitch``), when legal and valid; then re-planned window by
+    window (``window_polish``)."""
     start = time.perf_counter()
     fg = cost.fg
     starts = block_cuts(fg, max_ops)
@@ -833,6 +838,10 @@ def block_bound(
     if plan_bytes is None or plan_bytes > total:  # the blocks' shared edges priced to agree
         left = time_limit - (time.perf_counter() - start)
         total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds)
+    # after the prices, which keep the time they had: windows are a fixed amount of work, untimed
+    if plan is not None:
+        plan = window_polish(cost, plan, log=log)
+        plan_bytes = cost.dram(plan)
     exact = plan_bytes is not None and plan_bytes <= total
     return BoundResult(
         plan_bytes if exact else total,
@@ -881,7 +890,7 @@ def price_blocks(
     if not shared:
         return lower_bytes
     price = dict.fromkeys(shared, 0)
-    best, theta, failed = lower_bytes, 1.0, 0
+    best, theta, failed = lower_bytes, PRICE_THETA, 0
     direction: dict = {}
     upper = upper_bytes if upper_bytes is not None else int(lower_bytes * 1.05) + e
     for r in range(max_rounds):
@@ -942,6 +951,12 @@ def stitch(fg, plans: list[list[int]], owns: list[int]) -> list[int]:
     return groups
 
 
+def polish(cost: CostModel, groups: list[int]) -> list[int]:
+    """``groups`` (a legal plan of valid groups) merge-polished, re-planned window by window
+    (``window_polish``) and merge-polished again: DRAM never rises. Deterministic."""
+    return merge_polish(cost, window_polish(cost, merge_polish(cost, groups)))
+
+
 def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
     """``groups`` (a plan of valid groups) improved while DRAM falls: neighbouring groups merged
     (the merge saving most first), else one op moved to a neighbouring group (the first such
@@ -992,3 +1007,50 @@ def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
         if step is None:
             return groups
         groups = sorted(step)
+
+
+def window_polish(
+    cost: CostModel,
+    groups: list[int],
+    width: int = WINDOW_OPS,
+    max_candidates: int = WINDOW_CANDIDATES,
+    time_limit: float = 10.0,
+    log: list[str] | None = None,
+) -> list[int]:
+    """``groups`` (a legal plan of valid groups) improved by exact re-planning of windows:
+    for each run of ``width`` ops of the topological order (stepping half a run), the ILP over
+    every valid group inside the run (``fuser.fusion.exact``), the plan's groups beyond it held,
+    and each group straddling its edge either kept whole or cut to its connected pieces beyond
+    the run (valid: F_β only grows with ops); the ILP's levels keep the plan acyclic. The plan
+    is always one of its choices, so DRAM never rises; a window is taken only when its ILP is
+    proven optimal within ``time_limit`` and saves. Sweeps until one saves nothing.
+    Deterministic: windows in op order, candidates capped by count (a window past
+    ``max_candidates`` valid groups is skipped), never by time."""
+    from .exact import ilp_optimum, valid_groups
+
+    fg = cost.fg
+    groups = sorted(groups)
+    dram = cost.dram(groups)
+    improved = True
+    while improved:
+        improved = False
+        for a in range(0, max(fg.n - width // 2, 1), max(width // 2, 1)):
+            run = ((1 << min(a + width, fg.n)) - 1) & ~((1 << a) - 1)
+            inside = valid_groups(cost, max_candidates, within=run)
+            if inside is None:
+                continue
+            held = [g for g in groups if not g & run]
+            choices = []
+            for g in groups:
+                if g & run and g & ~run:
+                    choices += [g, *fg.components(g & ~run)]
+            res = ilp_optimum(cost, sorted(set(held + choices + inside)), time_limit)
+            if res is None or not res.optimal or res.dram_bytes >= dram:
+                continue
+            trial = sorted(res.groups)
+            if not all(cost.valid(g) for g in trial) or topological_groups(fg, trial) is None:
+                continue
+            if log is not None:
+                log.append(f"window {a}..{min(a + width, fg.n) - 1}: {dram} -> {res.dram_bytes} B")
+            groups, dram, improved = trial, res.dram_bytes, True
+    return groups

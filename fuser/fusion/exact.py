@@ -80,9 +80,13 @@ def chain_optimum(cost: CostModel) -> ExactResult:
     return ExactResult(best[n], groups[::-1], "chain-dp", True, considered)
 
 
-def valid_groups(cost: CostModel, max_candidates: int, seconds: float | None = None) -> list[int] | None:
-    """Every connected, convex, valid group (None past ``max_candidates``, or ``seconds``)."""
+def valid_groups(
+    cost: CostModel, max_candidates: int, seconds: float | None = None, within: int | None = None
+) -> list[int] | None:
+    """Every connected, convex, valid group (None past ``max_candidates``, or ``seconds``); with
+    ``within``, only those of its ops."""
     fg = cost.fg
+    within = fg.all_mask if within is None else within
     deadline = None if seconds is None else time.perf_counter() + seconds
     anc, desc = fg.ancestors(), fg.descendants()
     found: list[int] = []
@@ -112,8 +116,8 @@ def valid_groups(cost: CostModel, max_candidates: int, seconds: float | None = N
                 return False
         return True
 
-    for s in range(fg.n):
-        above = fg.all_mask & ~((1 << (s + 1)) - 1)
+    for s in bits(within):
+        above = within & ~((1 << (s + 1)) - 1)
         start = 1 << s
         if not grow(start, fg.nbr_mask(s) & above, start | fg.nbr_mask(s), above):
             return None
