@@ -124,7 +124,9 @@ def valid_groups(
     return found
 
 
-def ilp_optimum(cost: CostModel, candidates: list[int], time_limit: float) -> ExactResult | None:
+def ilp_optimum(
+    cost: CostModel, candidates: list[int], time_limit: float, node_limit: int | None = None
+) -> ExactResult | None:
     from scipy.optimize import LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -159,12 +161,15 @@ def ilp_optimum(cost: CostModel, candidates: list[int], time_limit: float) -> Ex
     bounds_hi = np.concatenate([np.ones(k), np.full(n, n - 1)])
     from scipy.optimize import Bounds
 
+    options = {"time_limit": time_limit, "disp": False}
+    if node_limit:
+        options["node_limit"] = node_limit
     res = milp(
         c,
         constraints=LinearConstraint(a, lower, upper),
         integrality=np.ones(n_vars),
         bounds=Bounds(bounds_lo, bounds_hi),
-        options={"time_limit": time_limit, "disp": False},
+        options=options,
     )
     if res.x is None:
         return None
