@@ -342,7 +342,8 @@ def _join_plan(kernels: list[KernelTiming], plan_groups: list[dict] | None) -> l
     for k in kernels:
         if k.group is not None and plan_groups and k.group < len(plan_groups):
             group = plan_groups[k.group]
-            k.dram_bytes = group.get("batch_dram_bytes", group.get("dram_bytes"))
-            ops = plan_groups[k.group].get("ops") or []
+            # a plan made for one image of a batch: the batch's bytes
+            k.dram_bytes = group.get("batch_dram_bytes") or group.get("dram_bytes")
+            ops = group.get("ops") or []
             k.ops = " .. ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else ""
     return sorted(kernels, key=lambda k: -k.total_ms)

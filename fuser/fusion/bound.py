@@ -913,8 +913,8 @@ def price_blocks(
                 moved.update((key[0], key[1]))
         if not moved:
             break
-        for b in blocks:
-            b.m.cost[:n_edges] = base[blocks.index(b)]
+        for b, costs in zip(blocks, base):
+            b.m.cost[:n_edges] = costs
         for (k, k2, i), lam in price.items():
             blocks[k].m.cost[i] += lam
             blocks[k2].m.cost[i] -= lam

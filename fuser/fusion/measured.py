@@ -27,7 +27,7 @@ import numpy as np
 
 from fuser.ir import Graph
 
-from .plan import Plan
+from .plan import Plan, moved_bytes
 from .tiling import tile_hints
 
 CACHE_PER_BUFFER = 2
@@ -182,7 +182,7 @@ def measure_plan(
                 gid,
                 kernel,
                 list(g["ops"]),
-                int(g.get("batch_dram_bytes", g["dram_bytes"])),  # a plan made per image: the batch's
+                int(moved_bytes(g)),
                 None if k is None else k.dram_bytes // len(sharing),
                 [x for x in sharing if x != gid],
             )
@@ -193,7 +193,7 @@ def measure_plan(
         style=data["style"],
         buffer_bytes=int(data["buffer_bytes"]),
         cache_bytes=cache,
-        predicted_bytes=int(data.get("batch_dram_bytes") or data["dram_bytes"]),
+        predicted_bytes=int(moved_bytes(data)),
         no_fusion_bytes=int(data.get("no_fusion_dram_bytes", 0)) if data.get("images", 1) == 1 else 0,
         measured_bytes=traffic.dram_bytes,
         fuseops_bytes=None if base is None else base.dram_bytes,

@@ -191,6 +191,12 @@ def _masks(labels: list[int], ops: list[int] | None = None) -> list[int]:
 
 
 # ---- the Plan ---------------------------------------------------------------------
+def moved_bytes(record: dict) -> int | None:
+    """A plan's or a group's predicted DRAM bytes (their ``to_dict``): the whole batch's when
+    the plan was made for one image of it, else ``dram_bytes``."""
+    return record.get("batch_dram_bytes") or record.get("dram_bytes")
+
+
 @dataclass
 class PlanGroup:
     """One fusion group of a plan: its ops (names, topological order) and costs (bytes).

@@ -103,7 +103,7 @@ SCHEDULED_ATTR = "fuser.depth_first"  # PrimFunc attribute: the schedule report 
 CUDA_THREADS = 128
 LINE_BYTES = 64  # cache line
 CUDA_ROWS_PER_BAND = 4
-REDUCE = 2  # IterVar.iter_type of a reduction axis
+SPATIAL, REDUCE = 0, 2  # IterVar.iter_type of a data-parallel and of a reduction axis
 TILE_ANNOTATION = "fuser.tile"  # marks tile loops: inner rules schedule only the loops below
 TILE_DEPTH = 2  # an anchor's loops: batch, band (or channel block), tile, ...
 MIN_VECTOR = 4  # lanes below which a one-row register tile does not pay (narrow late layers)
@@ -784,7 +784,9 @@ def _epilogue_in_write_back(sch, name: str) -> None:
     its own over the line buffer. Left as it is when TVM cannot inline it."""
     try:
         consumers = sch.get_consumers(sch.get_sblock(name))
-        if len(consumers) == 1 and all(iv.iter_type == 0 for iv in sch.get(consumers[0]).iter_vars):
+        if len(consumers) != 1:
+            return
+        if all(int(iv.iter_type) == SPATIAL for iv in sch.get(consumers[0]).iter_vars):
             sch.reverse_compute_inline(consumers[0])
     except (tvm.s_tir.ScheduleError, tvm.error.InternalError):  # a rolling window's predicate on
         pass  # the consumer; TVM's region analysis failing (a softmax's exp after its max)
