@@ -74,6 +74,7 @@ import numpy as np
 from .cost import BRR, CostModel
 from .opgraph import bits
 from .plan import topological_groups
+from .polish import merge_polish
 
 MAX_BETWEEN_EDGES = 64  # convexity/read rows per edge pair up front; longer spans come lazily
 BLOCK_OPS = 40  # ops per block of the block bound: its blocks settle in seconds
@@ -956,58 +957,6 @@ def polish(cost: CostModel, groups: list[int]) -> list[int]:
     """``groups`` (a legal plan of valid groups) merge-polished, re-planned window by window
     (``window_polish``) and merge-polished again: DRAM never rises. Deterministic."""
     return merge_polish(cost, window_polish(cost, merge_polish(cost, groups)))
-
-
-def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
-    """``groups`` (a plan of valid groups) improved while DRAM falls: neighbouring groups merged
-    (the merge saving most first), else one op moved to a neighbouring group (the first such
-    move that saves, in op order; what it leaves behind splits into its connected pieces);
-    each step kept only when every group is valid and the plan stays acyclic. Deterministic."""
-    fg = cost.fg
-
-    def dram(gs) -> int:
-        return sum(cost.cost(g).dram_bytes for g in gs)
-
-    def legal(gs) -> bool:
-        return all(cost.valid(g) for g in gs) and topological_groups(fg, gs) is not None
-
-    groups = sorted(groups)
-    while True:
-        owner = {}
-        for k, g in enumerate(groups):
-            for i in bits(g):
-                owner[i] = k
-        pairs = sorted({tuple(sorted((owner[u], owner[v]))) for u, v in fg.edges if owner[u] != owner[v]})
-        saving = []
-        for a, b in pairs:
-            merged = groups[a] | groups[b]
-            if cost.valid(merged):
-                gain = dram((groups[a], groups[b])) - cost.cost(merged).dram_bytes
-                if gain > 0:
-                    saving.append((-gain, a, b))
-        step = None
-        for _, a, b in sorted(saving):
-            trial = [g for k, g in enumerate(groups) if k not in (a, b)] + [groups[a] | groups[b]]
-            if topological_groups(fg, trial) is not None:
-                step = trial
-                break
-        for u, v in fg.edges if step is None else ():
-            a, b = owner[u], owner[v]
-            if a == b:
-                continue
-            for op, src, dst in ((u, a, b), (v, b, a)):
-                left = groups[src] & ~(1 << op)
-                moved = [*fg.components(left), groups[dst] | 1 << op] if left else [groups[dst] | 1 << op]
-                if dram(moved) < dram((groups[src], groups[dst])):
-                    trial = [g for k, g in enumerate(groups) if k not in (src, dst)] + moved
-                    if legal(moved) and topological_groups(fg, trial) is not None:
-                        step = trial
-                        break
-            if step is not None:
-                break
-        if step is None:
-            return groups
-        groups = sorted(step)
 
 
 def window_polish(

@@ -80,6 +80,34 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     return None if order is None else [groups[k] for k in order]
 
 
+def groups_acyclic(fg: FusionGraph, groups: list[int]) -> bool:
+    """Whether the group graph of ``groups`` has no cycle (``topological_groups`` is not None),
+    without ordering it: the check local search makes for every step it tries."""
+    owner = group_of(fg, groups)
+    succ = [0] * len(groups)
+    for u in range(fg.n):
+        a = owner[u]
+        if a >= 0:
+            for v in fg.succs[u]:
+                b = owner[v]
+                if b >= 0 and b != a:
+                    succ[a] |= 1 << b
+    indegree = [0] * len(groups)
+    for s in succ:
+        for b in bits(s):
+            indegree[b] += 1
+    ready = [k for k, d in enumerate(indegree) if d == 0]
+    done = 0
+    while ready:
+        a = ready.pop()
+        done += 1
+        for b in bits(succ[a]):
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                ready.append(b)
+    return done == len(groups)
+
+
 def reach(fg: FusionGraph, mask: int) -> tuple[int, int]:
     """(ancestors, descendants) of the group ``mask``: the ORs of its ops' reachability masks."""
     anc, desc = fg.ancestors(), fg.descendants()

@@ -38,16 +38,23 @@ scans each j's intervals upstream with incremental costs (``upstream_intervals``
 LBDF only: BRR's tile count makes each interval an exact evaluation, so BRR chains
 of more than ``EXACT_CHAIN_OPS`` ops keep the tree search).
 The tree search may split at most ``tree_nodes`` new groups for one group the
-plan asks to split, ``big_tree_nodes`` for a group of more than ``big_group_ops``
-ops when that is set (``BIG_GROUP_OPS``, off by default) (its memo grows across
-calls, so later splits reuse what earlier ones found).
-Past that, which happens on wide graphs split whole (the all-fused Inception v2
-needs about 100,000 tree nodes), the groups it still has to split are split by
-interval DP (below). A big group is first split by interval DP, whose DRAM is
-the cutoff of its tree search: it gets the tree's split when that moves less,
-else the interval DP's. A big group's search shares only full tree-search results
-with later splits; what it found with interval-DP answers inside it holds for that
-search only, and a requested split so found is kept as answered.
+plan asks to split (its memo grows across calls, so later splits reuse what
+earlier ones found). Past that, which happens on wide graphs split whole (the
+all-fused Inception v2 needs about 100,000 tree nodes), the groups it still has
+to split are split by interval DP (below).
+**Big groups.** Once a planning run has spent ``plan_tree_nodes`` tree nodes
+(``PLAN_TREE_NODES``: a count, not a time, so plans do not depend on the machine),
+a group of more than ``big_group_ops`` ops (``BIG_GROUP_OPS``) that the plan asks
+to split goes to interval DP at once. Small graphs never spend that many and plan
+as before; a search on a large graph asks to split hundreds of distinct big groups
+(Inception v2, NSGA-II 1000 plans, BRR 256 KB: 777 of more than 16 ops), where a
+tree search that runs out of nodes takes about 0.35 s and interval DP a few ms,
+and its plans move less DRAM (``benchmarks/results/planner_scaling.txt``). With ``big_tree_nodes``
+above 0 a big group's interval DP is instead the cutoff of a tree search of that
+many nodes: it gets the tree's split when that moves less, else the interval
+DP's. Such a search shares only full tree-search results with later splits; what
+it found with interval-DP answers inside it holds for that search only, and a
+requested split so found is kept as answered.
 **Interval DP**: with a group's ops in topological order o_1..o_k, every
 interval o_i..o_j is convex, its weakly connected components are legal pieces and
 pieces of consecutive intervals keep the group graph acyclic; so
@@ -55,7 +62,12 @@ pieces of consecutive intervals keep the group graph acyclic; so
 over intervals whose components are all valid (an interval holding an invalid
 component is never extended: F_β only grows with ops added), is the least-DRAM
 split into interval pieces, in O(k·L) component evaluations (L the longest
-all-valid interval).
+all-valid interval). An interval cuts every branch it spans at one point, so the
+DP runs in three orders (``interval_orders``: op order, and depth first from the
+sources and from the sinks, which list a branch's ops together), each split is
+merge-polished (``fuser.fusion.polish.merge_polish``: neighbouring pieces merged,
+single ops moved, while DRAM falls), and the least is kept. best[j] depends only
+on o_1..o_j, so groups whose order starts alike share the DP's rows.
 Each split step is recorded as an explanation: the culprit ops, the cut edges
 and the buffer need before and after.
 """
@@ -70,15 +82,16 @@ import numpy as np
 from .cost import CostModel
 from .explain import ExactExplainer, Explainer
 from .opgraph import FusionGraph, bits
+from .polish import merge_polish
 
 SPLITS = ("random", "explain")
 TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
-# Groups of more than BIG_GROUP_OPS ops: interval DP first, its DRAM the cutoff of a tree search
-# of BIG_TREE_NODES nodes. Off (None) by default: at 48 ops / 200 nodes Inception v2 (NSGA-II 1000,
-# 256 KB) plans in 14.6 s CPU instead of 40.5 (LBDF) and 11.4 instead of 18.3 (BRR) with less DRAM,
-# but PicoDet BRR's plan moves 0.9% more (benchmarks/results/planner_scaling.txt).
-BIG_GROUP_OPS: int | None = None
-BIG_TREE_NODES = 200
+# Once a planning run has spent PLAN_TREE_NODES tree nodes, groups of more than BIG_GROUP_OPS ops
+# go to interval DP at once (BIG_TREE_NODES > 0: interval DP is the cutoff of a tree search of
+# that many nodes). None: every group gets the tree search.
+BIG_GROUP_OPS: int | None = 16
+BIG_TREE_NODES = 0
+PLAN_TREE_NODES = 1000
 EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²) cost work)
 
 
@@ -128,6 +141,39 @@ def severed_edges(fg: FusionGraph, pieces) -> list[tuple[int, int]]:
     """Edges between different ``pieces`` of one group: what a split cuts."""
     owner = {i: k for k, p in enumerate(pieces) for i in bits(p)}
     return [(u, v) for u in owner for v in fg.succs[u] if owner.get(v, owner[u]) != owner[u]]
+
+
+def interval_orders(fg: FusionGraph, mask: int) -> list[list[int]]:
+    """Three topological orders of the ops of ``mask`` for interval DP: op order, and depth
+    first from the sources (successors in op order) and from the sinks (predecessors), each
+    listing a branch's ops together. An interval of one order cuts parallel branches at one
+    point; the depth-first orders cut each branch on its own (PicoDet's heads)."""
+
+    def depth_first(roots, nexts) -> list[int]:
+        seen, post = 0, []
+        for root in roots:
+            if seen >> root & 1:
+                continue
+            seen |= 1 << root
+            stack = [(root, iter(nexts(root)))]
+            while stack:
+                op, rest = stack[-1]
+                for nxt in rest:
+                    if not seen >> nxt & 1:
+                        seen |= 1 << nxt
+                        stack.append((nxt, iter(nexts(nxt))))
+                        break
+                else:
+                    stack.pop()
+                    post.append(op)
+        return post
+
+    ops = bits(mask)
+    sources = [op for op in ops if not fg.pred_mask[op] & mask]
+    sinks = [op for op in reversed(ops) if not fg.succ_mask[op] & mask]
+    from_sources = depth_first(sources, lambda op: bits(fg.succ_mask[op] & mask))[::-1]
+    from_sinks = depth_first(sinks, lambda op: reversed(bits(fg.pred_mask[op] & mask)))
+    return [ops, from_sources, from_sinks]
 
 
 @dataclass(frozen=True)
@@ -276,6 +322,8 @@ class ExplainSplitter(Splitter):
         self._chain_dp: dict[int, tuple[list[int], list, list[int], list[int]]] = {}  # by first op
         self.big_group_ops = BIG_GROUP_OPS  # None: off; else larger groups get interval DP first
         self.big_tree_nodes = BIG_TREE_NODES
+        self.plan_tree_nodes = PLAN_TREE_NODES
+        self.nodes_spent = 0  # tree nodes split so far, all searches together
         self._interval_cap = False  # set while a big group's tree search runs: interval DP bounds
         self._cutoffs = False  # and pieces are split with cutoffs (``_least_dram_cut``)
         # A big group's search shares only full tree-search results (``_memo``, ``_at_least``):
@@ -287,6 +335,7 @@ class ExplainSplitter(Splitter):
         self._search_at_least: dict[int, int] = {}
         self._requested: dict[int, SplitResult] = {}
         self._intervals: dict[int, SplitResult] = {}  # interval_split, by group
+        self._interval_dp: dict[tuple[int, int], tuple[list[int], list, list]] = {}  # by order, first op
 
     def split(self, mask: int) -> SplitResult:
         if self._nodes_left is not None:  # inside a tree search: its budget applies
@@ -296,7 +345,11 @@ class ExplainSplitter(Splitter):
         result = self._requested.get(mask)
         if result is not None:
             return result
-        big = self.big_group_ops is not None and mask.bit_count() > self.big_group_ops
+        big = (
+            self.big_group_ops is not None
+            and mask.bit_count() > self.big_group_ops
+            and self.nodes_spent >= self.plan_tree_nodes
+        )
         self._nodes_left = self.big_tree_nodes if big else self.tree_nodes
         self._interval_cap = self._cutoffs = big
         partial = self._partial
@@ -320,37 +373,69 @@ class ExplainSplitter(Splitter):
         return result
 
     def _interval_split(self, mask: int) -> SplitResult:
+        best = None
+        orders = interval_orders(self.fg, mask)
+        for kind, ops in enumerate(orders):
+            if ops in orders[:kind]:
+                continue  # the same split again
+            pieces = merge_polish(self.cost, self._intervals_in(ops, kind))
+            dram = sum(self.cost.cost(p).dram_bytes for p in pieces)
+            if best is None or dram < best[0]:
+                best = (dram, pieces)
+        dram, pieces = best
+        rule = "interval DP (best of three topological orders, merge-polished)"
+        return SplitResult(pieces, [SplitStep(mask, (), rule, tuple(pieces))], dram)
+
+    def _intervals_in(self, ops: list[int], kind: int = 0) -> list[int]:
+        """The least-DRAM split of the group of ``ops`` (in a topological order) into the
+        components of intervals of that order. best[j] depends only on ``ops[:j]`` (a
+        component's cost does not depend on the group around it), so the DP of the last
+        sequence of this ``kind`` of order with the same first op is kept and its common
+        prefix reused (``chain_split``'s sharing): the groups a search asks to split differ
+        by a few ops."""
         cost, fg = self.cost, self.fg
-        ops = bits(mask)
         k = len(ops)
-        best: list[int | None] = [0] + [None] * k
-        choice: list[tuple[int, ...]] = [()] * (k + 1)
-        for j in range(1, k + 1):
-            comps: list[int] = []
+        cached = self._interval_dp.get((kind, ops[0]))
+        done = 0
+        if cached is not None:
+            old_ops, best, choice = cached
+            limit = min(k, len(old_ops))
+            while done < limit and old_ops[done] == ops[done]:
+                done += 1
+            best, choice = best[: done + 1], choice[: done + 1]
+        else:
+            best, choice = [0], [()]
+        cost_of, valid, nbr_mask = cost.cost, cost.valid, fg.nbr_mask  # the hot loop's lookups
+        for j in range(done + 1, k + 1):
+            comps: list[tuple[int, int]] = []  # (component, its F_D)
             total = 0
+            least, pick = None, ()
             for i in range(j - 1, -1, -1):
                 op = ops[i]
-                joined, near = 1 << op, fg.nbr_mask(op)
+                joined, near = 1 << op, nbr_mask(op)
                 kept = []
                 for c in comps:
-                    if c & near:
-                        joined |= c
-                        total -= cost.cost(c).dram_bytes
+                    if c[0] & near:
+                        joined |= c[0]
+                        total -= c[1]
                     else:
                         kept.append(c)
-                if not cost.valid(joined):
+                if not valid(joined):
                     break  # every longer interval holds this component
-                comps = [*kept, joined]
-                total += cost.cost(joined).dram_bytes
-                if best[j] is None or best[i] + total < best[j]:
-                    best[j], choice[j] = best[i] + total, (i, *comps)
+                dram = cost_of(joined).dram_bytes
+                comps = [*kept, (joined, dram)]
+                total += dram
+                if least is None or best[i] + total < least:
+                    least, pick = best[i] + total, (i, *(c for c, _ in comps))
+            best.append(least)
+            choice.append(pick)
+        self._interval_dp[(kind, ops[0])] = (ops, best, choice)
         pieces, j = [], k
         while j > 0:
             i, *comps = choice[j]
             pieces[:0] = sorted(comps)
             j = i
-        step = SplitStep(mask, (), "interval DP (tree search over its node budget)", tuple(pieces))
-        return SplitResult(pieces, [step], best[k])
+        return pieces
 
     def is_chain(self, mask: int) -> bool:
         """Whether the group's inner edges form one path through its ops in topological order."""
@@ -476,6 +561,7 @@ class ExplainSplitter(Splitter):
         if self._nodes_left < 0:
             self._partial += 1
             return self.interval_split(mask)
+        self.nodes_spent += 1
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))
