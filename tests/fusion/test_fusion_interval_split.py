@@ -120,7 +120,8 @@ def test_big_groups_take_interval_dp_once_the_run_has_spent_its_tree_nodes(seed)
     splitter without the big-group rule gives); after, its interval DP split exactly."""
     fg = build_fusion_graph(random_dag(seed, 36))
     cost = make_cost_model(fg, "lbdf", 2048)
-    groups = [g for g in _random_groups(fg, cost, seed, 12) if g.bit_count() > 4 and not g & ~cost.fusable_mask]
+    fusable = [g for g in _random_groups(fg, cost, seed, 12) if not g & ~cost.fusable_mask]
+    groups = [g for g in fusable if g.bit_count() > 4]
     plain = ExplainSplitter(cost)
     plain.big_group_ops = None
     fresh = ExplainSplitter(cost)
