@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             f"{report.model_ratio:.2f}",
             _kb(report.fuseops_bytes) if report.fuseops_bytes else "-",
             f"{report.fuseops_ratio:.2f}" if report.fuseops_ratio else "-",
-            _kb(report.no_fusion_bytes or None),  # per-image plans: not computed for the batch
+            _kb(report.no_fusion_bytes),
             _kb(floor),
         )
     out.print(summary)

@@ -27,6 +27,8 @@ import numpy as np
 
 from fuser.ir import Graph
 
+from .cost import make_cost_model
+from .opgraph import build_fusion_graph
 from .plan import Plan, moved_bytes
 from .tiling import tile_hints
 
@@ -194,9 +196,18 @@ def measure_plan(
         buffer_bytes=int(data["buffer_bytes"]),
         cache_bytes=cache,
         predicted_bytes=int(moved_bytes(data)),
-        no_fusion_bytes=int(data.get("no_fusion_dram_bytes", 0)) if data.get("images", 1) == 1 else 0,
+        no_fusion_bytes=_no_fusion_bytes(graph, data),
         measured_bytes=traffic.dram_bytes,
         fuseops_bytes=None if base is None else base.dram_bytes,
         groups=groups,
         unattributed_kernels=unattributed,
     )
+
+
+def _no_fusion_bytes(graph: Graph, data: dict) -> int:
+    """Every op alone (W + In + Out) for the batch the build runs: the plan's own figure, or, for a
+    plan made per image of a batch, the same sum over the whole batch's sizes."""
+    if data.get("images", 1) == 1:
+        return int(data["no_fusion_dram_bytes"])
+    whole = build_fusion_graph(graph, per_image=False)
+    return make_cost_model(whole, data["style"], 1 << 40, int(data["element_bytes"])).no_fusion_dram()

@@ -242,6 +242,14 @@ def _groups(data: dict) -> str:
         f"{_e(plan['search'].get('split'))} split, {plan['search'].get('plans_evaluated')} plans, "
         f"seed {plan['search'].get('seed')}.</p>"
         + (
+            f'<p class="note" id="per-image">Planned per image of a batch of {plan["images"]} (a '
+            "group kernel's tiles run images outermost): the bytes here are one image's; the batch "
+            f"moves <b>{mb(plan['batch_dram_bytes'])} MB</b> (a fitting LBDF group reads its weights "
+            "once for the batch).</p>"
+            if plan.get("images", 1) > 1
+            else ""
+        )
+        + (
             '<p class="note">ORT ms: ONNX Runtime with one kernel per op (basic optimisations), the '
             "group's ops summed, median per op. DRAM traffic itself is not measured: no memory counters "
             "here; the roofline below sets the measured times against the predicted bytes.</p>"

@@ -256,6 +256,8 @@ def build_report(
         )
     }
     data["plan"].update(peaks(rows))
+    if plan.get("images", 1) > 1:  # planned per image: the bytes are one image's
+        data["plan"].update(images=plan["images"], batch_dram_bytes=plan["batch_dram_bytes"])
     data["groups"] = [
         {
             "index": r.index,

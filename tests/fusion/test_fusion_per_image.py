@@ -75,3 +75,28 @@ def test_the_kernel_table_shows_what_the_batch_moves():
     groups = plan.to_dict()["groups"]
     (row,) = _join_plan([KernelTiming("fuser_group_0", 1.0, group=0)], groups)
     assert row.dram_bytes == W1 + W2 + 8 * (X + Y)  # not one image's W1 + W2 + X + Y
+
+
+def test_the_report_page_says_its_bytes_are_one_images():
+    from fuser.reports.html import render_html
+    from fuser.reports.model_report import ReportOptions, build_report
+
+    options = ReportOptions(buffer=W1 + W2 + FEATURE + 1, sweep=(), measure=False)
+    data = build_report(conv_chain(8), options)
+    assert (data["plan"]["images"], data["plan"]["batch_dram_bytes"]) == (8, W1 + W2 + 8 * (X + Y))
+    assert data["plan"]["dram_bytes"] == W1 + W2 + X + Y  # one image's
+    page = render_html(data, graph=False)
+    assert 'id="per-image">Planned per image of a batch of 8' in page
+    single = build_report(conv_chain(1), options)
+    assert "images" not in single["plan"] and 'id="per-image"' not in render_html(single, graph=False)
+
+
+def test_measured_reports_no_fusion_for_the_whole_batch():
+    from fuser.fusion.measured import _no_fusion_bytes
+
+    plan = partition(conv_chain(8), buffer=W1 + W2 + FEATURE + 1).to_dict()
+    one_image = (W1 + X + C1) + (C1 + C1) + (W2 + C1 + Y)
+    assert plan["no_fusion_dram_bytes"] == one_image
+    assert _no_fusion_bytes(conv_chain(8), plan) == W1 + W2 + 8 * (X + 4 * C1 + Y)
+    single = partition(conv_chain(1), buffer=W1 + W2 + FEATURE + 1).to_dict()
+    assert _no_fusion_bytes(conv_chain(1), single) == one_image
