@@ -42,18 +42,18 @@ plan asks to split (its memo grows across calls, so later splits reuse what
 earlier ones found). Past that, which happens on wide graphs split whole (the
 all-fused Inception v2 needs about 100,000 tree nodes), the groups it still has
 to split are split by interval DP (below).
-**Big groups.** Once a planning run has spent ``plan_tree_nodes`` tree nodes
-(``PLAN_TREE_NODES``: a count, not a time, so plans do not depend on the machine),
-a group of more than ``big_group_ops`` ops (``BIG_GROUP_OPS``) that the plan asks
-to split goes to interval DP at once. Small graphs never spend that many and plan
-as before; a search on a large graph asks to split hundreds of distinct big groups
-(Inception v2, NSGA-II 1000 plans, BRR 256 KB: 777 of more than 16 ops), where a
-tree search that runs out of nodes takes about 0.35 s and interval DP a few ms,
-and its plans move less DRAM (``benchmarks/results/planner_scaling.txt``). With ``big_tree_nodes``
-above 0 a big group's interval DP is instead the cutoff of a tree search of that
-many nodes: it gets the tree's split when that moves less, else the interval
-DP's. Such a search shares only full tree-search results with later splits; what
-it found with interval-DP answers inside it holds for that search only, and a
+**Big groups.** A group of more than ``big_group_ops`` ops (``BIG_GROUP_OPS``)
+that the plan asks to split goes to interval DP at once. A search on a large
+graph asks to split hundreds of distinct big groups (Inception v2, NSGA-II 1000
+plans, BRR 256 KB: 777 of more than 16 ops), where a tree search that runs out of
+nodes takes about 0.35 s and interval DP a few ms; and the interval DP below
+splits them as well or better: NSGA-II 2000 plans on every zoo model at 128 and
+256 KB, LBDF and BRR, moves less DRAM on 39 of 68 rows and the same on the rest
+(``benchmarks/results/planner_scaling.txt``). With ``big_tree_nodes`` above 0 a
+big group's interval DP is instead the cutoff of a tree search of that many
+nodes: it gets the tree's split when that moves less, else the interval DP's.
+Such a search shares only full tree-search results with later splits; what it
+found with interval-DP answers inside it holds for that search only, and a
 requested split so found is kept as answered.
 **Interval DP**: with a group's ops in topological order o_1..o_k, every
 interval o_i..o_j is convex, its weakly connected components are legal pieces and
@@ -86,12 +86,10 @@ from .polish import merge_polish
 
 SPLITS = ("random", "explain")
 TREE_NODES = 2000  # groups one split's tree search may split before interval DP takes over
-# Once a planning run has spent PLAN_TREE_NODES tree nodes, groups of more than BIG_GROUP_OPS ops
-# go to interval DP at once (BIG_TREE_NODES > 0: interval DP is the cutoff of a tree search of
-# that many nodes). None: every group gets the tree search.
+# Groups of more than BIG_GROUP_OPS ops go to interval DP at once (BIG_TREE_NODES > 0: interval DP
+# is the cutoff of a tree search of that many nodes). None: every group gets the tree search.
 BIG_GROUP_OPS: int | None = 16
 BIG_TREE_NODES = 0
-PLAN_TREE_NODES = 1000
 EXACT_CHAIN_OPS = 48  # longest chain split by DP on exact costs (BRR: O(k·L²) cost work)
 
 
@@ -322,8 +320,6 @@ class ExplainSplitter(Splitter):
         self._chain_dp: dict[int, tuple[list[int], list, list[int], list[int]]] = {}  # by first op
         self.big_group_ops = BIG_GROUP_OPS  # None: off; else larger groups get interval DP first
         self.big_tree_nodes = BIG_TREE_NODES
-        self.plan_tree_nodes = PLAN_TREE_NODES
-        self.nodes_spent = 0  # tree nodes split so far, all searches together
         self._interval_cap = False  # set while a big group's tree search runs: interval DP bounds
         self._cutoffs = False  # and pieces are split with cutoffs (``_least_dram_cut``)
         # A big group's search shares only full tree-search results (``_memo``, ``_at_least``):
@@ -345,11 +341,7 @@ class ExplainSplitter(Splitter):
         result = self._requested.get(mask)
         if result is not None:
             return result
-        big = (
-            self.big_group_ops is not None
-            and mask.bit_count() > self.big_group_ops
-            and self.nodes_spent >= self.plan_tree_nodes
-        )
+        big = self.big_group_ops is not None and mask.bit_count() > self.big_group_ops
         self._nodes_left = self.big_tree_nodes if big else self.tree_nodes
         self._interval_cap = self._cutoffs = big
         partial = self._partial
@@ -561,7 +553,6 @@ class ExplainSplitter(Splitter):
         if self._nodes_left < 0:
             self._partial += 1
             return self.interval_split(mask)
-        self.nodes_spent += 1
         explanation = self.explainer.explain(mask)
         excess = cost.cost(mask).buffer_bytes - cost.buffer_bytes
         culprits = tuple((i, explanation.op_scores[i]) for i in explanation.culprits(excess))

@@ -101,6 +101,7 @@ def test_random_split_is_legal_and_the_explain_split_moves_less_dram():
     assert groups
     explain, rand = ExplainSplitter(cost), RandomSplitter(cost, seed=0)
     peel = ExplainSplitter(cost, lookahead_ops=0)  # the cheaper rule: keep the largest valid piece
+    peel.big_group_ops = None  # a rule of the tree search: not for big groups' interval DP
     for g in groups:
         for splitter in (explain, rand, peel):
             result = splitter.split(g)
@@ -291,11 +292,11 @@ def test_big_groups_move_no_more_than_their_interval_split_and_stay_legal(seed, 
     assert len(groups) >= 10
     for mask in groups:
         big = ExplainSplitter(cost)
-        big.big_group_ops, big.big_tree_nodes, big.plan_tree_nodes = 0, 5, 0
+        big.big_group_ops, big.big_tree_nodes = 0, 5
         got = big.split(mask)
         assert got.dram <= big.interval_split(mask).dram
         unlimited = ExplainSplitter(cost)
-        unlimited.big_group_ops, unlimited.big_tree_nodes, unlimited.plan_tree_nodes = 0, 10**9, 0
+        unlimited.big_group_ops, unlimited.big_tree_nodes = 0, 10**9
         assert unlimited.split(mask).dram <= min(big.interval_split(mask).dram, _full_split(cost, mask).dram)
         assert got.dram == sum(cost.cost(p).dram_bytes for p in got.pieces)
         assert sum(got.pieces) == mask and all(cost.valid(p) for p in got.pieces)
@@ -309,7 +310,7 @@ def test_splits_found_past_the_node_budget_stay_in_their_search(seed):
     fg = build_fusion_graph(random_dag(seed, 40))
     cost = LBDF(fg, 2048)
     splitter = ExplainSplitter(cost)
-    splitter.big_group_ops, splitter.big_tree_nodes, splitter.plan_tree_nodes = 0, 3, 0
+    splitter.big_group_ops, splitter.big_tree_nodes = 0, 3
     asked = _invalid_groups(fg, cost, seed)
     answers = [splitter.split(g) for g in asked]
     assert splitter._requested, "no search ran out of nodes: the test checks nothing"

@@ -112,27 +112,3 @@ def test_groups_acyclic_agrees_with_topological_groups(seed):
         owner = [rng.randrange(6) for _ in range(fg.n)]
         groups = [g for g in (sum(1 << i for i in range(fg.n) if owner[i] == k) for k in range(6)) if g]
         assert groups_acyclic(fg, groups) == (topological_groups(fg, groups) is not None)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_big_groups_take_interval_dp_once_the_run_has_spent_its_tree_nodes(seed):
-    """Before ``plan_tree_nodes`` tree nodes are spent a big group gets the tree search (what a
-    splitter without the big-group rule gives); after, its interval DP split exactly."""
-    fg = build_fusion_graph(random_dag(seed, 36))
-    cost = make_cost_model(fg, "lbdf", 2048)
-    fusable = [g for g in _random_groups(fg, cost, seed, 12) if not g & ~cost.fusable_mask]
-    groups = [g for g in fusable if g.bit_count() > 4]
-    plain = ExplainSplitter(cost)
-    plain.big_group_ops = None
-    fresh = ExplainSplitter(cost)
-    fresh.big_group_ops, fresh.plan_tree_nodes = 4, 10**9
-    spent = ExplainSplitter(cost)
-    spent.big_group_ops, spent.plan_tree_nodes = 4, 0
-    differs = 0
-    for mask in groups:
-        tree = plain.split(mask)
-        assert fresh.split(mask).pieces == tree.pieces
-        got = spent.split(mask)
-        assert got.pieces == spent.interval_split(mask).pieces
-        differs += got.pieces != tree.pieces
-    assert fresh.nodes_spent > 0 and spent.nodes_spent == 0 and differs
