@@ -1,0 +1,22 @@
+"""benchmarks/fusion_dram.py's gap table without bounds: the planner's own plans, row by row."""
+
+import fusion_dram
+from rich.console import Console
+
+import fuser
+from fuser.fusion import build_fusion_graph, partition_fusion_graph
+
+
+def test_the_search_only_gap_table_lists_the_plans_partition_makes():
+    """``fusion_dram.py --gaps --no-bounds``: every row's DRAM is the plan ``partition`` makes."""
+    console = Console(record=True, width=160)
+    table = fusion_dram.gap_report(console, ["resnet18"], budget=20, size=64, bounds=False)
+    fg = build_fusion_graph(fuser.optimize("zoo:resnet18", input_shapes=(1, 3, 64, 64)).graph)
+    want = [
+        partition_fusion_graph(fg, buffer=b, style=s, search="nsga2", budget=20)[0].dram_bytes
+        for b in ("128KB", "256KB")
+        for s in ("lbdf", "brr")
+    ]
+    assert table.row_count == 4
+    assert list(table.columns[4].cells) == [fusion_dram.mb(d) for d in want]
+    assert list(table.columns[7].cells) == ["-"] * 4
