@@ -66,7 +66,13 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    the fewest vectors per multiply-add (a conv; a depthwise conv or pool, whose input differs
    per accumulator, tiles the row alone). MobileNetV2 224, 1 thread: the features.12 group
    took 0.40 ms with one column of 12 chunks, 0.22 ms with 2 chunks x 14 columns (FuseOps
-   0.38 ms). The elementwise block that alone reads a register tile's result (a bias and
+   0.38 ms). When a row of one chunk fills the register budget exactly (a divisor of the
+   columns equals it: AVX-512's 28 at 28, 56 or 112 columns), that row is the tile, one chunk
+   x the budget in columns, as FuseOps' window rule takes it (its broadcast input is the FMA's
+   memory operand): MobileNetV2 224, 1 thread, Zen 4, the features.5 group took 0.26 ms with
+   1 x 28 against 0.29-0.52 ms with 4 chunks x 7 columns (split into three kernels: 0.22 ms),
+   the model 6% less; at 14 columns 2 x 14 was slower than 4 x 7 (features.12: 0.57 against
+   0.43 ms), so narrower rows keep the fewest-loads pair. The elementwise block that alone reads a register tile's result (a bias and
    activation, a residual add) is then computed in the tile's write-back, from the registers,
    where TVM can inline it (not under a rolling window's predicate), saving a pass over the
    line buffer. Other spatial blocks (pads, activations) are vectorized on their innermost loop
@@ -801,7 +807,8 @@ def _register_tile(sch, b, spatial, reduce, target):
     (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
     (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
     channels) the pair that fits in the registers less 4 and loads the fewest vectors per
-    multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken; when one does (depthwise,
+    multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken, unless the budget divides the
+    row: then one chunk x the budget in columns (measured faster, see rule 4); when one does (depthwise,
     pooling) each accumulator needs its own input vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
@@ -847,6 +854,8 @@ def _register_tile(sch, b, spatial, reduce, target):
         ((c, w) for c in _divisors(channels) for w in _divisors(units) if c * w <= budget),
         key=lambda cw: ((cw[0] + cw[1]) / (cw[0] * cw[1]), -cw[0] * cw[1]),
     )
+    if shared and budget in _divisors(units):  # one chunk's row fills the registers (rule 4)
+        reg_c, reg_w = 1, budget
     if row.same_as(spatial[-1]):
         wo, wi, wv = sch.split(row, [None, reg_w, vec])
         rest = [lp for lp in others if not lp.same_as(channel)]
