@@ -68,11 +68,12 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    took 0.40 ms with one column of 12 chunks, 0.22 ms with 2 chunks x 14 columns (FuseOps
    0.38 ms). When a row of one chunk fills the register budget exactly (a divisor of the
    columns equals it: AVX-512's 28 at 28, 56 or 112 columns), that row is the tile, one chunk
-   x the budget in columns, as FuseOps' window rule takes it (its broadcast input is the FMA's
-   memory operand): MobileNetV2 224, 1 thread, Zen 4, the features.5 group took 0.26 ms with
-   1 x 28 against 0.29-0.52 ms with 4 chunks x 7 columns (split into three kernels: 0.22 ms),
-   the model 6% less; at 14 columns 2 x 14 was slower than 4 x 7 (features.12: 0.57 against
-   0.43 ms), so narrower rows keep the fewest-loads pair. The elementwise block that alone reads a register tile's result (a bias and
+   x the budget in columns, as FuseOps' window rule takes it (the broadcast input is the FMA's
+   memory operand). MobileNetV2 224, 1 thread, this Zen 4 host (AVX-512): the features.5 group
+   took 0.24-0.27 ms with 1 x 28 against 0.29-0.52 ms with 4 chunks x 7 columns (split into
+   three kernels: 0.21-0.24 ms), the model 7% less; at 14 columns 2 x 14 was slower than 4 x 7
+   (features.12: 0.57 against 0.43 ms), so narrower rows keep the fewest-loads pair. The
+   elementwise block that alone reads a register tile's result (a bias and
    activation, a residual add) is then computed in the tile's write-back, from the registers,
    where TVM can inline it (not under a rolling window's predicate), saving a pass over the
    line buffer. Other spatial blocks (pads, activations) are vectorized on their innermost loop
@@ -808,8 +809,9 @@ def _register_tile(sch, b, spatial, reduce, target):
     (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
     channels) the pair that fits in the registers less 4 and loads the fewest vectors per
     multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken, unless the budget divides the
-    row: then one chunk x the budget in columns (measured faster, see rule 4); when one does (depthwise,
-    pooling) each accumulator needs its own input vector: half the registers, all on the row.
+    row: then one chunk x the budget in columns (measured faster, rule 4); when one does
+    (depthwise, pooling) each accumulator needs its own input vector: half the registers, all
+    on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
     from .schedules.common import cpu_facts, extent, vector_factor
