@@ -72,8 +72,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    unaligned 64-byte moves whose cost depends on where the process's stack starts (the same
    kernel 1.5-2x slower in one process than in another, set by the environment's size).
    MobileNetV2 224, 1 thread, Zen 4 (AVX-512), per group against the old pairs: features.5
-   0.24 -> 0.23 ms (1 x 28), features.8-9 0.61-0.65 -> 0.42 ms (2 x 7, 3 x 7), features.10-11
-   0.50-0.85 -> 0.46 ms; the model 12-15% less. The
+   0.29-0.52 -> 0.23 ms (1 x 28), features.8-9 0.61-0.65 -> 0.42 ms (2 x 7, 3 x 7),
+   features.10-11 0.50-0.85 -> 0.46 ms; the model 8-19% less (three runs of plan_latency:
+   8.22-8.94 -> 7.21-7.48 ms). The
    elementwise block that alone reads a register tile's result (a bias and
    activation, a residual add) is then computed in the tile's write-back, from the registers,
    where TVM can inline it (not under a rolling window's predicate), saving a pass over the
