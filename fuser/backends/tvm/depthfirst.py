@@ -64,7 +64,7 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    reg_c output channels (NCHW[x]c: channel chunks) x reg_w row vectors (NCHW[x]c: output
    columns, the vector being the channel block). A conv (a depthwise conv or pool, whose input
    differs per accumulator, tiles the row alone, on half the registers) takes the pair whose
-   registers fit without spilling (``_conv_registers``: accumulators, a weight vector per
+   registers fit without spilling (``conv_register_tile``: accumulators, a weight vector per
    chunk, the broadcast inputs), the most accumulators first, then the fewest loads per
    multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting only the accumulators (at most
    the registers less 4, fewest loads) picked 4 chunks x 7 columns and 2 x 14 on AVX-512,
@@ -809,13 +809,13 @@ def _register_tile(sch, b, spatial, reduce, target):
     loop is one vector, the channel block: the output columns), reg_c the output channels
     (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
     (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
-    channels) the pair whose registers fit (``_conv_registers`` at most the registers less 1)
+    channels) the pair whose registers fit (``schedules.common.conv_register_tile``)
     with the most accumulators, then the fewest vector loads per multiply-add, (reg_c + reg_w)
     / (reg_c x reg_w); when one does (depthwise, pooling) each accumulator needs its own input
     vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
-    from .schedules.common import cpu_facts, extent, vector_factor
+    from .schedules.common import conv_register_tile, cpu_facts, extent, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return None  # a loop whose extent depends on the tile (a clipped window)
@@ -852,13 +852,7 @@ def _register_tile(sch, b, spatial, reduce, target):
     inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
     shared = var is not None and not any(reads_both(ld) for ld in inputs)
     if shared:  # a conv: the tile whose registers fit, the most accumulators, fewest loads
-        fits = [
-            (c, w)
-            for c in _divisors(extent(sch, channel))
-            for w in _divisors(units)
-            if _conv_registers(c, w) <= regs - 1
-        ] or [(1, 1)]
-        reg_c, reg_w = min(fits, key=lambda cw: (-cw[0] * cw[1], (cw[0] + cw[1]) / (cw[0] * cw[1])))
+        reg_c, reg_w = conv_register_tile(extent(sch, channel), units, regs)
     else:  # depthwise, pooling: an input vector per accumulator
         reg_c, reg_w = 1, max(w for w in _divisors(units) if w <= max((regs - 2) // 2, 1))
     if row.same_as(spatial[-1]):
@@ -885,13 +879,6 @@ def _register_tile(sch, b, spatial, reduce, target):
         sch.vectorize(sch.split(copy, [None, vec])[1])
     sch.decompose_reduction(b, reduce[0])
     return acc
-
-
-def _conv_registers(reg_c: int, reg_w: int) -> int:
-    """Vector registers a conv's register tile holds in its inner loop: the accumulators, a
-    weight vector per channel chunk, and the broadcast inputs: one a column when each feeds
-    reg_c > 1 chunks (LLVM keeps them), else one (AVX-512: the FMA's memory operand)."""
-    return reg_c * reg_w + reg_c + (reg_w if reg_c > 1 else 1)
 
 
 def _divisors(n: int) -> list[int]:
