@@ -545,3 +545,55 @@ def test_a_write_back_tvm_cannot_analyse_keeps_its_consumer():
     got = run_fused(graph, fused, target, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
     assert rel_err(got[0], want[0]) <= TOL
+
+
+def unrolled_extents(func, block_name: str) -> list[int]:
+    """Extents of the unrolled loops around ``block_name``: its register tile (channels x
+    columns; the vectorized channel block is not counted)."""
+    realize, loops = next(
+        (r, lps) for r, lps in depthfirst._realizes(func.body) if r.block.name_hint == block_name
+    )
+    return [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.UNROLLED]
+
+
+@pytest.mark.parametrize("hw,tile", [(28, [28]), (14, [2, 7])])
+def test_a_convs_register_tile_fits_the_registers(hw, tile):
+    """An inverted residual (MobileNetV2's, fewer channels) on AVX-512, 32 registers: both 1x1
+    convs take the register tile with the most accumulators whose registers fit (accumulators,
+    a weight vector per chunk, the broadcast inputs: at most 31): at 28 columns one chunk x 28
+    (30 registers), at 14 columns 2 chunks x 7 (23). Counting only the accumulators picked
+    4 x 7 and 2 x 14 (39 and 44 registers), which LLVM spilled to the stack in the reduction
+    loop: 1.2-2x slower on Zen 4, by where the stack starts. The build for this host matches
+    ORT."""
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expand = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU6())
+            self.dw = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.ReLU6())
+            self.project = torch.nn.Conv2d(64, 32, 1)
+
+        def forward(self, x):
+            return x + self.project(self.dw(self.expand(x)))
+
+    x = torch.randn(1, 32, hw, hw)
+    graph = fuser.optimize(Block().eval(), (x,)).graph
+    owner = {n.name: 0 for n in graph.nodes}
+    hints = {0: depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)}
+    avx512 = tb.make_target("llvm", cpu="znver4", threads=1)
+    func = tb.fuse(tb.to_relax(graph, owner), avx512, planned=True, tiling=hints)["fuser_group_0"]
+    convs = sorted(
+        r.block.name_hint
+        for r, _ in depthfirst._realizes(func.body)
+        if r.block.name_hint.startswith("conv2d_nchwc") and r.block.name_hint.endswith("_update")
+    )
+    assert len(convs) == 2, convs
+    for name in convs:
+        assert unrolled_extents(func, name) == tile, (name, unrolled_extents(func, name))
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
+    assert tb.depth_first_reports(fused)["fuser_group_0"]["tiled"]
+    got = run_fused(graph, fused, target, x.numpy())
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL

@@ -337,3 +337,22 @@ def test_a_concat_after_a_conv_is_computed_whole_and_one_thread_targets_stay_ser
     got = native.run_executable(tb.build_fused(fused, target), graph, target, {graph.inputs[0].name: x})
     want = ort_run_graph(graph, {graph.inputs[0].name: x})
     assert rel_err(got[0], want[0]) <= TOL
+
+
+@pytest.mark.parametrize(("hw", "tile"), [(28, [1, 28]), (14, [3, 7]), (7, [3, 7])])
+def test_the_window_rules_conv_tile_fits_the_registers(hw, tile):
+    """A 1x1 conv (96 -> 96 channels, 6 chunks of 16) on AVX-512: the register tile whose
+    accumulators, weight vectors and broadcast inputs fit in 31 of the 32 registers, the most
+    accumulators first (28 columns: 1 x 28, 30 registers; 14 and 7: 3 x 7, 31), not 2 x 14 at
+    14 columns (44 registers: the accumulators that fit in 28), which LLVM spilled to the
+    stack."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(96, 96, 1)
+    graph = fuser.optimize(conv.eval(), (torch.randn(1, 96, hw, hw),)).graph
+    target = tb.make_target("llvm", cpu="znver4", threads=1)
+    fused = tb.schedule(tb.fuse(tb.to_relax(graph), target), target)
+    (func,) = [f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in str(f)]
+    from fuser.backends.tvm.depthfirst import _realizes
+
+    loops = next(lps for r, lps in _realizes(func.body) if r.block.name_hint.endswith("_update"))
+    assert [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.UNROLLED] == tile

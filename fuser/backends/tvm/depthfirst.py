@@ -62,11 +62,20 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    row; the channel block of the blocked NCHW[x]c layout the layout passes give plan groups,
    with weights prepacked) gets a register tile (``_register_tile``), written back per tile:
    reg_c output channels (NCHW[x]c: channel chunks) x reg_w row vectors (NCHW[x]c: output
-   columns, the vector being the channel block), the pair that fits the registers and loads
-   the fewest vectors per multiply-add (a conv; a depthwise conv or pool, whose input differs
-   per accumulator, tiles the row alone). MobileNetV2 224, 1 thread: the features.12 group
-   took 0.40 ms with one column of 12 chunks, 0.22 ms with 2 chunks x 14 columns (FuseOps
-   0.38 ms). The elementwise block that alone reads a register tile's result (a bias and
+   columns, the vector being the channel block). A conv (a depthwise conv or pool, whose input
+   differs per accumulator, tiles the row alone, on half the registers) takes the pair whose
+   registers fit without spilling (``conv_register_tile``: accumulators, a weight vector per
+   chunk, the broadcast inputs), the most accumulators first, then the fewest loads per
+   multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting only the accumulators (at most
+   the registers less 4, fewest loads) picked 4 chunks x 7 columns and 2 x 14 on AVX-512,
+   39 and 44 registers: LLVM spilled accumulators to the stack in the reduction loop, with
+   unaligned 64-byte moves whose cost depends on where the process's stack starts (the same
+   kernel 1.5-2x slower in one process than in another, set by the environment's size).
+   MobileNetV2 224, 1 thread, Zen 4 (AVX-512), per group against the old pairs: features.5
+   0.29-0.52 -> 0.23 ms (1 x 28), features.8-9 0.61-0.65 -> 0.42 ms (2 x 7, 3 x 7),
+   features.10-11 0.50-0.85 -> 0.46 ms; the model 8-19% less (three runs of plan_latency:
+   8.22-8.94 -> 7.21-7.48 ms). The
+   elementwise block that alone reads a register tile's result (a bias and
    activation, a residual add) is then computed in the tile's write-back, from the registers,
    where TVM can inline it (not under a rolling window's predicate), saving a pass over the
    line buffer. Other spatial blocks (pads, activations) are vectorized on their innermost loop
@@ -800,12 +809,13 @@ def _register_tile(sch, b, spatial, reduce, target):
     loop is one vector, the channel block: the output columns), reg_c the output channels
     (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
     (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
-    channels) the pair that fits in the registers less 4 and loads the fewest vectors per
-    multiply-add, (reg_c + reg_w) / (reg_c x reg_w), is taken; when one does (depthwise,
-    pooling) each accumulator needs its own input vector: half the registers, all on the row.
+    channels) the pair whose registers fit (``schedules.common.conv_register_tile``)
+    with the most accumulators, then the fewest vector loads per multiply-add, (reg_c + reg_w)
+    / (reg_c x reg_w); when one does (depthwise, pooling) each accumulator needs its own input
+    vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
-    from .schedules.common import cpu_facts, extent, vector_factor
+    from .schedules.common import conv_register_tile, cpu_facts, extent, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return None  # a loop whose extent depends on the tile (a clipped window)
@@ -841,12 +851,10 @@ def _register_tile(sch, b, spatial, reduce, target):
 
     inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
     shared = var is not None and not any(reads_both(ld) for ld in inputs)
-    budget = max(regs - 4 if shared else (regs - 2) // 2, 1)
-    channels = extent(sch, channel) if shared else 1
-    reg_c, reg_w = min(
-        ((c, w) for c in _divisors(channels) for w in _divisors(units) if c * w <= budget),
-        key=lambda cw: ((cw[0] + cw[1]) / (cw[0] * cw[1]), -cw[0] * cw[1]),
-    )
+    if shared:  # a conv: the tile whose registers fit, the most accumulators, fewest loads
+        reg_c, reg_w = conv_register_tile(extent(sch, channel), units, regs)
+    else:  # depthwise, pooling: an input vector per accumulator
+        reg_c, reg_w = 1, max(w for w in _divisors(units) if w <= max((regs - 2) // 2, 1))
     if row.same_as(spatial[-1]):
         wo, wi, wv = sch.split(row, [None, reg_w, vec])
         rest = [lp for lp in others if not lp.same_as(channel)]

@@ -130,6 +130,31 @@ def split_around(sch, block) -> tuple[list, list]:
     return blocks[:i], blocks[i + 1 :]
 
 
+def conv_registers(reg_c: int, reg_w: int, vec_regs: int = 1) -> int:
+    """Vector registers a conv's register tile of reg_c channel chunks x reg_w columns (each
+    ``vec_regs`` vectors) holds in its reduction loop: the accumulators, a weight vector per
+    chunk, and the broadcast inputs: one a column when each feeds reg_c > 1 chunks (LLVM keeps
+    them in registers), else one (AVX-512: the FMA's memory operand)."""
+    return vec_regs * (reg_c * reg_w + reg_c) + (reg_w if reg_c > 1 else 1)
+
+
+def conv_register_tile(chunks: int, columns: int, registers: int, vec_regs: int = 1) -> tuple[int, int]:
+    """(reg_c, reg_w) dividing (chunks, columns) whose ``conv_registers`` fit in all registers
+    but one, so that LLVM does not spill accumulators to the stack: the most accumulators,
+    then the fewest vector loads per multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting
+    the accumulators alone (the registers less 4) took 4 x 7 and 2 x 14 on AVX-512 (39 and 44
+    registers): their spills are unaligned 64-byte moves whose cost depends on where the
+    process's stack starts (Zen 4: the same kernel 1.5-2x slower from one process to the next)."""
+    fits = [
+        (c, w)
+        for c in range(1, chunks + 1)
+        if chunks % c == 0
+        for w in range(1, columns + 1)
+        if columns % w == 0 and conv_registers(c, w, vec_regs) <= registers - 1
+    ] or [(1, 1)]
+    return min(fits, key=lambda cw: (-cw[0] * cw[1], (cw[0] + cw[1]) / (cw[0] * cw[1])))
+
+
 def largest_divisor(n: int, limit: int) -> int:
     for d in range(max(min(n, limit), 1), 0, -1):
         if n % d == 0:
