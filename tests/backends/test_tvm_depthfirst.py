@@ -446,24 +446,27 @@ def test_a_pool_anchor_after_a_register_tiled_conv_keeps_its_register_tiles():
     assert rel_err(got[0], want[0]) <= TOL
 
 
+class InvertedResidual(torch.nn.Module):
+    """MobileNetV2's block: 1x1 expand + ReLU6, 3x3 depthwise + ReLU6, 1x1 project, + x."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.expand = torch.nn.Sequential(torch.nn.Conv2d(channels, hidden, 1), torch.nn.ReLU6())
+        depthwise = torch.nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.dw = torch.nn.Sequential(depthwise, torch.nn.ReLU6())
+        self.project = torch.nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x):
+        return x + self.project(self.dw(self.expand(x)))
+
+
 def test_a_register_tiles_epilogue_is_computed_in_its_write_back():
     """An inverted residual as one group: the project conv's residual add (the kernel's output)
     and the depthwise conv's ReLU6 (a one-row window: no rolling predicate) are computed where
     each register tile is written back, from its accumulators, not in passes of their own."""
     torch.manual_seed(0)
-
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.expand = torch.nn.Sequential(torch.nn.Conv2d(16, 64, 1), torch.nn.ReLU6())
-            self.dw = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.ReLU6())
-            self.project = torch.nn.Conv2d(64, 16, 1)
-
-        def forward(self, x):
-            return x + self.project(self.dw(self.expand(x)))
-
     x = torch.randn(1, 16, 16, 16)
-    graph = fuser.optimize(Block().eval(), (x,)).graph
+    graph = fuser.optimize(InvertedResidual(16, 64).eval(), (x,)).graph
     target = tb.make_target("llvm", threads=1)
     fused = tb.fuse(
         tb.to_relax(graph, {n.name: 0 for n in graph.nodes}),
@@ -566,19 +569,8 @@ def test_a_convs_register_tile_fits_the_registers(hw, tile):
     loop: 1.2-2x slower on Zen 4, by where the stack starts. The build for this host matches
     ORT."""
     torch.manual_seed(0)
-
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.expand = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU6())
-            self.dw = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.ReLU6())
-            self.project = torch.nn.Conv2d(64, 32, 1)
-
-        def forward(self, x):
-            return x + self.project(self.dw(self.expand(x)))
-
     x = torch.randn(1, 32, hw, hw)
-    graph = fuser.optimize(Block().eval(), (x,)).graph
+    graph = fuser.optimize(InvertedResidual(32, 64).eval(), (x,)).graph
     owner = {n.name: 0 for n in graph.nodes}
     hints = {0: depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)}
     avx512 = tb.make_target("llvm", cpu="znver4", threads=1)
