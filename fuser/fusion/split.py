@@ -43,7 +43,9 @@ earlier ones found). Past that, which happens on wide graphs split whole (the
 all-fused Inception v2 needs about 100,000 tree nodes), the groups it still has
 to split are split by interval DP (below).
 **Big groups.** A group of more than ``big_group_ops`` ops (``BIG_GROUP_OPS``)
-that the plan asks to split goes to interval DP at once. A search on a large
+that the plan asks to split goes to interval DP at once (but a BRR chain of more
+than ``EXACT_CHAIN_OPS``, whose interval DP is as slow as its chain DP: the tree
+search). A search on a large
 graph asks to split hundreds of distinct big groups (Inception v2, NSGA-II 1000
 plans, BRR 256 KB: 777 of more than 16 ops), where a tree search that runs out of
 nodes takes about 0.35 s and interval DP a few ms; and the interval DP below
@@ -342,6 +344,8 @@ class ExplainSplitter(Splitter):
         if result is not None:
             return result
         big = self.big_group_ops is not None and mask.bit_count() > self.big_group_ops
+        if big and mask.bit_count() > EXACT_CHAIN_OPS and not self.cost.incremental_intervals:
+            big = not self.is_chain(mask)  # a long BRR chain: interval DP is O(k·L) exact costs
         self._nodes_left = self.big_tree_nodes if big else self.tree_nodes
         self._interval_cap = self._cutoffs = big
         partial = self._partial
