@@ -64,34 +64,28 @@ def topological_groups(fg: FusionGraph, groups: list[int]) -> list[int] | None:
     """``groups`` in an order where every group comes after the groups it reads from
     (ties broken by first op), or None when the group graph has a cycle. Edges to
     ops outside ``groups`` are ignored, so this also orders the pieces of one group."""
-    owner = group_of(fg, groups)
     first_op = [(g & -g).bit_length() for g in groups]
-    order = stable_topological_order(
-        len(groups),
-        (
-            (owner[u], owner[v])
-            for u in range(fg.n)
-            if owner[u] >= 0
-            for v in fg.succs[u]
-            if owner[v] >= 0 and owner[v] != owner[u]
-        ),
-        key=first_op.__getitem__,
-    )
+    order = stable_topological_order(len(groups), _group_edges(fg, groups), key=first_op.__getitem__)
     return None if order is None else [groups[k] for k in order]
+
+
+def _group_edges(fg: FusionGraph, groups: list[int]):
+    """(a, b) for every edge from an op of ``groups[a]`` to one of ``groups[b]``, a != b; edges to
+    ops outside ``groups`` are ignored."""
+    owner = group_of(fg, groups)
+    for u in range(fg.n):
+        if owner[u] >= 0:
+            for v in fg.succs[u]:
+                if owner[v] >= 0 and owner[v] != owner[u]:
+                    yield owner[u], owner[v]
 
 
 def groups_acyclic(fg: FusionGraph, groups: list[int]) -> bool:
     """Whether the group graph of ``groups`` has no cycle (``topological_groups`` is not None),
     without ordering it: the check local search makes for every step it tries."""
-    owner = group_of(fg, groups)
     succ = [0] * len(groups)
-    for u in range(fg.n):
-        a = owner[u]
-        if a >= 0:
-            for v in fg.succs[u]:
-                b = owner[v]
-                if b >= 0 and b != a:
-                    succ[a] |= 1 << b
+    for a, b in _group_edges(fg, groups):
+        succ[a] |= 1 << b
     indegree = [0] * len(groups)
     for s in succ:
         for b in bits(s):

@@ -21,9 +21,6 @@ def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
     Deterministic."""
     fg = cost.fg
 
-    def dram(gs) -> int:
-        return sum(cost.cost(g).dram_bytes for g in gs)
-
     def legal(gs) -> bool:
         return all(cost.valid(g) for g in gs) and groups_acyclic(fg, gs)
 
@@ -39,7 +36,7 @@ def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
         for a, b in pairs:
             merged = groups[a] | groups[b]
             if cost.valid(merged):
-                gain = dram((groups[a], groups[b])) - cost.cost(merged).dram_bytes
+                gain = cost.dram((groups[a], groups[b])) - cost.cost(merged).dram_bytes
                 if gain > 0:
                     saving.append((-gain, a, b))
         step = None
@@ -55,7 +52,7 @@ def merge_polish(cost: CostModel, groups: list[int]) -> list[int]:
             for op, src, dst in ((u, a, b), (v, b, a)):
                 left = groups[src] & ~(1 << op)
                 moved = [*fg.components(left), groups[dst] | 1 << op] if left else [groups[dst] | 1 << op]
-                if dram(moved) < dram((groups[src], groups[dst])):
+                if cost.dram(moved) < cost.dram((groups[src], groups[dst])):
                     trial = [g for k, g in enumerate(groups) if k not in (src, dst)] + moved
                     if legal(moved) and groups_acyclic(fg, trial):
                         step = trial

@@ -45,18 +45,18 @@ to split are split by interval DP (below).
 **Big groups.** A group of more than ``big_group_ops`` ops (``BIG_GROUP_OPS``)
 that the plan asks to split goes to interval DP at once (but a BRR chain of more
 than ``EXACT_CHAIN_OPS``, whose interval DP is as slow as its chain DP: the tree
-search). A search on a large
-graph asks to split hundreds of distinct big groups (Inception v2, NSGA-II 1000
-plans, BRR 256 KB: 777 of more than 16 ops), where a tree search that runs out of
-nodes takes about 0.35 s and interval DP a few ms; and the interval DP below
-splits them as well or better: NSGA-II 2000 plans on every zoo model at 128 and
-256 KB, LBDF and BRR, moves less DRAM on 39 of 68 rows and the same on the rest
-(``benchmarks/results/planner_scaling.txt``). With ``big_tree_nodes`` above 0 a
-big group's interval DP is instead the cutoff of a tree search of that many
-nodes: it gets the tree's split when that moves less, else the interval DP's.
-Such a search shares only full tree-search results with later splits; what it
-found with interval-DP answers inside it holds for that search only, and a
-requested split so found is kept as answered.
+search). A search on a large graph asks to split hundreds of distinct big groups
+(Inception v2, NSGA-II 1000 plans, BRR 256 KB: 777 of more than 16 ops), where a
+tree search that runs out of nodes takes about 0.35 s and interval DP a few ms;
+and the interval DP below splits them as well or better: NSGA-II 2000 plans on
+every zoo model at 128 and 256 KB, LBDF and BRR, moves less DRAM on 39 of 68 rows
+and the same on the rest (``benchmarks/results/fusion_search.txt``; planning
+time: ``planner_scaling.txt``). With ``big_tree_nodes`` above 0 a big group's
+interval DP is instead the cutoff of a tree search of that many nodes: it gets
+the tree's split when that moves less, else the interval DP's. Such a search
+shares only full tree-search results with later splits; what it found with
+interval-DP answers inside it holds for that search only, and a requested split
+so found is kept as answered.
 **Interval DP**: with a group's ops in topological order o_1..o_k, every
 interval o_i..o_j is convex, its weakly connected components are legal pieces and
 pieces of consecutive intervals keep the group graph acyclic; so
@@ -361,8 +361,8 @@ class ExplainSplitter(Splitter):
         return result
 
     def interval_split(self, mask: int) -> SplitResult:
-        """The least-DRAM split of ``mask`` into the components of intervals of its
-        topological order (see the module docstring); memoised."""
+        """The least-DRAM of the splits of ``mask`` into the components of intervals of its
+        three ``interval_orders``, each merge-polished (see the module docstring); memoised."""
         result = self._intervals.get(mask)
         if result is None:
             result = self._intervals[mask] = self._interval_split(mask)
@@ -375,7 +375,7 @@ class ExplainSplitter(Splitter):
             if ops in orders[:kind]:
                 continue  # the same split again
             pieces = merge_polish(self.cost, self._intervals_in(ops, kind))
-            dram = sum(self.cost.cost(p).dram_bytes for p in pieces)
+            dram = self.cost.dram(pieces)
             if best is None or dram < best[0]:
                 best = (dram, pieces)
         dram, pieces = best

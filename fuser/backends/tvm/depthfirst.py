@@ -815,7 +815,7 @@ def _register_tile(sch, b, spatial, reduce, target):
     vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
-    from .schedules.common import conv_register_tile, cpu_facts, extent, vector_factor
+    from .schedules.common import conv_register_tile, cpu_facts, extent, largest_divisor, vector_factor
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return None  # a loop whose extent depends on the tile (a clipped window)
@@ -854,7 +854,7 @@ def _register_tile(sch, b, spatial, reduce, target):
     if shared:  # a conv: the tile whose registers fit, the most accumulators, fewest loads
         reg_c, reg_w = conv_register_tile(extent(sch, channel), units, regs)
     else:  # depthwise, pooling: an input vector per accumulator
-        reg_c, reg_w = 1, max(w for w in _divisors(units) if w <= max((regs - 2) // 2, 1))
+        reg_c, reg_w = 1, largest_divisor(units, max((regs - 2) // 2, 1))
     if row.same_as(spatial[-1]):
         wo, wi, wv = sch.split(row, [None, reg_w, vec])
         rest = [lp for lp in others if not lp.same_as(channel)]
@@ -879,10 +879,6 @@ def _register_tile(sch, b, spatial, reduce, target):
         sch.vectorize(sch.split(copy, [None, vec])[1])
     sch.decompose_reduction(b, reduce[0])
     return acc
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def inner_loops(sch, b) -> list:
