@@ -147,7 +147,7 @@ def simulate_dram(
             str(feeds),
             str(runs),
         ]
-        env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TVM_USE_RUNTIME_LIB": "1"}
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
