@@ -74,11 +74,16 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    MobileNetV2 224, 1 thread, Zen 4 (AVX-512), per group against the old pairs: features.5
    0.29-0.52 -> 0.23 ms (1 x 28), features.8-9 0.61-0.65 -> 0.42 ms (2 x 7, 3 x 7),
    features.10-11 0.50-0.85 -> 0.46 ms; the model 8-19% less (three runs of plan_latency:
-   8.22-8.94 -> 7.21-7.48 ms). The
-   elementwise block that alone reads a register tile's result (a bias and
-   activation, a residual add) is then computed in the tile's write-back, from the registers,
-   where TVM can inline it (not under a rolling window's predicate), saving a pass over the
-   line buffer. Other spatial blocks (pads, activations) are vectorized on their innermost loop
+   8.22-8.94 -> 7.21-7.48 ms). As in the window rule, a conv's innermost reduction loop is
+   unrolled 16 deep, a depthwise or pooling window of at most 49 taps whole, and the
+   write-back's loops are unrolled, so the accumulators stay in registers (a rolled write-back
+   loop indexed them on the stack). The elementwise block that alone reads a register tile's
+   result (a bias and activation, a residual add) is then computed in the tile's write-back,
+   from the registers: inlined where TVM can, else (a consumer under compute_at's edge
+   predicate, or reading a second tensor) moved to the write-back's loop with the write-back
+   inlined into it, saving a pass over the line buffer. MobileNetV2 224, 1 thread, Zen 4:
+   group kernels 6.75 -> 6.21 ms (the same groups split per conv: 5.94 ms); the model at b8
+   55.5 -> 51.7 ms. Other spatial blocks (pads, activations) are vectorized on their innermost loop
    when it walks only the last axis of every access of more than one element (a bias
    (1, C, 1, 1) is contiguous in C). A kernel LLVM does not compile is scheduled again
    without register tiles; if that fails too, the kernel as it came goes to the default
@@ -784,21 +789,49 @@ def default_inner(sch, blocks: Sequence[str], target=None, register_tiles: bool 
         except ScheduleError:
             continue
     for name in write_backs:
-        _epilogue_in_write_back(sch, name)
+        _epilogue_in_write_back(sch, name, lanes)
 
 
-def _epilogue_in_write_back(sch, name: str) -> None:
+def _epilogue_in_write_back(sch, name: str, lanes: int) -> None:
     """The elementwise block that alone reads a register tile's result (a bias and activation,
     a residual add) is computed in the tile's write-back, from the registers, not in a pass of
-    its own over the line buffer. Left as it is when TVM cannot inline it."""
+    its own over the line buffer. TVM's reverse_compute_inline refuses a consumer under a
+    predicate (its rows clipped at the image's edges by compute_at) or one that reads another
+    tensor too (a residual add's skip input): such a consumer is moved to the write-back's
+    loop (``reverse_compute_at``), where the few rows just written are still in L1, and the
+    write-back is inlined into it (``compute_inline``), so it reads the registers. Left as it is
+    when TVM can do neither (a softmax's exp after its max); a pad's select is never moved (the
+    columns it pads lie outside the tile's)."""
+    from .schedules.common import tile_epilogue
+
+    ScheduleError = (tvm.s_tir.ScheduleError, tvm.error.InternalError)
     try:
-        consumers = sch.get_consumers(sch.get_sblock(name))
+        acc = sch.get_sblock(name)
+        consumers = sch.get_consumers(acc)
         if len(consumers) != 1:
             return
-        if all(int(iv.iter_type) == SPATIAL for iv in sch.get(consumers[0]).iter_vars):
+        consumer = sch.get(consumers[0])
+        if not all(int(iv.iter_type) == SPATIAL for iv in consumer.iter_vars):
+            return
+        with contextlib.suppress(*ScheduleError):
             sch.reverse_compute_inline(consumers[0])
-    except (tvm.s_tir.ScheduleError, tvm.error.InternalError):  # a rolling window's predicate on
-        pass  # the consumer; TVM's region analysis failing (a softmax's exp after its max)
+            return
+        written = sch.get(acc).writes[0].source
+        if "if_then_else" in str(consumer.body) or _shape(consumer.writes[0].source) != _shape(written):
+            return
+        reduction = sch.get_producers(acc)[0]
+        common = [
+            lp
+            for lp, other in zip(sch.get_loops(acc), sch.get_loops(reduction))
+            if sch.get(lp).same_as(sch.get(other))
+        ]
+        if not common:
+            return
+        sch.reverse_compute_at(consumers[0], common[-1], preserve_unit_loops=True)
+        sch.compute_inline(acc)
+        tile_epilogue(sch, _loops_below(sch, consumers[0], common[-1]), lanes)
+    except ScheduleError:
+        pass
 
 
 def _register_tile(sch, b, spatial, reduce, target):
@@ -815,7 +848,16 @@ def _register_tile(sch, b, spatial, reduce, target):
     vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
-    from .schedules.common import conv_register_tile, cpu_facts, extent, largest_divisor, vector_factor
+    from .schedules.common import (
+        conv_register_tile,
+        cpu_facts,
+        extent,
+        largest_divisor,
+        tile_epilogue,
+        unroll_pragma,
+        vector_factor,
+    )
+    from .schedules.window import MAX_UNROLLED_WINDOW
 
     if not all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in (*spatial, *reduce)):
         return None  # a loop whose extent depends on the tile (a clipped window)
@@ -874,11 +916,25 @@ def _register_tile(sch, b, spatial, reduce, target):
         if lp is not None:
             sch.unroll(lp)
     sch.vectorize(wv)  # before decompose_reduction: vectorize needs the block whole
-    copy = list(sch.get_loops(acc))[-1]
-    if extent(sch, copy) >= vec and extent(sch, copy) % vec == 0:
-        sch.vectorize(sch.split(copy, [None, vec])[1])
+    # as the window rule: a conv's innermost reduction loop unrolled 16 deep, a small window
+    # (depthwise, pool) unrolled whole, and the write-back unrolled so that the accumulators
+    # stay in registers (a write-back loop LLVM keeps rolled indexes them on the stack)
+    window = math.prod(extent(sch, lp) for lp in reduce)
+    if shared:
+        unroll_pragma(sch, reduce[-1], 16, False)
+    elif window <= MAX_UNROLLED_WINDOW:
+        for lp in reduce:
+            sch.unroll(lp)
+    tile_epilogue(sch, _loops_below(sch, acc, wo), lanes)
     sch.decompose_reduction(b, reduce[0])
     return acc
+
+
+def _loops_below(sch, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop``."""
+    loops = list(sch.get_loops(block))
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    return loops[at + 1 :]
 
 
 def inner_loops(sch, b) -> list:
