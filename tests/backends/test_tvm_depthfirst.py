@@ -249,6 +249,38 @@ def test_blocked_single_op_that_would_reread_its_weights_gets_weight_blocks():
         assert rel_err(run_fused(graph, fused, target, x.numpy())[0], want) <= TOL
 
 
+@pytest.mark.parametrize(
+    "op, hw, tiled_below",
+    [
+        # a lone depthwise conv: its pad of the argument (66 x 66 x 32 x 4 B = 545 KB) is what the
+        # default schedule writes whole at root and reads back
+        (torch.nn.Conv2d(32, 32, 3, padding=1, groups=32), 64, 4 * 66 * 66 * 32 * 4 // 3),
+        # a lone 1x1 conv with 4 KB of weights: the default schedule, output chunks outermost,
+        # reads its 512 KB input again for every chunk
+        (torch.nn.Conv2d(32, 32, 1), 64, 4 * 64 * 64 * 32 * 4 // 3),
+    ],
+)
+def test_a_single_op_whose_input_does_not_fit_is_tiled_by_rows(op, hw, tiled_below):
+    """Rule 0 keeps the default schedule for one conv reading the kernel's arguments only while
+    what it reads whole fits 3/4 of the buffer (a pad of them, the input itself): MobileNetV2 at
+    224, 128 KB, its lone depthwise convs measured 2.0-3.4x their predicted DRAM on the default
+    schedule and its lone 1x1 expand convs 3.4x (the model 1.67x). Below that buffer the op is
+    row-tiled (its pad a line buffer), above it keeps the default schedule; both match ORT."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, hw, hw)
+    graph = fuser.optimize(op.eval(), (x,)).graph
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})[0]
+    for buffer, tiled in ((tiled_below - 4096, True), (tiled_below + 4096, False)):
+        fused, target = scheduled(graph, depthfirst.TileHint("lbdf", buffer_bytes=buffer))
+        (report,) = tb.depth_first_reports(fused).values()
+        assert report["tiled"] == tiled, (buffer, report)
+        if tiled:
+            assert report["stages"][0]["tiles"] == hw
+        else:
+            assert report["note"] == depthfirst.SINGLE_OP_NOTE
+        assert rel_err(run_fused(graph, fused, target, x.numpy())[0], want) <= TOL
+
+
 def test_plan_group_kernels_are_named_after_plan_ids():
     """to_relax with a name -> group id mapping names each kernel after its plan group, even
     when groups do not appear in id order."""

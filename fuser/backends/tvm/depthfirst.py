@@ -10,9 +10,15 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
 0. One op (llvm). A kernel with a single reduction over a blocked NCHW[x]c tensor (one conv,
    depthwise conv or pool and its epilogue, no concat) that reads the kernel's arguments is not
    tiled: it has no intermediate a line buffer could keep on chip (one that computes its input,
-   an activation or a real pad, is: the default schedule would write that input whole), and
-   the default ``window`` rule already runs output-channel chunks outermost (each weight read
-   once, the input kept in cache) with a register tile. Measured:
+   an activation, is: the default schedule would write that input whole; so is a pad or concat
+   of the arguments whose one image exceeds 3/4 of the planned buffer), and the default
+   ``window`` rule already runs output-channel chunks outermost (each weight read once, the
+   input kept in cache) with a register tile, while one image of its input fits 3/4 of the
+   buffer (else each chunk reads it again: row tiles read it once, when the weights fit).
+   MobileNetV2 at 224, 128 KB, x86-64-v2: lone depthwise convs measured 2.0-3.4x their
+   predicted DRAM on the default schedule (the pad written whole), lone 1x1 expand convs 3.4x
+   (a 301 KB input read per chunk); the model 1.67x -> 1.10x (1.03x when last measured at 224,
+   before rule 0 sent lone convs to the default schedule). Measured:
    MobileNetV2 at 224, 1 thread, its last 1x1 convs (7x7 rows, 1.2-1.6 MB of weights) took
    0.9-1.0 ms tiled against 0.26-0.34 ms on the default schedule. Except when the default
    schedule would read the weights more than once: its weights exceed 3/4 of the planned
@@ -424,9 +430,11 @@ def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
     reductions = [b for b in k.blocks() if k.is_reduction(b)]
     if len(reductions) != 1 or len(_shape(k.written(reductions[0]))) != 5:
         return False
-    if _computes_its_input(k, reductions[0]):
+    if _computes_its_input(k, reductions[0], hint):
         return False
     sizes = k.sizes()
+    if _input_over_buffer(k, reductions[0], sizes, hint) and not _weights_over_buffer(sizes, hint):
+        return False
     # rule 2b instead where the default schedule would read the weights once per output row
     return not (
         k.has_rows(reductions[0])
@@ -435,12 +443,14 @@ def _single_blocked_op(k: _Kernel, hint: TileHint, target) -> bool:
     )
 
 
-def _computes_its_input(k: _Kernel, reduction) -> bool:
-    """Whether the kernel computes what its reduction reads (an activation, also under a pad)
-    rather than reading the kernel's arguments or pads and copies of them: the default schedule
-    computes that tensor whole, at root, so it moves to DRAM and back, where row tiles keep it
-    in a line buffer. ConvFirst at 64x64, 128 KB: its SiLU + 1x1 conv + add groups measured
-    5-6x their prediction on rule 0."""
+def _computes_its_input(k: _Kernel, reduction, hint: TileHint) -> bool:
+    """Whether the kernel computes what its reduction reads (an activation; a real pad or a
+    concat, of the arguments too, when one image of it exceeds 3/4 of the buffer) rather than
+    reading the kernel's arguments or plain copies of them: the default schedule computes that
+    tensor whole, at root, so it moves to DRAM and back, where row tiles keep it in a line
+    buffer. ConvFirst at 64x64, 128 KB: its SiLU + 1x1
+    conv + add groups measured 5-6x their prediction on rule 0; MobileNetV2 at 224, 128 KB: its
+    lone depthwise convs (a pad of the argument, written whole) 2.0-3.4x, the model 1.67x."""
     params = list(k.sch.mod["main"].params)
 
     def computed(buf, reader) -> bool:
@@ -448,12 +458,27 @@ def _computes_its_input(k: _Kernel, reduction) -> bool:
             return False
         for b in k.blocks():
             if k.written(b).same_as(buf) and not k.same(b, reader):
-                if not (k.is_copy(b) or k.selects(b)):
+                if not (k.is_copy(b) or k.selects(b)) or (k.selects(b) and over_buffer(buf)):
                     return True
                 return any(computed(r.source, b) for r in k.sch.get(b).reads)
         return False
 
+    def over_buffer(buf) -> bool:  # a pad or concat the cache does not keep between its passes
+        images = max(_shape(buf)[0], 1)
+        return bool(hint.buffer_bytes) and 4 * _bytes(buf) > 3 * hint.buffer_bytes * images
+
     return any(computed(r.source, reduction) for r in k.sch.get(reduction).reads)
+
+
+def _input_over_buffer(k: _Kernel, reduction, sizes: _Sizes, hint: TileHint) -> bool:
+    """Whether one image of the kernel's input exceeds 3/4 of the planned buffer: the default
+    schedule, output-channel chunks outermost, then reads it again for every chunk, where row
+    tiles read it once while the (fitting) weights stay on chip. MobileNetV2 at 224, 128 KB: a
+    lone 1x1 conv over a 301 KB map (features.3's expand) measured 3.4x its prediction."""
+    if not hint.buffer_bytes or not k.has_rows(reduction):  # no rows: sizes counts no weights
+        return False
+    images = max(_shape(k.written(reduction))[0], 1)
+    return 4 * sizes.input > 3 * hint.buffer_bytes * images
 
 
 def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
