@@ -527,7 +527,7 @@ def test_epilogues_under_a_rolling_window_read_the_registers():
     is computed right after its register tile's write-back instead, from the accumulators (a
     local buffer), its loops unrolled as the write-back's are: the write-back a rolled loop
     indexed its accumulators on the stack, and a separate pass over the line buffer read them
-    back (MobileNetV2 224 at b8, 1 thread, Zen 4: 1.17x -> 1.29x the FuseOps build's speed).
+    back (MobileNetV2 224 at b8, 1 thread, Zen 4: 1.17x -> 1.24x the FuseOps build's speed).
     The build matches ORT."""
     torch.manual_seed(0)
     x = torch.randn(1, 16, 12, 12)

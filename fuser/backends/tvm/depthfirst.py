@@ -89,9 +89,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    predicate, or reading a second tensor) moved to the write-back's loop with the write-back
    inlined into it, saving a pass over the line buffer. MobileNetV2 224, 1 thread, Zen 4:
    group kernels 6.75 -> 6.21 ms (the same groups split per conv: 5.94 ms); the model at b8
-   55.5 -> 52.1 ms, 1.17x -> 1.29x the FuseOps build's speed. Other spatial blocks (pads,
-   activations) are vectorized on their innermost loop when it walks only the last axis of
-   every access of more than one element (a bias
+   55.5 -> 51-54 ms, 1.17x -> 1.24x the FuseOps build's speed (11 processes). Other spatial
+   blocks (pads, activations) are vectorized on their innermost loop when it walks only the
+   last axis of every access of more than one element (a bias
    (1, C, 1, 1) is contiguous in C). A kernel LLVM does not compile is scheduled again
    without register tiles; if that fails too, the kernel as it came goes to the default
    schedules and its report says why.
