@@ -84,9 +84,10 @@ def two_convs(channels=8, hw=12):
     return fuser.optimize(Block().eval(), (x,)).graph, x.numpy()
 
 
-def scheduled(graph, hint):
+def scheduled(graph, hint, target=None):
+    """The whole graph as one plan group, depth-first scheduled for ``target`` (this host)."""
     mod = tb.to_relax(graph, [list(graph.nodes)])
-    target = tb.make_target("llvm", threads=1)
+    target = target or tb.make_target("llvm", threads=1)
     fused = tb.fuse(mod, target, planned=True, tiling={0: hint})
     return fused, target
 
@@ -533,13 +534,8 @@ def test_epilogues_under_a_rolling_window_read_the_registers():
     x = torch.randn(1, 16, 12, 12)
     model = torch.nn.Sequential(InvertedResidual(16, 64), InvertedResidual(16, 64)).eval()
     graph = fuser.optimize(model, (x,)).graph
-    target = tb.make_target("llvm", cpu="znver4", threads=1)
-    fused = tb.fuse(
-        tb.to_relax(graph, {n.name: 0 for n in graph.nodes}),
-        target,
-        planned=True,
-        tiling={0: depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)},
-    )
+    hint = depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)
+    fused, _ = scheduled(graph, hint, tb.make_target("llvm", cpu="znver4", threads=1))
     func = fused["fuser_group_0"]
     assert tb.depth_first_reports(fused)["fuser_group_0"]["line_buffers"]
     epilogues = {
@@ -551,13 +547,7 @@ def test_epilogues_under_a_rolling_window_read_the_registers():
     for name, (block, loops) in epilogues.items():
         assert any(ld.source.scope() == "local" for ld in depthfirst._loads(block)), name
         assert any(lp.kind == tvm.tirx.ForKind.UNROLLED for lp in loops), name
-    host = tb.make_target("llvm", threads=1)
-    fused = tb.fuse(
-        tb.to_relax(graph, {n.name: 0 for n in graph.nodes}),
-        host,
-        planned=True,
-        tiling={0: depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)},
-    )
+    fused, host = scheduled(graph, hint)
     got = run_fused(graph, fused, host, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
     assert rel_err(got[0], want[0]) <= TOL
