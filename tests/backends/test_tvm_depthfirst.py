@@ -637,10 +637,9 @@ def test_a_convs_register_tile_fits_the_registers(hw, tile):
     torch.manual_seed(0)
     x = torch.randn(1, 32, hw, hw)
     graph = fuser.optimize(InvertedResidual(32, 64).eval(), (x,)).graph
-    owner = {n.name: 0 for n in graph.nodes}
-    hints = {0: depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)}
-    avx512 = tb.make_target("llvm", cpu="znver4", threads=1)
-    func = tb.fuse(tb.to_relax(graph, owner), avx512, planned=True, tiling=hints)["fuser_group_0"]
+    hint = depthfirst.TileHint("lbdf", buffer_bytes=1 << 20)
+    fused, _ = scheduled(graph, hint, tb.make_target("llvm", cpu="znver4", threads=1))
+    func = fused["fuser_group_0"]
     convs = sorted(
         r.block.name_hint
         for r, _ in depthfirst._realizes(func.body)
@@ -649,8 +648,7 @@ def test_a_convs_register_tile_fits_the_registers(hw, tile):
     assert len(convs) == 2, convs
     for name in convs:
         assert unrolled_extents(func, name) == tile, (name, unrolled_extents(func, name))
-    target = tb.make_target("llvm", threads=1)
-    fused = tb.fuse(tb.to_relax(graph, owner), target, planned=True, tiling=hints)
+    fused, target = scheduled(graph, hint)
     assert tb.depth_first_reports(fused)["fuser_group_0"]["tiled"]
     got = run_fused(graph, fused, target, x.numpy())
     want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})

@@ -458,14 +458,11 @@ def _computes_its_input(k: _Kernel, reduction, hint: TileHint) -> bool:
             return False
         for b in k.blocks():
             if k.written(b).same_as(buf) and not k.same(b, reader):
-                if not (k.is_copy(b) or k.selects(b)) or (k.selects(b) and over_buffer(buf)):
+                # a pad or concat counts when the cache does not keep it between its passes
+                if not k.is_copy(b) and (not k.selects(b) or _over_buffer(_bytes(buf), hint, _shape(buf)[0])):
                     return True
                 return any(computed(r.source, b) for r in k.sch.get(b).reads)
         return False
-
-    def over_buffer(buf) -> bool:  # a pad or concat the cache does not keep between its passes
-        images = max(_shape(buf)[0], 1)
-        return bool(hint.buffer_bytes) and 4 * _bytes(buf) > 3 * hint.buffer_bytes * images
 
     return any(computed(r.source, reduction) for r in k.sch.get(reduction).reads)
 
@@ -475,15 +472,20 @@ def _input_over_buffer(k: _Kernel, reduction, sizes: _Sizes, hint: TileHint) -> 
     schedule, output-channel chunks outermost, then reads it again for every chunk, where row
     tiles read it once while the (fitting) weights stay on chip. MobileNetV2 at 224, 128 KB: a
     lone 1x1 conv over a 301 KB map (features.3's expand) measured 3.4x its prediction."""
-    if not hint.buffer_bytes or not k.has_rows(reduction):  # no rows: sizes counts no weights
+    if not k.has_rows(reduction):  # sizes counts weights only of reductions with rows
         return False
-    images = max(_shape(k.written(reduction))[0], 1)
-    return 4 * sizes.input > 3 * hint.buffer_bytes * images
+    return _over_buffer(sizes.input, hint, _shape(k.written(reduction))[0])
 
 
 def _weights_over_buffer(sizes: _Sizes, hint: TileHint) -> bool:
     """Whether the kernel's weights exceed 3/4 of the planned buffer (rules 0 and 2b)."""
-    return bool(hint.buffer_bytes) and 4 * sizes.weight > 3 * hint.buffer_bytes
+    return _over_buffer(sizes.weight, hint)
+
+
+def _over_buffer(nbytes: int, hint: TileHint, images: int = 1) -> bool:
+    """Whether ``nbytes`` (of ``images`` images) exceed 3/4 of the planned buffer per image
+    (never without a planned buffer)."""
+    return bool(hint.buffer_bytes) and 4 * nbytes > 3 * hint.buffer_bytes * max(images, 1)
 
 
 def _default_rereads_weights(func, target, sizes: _Sizes, hint: TileHint) -> bool:
@@ -945,10 +947,9 @@ def _register_tile(sch, b, spatial, reduce, target):
     # as the window rule: a conv's innermost reduction loop unrolled 16 deep, a small window
     # (depthwise, pool) unrolled whole, and the write-back unrolled so that the accumulators
     # stay in registers (a write-back loop LLVM keeps rolled indexes them on the stack)
-    window = math.prod(extent(sch, lp) for lp in reduce)
     if shared:
         unroll_pragma(sch, reduce[-1], 16, False)
-    elif window <= MAX_UNROLLED_WINDOW:
+    elif math.prod(extent(sch, lp) for lp in reduce) <= MAX_UNROLLED_WINDOW:
         for lp in reduce:
             sch.unroll(lp)
     tile_epilogue(sch, _loops_below(sch, acc, wo), lanes)
