@@ -66,6 +66,7 @@ runs of the op order, the rest of the plan held) improve the plans met.
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -185,6 +186,8 @@ class CutBound:
         self._mu: dict[int, list[int]] = {}
         self._uncut: list[list[int]] = []  # per op: its uncut neighbours in this round's solution
         self._share = self._weight_shares()
+        self._joins: dict[tuple[int, int, int], bool] = {}  # (a, b, avoid) -> _unjoinable
+        self._path_cost: list[int] | None = None
         self._build()
 
     # ---- the static part ------------------------------------------------------------
@@ -220,12 +223,55 @@ class CutBound:
         """Whether no valid group holds both ops (it would hold every op between them)."""
         return not self.cost.valid(self.between(a, b))
 
-    def _separate(self, a: int, b: int) -> bool:
-        """Whether no valid group holds both ops: one reaches the other and the ops between
-        them are invalid together (ops on no common path: maybe, so False)."""
+    def _separate(self, a: int, b: int, avoid: int = -1) -> bool:
+        """Whether no valid group holds both ops (nor ``avoid``): one reaches the other and the
+        ops between them are invalid together, or every path joining them is (``_unjoinable``)."""
         if a > b:
             a, b = b, a
-        return bool(self.desc[a] >> b & 1) and self._apart(a, b)
+        if self.desc[a] >> b & 1 and self._apart(a, b):
+            return True
+        return self._unjoinable(a, b, avoid)
+
+    def _unjoinable(self, a: int, b: int, avoid: int = -1) -> bool:
+        """Whether every connected set of ops holding ``a`` and ``b`` but not ``avoid`` is
+        invalid: a group is connected, so it holds an undirected path a ~ b, and the cost
+        model's lower bound of F_β (weights plus one row of every output) adds up along it
+        (LBDF without shared weights: weights and rows; else rows, plus the larger weight of
+        the two ends); Dijkstra finds the cheapest path: at least β, no group holds both."""
+        key = (a, b, avoid)
+        known = self._joins.get(key)
+        if known is not None:
+            return known
+        cost, fg = self.cost, self.fg
+        additive = cost.name == "lbdf" and not fg.shared_weights
+        node = self._path_cost
+        if node is None:
+            rows = cost._output_rows_list
+            node = self._path_cost = [r + (fg.weight_numel[i] if additive else 0) for i, r in enumerate(rows)]
+        beta = cost.buffer_bytes / cost.element_bytes  # elements
+        base = 0 if additive else max(fg.weight_numel[a], fg.weight_numel[b])
+        limit = beta - base
+        best = {a: node[a]}
+        heap = [(node[a], a)]
+        joined = False
+        while heap:
+            d, i = heapq.heappop(heap)
+            if d >= limit:
+                break
+            if i == b:
+                joined = True
+                break
+            if d > best[i]:
+                continue
+            for j in bits(fg.nbr_mask(i)):
+                if j == avoid:
+                    continue
+                dj = d + node[j]
+                if dj < best.get(j, limit):
+                    best[j] = dj
+                    heapq.heappush(heap, (dj, j))
+        self._joins[key] = not joined
+        return not joined
 
     def _far_readers(self, far: list[int], apart_from: list[int]) -> int:
         """At least this many groups read a tensor through the consumers ``far`` (beyond the
@@ -287,7 +333,7 @@ class CutBound:
                 for z in zs:
                     m.row({w: 1, z: -1}, lo=0)
             if zs and read:
-                self._add_reads(("t", t), numel, consumers, zs)
+                self._add_reads(("t", t), numel, consumers, zs, p)
         for k, (u, v) in enumerate(fg.edges):
             if not (block >> u & 1 and block >> v & 1):
                 m.lower[k] = 1.0  # out of the block: no variable, in no row, no cost
@@ -315,8 +361,12 @@ class CutBound:
         self.m.constant += numel * self._far_readers(far, near)
         self._add_reads(key, numel, near, [None] * len(near))
 
-    def _add_reads(self, key, numel: int, consumers: list[int], zs: list[int | None]) -> None:
-        """r ≥ each consumer's cut, and the chain-run rows for consumers on one path."""
+    def _add_reads(
+        self, key, numel: int, consumers: list[int], zs: list[int | None], producer: int = -1
+    ) -> None:
+        """r ≥ each consumer's cut, and the chain-run rows for consumers on one path; when the
+        consumers fall into classes no valid group joins (``_separate``, the producer's group
+        aside: a consumer cut from it is in another), r ≥ Σ over classes of each one's reads."""
         m = self.m
         if len(consumers) == 1:
             if zs[0] is None:
@@ -324,40 +374,85 @@ class CutBound:
             else:
                 m.cost[zs[0]] += numel
             return
-        producer = all(z is not None for z in zs)
-        r = m.var(numel, 0 if producer else 1)
+        r = m.var(numel, 0 if all(z is not None for z in zs) else 1)
         self._reads[key] = (r, consumers, zs)
         for z in zs:
             if z is not None:
                 m.row({r: 1, z: -1}, lo=0)
+        for chain in self._chains(consumers, range(len(consumers))):
+            coefs, lo = self._runs(consumers, zs, chain)
+            coefs[r] = 1.0
+            m.row(coefs, lo=lo)
+        classes = self._classes(consumers, producer)
+        if len(classes) < 2:
+            return
+        total: dict[int, float] = {r: 1.0}
+        for members in classes:  # R_C ≥ each consumer's cut and each chain's runs in C
+            reads = m.var(0, 1 if any(zs[k] is None for k in members) else 0, len(members))
+            total[reads] = -1.0
+            for k in members:
+                if zs[k] is not None:
+                    m.row({reads: 1, zs[k]: -1}, lo=0)
+            for chain in self._chains(consumers, members):
+                coefs, lo = self._runs(consumers, zs, chain)
+                coefs[reads] = 1.0
+                m.row(coefs, lo=lo)
+        m.row(total, lo=0)
+
+    def _chains(self, consumers: list[int], members) -> list[list[int]]:
+        """The positions ``members`` of ``consumers`` (ascending: topological) in runs on one
+        path each (greedy), those of two or more."""
         chains: list[list[int]] = []
-        for k, c in enumerate(consumers):  # ascending: topological
+        for k in members:
             for chain in chains:
-                if self.desc[consumers[chain[-1]]] >> c & 1:
+                if self.desc[consumers[chain[-1]]] >> consumers[k] & 1:
                     chain.append(k)
                     break
             else:
                 chains.append([k])
-        for chain in chains:
-            if len(chain) < 2:
-                continue
-            coefs: dict[int, float] = {r: 1.0}
-            lo = 0.0
-            for k in chain:
-                if zs[k] is None:
-                    lo += 1
-                else:
-                    coefs[zs[k]] = coefs.get(zs[k], 0) - 1
-            for a, b in zip(chain, chain[1:]):
-                s = m.var(0, 0, 1)
-                coefs[s] = 1.0
-                for k in (a, b):
-                    if zs[k] is not None:
-                        m.row({s: 1, zs[k]: -1}, hi=0)
-                span = self.between(consumers[a], consumers[b])
-                for e in self.fg.inner_edges(span)[:MAX_BETWEEN_EDGES]:
-                    m.row({s: 1, self.z[e]: 1}, hi=1)
-            m.row(coefs, lo=lo)
+        return [c for c in chains if len(c) > 1]
+
+    def _runs(self, consumers: list[int], zs: list[int | None], chain: list[int]):
+        """(coefs, lo) of "reads ≥ Σ_i z_i − Σ_i s_i" over a chain of consumers: s_i is 1 only
+        when c_i and c_i+1 are both cut and share a group (every edge between them uncut)."""
+        m = self.m
+        coefs: dict[int, float] = {}
+        lo = 0.0
+        for k in chain:
+            if zs[k] is None:
+                lo += 1
+            else:
+                coefs[zs[k]] = coefs.get(zs[k], 0) - 1
+        for a, b in zip(chain, chain[1:]):
+            s = m.var(0, 0, 1)
+            coefs[s] = 1.0
+            for k in (a, b):
+                if zs[k] is not None:
+                    m.row({s: 1, zs[k]: -1}, hi=0)
+            span = self.between(consumers[a], consumers[b])
+            for e in self.fg.inner_edges(span)[:MAX_BETWEEN_EDGES]:
+                m.row({s: 1, self.z[e]: 1}, hi=1)
+        return coefs, lo
+
+    def _classes(self, consumers: list[int], producer: int) -> list[list[int]]:
+        """Positions of ``consumers`` in classes: two consumers some valid group without the
+        producer may hold together share a class (union-find over the pairs)."""
+        parent = list(range(len(consumers)))
+
+        def root(k: int) -> int:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        for i in range(len(consumers)):
+            for j in range(i + 1, len(consumers)):
+                if root(i) != root(j) and not self._separate(consumers[i], consumers[j], producer):
+                    parent[root(j)] = root(i)
+        classes: dict[int, list[int]] = {}
+        for k in range(len(consumers)):
+            classes.setdefault(root(k), []).append(k)
+        return list(classes.values())
 
     # ---- BRR: a monotone bound on the tiles --------------------------------------------
     def _mu_rows(self, tiles: int) -> list[int]:

@@ -2,13 +2,14 @@
 optimum (ILP, chain DP) where that is computable, and against every search's plans."""
 
 import pytest
-from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
+from test_fusion_graphs import _conv, conv_chain, finish, random_dag, residual_block, se_block
 
 from fuser.fusion import build_fusion_graph, make_cost_model, partition_fusion_graph
 from fuser.fusion.bound import block_bound, block_cuts, cut_bound
 from fuser.fusion.exact import exact_optimum, optimality_gap
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems
+from fuser.ir import Graph
 
 CASES = [
     (residual_block, "lbdf", 4000),
@@ -37,6 +38,30 @@ def test_bound_closes_on_the_exact_optimum(build, style, buffer):
     assert bound.exact and bound.lower_bytes == bound.plan_bytes == best.dram_bytes
     assert partition_problems(fg, bound.plan) == [] and all(cost.valid(g) for g in bound.plan)
     assert sum(cost.cost(g).dram_bytes for g in bound.plan) == best.dram_bytes
+
+
+def two_branches() -> Graph:
+    """stem -> a1 -> a2 and stem -> b, joined by a concat: the stem's output has two readers
+    that only a group holding a1, a2 (64 channels) and b together could share."""
+    g = Graph("two_branches")
+    x = g.add_input("x", (1, 8, 16, 16))
+    stem = _conv(g, x, 8, 8, 3, name="stem")
+    a2 = _conv(g, _conv(g, stem, 8, 64, 3, name="a1"), 64, 8, 3, name="a2")
+    b = _conv(g, stem, 8, 8, 1, name="b")
+    return finish(g, [g.add_node("Concat", [a2, b], name="cat", attrs={"axis": 1}).output])
+
+
+def test_readers_no_valid_group_joins_read_once_each_in_the_first_round():
+    """On a 1000-byte buffer every conv runs alone, so the stem's output (8 x 16 x 16 = 2048
+    elements) is read twice. Its readers a1 and b have no common path; the cheapest undirected
+    path joining them without the stem (a1, a2, cat, b) has more weights than the buffer, so no
+    valid group holds both: the first round already counts both reads and closes on the optimum
+    (without that row it counted one read: 2048 bytes short)."""
+    cost = make_cost_model(build_fusion_graph(two_branches()), "lbdf", 1000)
+    best = exact_optimum(cost)
+    assert best.optimal and len(best.groups) == 4
+    first = cut_bound(cost, time_limit=30, max_rounds=1)
+    assert first.lower_bytes == best.dram_bytes == 59096
 
 
 @pytest.mark.parametrize("seed", range(3))
