@@ -14,6 +14,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --out benchmarks/results/fusion_dram.txt
     python benchmarks/fusion_dram.py --gaps      # every zoo model: DRAM and proven gap to optimal
     python benchmarks/fusion_dram.py --gaps --models yolov8n --gap-time 40   # one model, 40 s bounds
+    python benchmarks/fusion_dram.py --gaps --models yolov8n --styles brr --buffers 256KB   # one row
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """
@@ -199,6 +200,8 @@ def gap_report(
     time_limit: float = 90,
     out: str | None = None,
     bounds: bool = True,
+    buffers: tuple[str, ...] = ("128KB", "256KB"),
+    styles: tuple[str, ...] = ("lbdf", "brr"),
 ) -> Table:
     """Every zoo model at 128 KB and 256 KB, LBDF and BRR: the explain-split NSGA-II plan's
     DRAM ("search MB"), the plan ``partition(gap=True)`` hands back ("plan MB": the search's,
@@ -229,8 +232,8 @@ def gap_report(
     for model in models:
         shape = tuple(input_shape(model)) if size is None else (1, 3, size, size)
         fg = build_fusion_graph(fuser.optimize(f"zoo:{model}", input_shapes=shape).graph)
-        for buffer in ("128KB", "256KB"):
-            for style in ("lbdf", "brr"):
+        for buffer in buffers:
+            for style in styles:
                 start = time.perf_counter()
                 plan, seconds = partition_fusion_graph(
                     fg,
@@ -276,6 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--gap-time", type=float, default=90, help="seconds for each row's bound (--gaps; fuser fuse: 20)"
     )
+    parser.add_argument("--buffers", default="128KB,256KB", help="--gaps: comma list of buffer sizes")
+    parser.add_argument("--styles", default="lbdf,brr", help="--gaps: comma list of fusion styles")
     args = parser.parse_args(argv)
     if args.gaps:
         console = Console(record=True, width=160)
@@ -290,6 +295,8 @@ def main(argv=None) -> int:
             time_limit=args.gap_time,
             out=args.out,
             bounds=not args.no_bounds,
+            buffers=tuple(args.buffers.split(",")),
+            styles=tuple(args.styles.split(",")),
         )
         console.print(table)
         if args.out:
