@@ -32,15 +32,15 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    16 channels is 147-295 KB of weights, 2 rows) measured 2.2x their prediction. Rule 2b
    then blocks its output channels.
 
-1. Inline. A spatial block is inlined into its consumers when none of them is a reduction
-   (an elementwise chain becomes one epilogue) or the reductions read each of its elements
-   once (a global pool: nothing is computed twice, and nothing is written whole; MobileNetV2
-   at 224, 128 KB: its last ReLU6 + pool group 2.8x its predicted DRAM); a plain copy (a pad
-   that pads nothing, a reshape, a split) is inlined into any consumer. A real pad (and a
-   concat: both select) is kept: it is the line buffer of the op after it, and the activation
-   before it is inlined into it. An output block is reverse-inlined into its one spatial producer when it can be and is
-   that producer's only reader (the residual Add joins the epilogue of the last conv; TVM's
-   reverse_compute_inline would drop a buffer another block still reads).
+1. Inline. A spatial block is inlined into its consumers when none of them is a reduction (an
+   elementwise chain becomes one epilogue) or the reductions read each of its elements once (a
+   global pool: nothing is computed twice, and nothing is written whole; MobileNetV2 at 224,
+   128 KB: its last ReLU6 + pool group 2.8x its predicted DRAM); a plain copy (a pad that pads
+   nothing, a reshape, a split) is inlined into any consumer. A real pad (and a concat: both
+   select) is kept: it is the line buffer of the op after it, and the activation before it is
+   inlined into it. An output block is reverse-inlined into its one spatial producer when it
+   can be and is that producer's only reader (the residual Add joins the epilogue of the last
+   conv; TVM's reverse_compute_inline would drop a buffer another block still reads).
 2. Anchors and tiles. Every output block whose tensor has rows (rank >= 4, H > 1) is an
    anchor; an output the kernel also reads itself is split with ``cache_write`` into an
    internal block and a copy, the copy being the anchor. Each anchor's loops become
