@@ -255,9 +255,11 @@ class CutBound:
             return True
         additive = cost.name == "lbdf" and not fg.shared_weights
         node = self._path_cost
-        if node is None:
-            rows = cost._output_rows_list
-            node = self._path_cost = [r + (fg.weight_numel[i] if additive else 0) for i, r in enumerate(rows)]
+        if node is None:  # each op's own lower bound, less its weights where they do not add up
+            e = cost.element_bytes
+            node = self._path_cost = [
+                cost.lower_bound(1 << i) // e - (0 if additive else fg.weight_numel[i]) for i in range(fg.n)
+            ]
         beta = cost.buffer_bytes / cost.element_bytes  # elements
         base = 0 if additive else max(fg.weight_numel[a], fg.weight_numel[b])
         limit = beta - base
