@@ -20,3 +20,16 @@ def test_the_search_only_gap_table_lists_the_plans_partition_makes():
     assert table.row_count == 4
     assert list(table.columns[4].cells) == [fusion_dram.mb(d) for d in want]
     assert list(table.columns[7].cells) == ["-"] * 4
+
+
+def test_the_gap_table_reruns_only_the_rows_asked_for():
+    """``--styles brr --buffers 256KB``: one row, the same plan as in the whole table."""
+    console = Console(record=True, width=160)
+    table = fusion_dram.gap_report(
+        console, ["resnet18"], budget=20, size=64, bounds=False, buffers=("256KB",), styles=("brr",)
+    )
+    fg = build_fusion_graph(fuser.optimize("zoo:resnet18", input_shapes=(1, 3, 64, 64)).graph)
+    want = partition_fusion_graph(fg, buffer="256KB", style="brr", search="nsga2", budget=20)[0]
+    assert table.row_count == 1
+    assert list(table.columns[2].cells) == ["brr"] and list(table.columns[3].cells) == ["256KB"]
+    assert list(table.columns[4].cells) == [fusion_dram.mb(want.dram_bytes)]
