@@ -378,7 +378,8 @@ class CutBound:
     ) -> None:
         """r ≥ each consumer's cut, and the chain-run rows for consumers on one path; when the
         consumers fall into classes no valid group joins (``_separate``, the producer's group
-        aside: a consumer cut from it is in another), r ≥ Σ over classes of each one's reads."""
+        aside: a consumer cut from it is in another), r ≥ Σ over classes of each one's reads,
+        those rows written for each class's own variable."""
         m = self.m
         if len(consumers) == 1:
             if zs[0] is None:
@@ -388,19 +389,10 @@ class CutBound:
             return
         r = m.var(numel, 0 if all(z is not None for z in zs) else 1)
         self._reads[key] = (r, consumers, zs)
-        for z in zs:
-            if z is not None:
-                m.row({r: 1, z: -1}, lo=0)
-        for chain in self._chains(consumers, range(len(consumers))):
-            coefs, lo = self._runs(consumers, zs, chain)
-            coefs[r] = 1.0
-            m.row(coefs, lo=lo)
         classes = self._classes(consumers, producer)
-        if len(classes) < 2:
-            return
         total: dict[int, float] = {r: 1.0}
         for members in classes:  # R_C ≥ each consumer's cut and each chain's runs in C
-            reads = m.var(0, 1 if any(zs[k] is None for k in members) else 0, len(members))
+            reads = r if len(classes) == 1 else m.var(0, 1 if any(zs[k] is None for k in members) else 0)
             total[reads] = -1.0
             for k in members:
                 if zs[k] is not None:
@@ -409,7 +401,8 @@ class CutBound:
                 coefs, lo = self._runs(consumers, zs, chain)
                 coefs[reads] = 1.0
                 m.row(coefs, lo=lo)
-        m.row(total, lo=0)
+        if len(classes) > 1:
+            m.row(total, lo=0)
 
     def _chains(self, consumers: list[int], members) -> list[list[int]]:
         """The positions ``members`` of ``consumers`` (ascending: topological) in runs on one
@@ -448,23 +441,17 @@ class CutBound:
 
     def _classes(self, consumers: list[int], producer: int) -> list[list[int]]:
         """Positions of ``consumers`` in classes: two consumers some valid group without the
-        producer may hold together share a class (union-find over the pairs)."""
-        parent = list(range(len(consumers)))
+        producer may hold together share a class."""
+        from .plan import _components
 
-        def root(k: int) -> int:
-            while parent[k] != k:
-                parent[k] = parent[parent[k]]
-                k = parent[k]
-            return k
-
-        for i in range(len(consumers)):
-            for j in range(i + 1, len(consumers)):
-                if root(i) != root(j) and not self._separate(consumers[i], consumers[j], producer):
-                    parent[root(j)] = root(i)
-        classes: dict[int, list[int]] = {}
-        for k in range(len(consumers)):
-            classes.setdefault(root(k), []).append(k)
-        return list(classes.values())
+        n = len(consumers)
+        pairs = [
+            (i, j)
+            for i in range(n)
+            for j in range(i + 1, n)
+            if not self._separate(consumers[i], consumers[j], producer)
+        ]
+        return [bits(c) for c in sorted(_components(n, pairs, list(range(n))), key=lambda c: c & -c)]
 
     # ---- BRR: a monotone bound on the tiles --------------------------------------------
     def _mu_rows(self, tiles: int) -> list[int]:
