@@ -1,7 +1,7 @@
 """Tuning over TVM's RPC tracker: a tracker and two RPC servers on 127.0.0.1 (started
 here, each bounded in time and torn down at the end, with their children), a two-kernel
-model tuned through them with MetaSchedule's RPC runner, the `fuser compile
---rpc-tracker` CLI path, and the refusals of a bad tracker address."""
+model tuned through them by `fuser compile --rpc-tracker` (MetaSchedule's RPC runner), and
+the refusals of a bad tracker address."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from fuser.ir import FuserError
 tvm = pytest.importorskip("tvm", reason="Apache TVM is not installed (pip install fuser[tvm])")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install fuser[tvm])")
 
-from fuser.backends import tvm as tb  # noqa: E402
 from fuser.backends.tvm import tuning  # noqa: E402
 
 KEY = "fuser-test"
@@ -114,27 +113,10 @@ class TwoConvs(torch.nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
-def test_tuning_through_rpc_tracker(tracker, tmp_path):
-    x = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    graph = fuser.optimize(TwoConvs().eval(), (x,)).graph
-    target = tb.make_target("llvm", 1)
-    fused = tb.fuse(tb.to_relax(graph), target)
-    runner = tuning.rpc_runner(tracker, KEY)
-    result = tuning.tune(fused, target, tmp_path / "db", 4, runner=runner)
-    # two tunable kernels (the layout transforms around them are one-point spaces)
-    assert [b.want for b in result.budgets] == [2, 2]
-    assert result.seeded == 2  # both default schedules were measured on the servers
-    assert result.trials_run == 4 and result.run_errors == 0 and result.build_errors == 0
-    final = tb.schedule(result.mod, target)
-    sources = tb.schedule_sources(final)
-    assert sorted(s for s in sources.values() if s == "tuned") == ["tuned", "tuned"]
-    assert "naive" not in sources.values()
-    feeds = {graph.inputs[0].name: x.numpy()}
-    got = native.run_executable(tb.build_fused(final, target), graph, target, feeds)
-    assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= 1e-4
-
-
 def test_compile_cli_tunes_through_rpc_tracker(tracker, tmp_path):
+    """`fuser compile --rpc-tracker`: 2 trials over the two tunable kernels (the layout
+    transforms around them are one-point spaces) are 1 + 1, both default schedules are
+    measured on the servers first, both kernels end tuned, and the build gives ORT's numbers."""
     x = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1))
     graph = fuser.optimize(TwoConvs().eval(), (x,)).graph
     model = tmp_path / "two.onnx"
@@ -148,8 +130,13 @@ def test_compile_cli_tunes_through_rpc_tracker(tracker, tmp_path):
     import json
 
     meta = json.loads(result.stdout)
-    assert meta["tuning"]["rpc_tracker"] == tracker and meta["tuning"]["trials_run"] == 2
-    assert sorted(meta["kernel_schedules"].values()).count("tuned") == 2
+    tuned = meta["tuning"]
+    assert tuned["rpc_tracker"] == tracker and tuned["rpc_key"] == KEY
+    assert sorted(tuned["kernels"].values()) == [1, 1]
+    assert tuned["seeded"] == 2
+    assert tuned["trials_run"] == 2 and tuned["build_errors"] == 0  # a run error fails the command
+    schedules = meta["kernel_schedules"]
+    assert sorted(schedules.values()).count("tuned") == 2 and "naive" not in schedules.values()
     feeds = {graph.inputs[0].name: x.numpy()}
     assert rel_err(native.load(out)(**feeds)[0], ort_run_graph(graph, feeds)[0]) <= 1e-4
 

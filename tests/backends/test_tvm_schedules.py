@@ -52,7 +52,12 @@ def _no_naive(fused) -> None:
     assert set(sources.values()) <= {rule.NAME for rule in schedules.RULES}
 
 
-@pytest.mark.parametrize("name", ZOO)
+# ResNet-152's kernels are ResNet-50's (same stages and widths, more repeats; the fused
+# modules' PrimFuncs differ only in names): it runs under FUSER_HEAVY=1 only.
+ZOO_KERNELS = ZOO if HEAVY else [name for name in ZOO if name != "resnet152"]
+
+
+@pytest.mark.parametrize("name", ZOO_KERNELS)
 def test_zoo_no_kernel_left_naive(name):
     """Every kernel of every zoo model (64x64; VGG and ViT at 224) is taken by a rule."""
     *_, fused = _zoo_fused(name)

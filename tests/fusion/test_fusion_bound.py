@@ -74,15 +74,17 @@ def test_every_rounds_bound_is_below_the_optimum_and_grows(seed):
     assert bounds[0] > 0
 
 
-@pytest.mark.parametrize("style,buffer", [("lbdf", "4KB"), ("brr", "4KB"), ("brr", "8KB")])
-def test_gap_is_a_real_bound_below_every_search(style, buffer):
+# BRR 4 KB closes on its optimum in ~8 s; BRR 8 KB does not in 20 s, and any time-limited
+# bound is a bound: 6 s
+@pytest.mark.parametrize("style,buffer,seconds", [("lbdf", "4KB", 20), ("brr", "4KB", 20), ("brr", "8KB", 6)])
+def test_gap_is_a_real_bound_below_every_search(style, buffer, seconds):
     fg = build_fusion_graph(random_dag(0, n_ops=40))
     cost = make_cost_model(fg, style, 4096 if buffer == "4KB" else 8192)
     plans = [
         partition_fusion_graph(fg, buffer=buffer, style=style, search=search, budget=60)[0]
         for search in ("greedy", "local", "nsga2", "random")
     ]
-    gap = optimality_gap(cost, plans[0].dram_bytes, time_limit=20)
+    gap = optimality_gap(cost, plans[0].dram_bytes, time_limit=seconds)
     trivial = cost.lower_dram(fg.all_mask)
     assert trivial < gap["bytes"] <= min(p.dram_bytes for p in plans)
     assert gap["plan_bytes"] is None or gap["bytes"] <= gap["plan_bytes"]

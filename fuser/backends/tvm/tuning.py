@@ -60,14 +60,15 @@ def build_candidate(mod, target, _params):
 
 
 def import_tensor_intrinsics() -> None:
-    """``import tvm.s_tir.tensor_intrin`` (MetaSchedule's tune contexts do it), in ~7 s
+    """``import tvm.s_tir.tensor_intrin`` (MetaSchedule's tune contexts do it), in ~3 s
     instead of ~45 s.
 
     TVMScript's ``prim_func`` calls ``inspect.stack()`` for each of its ~250 intrinsics,
     and ``inspect.getmodule`` scans all of ``sys.modules`` (thousands once torch is
-    loaded) for every ``<frozen importlib...>`` frame of the import, because no module
-    file has that name. Telling inspect's cache which module those frames belong to is
-    true and ends the scans.
+    loaded) for every ``<frozen importlib...>`` frame of the import, and for each
+    expression TVMScript compiles as ``<ast>``, because no module file has that name.
+    Telling inspect's cache which module those frames belong to (none, for ``<ast>``: the
+    scan's own answer) is true and ends the scans.
     """
     import inspect
     import sys
@@ -76,6 +77,8 @@ def import_tensor_intrinsics() -> None:
         return
     for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
         inspect.modulesbyfile.setdefault(os.path.normcase(os.path.abspath(f"<frozen {name}>")), name)
+    # TVMScript's evaluator compiles expressions as "<ast>": no module (the scan's answer too)
+    inspect.modulesbyfile.setdefault(os.path.normcase(os.path.abspath("<ast>")), "")
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
