@@ -202,6 +202,7 @@ def gap_report(
     bounds: bool = True,
     buffers: tuple[str, ...] = ("128KB", "256KB"),
     styles: tuple[str, ...] = ("lbdf", "brr"),
+    block_ops: int | None = None,
 ) -> Table:
     """Every zoo model at 128 KB and 256 KB, LBDF and BRR: the explain-split NSGA-II plan's
     DRAM ("search MB"), the plan ``partition(gap=True)`` hands back ("plan MB": the search's,
@@ -211,7 +212,8 @@ def gap_report(
 
     table = Table(
         title=f"gap to optimal: NSGA-II {budget} plans, explain split, seed 0, "
-        + (f"bounds {time_limit:.0f} s" if bounds else "no bounds: the search's plans"),
+        + (f"bounds {time_limit:.0f} s" if bounds else "no bounds: the search's plans")
+        + (f", {block_ops} ops per block" if bounds and block_ops else ""),
         title_justify="left",
     )
     for col in (
@@ -244,6 +246,7 @@ def gap_report(
                     budget=budget,
                     gap=bounds,
                     gap_time_limit=time_limit,
+                    gap_block_ops=block_ops,
                 )
                 bound_s = time.perf_counter() - start - seconds
                 if not bounds:
@@ -281,6 +284,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--buffers", default="128KB,256KB", help="--gaps: comma list of buffer sizes")
     parser.add_argument("--styles", default="lbdf,brr", help="--gaps: comma list of fusion styles")
+    parser.add_argument(
+        "--gap-block-ops",
+        type=int,
+        default=None,
+        help="--gaps: ops per block of the block bound (default 40 for BRR, 80 for LBDF); "
+        "longer blocks bound tighter but slower",
+    )
     args = parser.parse_args(argv)
     if args.gaps:
         console = Console(record=True, width=160)
@@ -297,6 +307,7 @@ def main(argv=None) -> int:
             bounds=not args.no_bounds,
             buffers=tuple(args.buffers.split(",")),
             styles=tuple(args.styles.split(",")),
+            block_ops=args.gap_block_ops,
         )
         console.print(table)
         if args.out:

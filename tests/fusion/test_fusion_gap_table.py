@@ -33,3 +33,25 @@ def test_the_gap_table_reruns_only_the_rows_asked_for():
     assert table.row_count == 1
     assert list(table.columns[2].cells) == ["brr"] and list(table.columns[3].cells) == ["256KB"]
     assert list(table.columns[4].cells) == [fusion_dram.mb(want.dram_bytes)]
+
+
+def test_the_gap_tables_block_bound_takes_the_ops_per_block_asked_for(monkeypatch):
+    """``--gap-block-ops 50``: MobileNetV2's BRR bound (more than twice 40 ops: the block
+    bound runs) cuts its op order into runs of at most 50 ops, and the title says so."""
+    from fuser.fusion import bound
+
+    calls = []
+
+    def recorded(cost, time_limit, max_ops=bound.BLOCK_OPS, **kw):
+        calls.append(max_ops)
+        return block_bound(cost, time_limit, max_ops=max_ops, **kw)
+
+    block_bound = bound.block_bound
+    monkeypatch.setattr(bound, "block_bound", recorded)
+    console = Console(record=True, width=160)
+    table = fusion_dram.gap_report(
+        console, ["mobilenet_v2"], 20, 64, time_limit=2, buffers=("256KB",), styles=("brr",), block_ops=50
+    )
+    assert calls == [50]
+    assert table.title.endswith("bounds 2 s, 50 ops per block")
+    assert table.row_count == 1 and list(table.columns[7].cells)[0].startswith(("lower bound", "optimum"))
