@@ -15,6 +15,8 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --gaps      # every zoo model: DRAM and proven gap to optimal
     python benchmarks/fusion_dram.py --gaps --models yolov8n --gap-time 40   # one model, 40 s bounds
     python benchmarks/fusion_dram.py --gaps --models yolov8n --styles brr --buffers 256KB   # one row
+    python benchmarks/fusion_dram.py --gaps --models picodet_layout --styles brr --gap-time 1200 \
+        --gap-block-ops 80   # a tighter bound: blocks of 80 ops, not 40 (minutes per block)
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """
