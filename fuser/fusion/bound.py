@@ -390,10 +390,12 @@ class CutBound:
         r = m.var(numel, 0 if all(z is not None for z in zs) else 1)
         self._reads[key] = (r, consumers, zs)
         classes = self._classes(consumers, producer)
-        total: dict[int, float] = {r: 1.0}
-        for members in classes:  # R_C ≥ each consumer's cut and each chain's runs in C
-            reads = r if len(classes) == 1 else m.var(0, 1 if any(zs[k] is None for k in members) else 0)
-            total[reads] = -1.0
+        class_reads = (
+            [r]
+            if len(classes) == 1
+            else [m.var(0, 1 if any(zs[k] is None for k in c) else 0) for c in classes]
+        )
+        for reads, members in zip(class_reads, classes):  # R_C ≥ each cut and chain's runs in C
             for k in members:
                 if zs[k] is not None:
                     m.row({reads: 1, zs[k]: -1}, lo=0)
@@ -401,8 +403,8 @@ class CutBound:
                 coefs, lo = self._runs(consumers, zs, chain)
                 coefs[reads] = 1.0
                 m.row(coefs, lo=lo)
-        if len(classes) > 1:
-            m.row(total, lo=0)
+        if len(classes) > 1:  # r ≥ Σ_C R_C
+            m.row({r: 1.0, **dict.fromkeys(class_reads, -1.0)}, lo=0)
 
     def _chains(self, consumers: list[int], members) -> list[list[int]]:
         """The positions ``members`` of ``consumers`` (ascending: topological) in runs on one

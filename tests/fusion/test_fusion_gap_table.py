@@ -41,12 +41,12 @@ def test_the_gap_tables_block_bound_takes_the_ops_per_block_asked_for(monkeypatc
     from fuser.fusion import bound
 
     calls = []
+    block_bound = bound.block_bound
 
     def recorded(cost, time_limit, max_ops=bound.BLOCK_OPS, **kw):
         calls.append(max_ops)
         return block_bound(cost, time_limit, max_ops=max_ops, **kw)
 
-    block_bound = bound.block_bound
     monkeypatch.setattr(bound, "block_bound", recorded)
     console = Console(record=True, width=160)
     table = fusion_dram.gap_report(
