@@ -53,11 +53,16 @@ lint: $(TEST_STAMP)
 	ruff format --check .
 	lint-imports
 
+# one pytest worker per core, at most 4 (each holds its own zoo captures and TVM builds); a
+# file's tests stay on one worker, so module fixtures (TVM builds, Ray, the RPC tracker) are made once
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(TEST_STAMP) lint
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-heavy: $(TEST_STAMP)
-	FUSER_HEAVY=1 $(PY) -m pytest -q
+	FUSER_HEAVY=1 $(PYTEST)
 
 clean:
 	rm -rf $(OUT) $(DEMO_STAMP) $(TEST_STAMP) .pytest_cache
