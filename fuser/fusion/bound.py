@@ -73,7 +73,9 @@ runs of the op order, the rest of the plan held) improve the plans met.
 from __future__ import annotations
 
 import heapq
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -838,10 +840,12 @@ def block_bound(
     max_ops: int = BLOCK_OPS,
     halo: int = 8,
     price_rounds: int = PRICE_ROUNDS,
+    workers: int | None = None,
 ) -> BoundResult:
     """A certified lower bound from independent blocks: the op order cut into runs of at most
     ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
-    (``CutBound(cost, block, halo, reads)``), the bounds summed.
+    (``CutBound(cost, block, halo, reads)``), the bounds summed. The blocks solve on up to
+    ``workers`` threads (default: one per core the process may use; ``solve_blocks``).
 
     Why it is a bound: every term of the whole relaxation's objective goes to exactly one
     block: a tensor's write to its producer's block, its reads to the block holding all its
@@ -878,18 +882,22 @@ def block_bound(
         if p >= 0:
             reads[readers.pop() if len(readers) == 1 else block_of[p]].add(t)
     total, rounds, cuts, log, settled = 0, 0, 0, [], True
-    relaxations: list[CutBound] = []
+    workers = workers or usable_cores()
+    relaxations = [CutBound(cost, (a, b), halo, reads[k]) for k, (a, b) in enumerate(zip(starts, ends))]
+
+    def first_solve(k: int):
+        left = time_limit - (time.perf_counter() - start)
+        # up to half of what is left when it starts (all, for the last): a slow block early
+        # on settles, which the plan's adoption needs, and the fast ones after it leave time
+        # for the prices
+        return relaxations[k].solve(left if k == len(starts) - 1 else left / 2)
+
+    results = solve_blocks(first_solve, range(len(starts)), workers)
     cut_down: list[int] | None = []
     chosen_plans: list[list[int] | None] = []  # per block: its relaxation's plan
     kept: list[set[int]] = []  # per block: the edges its relaxation's last plan keeps uncut
     for k, (a, b) in enumerate(zip(starts, ends)):
-        left = time_limit - (time.perf_counter() - start)
-        # up to half of what is left (all, for the last): a slow block early on settles, which
-        # the plan's adoption needs, and the fast ones after it leave time for the prices
-        share = left if k == len(starts) - 1 else left / 2
-        relaxation = CutBound(cost, (a, b), halo, reads[k])
-        res = relaxation.solve(share)
-        relaxations.append(relaxation)
+        relaxation, res = relaxations[k], results[k]
         total += res.lower_bytes
         rounds += res.rounds
         cuts += res.cuts
@@ -935,7 +943,7 @@ def block_bound(
             plan, plan_bytes = candidate, dram
     if plan_bytes is None or plan_bytes > total:  # the blocks' shared edges priced to agree
         left = time_limit - (time.perf_counter() - start)
-        total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds)
+        total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds, workers)
     # after the prices, which keep the time they had: windows are a fixed amount of work, untimed
     if plan is not None:
         plan = window_polish(cost, plan, log=log)
@@ -962,6 +970,7 @@ def price_blocks(
     time_limit: float,
     log: list[str],
     max_rounds: int = PRICE_ROUNDS,
+    workers: int = 1,
 ) -> int:
     """The block bound raised by Lagrangian prices on the edges two blocks share (both hold
     both ends: the halos' overlap): the best of ``lower_bytes`` (the blocks solved as built)
@@ -991,6 +1000,13 @@ def price_blocks(
     best, theta, failed = lower_bytes, PRICE_THETA, 0
     direction: dict = {}
     upper = upper_bytes if upper_bytes is not None else int(lower_bytes * 1.05) + e
+
+    def resolve(block_and_unstarted: tuple[int, int]) -> None:
+        k, unstarted = block_and_unstarted
+        left = time_limit - (time.perf_counter() - start)
+        # what is left, split among the blocks not yet started, as many at once as workers
+        blocks[k].solve(min(left, left * workers / unstarted))
+
     for r in range(max_rounds):
         xs = [b.last_x for b in blocks]
         if any(x is None for x in xs):
@@ -1015,12 +1031,11 @@ def price_blocks(
         for (k, k2, i), lam in price.items():
             blocks[k].m.cost[i] += lam
             blocks[k2].m.cost[i] -= lam
-        for k in sorted(moved):
-            left = time_limit - (time.perf_counter() - start)
-            if left <= 0:
-                log.append(f"prices round {r + 1}: stopped by the time limit")
-                return best
-            blocks[k].solve(left / (len(moved) - sorted(moved).index(k)))
+        if time_limit - (time.perf_counter() - start) <= 0:
+            log.append(f"prices round {r + 1}: stopped by the time limit")
+            return best
+        order = sorted(moved)  # every moved block solves: a bound at its new prices
+        solve_blocks(resolve, [(k, len(order) - i) for i, k in enumerate(order)], workers)
         total = sum(b.last_bound for b in blocks)
         log.append(f"prices round {r + 1}: bound {total} B, θ {theta:g}, {len(moved)} blocks re-solved")
         if total > best:
@@ -1030,6 +1045,26 @@ def price_blocks(
             if failed == 2:
                 theta, failed = theta / 2, 0
     return best
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def solve_blocks(solve, keys, workers: int) -> list:
+    """``[solve(k) for k in keys]``, on up to ``workers`` threads: HiGHS lets go of the GIL
+    while it solves, so the blocks' MILPs run side by side (each block's relaxation is its
+    own; the cost model's memos only ever gain the same entries). The results do not hang on
+    the threads: each block's solve is the same whichever runs first."""
+    keys = list(keys)
+    if workers <= 1 or len(keys) <= 1:
+        return [solve(k) for k in keys]
+    with ThreadPoolExecutor(min(workers, len(keys))) as pool:
+        return list(pool.map(solve, keys))
 
 
 def stitch(fg, plans: list[list[int]], owns: list[int]) -> list[int]:

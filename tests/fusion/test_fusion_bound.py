@@ -150,6 +150,28 @@ def test_prices_raise_the_block_bound():
     assert plain.lower_bytes + (optimum - plain.lower_bytes) // 4 < priced.lower_bytes <= optimum
 
 
+@pytest.mark.parametrize("seed,style,buffer", [(7, "lbdf", 2500), (5, "brr", 1000), (6, "brr", 2500)])
+def test_blocks_on_threads_give_what_one_thread_gives(seed, style, buffer):
+    """The blocks and their priced re-solves (6 to 20 rounds in these cases) on 3 threads: the
+    same settled bound, plan, log of bounds and row count as one after another (each block's
+    relaxation is its own)."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=18))
+    cost = make_cost_model(fg, style, buffer)
+    one, three = (block_bound(cost, time_limit=60, max_ops=5, halo=2, workers=w) for w in (1, 3))
+    assert one.settled and three.settled
+    assert (three.lower_bytes, three.plan, three.rounds, three.cuts) == (
+        one.lower_bytes,
+        one.plan,
+        one.rounds,
+        one.cuts,
+    )
+
+    def bounds(log):  # without the seconds, which differ
+        return [line.split(",")[0] for line in log]
+
+    assert bounds(three.log) == bounds(one.log) and any("prices round" in line for line in one.log)
+
+
 @pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000)])
 def test_one_block_is_the_whole_relaxation(style, buffer):
     fg = build_fusion_graph(random_dag(1, n_ops=12))
