@@ -124,10 +124,12 @@ def partition_fusion_graph(
     # Only a plan from a bound that ended on its own (a proven optimum, or a block bound whose
     # every block settled): a plan met before a time limit stopped the proof would make the
     # plan depend on the machine's speed (same inputs and seed, same plan).
-    polished = polish(cost, best.groups)  # groups merged, runs of ops re-planned where that saves
-    choices = [(cost.dram(polished), 1, "polish", polished, "polish")]
+    choices = []
     if optimum["plan_settled"] and groups is not None:
         choices.append((optimum["plan_bytes"], 0, optimum["plan_from"], groups, "exact"))
+    if not (choices and optimum["exact"]):  # nothing beats a proven optimum: no polish to run
+        polished = polish(cost, best.groups)  # groups merged, runs and regions re-planned
+        choices.append((cost.dram(polished), 1, "polish", polished, "polish"))
     dram, _, source, groups, tag = min(choices, key=lambda c: c[:2])
     if dram < best.dram:
         info["search"] = f"{search}+{tag}"

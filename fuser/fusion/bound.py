@@ -66,8 +66,9 @@ Blocks (``block_bound``): on large graphs the whole relaxation's rounds grow slo
 relaxation over runs of ``BLOCK_OPS`` ops of the topological order (each term of the
 objective counted in exactly one run) solves in seconds per run, and the runs' bounds add up
 to a bound of the whole (see ``block_bound``); Lagrangian prices on the edges two runs share
-raise that sum (``price_blocks``). ``merge_polish`` and ``window_polish`` (exact re-planning of
-runs of the op order, the rest of the plan held) improve the plans met.
+raise that sum (``price_blocks``). ``merge_polish``, ``window_polish`` and ``group_polish``
+(exact re-planning of runs of the op order, or of regions of adjacent groups, the rest of the
+plan held) improve the plans met.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ PRICE_THETA = 1.0  # the first price step, as a fraction of the Polyak step aime
 WINDOW_OPS = 24  # ops per window of ``window_polish``
 WINDOW_CANDIDATES = 4000  # valid groups a window's ILP may take
 WINDOW_NODES = 20000  # branch-and-bound nodes a window's ILP may take (deterministic, unlike time)
+REGION_OPS = (
+    30  # ops per region of ``group_polish`` (PicoDet BRR 256 KB: saves what 36 saves, in 2/3 the time)
+)
 
 
 @dataclass
@@ -868,7 +872,7 @@ def block_bound(
     to their own ops, the plan whose groups follow each block's choice on its own edges (a
     crossing edge uncut when both blocks leave it uncut), and the blocks' plans stitched in
     op order and in reverse (``stitch``), when legal and valid; then re-planned window by
-    window (``window_polish``)."""
+    window (``window_polish``) and region by region (``group_polish``)."""
     start = time.perf_counter()
     fg = cost.fg
     starts = block_cuts(fg, max_ops)
@@ -946,7 +950,7 @@ def block_bound(
         total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds, workers)
     # after the prices, which keep the time they had: windows are a fixed amount of work, untimed
     if plan is not None:
-        plan = window_polish(cost, plan, log=log)
+        plan = group_polish(cost, window_polish(cost, plan, log=log), log=log)
         plan_bytes = cost.dram(plan)
     exact = plan_bytes is not None and plan_bytes <= total
     return BoundResult(
@@ -1086,8 +1090,34 @@ def stitch(fg, plans: list[list[int]], owns: list[int]) -> list[int]:
 
 def polish(cost: CostModel, groups: list[int]) -> list[int]:
     """``groups`` (a legal plan of valid groups) merge-polished, re-planned window by window
-    (``window_polish``) and merge-polished again: DRAM never rises. Deterministic."""
-    return merge_polish(cost, window_polish(cost, merge_polish(cost, groups)))
+    (``window_polish``) and region by region (``group_polish``), and merge-polished again:
+    DRAM never rises. Deterministic."""
+    return merge_polish(cost, group_polish(cost, window_polish(cost, merge_polish(cost, groups))))
+
+
+def _replan(
+    cost: CostModel, groups: list[int], region: int, inside: list[int], node_limit: int, time_limit: float
+):
+    """The cheapest legal plan of valid groups that keeps every group of ``groups`` not
+    touching ``region`` and takes the rest from ``inside`` (or a straddling group whole, or cut
+    to its pieces beyond ``region``): the ILP (``fuser.fusion.exact``), whose levels keep the
+    plan acyclic. ``(groups, dram)`` when it is proven within ``node_limit`` nodes, legal, and
+    saves; else None."""
+    from .exact import ilp_optimum
+
+    fg = cost.fg
+    held = [g for g in groups if not g & region]
+    choices = []
+    for g in groups:
+        if g & region and g & ~region:
+            choices += [g, *fg.components(g & ~region)]
+    res = ilp_optimum(cost, sorted(set(held + choices + inside)), time_limit, node_limit)
+    if res is None or not res.optimal or res.dram_bytes >= cost.dram(groups):
+        return None
+    trial = sorted(res.groups)
+    if not all(cost.valid(g) for g in trial) or topological_groups(fg, trial) is None:
+        return None
+    return trial, res.dram_bytes
 
 
 def window_polish(
@@ -1109,31 +1139,83 @@ def window_polish(
     saves nothing. Deterministic: windows in op order, candidates and ILP work capped by count
     (a window past ``max_candidates`` valid groups is skipped); ``time_limit`` only guards
     against a pathological solve (windows here solve in 2 s or less)."""
-    from .exact import ilp_optimum, valid_groups
+    from .exact import valid_groups
 
     fg = cost.fg
     groups = sorted(groups)
-    dram = cost.dram(groups)
     improved = True
     while improved:
         improved = False
         for a in range(0, max(fg.n - width // 2, 1), max(width // 2, 1)):
             run = ((1 << min(a + width, fg.n)) - 1) & ~((1 << a) - 1)
             inside = valid_groups(cost, max_candidates, within=run)
-            if inside is None:
-                continue
-            held = [g for g in groups if not g & run]
-            choices = []
-            for g in groups:
-                if g & run and g & ~run:
-                    choices += [g, *fg.components(g & ~run)]
-            res = ilp_optimum(cost, sorted(set(held + choices + inside)), time_limit, node_limit)
-            if res is None or not res.optimal or res.dram_bytes >= dram:
-                continue
-            trial = sorted(res.groups)
-            if not all(cost.valid(g) for g in trial) or topological_groups(fg, trial) is None:
+            better = None if inside is None else _replan(cost, groups, run, inside, node_limit, time_limit)
+            if better is None:
                 continue
             if log is not None:
-                log.append(f"window {a}..{min(a + width, fg.n) - 1}: {dram} -> {res.dram_bytes} B")
-            groups, dram, improved = trial, res.dram_bytes, True
+                log.append(f"window {a}..{min(a + width, fg.n) - 1}: {cost.dram(groups)} -> {better[1]} B")
+            groups, improved = better[0], True
     return groups
+
+
+def group_polish(
+    cost: CostModel,
+    groups: list[int],
+    max_ops: int = REGION_OPS,
+    max_candidates: int = WINDOW_CANDIDATES,
+    time_limit: float = 60.0,
+    log: list[str] | None = None,
+    node_limit: int = WINDOW_NODES,
+) -> list[int]:
+    """``groups`` (a legal plan of valid groups) improved by exact re-planning of regions that
+    follow the graph: for each group in op order, the region grown from it by whole adjacent
+    groups (the one with the earliest first op first) while it holds at most ``max_ops`` ops,
+    then the ILP over every valid group inside it, every other group held (``_replan``).
+
+    Why beside ``window_polish``: a run of the op order interleaves unrelated branches (PicoDet's
+    neck ops sit between backbone ops: any 48-op run of its ops 68..124 holds more than 200,000
+    valid groups, so those windows are skipped), while a region of adjacent groups holds only
+    connected work. PicoDet BRR 256 KB: 51.33 -> 51.05 MB after the windows. Same rules as the
+    windows: DRAM never rises, a region is taken only when proven within ``node_limit`` nodes
+    and it saves, regions past ``max_candidates`` valid groups are skipped, a region already
+    solved with the same groups is not solved again, sweeps until one saves nothing;
+    deterministic."""
+    from .exact import valid_groups
+
+    fg = cost.fg
+    groups = sorted(groups)
+    solved: set[tuple[int, ...]] = set()
+    improved = True
+    while improved:
+        improved = False
+        for seed in list(groups):
+            if seed not in groups:
+                continue
+            region, near = seed, _neighbours(fg, seed)
+            while True:
+                adjacent = sorted((g for g in groups if g & near and not g & region), key=lambda g: g & -g)
+                fits = next((g for g in adjacent if (region | g).bit_count() <= max_ops), None)
+                if fits is None:
+                    break
+                region, near = region | fits, near | _neighbours(fg, fits)
+            key = tuple(g for g in groups if g & region)
+            if key in solved:
+                continue
+            solved.add(key)
+            inside = valid_groups(cost, max_candidates, within=region)
+            better = None if inside is None else _replan(cost, groups, region, inside, node_limit, time_limit)
+            if better is None:
+                continue
+            if log is not None:
+                first, size = (seed & -seed).bit_length() - 1, region.bit_count()
+                log.append(f"region of {size} ops from op {first}: {cost.dram(groups)} -> {better[1]} B")
+            groups, improved = better[0], True
+    return groups
+
+
+def _neighbours(fg, mask: int) -> int:
+    """The ops joined to an op of ``mask`` by an edge."""
+    near = 0
+    for i in bits(mask):
+        near |= fg.nbr_mask(i)
+    return near
