@@ -17,6 +17,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --gaps --models yolov8n --styles brr --buffers 256KB   # one row
     python benchmarks/fusion_dram.py --gaps --models picodet_layout --styles brr --gap-time 1200 \
         --gap-block-ops 80   # a tighter bound: blocks of 80 ops, not 40 (minutes per block)
+    ... --gap-log                                         # and the bound's rounds as they happen
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import random
 import statistics
 import sys
@@ -293,7 +295,16 @@ def main(argv=None) -> int:
         help="--gaps: ops per block of the block bound (default 40 for BRR, 80 for LBDF); "
         "longer blocks bound tighter but slower",
     )
+    parser.add_argument(
+        "--gap-log",
+        action="store_true",
+        help="--gaps: print the block bound's blocks, price rounds and polish steps as they happen "
+        "(stderr, timestamped): a bound of an hour shows where it stands",
+    )
     args = parser.parse_args(argv)
+    if args.gap_log:
+        logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING, stream=sys.stderr)
+        logging.getLogger("fuser.fusion.bound").setLevel(logging.INFO)
     if args.gaps:
         console = Console(record=True, width=160)
         from fuser.models import names

@@ -1,6 +1,8 @@
 """The certified lower bound (edge-cut relaxation, ``fuser.fusion.bound``) against the exact
 optimum (ILP, chain DP) where that is computable, and against every search's plans."""
 
+import logging
+
 import pytest
 from test_fusion_graphs import _conv, conv_chain, finish, random_dag, residual_block, se_block
 
@@ -170,6 +172,18 @@ def test_blocks_on_threads_give_what_one_thread_gives(seed, style, buffer):
         return [line.split(",")[0] for line in log]
 
     assert bounds(three.log) == bounds(one.log) and any("prices round" in line for line in one.log)
+
+
+def test_the_block_bound_logs_each_line_as_it_keeps_it(caplog):
+    """Every line the block bound keeps (blocks, plans, price rounds, windows, regions) is also
+    logged at INFO by ``fuser.fusion.bound`` when it is made, in order: what
+    ``fusion_dram.py --gap-log`` prints while an hour-long bound runs."""
+    fg = build_fusion_graph(random_dag(5, n_ops=18))
+    cost = make_cost_model(fg, "brr", 1000)
+    with caplog.at_level(logging.INFO, logger="fuser.fusion.bound"):
+        res = block_bound(cost, time_limit=60, max_ops=5, halo=2, workers=1)
+    logged = [r.getMessage() for r in caplog.records if r.name == "fuser.fusion.bound"]
+    assert logged == res.log and any("prices round" in line for line in logged)
 
 
 @pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000)])
