@@ -109,25 +109,34 @@ def test_merge_polish_keeps_a_legal_plan_and_never_moves_more(seed, style, buffe
     assert merge_polish(cost, singles) == polished
 
 
+POLISHERS = {  # each re-plans exactly what holds at most this many ops, the rest of the plan held
+    "windows": lambda cost, groups, ops: window_polish(cost, groups, width=ops),
+    "regions": lambda cost, groups, ops: group_polish(cost, groups, max_ops=ops),
+}
+
+
+@pytest.mark.parametrize("polisher", POLISHERS)
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000), ("brr", 2500)])
-def test_window_polish_keeps_a_legal_plan_between_the_optimum_and_its_start(seed, style, buffer):
-    """Windows of 6 ops over a 16-op DAG, from every op alone and from the merge-polished plan:
-    every op once, groups valid and in a running order, DRAM no more than the start and at least
-    the exact optimum (ILP over every valid group); the same plan twice. One window over the
-    whole graph is the exact optimum."""
+def test_exact_polish_keeps_a_legal_plan_between_the_optimum_and_its_start(polisher, seed, style, buffer):
+    """Windows of 6 ops of the op order, or regions of adjacent groups of at most 6 ops, over a
+    16-op DAG, from every op alone and from the merge-polished plan: every op once, groups valid
+    and in a running order, DRAM no more than the start and at least the exact optimum (ILP over
+    every valid group); the same plan twice. One window or region that may take the whole
+    (connected) graph is the exact optimum."""
+    polish = POLISHERS[polisher]
     fg = build_fusion_graph(random_dag(seed, n_ops=16))
     cost = make_cost_model(fg, style, buffer)
     optimum = exact_optimum(cost)
-    assert optimum.optimal
+    assert optimum.optimal and fg.is_connected(fg.all_mask)
     singles = [1 << i for i in range(fg.n)]
     for start in (singles, merge_polish(cost, singles)):
-        polished = window_polish(cost, start, width=6)
+        polished = polish(cost, start, 6)
         assert sorted(i for g in polished for i in bits(g)) == list(range(fg.n))
         assert partition_problems(fg, polished) == [] and all(cost.valid(g) for g in polished)
         assert optimum.dram_bytes <= cost.dram(polished) <= cost.dram(start)
-        assert window_polish(cost, start, width=6) == polished
-    whole = window_polish(cost, singles, width=fg.n)
+        assert polish(cost, start, 6) == polished
+    whole = polish(cost, singles, fg.n)
     assert cost.dram(whole) == optimum.dram_bytes and partition_problems(fg, whole) == []
 
 
@@ -141,28 +150,6 @@ def test_window_polish_finds_what_merging_cannot(seed, style, buffer):
     windowed = window_polish(cost, merged, width=6)
     assert exact_optimum(cost).dram_bytes <= cost.dram(windowed) < cost.dram(merged)
     assert partition_problems(fg, windowed) == [] and all(cost.valid(g) for g in windowed)
-
-
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("style,buffer", [("lbdf", 2500), ("brr", 1000), ("brr", 2500)])
-def test_group_polish_keeps_a_legal_plan_between_the_optimum_and_its_start(seed, style, buffer):
-    """Regions of at most 6 ops over a 16-op DAG, from every op alone and from the merge-polished
-    plan: every op once, groups valid and in a running order, DRAM no more than the start and at
-    least the exact optimum; the same plan twice. One region that may take the whole (connected)
-    graph is the exact optimum."""
-    fg = build_fusion_graph(random_dag(seed, n_ops=16))
-    cost = make_cost_model(fg, style, buffer)
-    optimum = exact_optimum(cost)
-    assert optimum.optimal and fg.is_connected(fg.all_mask)
-    singles = [1 << i for i in range(fg.n)]
-    for start in (singles, merge_polish(cost, singles)):
-        polished = group_polish(cost, start, max_ops=6)
-        assert sorted(i for g in polished for i in bits(g)) == list(range(fg.n))
-        assert partition_problems(fg, polished) == [] and all(cost.valid(g) for g in polished)
-        assert optimum.dram_bytes <= cost.dram(polished) <= cost.dram(start)
-        assert group_polish(cost, start, max_ops=6) == polished
-    whole = group_polish(cost, singles, max_ops=fg.n)
-    assert cost.dram(whole) == optimum.dram_bytes and partition_problems(fg, whole) == []
 
 
 # (seed, style, buffer, DRAM after merging and 6-op windows, after 6-op regions): found by a scan of
