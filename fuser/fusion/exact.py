@@ -201,16 +201,24 @@ def exact_optimum(
 
 
 def optimality_gap(
-    cost: CostModel, dram_bytes: int, time_limit: float = 20.0, block_ops: int | None = None
+    cost: CostModel,
+    dram_bytes: int,
+    time_limit: float = 20.0,
+    block_ops: int | None = None,
+    price_rounds: int | None = None,
 ) -> dict:
     """The proven bound on the least DRAM of any plan of valid groups, to judge a plan moving
     ``dram_bytes``: ``{"bytes", "exact", "method", "plan_bytes"}`` (``plan_bytes``: the least
     DRAM of a legal plan met on the way, a settled one first, or None); see ``optimum_and_plan``."""
-    return optimum_and_plan(cost, dram_bytes, time_limit, block_ops)[0]
+    return optimum_and_plan(cost, dram_bytes, time_limit, block_ops, price_rounds)[0]
 
 
 def optimum_and_plan(
-    cost: CostModel, dram_bytes: int, time_limit: float = 20.0, block_ops: int | None = None
+    cost: CostModel,
+    dram_bytes: int,
+    time_limit: float = 20.0,
+    block_ops: int | None = None,
+    price_rounds: int | None = None,
 ) -> tuple[dict, list[int] | None]:
     """``optimality_gap``'s answer and the groups (op bitmasks) of the legal plan of valid groups
     behind its ``plan_bytes`` (None when no plan was met). The bound is the best of, within
@@ -223,7 +231,8 @@ def optimum_and_plan(
     - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
       BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
       the ILP): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF,
-      whose blocks solve fast; ``block_ops`` when given) solved apart, summed and priced,
+      whose blocks solve fast; ``block_ops`` when given) solved apart, summed and priced
+      (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given),
       with the legal plan its blocks' plans make. Longer runs cut fewer group seams, so
       they bound tighter, but their relaxations take longer: PicoDet BRR 128 KB, 40 ops a
       run: 74.81 MB in 126 s; 80: 76.18 MB in 600 s, its slowest run 284 s;
@@ -237,7 +246,7 @@ def optimum_and_plan(
     if is_chain(cost.fg):
         best = chain_optimum(cost)
         return _proven(best.dram_bytes, best.method, best.groups)
-    from .bound import BLOCK_OPS, block_bound, cut_bound
+    from .bound import BLOCK_OPS, PRICE_ROUNDS, block_bound, cut_bound
 
     start = time.perf_counter()
     blocks = cost.fg.n > 2 * BLOCK_OPS
@@ -260,7 +269,8 @@ def optimum_and_plan(
         if candidates is None:
             share = time_limit - (time.perf_counter() - start)
         # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
-        block = block_bound(cost, share, max_ops=block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS))
+        ops = block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS)
+        block = block_bound(cost, share, max_ops=ops, price_rounds=price_rounds or PRICE_ROUNDS)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))

@@ -35,23 +35,27 @@ def test_the_gap_table_reruns_only_the_rows_asked_for():
     assert list(table.columns[4].cells) == [fusion_dram.mb(want.dram_bytes)]
 
 
-def test_the_gap_tables_block_bound_takes_the_ops_per_block_asked_for(monkeypatch):
-    """``--gap-block-ops 50``: MobileNetV2's BRR bound (more than twice 40 ops: the block
-    bound runs) cuts its op order into runs of at most 50 ops, and the title says so."""
+def test_the_gap_tables_block_bound_takes_the_ops_per_block_and_price_rounds_asked_for(monkeypatch):
+    """``--gap-block-ops 50 --gap-price-rounds 3``: MobileNetV2's BRR bound (more than twice 40
+    ops: the block bound runs) cuts its op order into runs of at most 50 ops and prices them for
+    at most 3 rounds, and the title says so; without them, 40 ops and ``PRICE_ROUNDS``."""
     from fuser.fusion import bound
 
     calls = []
     block_bound = bound.block_bound
 
-    def recorded(cost, time_limit, max_ops=bound.BLOCK_OPS, **kw):
-        calls.append(max_ops)
-        return block_bound(cost, time_limit, max_ops=max_ops, **kw)
+    def recorded(cost, time_limit, max_ops=bound.BLOCK_OPS, price_rounds=bound.PRICE_ROUNDS, **kw):
+        calls.append((max_ops, price_rounds))
+        return block_bound(cost, time_limit, max_ops=max_ops, price_rounds=price_rounds, **kw)
 
     monkeypatch.setattr(bound, "block_bound", recorded)
     console = Console(record=True, width=160)
+    rows = dict(buffers=("256KB",), styles=("brr",))
     table = fusion_dram.gap_report(
-        console, ["mobilenet_v2"], 20, 64, time_limit=2, buffers=("256KB",), styles=("brr",), block_ops=50
+        console, ["mobilenet_v2"], 20, 64, time_limit=2, **rows, block_ops=50, price_rounds=3
     )
-    assert calls == [50]
-    assert table.title.endswith("bounds 2 s, 50 ops per block")
+    assert calls == [(50, 3)]
+    assert table.title.endswith("bounds 2 s, 50 ops per block, up to 3 price rounds")
     assert table.row_count == 1 and list(table.columns[7].cells)[0].startswith(("lower bound", "optimum"))
+    table = fusion_dram.gap_report(console, ["mobilenet_v2"], 20, 64, time_limit=2, **rows)
+    assert calls[1:] == [(bound.BLOCK_OPS, bound.PRICE_ROUNDS)] and table.title.endswith("bounds 2 s")
