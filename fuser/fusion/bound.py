@@ -213,10 +213,7 @@ class CutBound:
         for i in bits(region):
             up |= self.anc[i]
             down |= self.desc[i]
-        around = 0
-        for i in bits(self.own):
-            around |= self.fg.nbr_mask(i)
-        for c in bits(around & ~region)[:MAX_REACH]:
+        for c in bits(self.fg.neighbours(self.own) & ~region)[:MAX_REACH]:
             grown = region | 1 << c
             if not (up | self.anc[c]) & (down | self.desc[c]) & ~grown:
                 region, up, down = grown, up | self.anc[c], down | self.desc[c]
@@ -1192,13 +1189,13 @@ def group_polish(
         for seed in list(groups):
             if seed not in groups:
                 continue
-            region, near = seed, _neighbours(fg, seed)
+            region, near = seed, fg.neighbours(seed)
             while True:
                 adjacent = sorted((g for g in groups if g & near and not g & region), key=lambda g: g & -g)
                 fits = next((g for g in adjacent if (region | g).bit_count() <= max_ops), None)
                 if fits is None:
                     break
-                region, near = region | fits, near | _neighbours(fg, fits)
+                region, near = region | fits, near | fg.neighbours(fits)
             key = tuple(g for g in groups if g & region)
             if key in solved:
                 continue
@@ -1211,14 +1208,6 @@ def group_polish(
             _note(log, f"region of {size} ops from op {first}: {cost.dram(groups)} -> {better[1]} B")
             groups, improved = better[0], True
     return groups
-
-
-def _neighbours(fg, mask: int) -> int:
-    """The ops joined to an op of ``mask`` by an edge."""
-    near = 0
-    for i in bits(mask):
-        near |= fg.nbr_mask(i)
-    return near
 
 
 def _note(log: list[str] | None, line: str) -> None:

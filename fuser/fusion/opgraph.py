@@ -261,6 +261,14 @@ class FusionGraph:
     def nbr_mask(self, i: int) -> int:
         return self.pred_mask[i] | self.succ_mask[i]
 
+    def neighbours(self, mask: int) -> int:
+        """The ops joined by an edge to an op of ``mask`` (ops of ``mask`` among them when
+        they touch)."""
+        near = 0
+        for i in bits(mask):
+            near |= self.pred_mask[i] | self.succ_mask[i]
+        return near
+
     # ---- reachability -------------------------------------------------------------
     def ancestors(self) -> list[int]:
         """Per op: bitmask of its strict ancestors."""
@@ -287,10 +295,7 @@ class FusionGraph:
         """The ops of ``within`` weakly connected to the op bit ``start`` (a BFS on bitmasks)."""
         seen, frontier = start, start
         while frontier:
-            grow = 0
-            for i in bits(frontier):
-                grow |= self.nbr_mask(i)
-            frontier = grow & within & ~seen
+            frontier = self.neighbours(frontier) & within & ~seen
             seen |= frontier
         return seen
 
