@@ -1,5 +1,6 @@
 """A certified lower bound on the least DRAM of any plan, exact when it closes: row generation
-on an edge-cut relaxation of the partition problem, solved by HiGHS (``scipy.optimize.milp``).
+on an edge-cut relaxation of the partition problem, solved by HiGHS (``scipy.optimize.milp``, in a
+worker process whose time limit holds: ``fuser.fusion.milp``).
 
 Why it is a bound. Every legal plan of valid groups (``fuser.fusion.plan``) sets, per
 producer->consumer edge e of the op graph, z_e = 1 when its ends are in different groups.
@@ -140,8 +141,9 @@ class _Model:
         self.rows.append((coefs, lo, hi))
 
     def solve(self, time_limit: float):
-        from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import coo_matrix
+
+        from .milp import solve_milp
 
         r, c, v = [], [], []
         for k, (coefs, _, _) in enumerate(self.rows):
@@ -149,17 +151,16 @@ class _Model:
                 r.append(k)
                 c.append(j)
                 v.append(a)
-        n = len(self.cost)
-        constraints = ()
-        if self.rows:
-            a = coo_matrix((v, (r, c)), shape=(len(self.rows), n)).tocsr()
-            constraints = LinearConstraint(a, [lo for _, lo, _ in self.rows], [hi for _, _, hi in self.rows])
-        return milp(
+        a = coo_matrix((v, (r, c)), shape=(len(self.rows), len(self.cost))).tocsr() if self.rows else None
+        return solve_milp(
             np.array(self.cost),
-            constraints=constraints,
-            integrality=np.array(self.integer),
-            bounds=Bounds(np.array(self.lower), np.array(self.upper)),
-            options={"time_limit": max(time_limit, 0.1), "disp": False, "mip_rel_gap": 0},
+            a,
+            [lo for _, lo, _ in self.rows],
+            [hi for _, _, hi in self.rows],
+            np.array(self.integer),
+            np.array(self.lower),
+            np.array(self.upper),
+            {"time_limit": max(time_limit, 0.1), "disp": False, "mip_rel_gap": 0},
         )
 
 

@@ -10,7 +10,7 @@ best[j] = min over valid i..j−1 of best[i] + F_D(ops i..j−1).
 **Other graphs**: enumerate every connected, convex, valid group (ESU enumeration
 of connected sets, pruned by validity: F_β only grows as ops are added, so no
 superset of an invalid group is valid), then solve the ILP (HiGHS through
-``scipy.optimize.milp``)
+``scipy.optimize.milp`` in a worker process, ``fuser.fusion.milp``)
 
   min Σ_g F_D(g)·x_g    x_g ∈ {0,1}: group g is chosen;  L_o ∈ [0, n−1]: level of op o
   Σ_{g ∋ o} x_g = 1                              every op in exactly one group
@@ -127,8 +127,9 @@ def valid_groups(
 def ilp_optimum(
     cost: CostModel, candidates: list[int], time_limit: float, node_limit: int | None = None
 ) -> ExactResult | None:
-    from scipy.optimize import LinearConstraint, milp
     from scipy.sparse import coo_matrix
+
+    from .milp import solve_milp
 
     fg = cost.fg
     n, k, edges = fg.n, len(candidates), fg.edges
@@ -159,18 +160,10 @@ def ilp_optimum(
     c = np.array([cost.cost(m).dram_bytes for m in candidates] + [0] * n, dtype=float)
     bounds_lo = np.zeros(n_vars)
     bounds_hi = np.concatenate([np.ones(k), np.full(n, n - 1)])
-    from scipy.optimize import Bounds
-
     options = {"time_limit": time_limit, "disp": False}
     if node_limit:
         options["node_limit"] = node_limit
-    res = milp(
-        c,
-        constraints=LinearConstraint(a, lower, upper),
-        integrality=np.ones(n_vars),
-        bounds=Bounds(bounds_lo, bounds_hi),
-        options=options,
-    )
+    res = solve_milp(c, a, lower, upper, np.ones(n_vars), bounds_lo, bounds_hi, options)
     if res.x is None:
         return None
     chosen = [candidates[g] for g in range(k) if res.x[g] > 0.5]

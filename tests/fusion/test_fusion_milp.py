@@ -1,0 +1,121 @@
+"""HiGHS in a worker process: the same answers as scipy's milp in this process, and a time limit
+that holds even when the solver does not answer."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_matrix
+
+from fuser.fusion import milp as worker_milp
+
+
+def knapsack(seed: int, n: int = 30):
+    rng = np.random.default_rng(seed)
+    value, weight = rng.integers(1, 50, n), rng.integers(1, 30, n)
+    a = csr_matrix(weight.reshape(1, n).astype(float))
+    return -value.astype(float), a, [-np.inf], [weight.sum() / 3], np.ones(n), np.zeros(n), np.ones(n)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_worker_answers_as_scipys_milp_does_in_process(seed):
+    c, a, row_lo, row_hi, integrality, lo, hi = knapsack(seed)
+    options = {"time_limit": 30.0, "disp": False, "mip_rel_gap": 0}
+    here = milp(
+        c,
+        constraints=LinearConstraint(a, row_lo, row_hi),
+        integrality=integrality,
+        bounds=Bounds(lo, hi),
+        options=options,
+    )
+    there = worker_milp.solve_milp(c, a, row_lo, row_hi, integrality, lo, hi, options)
+    assert there.status == here.status == 0
+    assert there.fun == here.fun
+    np.testing.assert_array_equal(there.x, here.x)
+    assert there.mip_dual_bound == here.mip_dual_bound
+
+
+def test_a_model_without_rows_solves_on_its_bounds():
+    res = worker_milp.solve_milp(
+        np.array([1.0, -2.0]),
+        None,
+        [],
+        [],
+        np.array([1, 0]),
+        np.array([1.0, 0.0]),
+        np.array([3.0, 2.5]),
+        {"time_limit": 5.0},
+    )
+    assert res.status == 0
+    np.testing.assert_array_equal(res.x, [1.0, 2.5])
+    assert res.fun == -4.0
+
+
+def test_workers_are_kept_for_the_next_solve():
+    model = knapsack(3)
+    worker_milp.solve_milp(*model, {"time_limit": 5.0})
+    kept = list(worker_milp._idle)
+    worker_milp.solve_milp(*model, {"time_limit": 5.0})
+    assert kept and worker_milp._idle == kept
+
+
+def test_a_worker_silent_past_its_time_limit_is_killed_and_the_answer_is_a_time_out(monkeypatch):
+    # a worker that reads the model and never answers: HiGHS stuck inside one call
+    silent = [sys.executable, "-c", "import sys, time; sys.stdin.buffer.read(1); time.sleep(120)"]
+    monkeypatch.setattr(worker_milp, "WORKER_ARGS", silent)
+    monkeypatch.setattr(worker_milp, "_idle", [])
+    monkeypatch.setattr(worker_milp, "GRACE_S", 0.5)
+    spawned = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(
+        worker_milp.subprocess, "Popen", lambda *a, **k: spawned.append(popen(*a, **k)) or spawned[-1]
+    )
+    start = time.perf_counter()
+    res = worker_milp.solve_milp(*knapsack(4), {"time_limit": 0.5})
+    took = time.perf_counter() - start
+    assert (res.status, res.x, res.fun, res.mip_dual_bound) == (1, None, None, None)
+    assert 0.5 * worker_milp.OVERRUN + 0.5 <= took < 10
+    assert len(spawned) == 1 and spawned[0].poll() is not None  # killed, and not kept
+    assert worker_milp._idle == []
+
+
+def test_a_worker_that_dies_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(worker_milp, "WORKER_ARGS", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    monkeypatch.setattr(worker_milp, "_idle", [])
+    with pytest.raises(RuntimeError, match="HiGHS worker process died \\(exit code 3\\)"):
+        worker_milp.solve_milp(*knapsack(5), {"time_limit": 5.0})
+
+
+NOISY_WORKER = """
+import ctypes, runpy, sys
+import scipy.optimize
+real = scipy.optimize.milp
+def noisy(*args, **kwargs):  # as HiGHS does on some MILPs: C's printf on standard output
+    libc = ctypes.CDLL(None)
+    libc.printf(b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\\n")
+    libc.fflush(None)
+    return real(*args, **kwargs)
+scipy.optimize.milp = noisy
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_what_highs_prints_does_not_reach_the_answers(monkeypatch):
+    monkeypatch.setattr(
+        worker_milp, "WORKER_ARGS", [sys.executable, "-c", NOISY_WORKER, worker_milp.__file__]
+    )
+    monkeypatch.setattr(worker_milp, "_idle", [])
+    c, a, row_lo, row_hi, integrality, lo, hi = model = knapsack(6)
+    options = {"time_limit": 30.0, "disp": False}
+    here = milp(
+        c,
+        constraints=LinearConstraint(a, row_lo, row_hi),
+        integrality=integrality,
+        bounds=Bounds(lo, hi),
+        options=options,
+    )
+    for _ in range(2):
+        assert worker_milp.solve_milp(*model, options).fun == here.fun
