@@ -65,6 +65,7 @@ def test_buffer_sweep_table_json_and_plot(model, tmp_path):
     [
         (("--buffer", "lots"), "buffer size 'lots'"),
         (("--buffer", "1KB,2KB", "--save-plan", "p.json"), "single --buffer"),
+        (("--gap-time", "0"), "--gap-time"),
     ],
 )
 def test_user_errors_are_one_line(model, args, message):
@@ -78,5 +79,29 @@ def test_missing_model_and_help():
     assert r.exit_code == 2 and "no such file" in r.output
     h = CliRunner().invoke(main, ["fuse", "--help"])
     assert h.exit_code == 0
-    for text in ("Examples:", "--buffer 64KB,128KB,256KB,1MB", "--style", "--split", "--save-plan"):
+    for text in (
+        "Examples:",
+        "--buffer 64KB,128KB,256KB,1MB",
+        "--style",
+        "--split",
+        "--save-plan",
+        "--gap-time",
+    ):
         assert text in h.output
+
+
+def test_gap_time_is_the_proofs_time_limit_for_each_buffer(model, monkeypatch):
+    from fuser.fusion import exact
+
+    asked = []
+    real = exact.optimum_and_plan
+
+    def recorded(cost, dram_bytes, time_limit, *rest):
+        asked.append((cost.buffer_bytes, time_limit))
+        return real(cost, dram_bytes, time_limit, *rest)
+
+    monkeypatch.setattr(exact, "optimum_and_plan", recorded)
+    r = fuse(model, "--buffer", "4KB,8KB", "--search", "greedy", "--gap-time", "7.5", "--json")
+    assert r.exit_code == 0, r.output
+    assert asked == [(4096, 7.5), (8192, 7.5)]
+    assert all(row["optimum"]["bytes"] <= row["dram_bytes"] for row in json.loads(r.output)["sweep"])
