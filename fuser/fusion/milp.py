@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import pickle
-import select
+import selectors
 import subprocess
 import sys
 import threading
@@ -67,7 +67,9 @@ def _exchange(worker: subprocess.Popen, model, seconds: float) -> dict | None:
     try:
         pickle.dump(model, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         worker.stdin.flush()
-        ready, _, _ = select.select([worker.stdout], [], [], seconds)
+        with selectors.DefaultSelector() as waiting:  # epoll: any fd number (select's stop at 1024)
+            waiting.register(worker.stdout, selectors.EVENT_READ)
+            ready = waiting.select(seconds)
         if ready:
             return pickle.load(worker.stdout)
     except (BrokenPipeError, EOFError):

@@ -119,3 +119,23 @@ def test_what_highs_prints_does_not_reach_the_answers(monkeypatch):
     )
     for _ in range(2):
         assert worker_milp.solve_milp(*model, options).fun == here.fun
+
+
+def test_a_process_with_many_open_files_still_solves(monkeypatch):
+    # a worker's pipe numbered past 1024 (a Ray worker, a server): select() cannot wait on it
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"this process may open only {soft} files")
+    monkeypatch.setattr(worker_milp, "_idle", [])
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        res = worker_milp.solve_milp(*knapsack(7), {"time_limit": 5.0})
+        assert res.status == 0 and worker_milp._idle[0].stdout.fileno() > 1024
+    finally:
+        for fd in held:
+            os.close(fd)
+        for worker in worker_milp._idle:
+            worker.kill()
