@@ -302,8 +302,8 @@ def main(argv=None) -> int:
         "--gap-price-rounds",
         type=int,
         default=None,
-        help="--gaps: most subgradient rounds of the block bound's prices (default 20); late rounds "
-        "take a minute each and still raise the bound on PicoDet BRR 256 KB",
+        help="--gaps: most rounds of the block bound's prices (default 20; they stop on their own "
+        "once the prices are optimal); a round on PicoDet BRR 256 KB takes about a minute",
     )
     parser.add_argument(
         "--gap-log",

@@ -142,8 +142,8 @@ def test_priced_block_bound_is_below_the_optimum(seed, style, buffer):
 
 def test_prices_raise_the_block_bound():
     """A case where the blocks, built apart, put halo ops in different groups: priced toward
-    agreement, their summed bound rises (12,556 B -> 14,607 B when written; the optimum is
-    17,240 B)."""
+    agreement, their summed bound rises (12,556 B -> 14,619 B when written, 14,607 B by the
+    subgradient steps before; the optimum is 17,240 B)."""
     fg = build_fusion_graph(random_dag(0, n_ops=14))
     cost = make_cost_model(fg, "brr", 2500)
     plain = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0)
@@ -152,9 +152,37 @@ def test_prices_raise_the_block_bound():
     assert plain.lower_bytes + (optimum - plain.lower_bytes) // 4 < priced.lower_bytes <= optimum
 
 
+@pytest.mark.parametrize(
+    "seed,style,buffer,optimum", [(1, "lbdf", 2500, 4608), (7, "lbdf", 2500, 8760), (11, "brr", 1000, 36776)]
+)
+def test_prices_close_the_block_bound_where_the_blocks_can_agree(seed, style, buffer, optimum):
+    """Where the blocks' relaxations have a common solution that is an optimal plan, the best
+    prices make the summed bound the optimum (hand-checked: ``exact_optimum`` below); the
+    cutting planes find them in a few rounds (3 to 5 when written)."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=18))
+    cost = make_cost_model(fg, style, buffer)
+    assert exact_optimum(cost).dram_bytes == optimum
+    plain = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0)
+    priced = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=8)
+    assert plain.lower_bytes < optimum == priced.lower_bytes and priced.exact
+
+
+@pytest.mark.parametrize("seed,style,buffer", [(3, "lbdf", 2500), (6, "brr", 1000), (5, "brr", 1000)])
+def test_prices_stop_when_the_planes_promise_no_more(seed, style, buffer):
+    """The rounds end on their own ("optimal prices": no price within the box promises a higher
+    sum) well before the most rounds allowed, so allowing more changes nothing."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=18))
+    cost = make_cost_model(fg, style, buffer)
+    twenty, sixty = (block_bound(cost, time_limit=60, max_ops=5, halo=2, price_rounds=r) for r in (20, 60))
+    rounds = [line for line in twenty.log if line.startswith("prices round")]
+    assert "optimal prices" in rounds[-1] and len(rounds) < 20
+    assert sixty.lower_bytes == twenty.lower_bytes
+    assert [line for line in sixty.log if line.startswith("prices round")] == rounds
+
+
 @pytest.mark.parametrize("seed,style,buffer", [(7, "lbdf", 2500), (5, "brr", 1000), (6, "brr", 2500)])
 def test_blocks_on_threads_give_what_one_thread_gives(seed, style, buffer):
-    """The blocks and their priced re-solves (6 to 20 rounds in these cases) on 3 threads: the
+    """The blocks and their priced re-solves (5 to 15 rounds in these cases) on 3 threads: the
     same settled bound, plan, log of bounds and row count as one after another (each block's
     relaxation is its own)."""
     fg = build_fusion_graph(random_dag(seed, n_ops=18))
