@@ -10,7 +10,8 @@ no bound; every caller already handles that (a bound keeps its earlier rounds). 
 also keep HiGHS's own debug prints (printf, on a MILP of PicoDet's: "HighsMipSolverData::
 transformNewIntegerFeasibleSolution tmpSolver.run();", hundreds of lines) out of the terminal.
 
-Run as a script, this file is the worker: it reads pickled models from stdin and writes
+A worker ends when its parent does, even mid-solve (a killed ``fuser fuse`` leaves no HiGHS
+running on). Run as a script, this file is the worker: it reads pickled models from stdin and writes
 pickled answers to stdout until stdin closes.
 """
 
@@ -90,9 +91,19 @@ def _close() -> None:
 
 def _serve() -> None:
     import os
+    import time
 
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
+
+    parent = os.getppid()
+
+    def end_with_the_parent() -> None:  # a killed parent leaves no solve running (HiGHS frees the GIL)
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=end_with_the_parent, daemon=True).start()
 
     # HiGHS prints some debug lines with C's printf: the answers get their own copy of stdout,
     # and the file descriptor HiGHS writes to goes nowhere

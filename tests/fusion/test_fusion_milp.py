@@ -139,3 +139,51 @@ def test_a_process_with_many_open_files_still_solves(monkeypatch):
             os.close(fd)
         for worker in worker_milp._idle:
             worker.kill()
+
+
+SLOW_WORKER = """
+import runpy, sys, time
+import scipy.optimize
+real, calls = scipy.optimize.milp, []
+def slow(*args, **kwargs):  # the second solve runs on and on
+    calls.append(1)
+    return real(*args, **kwargs) if len(calls) == 1 else time.sleep(120)
+scipy.optimize.milp = slow
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+PARENT = """
+import os, subprocess, sys, threading, time
+from fuser.fusion import milp
+milp.WORKER_ARGS = [sys.executable, "-c", sys.argv[1], milp.__file__]
+started, popen = [], subprocess.Popen
+subprocess.Popen = lambda *args, **kwargs: started.append(popen(*args, **kwargs)) or started[-1]
+model = ([1.0], None, [], [], [1], [0.0], [1.0], {"time_limit": 100.0})
+milp.solve_milp(*model)  # the worker is up and serving
+threading.Thread(target=milp.solve_milp, args=model, daemon=True).start()
+print(started[0].pid, flush=True)
+time.sleep(0.5)
+os._exit(0)  # killed: no atexit, the worker still busy
+"""
+
+
+def test_a_busy_worker_ends_when_its_parent_is_killed():
+    parent = subprocess.run(
+        [sys.executable, "-c", PARENT, SLOW_WORKER], capture_output=True, text=True, timeout=60
+    )
+    pid = int(parent.stdout.split()[0])
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
+        return f.read().split(")")[-1].split()[0] != "Z"
