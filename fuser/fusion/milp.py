@@ -28,9 +28,9 @@ from types import SimpleNamespace
 # a worker still busy this long past its time limit is killed
 OVERRUN = 1.1
 GRACE_S = 5.0
-# -P: the worker's folder (this package) is not put on sys.path, so no module here can shadow
-# one that scipy imports
-WORKER_ARGS = [sys.executable, "-P", __file__]
+# -P (Python 3.11+; fuser supports 3.10): the worker's folder (this package) is not put on
+# sys.path, so no module here can shadow one that scipy imports (none does today)
+WORKER_ARGS = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), __file__]
 
 _idle: list[subprocess.Popen] = []
 _lock = threading.Lock()
