@@ -219,7 +219,7 @@ def gap_report(
         title=f"gap to optimal: NSGA-II {budget} plans, explain split, seed 0, "
         + (f"bounds {time_limit:.0f} s" if bounds else "no bounds: the search's plans")
         + (f", {block_ops} ops per block" if bounds and block_ops else "")
-        + (f", up to {price_rounds} price rounds" if bounds and price_rounds else ""),
+        + (f", up to {price_rounds} price rounds" if bounds and price_rounds is not None else ""),
         title_justify="left",
     )
     for col in (

@@ -263,7 +263,8 @@ def optimum_and_plan(
             share = time_limit - (time.perf_counter() - start)
         # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
         ops = block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS)
-        block = block_bound(cost, share, max_ops=ops, price_rounds=price_rounds or PRICE_ROUNDS)
+        rounds = PRICE_ROUNDS if price_rounds is None else price_rounds  # 0: no prices
+        block = block_bound(cost, share, max_ops=ops, price_rounds=rounds)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))

@@ -73,7 +73,7 @@ def _exchange(worker: subprocess.Popen, model, seconds: float) -> dict | None:
             ready = waiting.select(seconds)
         if ready:
             return pickle.load(worker.stdout)
-    except (BrokenPipeError, EOFError):
+    except (BrokenPipeError, EOFError, pickle.UnpicklingError):  # died before or while answering
         raise RuntimeError(f"the HiGHS worker process died (exit code {worker.wait()})") from None
     worker.kill()
     worker.wait()

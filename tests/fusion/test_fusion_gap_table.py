@@ -59,3 +59,5 @@ def test_the_gap_tables_block_bound_takes_the_ops_per_block_and_price_rounds_ask
     assert table.row_count == 1 and list(table.columns[7].cells)[0].startswith(("lower bound", "optimum"))
     table = fusion_dram.gap_report(console, ["mobilenet_v2"], 20, 64, time_limit=2, **rows)
     assert calls[1:] == [(bound.BLOCK_OPS, bound.PRICE_ROUNDS)] and table.title.endswith("bounds 2 s")
+    table = fusion_dram.gap_report(console, ["mobilenet_v2"], 20, 64, time_limit=2, **rows, price_rounds=0)
+    assert calls[2:] == [(bound.BLOCK_OPS, 0)] and table.title.endswith("up to 0 price rounds")  # 0: none

@@ -187,3 +187,11 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_worker_that_dies_mid_answer_is_a_clear_error(monkeypatch):
+    half = "import sys; sys.stdin.buffer.read(1); sys.stdout.buffer.write(b'\\x80\\x05}q'); sys.exit(4)"
+    monkeypatch.setattr(worker_milp, "WORKER_ARGS", [sys.executable, "-c", half])
+    monkeypatch.setattr(worker_milp, "_idle", [])
+    with pytest.raises(RuntimeError, match="HiGHS worker process died \\(exit code 4\\)"):
+        worker_milp.solve_milp(*knapsack(8), {"time_limit": 5.0})
