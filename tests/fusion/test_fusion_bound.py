@@ -7,7 +7,7 @@ import pytest
 from test_fusion_graphs import _conv, conv_chain, finish, random_dag, residual_block, se_block
 
 from fuser.fusion import build_fusion_graph, make_cost_model, partition_fusion_graph
-from fuser.fusion.bound import block_bound, block_cuts, cut_bound
+from fuser.fusion.bound import PRICE_BOX, block_bound, block_cuts, cut_bound
 from fuser.fusion.exact import exact_optimum, optimality_gap
 from fuser.fusion.opgraph import bits
 from fuser.fusion.plan import partition_problems
@@ -178,6 +178,23 @@ def test_prices_stop_when_the_planes_promise_no_more(seed, style, buffer):
     assert "optimal prices" in rounds[-1] and len(rounds) < 20
     assert sixty.lower_bytes == twenty.lower_bytes
     assert [line for line in sixty.log if line.startswith("prices round")] == rounds
+
+
+@pytest.mark.parametrize("seed,style,buffer", [(3, "brr", 2500), (6, "lbdf", 2500)])
+def test_the_price_box_grows_back_to_its_first_size_and_no_further(seed, style, buffer):
+    """A kept step grows the box by half, but never past ``PRICE_BOX`` (on PicoDet, wider boxes
+    were never kept and made rounds of 7 to 14 minutes): in these cases the first rounds are
+    kept at the first size, so the box stays there (it would grow to 0.375 without the cap)."""
+    fg = build_fusion_graph(random_dag(seed, n_ops=18))
+    cost = make_cost_model(fg, style, buffer)
+    res = block_bound(cost, time_limit=30, max_ops=5, halo=2, workers=1)
+    rounds = [line for line in res.log if line.startswith("prices round") and "ρ" in line]
+    rho = [float(line.split("ρ ")[1].split(",")[0]) for line in rounds]
+    kept = [not line.endswith("not kept") for line in rounds]
+    assert rho[:2] == [PRICE_BOX, PRICE_BOX] and kept[0]
+    assert max(rho) == PRICE_BOX
+    for r, (k, now, after) in enumerate(zip(kept, rho, rho[1:])):
+        assert after == pytest.approx(min(now * 1.5, PRICE_BOX) if k else now / 2, rel=1e-5), r
 
 
 @pytest.mark.parametrize("seed,style,buffer", [(7, "lbdf", 2500), (5, "brr", 1000), (6, "brr", 2500)])
