@@ -18,6 +18,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --gaps --models picodet_layout --styles brr --gap-time 1200 \
         --gap-block-ops 80   # a tighter bound: blocks of 80 ops, not 40 (minutes per block)
     ... --gap-log                                         # and the bound's rounds as they happen
+    ... --gap-prices DIR          # keep each row's price rounds in DIR and go on from them next run
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import random
 import statistics
 import sys
@@ -208,11 +210,13 @@ def gap_report(
     styles: tuple[str, ...] = ("lbdf", "brr"),
     block_ops: int | None = None,
     price_rounds: int | None = None,
+    prices: str | None = None,
 ) -> Table:
     """Every zoo model at 128 KB and 256 KB, LBDF and BRR: the explain-split NSGA-II plan's
     DRAM ("search MB"), the plan ``partition(gap=True)`` hands back ("plan MB": the search's,
     or the cheaper legal plan the bound met, "adopted") and its proven gap to the optimum
-    (exact, or to a certified lower bound). ``bounds=False``: the search's plan alone."""
+    (exact, or to a certified lower bound). ``bounds=False``: the search's plan alone.
+    ``prices``: a folder that keeps each row's block-bound prices between runs."""
     from fuser.models import input_shape
 
     table = Table(
@@ -254,6 +258,7 @@ def gap_report(
                     gap_time_limit=time_limit,
                     gap_block_ops=block_ops,
                     gap_price_rounds=price_rounds,
+                    gap_prices=prices and os.path.join(prices, f"{model}-{style}-{buffer}.json"),
                 )
                 bound_s = time.perf_counter() - start - seconds
                 if not bounds:
@@ -311,7 +316,16 @@ def main(argv=None) -> int:
         help="--gaps: print the block bound's blocks, price rounds and polish steps as they happen "
         "(stderr, timestamped): a bound of an hour shows where it stands",
     )
+    parser.add_argument(
+        "--gap-prices",
+        metavar="DIR",
+        default=None,
+        help="--gaps: keep each row's block-bound prices in DIR (one JSON file a row, written "
+        "after every price round) and go on from them next time: an hours-long bound in parts",
+    )
     args = parser.parse_args(argv)
+    if args.gap_prices:
+        os.makedirs(args.gap_prices, exist_ok=True)
     if args.gap_log:
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING, stream=sys.stderr)
         logging.getLogger("fuser.fusion.bound").setLevel(logging.INFO)
@@ -332,6 +346,7 @@ def main(argv=None) -> int:
             styles=tuple(args.styles.split(",")),
             block_ops=args.gap_block_ops,
             price_rounds=args.gap_price_rounds,
+            prices=args.gap_prices,
         )
         console.print(table)
         if args.out:

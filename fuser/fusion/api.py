@@ -84,6 +84,7 @@ def partition_fusion_graph(
     gap_time_limit: float = 20.0,
     gap_block_ops: int | None = None,
     gap_price_rounds: int | None = None,
+    gap_prices: str | None = None,
 ) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
     ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``); where
@@ -94,7 +95,8 @@ def partition_fusion_graph(
     (``fuser.fusion.bound.polish``: ``+polish``): neighbouring groups merged and runs of ops
     re-planned exactly where that saves. ``gap_time_limit``, ``gap_block_ops``,
     ``gap_price_rounds``: the proof's seconds, and the ops per block and most price rounds of its
-    block bound (``optimum_and_plan``)."""
+    block bound (``optimum_and_plan``); ``gap_prices``: a file that keeps its prices between
+    runs, so that a long proof can go on where the last one stopped."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -122,7 +124,9 @@ def partition_fusion_graph(
     from .bound import polish
     from .exact import optimum_and_plan
 
-    optimum, groups = optimum_and_plan(cost, best.dram, gap_time_limit, gap_block_ops, gap_price_rounds)
+    optimum, groups = optimum_and_plan(
+        cost, best.dram, gap_time_limit, gap_block_ops, gap_price_rounds, gap_prices
+    )
     # Only a plan from a bound that ended on its own (a proven optimum, or a block bound whose
     # every block settled): a plan met before a time limit stopped the proof would make the
     # plan depend on the machine's speed (same inputs and seed, same plan).

@@ -74,7 +74,9 @@ plan held) improve the plans met.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 import logging
 import os
 import time
@@ -844,6 +846,7 @@ def block_bound(
     halo: int = 8,
     price_rounds: int = PRICE_ROUNDS,
     workers: int | None = None,
+    prices: str | None = None,
 ) -> BoundResult:
     """A certified lower bound from independent blocks: the op order cut into runs of at most
     ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
@@ -871,7 +874,8 @@ def block_bound(
     to their own ops, the plan whose groups follow each block's choice on its own edges (a
     crossing edge uncut when both blocks leave it uncut), and the blocks' plans stitched in
     op order and in reverse (``stitch``), when legal and valid; then re-planned window by
-    window (``window_polish``) and region by region (``group_polish``)."""
+    window (``window_polish``) and region by region (``group_polish``). ``prices``: a file that
+    keeps the prices between runs (``price_blocks``' ``state``)."""
     start = time.perf_counter()
     fg = cost.fg
     starts = block_cuts(fg, max_ops)
@@ -947,7 +951,7 @@ def block_bound(
             plan, plan_bytes = candidate, dram
     if plan_bytes is None or plan_bytes > total:  # the blocks' shared edges priced to agree
         left = time_limit - (time.perf_counter() - start)
-        total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds, workers)
+        total = price_blocks(cost, relaxations, total, plan_bytes, left, log, price_rounds, workers, prices)
     # after the prices, which keep the time they had: windows are a fixed amount of work, untimed
     if plan is not None:
         plan = group_polish(cost, window_polish(cost, plan, log=log), log=log)
@@ -975,6 +979,7 @@ def price_blocks(
     log: list[str],
     max_rounds: int = PRICE_ROUNDS,
     workers: int = 1,
+    state: str | None = None,
 ) -> int:
     """The block bound raised by Lagrangian prices on the edges two blocks share (both hold
     both ends: the halos' overlap): the best of ``lower_bytes`` (the blocks solved as built)
@@ -996,7 +1001,12 @@ def price_blocks(
     promised (then ρ grows by half, up to its first size), else ρ halves. It stops when the
     planes promise nothing more: those prices are optimal. On random DAGs of 14 to 36 ops it
     reached in 3 to 17 rounds a bound at least as high as the Polyak subgradient steps it
-    replaced in up to 60."""
+    replaced in up to 60.
+
+    ``state``: a file that keeps the prices between runs (the centre, ρ, the planes), written
+    after every round; a run that finds it, made for these same blocks and costs, re-solves the
+    blocks at its centre and goes on from there, so that the rounds of several runs add up. The
+    bound never trusts the file: it is what the blocks solve to at the prices it names."""
     start = time.perf_counter()
     e = cost.element_bytes
     fg = cost.fg
@@ -1028,11 +1038,31 @@ def price_blocks(
         # what is left, split among the blocks not yet started, as many at once as workers
         blocks[k].solve(min(left, left * workers / unstarted))
 
+    def set_prices(price: np.ndarray) -> None:
+        for b, costs in zip(blocks, base):
+            b.m.cost[:n_edges] = costs
+        for (k, k2, i), lam in zip(shared, price):
+            blocks[k].m.cost[i] += lam
+            blocks[k2].m.cost[i] -= lam
+
     centre = np.zeros(len(shared))
     for k in priced:
         add_plane(k, centre)
     best = at_centre = lower_bytes
     rho = PRICE_BOX
+    key = _price_key(cost, shared, base)
+    saved = _load_prices(state, key, len(priced), log) if state else None
+    if saved is not None:  # go on from the saved centre: the blocks re-solved at its prices
+        centre, rho = np.array(saved["centre"], dtype=float), saved["rho"]
+        for k, block_planes in zip(priced, saved["planes"]):
+            planes[k] += [(value, {s: z for s, z in sign}) for value, sign in block_planes]
+        set_prices(centre)
+        solve_blocks(resolve, [(k, len(priced) - i) for i, k in enumerate(priced)], workers)
+        for k in priced:
+            add_plane(k, centre)
+        at_centre = sum(b.last_bound for b in blocks)
+        best = max(best, at_centre)
+        _note(log, f"prices resumed from {state}: bound {at_centre} B at its centre, ρ {rho:g}")
     for r in range(max_rounds):
         if upper_bytes is not None and best >= upper_bytes:
             break
@@ -1045,11 +1075,7 @@ def price_blocks(
         if promised - at_centre <= e or not moved:
             _note(log, f"prices round {r + 1}: optimal prices, bound {at_centre} B")
             break
-        for b, costs in zip(blocks, base):
-            b.m.cost[:n_edges] = costs
-        for (k, k2, i), lam in zip(shared, price):
-            blocks[k].m.cost[i] += lam
-            blocks[k2].m.cost[i] -= lam
+        set_prices(price)
         left = time_limit - (time.perf_counter() - start)
         if left <= 0:
             _note(log, f"prices round {r + 1}: stopped by the time limit")
@@ -1072,9 +1098,49 @@ def price_blocks(
             centre, at_centre, rho = price, total, min(rho * 1.5, PRICE_BOX)
         else:
             rho /= 2
+        if state:
+            _save_prices(state, key, centre, at_centre, rho, [planes[k] for k in priced])
     for b, costs in zip(blocks, base):  # the blocks' own objectives back (their rows stay)
         b.m.cost[:n_edges] = costs
     return best
+
+
+def _price_key(cost: CostModel, shared: list, base: list) -> str:
+    """What a saved price state must have been made for: the style, buffer, edges, the shared
+    edges and every block's own objective."""
+    what = [cost.name, cost.buffer_bytes, cost.element_bytes, cost.fg.edges, shared, base]
+    return hashlib.sha256(json.dumps(what, default=int).encode()).hexdigest()
+
+
+def _load_prices(path: str, key: str, n_blocks: int, log: list[str]) -> dict | None:
+    """The price state saved at ``path`` for ``key``, or None (no file, or made for other
+    blocks or costs: then the prices start at zero, and the log says why)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        _note(log, f"prices: {path} unreadable ({e}); starting from zero")
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key or len(saved.get("planes", ())) != n_blocks:
+        _note(log, f"prices: {path} was saved for other blocks or costs; starting from zero")
+        return None
+    return saved
+
+
+def _save_prices(path: str, key: str, centre, at_centre: int, rho: float, planes: list) -> None:
+    """The price state (``price_blocks``' ``state``), written whole by a rename."""
+    from ..serde.files import atomic_write
+
+    saved = {
+        "key": key,
+        "bound_at_centre": int(at_centre),
+        "rho": rho,
+        "centre": [int(p) for p in centre],
+        "planes": [[[value, sorted(sign.items())] for value, sign in block] for block in planes],
+    }
+    atomic_write(path, json.dumps(saved, separators=(",", ":")).encode())
 
 
 def _best_prices(planes, priced, centre, box, time_limit):

@@ -212,6 +212,7 @@ def optimum_and_plan(
     time_limit: float = 20.0,
     block_ops: int | None = None,
     price_rounds: int | None = None,
+    prices: str | None = None,
 ) -> tuple[dict, list[int] | None]:
     """``optimality_gap``'s answer and the groups (op bitmasks) of the legal plan of valid groups
     behind its ``plan_bytes`` (None when no plan was met). The bound is the best of, within
@@ -225,7 +226,8 @@ def optimum_and_plan(
       BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
       the ILP): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF,
       whose blocks solve fast; ``block_ops`` when given) solved apart, summed and priced
-      (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given),
+      (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given; ``prices``: a file that
+      keeps them between runs),
       with the legal plan its blocks' plans make. Longer runs cut fewer group seams, so
       they bound tighter, but their relaxations take longer: PicoDet BRR 128 KB, 40 ops a
       run: 74.81 MB in 126 s; 80: 76.18 MB in 600 s, its slowest run 284 s;
@@ -264,7 +266,7 @@ def optimum_and_plan(
         # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
         ops = block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS)
         rounds = PRICE_ROUNDS if price_rounds is None else price_rounds  # 0: no prices
-        block = block_bound(cost, share, max_ops=ops, price_rounds=rounds)
+        block = block_bound(cost, share, max_ops=ops, price_rounds=rounds, prices=prices)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))

@@ -1,6 +1,7 @@
 """The certified lower bound (edge-cut relaxation, ``fuser.fusion.bound``) against the exact
 optimum (ILP, chain DP) where that is computable, and against every search's plans."""
 
+import json
 import logging
 
 import pytest
@@ -195,6 +196,40 @@ def test_the_price_box_grows_back_to_its_first_size_and_no_further(seed, style, 
     assert max(rho) == PRICE_BOX
     for r, (k, now, after) in enumerate(zip(kept, rho, rho[1:])):
         assert after == pytest.approx(min(now * 1.5, PRICE_BOX) if k else now / 2, rel=1e-5), r
+
+
+def test_saved_prices_go_on_where_the_last_run_stopped(tmp_path):
+    """A run that finds the price file of an earlier run re-solves the blocks at its centre
+    (the same bound it saved, to the byte: the bound is recomputed, never read) and goes on
+    from there; its bound stays below the optimum and at least what it resumed from."""
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    optimum = exact_optimum(cost).dram_bytes
+    state = tmp_path / "prices.json"
+    first = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=2, workers=1, prices=str(state))
+    saved = json.loads(state.read_text())
+    assert len(saved["centre"]) > 0 and any(saved["centre"]) and saved["bound_at_centre"] <= first.lower_bytes
+    again = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0, workers=1, prices=str(state))
+    resumed = [line for line in again.log if line.startswith("prices resumed")]
+    assert resumed and f"bound {saved['bound_at_centre']} B at its centre" in resumed[0]
+    more = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=20, workers=1, prices=str(state))
+    assert first.lower_bytes <= more.lower_bytes <= optimum
+    assert any(line.startswith("prices resumed") for line in more.log)
+
+
+def test_a_price_file_for_other_costs_is_not_used(tmp_path):
+    """Prices saved at one buffer size are not applied at another: the run says so, starts from
+    zero (the bound a run without the file gives) and saves its own prices over them."""
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    state = tmp_path / "prices.json"
+    block_bound(make_cost_model(fg, "brr", 2500), 30, max_ops=5, halo=2, price_rounds=2, prices=str(state))
+    other = make_cost_model(fg, "brr", 1000)
+    before = json.loads(state.read_text())["key"]
+    fresh = block_bound(other, 30, max_ops=5, halo=2, price_rounds=3, workers=1)
+    used = block_bound(other, 30, max_ops=5, halo=2, price_rounds=3, workers=1, prices=str(state))
+    assert any("saved for other blocks or costs; starting from zero" in line for line in used.log)
+    assert used.lower_bytes == fresh.lower_bytes
+    assert json.loads(state.read_text())["key"] != before
 
 
 @pytest.mark.parametrize("seed,style,buffer", [(7, "lbdf", 2500), (5, "brr", 1000), (6, "brr", 2500)])

@@ -1,6 +1,7 @@
 """`fuser fuse`: JSON, saved plans, sweeps, plots, user errors, help."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -105,3 +106,24 @@ def test_gap_time_is_the_proofs_time_limit_for_each_buffer(model, monkeypatch):
     assert r.exit_code == 0, r.output
     assert asked == [(4096, 7.5), (8192, 7.5)]
     assert all(row["optimum"]["bytes"] <= row["dram_bytes"] for row in json.loads(r.output)["sweep"])
+
+
+def test_gap_prices_keeps_a_price_file_per_buffer(model, monkeypatch, tmp_path):
+    """``--gap-prices DIR`` hands the proof of each buffer size its own file in DIR (made when
+    missing), named for the model, style and size, so a second run goes on from the first."""
+    from fuser.fusion import exact
+
+    asked = []
+    real = exact.optimum_and_plan
+
+    def recorded(cost, dram_bytes, time_limit, block_ops, price_rounds, prices):
+        asked.append(prices)
+        return real(cost, dram_bytes, time_limit, block_ops, price_rounds, prices)
+
+    monkeypatch.setattr(exact, "optimum_and_plan", recorded)
+    folder = tmp_path / "proofs"
+    r = fuse(model, "--buffer", "4KB,8KB", "--search", "greedy", "--style", "brr", "--gap-prices", folder)
+    assert r.exit_code == 0, r.output
+    assert folder.is_dir() and len(set(asked)) == 2
+    assert [os.path.dirname(p) for p in asked] == [str(folder)] * 2
+    assert [os.path.basename(p).split("-", 1)[1] for p in asked] == ["brr-4KB.json", "brr-8KB.json"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import click
 
 from fuser.cli.common import (
@@ -70,6 +73,13 @@ from fuser.units import format_size, parse_size
     "PicoDet, BRR 256KB, needs about an hour for 2%.",
 )
 @click.option(
+    "--gap-prices",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Keep the gap proof's block prices in DIR (a file per buffer size, written after every "
+    "price round) and go on from them when run again: a long proof in several parts.",
+)
+@click.option(
     "--whole-batch",
     is_flag=True,
     help="At a batch above 1, size every group for the whole batch at once. By default a plan is "
@@ -93,6 +103,7 @@ def command(
     show_groups,
     gap,
     gap_time,
+    gap_prices,
     whole_batch,
 ):
     """Partition MODEL's ops into fusion groups that fit an on-chip buffer.
@@ -114,6 +125,7 @@ def command(
       fuser fuse zoo:resnet50 --buffer 64KB,128KB,256KB,1MB --plot sweep.png
       fuser fuse zoo:squeezenet1_1 --search greedy --json
       fuser fuse zoo:yolov8n --style brr --gap-time 300     # a tighter proof of the gap
+      fuser fuse zoo:yolov8n --style brr --gap-time 300 --gap-prices proofs/  # run again: it goes on
     """
     from fuser.api import optimize
     from fuser.fusion.api import partition_fusion_graph
@@ -131,6 +143,9 @@ def command(
     with status("optimizing (folding BN, cleanups)"):
         graph = optimize(graph).graph
     fg = build_fusion_graph(graph, per_image=not whole_batch)
+    if gap_prices:
+        os.makedirs(gap_prices, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name or "model")
     results = []
     with progress_bar() as progress:
         for size in sizes:
@@ -156,6 +171,8 @@ def command(
                     progress=advance,
                     gap=gap,
                     gap_time_limit=gap_time,
+                    gap_prices=gap_prices
+                    and os.path.join(gap_prices, f"{stem}-{style}-{format_size(size)}.json"),
                 )
             )
             progress.remove_task(task)
