@@ -96,6 +96,9 @@ MAX_REACH = 16  # far neighbours a block's region may take in (``CutBound._reach
 MAX_SEEDS = 64  # covering sets grown per invalid component and round
 PRICE_ROUNDS = 20  # rounds of the block bound's prices (``price_blocks``)
 PRICE_BOX = 0.25  # the prices' first box, as a fraction of each shared edge's tensor size
+# a block's re-solve in a price round stops after this long, its dual bound and best solution
+# kept: rounds past 6 minutes (9 to 14 on PicoDet BRR 256 KB, ρ 0.16 to 0.47) were never kept
+PRICE_ROUND_SECONDS = 360.0
 WINDOW_OPS = 24  # ops per window of ``window_polish``
 WINDOW_CANDIDATES = 4000  # valid groups a window's ILP may take
 WINDOW_NODES = 20000  # branch-and-bound nodes a window's ILP may take (deterministic, unlike time)
@@ -998,7 +1001,9 @@ def price_blocks(
     so far (the box-step cutting-plane method; a price near a crossing tensor's size is what
     makes cutting it pay or not), re-solves the blocks whose prices moved, and adds their
     solutions' planes. The step is kept when the bound rises by a tenth of what the planes
-    promised (then ρ grows by half, up to its first size), else ρ halves. It stops when the
+    promised (then ρ grows by half, up to its first size), else ρ halves. A block re-solves
+    for at most ``PRICE_ROUND_SECONDS``: stopped there, its dual bound still holds and its best
+    solution is still a plane, so a slow round costs a step, never the bound. It stops when the
     planes promise nothing more: those prices are optimal. On random DAGs of 14 to 36 ops it
     reached in 3 to 17 rounds a bound at least as high as the Polyak subgradient steps it
     replaced in up to 60.
@@ -1032,11 +1037,12 @@ def price_blocks(
         value = float(np.dot(m.cost, x)) + m.constant - sum(c * price[s] for s, c in sign.items())
         planes[k].append((value, sign))
 
-    def resolve(block_and_unstarted: tuple[int, int]) -> None:
+    def resolve(block_and_unstarted: tuple[int, int]) -> bool:
+        """Whether the block settled (else ``PRICE_ROUND_SECONDS`` or the time limit stopped it)."""
         k, unstarted = block_and_unstarted
         left = time_limit - (time.perf_counter() - start)
         # what is left, split among the blocks not yet started, as many at once as workers
-        blocks[k].solve(min(left, left * workers / unstarted))
+        return blocks[k].solve(min(left, left * workers / unstarted, PRICE_ROUND_SECONDS)).settled
 
     def set_prices(price: np.ndarray) -> None:
         for b, costs in zip(blocks, base):
@@ -1081,7 +1087,8 @@ def price_blocks(
             _note(log, f"prices round {r + 1}: stopped by the time limit")
             break
         order = sorted(moved)
-        solve_blocks(resolve, [(k, len(order) - i) for i, k in enumerate(order)], workers)
+        settled = solve_blocks(resolve, [(k, len(order) - i) for i, k in enumerate(order)], workers)
+        stopped = settled.count(False)
         for k in order:
             add_plane(k, price)
         total = sum(b.last_bound for b in blocks)
@@ -1089,6 +1096,7 @@ def price_blocks(
         _note(
             log,
             f"prices round {r + 1}: bound {total} B, ρ {rho:g}, {len(moved)} blocks re-solved, "
+            + (f"{stopped} stopped by the time limit, " if stopped else "")
             + ("kept" if kept else "not kept"),
         )
         best = max(best, total)

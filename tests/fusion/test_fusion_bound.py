@@ -198,6 +198,22 @@ def test_the_price_box_grows_back_to_its_first_size_and_no_further(seed, style, 
         assert after == pytest.approx(min(now * 1.5, PRICE_BOX) if k else now / 2, rel=1e-5), r
 
 
+def test_a_price_round_stopped_by_its_time_cap_loses_the_step_never_the_bound(monkeypatch):
+    """With no time at all for a round's re-solves (``PRICE_ROUND_SECONDS`` 0), every round
+    is stopped and not kept: the bound is the unpriced one, to the byte, not less."""
+    from fuser.fusion import bound
+
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    plain = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0)
+    monkeypatch.setattr(bound, "PRICE_ROUND_SECONDS", 0.0)
+    capped = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=5, workers=1)
+    rounds = [line for line in capped.log if line.startswith("prices round") and "ρ" in line]
+    assert len(rounds) == 5
+    assert all("stopped by the time limit, not kept" in line for line in rounds)
+    assert capped.lower_bytes == plain.lower_bytes
+
+
 def test_saved_prices_go_on_where_the_last_run_stopped(tmp_path):
     """A run that finds the price file of an earlier run re-solves the blocks at its centre
     (the same bound it saved, to the byte: the bound is recomputed, never read) and goes on
