@@ -97,8 +97,9 @@ MAX_SEEDS = 64  # covering sets grown per invalid component and round
 PRICE_ROUNDS = 20  # rounds of the block bound's prices (``price_blocks``)
 PRICE_BOX = 0.25  # the prices' first box, as a fraction of each shared edge's tensor size
 # a block's re-solve in a price round stops after this long, its dual bound and best solution
-# kept: rounds past 6 minutes (9 to 14 on PicoDet BRR 256 KB, ρ 0.16 to 0.47) were never kept
-PRICE_ROUND_SECONDS = 360.0
+# kept: on PicoDet BRR 256 KB kept rounds took up to 6.3 minutes, and rounds of 9 to 16 minutes
+# (ρ 0.16 to 0.47) were never kept
+PRICE_ROUND_SECONDS = 600.0
 WINDOW_OPS = 24  # ops per window of ``window_polish``
 WINDOW_CANDIDATES = 4000  # valid groups a window's ILP may take
 WINDOW_NODES = 20000  # branch-and-bound nodes a window's ILP may take (deterministic, unlike time)
@@ -1037,12 +1038,12 @@ def price_blocks(
         value = float(np.dot(m.cost, x)) + m.constant - sum(c * price[s] for s, c in sign.items())
         planes[k].append((value, sign))
 
-    def resolve(block_and_unstarted: tuple[int, int]) -> bool:
-        """Whether the block settled (else ``PRICE_ROUND_SECONDS`` or the time limit stopped it)."""
+    def resolve(block_and_unstarted: tuple[int, int], cap: float = PRICE_ROUND_SECONDS) -> bool:
+        """Whether the block settled (else ``cap`` or the time limit stopped it)."""
         k, unstarted = block_and_unstarted
         left = time_limit - (time.perf_counter() - start)
         # what is left, split among the blocks not yet started, as many at once as workers
-        return blocks[k].solve(min(left, left * workers / unstarted, PRICE_ROUND_SECONDS)).settled
+        return blocks[k].solve(min(left, left * workers / unstarted, cap)).settled
 
     def set_prices(price: np.ndarray) -> None:
         for b, costs in zip(blocks, base):
@@ -1063,12 +1064,20 @@ def price_blocks(
         for k, block_planes in zip(priced, saved["planes"]):
             planes[k] += [(value, {s: z for s, z in sign}) for value, sign in block_planes]
         set_prices(centre)
-        solve_blocks(resolve, [(k, len(priced) - i) for i, k in enumerate(priced)], workers)
+        # no cap: the bound all later steps must beat (a fresh block, without the rows the
+        # rounds before it found, re-solves slower than it did in the run that saved it)
+        unsettled = solve_blocks(
+            lambda key: resolve(key, np.inf), [(k, len(priced) - i) for i, k in enumerate(priced)], workers
+        ).count(False)
         for k in priced:
             add_plane(k, centre)
         at_centre = sum(b.last_bound for b in blocks)
         best = max(best, at_centre)
-        _note(log, f"prices resumed from {state}: bound {at_centre} B at its centre, ρ {rho:g}")
+        _note(
+            log,
+            f"prices resumed from {state}: bound {at_centre} B at its centre, ρ {rho:g}"
+            + (f", {unsettled} stopped by the time limit" if unsettled else ""),
+        )
     for r in range(max_rounds):
         if upper_bytes is not None and best >= upper_bytes:
             break

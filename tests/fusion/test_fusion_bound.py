@@ -233,6 +233,24 @@ def test_saved_prices_go_on_where_the_last_run_stopped(tmp_path):
     assert any(line.startswith("prices resumed") for line in more.log)
 
 
+def test_the_resumed_bound_is_not_stopped_by_the_rounds_time_cap(tmp_path, monkeypatch):
+    """The re-solve at the saved centre is what every later step must beat: it runs to the
+    end even when the rounds' cap (``PRICE_ROUND_SECONDS``) would stop it (on PicoDet a fresh
+    block took 6 minutes there, against a cap then of 6), so it gives the saved bound."""
+    from fuser.fusion import bound
+
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    state = tmp_path / "prices.json"
+    block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=2, workers=1, prices=str(state))
+    saved = json.loads(state.read_text())["bound_at_centre"]
+    monkeypatch.setattr(bound, "PRICE_ROUND_SECONDS", 0.0)
+    again = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=1, workers=1, prices=str(state))
+    resumed = next(line for line in again.log if line.startswith("prices resumed"))
+    assert f"bound {saved} B at its centre" in resumed and "stopped" not in resumed
+    assert again.lower_bytes >= saved
+
+
 def test_a_price_file_for_other_costs_is_not_used(tmp_path):
     """Prices saved at one buffer size are not applied at another: the run says so, starts from
     zero (the bound a run without the file gives) and saves its own prices over them."""
