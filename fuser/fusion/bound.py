@@ -1078,6 +1078,7 @@ def price_blocks(
             f"prices resumed from {state}: bound {at_centre} B at its centre, ρ {rho:g}"
             + (f", {unsettled} stopped by the time limit" if unsettled else ""),
         )
+        _save_prices(state, key, centre, at_centre, rho, [planes[k] for k in priced])
     for r in range(max_rounds):
         if upper_bytes is not None and best >= upper_bytes:
             break
