@@ -1057,12 +1057,17 @@ def price_blocks(
         add_plane(k, centre)
     best = at_centre = lower_bytes
     rho = PRICE_BOX
-    key = _price_key(cost, shared, base)
+    key = _price_key(cost, shared, base) if state else None
     saved = _load_prices(state, key, len(priced), log) if state else None
+
+    def save() -> None:
+        if state:
+            _save_prices(state, key, centre, at_centre, rho, [planes[k] for k in priced])
+
     if saved is not None:  # go on from the saved centre: the blocks re-solved at its prices
         centre, rho = np.array(saved["centre"], dtype=float), saved["rho"]
         for k, block_planes in zip(priced, saved["planes"]):
-            planes[k] += [(value, {s: z for s, z in sign}) for value, sign in block_planes]
+            planes[k] += [(value, dict(sign)) for value, sign in block_planes]
         set_prices(centre)
         # no cap: the bound all later steps must beat (a fresh block, without the rows the
         # rounds before it found, re-solves slower than it did in the run that saved it)
@@ -1078,7 +1083,7 @@ def price_blocks(
             f"prices resumed from {state}: bound {at_centre} B at its centre, ρ {rho:g}"
             + (f", {unsettled} stopped by the time limit" if unsettled else ""),
         )
-        _save_prices(state, key, centre, at_centre, rho, [planes[k] for k in priced])
+        save()
     for r in range(max_rounds):
         if upper_bytes is not None and best >= upper_bytes:
             break
@@ -1116,8 +1121,7 @@ def price_blocks(
             centre, at_centre, rho = price, total, min(rho * 1.5, PRICE_BOX)
         else:
             rho /= 2
-        if state:
-            _save_prices(state, key, centre, at_centre, rho, [planes[k] for k in priced])
+        save()
     for b, costs in zip(blocks, base):  # the blocks' own objectives back (their rows stay)
         b.m.cost[:n_edges] = costs
     return best
