@@ -320,8 +320,9 @@ def main(argv=None) -> int:
         "--gap-prices",
         metavar="DIR",
         default=None,
-        help="--gaps: keep each row's block-bound prices in DIR (one JSON file a row, written "
-        "after every price round) and go on from them next time: an hours-long bound in parts",
+        help="--gaps: keep each row's block-bound prices and its blocks' rows in DIR (one JSON "
+        "file a row, written after every price round) and go on from them next time: an "
+        "hours-long bound in parts",
     )
     args = parser.parse_args(argv)
     if args.gap_prices:

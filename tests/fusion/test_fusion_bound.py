@@ -251,6 +251,52 @@ def test_the_resumed_bound_is_not_stopped_by_the_rounds_time_cap(tmp_path, monke
     assert again.lower_bytes >= saved
 
 
+def test_a_block_given_the_rows_another_found_settles_sooner_on_the_same_bound():
+    """The rows a block's relaxation separated (``found_rows``), given to a fresh relaxation of
+    the same block (``take_rows``), hold for every plan: the same settled bound, in fewer MILP
+    rounds (what makes a resumed price state start where its rounds left off)."""
+    from fuser.fusion.bound import CutBound
+
+    fg = build_fusion_graph(random_dag(3, n_ops=18))
+    cost = make_cost_model(fg, "brr", 2500)
+    block = (0, 9)
+    solved = CutBound(cost, block, 2)
+    first = solved.solve(60)
+    found_rows = solved.found_rows()
+    assert len(found_rows) == first.cuts > 0
+    fresh = CutBound(cost, block, 2)
+    assert fresh.take_rows(json.loads(json.dumps(found_rows))) == len(found_rows)
+    again = fresh.solve(60)
+    assert first.settled and again.settled
+    assert again.lower_bytes == first.lower_bytes and again.rounds < first.rounds
+    other = CutBound(cost, block, 2)
+    with pytest.raises(ValueError, match="names a variable this block does not have"):
+        other.take_rows([*found_rows, [[[len(other.m.cost), 1.0]], 1.0, None]])
+    assert len(other.m.rows) == other.built_rows  # nothing taken from a list with a bad row
+
+
+def test_saved_rows_are_taken_on_resume_and_bad_ones_refused(tmp_path):
+    """The price file keeps every priced block's rows; a resume takes them (the log counts
+    them) and re-solves to the saved bound; rows naming variables the blocks lack are refused
+    with a line that says so, and the saved prices still give the saved bound."""
+    fg = build_fusion_graph(random_dag(0, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    state = tmp_path / "prices.json"
+    block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=2, workers=1, prices=str(state))
+    saved = json.loads(state.read_text())
+    assert len(saved["rows"]) == len(saved["planes"]) and any(saved["rows"])
+    again = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0, workers=1, prices=str(state))
+    resumed = next(line for line in again.log if line.startswith("prices resumed"))
+    assert f"bound {saved['bound_at_centre']} B at its centre" in resumed
+    assert int(resumed.split(" rows taken")[0].rsplit(" ", 1)[1]) > 0
+    saved["rows"][0] = [[[[10**6, 1.0]], 1.0, None]]
+    state.write_text(json.dumps(saved))
+    bad = block_bound(cost, time_limit=30, max_ops=5, halo=2, price_rounds=0, workers=1, prices=str(state))
+    assert any("are unusable (a saved row names a variable" in line for line in bad.log)
+    resumed = next(line for line in bad.log if line.startswith("prices resumed"))
+    assert f"bound {saved['bound_at_centre']} B at its centre, ρ {saved['rho']:g}, 0 rows taken" in resumed
+
+
 def test_a_price_file_for_other_costs_is_not_used(tmp_path):
     """Prices saved at one buffer size are not applied at another: the run says so, starts from
     zero (the bound a run without the file gives) and saves its own prices over them."""

@@ -76,8 +76,9 @@ from fuser.units import format_size, parse_size
     "--gap-prices",
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="Keep the gap proof's block prices in DIR (a file per buffer size, written after every "
-    "price round) and go on from them when run again: a long proof in several parts.",
+    help="Keep the gap proof's block prices and the rows its blocks found in DIR (a file per "
+    "buffer size, written after every price round) and go on from them when run again: a long "
+    "proof in several parts.",
 )
 @click.option(
     "--whole-batch",
