@@ -211,18 +211,21 @@ def gap_report(
     block_ops: int | None = None,
     price_rounds: int | None = None,
     prices: str | None = None,
+    block_starts: list[int] | None = None,
 ) -> Table:
     """Every zoo model at 128 KB and 256 KB, LBDF and BRR: the explain-split NSGA-II plan's
     DRAM ("search MB"), the plan ``partition(gap=True)`` hands back ("plan MB": the search's,
     or the cheaper legal plan the bound met, "adopted") and its proven gap to the optimum
     (exact, or to a certified lower bound). ``bounds=False``: the search's plan alone.
-    ``prices``: a folder that keeps each row's block-bound prices between runs."""
+    ``prices``: a folder that keeps each row's block-bound prices between runs;
+    ``block_starts``: the ops that begin the block bound's blocks (instead of ``block_ops``)."""
     from fuser.models import input_shape
 
     table = Table(
         title=f"gap to optimal: NSGA-II {budget} plans, explain split, seed 0, "
         + (f"bounds {time_limit:.0f} s" if bounds else "no bounds: the search's plans")
-        + (f", {block_ops} ops per block" if bounds and block_ops else "")
+        + (f", {block_ops} ops per block" if bounds and block_ops and not block_starts else "")
+        + (f", blocks from ops 0,{','.join(map(str, block_starts))}" if bounds and block_starts else "")
         + (f", up to {price_rounds} price rounds" if bounds and price_rounds is not None else ""),
         title_justify="left",
     )
@@ -258,6 +261,7 @@ def gap_report(
                     gap_time_limit=time_limit,
                     gap_block_ops=block_ops,
                     gap_price_rounds=price_rounds,
+                    gap_block_starts=block_starts,
                     gap_prices=prices and os.path.join(prices, f"{model}-{style}-{buffer}.json"),
                 )
                 bound_s = time.perf_counter() - start - seconds
@@ -277,6 +281,14 @@ def gap_report(
         if out:  # after every model, so a long run leaves what it has done
             save(out, console, table)
     return table
+
+
+def op_indices(text: str) -> list[int]:
+    """``--gap-block-starts``: "84,164" -> [84, 164]."""
+    try:
+        return [int(op) for op in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of op indices: {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -302,6 +314,14 @@ def main(argv=None) -> int:
         default=None,
         help="--gaps: ops per block of the block bound (default 40 for BRR, 80 for LBDF); "
         "longer blocks bound tighter but slower",
+    )
+    parser.add_argument(
+        "--gap-block-starts",
+        type=op_indices,
+        default=None,
+        metavar="OPS",
+        help="--gaps: comma list of the ops (topological indices) that begin the block bound's "
+        "blocks after op 0, instead of the cuts --gap-block-ops would choose (for one model)",
     )
     parser.add_argument(
         "--gap-price-rounds",
@@ -348,6 +368,7 @@ def main(argv=None) -> int:
             block_ops=args.gap_block_ops,
             price_rounds=args.gap_price_rounds,
             prices=args.gap_prices,
+            block_starts=args.gap_block_starts,
         )
         console.print(table)
         if args.out:

@@ -85,6 +85,7 @@ def partition_fusion_graph(
     gap_block_ops: int | None = None,
     gap_price_rounds: int | None = None,
     gap_prices: str | None = None,
+    gap_block_starts: list[int] | None = None,
 ) -> tuple[Plan, float]:
     """Plan ``fg`` (an indexed graph, reusable across calls); returns (plan, search seconds).
     ``gap``: also prove how far the plan is from optimal (``plan.optimum``, ``plan.gap``); where
@@ -96,7 +97,8 @@ def partition_fusion_graph(
     re-planned exactly where that saves. ``gap_time_limit``, ``gap_block_ops``,
     ``gap_price_rounds``: the proof's seconds, and the ops per block and most price rounds of its
     block bound (``optimum_and_plan``); ``gap_prices``: a file that keeps its prices between
-    runs, so that a long proof can go on where the last one stopped."""
+    runs, so that a long proof can go on where the last one stopped; ``gap_block_starts``: the
+    ops that begin its blocks, instead of cuts chosen for ``gap_block_ops``."""
     if search not in SEARCHES:
         raise FuserError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
     if split not in SPLITS:
@@ -125,7 +127,7 @@ def partition_fusion_graph(
     from .exact import optimum_and_plan
 
     optimum, groups = optimum_and_plan(
-        cost, best.dram, gap_time_limit, gap_block_ops, gap_price_rounds, gap_prices
+        cost, best.dram, gap_time_limit, gap_block_ops, gap_price_rounds, gap_prices, gap_block_starts
     )
     # Only a plan from a bound that ended on its own (a proven optimum, or a block bound whose
     # every block settled): a plan met before a time limit stopped the proof would make the

@@ -871,9 +871,11 @@ def block_bound(
     price_rounds: int = PRICE_ROUNDS,
     workers: int | None = None,
     prices: str | None = None,
+    starts: list[int] | None = None,
 ) -> BoundResult:
     """A certified lower bound from independent blocks: the op order cut into runs of at most
-    ``max_ops`` ops (``block_cuts``), each bounded by its own edge-cut relaxation
+    ``max_ops`` ops (``block_cuts``; or at ``starts``, the ops that begin a block, given by
+    hand), each bounded by its own edge-cut relaxation
     (``CutBound(cost, block, halo, reads)``), the bounds summed. The blocks solve on up to
     ``workers`` threads (default: one per core the process may use; ``solve_blocks``).
 
@@ -902,7 +904,12 @@ def block_bound(
     keeps the prices between runs (``price_blocks``' ``state``)."""
     start = time.perf_counter()
     fg = cost.fg
-    starts = block_cuts(fg, max_ops)
+    if starts is None:
+        starts = block_cuts(fg, max_ops)
+    else:
+        starts = sorted({0, *starts})
+        if starts[-1] >= fg.n:
+            raise ValueError(f"a block cannot start at op {starts[-1]}: the graph has {fg.n} ops")
     ends = [*starts[1:], fg.n]
     block_of = [0] * fg.n
     for k, (a, b) in enumerate(zip(starts, ends)):

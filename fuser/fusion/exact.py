@@ -213,6 +213,7 @@ def optimum_and_plan(
     block_ops: int | None = None,
     price_rounds: int | None = None,
     prices: str | None = None,
+    block_starts: list[int] | None = None,
 ) -> tuple[dict, list[int] | None]:
     """``optimality_gap``'s answer and the groups (op bitmasks) of the legal plan of valid groups
     behind its ``plan_bytes`` (None when no plan was met). The bound is the best of, within
@@ -225,7 +226,8 @@ def optimum_and_plan(
     - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
       BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
       the ILP): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF,
-      whose blocks solve fast; ``block_ops`` when given) solved apart, summed and priced
+      whose blocks solve fast; ``block_ops`` when given, or cut at ``block_starts``) solved
+      apart, summed and priced
       (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given; ``prices``: a file that
       keeps them between runs),
       with the legal plan its blocks' plans make. Longer runs cut fewer group seams, so
@@ -266,7 +268,7 @@ def optimum_and_plan(
         # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
         ops = block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS)
         rounds = PRICE_ROUNDS if price_rounds is None else price_rounds  # 0: no prices
-        block = block_bound(cost, share, max_ops=ops, price_rounds=rounds, prices=prices)
+        block = block_bound(cost, share, ops, price_rounds=rounds, prices=prices, starts=block_starts)
         if block.exact:
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))

@@ -119,6 +119,22 @@ def test_block_bound_is_below_the_optimum(seed, style, buffer, max_ops, halo):
     assert sorted(i for g in res.plan for i in bits(g)) == list(range(fg.n))
 
 
+@pytest.mark.parametrize("starts", [[3, 9], [7], [1, 2, 12]])
+def test_blocks_cut_where_asked_bound_below_the_optimum(starts):
+    """Blocks beginning at ops given by hand (``starts``, 0 implied) instead of ``block_cuts``'
+    choice: exactly those blocks are solved, and the bound stays below the exact optimum; a
+    start past the last op is refused."""
+    fg = build_fusion_graph(random_dag(2, n_ops=14))
+    cost = make_cost_model(fg, "brr", 2500)
+    res = block_bound(cost, time_limit=30, halo=2, workers=1, starts=starts)
+    blocks = [line.split(":")[0] for line in res.log if line.startswith("block ")]
+    ends = [*starts, fg.n]
+    assert blocks == [f"block {a}..{b - 1}" for a, b in zip([0, *starts], ends)]
+    assert 0 < res.lower_bytes <= exact_optimum(cost).dram_bytes
+    with pytest.raises(ValueError, match=f"cannot start at op {fg.n}: the graph has {fg.n} ops"):
+        block_bound(cost, time_limit=30, starts=[5, fg.n])
+
+
 PRICE_CASES = [
     (seed, style, buffer)
     for seed in range(4, 8)
