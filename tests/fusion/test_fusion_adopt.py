@@ -62,7 +62,7 @@ def test_gap_adopts_only_a_proven_optimum(monkeypatch):
     kw = dict(buffer=1500, style="lbdf", search="random", budget=3)
     proven = exact.optimum_and_plan
 
-    def stopped(cost, dram_bytes, time_limit, block_ops=None, price_rounds=None, prices=None):
+    def stopped(cost, dram_bytes, time_limit, block_ops=None, price_rounds=None, prices=None, starts=None):
         found, groups = proven(cost, dram_bytes, time_limit)
         return {**found, "exact": False, "method": "edge-cut MILP bound", "plan_settled": False}, groups
 
@@ -83,7 +83,7 @@ def test_gap_adopts_a_settled_bounds_plan(monkeypatch):
     kw = dict(buffer=1500, style="lbdf", search="random", budget=3)
     proven = exact.optimum_and_plan
 
-    def settled(cost, dram_bytes, time_limit, block_ops=None, price_rounds=None, prices=None):
+    def settled(cost, dram_bytes, time_limit, block_ops=None, price_rounds=None, prices=None, starts=None):
         found, groups = proven(cost, dram_bytes, time_limit)
         return {**found, "exact": False, "method": "block edge-cut MILP bound", "plan_from": "block"}, groups
 
