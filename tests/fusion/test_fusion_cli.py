@@ -116,9 +116,9 @@ def test_gap_prices_keeps_a_price_file_per_buffer(model, monkeypatch, tmp_path):
     asked = []
     real = exact.optimum_and_plan
 
-    def recorded(cost, dram_bytes, time_limit, block_ops, price_rounds, prices):
+    def recorded(cost, dram_bytes, time_limit, block_ops, price_rounds, prices, starts):
         asked.append(prices)
-        return real(cost, dram_bytes, time_limit, block_ops, price_rounds, prices)
+        return real(cost, dram_bytes, time_limit, block_ops, price_rounds, prices, starts)
 
     monkeypatch.setattr(exact, "optimum_and_plan", recorded)
     folder = tmp_path / "proofs"
