@@ -19,6 +19,7 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
         --gap-block-ops 80   # a tighter bound: blocks of 80 ops, not 40 (minutes per block)
     ... --gap-log                                         # and the bound's rounds as they happen
     ... --gap-prices DIR          # keep each row's price rounds in DIR and go on from them next run
+    ... --gap-block-starts 84,164 # blocks beginning at these ops (benchmarks/results/prices: PicoDet)
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """
