@@ -908,8 +908,9 @@ def block_bound(
         starts = block_cuts(fg, max_ops)
     else:
         starts = sorted({0, *starts})
-        if starts[-1] >= fg.n:
-            raise ValueError(f"a block cannot start at op {starts[-1]}: the graph has {fg.n} ops")
+        for op in (starts[0], starts[-1]):
+            if not 0 <= op < fg.n:
+                raise ValueError(f"a block cannot start at op {op}: the graph has {fg.n} ops")
     ends = [*starts[1:], fg.n]
     block_of = [0] * fg.n
     for k, (a, b) in enumerate(zip(starts, ends)):

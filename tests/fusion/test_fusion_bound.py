@@ -123,7 +123,7 @@ def test_block_bound_is_below_the_optimum(seed, style, buffer, max_ops, halo):
 def test_blocks_cut_where_asked_bound_below_the_optimum(starts):
     """Blocks beginning at ops given by hand (``starts``, 0 implied) instead of ``block_cuts``'
     choice: exactly those blocks are solved, and the bound stays below the exact optimum; a
-    start past the last op is refused."""
+    start past the last op, or before the first, is refused."""
     fg = build_fusion_graph(random_dag(2, n_ops=14))
     cost = make_cost_model(fg, "brr", 2500)
     res = block_bound(cost, time_limit=30, halo=2, workers=1, starts=starts)
@@ -133,6 +133,8 @@ def test_blocks_cut_where_asked_bound_below_the_optimum(starts):
     assert 0 < res.lower_bytes <= exact_optimum(cost).dram_bytes
     with pytest.raises(ValueError, match=f"cannot start at op {fg.n}: the graph has {fg.n} ops"):
         block_bound(cost, time_limit=30, starts=[5, fg.n])
+    with pytest.raises(ValueError, match="cannot start at op -1"):
+        block_bound(cost, time_limit=30, starts=[-1, 5])
 
 
 PRICE_CASES = [
