@@ -71,3 +71,36 @@ def test_enumeration_stops_at_its_cap():
     cost = make_cost_model(fg, "lbdf", 1 << 30)  # everything fits: exponentially many groups
     assert valid_groups(cost, max_candidates=500) is None
     assert exact_optimum(cost, max_candidates=500) is None
+
+
+def _brute_valid_groups(cost, within):
+    """Every subset of ``within``: connected, convex (no op outside it both below and above
+    one of its ops) and valid."""
+    fg = cost.fg
+    anc, desc = fg.ancestors(), fg.descendants()
+    ops = bits(within)
+    found = set()
+    for pick in range(1, 1 << len(ops)):
+        mask = sum(1 << ops[k] for k in range(len(ops)) if pick >> k & 1)
+        below = above = 0
+        for i in bits(mask):
+            below |= desc[i]
+            above |= anc[i]
+        if fg.is_connected(mask) and not below & above & ~mask and cost.valid(mask):
+            found.add(mask)
+    return found
+
+
+@pytest.mark.parametrize("seed,style,buffer", [(4, "lbdf", 3000), (5, "brr", 2500), (6, "lbdf", 1 << 30)])
+def test_enumeration_lists_exactly_the_connected_convex_valid_groups(seed, style, buffer):
+    fg = build_fusion_graph(random_dag(seed, n_ops=13))
+    cost = make_cost_model(fg, style, buffer)
+    whole = valid_groups(cost, 100_000)
+    assert len(whole) == len(set(whole))  # each group once
+    assert set(whole) == _brute_valid_groups(cost, fg.all_mask)
+    assert len(whole) > fg.n  # groups of more than one op among them
+    # within a part of the graph: only its groups, and a group convex there but not in the
+    # whole graph (a path leaving the part) is not one
+    part = sum(1 << i for i in range(fg.n) if i % 3 != 1)
+    inside = valid_groups(cost, 100_000, within=part)
+    assert set(inside) == _brute_valid_groups(cost, part)
