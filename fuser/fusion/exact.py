@@ -225,21 +225,22 @@ def optimum_and_plan(
     ``time_limit``:
 
     - chains: the exact chain DP;
-    - the edge-cut relaxation by row generation (``fuser.fusion.bound``, half the time, a
-      quarter for BRR on graphs of more than ``2·BLOCK_OPS`` ops): exact when it closes on a
-      legal plan, else its certified lower bound;
-    - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, half the time for
-      BRR, a quarter for LBDF, all that is left when the graph has too many valid groups for
-      the ILP): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF,
-      whose blocks solve fast; ``block_ops`` when given, or cut at ``block_starts``) solved
-      apart, summed and priced
-      (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given; ``prices``: a file that
-      keeps them between runs),
-      with the legal plan its blocks' plans make. Longer runs cut fewer group seams, so
-      they bound tighter, but their relaxations take longer: PicoDet BRR 128 KB, 40 ops a
-      run: 74.81 MB in 126 s; 80: 76.18 MB in 600 s, its slowest run 284 s;
-    - the ILP over every valid group (the rest of the time, when there are at most 30,000):
-      exact when solved, else HiGHS's dual bound;
+    - first, the ILP over every valid group when there are at most 30,000 (listed within an
+      eighth of the time), up to half the time: exact when solved, else HiGHS's dual bound.
+      Every zoo model at 128 KB and 256 KB in both styles has at most 10,711 valid groups and
+      solves in 8 s or less; a large buffer makes far more (PicoDet BRR 1 MB: 115,354), and
+      then the relaxations below take the time;
+    - the edge-cut relaxation by row generation (``fuser.fusion.bound``, all the time left, a
+      half on graphs of more than ``2·BLOCK_OPS`` ops, a quarter for BRR there): exact when it
+      closes on a legal plan, else its certified lower bound;
+    - on those graphs, the block bound (``fuser.fusion.bound.block_bound``, the rest of the
+      time): the relaxation of runs of ``BLOCK_OPS`` ops (BRR; twice that for LBDF, whose
+      blocks solve fast; ``block_ops`` when given, or cut at ``block_starts``) solved apart,
+      summed and priced (up to ``PRICE_ROUNDS`` rounds, ``price_rounds`` when given;
+      ``prices``: a file that keeps them between runs), with the legal plan its blocks' plans
+      make. Longer runs cut fewer group seams, so they bound tighter, but their relaxations
+      take longer: PicoDet BRR 128 KB, 40 ops a run: 74.81 MB in 126 s; 80: 76.18 MB in 600 s,
+      its slowest run 284 s;
     - the trivial bound every plan pays, (W + In + Out)·e of the whole graph.
 
     Not exact, the gap printed is an upper bound on the true gap. A bound stopped by its
@@ -251,25 +252,29 @@ def optimum_and_plan(
     from .bound import BLOCK_OPS, PRICE_ROUNDS, block_bound, cut_bound
 
     start = time.perf_counter()
+    bounds = [(cost.lower_dram(cost.fg.all_mask), "W + In + Out of the graph")]
+    plans = []
+    candidates = valid_groups(cost, 30_000, time_limit / 8)  # None: too many (or slow) for the ILP
+    if candidates is not None:
+        exact = ilp_optimum(cost, candidates, time_limit / 2)
+        if exact is not None and exact.optimal:
+            return _proven(exact.dram_bytes, exact.method, exact.groups)
+        if exact is not None:
+            plans.append((exact.dram_bytes, exact.groups, False, "ilp"))
+        if exact is not None and exact.lower_bound is not None:
+            bounds.append((exact.lower_bound, "ilp dual bound"))
     blocks = cost.fg.n > 2 * BLOCK_OPS
     # the whole relaxation closes well on LBDF; on BRR its tiles need many slow rounds, which
     # the blocks do in seconds each
     brr = cost.name == "brr"
-    cut = cut_bound(cost, time_limit / (4 if blocks and brr else 2))
+    left = time_limit - (time.perf_counter() - start)
+    cut = cut_bound(cost, left / ((4 if brr else 2) if blocks else 1))
     if cut.exact:
         return _proven(cut.lower_bytes, "edge-cut MILP", cut.plan)
-    bounds = [
-        (cost.lower_dram(cost.fg.all_mask), "W + In + Out of the graph"),
-        (cut.lower_bytes, "edge-cut MILP bound"),
-    ]
-    plans = [(cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP")]
-    # None: too many for the ILP (or, beside the blocks, too slow to list: an eighth of the
-    # time), whose time the blocks then take
-    candidates = valid_groups(cost, 30_000, time_limit / 8 if blocks else None)
+    bounds.append((cut.lower_bytes, "edge-cut MILP bound"))
+    plans.append((cut.plan_bytes, cut.plan, cut.settled, "edge-cut MILP"))
     if blocks:
-        share = time_limit / (2 if brr else 4)
-        if candidates is None:
-            share = time_limit - (time.perf_counter() - start)
+        share = time_limit - (time.perf_counter() - start)
         # LBDF's blocks solve in a fraction of a second: twice as long, half the seams
         ops = block_ops or (BLOCK_OPS if brr else 2 * BLOCK_OPS)
         rounds = PRICE_ROUNDS if price_rounds is None else price_rounds  # 0: no prices
@@ -278,14 +283,6 @@ def optimum_and_plan(
             return _proven(block.lower_bytes, "block edge-cut MILP", block.plan)
         bounds.append((block.lower_bytes, "block edge-cut MILP bound"))
         plans.append((block.plan_bytes, block.plan, block.settled, "block edge-cut MILP"))
-    left = time_limit - (time.perf_counter() - start)
-    exact = ilp_optimum(cost, candidates, left) if left > 1 and candidates is not None else None
-    if exact is not None and exact.optimal:
-        return _proven(exact.dram_bytes, exact.method, exact.groups)
-    if exact is not None:
-        plans.append((exact.dram_bytes, exact.groups, False, "ilp"))
-    if exact is not None and exact.lower_bound is not None:
-        bounds.append((exact.lower_bound, "ilp dual bound"))
     best, method = max(bounds, key=lambda b: b[0])
     plan_bytes, plan, settled, plan_from = min(
         # a settled plan first (only such a plan may be adopted), then the cheapest
