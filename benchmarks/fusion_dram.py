@@ -15,11 +15,12 @@ explainers' rectify rates and the GNN validity classifier's held-out accuracy.
     python benchmarks/fusion_dram.py --gaps      # every zoo model: DRAM and proven gap to optimal
     python benchmarks/fusion_dram.py --gaps --models yolov8n --gap-time 40   # one model, 40 s bounds
     python benchmarks/fusion_dram.py --gaps --models yolov8n --styles brr --buffers 256KB   # one row
-    python benchmarks/fusion_dram.py --gaps --models picodet_layout --styles brr --gap-time 1200 \
-        --gap-block-ops 80   # a tighter bound: blocks of 80 ops, not 40 (minutes per block)
+    python benchmarks/fusion_dram.py --gaps --models picodet_layout --styles brr --buffers 1MB \
+        --gap-time 1200 --gap-block-ops 80   # past 30,000 valid groups (here 115,354) the ILP gives
+                                             # way to bounds: blocks of 80 ops, not 40 (minutes each)
     ... --gap-log                                         # and the bound's rounds as they happen
     ... --gap-prices DIR          # keep each row's price rounds in DIR and go on from them next run
-    ... --gap-block-starts 84,164 # blocks beginning at these ops (benchmarks/results/prices: PicoDet)
+    ... --gap-block-starts 84,164 # blocks beginning at these ops, instead of cuts --gap-block-ops picks
     python benchmarks/fusion_dram.py --gaps --no-bounds   # the search's plans only (~2.5 min): DRAM
                                                           # does not depend on the machine or its load
 """

@@ -1365,10 +1365,10 @@ def group_polish(
     then the ILP over every valid group inside it, every other group held (``_replan``).
 
     Why beside ``window_polish``: a run of the op order interleaves unrelated branches (PicoDet's
-    neck ops sit between backbone ops: any 48-op run of its ops 68..124 holds more than 200,000
-    valid groups, so those windows are skipped), while a region of adjacent groups holds only
-    connected work. PicoDet BRR 256 KB: 51.33 -> 51.05 MB after the windows. Same rules as the
-    windows: DRAM never rises, a region is taken only when proven within ``node_limit`` nodes
+    neck ops sit between backbone ops), so a group that follows a branch past the run's edge is
+    out of the run's reach, while a region of adjacent groups holds whole connected work.
+    PicoDet BRR 256 KB: 51.33 -> 51.05 MB after the windows (its proven optimum). Same rules as
+    the windows: DRAM never rises, a region is taken only when proven within ``node_limit`` nodes
     and it saves, regions past ``max_candidates`` valid groups are skipped, a region already
     solved with the same groups is not solved again, sweeps until one saves nothing;
     deterministic."""

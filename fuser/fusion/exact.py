@@ -18,8 +18,9 @@ invalid group is valid), then solve the ILP (HiGHS through
   L_v − L_u + y_uv ≥ 1,  L_v − L_u + n·y_uv ≤ n   inside a group levels are equal,
                                                   between groups they climb,
 so the group graph is acyclic. This is practical up to a few tens of thousands of
-candidate groups (about 40 ops, more with a small buffer); beyond
-``max_candidates`` the optimum is reported as not computable.
+candidate groups, a number the buffer sets more than the graph's size: every zoo model
+(up to 386 ops) at 128 and 256 KB has at most 10,711 and solves in seconds, while PicoDet
+at 1 MB has 115,354; beyond ``max_candidates`` the optimum is reported as not computable.
 """
 
 from __future__ import annotations
