@@ -104,3 +104,24 @@ def test_enumeration_lists_exactly_the_connected_convex_valid_groups(seed, style
     part = sum(1 << i for i in range(fg.n) if i % 3 != 1)
     inside = valid_groups(cost, 100_000, within=part)
     assert set(inside) == _brute_valid_groups(cost, part)
+
+
+def test_a_zoo_models_optimum_is_proven_by_the_ilp_and_every_other_bound_and_plan_respects_it():
+    """MobileNetV3-Small at 224², BRR 256 KB (2,439 valid groups): the proof is the ILP's, exact,
+    its plan legal and of valid groups; the edge-cut relaxation bounds below it and no search
+    plans below it."""
+    import fuser
+    from fuser.fusion.bound import cut_bound
+    from fuser.fusion.exact import optimum_and_plan
+
+    fg = build_fusion_graph(fuser.optimize("zoo:mobilenet_v3_small", input_shapes=(1, 3, 224, 224)).graph)
+    cost = make_cost_model(fg, "brr", 256 * 1024)
+    answer, groups = optimum_and_plan(cost, 0, time_limit=120)
+    assert answer["exact"] and answer["method"] == "ilp" and answer["plan_settled"]
+    assert cost.dram(groups) == answer["bytes"] == answer["plan_bytes"]
+    assert partition_problems(fg, groups) == [] and all(cost.valid(g) for g in groups)
+    assert sorted(i for g in groups for i in bits(g)) == list(range(fg.n))
+    assert cut_bound(cost, time_limit=10, max_rounds=2).lower_bytes <= answer["bytes"]
+    for search in ("greedy", "nsga2"):
+        plan, _ = partition_fusion_graph(fg, buffer="256KB", style="brr", search=search, budget=200)
+        assert plan.dram_bytes >= answer["bytes"]
