@@ -23,6 +23,16 @@ define system
 	  else echo "fuser needs $(2) (Debian package names): install them"; exit 1; fi; }
 endef
 
+# A stamp outlives its packages when the Python environment is replaced under this tree (a
+# machine reset): then it is stale, and the install runs again.
+installed = $(shell $(PY) -c "import importlib.util as u, sys; \
+  sys.exit(any(u.find_spec(m) is None for m in '$(1)'.split()))" 2>/dev/null && echo yes)
+ifneq ($(call installed,fuser torch),yes)
+$(shell rm -f $(DEMO_STAMP) $(TEST_STAMP))
+else ifneq ($(call installed,tvm ray pytest xdist ruff),yes)
+$(shell rm -f $(TEST_STAMP))
+endif
+
 # The demo needs torch (pinned first: an unpinned torch pulls GBs of CUDA wheels), fuser and Graphviz.
 $(DEMO_STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
