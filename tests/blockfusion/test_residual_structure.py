@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -151,3 +152,31 @@ def test_cli_blocks_lists_residual_blocks_and_verifies_them():
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0 and "8 residual blocks found by structure, 8 fused" in r.output
     assert "CUDA templates" in r.output
+
+
+def _chain(shape, scale):
+    """x -> Sigmoid -> Mul(x, ·) -> Mul(·, scale): SiLU times ``scale`` (a scalar or one
+    constant per channel)."""
+    from fuser.ir import Graph
+
+    g = Graph("chain", opset=18)
+    x = g.add_input("x", shape)
+    s = g.add_node("Sigmoid", [x]).output
+    y = g.add_node("Mul", [x, s]).output
+    z = g.add_node("Mul", [y, g.const(np.asarray(scale, np.float32))]).output
+    g.outputs.append(z)
+    return g, z
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 28, 28), (1, 2, 3, 5)])
+def test_activations_are_named_on_any_input_size_and_a_per_channel_constant_is_not_one(shape):
+    """SiLU on a batch of 8 (100,352 values, probed with 113 repeated) and on 30 values (fewer
+    than one run of the probe); the same chain times one constant per channel computes no
+    single activation: 'elementwise', though its first channel (scaled by 1) is SiLU."""
+    from fuser.blockfusion.structure import name_activation
+
+    g, out = _chain(shape, 1.0)
+    assert name_activation(g, list(g.nodes), out) == "SiLU"
+    per_channel = 1 + np.linspace(0, 0.5, shape[1]).reshape(1, -1, 1, 1)
+    g, out = _chain(shape, per_channel)
+    assert name_activation(g, list(g.nodes), out) == "elementwise"
