@@ -11,7 +11,7 @@ import statistics
 import time
 
 from .model import BlockCost
-from .spec import ConvLayer
+from .spec import BlockSpec, ConvLayer
 
 TORCH_ACTIVATIONS = {
     "none": lambda v: v,
@@ -62,30 +62,53 @@ def _tensor(shape, device: str, dtype, seed: int):
     return t.contiguous(memory_format=torch.channels_last) if device == "cuda" and t.dim() == 4 else t
 
 
-def conv_fn(layer: ConvLayer, batch: int, device: str, dtype, seed: int = 0):
-    """A closure running layer ``l`` (Conv + bias + activation) on a random input of its shape."""
+def conv(layer: ConvLayer, x, w, b):
+    """``layer``'s Conv + bias (no activation) on ``x``, with the bottom/right padding that gives
+    the recorded output size (ONNX pads may be asymmetric; torch's are not)."""
     import torch.nn.functional as F
 
+    pb = (layer.out_hw[0] - 1) * layer.stride + layer.kernel - layer.in_hw[0] - layer.pad_top
+    pr = (layer.out_hw[1] - 1) * layer.stride + layer.kernel - layer.in_hw[1] - layer.pad_left
+    if (pb, pr) == (layer.pad_top, layer.pad_left):
+        return F.conv2d(x, w, b, layer.stride, (layer.pad_top, layer.pad_left), 1, layer.groups)
+    x = F.pad(x, (layer.pad_left, max(pr, 0), layer.pad_top, max(pb, 0)))
+    return F.conv2d(x, w, b, layer.stride, 0, 1, layer.groups)
+
+
+def conv_fn(layer: ConvLayer, batch: int, device: str, dtype, seed: int = 0):
+    """A closure running layer ``l`` (Conv + bias + activation) on a random input of its shape."""
     x = _tensor((batch, layer.c_in, *layer.in_hw), device, dtype, seed)
     w = _tensor(layer.weight.shape, device, dtype, seed + 1)
     b = _tensor(layer.bias.shape, device, dtype, seed + 2)
-    # the bottom/right padding that gives the recorded output size
-    pb = (layer.out_hw[0] - 1) * layer.stride + layer.kernel - layer.in_hw[0] - layer.pad_top
-    pr = (layer.out_hw[1] - 1) * layer.stride + layer.kernel - layer.in_hw[1] - layer.pad_left
     act = _act(layer.activation)
-    if (pb, pr) == (layer.pad_top, layer.pad_left):
-        return lambda: act(F.conv2d(x, w, b, layer.stride, (layer.pad_top, layer.pad_left), 1, layer.groups))
-    return lambda: act(
-        F.conv2d(
-            F.pad(x, (layer.pad_left, max(pr, 0), layer.pad_top, max(pb, 0))),
-            w,
-            b,
-            layer.stride,
-            0,
-            1,
-            layer.groups,
-        )
-    )
+    return lambda: act(conv(layer, x, w, b))
+
+
+def block_forward(spec: BlockSpec, device: str, dtype):
+    """The block as PyTorch runs it unfused, with its own (BN-folded) weights: each Conv of the
+    main path with its activation, the residual (identity, or the projection's Conv), the final
+    activation. A function of the block's input (N, C, H, W)."""
+    import torch
+
+    def params(layer: ConvLayer):
+        return tuple(torch.from_numpy(a).to(device=device, dtype=dtype) for a in (layer.weight, layer.bias))
+
+    main = [(layer, *params(layer)) for layer in spec.layers]
+    short = (spec.shortcut, *params(spec.shortcut)) if spec.residual == "projection" else None
+    final = _act(spec.final_activation)
+
+    def forward(x):
+        y = x
+        for layer, w, b in main:
+            y = _act(layer.activation)(conv(layer, y, w, b))
+        if spec.residual == "identity":
+            y = y + x
+        elif short is not None:
+            layer, w, b = short
+            y = y + _act(layer.activation)(conv(layer, x, w, b))
+        return final(y)
+
+    return forward
 
 
 def measure_block(cost: BlockCost, device: str, repeats: int = 20, fused_kernel=None) -> dict:

@@ -56,7 +56,8 @@ def _ort(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def compile_block(graph: Graph, nodes: list[str], target: str = "llvm"):
-    """(subgraph, TVMModel): the nodes as one depth-first kernel, plus its schedule report."""
+    """(subgraph, TVMModel): the nodes as one depth-first kernel, plus its schedule report; a
+    cuda ``target``'s model runs on the GPU."""
     from fuser.backends import tvm as tb
 
     by_name = {n.name: n for n in graph.nodes}
@@ -65,7 +66,10 @@ def compile_block(graph: Graph, nodes: list[str], target: str = "llvm"):
     tvm_target = tb.make_target(target)
     fused = tb.fuse(mod, tvm_target, planned=True, tiling={0: tb.TileHint("lbdf")})
     model = tb.TVMModel(
-        tb.build_fused(fused, tvm_target), tb.value_specs(sub.inputs), tb.value_specs(sub.outputs)
+        tb.build_fused(fused, tvm_target),
+        tb.value_specs(sub.inputs),
+        tb.value_specs(sub.outputs),
+        device="cuda" if target.startswith("cuda") else "cpu",
     )
     return sub, model, tb.depth_first_reports(fused)
 
