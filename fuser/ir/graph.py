@@ -336,6 +336,65 @@ class Graph:
             raise FuserError(f"{self.source}: graph has a cycle")
         self.nodes = [self.nodes[i] for i in order]
 
+    # ---- pickling ------------------------------------------------------
+    # Nodes and Values link to each other (producer, uses, inputs), so pickle's default walk
+    # recurses along the longest path: MobileNetV2 passed Python's recursion limit (fuser sweep
+    # hands graphs to Ray). The state is flat instead: Values and Nodes as records that name
+    # each other by index.
+    def __getstate__(self) -> dict:
+        nodes = {id(n): i for i, n in enumerate(self.nodes)}
+        values: dict[int, int] = {}
+        records: list[dict] = []
+
+        def index(v: Value | None) -> int:
+            if v is None:
+                return -1
+            if id(v) not in values:
+                values[id(v)] = len(records)
+                records.append(v)
+            return values[id(v)]
+
+        inputs, outputs = [index(v) for v in self.inputs], [index(v) for v in self.outputs]
+        node_records = [
+            (
+                {k: x for k, x in vars(n).items() if k not in ("inputs", "outputs", "graph")},
+                [index(v) for v in n.inputs],
+                [index(v) for v in n.outputs],
+            )
+            for n in self.nodes
+        ]
+        value_records = [
+            (
+                {k: x for k, x in vars(v).items() if k not in ("producer", "uses")},
+                nodes.get(id(v.producer), -1),
+                [(nodes[id(u)], k) for u, k in v.uses if id(u) in nodes],
+            )
+            for v in records
+        ]
+        fields = {k: x for k, x in vars(self).items() if k not in ("inputs", "outputs", "nodes")}
+        return {"fields": fields, "values": value_records, "nodes": node_records, "io": (inputs, outputs)}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state["fields"])
+        values = []
+        for attrs, _, _ in state["values"]:
+            v = Value.__new__(Value)
+            vars(v).update(attrs)
+            values.append(v)
+        self.nodes = []
+        for attrs, ins, outs in state["nodes"]:
+            n = Node.__new__(Node)
+            vars(n).update(attrs)
+            n.inputs = [values[i] if i >= 0 else None for i in ins]
+            n.outputs = [values[i] for i in outs]
+            n.graph = self
+            self.nodes.append(n)
+        for v, (_, producer, uses) in zip(values, state["values"]):
+            v.producer = self.nodes[producer] if producer >= 0 else None
+            v.uses = [(self.nodes[i], k) for i, k in uses]
+        inputs, outputs = state["io"]
+        self.inputs, self.outputs = [values[i] for i in inputs], [values[i] for i in outputs]
+
     def copy(self) -> Graph:
         """A structural copy; constant arrays are shared (treat them as immutable)."""
         vmap: dict[int, Value] = {}

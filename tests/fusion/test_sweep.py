@@ -68,3 +68,16 @@ def test_interrupted_sweep_resumes_from_its_cache(local_ray, tmp_path):
     assert len(list(cache.iterdir())) == 4
     fresh = run_sweep(points, fgs, tmp_path / "fresh")
     assert [r["dram_bytes"] for r in fresh] == [r["dram_bytes"] for r in full]
+
+
+def test_a_deep_zoo_model_sweeps_on_ray(local_ray, tmp_path):
+    """MobileNetV2 (its Values and Nodes link 100 ops deep) goes to the Ray workers whole: its
+    graph pickled past Python's recursion limit before the graph's state was made flat."""
+    args = ["sweep", "zoo:mobilenet_v2", "--input-shape", "1,3,64,64", "--buffer", "64KB", "--style", "lbdf"]
+    args += ["--budget", "20", "--cache", str(tmp_path / "cache"), "-o", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((tmp_path / "out.json").read_text())
+    fg = build_fusion_graph(fuser.optimize("zoo:mobilenet_v2", input_shapes=(1, 3, 64, 64)).graph)
+    plan, _ = partition_fusion_graph(fg, buffer="64KB", style="lbdf", search="nsga2", budget=20)
+    assert row["dram_bytes"] == plan.dram_bytes and row["groups"] == len(plan.groups)

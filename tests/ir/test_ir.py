@@ -108,3 +108,39 @@ def test_text_dump_reads():
     assert "graph toy(%x: float32[1,2,4,4])" in text
     assert "= Conv(%x, $w) {kernel_shape=[1, 1]}" in text
     assert text.count("\n") == 4
+
+
+def test_a_deep_graph_pickles_flat_and_comes_back_the_same():
+    """A chain of 5,000 Relu (each op links to the next through its Values) pickles within
+    Python's recursion limit and comes back with the same nodes, names, constants, producers
+    and uses; the residual toy keeps its shared Value (one object read twice)."""
+    import pickle
+
+    g = Graph("chain")
+    v = g.add_input("x", (1, 8))
+    for i in range(5000):
+        v = g.add_node(
+            "Relu" if i % 2 else "Add", [v] if i % 2 else [v, g.const(np.full((1, 8), i, np.float32))]
+        ).output
+    g.outputs.append(v)
+    back = pickle.loads(pickle.dumps(g))
+    assert [n.name for n in back.nodes] == [n.name for n in g.nodes] and len(back.nodes) == 5000
+    assert [(n.op, [i.name for i in n.inputs], [o.name for o in n.outputs]) for n in back.nodes] == [
+        (n.op, [i.name for i in n.inputs], [o.name for o in n.outputs]) for n in g.nodes
+    ]
+    assert back.nodes[-1].inputs[0].producer is back.nodes[-2] and back.outputs[0].producer is back.nodes[-1]
+    assert np.array_equal(back.nodes[4998].inputs[1].const, np.full((1, 8), 4998, np.float32))
+    assert all(n.graph is back for n in back.nodes) and back.unique_name("x") != "x"
+    check_graph(back)
+
+    toy, *_ = small_graph()
+    toy.nodes[0].meta["group"] = 3
+    back = pickle.loads(pickle.dumps(toy))
+    conv, relu, add = back.nodes
+    assert add.inputs[1] is conv.output and conv.output.uses == [(relu, 0), (add, 1)]
+    assert (
+        back.inputs[0].users == [conv]
+        and conv.meta == {"group": 3}
+        and conv.attrs == {"kernel_shape": [1, 1]}
+    )
+    check_graph(back)
