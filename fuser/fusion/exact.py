@@ -17,7 +17,10 @@ invalid group is valid), then solve the ILP (HiGHS through
   y_uv = Σ_{g ∋ u, v} x_g                        1 iff edge u -> v stays inside a group
   L_v − L_u + y_uv ≥ 1,  L_v − L_u + n·y_uv ≤ n   inside a group levels are equal,
                                                   between groups they climb,
-so the group graph is acyclic. This is practical up to a few tens of thousands of
+so the group graph is acyclic. The level rows are added only when needed: set
+partitioning alone is solved first, and its optimum is the plan's when its groups
+happen to be acyclic (so far they always were on real models; ``crossed`` in the tests
+is a case where they are not). This is practical up to a few tens of thousands of
 candidate groups, a number the buffer sets more than the graph's size: every zoo model
 (up to 386 ops) at 128 and 256 KB has at most 10,711 and solves in seconds, while PicoDet
 at 1 MB has 115,354; beyond ``max_candidates`` the optimum is reported as not computable.
@@ -32,6 +35,7 @@ import numpy as np
 
 from .cost import CostModel
 from .opgraph import FusionGraph, bits
+from .plan import groups_acyclic
 
 
 @dataclass
@@ -133,13 +137,46 @@ def valid_groups(
 def ilp_optimum(
     cost: CostModel, candidates: list[int], time_limit: float, node_limit: int | None = None
 ) -> ExactResult | None:
+    """The least-DRAM legal plan of ``candidates`` (valid groups), or None when no legal plan
+    was found. First set partitioning alone, without the level rows: its optimum is a lower
+    bound, and when its groups are acyclic, as on every zoo model and the PaddleOCR detector,
+    it is the optimum (2-5x sooner: PP-OCRv4's detector BRR 128 KB, 23,319 groups, 8.5 s
+    against 38 s). Else the ILP with the level rows in the time left."""
+    start = time.perf_counter()
+    first = _solve_partition(cost, candidates, time_limit, node_limit, levels=False)
+    if first is None:
+        return None
+    groups, optimal, bound = first
+    if groups_acyclic(cost.fg, groups):
+        return _result(cost, groups, optimal, len(candidates), bound)
+    left = time_limit - (time.perf_counter() - start)
+    second = _solve_partition(cost, candidates, left, node_limit, levels=True) if left > 0 else None
+    if second is None:
+        return None
+    groups, optimal, level_bound = second
+    bounds = [b for b in (level_bound, bound if first[1] else None) if b is not None]
+    return _result(cost, groups, optimal, len(candidates), max(bounds) if bounds else None)
+
+
+def _result(cost: CostModel, groups: list[int], optimal: bool, candidates: int, bound) -> ExactResult:
+    lower = int(np.ceil(bound - 1e-6)) if bound is not None and np.isfinite(bound) else None
+    dram = sum(cost.cost(m).dram_bytes for m in groups)
+    return ExactResult(dram, groups, "ilp", optimal, candidates, lower)
+
+
+def _solve_partition(
+    cost: CostModel, candidates: list[int], time_limit: float, node_limit: int | None, levels: bool
+) -> tuple[list[int], bool, float | None] | None:
+    """HiGHS on the set partitioning of the ops into ``candidates``, with the level rows that
+    keep the group graph acyclic when ``levels``: (chosen groups, proven optimal, dual bound),
+    or None when it found no solution."""
     from scipy.sparse import coo_matrix
 
     from .milp import solve_milp
 
     fg = cost.fg
     n, k, edges = fg.n, len(candidates), fg.edges
-    n_vars = k + n
+    n_vars = k + n if levels else k
     rows, cols, vals = [], [], []
     lower, upper = [], []
 
@@ -158,14 +195,14 @@ def ilp_optimum(
             members[i].append(g)
     for i in range(n):
         add_row([(g, 1) for g in members[i]], 1, 1)
-    for u, v in edges:
+    for u, v in edges if levels else ():
         inside = [(g, 1) for g in members[u] if candidates[g] >> v & 1]
         add_row(inside + [(k + v, 1), (k + u, -1)], 1, np.inf)
         add_row([(g, n) for g, _ in inside] + [(k + v, 1), (k + u, -1)], -np.inf, n)
     a = coo_matrix((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
-    c = np.array([cost.cost(m).dram_bytes for m in candidates] + [0] * n, dtype=float)
+    c = np.array([cost.cost(m).dram_bytes for m in candidates] + [0] * (n_vars - k), dtype=float)
     bounds_lo = np.zeros(n_vars)
-    bounds_hi = np.concatenate([np.ones(k), np.full(n, n - 1)])
+    bounds_hi = np.concatenate([np.ones(k), np.full(n_vars - k, n - 1)])
     options = {"time_limit": time_limit, "disp": False}
     if node_limit:
         options["node_limit"] = node_limit
@@ -173,15 +210,7 @@ def ilp_optimum(
     if res.x is None:
         return None
     chosen = [candidates[g] for g in range(k) if res.x[g] > 0.5]
-    bound = getattr(res, "mip_dual_bound", None)
-    return ExactResult(
-        int(round(sum(cost.cost(m).dram_bytes for m in chosen))),
-        chosen,
-        "ilp",
-        res.status == 0,
-        k,
-        int(np.ceil(bound - 1e-6)) if bound is not None and np.isfinite(bound) else None,
-    )
+    return chosen, res.status == 0, getattr(res, "mip_dual_bound", None)
 
 
 def exact_optimum(

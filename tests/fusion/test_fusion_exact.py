@@ -125,3 +125,33 @@ def test_a_zoo_models_optimum_is_proven_by_the_ilp_and_every_other_bound_and_pla
     for search in ("greedy", "nsga2"):
         plan, _ = partition_fusion_graph(fg, buffer="256KB", style="brr", search=search, budget=200)
         assert plan.dram_bytes >= answer["bytes"]
+
+
+def crossed():
+    """a = conv(x), c = conv(x), b = a + c, d = a * c: the groups {a, b} and {c, d} read each
+    other's first op, a cycle."""
+    from test_fusion_graphs import _conv, finish
+
+    from fuser.ir import Graph
+
+    g = Graph("crossed")
+    x = g.add_input("x", (1, 8, 8, 8))
+    a, c = _conv(g, x, 8, 8, 3, name="a"), _conv(g, x, 8, 8, 3, name="c")
+    return finish(g, [g.add_node("Add", [a, c], name="b").output, g.add_node("Mul", [a, c], name="d").output])
+
+
+def test_a_cyclic_set_partition_falls_back_to_the_level_rows():
+    """LBDF at 1,000 bytes: set partitioning alone picks {a, b} and {c, d} (5,264 B), which no
+    running order allows; the ILP then solves with the level rows and proves the least legal
+    plan, the brute force's 5,776 B."""
+    from fuser.fusion.exact import _solve_partition
+    from fuser.fusion.plan import groups_acyclic
+
+    fg = build_fusion_graph(crossed())
+    cost = make_cost_model(fg, "lbdf", 1000)
+    candidates = valid_groups(cost, 1000)
+    alone, optimal, _ = _solve_partition(cost, candidates, 30, None, levels=False)
+    assert optimal and not groups_acyclic(fg, alone) and sum(cost.cost(g).dram_bytes for g in alone) == 5264
+    best = ilp_optimum(cost, candidates, time_limit=30)
+    assert best.optimal and best.dram_bytes == brute_force(cost) == 5776
+    assert partition_problems(fg, best.groups) == []
