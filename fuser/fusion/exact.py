@@ -258,7 +258,7 @@ def optimum_and_plan(
     - first, the ILP over every valid group when there are at most 30,000 (listed within an
       eighth of the time), up to half the time: exact when solved, else HiGHS's dual bound.
       Every zoo model at 128 KB and 256 KB in both styles has at most 10,711 valid groups and
-      solves in 8 s or less; a large buffer makes far more (PicoDet BRR 1 MB: 115,354), and
+      solves in 2 s or less; a large buffer makes far more (PicoDet BRR 1 MB: 115,354), and
       then the relaxations below take the time;
     - the edge-cut relaxation by row generation (``fuser.fusion.bound``, all the time left, a
       half on graphs of more than ``2·BLOCK_OPS`` ops, a quarter for BRR there): exact when it
