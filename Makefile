@@ -24,8 +24,9 @@ define system
 endef
 
 # A stamp outlives its packages when the Python environment is replaced under this tree (a
-# machine reset): then it is stale, and the install runs again.
-installed = $(shell $(PY) -c "import importlib.util as u, sys; \
+# machine reset): then it is stale, and the install runs again. -I: this tree's own fuser/
+# folder is not an installed fuser.
+installed = $(shell $(PY) -I -c "import importlib.util as u, sys; \
   sys.exit(any(u.find_spec(m) is None for m in '$(1)'.split()))" 2>/dev/null && echo yes)
 ifneq ($(call installed,fuser torch),yes)
 $(shell rm -f $(DEMO_STAMP) $(TEST_STAMP))

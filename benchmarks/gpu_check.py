@@ -42,14 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fuser.blockfusion.verify import rel_err
+
 ROOT = Path(__file__).resolve().parent
 ZOO = ("convfirst", "convnext_tiny", "resnet18", "mobilenet_v2", "efficientnet_b0", "yolov8n")
 TOL = 1e-3
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def capture(models, shape) -> dict:
@@ -168,13 +165,13 @@ def template_row(args, runner: Runner, report, model: str, cost, shares: int, ke
         row["compile_us"] = 1e6 * runner.time(compiled, x)
     row["speedup"] = row["eager_us"] / row["fused_us"]
     report.rows.append(row)
-    compiled = "-" if row["compile_us"] is None else f"{row['compile_us']:.1f}"
+    compiled_us = "-" if row["compile_us"] is None else f"{row['compile_us']:.1f}"
     flag = "" if row["err_fused"] <= TOL else "  > 1e-3"
     if "err_fp16_simulated" in row:
         flag += f"  fp16 (simulated) {row['err_fp16_simulated']:.1e}"
     report.line(
         f"{model:<14} {spec.kind:<13} {spec.name:<26} {shares:>6} {row['fused_us']:>9.1f} "
-        f"{row['eager_us']:>9.1f} {compiled:>10} {row['speedup']:>10.2f}x "
+        f"{row['eager_us']:>9.1f} {compiled_us:>10} {row['speedup']:>10.2f}x "
         f"{row['err_fused']:>9.1e} {row['err_eager']:>9.1e}{flag}"
     )
 

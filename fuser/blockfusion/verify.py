@@ -38,7 +38,7 @@ class BlockCheck:
         return dict(vars(self))
 
 
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
@@ -85,7 +85,7 @@ def verify_block(graph: Graph, block: Block, seed: int = 0) -> BlockCheck:
     feeds = _inputs(sub, seed)
     got = model(**feeds)
     want = _ort(sub, feeds)
-    err = max(_rel_err(g, w) for g, w in zip(got, want))
+    err = max(rel_err(g, w) for g, w in zip(got, want))
     report = next(iter(reports.values()), {})
     check = BlockCheck(
         block.name,
@@ -115,7 +115,7 @@ def template_agreement(graph: Graph, block: Block, seed: int = 0) -> float | Non
     x = _inputs(sub, seed)[sub.inputs[0].name]
     (got,) = model(x)
     ref = run_schedule(choose_schedule(spec, "h100"), x)
-    return _rel_err(ref, got)
+    return rel_err(ref, got)
 
 
 def verify_blocks(graph: Graph, blocks: list[Block], seed: int = 0, on_block=None) -> list[BlockCheck]:

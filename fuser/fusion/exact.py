@@ -154,7 +154,8 @@ def ilp_optimum(
     if second is None:
         return None
     groups, optimal, level_bound = second
-    bounds = [b for b in (level_bound, bound if first[1] else None) if b is not None]
+    # set partitioning relaxes the ILP: its dual bound bounds every legal plan too
+    bounds = [b for b in (level_bound, bound) if b is not None]
     return _result(cost, groups, optimal, len(candidates), max(bounds) if bounds else None)
 
 

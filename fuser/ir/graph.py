@@ -344,7 +344,7 @@ class Graph:
     def __getstate__(self) -> dict:
         nodes = {id(n): i for i, n in enumerate(self.nodes)}
         values: dict[int, int] = {}
-        records: list[dict] = []
+        records: list[Value] = []
 
         def index(v: Value | None) -> int:
             if v is None:
