@@ -274,10 +274,12 @@ def run_report(
         raise FuserError(f"{graph.source}: bench needs one input with a static shape")
     set_threads(threads)
     shape = [int(d) for d in graph.inputs[0].shape]
+    from .ort import example_feeds
     from .tvm.runtime import aligned_empty
 
-    x = aligned_empty(shape, np.float32)  # TVM reads it in place
-    x[...] = np.random.default_rng(0).standard_normal(shape)
+    feed = example_feeds(graph)[graph.inputs[0].name]  # the model's dtype: float16, int64, bool too
+    x = aligned_empty(shape, feed.dtype)  # TVM reads it in place
+    x[...] = feed
     report = Report(graph.name, shape, threads)
     # Per-kernel times come from the tuned build when there is one: it is the one to improve.
     kernels_of = "tvm-tuned" if "tvm-tuned" in backends else "tvm"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fuser.backends.ort import example_feeds
 from fuser.ir import Graph
 
 from .structure import Block
@@ -74,15 +75,10 @@ def compile_block(graph: Graph, nodes: list[str], target: str = "llvm"):
     return sub, model, tb.depth_first_reports(fused)
 
 
-def _inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {v.name: rng.standard_normal([int(d) for d in v.shape]).astype(str(v.dtype)) for v in graph.inputs}
-
-
 def verify_block(graph: Graph, block: Block, seed: int = 0) -> BlockCheck:
     """The block's TVM depth-first kernel against ORT on its subgraph (and its template)."""
     sub, model, reports = compile_block(graph, block.nodes)
-    feeds = _inputs(sub, seed)
+    feeds = example_feeds(sub, seed)
     got = model(**feeds)
     want = _ort(sub, feeds)
     err = max(rel_err(g, w) for g, w in zip(got, want))
@@ -112,7 +108,7 @@ def template_agreement(graph: Graph, block: Block, seed: int = 0) -> float | Non
     sub, model, _ = compile_block(graph, list(spec.nodes))
     if len(sub.inputs) != 1:
         return None
-    x = _inputs(sub, seed)[sub.inputs[0].name]
+    x = example_feeds(sub, seed)[sub.inputs[0].name]
     (got,) = model(x)
     ref = run_schedule(choose_schedule(spec, "h100"), x)
     return rel_err(ref, got)

@@ -23,8 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from fuser.backends.ort import example_feeds
 from fuser.ir import Graph
 
 from .cost import make_cost_model
@@ -91,11 +90,6 @@ class PlanTraffic:
         }
 
 
-def _inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {v.name: rng.standard_normal([int(d) for d in v.shape]).astype(str(v.dtype)) for v in graph.inputs}
-
-
 def _serial(fused_mod):
     """Parallel loops made serial: the simulation runs one thread anyway, and LLVM emits a
     parallel loop's body as a private lambda with no symbol, which cachegrind cannot attribute
@@ -153,7 +147,7 @@ def measure_plan(
     cache = cache_bytes or CACHE_PER_BUFFER * plan.buffer_bytes
     data = plan.to_dict()
     owner = {op: gid for gid, g in enumerate(data["groups"]) for op in g["ops"]}
-    inputs = _inputs(graph, seed)
+    inputs = example_feeds(graph, seed)
     with tempfile.TemporaryDirectory(prefix="fuser-measure-") as tmp:
         work = Path(tmp)
         traffic, kernel_of = _build_and_simulate(

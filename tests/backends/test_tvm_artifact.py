@@ -12,9 +12,11 @@ import signal
 
 import native
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 from util import ort_run_graph, rel_err
 
 import fuser
@@ -359,3 +361,59 @@ def test_bench_with_plan_reports_each_group(twin_blocks):
     ]
     assert rows[0]["median_ms"] == rows[1]["median_ms"] > 0  # one kernel, its time per call
     assert [k["dram_bytes"] for k in rows] == [100, 200]
+
+
+def _conv_relu_onnx(path, dtype=TensorProto.FLOAT, input_name="x", node_name="conv", op="Relu"):
+    """Conv (3 -> 4, 3x3) then ``op`` on a 1x3x8x8 input, as an ONNX file."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(helper.tensor_dtype_to_np_dtype(dtype))
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", [input_name, "w"], ["c"], name=node_name, pads=[1, 1, 1, 1]),
+            helper.make_node(op, ["c"], ["y"], name=f"{node_name}/act"),
+        ],
+        "g",
+        [helper.make_tensor_value_info(input_name, dtype, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", dtype, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_bench_feeds_the_models_own_input_dtype(tmp_path):
+    """A float16 model: every backend is timed on a float16 input (a float32 one failed all three)."""
+    model = _conv_relu_onnx(tmp_path / "f16.onnx", TensorProto.FLOAT16)
+    args = ["--backends", "ort,torch,tvm", "--repeat", "2", "--warmup", "1", "--json"]
+    r = native.run_cli("bench", model, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(r.stdout)["timings"]
+    assert [t["backend"] for t in rows] == ["ort", "torch", "tvm"]
+    assert all(not t["error"] and t["median_ms"] > 0 for t in rows), rows
+
+
+@pytest.mark.parametrize(("option", "value"), [("--repeat", "0"), ("--threads", "0"), ("--warmup", "-1")])
+def test_bench_refuses_counts_out_of_range(tmp_path, option, value):
+    model = _conv_relu_onnx(tmp_path / "m.onnx")
+    r = CliRunner().invoke(main, ["bench", str(model), "--backends", "ort", option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
+
+
+def test_compile_and_bench_print_a_models_names_and_paths_as_text(tmp_path):
+    """Markup and control characters in the model's folder, its input name and a node name
+    reach compile's and bench's tables escaped: an OSC sequence (ESC ] 0 ; title BEL) would
+    retitle the terminal, and '[red]' would vanish as markup."""
+    folder = tmp_path / "[red]d"
+    folder.mkdir()
+    model = _conv_relu_onnx(folder / "m.onnx", input_name="in[bold]put\x1b]0;title\x07")
+    r = native.run_cli("compile", model, "-o", tmp_path / "[bold]b")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "[red]d/m.onnx" in r.stdout and "[bold]b" in r.stdout, r.stdout
+    assert "in[bold]put\\x1b]0;title\\x07" in r.stdout, r.stdout
+    # TVM cannot lower Celu: the tvm row's reason names the node, escaped (in-process: nothing runs)
+    celu = _conv_relu_onnx(folder / "celu.onnx", node_name="\x1b]0;pwned\x07[red]x[/red]", op="Celu")
+    args = ["--backends", "ort,tvm", "--repeat", "2", "--warmup", "1"]
+    r = CliRunner().invoke(main, ["bench", str(celu), *args])
+    assert r.exit_code == 3, r.output
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "\\x1b]0;pwned\\x07[red]x[/red]/act" in r.stdout and "[red]d/celu.onnx" in r.stdout, r.stdout

@@ -5,10 +5,19 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+from fuser.cli.common import (
+    MESSAGE_LIMIT,
+    emit_json,
+    err,
+    input_shape_option,
+    json_option,
+    load_graph,
+    safe,
+    show,
+    status,
+)
 
 from .compile import rpc_options, rpc_runner, tune_with_progress
 
@@ -36,10 +45,16 @@ def _bytes(n) -> str:
 )
 @input_shape_option
 @click.option(
-    "--threads", type=int, default=2, show_default=True, help="Threads for every backend (intra-op)."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads for every backend (intra-op).",
 )
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
-@click.option("--repeat", type=int, default=20, show_default=True, help="Timed calls.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first."
+)
+@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
 @click.option(
     "--plan",
     "plan_path",
@@ -169,7 +184,7 @@ def command(
             tuning=tuning if tuning_db else None,
             cpu=cpu,
             tiling=tiling,
-            on_step=lambda s: err.print(f"[dim]{s}[/]") if not as_json else None,
+            on_step=lambda s: err.print(f"[dim]{safe(s, total=MESSAGE_LIMIT)}[/]") if not as_json else None,
         )
     traffic = None
     if dram:
@@ -190,13 +205,13 @@ def command(
             _print_traffic(traffic, report)
     if report.failed:
         failed = ", ".join(t.backend for t in report.failed)
-        err.print(f"{len(report.failed)} of {len(report.timings)} backends failed: {escape(failed)}")
+        err.print(f"{len(report.failed)} of {len(report.timings)} backends failed: {safe(failed)}")
         sys.exit(FAILED_BACKEND_EXIT)
 
 
 def _print_report(model, report, repeat: int, top_kernels: int) -> None:
     t = Table(
-        title=f"{escape(model)} {report.input_shape}, {report.threads} threads, median of {repeat}",
+        title=f"{safe(model)} {report.input_shape}, {report.threads} threads, median of {repeat}",
         title_justify="left",
     )
     for col in ("backend", "median ms", "min..max ms", "vs ORT"):
@@ -211,9 +226,9 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
             f"{r.min_ms:.3f}..{r.max_ms:.3f}",
             f"{r.vs_ort:.2f}x" if r.vs_ort else "-",
         )
-    out.print(t)
-    for r in report.failed:  # one line each, unwrapped: the reason is the useful part
-        out.print(f"{r.backend}: {escape(r.error)}", highlight=False, soft_wrap=True)
+    show(t)
+    for r in report.failed:  # one line each: the reason is the useful part
+        show(f"{r.backend}: {safe(r.error, total=MESSAGE_LIMIT)}")
     if not report.kernels:
         return
     total = sum(k.total_ms for k in report.kernels)
@@ -230,13 +245,13 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
         left = col in ("kernel", "shares kernel with")
         kt.add_column(col, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     for k in report.kernels[:top_kernels]:
-        row = [escape(k.kernel)] + (["-" if k.group is None else str(k.group)] if planned else [])
+        row = [safe(k.kernel)] + (["-" if k.group is None else str(k.group)] if planned else [])
         row += [str(k.calls)] if many_calls else []
         row += [f"{k.median_ms:.4f}", f"{100 * k.total_ms / max(total, 1e-12):.1f}"]
         if planned:
-            row += [escape(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
+            row += [safe(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
         kt.add_row(*row)
-    out.print(kt)
+    show(kt)
 
 
 def _print_traffic(traffic, report) -> None:
@@ -251,13 +266,13 @@ def _print_traffic(traffic, report) -> None:
         ops = ", ".join(row["ops"][:3]) + (f" +{len(row['ops']) - 3}" if len(row["ops"]) > 3 else "")
         gt.add_row(
             str(row["group"]),
-            escape(ops),
+            safe(ops),
             _bytes(row["predicted_bytes"]),
             _bytes(row["measured_bytes"]),
             "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
             "-" if row["kernel_ms"] is None else f"{row['kernel_ms']:.4f}",
         )
-    out.print(gt)
+    show(gt)
 
 
 def _group_rows(traffic, report) -> list[dict]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out, status
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, safe, show, status
 
 
 def rpc_options(f):
@@ -42,11 +41,11 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int, runner=None, 
     """MetaSchedule tuning (fuser.backends.tvm.tuning) behind a progress bar of trials;
     with 0 trials it only applies what the database already holds. Returns the
     TuningResult; a failed tuning raises its FuserError after the bar says so."""
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fuser.backends.tvm import tuning as tvm_tuning
     from fuser.ir import FuserError
+    from fuser.reports.text import markup_safe
 
     with Progress(
         TextColumn("tuning {task.description}"),
@@ -59,11 +58,11 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int, runner=None, 
         bar = progress.add_task("kernels", total=None)
 
         def on_plan(budgets):
-            err.print(f"[dim]{escape(tvm_tuning.describe_budgets(budgets, tuning_db))}[/]")
+            err.print(f"[dim]{markup_safe(tvm_tuning.describe_budgets(budgets, tuning_db))}[/]")
             progress.update(bar, total=sum(b.want for b in budgets if not b.tuned))
 
         def on_progress(done, total, kernel):
-            progress.update(bar, completed=done, description=escape(kernel))
+            progress.update(bar, completed=done, description=safe(kernel))
 
         try:
             result = tvm_tuning.tune(
@@ -85,7 +84,7 @@ def tune_with_progress(fused, target, tuning_db: str, trials: int, runner=None, 
             progress.update(bar, description="failed")
             raise
         progress.update(bar, completed=result.trials_run, description="done")
-    err.print(escape(tvm_tuning.describe_result(result)), highlight=False)
+    err.print(markup_safe(tvm_tuning.describe_result(result)), highlight=False)
     return result
 
 
@@ -276,11 +275,11 @@ def command(
     if as_json:
         emit_json(summary)
         return
-    t = Table(title=f"{model} -> {out_dir} ({target})", title_justify="left", show_header=False)
+    t = Table(title=f"{safe(model)} -> {safe(out_dir)} ({target})", title_justify="left", show_header=False)
     t.add_column("")
     t.add_column("")
     for label, specs in (("inputs", meta["inputs"]), ("outputs", meta["outputs"])):
-        t.add_row(label, ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs))
+        t.add_row(label, ", ".join(f"{safe(s['name'])} {s['dtype']}{s['shape']}" for s in specs))
     t.add_row("kernels", f"{len(kernels)}" + (f" for {len(plan)} plan groups" if plan else ""))
     shared = meta.get("shared_kernels")
     if shared:
@@ -307,9 +306,9 @@ def command(
         t.add_row("tuning", f"{tuning['trials_run']} of {tuning['trials_requested']} trials run this time")
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     t.add_row("build", f"{build_s:.1f} s")
-    out.print(t)
+    show(t)
     if target == "llvm":
-        out.print(_kernel_table(sources, meta["kernel_calls"]))
+        show(_kernel_table(sources, meta["kernel_calls"]))
 
 
 # the instruction sets worth naming first; the full list is in --json
@@ -342,5 +341,5 @@ def _kernel_table(sources: dict[str, str], calls: dict[str, int]) -> Table:
         t.add_column(col, justify="right" if col == "calls" else "left", overflow="fold")
     for name, source in sorted(sources.items()):
         style = "red" if source == NAIVE else "green" if source == TUNED else ""
-        t.add_row(escape(name), str(calls.get(name, 1)), f"[{style}]{source}[/]" if style else source)
+        t.add_row(safe(name), str(calls.get(name, 1)), f"[{style}]{source}[/]" if style else source)
     return t
