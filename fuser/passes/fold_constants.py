@@ -14,7 +14,8 @@ Rules, applied in graph order:
      model). An output whose shape is not known yet is folded only for ops whose outputs
      are bounded by their inputs' sizes (``BOUNDED_BY_INPUTS``: NonZero, Unique, ...; Range
      when its length fits).
-     Random ops are never folded (their outputs differ run to run).
+     Random ops are never folded (their outputs differ run to run): RANDOM_OPS, and a
+     Dropout whose ``training_mode`` input is present and not a constant false.
 A graph output is never replaced by a constant (its name is the model's interface). A result
 computed from no weight (only shapes, configuration and other such results; a ConstantOfShape
 fill excepted: exporters write weights that way) is marked ``derived``: analysis does not
@@ -99,6 +100,13 @@ def _shape_from(graph: Graph, node: Node, values: np.ndarray) -> tuple[int, ...]
     return shape
 
 
+def _is_random(node: Node) -> bool:
+    if node.op == "Dropout":  # training_mode (opset 12+) true drops a random mask each run
+        mode = node.input(2)
+        return mode is not None and (not mode.is_const or bool(np.asarray(mode.const).any()))
+    return node.op in RANDOM_OPS
+
+
 def _range_fits(node: Node) -> bool:
     start, limit, delta = (float(np.asarray(v.const).reshape(-1)[0]) for v in node.inputs[:3])
     if delta == 0 or not np.isfinite([start, limit, delta]).all():
@@ -118,7 +126,7 @@ def _fold(graph: Graph, node: Node) -> list[np.ndarray] | None:
         return [shape[start:end]]
     if node.op == "CastLike" and ins[0].is_const and ins[1].dtype is not None:
         return [ins[0].const.astype(ins[1].dtype)]
-    if any(v is not None and not v.is_const for v in ins) or node.op in RANDOM_OPS:
+    if any(v is not None and not v.is_const for v in ins) or _is_random(node):
         return None
     if node.op == "ConstantOfShape":
         fill = node.attr("value", np.zeros(1, np.float32)).reshape(-1)[:1]

@@ -11,8 +11,9 @@ With s = γ / sqrt(σ² + ε) per output channel c (You et al., ICLR 2024, "Depl
                                    -> ``Add(P'(x), b·s + β − μ·s)``, P' = P with W (and its
                                      own bias) scaled by s (PaddleOCR writes ConvTranspose bias so)
 (b is 0 when absent). Conditions: BN is in inference form (no training_mode, one output
-used); its γ, β, μ, σ² and the weights are constants; the producer's output (and, for
-MatMul+Add, the MatMul's output) has no user but the next op and is not a graph output.
+used); its γ, β, μ, σ² and the weights are constants, γ, β, μ, σ² one value per channel
+(not BatchNormalization-7's ``spatial=0``); the producer's output (and, for MatMul+Add, the
+MatMul's output) has no user but the next op and is not a graph output.
 Folded weights are new constants, so a weight or BN shared by several ops stays correct,
 and a BN applied twice (``BN(BN(conv))``) folds twice: each fold keeps the output equal.
 """
@@ -40,6 +41,8 @@ def _bn_scale_shift(bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
     params = bn.inputs[1:5]
     if len(params) != 4 or not all(v is not None and v.is_const for v in params):
         return None
+    if bn.attr("spatial", 1) == 0 or any(v.const.ndim != 1 for v in params):
+        return None  # statistics per (channel, position) (BatchNormalization-7/8): not a channel scale
     gamma, beta, mean, var = (v.const.astype(np.float64) for v in params)
     s = gamma / np.sqrt(var + bn.attr("epsilon", 1e-5))
     return s, beta - mean * s

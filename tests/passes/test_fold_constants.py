@@ -96,3 +96,16 @@ def test_graph_outputs_and_huge_results_are_not_folded():
     names = {v.name for v in g.outputs}
     assert out.name in names and any(n.output is out for n in g.nodes)  # the interface keeps its name
     assert any(n.op == "Tile" for n in g.nodes)  # would exceed MAX_FOLDED_ELEMENTS: kept
+
+
+def test_a_training_mode_dropout_is_not_folded():
+    """Dropout with training_mode true draws a new mask each run: folding would freeze one.
+    With training_mode false (or absent) it is the identity and folds."""
+    for mode, folded in ((True, 0), (False, 1)):
+        g, x = _graph()
+        ratio, training = g.const(np.array(0.5, np.float32)), g.const(np.array(mode))
+        drop = g.add_node("Dropout", [g.const(np.ones((4, 3), np.float32)), ratio, training])
+        g.outputs.append(g.add_node("MatMul", [x, drop.output]).output)
+        infer_shapes(g)
+        assert fold_constants.run(g).stats.get("folded", 0) == folded, mode
+        assert any(n.op == "Dropout" for n in g.nodes) == (not folded)

@@ -196,3 +196,40 @@ def test_light_models_fold_every_conv_bn():
         remaining[path.stem] = after.op_counts().get("BatchNormalization", 0)
         assert remaining[path.stem] == unfoldable, path.name
     assert remaining["light_resnet50"] == 0 and remaining["light_densenet121"] > 0
+
+
+@pytest.mark.parametrize("c_out", [4, 1])
+def test_spatial_zero_bn_is_not_folded_and_the_model_still_matches_ort(tmp_path, c_out):
+    """BatchNormalization-7 with spatial=0 has statistics per (channel, row, column), not a
+    per-channel scale: folding them as one crashed (C_out 4) or wrote a model ORT refuses
+    (C_out 1: a 16-channel bias on a 1-channel conv)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    stats = {
+        "g": rng.random((c_out, 4, 4)) + 0.5,
+        "b": rng.standard_normal((c_out, 4, 4)),
+        "m": rng.standard_normal((c_out, 4, 4)),
+        "v": rng.random((c_out, 4, 4)) + 0.1,
+    }
+    inits = [numpy_helper.from_array(rng.standard_normal((c_out, 3, 3, 3)).astype(np.float32), "W")]
+    inits += [numpy_helper.from_array(a.astype(np.float32), n) for n, a in stats.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["y"], name="conv"),
+        helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["z"], name="bn", spatial=0),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])]
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    out = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c_out, 4, 4])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, [out], inits), opset_imports=[helper.make_opsetid("", 7)]
+    )
+    model.ir_version = 3
+    path = tmp_path / "bn7.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    result = fuser.optimize(str(path))
+    assert result.graph.op_counts().get("BatchNormalization") == 1
+    assert rel_err(ort_run_graph(result.graph, {"x": x})[0], ort_run(str(path), {"x": x})[0]) <= 1e-5
