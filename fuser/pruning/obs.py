@@ -10,8 +10,9 @@ covariance Σ, which are estimated from the weights alone, by moment propagation
 
   - graph inputs: mean 0, identity covariance (normalized data);
   - Conv / Gemm / MatMul (constant weight): μ' = W·μ + b, Σ' = Σ_taps W_t Σ W_tᵀ (spatial
-    positions independent); depthwise: Σ' = Σ ∘ (W Wᵀ); an input of unknown moments counts
-    as mean 0, identity covariance;
+    positions independent); ConvTranspose the same over the 1 / prod(strides) share of its
+    taps that reach one output position on average; depthwise: Σ' = Σ ∘ (W Wᵀ); an input
+    of unknown moments counts as mean 0, identity covariance;
   - BatchNormalization: its running statistics are the data's: μ' = β, var' = γ², with the
     correlation of the propagated Σ; LayerNormalization: the same with its scale and bias;
   - Relu, Clip(0, ·), HardSwish, Gelu: rectified Gaussian per channel (exact mean and
@@ -20,8 +21,10 @@ covariance Σ, which are estimated from the weights alone, by moment propagation
   - ops whose output channel axis carries exactly the input's labels (pools, Resize,
     Transpose, Identity, ...): unchanged; Concat / Split / Slice on channels: blocks.
 Anything else has unknown moments. A channel's saliency is summed over every layer that
-contracts it (Conv with group 1, Gemm, MatMul); layers wider than ``MAX_DENSE`` inputs use
-the diagonal of Σ (no cross-channel compensation, the mean is still compensated).
+contracts it (Conv and ConvTranspose with group 1, Gemm, MatMul; a ConvTranspose's mean
+compensation, a bias, is the average over output positions: exact at stride 1); layers
+wider than ``MAX_DENSE`` inputs use the diagonal of Σ (no cross-channel compensation, the
+mean is still compensated).
 """
 
 from __future__ import annotations
@@ -152,10 +155,20 @@ def weight_rows(w: np.ndarray, axis: int, out_axis: int) -> tuple[np.ndarray, in
     return moved.reshape(-1, n_in), n_out, moved.size // (n_out * n_in)
 
 
+def _tap_share(node: Node) -> float:
+    """The share of a layer's kernel taps that reach one output position on average: 1, but
+    1 / prod(strides) for a ConvTranspose (each output gathers about k/s taps per dim)."""
+    if node.op != "ConvTranspose":
+        return 1.0
+    return 1.0 / math.prod(node.attr("strides", [1] * (node.inputs[1].const.ndim - 2)))
+
+
 def contraction(node: Node) -> tuple[int, int] | None:
     """(input axis, output axis) of the weight of a layer that contracts its input channels."""
     if node.op == "Conv" and node.attr("group", 1) == 1 and node.inputs[1].is_const:
         return 1, 0
+    if node.op == "ConvTranspose" and node.attr("group", 1) == 1 and node.inputs[1].is_const:
+        return 0, 1  # W [C_in, C_out, k...]
     if node.op == "Gemm" and not node.attr("transA", 0) and node.inputs[1].is_const:
         return (1, 0) if node.attr("transB", 0) else (0, 1)
     if node.op == "MatMul" and node.inputs[1].is_const and node.inputs[1].const.ndim == 2:
@@ -189,7 +202,7 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
     same = ax is not None and np.array_equal(
         analysis.labels_of(x)[ax], analysis.labels_of(node.outputs[0])[ay]
     )
-    if op in ("Conv", "Gemm", "MatMul") and contraction(node) is not None:
+    if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and contraction(node) is not None:
         in_axis, out_axis = contraction(node)
         w = node.inputs[1].const.astype(np.float64)
         x_axis = 1 if op != "MatMul" else len(x.shape) - 1
@@ -203,7 +216,8 @@ def _moments_of(node: Node, analysis: DependencyAnalysis, moments_in, ay: int, n
                 bias = bias.reshape(-1) if bias.size == n_out else None
         if op == "Gemm" and node.attr("alpha", 1.0) != 1.0:
             rows = rows * node.attr("alpha", 1.0)
-        return _linear(rows, m_in, bias, n_out, taps)
+        m, share = _linear(rows, m_in, None, n_out, taps), _tap_share(node)
+        return Moments(m.mean * share + (0 if bias is None else bias), m.cov * share)
     if op == "Conv" and node.attr("group", 1) == x.shape[1] == n:  # depthwise
         m_in = moments_in(x, 1) or Moments.standard(n)
         w = node.inputs[1].const.astype(np.float64).reshape(n, -1)
@@ -356,7 +370,7 @@ def compensate(
             shift = mom.mean[r_idx] - beta @ mom.mean[k_idx]
         else:
             shift = mom.mean[r_idx]
-        delta = (w_r @ shift).reshape(n_out, taps).sum(axis=1)
+        delta = (w_r @ shift).reshape(n_out, taps).sum(axis=1) * _tap_share(node)
         moved_shape = list(np.moveaxis(w, (out_axis, in_axis), (0, -1)).shape)
         new_w = np.moveaxis(rows.reshape(moved_shape), (0, -1), (out_axis, in_axis))
         _replace_const(graph, node, 1, new_w.astype(m.value.dtype), "obs")

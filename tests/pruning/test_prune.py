@@ -407,3 +407,17 @@ def test_bad_options_raise_one_line(kwargs, match):
     with pytest.raises(FuserError, match=match) as e:
         prune(_small_cnn(), **args)
     assert "\n" not in str(e.value)
+
+
+def test_obs_scores_channels_a_conv_transpose_reads():
+    """Conv -> ReLU -> ConvTranspose (stride 2) -> ReLU -> Conv with half the middle channels
+    zero in every weight: obs removes exactly them (it scored no channel a ConvTranspose reads,
+    kept dead ones and removed live ones: output changed by 0.77)."""
+    n = Net(shape=(1, 3, 8, 8), seed=2)
+    a = n.op("Relu", n.conv(n.x, 16, 3))
+    t = n.op("Relu", n.op("ConvTranspose", a, n.w(16, 16, 2, 2), n.w(16), strides=[2, 2]))
+    graph = zero_channels(n.done(n.conv(t, 4, 16)), 0.5)
+    pruned = prune(graph, 0.5, "obs", round_to=1)
+    assert pruned.report.channels_removed == 8 + 8
+    x = random_input(graph.inputs[0].shape)
+    assert rel_err(ort_out(pruned, x), ort_out(graph, x)) <= 1e-5
