@@ -11,6 +11,10 @@
 A symlink at the path is followed (its target is replaced, the link stays). The file gets
 the mode of the file it replaces, or 0666 minus the umask for a new one (as ``open`` makes
 it), not mkstemp's 0600.
+
+A command with several outputs checks them all with ``check_outputs`` before it writes
+any: two of its outputs that are the same file (one real path, or one inode through links)
+are refused too, so a refusal leaves nothing half written.
 """
 
 from __future__ import annotations
@@ -69,10 +73,37 @@ def check_output(path: str | os.PathLike, protect: Sequence[str | os.PathLike] =
     return target
 
 
-def _new_file_mode() -> int:
+def check_outputs(
+    paths: Iterable[str | os.PathLike],
+    protect: Sequence[str | os.PathLike] = (),
+    *,
+    new_folders: Iterable[str | os.PathLike] = (),
+) -> None:
+    """``check_output`` for each of one command's outputs, after refusing two of them that are
+    the same file. ``new_folders``: folders the command makes before writing into them; while
+    one is missing, the paths inside it can only clash with each other, so that is all that is
+    checked of them."""
+    paths = list(paths)
+    for i, a in enumerate(paths):
+        for b in paths[:i]:
+            if _same_file(str(a), b):
+                raise FuserError(
+                    f"{a}: is also given as another output of this command ({b}); "
+                    "choose a different path for each output"
+                )
+    missing = [Path(os.path.realpath(f)) for f in new_folders if not os.path.exists(f)]
+    for p in paths:
+        folder = Path(os.path.realpath(p)).parent
+        if not any(folder == m or m in folder.parents for m in missing):
+            check_output(p, protect)
+
+
+def new_file_mode(executable: bool = False) -> int:
+    """The mode of a new file: 0666 minus the umask (as ``open`` makes one), or 0777 minus it
+    for an executable or shared library (as a linker makes one)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if executable else 0o666) & ~mask
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, protect: Sequence[str | os.PathLike] = ()) -> None:
@@ -81,7 +112,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, protect: Sequence[str 
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
-        mode = _new_file_mode()
+        mode = new_file_mode()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:

@@ -6,10 +6,13 @@
                       the instruction sets the code may use; cuda: arch and its limits),
                       kernels, versions
 
-``save`` writes the library first and the metadata last, each through a rename,
-so a folder with metadata.json holds a complete build. ``load`` refuses a build
-made with another TVM or fuser version: TVM's runtime ABI is not stable across
-releases, and a silent mismatch crashes instead of failing cleanly. It also refuses
+``save`` checks both files as outputs first (``fuser.serde.files.check_outputs``: neither
+may be a file this command reads, such as a MODEL named model.so in OUT_DIR), then writes
+the library and the metadata last, each through a rename, so a folder with metadata.json
+holds a complete build. model.so gets 0777 minus the umask, the mode a linker gives a
+shared library (``cc -shared`` makes 0755 under umask 022), and metadata.json 0666 minus it.
+``load`` refuses a build made with another TVM or fuser version: TVM's runtime ABI is not
+stable across releases, and a silent mismatch crashes instead of failing cleanly. It also refuses
 an llvm build that may use an instruction set this CPU lacks (it would die with
 SIGILL), naming the fix.
 """
@@ -22,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from fuser.ir import FuserError, Graph
-from fuser.serde.files import atomic_write
+from fuser.serde.files import atomic_write, check_outputs, new_file_mode
 
 from .common import require_tvm
 from .runtime import TVMModel, value_specs
@@ -47,20 +50,30 @@ def versions() -> dict[str, str]:
     }
 
 
+def check_build_outputs(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """The real paths of OUT_DIR's model.so and metadata.json, created OUT_DIR included, after
+    the checks of ``check_outputs``; a FuserError, with nothing written, for either one."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FuserError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    check_outputs([out / LIBRARY, out / METADATA])
+    # written where a symlink points, as atomic_write does
+    return Path(os.path.realpath(out / LIBRARY)), Path(os.path.realpath(out / METADATA))
+
+
 def save(out_dir: str | os.PathLike, executable, graph: Graph, target, *, extra: dict | None = None) -> dict:
     """Write ``executable`` (built from ``graph`` for the tvm Target ``target``) to
     ``out_dir``; returns the metadata written."""
     from .target import target_record
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FuserError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY}.", suffix=".so", dir=out)
+    library, metadata = check_build_outputs(out_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY}.", suffix=".so", dir=library.parent)
     os.close(fd)
     try:
         executable.export_library(tmp)
-        os.replace(tmp, out / LIBRARY)
+        os.chmod(tmp, new_file_mode(executable=True))  # mkstemp made it 0600
+        os.replace(tmp, library)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -75,7 +88,7 @@ def save(out_dir: str | os.PathLike, executable, graph: Graph, target, *, extra:
         "versions": versions(),
         **(extra or {}),
     }
-    atomic_write(out / METADATA, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(metadata, (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fuser.blockfusion.devices import DEVICE_NAMES
@@ -25,6 +27,15 @@ def verify_with_progress(graph, blocks):
     with progress_bar() as progress:
         task = progress.add_task("building blocks with TVM", total=sum(b.fused for b in blocks))
         return verify_blocks(graph, blocks, on_block=lambda i, n: progress.update(task, completed=i))
+
+
+def _outputs(emit_dir: str | None, plot_path: str | None, kernels: list[str]) -> list[Path]:
+    """The files `fuser blocks` writes: --emit-cuda's <kernel>.cu per kernel and manifest.json
+    (as ``emit_kernels`` names them), and the --plot PNG."""
+    files = []
+    if emit_dir:
+        files += [Path(emit_dir) / f"{k}.cu" for k in kernels] + [Path(emit_dir) / "manifest.json"]
+    return files + ([Path(plot_path)] if plot_path else [])
 
 
 @click.command("blocks")
@@ -91,11 +102,20 @@ def command(model, input_shapes, as_json, device, measure, verify, emit_dir, plo
     from fuser.api import optimize
     from fuser.blockfusion.report import blocks_report, emit_kernels, measurement_device
     from fuser.blockfusion.structure import find_residual_blocks
+    from fuser.frontends.onnx import model_files
     from fuser.reports.blocks import blocks_view
-    from fuser.serde.files import atomic_write
+    from fuser.serde.files import atomic_write, check_outputs
 
     if measure:
         measurement_device(device)  # a GPU device on a machine without one: refused before capture
+    reads = [] if model.startswith("zoo:") else model_files(model)
+
+    def check(kernels: list[str]) -> None:
+        check_outputs(
+            _outputs(emit_dir, plot_path, kernels), protect=reads, new_folders=[emit_dir] if emit_dir else []
+        )
+
+    check([])  # the outputs known before the model is read; the .cu files once they are known
     graph = load_graph(model, input_shapes)
     with status("folding BatchNorm into the convs"):
         graph = optimize(graph).graph
@@ -104,6 +124,7 @@ def command(model, input_shapes, as_json, device, measure, verify, emit_dir, plo
     with status("costing the CUDA templates" + (" and timing them" if measure else "")):
         report = blocks_report(graph, device, measure)
     report["residual_blocks"] = [b.to_dict() for b in residual]
+    check(sorted({row["kernel"] for row in report["blocks"]}))  # every file, before writing any
     if verify:
         report["residual_checks"] = [c.to_dict() for c in verify_with_progress(graph, residual)]
     notes = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
@@ -213,6 +214,8 @@ def command(
     # A bad --cpu is refused before the (slow) capture, not after it.
     tvm_target = tb.make_target(target, cpu=cpu)
     graph = load_graph(model, input_shapes)
+    if os.path.isdir(out_dir):  # an input in OUT_DIR (a MODEL named model.so) is refused before the build
+        tvm_artifact.check_build_outputs(out_dir)
     with status("optimizing"):
         graph = optimize(graph).graph
     groups, plan = plan_groups(plan_path, graph) if plan_path else (None, None)

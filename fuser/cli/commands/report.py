@@ -4,7 +4,6 @@ kernel times as a Chrome trace."""
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import click
 
@@ -159,10 +158,12 @@ def command(
         raise FuserError("say where the report goes: -o report.html, --trace trace.json and/or --json")
     if trace_path and not (measure or compile_tvm):
         raise FuserError("--trace writes measured times: add --measure (or --compile)")
-    inputs = [] if model.startswith("zoo:") else [model]
-    for path in (html_path, trace_path):
-        if path and inputs and Path(path).resolve() == Path(model).resolve():
-            raise FuserError(f"{path}: refusing to overwrite the input; choose another output path")
+    from fuser.frontends.onnx import model_files
+    from fuser.serde.files import check_outputs
+
+    inputs = [] if model.startswith("zoo:") else model_files(model)
+    # every output checked before any work: none an input, no two the same file
+    check_outputs([p for p in (html_path, trace_path) if p], protect=inputs)
     options = ReportOptions(
         buffer=parse_size(buffer),
         style=style,

@@ -8,8 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from fuser.cli.common import emit_json, json_option, out, status
+from fuser.cli.common import emit_json, json_option, safe, show, status
 from fuser.ir import FuserError
+
+
+def _split_input(spec: str) -> tuple[str | None, str]:
+    """'x=in.npy' -> ('x', 'in.npy'); a bare 'in.npy' -> (None, 'in.npy')."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep else (None, spec)
 
 
 def _parse_inputs(specs: tuple[str, ...], names: list[str]) -> dict:
@@ -18,8 +24,8 @@ def _parse_inputs(specs: tuple[str, ...], names: list[str]) -> dict:
 
     feeds = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
+        name, path = _split_input(spec)
+        if name is None:
             if len(names) != 1:
                 raise FuserError(f"--input '{spec}': the build has inputs {names}; write NAME=file.npy")
             name, path = names[0], spec
@@ -59,9 +65,14 @@ def command(build_dir, inputs, output, as_json):
     import numpy as np
 
     from fuser.backends.tvm import artifact as tvm_artifact
-    from fuser.serde.files import atomic_write
+    from fuser.serde.files import atomic_write, check_output
 
-    with status(f"loading {build_dir}"):
+    # the .npz may replace none of what this command reads: its .npy inputs and the build
+    reads = [_split_input(spec)[1] for spec in inputs]
+    reads += [Path(build_dir) / tvm_artifact.LIBRARY, Path(build_dir) / tvm_artifact.METADATA]
+    if output:
+        check_output(output, protect=reads)  # refused before the build is loaded and run
+    with status(f"loading {safe(build_dir)}"):
         model = tvm_artifact.load(build_dir)
     feeds = _parse_inputs(inputs, model.input_names)
     results = model(**feeds)
@@ -69,7 +80,7 @@ def command(build_dir, inputs, output, as_json):
     if output:
         buf = io.BytesIO()
         np.savez(buf, **named)
-        atomic_write(output, buf.getvalue())
+        atomic_write(output, buf.getvalue(), protect=reads)
     summary = [
         {
             "name": k,
@@ -84,11 +95,17 @@ def command(build_dir, inputs, output, as_json):
     if as_json:
         emit_json({"build": build_dir, "output": output, "outputs": summary})
         return
-    t = Table(title=f"{build_dir} outputs" + (f" -> {output}" if output else ""), title_justify="left")
+    title = f"{safe(build_dir)} outputs" + (f" -> {safe(output)}" if output else "")
+    t = Table(title=title, title_justify="left")
     for col in ("name", "shape", "dtype", "min", "max", "mean"):
         t.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
     for s in summary:
         t.add_row(
-            s["name"], str(s["shape"]), s["dtype"], f"{s['min']:.4g}", f"{s['max']:.4g}", f"{s['mean']:.4g}"
+            safe(s["name"]),
+            str(s["shape"]),
+            s["dtype"],
+            f"{s['min']:.4g}",
+            f"{s['max']:.4g}",
+            f"{s['mean']:.4g}",
         )
-    out.print(t)
+    show(t)

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, out
+from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, safe, show
 from fuser.fusion.cost import STYLES
 from fuser.fusion.search import SEARCHES
 from fuser.fusion.split import SPLITS
@@ -45,9 +44,13 @@ FIELDS = (
 
 
 def buffer_sizes(spec: str) -> list[int]:
-    """``32KB:4MB:x2`` (from, to, factor) or a comma list ``64KB,128KB``."""
+    """``32KB:4MB:x2`` (from, to, factor) or a comma list ``64KB,128KB`` (at least one size,
+    as `fuser fuse --buffer` wants)."""
     if ":" not in spec:
-        return [parse_size(s) for s in spec.split(",") if s.strip()]
+        sizes = [parse_size(s) for s in spec.split(",") if s.strip()]
+        if not sizes:
+            raise FuserError("--buffer: give at least one size, e.g. 256KB, or FROM:TO:xFACTOR")
+        return sizes
     parts = spec.split(":")
     if len(parts) != 3 or not parts[2].startswith("x"):
         raise FuserError(f"--buffer {spec}: give FROM:TO:xFACTOR, e.g. 32KB:4MB:x2")
@@ -212,6 +215,28 @@ def plot_model(path, model: str, rows) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _check_outputs(models, out_prefix: str, plot_dir: str | None) -> tuple[list[str], dict[str, Path]]:
+    """PREFIX.json and PREFIX.csv, and each model's PNG in --plot-dir, all checked before the
+    sweep writes any (``check_outputs``: none a model or its data, no two the same file)."""
+    from fuser.frontends.onnx import model_files
+    from fuser.serde.files import check_outputs
+
+    outputs = [f"{out_prefix}.json", f"{out_prefix}.csv"]
+    plots: dict[str, Path] = {}
+    for m in dict.fromkeys(models) if plot_dir else ():  # a model given twice is plotted once
+        png = Path(plot_dir) / f"{m[4:] if m.startswith('zoo:') else Path(m).stem}.png"
+        clash = next((other for other, p in plots.items() if p == png), None)
+        if clash is not None:
+            raise FuserError(
+                f"--plot-dir: {m} and {clash} would both be plotted to {png}; "
+                "rename one model or sweep them separately"
+            )
+        plots[m] = png
+    reads = [f for m in models if not m.startswith("zoo:") for f in model_files(m)]
+    check_outputs([*outputs, *plots.values()], protect=reads, new_folders=[plot_dir] if plot_dir else [])
+    return outputs, plots
+
+
 @click.command("sweep")
 @click.argument("models", nargs=-1, required=True)
 @input_shape_option
@@ -292,6 +317,7 @@ def command(
             raise FuserError(
                 f"{name}: choose from {', '.join(allowed)} (got {','.join(chosen) or 'nothing'})"
             )
+    outputs, plots = _check_outputs(models, out_prefix, plot_dir)
     fgs = {}
     for model in models:
         fg = build_fusion_graph(optimize(load_graph(model, input_shapes)).graph)
@@ -327,23 +353,18 @@ def command(
         rows = run_sweep(points, fgs, Path(cache_dir), address, workers, lambda r: progress.advance(task))
     from fuser.serde.files import atomic_write
 
-    atomic_write(f"{out_prefix}.json", (json.dumps(rows, indent=1) + "\n").encode())
-    write_csv(f"{out_prefix}.csv", rows)
+    json_path, csv_path = outputs
+    atomic_write(json_path, (json.dumps(rows, indent=1) + "\n").encode())
+    write_csv(csv_path, rows)
     if plot_dir:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
-        for m in models:
-            name = Path(m).stem if not m.startswith("zoo:") else m[4:]
-            plot_model(
-                Path(plot_dir) / f"{name}.png", fgs[m][0].graph.name, [r for r in rows if r["model"] == m]
-            )
+        for m, png in plots.items():
+            plot_model(png, fgs[m][0].graph.name, [r for r in rows if r["model"] == m])
     if as_json:
         emit_json(rows)
         return
-    out.print(
+    show(
         f"{len(points)} points ({len(models)} models x {len(sizes)} buffers {format_size(sizes[0])}.."
         f"{format_size(sizes[-1])} x {len(style_list)} styles x {len(split_list)} splits): "
-        + escape(
-            f"wrote {out_prefix}.json, {out_prefix}.csv" + (f", plots in {plot_dir}" if plot_dir else "")
-        ),
-        highlight=False,
+        + safe(f"wrote {json_path}, {csv_path}" + (f", plots in {plot_dir}" if plot_dir else ""))
     )
