@@ -132,3 +132,17 @@ def test_pass_in_the_optimize_pipeline():
 
     graph, report = run_passes(_small_cnn(), ["fold_conv_bn", ("prune_channels", {"ratio": 0.5})])
     assert report.steps[-1].stats["channels_removed"] == 8
+
+
+def test_a_refused_prune_prints_one_line_when_stderr_is_not_a_terminal(model_file, tmp_path):
+    """The progress bar stays off when stderr is a pipe: the error is the only line (a blank
+    line from the bar came first)."""
+    import subprocess
+    import sys
+
+    args = [model_file, tmp_path / "p.onnx", "--ratio", "0.3", "--layer-ratio", "c*=1.5"]
+    r = subprocess.run(
+        [sys.executable, "-m", "fuser", "prune", *map(str, args)], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, repr(r.stderr)

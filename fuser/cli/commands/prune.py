@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, show, status
+from fuser.cli.common import (
+    emit_json,
+    input_shape_option,
+    json_option,
+    load_graph,
+    progress_bar,
+    show,
+    status,
+)
 from fuser.ir import FuserError
 from fuser.pruning.importance import CRITERIA, NORMALIZERS, REDUCTIONS
 
@@ -172,14 +179,7 @@ def command(
     if optimize_first:
         with status("optimizing"):
             graph = api.optimize(graph).graph
-    with Progress(
-        TextColumn("{task.description:<14}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=as_json,
-    ) as bar:
+    with progress_bar(not as_json) as bar:
         task = bar.add_task("pruning", total=len(STEPS))
 
         def progress(step: str):
