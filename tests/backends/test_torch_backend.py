@@ -821,3 +821,35 @@ def test_module_compiles_with_torch_compile():
         eager = module(x)
         compiled = torch.compile(module, fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_mode_dropout_draws_a_mask_each_call_and_tvm_refuses_it():
+    """ONNX Dropout with training_mode true: y = x · mask / (1 − ratio), a new mask per call
+    (as ONNX Runtime does); the torch module did the identity. A TVM build refuses it by name."""
+    nodes = [_node("Dropout", ["x", "r", "t"], ["y", "m"])]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("m", TensorProto.BOOL, None),
+        ],
+        [
+            numpy_helper.from_array(np.array(0.25, np.float32), "r"),
+            numpy_helper.from_array(np.array(True), "t"),
+        ],
+    )
+    g = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = np.random.default_rng(0).uniform(1, 2, (64, 64)).astype(np.float32)
+    (y1, m1), (y2, m2) = run_torch(g, {"x": x}), run_torch(g, {"x": x})
+    for y, m in ((y1, m1), (y2, m2)):
+        y, m = np.asarray(y), np.asarray(m)
+        assert m.dtype == bool and 0.7 < m.mean() < 0.8  # kept with probability 0.75
+        np.testing.assert_allclose(y, np.where(m, x / 0.75, 0), rtol=1e-6)
+    assert not np.array_equal(m1, m2)
+    pytest.importorskip("tvm")
+    from fuser.backends import tvm as tb
+
+    with pytest.raises(FuserError, match=r"\(Dropout\): training_mode is true"):
+        tb.to_relax(g)

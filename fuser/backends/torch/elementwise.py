@@ -108,7 +108,15 @@ def _prelu(c: Op, x, slope):
     return torch.where(x < 0, x * slope, x)
 
 
-def _dropout(c: Op, x, *_):
+def _dropout(c: Op, x, ratio=None, training=None):
+    """ONNX Dropout: the identity, unless training_mode (opset 12+) is true: then a new random
+    mask each call, y = x · mask / (1 − ratio), as ONNX Runtime draws it."""
+    train = training is not None or c.const(2) is not None
+    if train and c.scalar(2, training):
+        p = float(c.scalar(1, ratio)) if ratio is not None or c.const(1) is not None else 0.5
+        keep = torch.rand(x.shape, device=x.device) >= p
+        y = x * keep / (1 - p) if p < 1 else torch.zeros_like(x)
+        return y if c.nout == 1 else (y, keep)
     if c.nout == 1:
         return x
     if not c.used[1]:

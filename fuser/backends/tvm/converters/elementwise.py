@@ -84,8 +84,19 @@ def _cast(c: Lowering, x):
     return R.astype(x, str(c.node.output.dtype))
 
 
-@implements("relax", "Identity", "Dropout")
+@implements("relax", "Identity")
 def _identity(c: Lowering, x, *_):
+    return x
+
+
+@implements("relax", "Dropout")
+def _dropout(c: Lowering, x, *_):
+    training = c.node.input(2)
+    if training is not None and (training.const is None or np.asarray(training.const).any()):
+        raise c.fail(
+            "training_mode is true (a new random mask each run), which a compiled inference "
+            "build does not draw; export the model in eval mode"
+        )
     return x
 
 
