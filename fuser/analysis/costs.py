@@ -19,9 +19,8 @@ Counting conventions (the ones torchvision, fvcore and Torch-Pruning use):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-
-import numpy as np
 
 from fuser.ir import Graph, Node, Value
 from fuser.ir.ops import Role, op_def
@@ -39,11 +38,12 @@ class NodeCost:
 
 
 def _conv_macs(node: Node) -> int:
-    return node.output.numel * int(np.prod(node.inputs[1].shape[1:]))
+    return node.output.numel * math.prod(map(int, node.inputs[1].shape[1:]))
 
 
 def _conv_transpose_macs(node: Node) -> int:
-    return node.inputs[0].numel * int(np.prod(node.inputs[1].shape[1:]))  # W: [C_in, C_out/group, k...]
+    # W: [C_in, C_out/group, k...]
+    return node.inputs[0].numel * math.prod(map(int, node.inputs[1].shape[1:]))
 
 
 def _gemm_macs(node: Node) -> int:

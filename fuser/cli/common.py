@@ -7,6 +7,7 @@ Command modules in ``fuser/commands/`` import from here; each defines ``command`
 from __future__ import annotations
 
 import json
+import math
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,6 +188,20 @@ def steps_progress(enabled: bool = True):
 
 
 # ---- options that several commands share ----------------------------------------------------
+SEED = click.IntRange(0, 2**63 - 1)  # the seeds numpy's, Python's and torch's generators all take
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf: nan passes every range comparison,
+    and inf makes a time limit or a ratio meaningless."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def fusion_options(f):
     """The fusion planner's --style, --search, --split, --budget, --seed and --element-bytes."""
     from fuser.fusion.cost import STYLES
@@ -222,7 +237,7 @@ def fusion_options(f):
             show_default=True,
             help="Plans to evaluate (per buffer size).",
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plan."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same plan."),
         click.option(
             "--element-bytes",
             type=click.IntRange(min=1),
@@ -243,7 +258,7 @@ def prune_options(f):
         click.option(
             "--prune",
             "prune_ratio",
-            type=click.FloatRange(0, 1, max_open=True),
+            type=FiniteFloatRange(0, 1, max_open=True),
             metavar="R",
             help="Also prune R of every channel group's channels (structured pruning, after BN folding).",
         ),

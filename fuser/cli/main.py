@@ -19,6 +19,7 @@ from fuser.passes import DEFAULT_PIPELINE
 
 from .common import (
     MESSAGE_LIMIT,
+    SEED,
     emit_json,
     err,
     input_shape_option,
@@ -92,6 +93,13 @@ def info(model, input_shapes, as_json, show_nodes):
 
     MACs count Conv/ConvTranspose/Gemm/MatMul multiply-accumulates; params count
     weights (BN running stats are buffers, reported apart). See fuser.analysis.
+
+    \b
+    Examples:
+      fuser info zoo:resnet50 --json                   # params 25,557,032, MACs 4.09 G
+      fuser info det.onnx --input-shape x:1,3,640,640  # fix dynamic dims
+      fuser info m.onnx --input-value axes:2,3         # fix an input that shapes depend on
+      fuser info r18.onnx --nodes                      # every node with its costs
     """
     from fuser.analysis import analyze
     from fuser.reports.tables import info_view
@@ -128,6 +136,12 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     removal and dead-node elimination, then the optimizing passes; --skip
     lists them. OUTPUT is written to a temporary file and renamed; it is
     never the input.
+
+    \b
+    Examples:
+      fuser optimize det.onnx det.opt.onnx --input-shape 1,3,640,640
+      fuser optimize r18.onnx out.onnx --skip fold_conv_bn --json
+      fuser optimize r18.onnx out.onnx --prune 0.3     # pruning inside the pipeline
     """
     from fuser.analysis import analyze
     from fuser.api import optimize as run_optimize
@@ -177,7 +191,13 @@ def zoo():
 @zoo.command("list")
 @json_option
 def zoo_list(as_json):
-    """List zoo models with their default input shape and parameter count."""
+    """List zoo models with their default input shape and parameter count.
+
+    \b
+    Examples:
+      fuser zoo list
+      fuser zoo list --json
+    """
     from fuser import models
     from fuser.reports.tables import zoo_table
 
@@ -192,9 +212,15 @@ def zoo_list(as_json):
 @click.argument("name")
 @click.argument("output")
 @input_shape_option
-@click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the random weights.")
 def zoo_export(name, output, input_shapes, seed):
-    """Export zoo model NAME to OUTPUT (.onnx), BatchNormalization nodes kept."""
+    """Export zoo model NAME to OUTPUT (.onnx), BatchNormalization nodes kept.
+
+    \b
+    Examples:
+      fuser zoo export resnet18 r18.onnx
+      fuser zoo export mobilenet_v2 m.onnx --input-shape 1,3,160,160 --seed 1
+    """
     from fuser.api import from_zoo
     from fuser.reports.text import plain
     from fuser.serde.onnx import save_onnx

@@ -88,11 +88,13 @@ def read_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx
             f"{src}: not a readable ONNX model ({type(e).__name__}: {first}); is the file complete?"
         ) from None
     _check_text(model, src)
-    if not model.graph.node or not model.graph.output or model.ir_version == 0:
+    if not model.graph.output or model.ir_version == 0:
         raise FuserError(
             f"{src}: not an ONNX model (no graph, nodes or outputs); "
             "is the file truncated or of another format?"
         )
+    if not model.graph.node:  # valid ONNX (outputs that are inputs), but nothing to compile
+        raise FuserError(f"{src}: the graph has no nodes; fuser needs a model with at least one operator")
     _load_external_data(model, path, src)
     return model, src
 
@@ -135,6 +137,26 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _external_bytes(info: dict[str, str], key: str, tensor: str, src: str) -> int | None:
+    """The byte count an external-data entry gives for ``key`` (offset, length); None when
+    absent."""
+    text = info.get(key)
+    if not text:
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise FuserError(
+            f"{src}: tensor '{tensor}': external data {key} '{text}' is not a number of bytes; "
+            "the file is damaged"
+        ) from None
+    if count < 0:
+        raise FuserError(
+            f"{src}: tensor '{tensor}': external data {key} {count} is negative; the file is damaged"
+        )
+    return count
+
+
 def _load_external_data(model: onnx.ModelProto, path: Path, src: str) -> None:
     base = path.resolve().parent
     external = [
@@ -152,18 +174,26 @@ def _load_external_data(model: onnx.ModelProto, path: Path, src: str) -> None:
                 "outside the model's folder; refusing to read it"
             )
         if not target.is_file():
-            raise FuserError(
-                f"{src}: tensor '{t.name}' needs external data file '{location}', which is missing"
+            what = (
+                "missing"
+                if not target.exists()
+                else "a folder, not a file"
+                if target.is_dir()
+                else "not a regular file (a pipe, socket or device)"
             )
+            raise FuserError(
+                f"{src}: tensor '{t.name}' needs external data file '{location}', which is {what}"
+            )
+        offset = _external_bytes(info, "offset", t.name, src) or 0
+        length = _external_bytes(info, "length", t.name, src)
         try:
-            offset, length = int(info.get("offset", 0) or 0), info.get("length")
             size = target.stat().st_size
-        except (ValueError, OSError) as e:
-            raise FuserError(f"{src}: tensor '{t.name}': bad external data entry ({e})") from None
-        if offset < 0 or offset > size or (length is not None and int(length) > size - offset):
+        except OSError as e:
+            raise FuserError(f"{src}: tensor '{t.name}': cannot read external data file ({e})") from None
+        if offset > size or (length is not None and length > size - offset):
             raise FuserError(
                 f"{src}: tensor '{t.name}': external data file '{location}' is shorter than declared "
-                f"({size} bytes, needs {offset + int(length or 0)}); is the file complete?"
+                f"({size} bytes, needs {offset + (length or 0)}); is the file complete?"
             )
     if external:
         try:
@@ -236,6 +266,7 @@ def _check_copy(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onn
 def validate_model(model: onnx.ModelProto, source: str) -> dict[str, np.ndarray]:
     """Refuse an invalid model (see the module docstring); returns the decoded initializers."""
     default_opset(model, source)
+    _check_inputs_defined(model.graph, source)
     arrays = _tensor_arrays(model, source)
     copy = _check_copy(model, arrays)
     try:
@@ -253,6 +284,21 @@ def validate_model(model: onnx.ModelProto, source: str) -> dict[str, np.ndarray]
             except Exception as e2:
                 raise checker_error(source, e2) from None
     return arrays
+
+
+def _check_inputs_defined(graph: onnx.GraphProto, source: str) -> None:
+    """Refuse a node input nothing defines (a missing initializer): onnx's checker calls it a
+    sort-order problem."""
+    defined = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
+    defined |= {sp.values.name for sp in graph.sparse_initializer}
+    defined.update(name for node in graph.node for name in node.output)
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined:
+                raise FuserError(
+                    f"{source}: node '{node.name}' ({node.op_type}) reads '{name}', which no node, "
+                    "input or initializer defines; fix or re-export the model"
+                )
 
 
 def _strict_inference(model: onnx.ModelProto, source: str) -> None:

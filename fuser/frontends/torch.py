@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import io
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,15 +47,20 @@ def _quiet():
         logging.getLogger(n)
         for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")
     ]
-    levels = [lg.level for lg in loggers]
+    # a failed capture logs each failing op's whole traceback at ERROR (fake tensors); the
+    # exception raised after says the same in one line, and fuser reports that
+    silenced = [logging.getLogger(n) for n in ("torch._subclasses", "torch._subclasses.fake_tensor")]
+    levels = [lg.level for lg in loggers + silenced]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    for lg in silenced:
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, lv in zip(loggers, levels):
+        for lg, lv in zip(loggers + silenced, levels):
             lg.setLevel(lv)
 
 
@@ -63,16 +69,33 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
+# what torch says when an input is too small for a model's convolutions and pools: an output
+# size with a zero or negative dim, or a kernel larger than its (padded) input
+_TOO_SMALL = re.compile(
+    r"output size:? \([^)]*(?<![\d.])(0|-\d+)\b[^)]*\)|output size is too small|"
+    r"kernel size can't be greater than actual input size",
+    re.IGNORECASE,
+)
+
+
 def export_program(module, args: tuple):
     """torch.export, or torch.fx.symbolic_trace + non-strict torch.export when that fails."""
     import torch
 
     try:
-        return torch.export.export(module, args)
+        with _quiet():
+            return torch.export.export(module, args)
     except Exception as first:
+        reason = str(first).strip().splitlines()[0][:300] if str(first).strip() else ""
+        if _TOO_SMALL.search(reason):
+            shape = "x".join(map(str, args[0].shape)) if args else "?"
+            raise FuserError(
+                f"{type(module).__name__}: input {shape} is too small for this model: {reason}"
+            ) from None
         try:
-            traced = torch.fx.symbolic_trace(module)
-            return torch.export.export(traced, args, strict=False)
+            with _quiet():
+                traced = torch.fx.symbolic_trace(module)
+                return torch.export.export(traced, args, strict=False)
         except Exception as second:
             raise FuserError(
                 f"{type(module).__name__}: cannot capture the module: torch.export said "

@@ -374,9 +374,30 @@ class CostModel:
         return f"{self.name.upper()}, buffer {self.buffer_bytes:,} B, {self.element_bytes} B/element"
 
 
-def _need_table(rule, height: int, out_height: int) -> tuple[int, ...]:
+NEED_TABLE_ROWS = 1 << 16  # outputs taller than this compute row needs on demand
+
+
+class _NeedsOnDemand:
+    """``rule.rows(r, height)`` looked up like a ``_need_table`` tuple but computed (and kept)
+    per r asked: a tuple for a tensor of 2³¹ rows would take minutes and gigabytes."""
+
+    __slots__ = ("rule", "height", "known")
+
+    def __init__(self, rule, height: int):
+        self.rule, self.height, self.known = rule, height, {}
+
+    def __getitem__(self, r: int) -> int:
+        need = self.known.get(r)
+        if need is None:
+            need = self.known[r] = self.rule.rows(r, self.height)
+        return need
+
+
+def _need_table(rule, height: int, out_height: int):
     """``rule.rows(r, height)`` for r = 0 .. out_height (a group never asks an op for more
     rows than its tallest output has)."""
+    if out_height > NEED_TABLE_ROWS:
+        return _NeedsOnDemand(rule, height)
     return tuple(rule.rows(r, height) for r in range(out_height + 1))
 
 

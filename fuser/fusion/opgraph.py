@@ -417,6 +417,30 @@ def image_count(graph: Graph) -> int:
     return max(leading.pop(), 1) if len(leading) == 1 else 1
 
 
+# The largest tensor fusion plans (2⁴⁰ elements, 1 TiB at one byte each): far above any CNN's
+# feature maps, and low enough that DRAM sums over thousands of tensors stay within the
+# int64 arrays the search uses.
+MAX_PLANNED_ELEMENTS = 1 << 40
+
+
+def check_plannable(graph: Graph, v: Value) -> None:
+    """Refuse a tensor fusion cannot plan: one without elements (a row holds nothing) or one
+    over ``MAX_PLANNED_ELEMENTS``."""
+    if 0 < v.numel <= MAX_PLANNED_ELEMENTS:
+        return
+    node = v.producer
+    holder = f"node '{node.name}' ({node.op}) output" if node is not None else "input"
+    shape = "x".join(map(str, v.shape))
+    if v.numel == 0:
+        problem = "has no elements; fusion needs non-empty feature maps: fix the model's zero dims"
+    else:
+        problem = (
+            f"has {v.numel:,} elements, over fusion's limit of {MAX_PLANNED_ELEMENTS:,}; "
+            "give a smaller --input-shape"
+        )
+    raise FuserError(f"{graph.source}: {holder} '{v.name}' of shape {shape} {problem}")
+
+
 def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
     """Index ``graph`` (all of ``graph.nodes``, in their topological order).
 
@@ -440,6 +464,7 @@ def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
                     f"{graph.source}: tensor {v.name} has no static shape; "
                     "fix dynamic dims with --input-shape"
                 )
+            check_plannable(graph, v)
             tensor_index[key] = len(t_names)
             height = row_height(v)
             numel = v.numel // images if images > 1 and v.shape and v.shape[0] % images == 0 else v.numel

@@ -12,6 +12,7 @@ The API is deliberately small, after torch.fx: ``replace_all_uses_with``,
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,7 @@ class Value:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.is_static else 0
+        return math.prod(map(int, self.shape)) if self.is_static else 0  # exact: int64 wraps on huge shapes
 
     @property
     def nbytes(self) -> int:

@@ -110,7 +110,7 @@ def totals_line(report: dict) -> Text:
     tot = report["totals"]
     return Text.assemble(
         ("totals", "bold"),
-        f": {human(tot['macs'])}MACs in blocks; "
+        f": {human(tot['macs'], 'MACs')} in blocks; "
         f"DRAM {human_bytes(tot['dram_bytes_unfused'])} unfused → "
         f"{human_bytes(tot['dram_bytes_fused'])} fused; "
         f"waterline {us(w['unfused']['waterline_s'])} µs unfused "

@@ -53,7 +53,7 @@ def info_view(report: dict, model: str, show_nodes: bool = False) -> Lines:
     parts.append(
         Text.assemble(
             ("total", "bold"),
-            f": {report['nodes']} nodes, {human(report['macs'])}MACs, "
+            f": {report['nodes']} nodes, {human(report['macs'], 'MACs')}, "
             f"{report['params']:,} params ({human(report['params'])}), "
             f"weights {human_bytes(report['weight_bytes'])}, "
             f"activations {human_bytes(report['activation_bytes'])}",

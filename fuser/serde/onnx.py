@@ -109,7 +109,8 @@ def attr_value(a: onnx.AttributeProto, where: str) -> Any:
 
 _NODE_IN_MESSAGE = (
     re.compile(r"\(op_type:\s*(?P<op>[\w.]+)(?:,\s*node name:\s*(?P<name>[^)]*))?\)"),
-    re.compile(r"Name:\s*(?P<name>.*?)\s+OpType:\s*(?P<op>[\w.]+)"),
+    # onnx.checker: "... of node: name: c0 OpType: Conv ..."
+    re.compile(r"\bName:\s*(?P<name>.*?)\s+OpType:\s*(?P<op>[\w.]+)", re.IGNORECASE),
 )
 
 

@@ -8,6 +8,7 @@ import re
 import click
 
 from fuser.cli.common import (
+    FiniteFloatRange,
     emit_json,
     fusion_options,
     input_shape_option,
@@ -65,7 +66,7 @@ from fuser.units import format_size, parse_size
 )
 @click.option(
     "--gap-time",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=20.0,
     show_default=True,
     metavar="SECONDS",

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fuser.cli.common import emit_json, err, input_shape_option, json_option, load_graph, safe, show
+from fuser.cli.common import SEED, emit_json, err, input_shape_option, json_option, load_graph, safe, show
 from fuser.fusion.cost import STYLES
 from fuser.fusion.search import SEARCHES
 from fuser.fusion.split import SPLITS
@@ -253,7 +253,7 @@ def _check_outputs(models, out_prefix: str, plot_dir: str | None) -> tuple[list[
 @click.option(
     "--budget", type=click.IntRange(min=1), default=1000, show_default=True, help="Plans per point."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same plans.")
 @click.option(
     "--gap/--no-gap", default=False, show_default=True, help="Also prove each point's gap to optimal."
 )
