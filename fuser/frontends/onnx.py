@@ -19,7 +19,10 @@ shape-computing subgraphs are folded to constants (``normalize.static_shapes``),
 fuser's own consistency rules (``validate``) hold.
 
 Names are the file's: graph inputs, outputs and every value keep their exact names (node
-names, a separate namespace in ONNX, are made unique among nodes).
+names, a separate namespace in ONNX, are made unique among nodes). A graph input that also
+has an initializer (IR 4+: a default a caller may override) is taken as that constant, as a
+deployed model runs it; it is then no longer an input, and ``graph.meta["import"]`` lists it
+(``defaults_taken``) so that reports can say so.
 """
 
 from __future__ import annotations
@@ -566,5 +569,6 @@ def from_onnx(
         "constant_nodes": constants,  # became constant values, not nodes
         "folded": read - len(graph.nodes),  # shape subgraphs evaluated at import
         "nodes": len(graph.nodes),
+        "defaults_taken": [vi.name for vi in g.input if vi.name in arrays],
     }
     return graph

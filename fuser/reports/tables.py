@@ -71,6 +71,9 @@ def import_note(stats: dict | None) -> str:
         parts.append(f"{stats['constant_nodes']} Constant nodes became constants")
     if stats.get("folded"):
         parts.append(f"{stats['folded']} shape nodes folded")
+    if stats.get("defaults_taken"):
+        names = ", ".join(stats["defaults_taken"])
+        parts.append(f"inputs with initializers taken as constants, no longer inputs: {names}")
     return f"{stats['nodes_in_file']} nodes in the file" + (": " + ", ".join(parts) if parts else "")
 
 
@@ -85,9 +88,11 @@ def optimize_view(summary: dict) -> Lines:
     if imported:
         t.add_row(
             "import (folding)",
-            "yes" if imported["nodes_in_file"] != imported["nodes"] else "no",
+            "yes"
+            if imported["nodes_in_file"] != imported["nodes"] or imported.get("defaults_taken")
+            else "no",
             f"{imported['nodes_in_file']} -> {imported['nodes']}",
-            import_note(imported),
+            plain(import_note(imported)),
         )
     for s in summary["steps"]:
         what = ", ".join(f"{k}: {v}" for k, v in s["stats"].items()) or "-"

@@ -301,3 +301,33 @@ def test_sparse_initializers_and_constants_are_made_dense():
     got = ort_run(to_onnx(fuser.optimize(model).graph), {"x": x})
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_input_with_an_initializer_is_taken_as_its_default_and_reported(tmp_path):
+    """IR 4+: a graph input that also has an initializer is an overridable default. fuser
+    takes the default (what the deployed model computes), so the input is gone from what it
+    writes: import lists it and `fuser optimize` says so (it said nothing)."""
+    from click.testing import CliRunner
+
+    from fuser.cli import main
+
+    w = numpy_helper.from_array(np.full((4, 3, 1, 1), 0.5, np.float32), "W")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+            helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 3, 1, 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [w],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    graph = from_onnx(path)
+    assert [v.name for v in graph.inputs] == ["x"] and graph.meta["import"]["defaults_taken"] == ["W"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(to_onnx(graph), {"x": x})[0], ort_run(str(path), {"x": x})[0])
+    r = CliRunner().invoke(main, ["optimize", str(path), str(tmp_path / "o.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "inputs with initializers taken as constants, no longer inputs: W" in r.output, r.output
