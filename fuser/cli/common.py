@@ -202,6 +202,20 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+def timing_options(f):
+    """--threads and --repeat of the commands that time backends (bench, report)."""
+    f = click.option(
+        "--repeat", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per backend."
+    )(f)
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Threads for every timed backend (intra-op).",
+    )(f)
+
+
 def fusion_options(f):
     """The fusion planner's --style, --search, --split, --budget, --seed and --element-bytes."""
     from fuser.fusion.cost import STYLES

@@ -17,6 +17,7 @@ from fuser.cli.common import (
     safe,
     show,
     status,
+    timing_options,
 )
 
 from .compile import rpc_options, rpc_runner, tune_with_progress
@@ -44,17 +45,10 @@ def _bytes(n) -> str:
     "(ONNX Runtime, all optimisations), tvm (untuned), tvm-tuned.",
 )
 @input_shape_option
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Threads for every backend (intra-op).",
-)
+@timing_options
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first."
 )
-@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
 @click.option(
     "--plan",
     "plan_path",

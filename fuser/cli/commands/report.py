@@ -17,6 +17,7 @@ from fuser.cli.common import (
     prune_options,
     show,
     steps_progress,
+    timing_options,
 )
 from fuser.ir import FuserError
 from fuser.units import parse_size
@@ -89,16 +90,7 @@ def _sizes(text: str, option: str) -> list[int]:
     is_flag=True,
     help="Also build with TVM, one kernel per fusion group, and time it (slow: minutes).",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Threads for every timed backend.",
-)
-@click.option(
-    "--repeat", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per backend."
-)
+@timing_options
 @click.option(
     "--device",
     type=click.Choice(DEVICE_NAMES),
