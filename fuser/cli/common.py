@@ -57,6 +57,8 @@ def parse_shape_options(specs: tuple[str, ...]):
             raise FuserError(f"--input-shape '{spec}': dims must be integers, e.g. x:1,3,224,224") from None
         if not shape or any(d <= 0 or d > MAX_DIM for d in shape):
             raise FuserError(f"--input-shape '{spec}': dims must be integers from 1 to {MAX_DIM}")
+        if name in named:
+            raise FuserError(f"--input-shape: '{name}' is given twice; give each input once")
         if name:
             named[name] = shape
         else:

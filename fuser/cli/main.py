@@ -153,7 +153,9 @@ def optimize(model, output, input_shapes, skip, pass_list, prune_ratio, criterio
     inputs = [] if model.startswith("zoo:") else model_files(model)
     check_output(output, inputs)  # before the work: a refused output path fails fast
     graph = load_graph(model, input_shapes)
-    passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list else None
+    passes = [p.strip() for p in pass_list.split(",") if p.strip()] if pass_list is not None else None
+    if passes == []:
+        raise FuserError("--passes: name at least one pass (fuser optimize --help lists them)")
     before = analyze(graph)
     with status("optimizing"):
         result = run_optimize(

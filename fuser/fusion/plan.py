@@ -403,5 +403,10 @@ def plan_groups(plan_path, graph: Graph) -> tuple[dict[str, int], list[dict]]:
                     f"{plan_path}: plan op {op!r} is not a node of {graph.name} "
                     "(was the plan made for this model and input shape?)"
                 )
+            if op in owner:
+                raise FuserError(
+                    f"{plan_path}: plan op {op!r} is in groups {owner[op]} and {gid}; "
+                    "each op belongs to one group (make the plan again with fuser fuse --save-plan)"
+                )
             owner[op] = gid
     return owner, [g.to_dict() for g in plan.groups]

@@ -213,3 +213,32 @@ def test_help_has_examples(command):
     examples = r.output.split("Examples:", 1)[1].split("Options:")[0]
     lines = [ln.split("#")[0].split() for ln in examples.strip().splitlines()]
     assert lines and all(ln[: 1 + len(command)] == ["fuser", *command] for ln in lines), examples
+
+
+def test_options_that_would_be_silently_ignored_are_refused(tmp_path):
+    """An input shape given twice (the last one won), --data without taylor (ignored),
+    --passes naming no pass (ran none)."""
+    model = write(tmp_path, conv_model())
+    r = invoke("info", model, "--input-shape", "x:1,3,8,8", "--input-shape", "x:1,3,16,16")
+    assert_clean_error(r, "--input-shape", "'x' is given twice")
+    data = tmp_path / "x.npy"
+    data.write_bytes(b"")
+    r = invoke("prune", model, tmp_path / "p.onnx", "--ratio", "0.5", "--data", data)
+    assert_clean_error(r, "--data feeds --criterion taylor only")
+    r = invoke("optimize", model, tmp_path / "o.onnx", "--passes", ",")
+    assert_clean_error(r, "--passes: name at least one pass")
+    assert not (tmp_path / "p.onnx").exists() and not (tmp_path / "o.onnx").exists()
+
+
+def test_a_plan_with_an_op_in_two_groups_is_refused(tmp_path):
+    import json
+
+    model = write(tmp_path, conv_model())
+    plan = tmp_path / "plan.json"
+    r = invoke("fuse", model, "--no-gap", "--save-plan", plan)
+    assert r.exit_code == 0, r.output
+    data = json.loads(plan.read_text())
+    data["groups"].append(dict(data["groups"][0]))
+    plan.write_text(json.dumps(data))
+    r = invoke("bench", model, "--backends", "ort,tvm", "--plan", plan, "--repeat", "1")
+    assert_clean_error(r, "plan.json", "is in groups 0 and 1")

@@ -173,6 +173,8 @@ def command(
         raise FuserError(f"--ratio {ratio:g}: must be in [0, 1), the fraction of channels to remove")
     if round_to < 0:
         raise FuserError(f"--round-to {round_to}: give a channel multiple >= 1, or 0 for no rounding")
+    if data_path and criterion != "taylor":
+        raise FuserError(f"--data feeds --criterion taylor only; drop it, or use taylor (not {criterion})")
     data = _load_data(data_path)
     ratios = _layer_ratios(layer_ratios)
     graph = load_graph(model, input_shapes)
