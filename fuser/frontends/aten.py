@@ -192,8 +192,10 @@ class _Converter:
         return v
 
     def literal(self, array, dtype, name: str) -> Value:
-        """A constant fuser made up (scalars, shapes, axes, default scales)."""
-        v = Value(self.graph.unique_name(name), const=np.asarray(array, dtype=dtype))
+        """A constant fuser made up (scalars, shapes, axes, default scales). Its name has a '.':
+        ONNX Runtime's optimizers add initializers under plain names such as 'squeeze_axes'
+        without checking tensor names, and fail the session on a model that has one."""
+        v = Value(self.graph.unique_name(f"{name}.const"), const=np.asarray(array, dtype=dtype))
         self.literals.add(id(v))
         return v
 
@@ -845,7 +847,15 @@ def _relu6(c: _Call):
 
 @converts("clamp")
 def _clamp(c: _Call):
-    return _clip(c, c["min"], c["max"])
+    lo, hi = c["min"], c["max"]
+    if isinstance(lo, Value) or isinstance(hi, Value):  # tensor bounds: ONNX Clip takes scalars only
+        x = c.tensor("self")
+        if lo is not None:
+            x = c.emit("Max", [x, _operand(c, lo, x.dtype)])
+        if hi is not None:
+            x = c.emit("Min", [x, _operand(c, hi, x.dtype)])
+        return x
+    return _clip(c, lo, hi)
 
 
 @converts("clamp_min")
@@ -978,8 +988,7 @@ def _floor_out(x: int, k: int, s: int, p: int) -> int:
 @converts("avg_pool1d", "avg_pool2d", "avg_pool3d")
 def _avg_pool(c: _Call):
     x = c.tensor("self")
-    if c.raw.get("divisor_override") is not None:
-        raise c.fail("divisor_override")
+    divisor = c.raw.get("divisor_override")
     attrs = _pool_attrs(c, x, c["kernel_size"], c["stride"], c["padding"], c["ceil_mode"])
     floor_shape = [
         _floor_out(d, k, s, p)
@@ -988,6 +997,12 @@ def _avg_pool(c: _Call):
     if attrs["ceil_mode"] and list(c.shape[2:]) != floor_shape:
         raise c.fail("ceil_mode average pooling with a partial last window")  # divisors differ from ONNX's
     attrs["ceil_mode"] = 0
+    if divisor:  # window sums over divisor_override: the mean over the whole window, rescaled
+        # (torch's ONNX exporter divides by the window instead; its fallback would be wrong)
+        attrs["count_include_pad"] = 1
+        mean = c.emit("AveragePool", [x], attrs)
+        area = float(np.prod(attrs["kernel_shape"]))
+        return c.emit("Mul", [mean, c.scalar(area / float(divisor), x.dtype, name="divisor")])
     attrs["count_include_pad"] = int(bool(c["count_include_pad"]))
     return c.emit("AveragePool", [x], attrs)
 
@@ -1031,6 +1046,8 @@ def _reduce(onnx_op: str):
         if c.raw.get("dtype") is not None:
             raise c.fail("a reduction with a dtype")
         keep = int(bool(c.raw.get("keepdim", False)))
+        if x.dtype != c.dtype:  # torch sums integers and bools as int64
+            x = _operand(c, x, c.dtype)
         return c.emit(onnx_op, [x, c.ints(dims, "axes")], {"keepdims": keep, "noop_with_empty_axes": 0})
 
     return convert
@@ -1216,19 +1233,60 @@ def _pad(c: _Call):
     return c.emit("Pad", ins, {"mode": _PAD_MODES[mode]})
 
 
+def _scale_factors(c: _Call) -> list[float] | None:
+    """An upsample call's scale factor per spatial dim (Python floats, as torch was given
+    them), or None when it was given output sizes."""
+    scales = c.raw.get("scale_factors")
+    if scales is None:  # the per-dim overloads: scales_d, scales_h, scales_w, each optional
+        given = [c.raw.get(k) for k in ("scales_d", "scales_h", "scales_w", "scales") if k in c.raw]
+        scales = given if given and all(s is not None for s in given) else None
+    return [float(f) for f in scales] if scales else None
+
+
+def _resize_inputs(c: _Call) -> list:
+    """Resize's inputs for an upsample call: its scale factors when torch was given them (torch
+    maps coordinates by the factor, not by output / input size: they differ at 1.5x of 13 rows),
+    else the output sizes."""
+    x = c.tensor("input" if "input" in c.raw else "self")
+    scales = _scale_factors(c)
+    if scales:
+        factors = np.asarray([1.0, 1.0, *scales], dtype=np.float32)
+        return [x, None, c.conv.literal(factors, np.float32, f"{c.n.name}_scales")]
+    return [x, None, None, c.ints(c.shape, "sizes")]
+
+
+def _torch_nearest_index(n_in: int, n_out: int, scale: float | None) -> np.ndarray:
+    """The input index torch's nearest upsampling reads for each output index (its CPU
+    kernel's nearest_idx: floor(index · float32(1 / factor)), clamped)."""
+    if n_out == n_in:
+        return np.arange(n_out)
+    step = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int64), n_in - 1)
+
+
 @converts("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d")
 def _upsample_nearest(c: _Call):
-    x = c.tensor("input" if "input" in c.raw else "self")
+    """Resize by output sizes; when a scale factor's float reciprocal picks other rows than
+    out / in does (0.6 of 13 rows), one Gather of those rows per spatial axis, exactly."""
+    x, scales = c.tensor("input" if "input" in c.raw else "self"), _scale_factors(c)
+    if scales is not None:
+        n_in, n_out = x.shape[2:], c.shape[2:]
+        picks = [_torch_nearest_index(i, o, f) for i, o, f in zip(n_in, n_out, scales)]
+        if any(not np.array_equal(p, (np.arange(o) * i) // o) for p, i, o in zip(picks, n_in, n_out)):
+            for axis, index in enumerate(picks, start=2):
+                shape = (*x.shape[:axis], len(index), *x.shape[axis + 1 :])
+                literal = c.conv.literal(index, np.int64, f"{c.n.name}_rows")
+                x = c.emit("Gather", [x, literal], {"axis": axis}, shape=shape, dtype=x.dtype)
+            return x
     attrs = {"coordinate_transformation_mode": "asymmetric", "mode": "nearest", "nearest_mode": "floor"}
     return c.emit("Resize", [x, None, None, c.ints(c.shape, "sizes")], attrs)
 
 
 @converts("upsample_bilinear2d", "upsample_linear1d", "upsample_trilinear3d")
 def _upsample_linear(c: _Call):
-    x = c.tensor("input" if "input" in c.raw else "self")
     mode = "align_corners" if c["align_corners"] else "half_pixel"
     attrs = {"coordinate_transformation_mode": mode, "mode": "linear"}
-    return c.emit("Resize", [x, None, None, c.ints(c.shape, "sizes")], attrs)
+    return c.emit("Resize", _resize_inputs(c), attrs)
 
 
 @converts("pixel_shuffle")

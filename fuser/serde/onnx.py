@@ -224,20 +224,33 @@ def _model(graph: Graph, nodes, inputs, outputs, inits, value_infos=(), doc: str
     return model
 
 
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
 def to_onnx(graph: Graph, *, doc: str = "") -> onnx.ModelProto:
-    """Export the graph as an ONNX model that ONNX Runtime can run."""
+    """Export the graph as an ONNX model that ONNX Runtime can run, every value under its own
+    name. The graph is not changed (the names of the nodes and shapes it adds are this call's
+    own): the same graph gives the same bytes every time."""
+    values = graph.values()
+    taken = {v.name for v in values} | {n.name for n in graph.nodes}
     nodes, inits, emitted = [], [], set()
-    for v in graph.values():
+    for v in values:
         if not v.is_const or v.name in emitted:
             continue
         emitted.add(v.name)
         if v.const.size > 16 and is_splat(v.const):  # keep fills small on disk
             fill = tensor_proto("", v.const.reshape(-1)[:1].copy())
-            shape = graph.unique_name(f"{v.name}_shape")
+            shape = _fresh(f"{v.name}.shape", taken)
             inits.append(tensor_proto(shape, np.array(v.const.shape, dtype=np.int64)))
             nodes.append(
                 helper.make_node(
-                    "ConstantOfShape", [shape], [v.name], name=graph.unique_name(f"{v.name}_fill"), value=fill
+                    "ConstantOfShape", [shape], [v.name], name=_fresh(f"{v.name}_fill", taken), value=fill
                 )
             )
         else:

@@ -65,7 +65,45 @@ class Ops(nn.Module):
 
 def _ops_cases():
     img = (2, 4, 9, 9)
+    bounds = nn.BatchNorm2d(4).eval()  # its buffers as per-channel clamp bounds
+    bounds.running_mean.fill_(-0.3)
+    bounds.running_var.fill_(0.5)
     return {
+        # torch maps coordinates by the scale factor given, not by output / input size (they
+        # differ at 1.5x of 13 rows); nearest picks rows by the factor's float reciprocal
+        "interpolate_fractional_scale_factors": (
+            Ops(
+                lambda s, x: torch.cat(
+                    [
+                        F.interpolate(x, scale_factor=1.5, mode="bilinear").flatten(1),
+                        F.interpolate(x, scale_factor=0.6, mode="nearest").flatten(1),
+                        F.interpolate(x, scale_factor=(1.7, 0.7), mode="nearest").flatten(1),
+                    ],
+                    1,
+                )
+            ),
+            [(2, 4, 13, 17)],
+        ),
+        "clamp_by_tensors": (  # ONNX Clip takes scalar bounds only: Max and Min
+            Ops(
+                lambda s, x: (
+                    torch.clamp(x, min=s.layers[0].running_mean.view(1, 4, 1, 1))
+                    + torch.clamp(
+                        x, s.layers[0].running_mean.view(1, 4, 1, 1), s.layers[0].running_var.view(1, 4, 1, 1)
+                    )
+                ),
+                bounds,
+            ),
+            [img],
+        ),
+        "avg_pool_divisor_override": (  # torch's ONNX exporter divides by the window instead
+            Ops(lambda s, x: F.avg_pool2d(x, 3, stride=2, padding=1, divisor_override=2)),
+            [img],
+        ),
+        "integer_sum_is_int64": (  # ReduceSum keeps int32: a Cast first, as torch promotes
+            Ops(lambda s, x: (x * 10).to(torch.int32).sum(dim=1).float()),
+            [img],
+        ),
         "conv1d_transpose1d": (
             Ops(
                 lambda s, x: s.layers[1](s.layers[0](x)),
