@@ -342,7 +342,8 @@ def compensate(
     graph: Graph, analysis: DependencyAnalysis, known: dict[int, Moments], kept_raw: np.ndarray
 ) -> list[Member]:
     """Fold the removed inputs' predictable part into each contracting layer's kept weights
-    and bias (new constants, same shapes). Returns bias members created for the slicer."""
+    and bias (new constants, same shapes, listed in ``node.meta['compensated']``). Returns
+    bias members created for the slicer."""
     new_members: list[Member] = []
     for m in _terminals(analysis):
         keep = kept_raw[m.ids]
@@ -381,9 +382,14 @@ def compensate(
 
 
 def _replace_const(graph: Graph, node: Node, index: int, array: np.ndarray, tag: str) -> None:
+    """Set input ``index`` of ``node`` to a new constant; ``node.meta['compensated']`` lists
+    the inputs so replaced (``fuser.torchtools.prune_module`` writes them back to the module)."""
     while len(node.inputs) <= index:
         node.add_input(None)
     node.set_input(index, graph.const(array, f"{node.name}_{tag}"))
+    done = node.meta.get("compensated", ())
+    if index not in done:
+        node.meta["compensated"] = (*done, index)  # a new tuple: copies of the graph share meta values
 
 
 def _add_bias(graph: Graph, analysis: DependencyAnalysis, node: Node, delta: np.ndarray) -> Member | None:

@@ -9,10 +9,18 @@ their parameters in ``Node.meta['weights']``) and the same graph after ``prune_g
     buffer of the module (or a view of one: Linear weights held transposed, a broadcast
     class token), or one the capture made up (BatchNorm's default scale); a constant that
     forward() builds itself and that spans pruned channels refuses, naming the module.
-  - Each such parameter or buffer takes the pruned graph's values (the compensated ones for
-    ``obs``), mapped back through the axes recorded at capture. Its ``.data`` is replaced,
-    so the Parameter objects, their names and the ``state_dict`` keys stay; gradients are
-    dropped (their shapes are gone). An optimizer must be created after pruning.
+  - Each such parameter or buffer takes the pruned graph's values, mapped back through the
+    axes recorded at capture. Its ``.data`` is replaced, so the Parameter objects, their
+    names and the ``state_dict`` keys stay; gradients are dropped (their shapes are gone).
+    An optimizer must be created after pruning.
+  - ``obs`` also changes constants it does not slice: it compensates every layer that reads
+    pruned channels (new weights and bias, also where that layer's own outputs all stay).
+    Every parameter the pruned graph holds with other values than the captured ones takes
+    them (a parameter used by several layers must get the same values from all; one held
+    only as a broadcast view, or a constant forward() builds, refuses by name). A bias the
+    compensation adds to a torch Conv*/ConvTranspose*/Linear built with ``bias=False`` becomes
+    a new ``nn.Parameter`` ``bias`` of that layer (a new ``state_dict`` key); a layer of
+    another kind refuses, naming it (use another criterion, or give the layer a bias).
   - Layer attributes follow the new shapes: Conv*/ConvTranspose* in/out_channels and groups
     (the pruned graph's group: depthwise convs keep C_in = groups), Linear in/out_features,
     BatchNorm*/InstanceNorm* num_features, LayerNorm normalized_shape, GroupNorm num_channels,
@@ -121,15 +129,98 @@ def _new_tensors(report) -> tuple[dict[str, np.ndarray], dict[str, dict[int, np.
                 "or buffer, or leave the layer out with ignored=[...]"
             )
         name, axes = origin
-        if None not in axes and sorted(axes) == list(range(len(axes))):
+        if _whole(axes):
             full.setdefault(name, np.transpose(node.inputs[m.index].const, np.argsort(axes)))
         elif axes[m.axis] is not None:
             positions.setdefault(name, {})[axes[m.axis]] = report.kept_positions(m)
     return full, positions
 
 
-def _set_tensors(module: nn.Module, report, undo: _Undo, changes: list) -> None:
+def _whole(axes) -> bool:
+    """Whether a constant recorded with ``axes`` is its parameter itself (or a transpose)."""
+    return None not in axes and sorted(axes) == list(range(len(axes)))
+
+
+def _compensated(pruned: Graph) -> tuple[dict[str, np.ndarray], list[tuple[Node, np.ndarray]]]:
+    """What ``obs`` compensation changed beyond slicing (``Node.meta['compensated']``): the new
+    values of the parameters it rewrote (name -> array, the parameter's layout), and the bias
+    inputs it created where the layer had none, as (node, values)."""
+    uses: dict[str, list[tuple[Node, int, np.ndarray]]] = {}
+    for node in pruned.nodes:
+        for index, (name, axes) in node.meta.get("weights", {}).items():
+            v = node.input(index)
+            if _whole(axes) and v is not None and v.is_const:
+                uses.setdefault(name, []).append((node, index, np.transpose(v.const, np.argsort(axes))))
+    values: dict[str, np.ndarray] = {}
+    created: list[tuple[Node, np.ndarray]] = []
+    for node in pruned.nodes:
+        for index in node.meta.get("compensated", ()):
+            origin = node.meta.get("weights", {}).get(index)
+            if origin is None:
+                if index == 2 and node.op in ("Conv", "Gemm"):
+                    created.append((node, node.inputs[index].const))
+                    continue
+                raise FuserError(
+                    f"prune in place: criterion 'obs' compensates input {index} of {node.op} "
+                    f"'{node.name}' in {_where(node)}, a constant forward() builds, not a parameter: "
+                    "the module cannot take the compensated values; make it a parameter, use another "
+                    "criterion, or leave the layers feeding it out with ignored=[...]"
+                )
+            name, axes = origin
+            if not _whole(axes):
+                raise FuserError(
+                    f"prune in place: criterion 'obs' compensates input {index} of {node.op} "
+                    f"'{node.name}' in {_where(node)}, a broadcast view of parameter '{name}': the "
+                    "parameter cannot take the compensated values; use another criterion, or leave "
+                    "the layers feeding it out with ignored=[...]"
+                )
+            first, first_index, value = uses[name][0]
+            for other, other_index, v in uses[name][1:]:
+                if v.shape != value.shape or not np.array_equal(v, value):
+                    raise FuserError(
+                        f"prune in place: parameter '{name}' is used by {first.op} '{first.name}' "
+                        f"(input {first_index}) and {other.op} '{other.name}' (input {other_index}), "
+                        "and criterion 'obs' compensates them differently: one parameter cannot hold "
+                        "both; use another criterion, or leave the layers feeding them out with "
+                        "ignored=[...]"
+                    )
+            values[name] = value
+    return values, created
+
+
+def _add_biases(module: nn.Module, created: list, undo: _Undo, changes: list) -> None:
+    """Give each torch Conv*/Linear the bias ``obs`` compensation created for it."""
+    from torch.nn.modules.conv import _ConvNd
+
+    for node, value in created:
+        weight = node.meta.get("weights", {}).get(1)
+        path = weight[0].rpartition(".")[0] if weight is not None else None
+        layer = module.get_submodule(path) if path is not None else None
+        if (
+            not isinstance(layer, (_ConvNd, nn.Linear))
+            or not type(layer).__module__.startswith("torch.nn.")
+            or getattr(layer, "bias", None) is not None
+        ):
+            raise FuserError(
+                f"prune in place: criterion 'obs' adds a bias to {node.op} '{node.name}' in "
+                f"{_where(node)} to compensate the pruned channels it reads, and the module has no "
+                "bias parameter to hold it (only a torch Conv*/Linear layer gets one added); build "
+                "the layer with a bias, use another criterion, or leave the layers feeding it out "
+                "with ignored=[...]"
+            )
+        b = np.asarray(value, dtype=np.float64).reshape(-1)
+        if node.op == "Gemm":
+            b = b * node.attr("beta", 1.0)
+        w = layer.weight
+        bias = nn.Parameter(torch.from_numpy(b).to(dtype=w.dtype, device=w.device))
+        changes.append((f"{path}.bias" if path else "bias", (), tuple(bias.shape)))
+        undo.set_attr(layer, "bias", bias)
+
+
+def _set_tensors(module: nn.Module, pruned: Graph, report, undo: _Undo, changes: list) -> None:
     full, positions = _new_tensors(report)
+    compensated, created = _compensated(pruned)
+    full.update(compensated)
     for name in [*full, *(n for n in positions if n not in full)]:
         t = _tensor(module, name)
         if name in full:
@@ -142,6 +233,7 @@ def _set_tensors(module: nn.Module, report, undo: _Undo, changes: list) -> None:
         if tuple(data.shape) != tuple(t.shape):
             changes.append((name, tuple(t.shape), tuple(data.shape)))
         undo.set_data(t, data)
+    _add_biases(module, created, undo, changes)
 
 
 # ---- layer attributes ------------------------------------------------------------------------
@@ -361,8 +453,9 @@ def _check_outputs(module: nn.Module, example_inputs: tuple, pruned: Graph, tol:
         if err > tol:
             raise FuserError(
                 f"prune in place: the pruned module's output differs from the pruned network's by "
-                f"{err:.2e} (relative); a layer computes a number from a pruned size that the graph "
-                "holds fixed; leave it out with ignored=[...]"
+                f"{err:.2e} (relative) although every layer has the pruned shapes: its forward() "
+                "computes a number from a pruned size (a scale, a count) that the pruned network "
+                "holds fixed; leave that layer out with ignored=[...]"
             )
 
 
@@ -379,7 +472,7 @@ def shrink(
     result = InPlaceReport(dataclasses.replace(report, analysis=None, kept_raw=None))
     try:
         with torch.no_grad():
-            _set_tensors(module, report, undo, result.tensors)
+            _set_tensors(module, pruned, report, undo, result.tensors)
             _set_layer_attributes(module, pruned, undo, result.attributes)
             _attention_scales(module, pruned, undo)
         for _ in range(16):  # each round may fix one more int attribute

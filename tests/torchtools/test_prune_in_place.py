@@ -238,3 +238,96 @@ def test_refusals_name_the_module_and_leave_it_unchanged(make, message):
 def test_in_place_needs_a_module_and_inputs():
     with pytest.raises(FuserError, match="nn.Module and its example_inputs"):
         fuser.prune("zoo:resnet18", ratio=0.5, in_place=True)
+
+
+# ---- obs: the compensated weights and biases go into the module -------------------------------
+class ConvBN(nn.Module):
+    """Conv-BN-ReLU-Conv: obs compensates ``c2`` (new weights and bias) though its outputs stay."""
+
+    def __init__(self, bias: bool):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 4, 3, padding=1, bias=bias)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.bn(self.c1(x))))
+
+
+class Residual(nn.Module):
+    """A small ResNet: stem, one basic block with its skip, a downsampling block with a 1x1
+    projection, a bias-free Linear head (obs adds it a bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.a1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.a2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.b1 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24))
+        self.proj = nn.Sequential(nn.Conv2d(16, 24, 1, 2, bias=False), nn.BatchNorm2d(24))
+        self.head = nn.Linear(24, 5, bias=False)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.a2(self.a1(x)))
+        x = F.relu(self.proj(x) + self.b2(self.b1(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _randomize_norms(model: nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine terms (obs reads them as the data's moments)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: ConvBN(True), lambda: ConvBN(False), Residual],
+    ids=["conv_bn", "conv_bn_no_bias", "residual"],
+)
+def test_obs_in_place_takes_the_compensated_weights(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    _randomize_norms(model)
+    x = torch.randn(2, 3, 8, 8)
+    cls, layers = type(model), {k: type(m) for k, m in model.named_modules()}
+    result, want = graph_path(model, x, 0.5, criterion="obs", example_inputs=(x,))
+    assert fuser.prune_module(model, x, 0.5, "obs") is model
+    assert type(model) is cls and {k: type(m) for k, m in model.named_modules()} == layers
+    with torch.no_grad():
+        assert rel_err(model(x).numpy(), want.numpy()) <= 1e-4
+    assert model.fuser_prune_report.tensors
+    if isinstance(model, ConvBN):
+        assert model.c2.in_channels == 8 and model.c2.bias is not None  # made for the compensation
+    else:
+        assert model.head.in_features == 12 and model.head.bias is not None
+        assert ("head.bias", (), (5,)) in model.fuser_prune_report.tensors
+    train_one_step(model, x)
+
+
+class FunctionalConv(nn.Module):
+    """The second conv is F.conv2d on a bare weight: no bias parameter for obs to fill."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.w2 = nn.Parameter(torch.randn(4, 16, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(F.relu(self.c1(x)), self.w2, padding=1)
+
+
+def test_obs_in_place_refuses_a_bias_it_cannot_hold():
+    torch.manual_seed(0)
+    model = FunctionalConv().eval()
+    x = torch.randn(2, 3, 8, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FuserError, match=r"criterion 'obs' adds a bias to Conv .*no bias parameter"):
+        fuser.prune_module(model, x, 0.5, "obs")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.c1.out_channels == 16
