@@ -32,6 +32,8 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name == "models":  # fuser.models.names() after a plain `import fuser`, as the README writes it
+        return importlib.import_module("fuser.models")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fuser' has no attribute '{name}'")

@@ -125,5 +125,9 @@ def get_device(name: str) -> Device:
 
 
 def schedule_target(name: str) -> Device:
-    """The GPU whose limits shape the tiles: the named GPU, or H100 for 'cpu' (kernels are sm_90)."""
-    return DEVICES.get(name.lower(), DEVICES["h100"])
+    """The GPU whose limits shape the tiles: the named GPU, or H100 for 'cpu' (kernels are sm_90);
+    any other name is refused (a misspelt GPU silently got H100's limits)."""
+    key = name.lower()
+    if key != "cpu" and key not in DEVICES:
+        raise FuserError(f"unknown device '{name}'; choose one of {', '.join(DEVICE_NAMES)}")
+    return DEVICES.get(key, DEVICES["h100"])

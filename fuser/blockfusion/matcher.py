@@ -434,8 +434,12 @@ def find_blocks(graph: Graph, device: str | None = "h100") -> tuple[list[BlockSp
     """The fusable blocks of ``graph`` (BN already folded) and the block-shaped groups that are not.
 
     ``device`` names the GPU whose shared-memory and register budget a block must fit
-    (fuser.blockfusion.devices); None skips that check.
+    (fuser.blockfusion.devices); None skips that check, an unknown name is refused.
     """
+    if device is not None:
+        from fuser.blockfusion.devices import schedule_target
+
+        schedule_target(device)
     m = _Matcher(graph, device)
     for node in graph.nodes:
         if node.op != "Conv" or id(node) in m.claimed:

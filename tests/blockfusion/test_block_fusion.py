@@ -405,3 +405,14 @@ def test_cpu_measured_efficiency_gap():
     w = report["waterline"]["unfused"]
     assert w["measured_s"] == pytest.approx(sum(layer["measured_s"] for layer in block["layers"]))
     assert report["waterline"]["fused"]["measured_s"] is None
+
+
+def test_a_misspelt_device_is_refused_and_the_zoo_is_reachable_from_fuser():
+    """'a100-typo' got H100's limits silently; fuser.models.names() after `import fuser` (the
+    README's spelling) raised AttributeError."""
+    import fuser
+
+    graph = fuser.from_zoo("resnet18", (1, 3, 32, 32))
+    with pytest.raises(fuser.FuserError, match="unknown device 'a100-typo'; choose one of h100, h200, cpu"):
+        fuser.find_blocks(graph, device="a100-typo")
+    assert "resnet18" in fuser.models.names()
