@@ -157,7 +157,7 @@ def _compensated(pruned: Graph) -> tuple[dict[str, np.ndarray], list[tuple[Node,
         for index in node.meta.get("compensated", ()):
             origin = node.meta.get("weights", {}).get(index)
             if origin is None:
-                if index == 2 and node.op in ("Conv", "Gemm"):
+                if index == 2 and node.op in ("Conv", "ConvTranspose", "Gemm"):
                     created.append((node, node.inputs[index].const))
                     continue
                 raise FuserError(
