@@ -258,6 +258,7 @@ def prune_graph(
     step = progress or (lambda s: None)
     _check_args(ratio, criterion, group_reduction, normalizer, round_to, layer_ratios, data)
     _check_static(graph)
+    _check_patterns_match(graph, ignored, layer_ratios)
     before = analyze(graph)
     step("dependencies")
     if ratio == 0 and not any((layer_ratios or {}).values()):
@@ -322,6 +323,20 @@ def _ratio_of(graph: Graph, ratio: float, layer_ratios: dict[str, float] | None)
         return ratio
 
     return ratio_of
+
+
+def _check_patterns_match(graph: Graph, ignored: Sequence[str], layer_ratios: dict | None) -> None:
+    """A pattern of ``ignored`` or ``layer_ratios`` that names no node (a typo) is refused:
+    ignoring it would prune what the caller meant to protect or to spare."""
+    for option, patterns in (("ignored", list(ignored)), ("layer_ratios", list(layer_ratios or {}))):
+        for p in patterns:
+            match = _matcher([p])
+            if not any(match(n) for n in graph.nodes):
+                examples = ", ".join(n.name for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul"))[:160]
+                raise FuserError(
+                    f"{graph.source}: {option} pattern '{p}' matches no node; nodes are named like "
+                    f"{examples or graph.nodes[0].name} (fuser info MODEL --nodes lists them)"
+                )
 
 
 def _check_static(graph: Graph) -> None:

@@ -421,3 +421,14 @@ def test_obs_scores_channels_a_conv_transpose_reads():
     assert pruned.report.channels_removed == 8 + 8
     x = random_input(graph.inputs[0].shape)
     assert rel_err(ort_out(pruned, x), ort_out(graph, x)) <= 1e-5
+
+
+def test_a_pattern_that_names_no_layer_is_refused():
+    """layer_ratios={'layr1': ...} or ignored=['layer9.conv'] pruned as if not given."""
+    _, _, graph = zoo_case("resnet18")
+    with pytest.raises(FuserError, match="layer_ratios pattern 'layr1' matches no node"):
+        prune(graph, 0.5, layer_ratios={"layr1": 0.1})
+    with pytest.raises(FuserError, match="ignored pattern 'layer9.conv' matches no node; nodes are named"):
+        prune(graph, 0.5, ignored=["layer9.conv"])
+    kept = prune(graph, 0.5, ignored=["layer1.*"], layer_ratios={"layer2": 0.1})
+    assert kept.report.channels_removed > 0
