@@ -16,6 +16,7 @@ from util import export_weights_as_inputs, ocr_like_input, ort_session, paddle_m
 
 from fuser.backends.torch import run_torch, to_torch
 from fuser.frontends.onnx import from_onnx
+from fuser.frontends.torch import from_torch
 from fuser.ir import FuserError, Graph
 from fuser.ir.ops import SUPPORTED_OPS, Category, implemented, op_def, refusal
 
@@ -853,3 +854,21 @@ def test_a_training_mode_dropout_draws_a_mask_each_call_and_tvm_refuses_it():
 
     with pytest.raises(FuserError, match=r"\(Dropout\): training_mode is true"):
         tb.to_relax(g)
+
+
+def test_inputs_of_other_shapes_than_captured_are_named_when_a_node_fails():
+    """A Reshape to the captured batch fails on batch 2: the error names the input, both
+    shapes and the node (torch's own error named neither); shapes that work still run."""
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(1, -1))
+
+    module = to_torch(from_torch(Flat().eval(), (torch.randn(1, 3, 8, 8),)))
+    assert module(torch.randn(1, 3, 8, 8)).shape == (1, 2)
+    with pytest.raises(FuserError, match=r"\(Reshape\) failed on input shapes other than the captured ones"):
+        module(torch.randn(2, 3, 8, 8))

@@ -100,6 +100,9 @@ class FuserModule(nn.Module):
         self._taken: set[str] = set()
         arrays: dict[int, np.ndarray] = {}  # constants, including Constant-node outputs
         self._in_slots = [self._slot(v) for v in graph.inputs]
+        self._captured_shapes = [
+            tuple(int(d) for d in v.shape) if v.is_static else None for v in graph.inputs
+        ]
         steps = []
         for node in graph.nodes:
             where = f"{graph.source}: node '{node.name}' ({node.op})"
@@ -199,6 +202,22 @@ class FuserModule(nn.Module):
             for i, (fn, c, ins, outs, where) in enumerate(steps)
         ]
 
+    def _refuse_other_shapes(self, inputs, where: str, error: Exception) -> None:
+        """A node failing on inputs of other shapes than the capture's (a Reshape to the
+        captured batch, say): the error says so instead of torch's, which names no cause."""
+        got = [tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in inputs]
+        differ = [
+            f"{name} {list(g)} (captured {list(c)})"
+            for name, g, c in zip(self.input_names, got, self._captured_shapes)
+            if c is not None and g is not None and g != c
+        ]
+        if differ:
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise FuserError(
+                f"{where} failed on input shapes other than the captured ones: {', '.join(differ)} "
+                f"({first}); this graph fixes its shapes at capture: capture it again at these shapes"
+            ) from error
+
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self._in_slots):
             raise FuserError(
@@ -218,6 +237,7 @@ class FuserModule(nn.Module):
             except FuserError as e:
                 raise FuserError(f"{where}: {e}") from None
             except Exception as e:  # name the node in torch's own errors
+                self._refuse_other_shapes(inputs, where, e)
                 if hasattr(e, "add_note"):
                     e.add_note(f"while running {where}")
                 raise
