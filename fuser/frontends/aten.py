@@ -1243,24 +1243,12 @@ def _scale_factors(c: _Call) -> list[float] | None:
     return [float(f) for f in scales] if scales else None
 
 
-def _resize_inputs(c: _Call) -> list:
-    """Resize's inputs for an upsample call: its scale factors when torch was given them (torch
-    maps coordinates by the factor, not by output / input size: they differ at 1.5x of 13 rows),
-    else the output sizes."""
-    x = c.tensor("input" if "input" in c.raw else "self")
-    scales = _scale_factors(c)
-    if scales:
-        factors = np.asarray([1.0, 1.0, *scales], dtype=np.float32)
-        return [x, None, c.conv.literal(factors, np.float32, f"{c.n.name}_scales")]
-    return [x, None, None, c.ints(c.shape, "sizes")]
-
-
-def _torch_nearest_index(n_in: int, n_out: int, scale: float | None) -> np.ndarray:
+def _torch_nearest_index(n_in: int, n_out: int, scale: float) -> np.ndarray:
     """The input index torch's nearest upsampling reads for each output index (its CPU
     kernel's nearest_idx: floor(index · float32(1 / factor)), clamped)."""
     if n_out == n_in:
         return np.arange(n_out)
-    step = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    step = np.float32(1.0 / scale)
     return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int64), n_in - 1)
 
 
@@ -1284,9 +1272,15 @@ def _upsample_nearest(c: _Call):
 
 @converts("upsample_bilinear2d", "upsample_linear1d", "upsample_trilinear3d")
 def _upsample_linear(c: _Call):
+    """Resize by the scale factors when torch was given them (it maps coordinates by the
+    factor, not by output / input size: they differ at 1.5x of 13 rows), else by sizes."""
+    x, scales = c.tensor("input" if "input" in c.raw else "self"), _scale_factors(c)
     mode = "align_corners" if c["align_corners"] else "half_pixel"
     attrs = {"coordinate_transformation_mode": mode, "mode": "linear"}
-    return c.emit("Resize", _resize_inputs(c), attrs)
+    if scales is not None:
+        factors = c.conv.literal([1.0, 1.0, *scales], np.float32, f"{c.n.name}_scales")
+        return c.emit("Resize", [x, None, factors], attrs)
+    return c.emit("Resize", [x, None, None, c.ints(c.shape, "sizes")], attrs)
 
 
 @converts("pixel_shuffle")

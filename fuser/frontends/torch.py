@@ -82,20 +82,18 @@ def export_program(module, args: tuple):
     """torch.export, or torch.fx.symbolic_trace + non-strict torch.export when that fails."""
     import torch
 
-    try:
-        with _quiet():
-            return torch.export.export(module, args)
+    try:  # (callers hold _quiet(): a failed capture's fake-tensor tracebacks stay unprinted)
+        return torch.export.export(module, args)
     except Exception as first:
-        reason = str(first).strip().splitlines()[0][:300] if str(first).strip() else ""
+        reason = _first_line(first)
         if _TOO_SMALL.search(reason):
             shape = "x".join(map(str, args[0].shape)) if args else "?"
             raise FuserError(
                 f"{type(module).__name__}: input {shape} is too small for this model: {reason}"
             ) from None
         try:
-            with _quiet():
-                traced = torch.fx.symbolic_trace(module)
-                return torch.export.export(traced, args, strict=False)
+            traced = torch.fx.symbolic_trace(module)
+            return torch.export.export(traced, args, strict=False)
         except Exception as second:
             raise FuserError(
                 f"{type(module).__name__}: cannot capture the module: torch.export said "

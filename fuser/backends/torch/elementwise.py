@@ -111,9 +111,9 @@ def _prelu(c: Op, x, slope):
 def _dropout(c: Op, x, ratio=None, training=None):
     """ONNX Dropout: the identity, unless training_mode (opset 12+) is true: then a new random
     mask each call, y = x · mask / (1 − ratio), as ONNX Runtime draws it."""
-    train = training is not None or c.const(2) is not None
-    if train and c.scalar(2, training):
-        p = float(c.scalar(1, ratio)) if ratio is not None or c.const(1) is not None else 0.5
+    if c.scalar(2, training):  # None when the input is absent
+        p = c.scalar(1, ratio)
+        p = 0.5 if p is None else float(p)
         keep = torch.rand(x.shape, device=x.device) >= p
         y = x * keep / (1 - p) if p < 1 else torch.zeros_like(x)
         return y if c.nout == 1 else (y, keep)
