@@ -63,12 +63,16 @@ def test_fuse_plans_a_tall_tensor_without_a_table_per_row(tmp_path):
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
+    # one BLAS/OpenMP thread: their per-thread buffers reserve address space by core count,
+    # and CI's machine may have many more cores than this one
+    threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     r = subprocess.run(
         [sys.executable, "-m", "fuser", "fuse", model, "--input-shape", f"x:1,3,{BIG},8", "--no-gap"]
         + ["--budget", "10", "--json"],
         capture_output=True,
         text=True,
         preexec_fn=cap_memory,
+        env={**os.environ, **threads},
         timeout=120,
     )
     assert r.returncode == 0, r.stderr[-2000:]
