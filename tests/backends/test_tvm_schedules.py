@@ -361,3 +361,26 @@ def test_the_window_rules_conv_tile_fits_the_registers(hw, tile):
 
     loops = next(lps for r, lps in _realizes(func.body) if r.block.name_hint.endswith("_update"))
     assert [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.UNROLLED] == tile
+
+
+@pytest.mark.parametrize(("cpu", "nvec"), [("x86-64-v4", 25), ("x86-64-v3", 5)])
+def test_a_gemv_tile_spans_the_registers(cpu, nvec):
+    """MobileNetV2's head at batch 1 (1280 -> 1000: vectors of 8, 1000 = 8 x 125): a GEMV reads
+    each weight vector once, so its register tile takes as many vectors of a weight row as
+    the registers hold less two (AVX-512: 25 of 30, AVX2: 5 of 14), not the 1 of 4 that a
+    matmul's row tile leaves (32 bytes per 4000-byte row). Output against ORT."""
+    torch.manual_seed(0)
+    graph = fuser.optimize(torch.nn.Linear(1280, 1000).eval(), (torch.randn(1, 1280),)).graph
+    target = tb.make_target("llvm", cpu=cpu, threads=1)
+    fused = tb.schedule(tb.fuse(tb.to_relax(graph), target), target)
+    (name,) = [k for k in tb.kernel_names(fused) if "matmul" in k]
+    assert tb.schedule_sources(fused)[name] == "matmul"
+    from fuser.backends.tvm.depthfirst import _realizes
+
+    loops = next(lps for r, lps in _realizes(fused[name].body) if r.block.name_hint.endswith("_update"))
+    assert [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.UNROLLED] == [1, nvec]
+    assert [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.VECTORIZED] == [8]
+    if cpu != "x86-64-v4" or "avx512f" in tb.host_features():
+        feeds = {graph.inputs[0].name: np.random.default_rng(0).standard_normal((1, 1280), dtype=np.float32)}
+        got = native.run_executable(tb.build_fused(fused, target), graph, target, feeds)
+        assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
