@@ -55,6 +55,9 @@ Rules, by op ("labeled" = carries channel ids; C = channel axis 1 for NCHW ops):
     (Q, K and V of a head together) and the head count in the shape constants is rewritten.
     Two labeled axes in one block block.
   - Graph outputs keep their shape: their labels are frozen. Graph inputs carry none.
+  - A constant sliced by several nodes (a conv called twice, tied weights) unifies the ids
+    of each axis it is sliced on, so it stays one constant: the layers that share it lose
+    the same channels, as Torch-Pruning couples a shared parameter.
 Any other op, or an op whose rule's conditions fail (non-constant weights, a Slice step
 on a channel axis, DepthToSpace, LRN, Shape of a labeled tensor, ...), blocks: every label
 reaching it is frozen, its outputs carry none, and it is listed in ``blocked`` by name.
@@ -243,6 +246,7 @@ class _Tracer:
         self.members: list[Member] = []
         self.blocked: list[Blocked] = []
         self.ignored = ignored
+        self.sliced: dict[tuple[int, int], np.ndarray] = {}  # (id(constant), axis) -> its ids
 
     # labels
     def get(self, v: Value | None) -> Labels:
@@ -266,6 +270,10 @@ class _Tracer:
             raise _Block(f"input {index} ('{v.name}') must be a constant to be sliced")
         if v.shape[axis] != len(ids):
             raise _Block(f"input {index} has {v.shape[axis]} positions on axis {axis}, expected {len(ids)}")
+        # a constant two nodes share (a conv called twice, tied weights) is sliced once for both
+        first = self.sliced.setdefault((id(v), axis), ids)
+        if first is not ids:
+            self.sets.unify(first, ids)
         self.members.append(Member(node, index, axis, ids, role))
 
     def freeze_all(self, node: Node, reason: str) -> None:

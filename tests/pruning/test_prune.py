@@ -432,3 +432,27 @@ def test_a_pattern_that_names_no_layer_is_refused():
         prune(graph, 0.5, ignored=["layer9.conv"])
     kept = prune(graph, 0.5, ignored=["layer1.*"], layer_ratios={"layer2": 0.1})
     assert kept.report.channels_removed > 0
+
+
+def test_a_weight_two_convs_share_stays_one_constant():
+    """A conv called twice (one weight and bias for both calls): the two calls lose the same
+    channels, so the pruned graph keeps one weight and one bias for them (untied, it held two
+    copies and counted both); its input channels, which the first call reads from the stem
+    and the second from the first call, join them in one group. Outputs against the zeroed
+    graph; parameters against a hand count."""
+    n = Net(shape=(1, 3, 8, 8), seed=3)
+    w, b = n.w(8, 8, 3, 3), n.w(8)
+    a = n.op("Relu", n.conv(n.x, 8, 3))
+
+    def shared(x):
+        return n.op("Relu", n.op("Conv", x, w, b, kernel_shape=[3, 3], pads=[1] * 4))
+
+    graph = n.done(n.conv(shared(shared(a)), 4, 8, k=1))
+    analysis = analyze_dependencies(graph)
+    assert len(analysis.prunable_groups) == 1  # stem + both calls: 8 channels
+    pruned = assert_prunes_exactly(graph, 0.5)
+    convs = [node for node in pruned.graph.nodes if node.op == "Conv"]
+    assert convs[1].inputs[1] is convs[2].inputs[1] and convs[1].inputs[2] is convs[2].inputs[2]
+    assert convs[1].inputs[1].shape == (4, 4, 3, 3)
+    # stem 4x3x3x3 + 4, shared 4x4x3x3 + 4 once, head 4x4x1x1 + 4
+    assert pruned.report.params_after == (108 + 4) + (144 + 4) + (16 + 4)

@@ -331,3 +331,32 @@ def test_obs_in_place_refuses_a_bias_it_cannot_hold():
         fuser.prune_module(model, x, 0.5, "obs")
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert model.c1.out_channels == 16
+
+
+class CalledTwice(nn.Module):
+    """One conv module applied twice in forward(): its weight is shared by two graph nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.head(F.relu(self.shared(F.relu(self.shared(x)))))
+
+
+def test_a_module_called_twice_shrinks_once():
+    """Both calls of the shared conv lose the same channels, so the module shrinks once and
+    matches the graph path's network (which keeps one weight for both calls); it trains."""
+    torch.manual_seed(0)
+    model = CalledTwice().eval()
+    x = torch.randn(1, 3, 8, 8)
+    result, want = graph_path(model, x, 0.5, example_inputs=(x,))
+    fuser.prune_module(model, x, ratio=0.5)
+    assert model.stem.out_channels == model.shared.in_channels == model.shared.out_channels == 4
+    assert sum(p.numel() for p in model.parameters()) == result.report.params_after == 112 + 148 + 20
+    with torch.no_grad():
+        assert rel_err(model(x).numpy(), want.numpy()) <= TOL
+    train_one_step(model, x)
