@@ -407,6 +407,19 @@ def _dynamic_dims_message(source: str, name: str, shape: tuple | None) -> str:
     )
 
 
+def _changed_shape_message(error: str, changed: Mapping[str, tuple[list, list]]) -> str:
+    """A shape error after an input shape the model declares was replaced: the model is fine
+    at its own shape, so the advice is about the shape given, not the model."""
+    given = ", ".join(
+        f"input '{name}' at {declared}, given {shape}" for name, (declared, shape) in changed.items()
+    )
+    error = error.removesuffix("; fix the model").replace(": invalid model: ", ": ", 1)
+    return (
+        f"{error}: the model fixes {given}; keep the declared shape, or export the model "
+        "with that dim dynamic"
+    )
+
+
 def _type_kind(t: onnx.TypeProto) -> str:
     kind = t.WhichOneof("value")
     return {"sequence_type": "a tensor sequence", "optional_type": "an optional", "map_type": "a map"}.get(
@@ -562,7 +575,19 @@ def from_onnx(
             v.dtype = np_dtype(vi.type.tensor_type.elem_type, f"{source}: value '{vi.name}'")
 
     read = len(graph.nodes)
-    static_shapes(graph) if fold else infer_shapes(graph)
+    changed = {
+        vi.name: (list(value_shape(vi)), list(shapes[vi.name]))
+        for vi in real_inputs
+        if vi.name in shapes
+        and value_shape(vi) is not None
+        and any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(value_shape(vi), shapes[vi.name]))
+    }
+    try:
+        static_shapes(graph) if fold else infer_shapes(graph)
+    except FuserError as e:
+        if not changed:
+            raise
+        raise FuserError(_changed_shape_message(str(e), changed)) from None
     constants = sum(n.op_type == "Constant" for n in g.node)
     graph.meta["import"] = {
         "nodes_in_file": len(g.node),

@@ -110,6 +110,28 @@ def test_bad_input_shape_flag():
     assert_one_line_error(run_cli("info", p, "--input-shape", "1,a,3"), "integers")
 
 
+def test_a_shape_the_model_fixes_blames_the_shape_given(tmp):
+    """A batch-1 Reshape is valid at the model's own input shape: a batch of 4 from
+    --input-shape fails there, and the message says the model fixes that shape, not that the
+    model is invalid."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 32])
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"], name="flat")
+    p = tmp / "batch1.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "b1", [x], [y], [shape])), p)
+    assert from_onnx(p).outputs[0].shape == (1, 32)
+    want = (
+        r"node 'flat' \(Reshape\): reshapes 128 elements \[4, 2, 4, 4\] to \[1, 32\]: "
+        r"the model fixes input 'x' at \[1, 2, 4, 4\], given \[4, 2, 4, 4\]; keep the declared shape"
+    )
+    with pytest.raises(FuserError, match=want) as e:
+        from_onnx(p, input_shapes={"x": (4, 2, 4, 4)})
+    assert "invalid model" not in str(e.value) and "fix the model" not in str(e.value)
+    result = run_cli("fuse", p, "--input-shape", "x:4,2,4,4")
+    assert_one_line_error(result, "the model fixes input 'x'", "flat")
+
+
 def test_missing_file(tmp):
     assert_one_line_error(run_cli("info", tmp / "absent.onnx"), "absent.onnx")
 
