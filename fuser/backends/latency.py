@@ -61,8 +61,8 @@ class CallOverhead:
 
 @dataclass
 class KernelTiming:
-    """One kernel's time alone, per call. With a plan, one row per plan group: groups
-    TVM runs with one shared kernel each get that kernel's per-call time."""
+    """One kernel's time per call, timed in the run (``tvm.time_calls_in_run``). With a plan,
+    one row per plan group: groups TVM runs with one shared kernel each get their own call."""
 
     kernel: str
     median_ms: float  # per call
@@ -211,8 +211,8 @@ def _tvm_runner(
     model = tb.TVMModel(executable, *specs)
 
     def kernel_timer(number: int, clock=None) -> list[KernelTiming]:
-        per_call = tb.time_kernels(executable, fused, number, clock=clock)
-        return kernel_rows(per_call, tb.kernel_calls(fused), tb.group_kernels(mod))
+        calls = tb.time_calls_in_run(model, [x], set(tb.kernel_names(fused)), number, clock)
+        return kernel_rows(calls, tb.group_kernels(mod))
 
     def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:
         import tvm
@@ -229,22 +229,28 @@ def _tvm_runner(
     return _TVMBuild(lambda: model(x), build_s, kernel_timer, overhead, tb.schedule_sources(fused))
 
 
-def kernel_rows(
-    per_call: dict[str, float], calls: dict[str, int], group_kernels: dict[int, str]
-) -> list[KernelTiming]:
-    """Rows of the kernel table: one per plan group (its kernel's per-call time; groups
-    sharing a kernel name each other), then one per kernel that runs no group, with
-    its number of calls."""
+def kernel_rows(calls: list[tuple[str, float]], group_kernels: dict[int, str]) -> list[KernelTiming]:
+    """Rows of the kernel table from the timed calls of one run (in call order): one per plan
+    group (the call that ran it: groups sharing a kernel run in group order, and name each
+    other), then one per kernel that runs no group, its calls' mean time and their number."""
     from .tvm.lower import shared_kernels
 
     shared = shared_kernels(group_kernels)
-    rows = [
-        KernelTiming(k, per_call[k], 1, g, shared_with=[o for o in shared.get(k, []) if o != g])
-        for g, k in sorted(group_kernels.items())
-        if k in per_call
-    ]
-    planned = set(group_kernels.values())
-    rows += [KernelTiming(k, ms, calls.get(k, 1)) for k, ms in per_call.items() if k not in planned]
+    times: dict[str, list[float]] = {}
+    for kernel, ms in calls:
+        times.setdefault(kernel, []).append(ms)
+    groups_of: dict[str, list[int]] = {}
+    for g, k in sorted(group_kernels.items()):
+        groups_of.setdefault(k, []).append(g)
+    rows = []
+    for k, gids in groups_of.items():
+        t = times.get(k, [])
+        for i, g in enumerate(gids):
+            if t:  # one call per group; a kernel called otherwise: its mean for each
+                ms = t[i] if len(t) == len(gids) else sum(t) / len(t)
+                rows.append(KernelTiming(k, ms, 1, g, shared_with=[o for o in shared.get(k, []) if o != g]))
+    rows.sort(key=lambda r: r.group)
+    rows += [KernelTiming(k, sum(t) / len(t), len(t)) for k, t in times.items() if k not in groups_of]
     return rows
 
 

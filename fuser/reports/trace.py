@@ -4,8 +4,8 @@ the format of ONNX Runtime's own profiler).
 Process 1, "ONNX Runtime": one call of the model (the median of the profiled calls), every
 op a slice on the thread that ran it, with its fusion group in ``args``; one more track,
 "fusion groups", spans each group from its first op's start to its last op's end.
-Process 2, "TVM" (after ``--compile``): each kernel of the plan-following build, timed alone
-and laid end to end in plan order.
+Process 2, "TVM" (after ``--compile``): each kernel of the plan-following build, timed in the
+run (the median of its calls) and laid end to end in plan order.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def chrome_trace(data: dict) -> dict:
                 }
             )
     if kernels:
-        events.append(_meta(2, "TVM (each kernel timed alone, laid end to end in plan order)"))
+        events.append(_meta(2, "TVM (each kernel timed in the run, laid end to end in plan order)"))
         events.append(_meta(2, "", 1, "kernels"))
         order = sorted(kernels, key=lambda k: (k["group"] is None, k["group"] or 0, k["kernel"]))
         ts = 0.0

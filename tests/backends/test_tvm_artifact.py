@@ -359,7 +359,7 @@ def test_bench_with_plan_reports_each_group(twin_blocks):
         (0, "fuser_group_0", 1, [1]),
         (1, "fuser_group_0", 1, [0]),
     ]
-    assert rows[0]["median_ms"] == rows[1]["median_ms"] > 0  # one kernel, its time per call
+    assert rows[0]["median_ms"] > 0 and rows[1]["median_ms"] > 0  # each group its own call
     assert [k["dram_bytes"] for k in rows] == [100, 200]
 
 

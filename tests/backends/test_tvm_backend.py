@@ -223,6 +223,40 @@ def test_plan_groups_become_exactly_the_kernels():
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()}, groups)
 
 
+def test_kernel_calls_are_timed_in_the_run_in_call_order():
+    """time_calls_in_run times every kernel call of an inference where it runs: the plan's
+    three group kernels in the order main calls them (the Gemm, group 0 here, last), the
+    VM's builtins left out; the model's output is unchanged by the hook."""
+    x = torch.randn(1, 3, 16, 16)
+    graph = fuser.optimize(_small_cnn(), (x,)).graph
+    nodes = graph.nodes
+    groups = [nodes[:2], nodes[2:-1], nodes[-1:]]
+    by_name = {n.name: len(groups) - 1 - i for i, g in enumerate(groups) for n in g}
+    target = tb.make_target("llvm", threads=1)
+    fused = tb.fuse(tb.to_relax(graph, by_name), target)
+    specs = tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
+    model = tb.TVMModel(tb.build_fused(fused, target), *specs)
+    want = model(x.numpy())[0]
+    calls = tb.time_calls_in_run(model, [x.numpy()], set(tb.kernel_names(fused)), runs=3)
+    assert [k for k, _ in calls] == ["fuser_group_2", "fuser_group_1", "fuser_group_0"]
+    assert all(ms > 0 for _, ms in calls)
+    assert np.array_equal(model(x.numpy())[0], want)
+
+
+def test_kernel_rows_give_each_group_its_own_call():
+    """Two groups one kernel runs get one call each, in group order; a kernel of no group
+    gets its calls' mean and their count."""
+    from fuser.backends.latency import kernel_rows
+
+    calls = [("k_a", 1.0), ("k_t", 0.25), ("k_a", 3.0), ("k_t", 0.75), ("k_b", 2.0)]
+    rows = kernel_rows(calls, {0: "k_a", 1: "k_b", 2: "k_a"})
+    got = [(r.kernel, r.group, r.median_ms, r.calls, r.shared_with) for r in rows]
+    assert got == [
+        ("k_a", 0, 1.0, 1, [2]), ("k_b", 1, 2.0, 1, []), ("k_a", 2, 3.0, 1, [0]), ("k_t", None, 0.5, 2, [])
+    ]  # fmt: skip
+    assert rows[-1].total_ms == 1.0
+
+
 class _Norms(torch.nn.Module):
     """A BatchNorm with no conv to fold into and a bias-free LayerNorm: both lower to
     extra ops, which must not put tensor constants inside a plan group."""

@@ -29,7 +29,7 @@ from .common import require_tvm, tvm_version
 from .cpu import host_features, missing_cpu_features, portable_cpu
 from .depthfirst import TileHint
 from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
-from .runtime import TVMModel, aligned_empty, null_kernels, time_kernels, value_specs
+from .runtime import TVMModel, aligned_empty, null_kernels, time_calls_in_run, value_specs
 from .schedules import schedule_sources
 from .target import cuda_available, host_cpu, make_target, target_record
 
@@ -59,7 +59,7 @@ __all__ = [
     "schedule",
     "schedule_sources",
     "shared_kernels",
-    "time_kernels",
+    "time_calls_in_run",
     "target_record",
     "to_relax",
     "tvm_version",

@@ -229,7 +229,7 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
     planned = any(k.group is not None for k in report.kernels)
     kt = Table(
         title=f"TVM {'plan groups' if planned else 'kernels'} ({len(report.kernels)}; each kernel "
-        f"timed alone, per call; sum of all calls {total:.3f} ms)",
+        f"timed in the run, as it finds the caches; sum of all calls {total:.3f} ms)",
         title_justify="left",
     )
     many_calls = any(k.calls > 1 for k in report.kernels)
