@@ -196,7 +196,7 @@ def _kernel_lines(report, top: int) -> list[str]:
         counts[src] = counts.get(src, 0) + 1
     lines = [
         f"  TVM kernels: {len(report.kernels)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
-        f"alone they sum to {total:.2f} ms a run; slowest:"
+        f"timed in the run they sum to {total:.2f} ms; slowest:"
     ]
     for k in report.kernels[:top]:
         src = report.kernel_sources.get(k.kernel, "?")
