@@ -219,10 +219,7 @@ def _tvm_runner(
 
     def kernel_timer(number: int, clock=None) -> list[KernelTiming]:
         kernels = set(tb.kernel_names(fused))
-        calls = tb.time_calls_in_run(model, [x], kernels, number, clock)
-        # less the hook's own cost (about 5 us a call), timed on the same calls of empty kernels
-        hook = tb.time_calls_in_run(null_model(), [x], kernels, number, clock)
-        calls = [(k, max(ms - empty, 0.0)) for (k, ms), (_, empty) in zip(calls, hook)]
+        calls = tb.time_calls_in_run(model, [x], kernels, number, clock, emptied=null_model())
         return kernel_rows(calls, tb.group_kernels(mod))
 
     def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:

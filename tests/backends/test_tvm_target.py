@@ -216,3 +216,47 @@ def test_compile_refuses_an_unknown_cpu_before_reading_the_model(tmp_path):
     assert r.exit_code == 2
     assert "--cpu pentium-x: LLVM does not know this CPU" in r.output.replace("\n", " ")
     assert "Traceback" not in r.output and not (tmp_path / "b").exists()
+
+
+def _fake_cpus(root, cores: list[tuple[int, int]]):
+    """A /sys/devices/system/cpu with one (package, core) per logical CPU."""
+    for cpu, (package, core) in enumerate(cores):
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return str(root)
+
+
+def test_physical_cores_count_smt_siblings_once(tmp_path):
+    smt = _fake_cpus(tmp_path / "smt", [(0, 0), (0, 1), (0, 0), (0, 1)])  # 2 cores x 2 threads
+    assert host.physical_cores(range(4), smt) == 2
+    assert host.physical_cores([0, 2], smt) == 1  # an affinity of two siblings: one core
+    vm = _fake_cpus(tmp_path / "vm", [(0, 0), (0, 1)])  # 2 vCPUs, one thread per core
+    assert host.physical_cores(range(2), vm) == 2
+    assert host.physical_cores(range(3), str(tmp_path / "none")) == 3  # no topology: each CPU
+
+
+def _threads_in_child(env: dict) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, tvm\nimport fuser.backends.tvm as tb\ncores = tb.physical_cores()\n"
+        "print(os.environ.get('TVM_NUM_THREADS'), tvm.runtime.num_threads(), cores)"
+    )  # cores first: a pool of one thread pins the main thread to one core
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_tvm_runs_kernels_on_every_physical_core():
+    """TVM's own default halves the logical CPUs on x86 (for hyper-threads): on a VM with one
+    thread per core it ran every kernel on half the cores. fuser's TVM backend sizes the pool
+    to the physical cores, unless TVM_NUM_THREADS or OMP_NUM_THREADS says otherwise."""
+    variable, threads, cores = _threads_in_child({})
+    assert variable == threads == cores
+    assert _threads_in_child({"OMP_NUM_THREADS": "1"}) == ["None", "1", cores]
+    assert _threads_in_child({"TVM_NUM_THREADS": "1"})[:2] == ["1", "1"]

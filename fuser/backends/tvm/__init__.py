@@ -26,12 +26,14 @@ from .build import (
     schedule,
 )
 from .common import require_tvm, tvm_version
-from .cpu import host_features, missing_cpu_features, portable_cpu
+from .cpu import default_thread_pool, host_features, missing_cpu_features, physical_cores, portable_cpu
 from .depthfirst import TileHint
 from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
 from .runtime import TVMModel, aligned_empty, null_kernels, time_calls_in_run, value_specs
 from .schedules import schedule_sources
 from .target import cuda_available, host_cpu, make_target, target_record
+
+default_thread_pool()  # before TVM starts its pool: see cpu.default_thread_pool
 
 __all__ = [
     "GROUP_FUNC_PREFIX",
@@ -54,6 +56,7 @@ __all__ = [
     "make_target",
     "null_kernels",
     "missing_cpu_features",
+    "physical_cores",
     "portable_cpu",
     "require_tvm",
     "schedule",

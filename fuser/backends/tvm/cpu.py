@@ -273,3 +273,45 @@ def check_features(cpu: str | None, features: Iterable[str], where: str) -> None
             "lacks; build for this CPU (`fuser compile` without --cpu, on this machine) or with "
             f"`--cpu {portable_cpu(host_features())}`, which runs here"
         )
+
+
+CPU_SYS_DIR = "/sys/devices/system/cpu"
+
+
+def physical_cores(cpus: Iterable[int] | None = None, sys_dir: str = CPU_SYS_DIR) -> int:
+    """The cores this process may run on, SMT siblings counted once (package and core id
+    from /sys; a CPU without them counts alone)."""
+    import os
+
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(sys_dir) / f"cpu{cpu}" / "topology"
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))  # fmt: skip
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(len(cores), 1)
+
+
+def runtime_threads() -> int:
+    """The threads TVM's pool runs kernels on: TVM_NUM_THREADS, else OMP_NUM_THREADS (as TVM
+    reads them), else the physical cores (``default_thread_pool``)."""
+    import os
+
+    value = os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return max(int(value), 1) if value and value.strip().isdigit() else physical_cores()
+
+
+def default_thread_pool() -> None:
+    """Size TVM's thread pool to the physical cores before it starts, unless TVM_NUM_THREADS
+    or OMP_NUM_THREADS says otherwise. TVM's own default halves the logical CPUs on x86, to
+    skip hyper-threads: on a VM without SMT (2 vCPUs, one thread per core) every kernel ran
+    on one thread, in parallel loops built for two. MobileNetV2 at 224, batch 1, Zen 5:
+    4.1-4.6 ms a call, 2.0 ms with both cores."""
+    import os
+
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(physical_cores())

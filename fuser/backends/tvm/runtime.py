@@ -103,17 +103,29 @@ def value_specs(values: Sequence[Value]) -> list[dict]:
     return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": str(v.dtype)} for v in values]
 
 
-def time_calls_in_run(model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock=None) -> list:
+def time_calls_in_run(
+    model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock=None, emptied: TVMModel | None = None
+) -> list:
     """Each kernel call of one inference, timed as the model runs it: its inputs where the
-    kernel before left them in the caches. Timed alone (the kernel called again and again), a kernel finds
-    its own inputs and weights in cache from its previous call, which flatters kernels that
-    move more data: MobileNetV2 at 224, 1 thread, Zen 5, its plan groups split per conv
-    looked 4-14% faster alone than fused and ran slower in the model. [(kernel, median
-    milliseconds)] per call of ``kernels``, in call order, over ``runs`` inferences after one
-    untimed; the VM's builtins (allocation, shape checks) are not kernels (``clock``: seconds,
-    default wall clock). The hook around each call (the kernel's arguments handed to Python)
-    adds about 5 us to each time: time the same calls with every kernel emptied
-    (``null_kernels``) and subtract, as ``fuser bench`` does."""
+    kernel before left them in the caches. Timed alone (the kernel called again and again), a
+    kernel finds its own inputs and weights in cache from its previous call, which flatters
+    kernels that move more data: MobileNetV2 at 224, 1 thread, Zen 5, its plan groups split
+    per conv looked 4-14% faster alone than fused and ran slower in the model.
+
+    [(kernel, median milliseconds)] per call of ``kernels``, in call order, over ``runs``
+    inferences after one untimed; the VM's builtins (allocation, shape checks) are not
+    kernels (``clock``: seconds, default wall clock). The hook around each call (the kernel's
+    arguments handed to Python) adds about 5 us to each time; ``emptied``, the same build
+    with every kernel emptied (``null_kernels``), times that cost on the same calls, and it
+    is subtracted."""
+    calls = _hooked_calls(model, args, kernels, runs, clock)
+    if emptied is None:
+        return calls
+    hook = _hooked_calls(emptied, args, kernels, runs, clock)
+    return [(k, max(ms - cost, 0.0)) for (k, ms), (_, cost) in zip(calls, hook)]
+
+
+def _hooked_calls(model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock) -> list:
     import time
 
     clock = clock or time.perf_counter

@@ -12,7 +12,6 @@ cuda: the arch of the visible GPU (sm_90 without one), with its limits from
 from __future__ import annotations
 
 import logging
-import os
 
 from fuser.ir import FuserError
 
@@ -71,7 +70,7 @@ def make_target(target: str, threads: int | None = None, cpu: str | None = None)
             if mattr:
                 attrs["mattr"] = mattr
         # num-cores: MetaSchedule needs it, and it sizes the tuned parallel loops
-        attrs["num-cores"] = int(threads or os.cpu_count() or 1)
+        attrs["num-cores"] = int(threads or host.runtime_threads())
         return tvm.target.Target(attrs)
     if target == "cuda":
         return tvm.target.Target(cuda_target_attrs(cuda_arch()), host={"kind": "llvm"})
