@@ -129,14 +129,13 @@ def main(argv=None) -> int:
 
     import numpy as np
     import onnxruntime as ort
-    import torch
     from rich.console import Console
     from rich.table import Table
 
     import fuser
     from fuser.analysis import analyze
     from fuser.backends import tvm as tb
-    from fuser.backends.latency import interleaved
+    from fuser.backends.latency import interleaved, set_threads
     from fuser.backends.tvm.schedules import host_caches
     from fuser.fusion.tiling import tile_hints
     from fuser.units import format_size, human_bytes, parse_size
@@ -153,7 +152,7 @@ def main(argv=None) -> int:
         f"{args.repeat}, interleaved; plan: LBDF ({args.search} search) for a {format_size(buffer)} buffer"
         + ("" if args.buffer else " (this host's L2 per core)")
     )
-    torch.set_num_threads(threads)
+    set_threads(threads)  # TVM, OpenMP and torch alike, before any pool starts
     summary = []
     speedups = {}
     gflops = sgemm_gflops(clock)
