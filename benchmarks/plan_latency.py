@@ -170,6 +170,9 @@ def main(argv=None) -> int:
             builds["tvm plan, no tiling"] = _tvm(graph, target, owner)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        # ORT is a reference row here: its threads spinning after a run would take a core from
+        # the next build's kernels, which hurts the build with more parallel loops (FuseOps)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(fuser.to_onnx(graph).SerializeToString(), so)
         feeds = {graph.inputs[0].name: xn}
         ref = session.run(None, feeds)[0]
