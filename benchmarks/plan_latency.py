@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_latency.txt"
@@ -68,7 +69,15 @@ def _plan(graph, buffer: int, search: str, per_image: bool = True):
     return plan, {op: gid for gid, g in enumerate(plan.groups) for op in g.ops}
 
 
-def _tvm(graph, target, groups=None, tiling=None):
+@dataclass
+class _Build:
+    model: object  # TVMModel
+    seconds: float
+    mod: object  # the Relax module (group -> kernel)
+    fused: object  # after kernel formation (kernel names, emptied kernels)
+
+
+def _tvm(graph, target, groups=None, tiling=None) -> _Build:
     from fuser.backends import tvm as tb
 
     start = time.perf_counter()
@@ -77,7 +86,65 @@ def _tvm(graph, target, groups=None, tiling=None):
     model = tb.TVMModel(
         tb.build_fused(fused, target), tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
     )
-    return model, time.perf_counter() - start
+    return _Build(model, time.perf_counter() - start, mod, fused)
+
+
+def _in_run(build: _Build, graph, x, target, clock) -> list:
+    """Each kernel call of one inference timed in the run, less the VM hook's cost."""
+    from fuser.backends import tvm as tb
+
+    specs = tb.value_specs(graph.inputs), tb.value_specs(graph.outputs)
+    emptied = tb.TVMModel(tb.build_fused(tb.null_kernels(build.fused), target), *specs)
+    kernels = set(tb.kernel_names(build.fused))
+    return tb.time_calls_in_run(build.model, [x], kernels, 20, clock, emptied=emptied)
+
+
+def per_group(graph, plan, fuseops: _Build, planned: _Build, x, target, clock):
+    """A table: each plan group's kernel, timed in the run, against FuseOps' kernels for the
+    same ops. FuseOps kernels hold one conv or Gemm each (checked) and run in graph order, so
+    a group with n of them takes the next n, and a kernel with none (a layout transform, a
+    pool) goes with the one before it. None when the FuseOps kernels do not fit that."""
+    from rich.table import Table
+
+    from fuser.backends import tvm as tb
+    from fuser.backends.latency import kernel_rows
+
+    kind = {n.name: n.op for n in graph.nodes}
+    weighted = [sum(kind.get(op) in WEIGHTED for op in g.ops) for g in plan.groups]
+    plan_ms = {
+        r.group: r.median_ms
+        for r in kernel_rows(_in_run(planned, graph, x, target, clock), tb.group_kernels(planned.mod))
+    }
+    fuse_calls = _in_run(fuseops, graph, x, target, clock)
+    is_weighted = [any(w in k for w in ("conv", "matmul", "dense")) for k, _ in fuse_calls]
+    if sum(is_weighted) != sum(weighted):
+        return None
+    owner, taken, g = [], 0, 0
+    for w in is_weighted:  # the group each FuseOps call goes with
+        if w:
+            while g < len(weighted) and taken >= weighted[g]:
+                g, taken = g + 1, 0
+            taken += 1
+        owner.append(g)
+    fuse_ms = [0.0] * len(plan.groups)
+    for (_, ms), gid in zip(fuse_calls, owner):
+        fuse_ms[gid] += ms
+    t = Table(
+        title="each plan group timed in the run against FuseOps' kernels for the same ops",
+        title_justify="left",
+    )
+    for col in ("group", "ops", "convs", "FuseOps ms", "plan ms", "FuseOps / plan"):
+        t.add_column(col, justify="left" if col == "ops" else "right")
+    for gid, group in enumerate(plan.groups):
+        ms = plan_ms.get(gid)
+        span = " .. ".join(dict.fromkeys([group.ops[0], group.ops[-1]]))
+        ratio = f"{fuse_ms[gid] / ms:.2f}x" if ms and fuse_ms[gid] else "-"
+        t.add_row(
+            str(gid), span, str(weighted[gid]), f"{fuse_ms[gid]:.3f}", f"{ms:.3f}" if ms else "-", ratio
+        )
+    total_f, total_p = sum(fuse_ms), sum(plan_ms.values())
+    t.add_row("all", "", str(sum(weighted)), f"{total_f:.3f}", f"{total_p:.3f}", f"{total_f / total_p:.2f}x")
+    return t
 
 
 def sgemm_gflops(clock, size: int = 1024, repeat: int = 10) -> float:
@@ -115,6 +182,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-untiled", action="store_true", help="skip the plan build without depth-first")
+    ap.add_argument(
+        "--per-group",
+        action="store_true",
+        help="also time each plan group in the run against FuseOps' kernels for the same ops",
+    )
     ap.add_argument(
         "--cpu-time",
         action="store_true",
@@ -178,7 +250,8 @@ def main(argv=None) -> int:
         ref = session.run(None, feeds)[0]
         runs = {"ort": lambda s=session, f=feeds: s.run(None, f)}
         errs = {}
-        for label, (model, _) in builds.items():
+        for label, build in builds.items():
+            model = build.model
             got = model(xn)[0]
             errs[label] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
             runs[label] = lambda m=model, a=xn: m(a)
@@ -206,10 +279,15 @@ def main(argv=None) -> int:
                 f"{med:.2f}",
                 f"{min(ts):.2f}..{max(ts):.2f}",
                 f"{med / base:.2f}x",
-                f"{builds[label][1]:.0f}" if label in builds else "-",
+                f"{builds[label].seconds:.0f}" if label in builds else "-",
                 f"{errs[label]:.1e}" if label in errs else "-",
             )
         out.print(t)
+        if args.per_group:
+            table = per_group(graph, plan, builds["tvm"], builds["tvm plan"], xn, target, clock)
+            out.print(
+                table if table is not None else "  (per group: FuseOps' kernels do not hold one conv each)"
+            )
         # about the time a build free of every memory stall would take: its multiply-adds at the
         # rate sgemm reaches on this host (an estimate, not a hard peak: well-tiled convs can beat
         # it by a few %); FuseOps' time over it is about the most any fusion can gain here
