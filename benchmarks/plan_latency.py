@@ -19,6 +19,11 @@ Writes benchmarks/results/plan_latency.txt.
     python benchmarks/plan_latency.py --search greedy                    # the planner's greedy search
     python benchmarks/plan_latency.py --cpu-time --runs 5                # 5 processes: median speed-up
     python benchmarks/plan_latency.py --cpu-time --cpu x86-64-v3         # AVX2 code on this host
+    python benchmarks/plan_latency.py --cpu-time --per-group             # where the time goes, per group
+
+All runtimes get --threads (``set_threads``) before any pool starts; ONNX Runtime, a reference
+row, does not spin after its runs (its spinning threads took a core from the next build, the
+one with more parallel loops most).
 
 The speed-up varies more between processes than within one (MobileNetV2 224 b1 on the 2-core
 VM: 1.10-1.37x over six runs, the FuseOps build swinging most), so ``--runs N`` repeats the
@@ -288,24 +293,16 @@ def main(argv=None) -> int:
             out.print(
                 table if table is not None else "  (per group: FuseOps' kernels do not hold one conv each)"
             )
-        # about the time a build free of every memory stall would take: its multiply-adds at the
-        # rate sgemm reaches on this host (an estimate, not a hard peak: well-tiled convs can beat
-        # it by a few %); FuseOps' time over it is about the most any fusion can gain here
-        # (MobileNetV2 224 b1 on Zen 4: about 1.17x; ResNet-18: 1.0x)
-        # (Zen 5: FuseOps itself runs above torch's sgemm rate, which is then no peak: no cap)
+        # multiply-add rates, against torch's sgemm on the same threads. No cap on fusion's gain is
+        # drawn from sgemm: it is no peak here (Zen 5, 1 thread: sgemm 98-111 GFLOP/s, FuseOps
+        # 135-169, a register-only FMA loop 255; at b8 on 2 threads the plan ran 1.74x FuseOps,
+        # which sat at 1.15x of sgemm's time)
         macs = analyze(graph)["macs"]
-        floor = 2 * macs / gflops / 1e6
-        fma = (
-            f"  FMA time: {macs / 1e6:.0f} M multiply-adds at {gflops:.0f} GFLOP/s (torch sgemm, "
-            f"{threads} thread{'s' if threads > 1 else ''}) = {floor:.2f} ms; FuseOps takes "
+        rate = {label: 2 * macs / statistics.median(times[label]) / 1e6 for label in ("tvm", "tvm plan")}
+        out.print(
+            f"  GFLOP/s: FuseOps {rate['tvm']:.0f}, plan {rate['tvm plan']:.0f}; torch sgemm {gflops:.0f} "
+            f"({threads} thread{'s' if threads > 1 else ''}, {macs / 1e6:.0f} M multiply-adds a call)"
         )
-        if base >= floor:
-            out.print(fma + f"{base / floor:.2f}x that: about the most fusion can gain here")
-        else:
-            out.print(
-                fma + f"{base / floor:.2f}x that ({2 * macs / base / 1e6:.0f} GFLOP/s): torch's sgemm "
-                "is not this CPU's peak, so no cap on fusion's gain is estimated"
-            )
         speedup = base / statistics.median(times["tvm plan"])
         summary.append(f"  {case}: plan-driven {speedup:.2f}x the FuseOps build's speed")
         speedups[case] = speedup
