@@ -123,6 +123,7 @@ def cpu_clock() -> float:
 
 
 BLOCK = 5  # timed calls per turn of a backend
+PAUSE = 0.05  # seconds before each turn
 
 
 def interleaved(
@@ -133,14 +134,18 @@ def interleaved(
 ) -> dict[str, list[float]]:
     """Milliseconds (wall clock, or ``clock``) of ``repeat`` calls of each function, after
     ``warmup`` untimed ones, the functions taking turns of BLOCK calls (a changing machine
-    load hits them all alike), the first call of each turn untimed: ONNX Runtime's threads
-    spin for a while after a run, and a backend timed right after it would pay for that."""
+    load hits them all alike). Each turn starts after a PAUSE, its first call untimed: the
+    threads of ONNX Runtime, torch (OpenMP) and TVM spin for a while after a run, and a
+    backend timed right after would pay for that (MobileNetV2 224 b1, 2 threads on 2 cores,
+    torch, ORT and TVM interleaved: TVM's median 2.4 or 4.3 ms from one run to the next
+    without the pause, 2.2-2.5 ms with it)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     while any(len(t) < repeat for t in times.values()):
         for name, fn in fns.items():
+            time.sleep(PAUSE)
             fn()
             for _ in range(min(BLOCK, repeat - len(times[name]))):
                 start = clock()
