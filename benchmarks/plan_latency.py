@@ -108,7 +108,8 @@ def per_group(graph, plan, fuseops: _Build, planned: _Build, x, target, clock):
     """A table: each plan group's kernel, timed in the run, against FuseOps' kernels for the
     same ops. FuseOps kernels hold one conv or Gemm each (checked) and run in graph order, so
     a group with n of them takes the next n, and a kernel with none (a layout transform, a
-    pool) goes with the one before it. None when the FuseOps kernels do not fit that."""
+    pool) goes with the one before it; a group with none shares the row before it. None when
+    the FuseOps kernels do not fit that."""
     from rich.table import Table
 
     from fuser.backends import tvm as tb
@@ -134,18 +135,31 @@ def per_group(graph, plan, fuseops: _Build, planned: _Build, x, target, clock):
     fuse_ms = [0.0] * len(plan.groups)
     for (_, ms), gid in zip(fuse_calls, owner):
         fuse_ms[gid] += ms
+    # a group with no conv (a pool, a flatten) joins the row before it: FuseOps' kernels for its
+    # ops are there (its activation fused into the conv before it, its pool after that)
+    rows: list[list[int]] = []
+    for gid, n in enumerate(weighted):
+        if n or not rows:
+            rows.append([gid])
+        else:
+            rows[-1].append(gid)
     t = Table(
         title="each plan group timed in the run against FuseOps' kernels for the same ops",
         title_justify="left",
     )
     for col in ("group", "ops", "convs", "FuseOps ms", "plan ms", "FuseOps / plan"):
         t.add_column(col, justify="left" if col == "ops" else "right")
-    for gid, group in enumerate(plan.groups):
-        ms = plan_ms.get(gid)
-        span = " .. ".join(dict.fromkeys([group.ops[0], group.ops[-1]]))
-        ratio = f"{fuse_ms[gid] / ms:.2f}x" if ms and fuse_ms[gid] else "-"
+    for gids in rows:
+        ops = [op for gid in gids for op in plan.groups[gid].ops]
+        f = sum(fuse_ms[gid] for gid in gids)
+        p = sum(plan_ms.get(gid, 0.0) for gid in gids)
         t.add_row(
-            str(gid), span, str(weighted[gid]), f"{fuse_ms[gid]:.3f}", f"{ms:.3f}" if ms else "-", ratio
+            "-".join(dict.fromkeys([str(gids[0]), str(gids[-1])])),
+            " .. ".join(dict.fromkeys([ops[0], ops[-1]])),
+            str(sum(weighted[gid] for gid in gids)),
+            f"{f:.3f}",
+            f"{p:.3f}",
+            f"{f / p:.2f}x" if p and f else "-",
         )
     total_f, total_p = sum(fuse_ms), sum(plan_ms.values())
     t.add_row("all", "", str(sum(weighted)), f"{total_f:.3f}", f"{total_p:.3f}", f"{total_f / total_p:.2f}x")
