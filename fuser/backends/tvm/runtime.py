@@ -118,6 +118,10 @@ def time_calls_in_run(
     arguments handed to Python) adds about 5 us to each time; ``emptied``, the same build
     with every kernel emptied (``null_kernels``), times that cost on the same calls, and it
     is subtracted."""
+    if model.device_kind == "cuda":
+        raise FuserError(
+            "kernels are timed in the run on CPU builds only: a GPU kernel runs after its launch returns"
+        )
     calls = _hooked_calls(model, args, kernels, runs, clock)
     if emptied is None:
         return calls
