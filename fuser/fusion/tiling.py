@@ -13,11 +13,12 @@ from __future__ import annotations
 from .plan import Plan
 
 
-def tile_hints(plan: Plan, threads: int = 1) -> dict:
-    """Group index -> TileHint for ``to_relax(graph, groups)`` + ``fuse(..., tiling=...)``."""
+def tile_hints(plan: Plan | dict, threads: int = 1) -> dict:
+    """Group index -> TileHint for ``to_relax(graph, groups)`` + ``fuse(..., tiling=...)``
+    (``plan``: a Plan or its ``to_dict()``)."""
     from fuser.backends.tvm.depthfirst import TileHint  # imports TVM: only when building
 
-    data = plan.to_dict()
+    data = plan if isinstance(plan, dict) else plan.to_dict()
     return {
         gid: TileHint(
             style="brr" if data["style"] == "brr" else "lbdf",

@@ -369,10 +369,17 @@ def _measure(data, stages, given, optimized, final, opts: ReportOptions, step) -
 
 def _compile(data, final: Graph, plan: dict, opts: ReportOptions) -> None:
     from fuser.backends.latency import run_report
+    from fuser.fusion.tiling import tile_hints
 
     owner = {op: k for k, g in enumerate(plan["groups"]) for op in g["ops"]}
     report = run_report(
-        final, ["tvm"], threads=opts.threads, repeat=opts.repeat, groups=owner, plan_groups=plan["groups"]
+        final,
+        ["tvm"],
+        threads=opts.threads,
+        repeat=opts.repeat,
+        groups=owner,
+        plan_groups=plan["groups"],
+        tiling=tile_hints(plan, opts.threads),  # depth-first group kernels, as bench --plan builds them
     )
     t = report.timing("tvm")
     if data["latency"] is None:
@@ -394,7 +401,8 @@ def _compile(data, final: Graph, plan: dict, opts: ReportOptions) -> None:
             per_group[k.group] = per_group.get(k.group, 0.0) + k.median_ms
     for g in data["groups"]:
         g["tvm_ms"] = per_group.get(g["index"])
-    data["tvm_kernels"] = [asdict(k) for k in report.kernels]
+    sources = report.kernel_sources
+    data["tvm_kernels"] = [{**asdict(k), "schedule": sources.get(k.kernel)} for k in report.kernels]
 
 
 __all__ = ["DEFAULT_SWEEP", "REPORT_FORMAT", "ReportOptions", "build_report", "graph_picture_data"]
