@@ -117,10 +117,9 @@ def per_group(graph, plan, fuseops: _Build, planned: _Build, x, target, clock):
 
     kind = {n.name: n.op for n in graph.nodes}
     weighted = [sum(kind.get(op) in WEIGHTED for op in g.ops) for g in plan.groups]
-    plan_ms = {
-        r.group: r.median_ms
-        for r in kernel_rows(_in_run(planned, graph, x, target, clock), tb.group_kernels(planned.mod))
-    }
+    calls = _in_run(planned, graph, x, target, clock)
+    timed = kernel_rows(calls, tb.group_kernels(planned.mod), tb.group_order(planned.mod))
+    plan_ms = {r.group: r.median_ms for r in timed}
     fuse_calls = _in_run(fuseops, graph, x, target, clock)
     is_weighted = [any(w in k for w in ("conv", "matmul", "dense")) for k, _ in fuse_calls]
     if sum(is_weighted) != sum(weighted):

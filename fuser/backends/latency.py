@@ -225,7 +225,7 @@ def _tvm_runner(
     def kernel_timer(number: int, clock=None) -> list[KernelTiming]:
         kernels = set(tb.kernel_names(fused))
         calls = tb.time_calls_in_run(model, [x], kernels, number, clock, emptied=null_model())
-        return kernel_rows(calls, tb.group_kernels(mod))
+        return kernel_rows(calls, tb.group_kernels(mod), tb.group_order(mod))
 
     def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:
         import tvm
@@ -242,10 +242,13 @@ def _tvm_runner(
     return _TVMBuild(lambda: model(x), build_s, kernel_timer, overhead, tb.schedule_sources(fused))
 
 
-def kernel_rows(calls: list[tuple[str, float]], group_kernels: dict[int, str]) -> list[KernelTiming]:
+def kernel_rows(
+    calls: list[tuple[str, float]], group_kernels: dict[int, str], order: list[int] | None = None
+) -> list[KernelTiming]:
     """Rows of the kernel table from the timed calls of one run (in call order): one per plan
-    group (the call that ran it: groups sharing a kernel run in group order, and name each
-    other), then one per kernel that runs no group, its calls' mean time and their number."""
+    group (the call that ran it: groups sharing a kernel run in ``order``, the order main calls
+    the groups, default their ids; they name each other), then one per kernel that runs no
+    group, its calls' mean time and their number."""
     from .tvm.lower import shared_kernels
 
     shared = shared_kernels(group_kernels)
@@ -253,8 +256,8 @@ def kernel_rows(calls: list[tuple[str, float]], group_kernels: dict[int, str]) -
     for kernel, ms in calls:
         times.setdefault(kernel, []).append(ms)
     groups_of: dict[str, list[int]] = {}
-    for g, k in sorted(group_kernels.items()):
-        groups_of.setdefault(k, []).append(g)
+    for g in order or sorted(group_kernels):
+        groups_of.setdefault(group_kernels[g], []).append(g)
     rows = []
     for k, gids in groups_of.items():
         t = times.get(k, [])

@@ -243,6 +243,24 @@ def test_kernel_calls_are_timed_in_the_run_in_call_order():
     assert np.array_equal(model(x.numpy())[0], want)
 
 
+def test_groups_sharing_a_kernel_get_their_own_calls_in_graph_order():
+    """Two identical conv+relu blocks, one kernel for both, numbered against the graph order
+    (the second block is group 0): main calls group 1's first, and each group's row gets
+    the call that ran it."""
+    m = torch.nn.Sequential(*[torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()] * 2)
+    graph = fuser.optimize(m.eval(), (torch.randn(1, 8, 12, 12),)).graph
+    nodes = graph.nodes
+    owner = {n.name: 1 if i < 2 else 0 for i, n in enumerate(nodes)}
+    mod = tb.to_relax(graph, owner)
+    assert tb.group_order(mod) == [1, 0]
+    kernel = tb.group_kernels(mod)[0]
+    assert tb.group_kernels(mod) == {0: kernel, 1: kernel}
+    from fuser.backends.latency import kernel_rows
+
+    rows = kernel_rows([(kernel, 1.0), (kernel, 2.0)], tb.group_kernels(mod), tb.group_order(mod))
+    assert {r.group: r.median_ms for r in rows} == {1: 1.0, 0: 2.0}
+
+
 def test_kernel_rows_give_each_group_its_own_call():
     """Two groups one kernel runs get one call each, in group order; a kernel of no group
     gets its calls' mean and their count."""

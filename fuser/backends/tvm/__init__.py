@@ -28,7 +28,7 @@ from .build import (
 from .common import require_tvm, tvm_version
 from .cpu import default_thread_pool, host_features, missing_cpu_features, physical_cores, portable_cpu
 from .depthfirst import TileHint
-from .lower import GROUP_FUNC_PREFIX, group_kernels, shared_kernels, to_relax
+from .lower import GROUP_FUNC_PREFIX, group_kernels, group_order, shared_kernels, to_relax
 from .runtime import TVMModel, aligned_empty, null_kernels, time_calls_in_run, value_specs
 from .schedules import schedule_sources
 from .target import cuda_available, host_cpu, make_target, target_record
@@ -51,6 +51,7 @@ __all__ = [
     "host_cpu",
     "host_features",
     "group_kernels",
+    "group_order",
     "kernel_calls",
     "kernel_names",
     "make_target",

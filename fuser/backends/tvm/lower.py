@@ -33,6 +33,7 @@ from .converters import Lowering, relax_const
 
 GROUP_FUNC_PREFIX = "fuser_group_"
 GROUP_KERNELS_ATTR = "fuser_group_kernels"  # module attribute: group id -> its function's name
+GROUP_ORDER_ATTR = "fuser_group_order"  # module attribute: group ids in the order main calls them
 
 
 def _sinfo(v: Value):
@@ -201,7 +202,10 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
             ret = bb.emit_output(relax.Tuple([_lookup(env, v) for v in graph.outputs]))
         bb.emit_func_output(ret)
     mod = bb.get()
-    return mod.with_attr(GROUP_KERNELS_ATTR, kernel_of) if kernel_of else mod
+    if not kernel_of:
+        return mod
+    order = [int(g) for g in kernel_of]  # dicts keep insertion order: the order of the calls
+    return mod.with_attr(GROUP_KERNELS_ATTR, kernel_of).with_attr(GROUP_ORDER_ATTR, order)
 
 
 def group_kernels(mod) -> dict[int, str]:
@@ -211,6 +215,13 @@ def group_kernels(mod) -> dict[int, str]:
     if GROUP_KERNELS_ATTR not in attrs:
         return {}
     return {int(k): str(v) for k, v in attrs[GROUP_KERNELS_ATTR].items()}
+
+
+def group_order(mod) -> list[int]:
+    """Plan group ids in the order ``main`` calls their kernels (the graph's order among groups
+    ready together, not the ids'), for a module from ``to_relax(graph, groups)``."""
+    attrs = mod.attrs or {}
+    return [int(g) for g in attrs[GROUP_ORDER_ATTR]] if GROUP_ORDER_ATTR in attrs else []
 
 
 def shared_kernels(kernel_of: Mapping[int, str]) -> dict[str, list[int]]:
