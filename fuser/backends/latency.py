@@ -123,7 +123,8 @@ def cpu_clock() -> float:
 
 
 BLOCK = 5  # timed calls per turn of a backend
-PAUSE = 0.05  # seconds before each turn
+PAUSE = 0.2  # seconds before each turn: TVM's pool workers yield-spin 300,000 times after a job
+# (TVM_THREAD_POOL_SPIN_COUNT), about 120 ms on a 2-core VM, before they sleep
 
 
 def interleaved(
@@ -138,7 +139,8 @@ def interleaved(
     threads of ONNX Runtime, torch (OpenMP) and TVM spin for a while after a run, and a
     backend timed right after would pay for that (MobileNetV2 224 b1, 2 threads on 2 cores,
     torch, ORT and TVM interleaved: TVM's median 2.4 or 4.3 ms from one run to the next
-    without the pause, 2.2-2.5 ms with it)."""
+    without the pause, 2.2-2.5 ms with it; ResNet-18 at 64x64, ORT and TVM: ORT's median
+    7.5 ms after 50 ms pauses, 1.9 ms alone)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
