@@ -260,3 +260,18 @@ def test_tvm_runs_kernels_on_every_physical_core():
     assert variable == threads == cores
     assert _threads_in_child({"OMP_NUM_THREADS": "1"}) == ["None", "1", cores]
     assert _threads_in_child({"TVM_NUM_THREADS": "1"})[:2] == ["1", "1"]
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-1", "0"])
+def test_a_thread_count_that_is_no_number_is_warned_and_read_as_tvm_reads_it(value, caplog, monkeypatch):
+    """TVM reads TVM_NUM_THREADS when it is set at all, and a value that is no positive number
+    gives one thread: the target's num-cores says the same, and fuser warns once."""
+    monkeypatch.setenv("TVM_NUM_THREADS", value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # not read: TVM_NUM_THREADS is set
+    assert host.runtime_threads() == 1
+    assert int(tb.make_target("llvm").attrs["num-cores"]) == 1
+    with caplog.at_level(logging.WARNING, logger="fuser"):
+        host.default_thread_pool()
+    assert f"TVM_NUM_THREADS={value!r} is not a positive number" in caplog.text
+    monkeypatch.setenv("TVM_NUM_THREADS", " 3")
+    assert host.runtime_threads() == 3 and int(tb.make_target("llvm").attrs["num-cores"]) == 3

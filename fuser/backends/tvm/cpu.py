@@ -279,12 +279,11 @@ CPU_SYS_DIR = "/sys/devices/system/cpu"
 
 
 def physical_cores(cpus: Iterable[int] | None = None, sys_dir: str = CPU_SYS_DIR) -> int:
-    """The cores this process may run on, SMT siblings counted once (package and core id
-    from /sys; a CPU without them counts alone)."""
-    import os
-
+    """The cores this process may run on (``cpus``: these CPUs instead), SMT siblings counted
+    once (package and core id from /sys; a CPU without them counts alone). The process's own
+    answer is read once: a TVM pool of one thread later pins the main thread to one core."""
     if cpus is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return _process_cores(sys_dir)
     cores = set()
     for cpu in cpus:
         topology = Path(sys_dir) / f"cpu{cpu}" / "topology"
@@ -296,22 +295,59 @@ def physical_cores(cpus: Iterable[int] | None = None, sys_dir: str = CPU_SYS_DIR
     return max(len(cores), 1)
 
 
-def runtime_threads() -> int:
-    """The threads TVM's pool runs kernels on: TVM_NUM_THREADS, else OMP_NUM_THREADS (as TVM
-    reads them), else the physical cores (``default_thread_pool``)."""
+@functools.cache
+def _process_cores(sys_dir: str) -> int:
     import os
 
-    value = os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    return max(int(value), 1) if value and value.strip().isdigit() else physical_cores()
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return physical_cores(sorted(cpus), sys_dir)
+
+
+def _thread_variable() -> tuple[str, str] | None:
+    """The variable TVM sizes its pool by, as it reads them: TVM_NUM_THREADS when set at all,
+    else OMP_NUM_THREADS."""
+    import os
+
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        if name in os.environ:
+            return name, os.environ[name]
+    return None
+
+
+def _atoi(text: str) -> int:
+    """C's atoi, as TVM reads the variable: leading blanks, a sign, digits; 0 otherwise."""
+    import re
+
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+def runtime_threads() -> int:
+    """The threads TVM's pool runs kernels on: the variable TVM reads (a value that is no
+    positive number gives 1, as in TVM), else the physical cores (``default_thread_pool``)."""
+    variable = _thread_variable()
+    return max(_atoi(variable[1]), 1) if variable else physical_cores()
 
 
 def default_thread_pool() -> None:
     """Size TVM's thread pool to the physical cores before it starts, unless TVM_NUM_THREADS
-    or OMP_NUM_THREADS says otherwise. TVM's own default halves the logical CPUs on x86, to
-    skip hyper-threads: on a VM without SMT (2 vCPUs, one thread per core) every kernel ran
-    on one thread, in parallel loops built for two. MobileNetV2 at 224, batch 1, Zen 5:
+    or OMP_NUM_THREADS says otherwise (one that is no positive number is warned about: TVM
+    then runs every kernel on one thread). TVM's own default halves the logical CPUs on x86,
+    to skip hyper-threads: on a VM without SMT (2 vCPUs, one thread per core) every kernel
+    ran on one thread, in parallel loops built for two. MobileNetV2 at 224, batch 1, Zen 5:
     4.1-4.6 ms a call, 2.0 ms with both cores."""
+    import logging
     import os
 
-    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    variable = _thread_variable()
+    if variable is None:
         os.environ["TVM_NUM_THREADS"] = str(physical_cores())
+    elif _atoi(variable[1]) < 1:
+        name, value = variable
+        logging.getLogger("fuser").warning(
+            "%s=%r is not a positive number: TVM runs every kernel on 1 thread "
+            "(unset it to use the %d cores)",
+            name,
+            value,
+            physical_cores(),
+        )
