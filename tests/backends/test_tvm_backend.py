@@ -241,6 +241,21 @@ def test_kernel_calls_are_timed_in_the_run_in_call_order():
     assert [k for k, _ in calls] == ["fuser_group_2", "fuser_group_1", "fuser_group_0"]
     assert all(ms > 0 for _, ms in calls)
     assert np.array_equal(model(x.numpy())[0], want)
+    emptied = tb.TVMModel(tb.build_fused(tb.null_kernels(fused), target), *specs)
+    less = tb.time_calls_in_run(model, [x.numpy()], set(tb.kernel_names(fused)), runs=3, emptied=emptied)
+    assert [k for k, _ in less] == [k for k, _ in calls]
+    # refused in one line: a name string, no run, names of no kernel here, another build as emptied
+    other = tb.fuse(tb.to_relax(graph), target)
+    other_model = tb.TVMModel(tb.build_fused(tb.null_kernels(other), target), *specs)
+    for kwargs, match in [
+        ({"kernels": "fuser_group_0"}, "a set of kernel names"),
+        ({"runs": 0}, "at least 1"),
+        ({"kernels": {"no_such_kernel"}}, "none of the 1 kernels"),
+        ({"emptied": other_model}, "not this build"),
+    ]:
+        options = {"kernels": set(tb.kernel_names(fused)), "runs": 1, **kwargs}
+        with pytest.raises(FuserError, match=match):
+            tb.time_calls_in_run(model, [x.numpy()], **options)
 
 
 def test_groups_sharing_a_kernel_get_their_own_calls_in_graph_order():

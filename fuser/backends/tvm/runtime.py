@@ -122,10 +122,19 @@ def time_calls_in_run(
         raise FuserError(
             "kernels are timed in the run on CPU builds only: a GPU kernel runs after its launch returns"
         )
+    if isinstance(kernels, str) or not all(isinstance(k, str) for k in kernels):
+        raise FuserError(f"kernels: a set of kernel names (tb.kernel_names(fused)), got {kernels!r:.60}")
+    if runs < 1:
+        raise FuserError(f"runs: at least 1 timed inference, got {runs}")
+    kernels = set(kernels)
     calls = _hooked_calls(model, args, kernels, runs, clock)
+    if kernels and not calls:
+        raise FuserError(f"none of the {len(kernels)} kernels named ran in this model (another build's?)")
     if emptied is None:
         return calls
     hook = _hooked_calls(emptied, args, kernels, runs, clock)
+    if [k for k, _ in hook] != [k for k, _ in calls]:
+        raise FuserError("emptied: not this build with its kernels emptied (its kernel calls differ)")
     return [(k, max(ms - cost, 0.0)) for (k, ms), (_, cost) in zip(calls, hook)]
 
 
