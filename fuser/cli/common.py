@@ -204,6 +204,9 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+MAX_THREADS = 256  # torch.set_num_threads(100000) died with "double free or corruption"
+
+
 def timing_options(f):
     """--threads and --repeat of the commands that time backends (bench, report)."""
     f = click.option(
@@ -211,7 +214,7 @@ def timing_options(f):
     )(f)
     return click.option(
         "--threads",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=MAX_THREADS),
         default=2,
         show_default=True,
         help="Threads for every timed backend (intra-op).",

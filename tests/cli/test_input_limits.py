@@ -100,6 +100,15 @@ def test_seeds_are_bounded(tmp_path):
     usage_error(invoke("sweep", model, "--buffer", "64KB", "--seed", "-1"), "--seed")
 
 
+def test_thread_and_row_counts_are_bounded(tmp_path):
+    """A huge --threads reached torch.set_num_threads and died ("double free or corruption",
+    exit 134); a negative --kernels silently dropped the slowest row."""
+    model = write(tmp_path, conv_model())
+    usage_error(invoke("bench", model, "--backends", "tvm", "--threads", "100000"), "--threads")
+    usage_error(invoke("report", model, "--threads", "100000"), "--threads")
+    usage_error(invoke("bench", model, "--backends", "tvm", "--kernels", "-1"), "--kernels")
+
+
 def test_a_graph_without_macs_says_0_macs(tmp_path):
     """human(0, 'MACs') is '0 MACs' (the totals wrote '0MACs')."""
     g = helper.make_graph(

@@ -83,7 +83,7 @@ def _bytes(n) -> str:
 @click.option(
     "--kernels",
     "top_kernels",
-    type=int,
+    type=click.IntRange(min=0),
     default=15,
     show_default=True,
     help="Rows of the per-kernel table (slowest first).",
