@@ -123,6 +123,7 @@ def cpu_clock() -> float:
 
 
 BLOCK = 5  # timed calls per turn of a backend
+NO_KERNEL = "(no kernel: a view)"  # a plan group TVM runs without a kernel
 PAUSE = 0.2  # seconds before each turn: TVM's pool workers yield-spin 300,000 times after a job
 # (TVM_THREAD_POOL_SPIN_COUNT), about 120 ms on a 2-core VM, before they sleep
 
@@ -249,8 +250,9 @@ def kernel_rows(
 ) -> list[KernelTiming]:
     """Rows of the kernel table from the timed calls of one run (in call order): one per plan
     group (the call that ran it: groups sharing a kernel run in ``order``, the order main calls
-    the groups, default their ids; they name each other), then one per kernel that runs no
-    group, its calls' mean time and their number."""
+    the groups, default their ids; they name each other; a group TVM made no kernel of gets
+    NO_KERNEL, 0 calls), then one per kernel that runs no group, its calls' mean time and
+    their number."""
     from .tvm.lower import shared_kernels
 
     shared = shared_kernels(group_kernels)
@@ -264,9 +266,11 @@ def kernel_rows(
     for k, gids in groups_of.items():
         t = times.get(k, [])
         for i, g in enumerate(gids):
-            if t:  # one call per group; a kernel called otherwise: its mean for each
-                ms = t[i] if len(t) == len(gids) else sum(t) / len(t)
-                rows.append(KernelTiming(k, ms, 1, g, shared_with=[o for o in shared.get(k, []) if o != g]))
+            if not t:  # TVM made no kernel of it (a reshape: a view of its input)
+                rows.append(KernelTiming(NO_KERNEL, 0.0, 0, g))
+                continue
+            ms = t[i] if len(t) == len(gids) else sum(t) / len(t)  # a kernel called otherwise: its mean
+            rows.append(KernelTiming(k, ms, 1, g, shared_with=[o for o in shared.get(k, []) if o != g]))
     rows.sort(key=lambda r: r.group)
     rows += [KernelTiming(k, sum(t) / len(t), len(t)) for k, t in times.items() if k not in groups_of]
     return rows

@@ -363,6 +363,50 @@ def test_bench_with_plan_reports_each_group(twin_blocks):
     assert [k["dram_bytes"] for k in rows] == [100, 200]
 
 
+def test_bench_lists_a_plan_group_that_became_no_kernel(tmp_path):
+    """Conv -> Reshape -> Relu in three groups: TVM runs the Reshape group as a view of its
+    input, with no kernel. bench --plan still lists that group (0 calls), and times the others
+    less the VM hook's cost measured on the emptied build, which does call the reshape."""
+    from fuser.backends.latency import NO_KERNEL
+    from fuser.fusion.plan import PLAN_FORMAT
+
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((8, 8, 3, 3)).astype(np.float32), "w"
+    )
+    shape = numpy_helper.from_array(np.array([1, 8, 256], dtype=np.int64), "shape")
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Reshape", ["c", "shape"], ["r"], name="resh"),
+            helper.make_node("Relu", ["r"], ["y"], name="relu"),
+        ],
+        "crr",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 256])],
+        [w, shape],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "crr.onnx")
+    plan = {"format": PLAN_FORMAT, "model": "crr", "style": "hand", "buffer_bytes": 0}
+    plan["groups"] = [{"ops": [op], "dram_bytes": 1} for op in ("conv", "resh", "relu")]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    r = native.run_cli(
+        "bench",
+        tmp_path / "crr.onnx",
+        "--backends",
+        "tvm",
+        "--plan",
+        tmp_path / "plan.json",
+        "--repeat",
+        "2",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = {k["group"]: k for k in json.loads(r.stdout)["kernels"]}
+    assert sorted(rows) == [0, 1, 2]
+    assert (rows[1]["kernel"], rows[1]["calls"], rows[1]["median_ms"]) == (NO_KERNEL, 0, 0.0)
+    assert rows[0]["calls"] == rows[2]["calls"] == 1
+
+
 def _conv_relu_onnx(path, dtype=TensorProto.FLOAT, input_name="x", node_name="conv", op="Relu"):
     """Conv (3 -> 4, 3x3) then ``op`` on a 1x3x8x8 input, as an ONNX file."""
     w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(helper.tensor_dtype_to_np_dtype(dtype))
