@@ -225,9 +225,9 @@ def _tvm_runner(
             nulls.append(tb.TVMModel(tb.build_fused(tb.null_kernels(fused), target), *specs))
         return nulls[0]
 
-    def kernel_timer(number: int, clock=None) -> list[KernelTiming]:
+    def kernel_timer(runs: int, clock=None) -> list[KernelTiming]:
         kernels = set(tb.kernel_names(fused))
-        calls = tb.time_calls_in_run(model, [x], kernels, number, clock, emptied=null_model())
+        calls = tb.time_calls_in_run(model, [x], kernels, runs, clock, emptied=null_model())
         return kernel_rows(calls, tb.group_kernels(mod), tb.group_order(mod))
 
     def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:
@@ -345,7 +345,7 @@ def run_report(
     if kernels_of in builds and not rows[kernels_of].error:
         on_step(f"timing {kernels_of} kernels")
         build = builds[kernels_of]
-        report.kernels = _join_plan(build.kernel_timer(max(repeat // 4, 3), clock), plan_groups)
+        report.kernels = _join_plan(build.kernel_timer(max(repeat, 3), clock), plan_groups)
         report.kernel_sources = build.sources
         report.overhead = build.overhead(rows[kernels_of].median_ms, repeat, clock)
     ort_ms = rows["ort"].median_ms if "ort" in rows and not rows["ort"].error else None
