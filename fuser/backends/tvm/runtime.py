@@ -105,7 +105,7 @@ def value_specs(values: Sequence[Value]) -> list[dict]:
 
 def time_calls_in_run(
     model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock=None, emptied: TVMModel | None = None
-) -> list:
+) -> list[tuple[str, float]]:
     """Each kernel call of one inference, timed as the model runs it: its inputs where the
     kernel before left them in the caches. Timed alone (the kernel called again and again), a
     kernel finds its own inputs and weights in cache from its previous call, which flatters
@@ -140,7 +140,9 @@ def time_calls_in_run(
     return out
 
 
-def _hooked_calls(model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock) -> list:
+def _hooked_calls(
+    model: TVMModel, args: Sequence, kernels: set[str], runs: int, clock
+) -> list[tuple[str, float]]:
     import time
 
     clock = clock or time.perf_counter
