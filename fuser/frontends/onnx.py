@@ -519,6 +519,7 @@ def from_onnx(
     values.update(_fixed_inputs(input_values, real_inputs, source))
     real_inputs = [vi for vi in real_inputs if vi.name not in values]
     shapes = parse_input_shapes(input_shapes, [vi.name for vi in real_inputs], source)
+    changed: dict[str, tuple[list, list]] = {}  # inputs whose declared dims the shapes given replace
     for vi in real_inputs:
         if not vi.type.HasField("tensor_type"):
             raise FuserError(
@@ -534,6 +535,10 @@ def from_onnx(
             )
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise FuserError(_dynamic_dims_message(source, vi.name, shape))
+        if declared is not None and any(
+            isinstance(d, int) and d >= 0 and d != s for d, s in zip(declared, shape)
+        ):
+            changed[vi.name] = (list(declared), list(shape))
         v = Value(vi.name, shape, np_dtype(vi.type.tensor_type.elem_type, f"{source}: input '{vi.name}'"))
         graph.inputs.append(v)
         values[vi.name] = v
@@ -575,13 +580,6 @@ def from_onnx(
             v.dtype = np_dtype(vi.type.tensor_type.elem_type, f"{source}: value '{vi.name}'")
 
     read = len(graph.nodes)
-    changed = {
-        vi.name: (list(value_shape(vi)), list(shapes[vi.name]))
-        for vi in real_inputs
-        if vi.name in shapes
-        and value_shape(vi) is not None
-        and any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(value_shape(vi), shapes[vi.name]))
-    }
     try:
         static_shapes(graph) if fold else infer_shapes(graph)
     except FuserError as e:

@@ -38,8 +38,11 @@ class TVMModel:
         self.executable, self.device_kind = executable, device
         self.vm = relax.VirtualMachine(executable, self.device)
         self.inputs, self.outputs = inputs, outputs
-        self._cpu = device != "cuda"
         self._staging: dict[int, object] = {}  # input index -> tvm tensor copies go into
+
+    @property
+    def _cpu(self) -> bool:
+        return self.device_kind != "cuda"
 
     @property
     def input_names(self) -> list[str]:

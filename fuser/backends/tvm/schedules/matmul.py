@@ -14,7 +14,7 @@ A GEMV (one row: a classifier at batch 1) reads each B vector once, straight int
 multiply-add, so nvec takes the registers less two (the broadcast A and a spare): a
 contiguous run of B's row per k. With at most 4 vectors, MobileNetV2's 1280 x 1000 head
 (vectors of 8: 1000 = 8 x 125) walked B 32 bytes per row of 4000: 0.145 ms alone at
-batch 1 on Zen 5, 1 thread, against 0.045 ms with 25 vectors.
+batch 1 on Zen 5, 1 thread, against 0.063 ms with 25 vectors.
 K is blocked so that a kc x (nvec x lanes) panel of B
 fits in half the L1 data cache and is reused by every row tile of a row block; a row
 block's A (rows x kc) and C (rows x panel) fit in half the L2. Loops: batch x j tiles x
