@@ -112,9 +112,10 @@ def command(
     Every backend runs the same optimized graph (BatchNorm folded) on the same
     random input: WARMUP untimed calls, then REPEAT timed ones; the table shows
     the median and the spread (min..max). For a TVM build it also times each
-    fused kernel alone, so you see where the time goes. With --plan, groups TVM
-    runs with one shared kernel (structurally identical groups) each show that
-    kernel's time per call and name the groups they share it with.
+    kernel call inside real inferences (as it finds the caches, the timing
+    hook's own cost subtracted), so you see where the time goes. With --plan,
+    groups TVM runs with one shared kernel (structurally identical groups) each
+    get their own calls and name the groups they share the kernel with.
 
     \b
     A backend that cannot build or run the model gets its row with the reason
