@@ -384,3 +384,56 @@ def test_a_gemv_tile_spans_the_registers(cpu, nvec):
         feeds = {graph.inputs[0].name: np.random.default_rng(0).standard_normal((1, 1280), dtype=np.float32)}
         got = native.run_executable(tb.build_fused(fused, target), graph, target, feeds)
         assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
+
+
+def _fake_caches(root, l1d: str, l2: str, l3: str) -> str:
+    for i, (level, size) in enumerate(((1, l1d), (2, l2), (3, l3))):
+        index = root / f"index{i}"
+        index.mkdir()
+        (index / "type").write_text("Data" if level == 1 else "Unified")
+        (index / "level").write_text(str(level))
+        (index / "size").write_text(size)
+    return str(root)
+
+
+def test_a_conv_tile_picks_the_pair_whose_weights_stay_close():
+    """ResNet-18's layer3 conv (256 -> 256, 3x3 at 14x14; 16 chunks of 147 KB of weights): the
+    most accumulators, 8 chunks x 2 columns, reload 1.18 MB of weights per pass, from L3 on a
+    1 MB L2, every 2 columns (117 GFLOP/s, 1 thread, Zen 5); 2 x 7 reloads 295 KB from L2
+    every 7 (242 GFLOP/s). Weights read by one pass only (a squeeze-and-excite conv on a 1x1
+    map) come from memory for every tile: the most accumulators still win."""
+    from fuser.backends.tvm.schedules.common import ConvWeights, conv_register_tile
+
+    caches = {"l1d": 48 << 10, "l2": 1 << 20}
+    assert conv_register_tile(16, 14, 32) == (8, 2)  # the accumulators alone
+    assert conv_register_tile(16, 14, 32, 1, ConvWeights(2304, 64, 14, **caches)) == (2, 7)
+    # 128 -> 128 1x1 (YOLOv8n): 8 x 2 is 64 KB a pass, over half of L1; 2 x 7 16 KB
+    assert conv_register_tile(8, 14, 32, 1, ConvWeights(128, 64, 14, **caches)) == (2, 7)
+    # 64 -> 64 3x3 at 56x56 (ResNet-18's layer1): 36 KB a chunk, one chunk x 28 columns as before
+    assert conv_register_tile(4, 56, 32, 1, ConvWeights(576, 64, 56, **caches)) == (1, 28)
+    # 960 -> 240 squeeze-and-excite conv on a 1x1 map: every tile streams the weights once
+    assert conv_register_tile(15, 1, 32, 1, ConvWeights(960, 64, 1, **caches)) == (15, 1)
+
+
+def test_the_window_rule_gives_a_wide_conv_the_tile_that_keeps_its_weights_in_l2(tmp_path, monkeypatch):
+    """The window rule passes the conv's weights to the tile choice: ResNet-18's layer3 conv on
+    AVX-512 with a 48 KB L1d and 1 MB L2 gets 2 chunks x 7 columns. Output against ORT."""
+    from fuser.backends.tvm.depthfirst import _realizes
+
+    monkeypatch.setenv("FUSER_CACHE_DIR", _fake_caches(tmp_path, "48K", "1024K", "32768K"))
+    torch.manual_seed(0)
+    x = torch.randn(1, 256, 14, 14)
+    graph = fuser.optimize(torch.nn.Conv2d(256, 256, 3, padding=1).eval(), (x,)).graph
+    fused = None
+    for cpu in ("znver4", None):  # the tile for AVX-512; then a build this host runs
+        target = tb.make_target("llvm", cpu=cpu, threads=1)
+        fused = tb.schedule(tb.fuse(tb.to_relax(graph), target), target)
+        (name,) = [k for k in tb.kernel_names(fused) if "conv2d" in k]
+        assert tb.schedule_sources(fused)[name] == "window"
+        if cpu:
+            body = fused[name].body
+            loops = next(lps for r, lps in _realizes(body) if r.block.name_hint.endswith("_update"))
+            assert [int(lp.extent) for lp in loops if lp.kind == tvm.tirx.ForKind.UNROLLED] == [2, 7]
+    feeds = {graph.inputs[0].name: x.numpy()}
+    got = native.run_executable(tb.build_fused(fused, target), graph, target, feeds)
+    assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL

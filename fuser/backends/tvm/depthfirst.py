@@ -76,8 +76,9 @@ Rules, applied to one PrimFunc (a fusion-plan group after FuseTIR, or any other 
    columns, the vector being the channel block). A conv (a depthwise conv or pool, whose input
    differs per accumulator, tiles the row alone, on half the registers) takes the pair whose
    registers fit without spilling (``conv_register_tile``: accumulators, a weight vector per
-   chunk, the broadcast inputs), the most accumulators first, then the fewest loads per
-   multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting only the accumulators (at most
+   chunk, the broadcast inputs), the fewest cycles per multiply-add counting the weights it
+   reloads when they leave L1 (``ConvWeights``), then the most accumulators, then the fewest
+   loads per multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting only the accumulators (at most
    the registers less 4, fewest loads) picked 4 chunks x 7 columns and 2 x 14 on AVX-512,
    39 and 44 registers: LLVM spilled accumulators to the stack in the reduction loop, with
    unaligned 64-byte moves whose cost depends on where the process's stack starts (the same
@@ -915,12 +916,14 @@ def _register_tile(sch, b, spatial, reduce, target):
     (NCHW: the widest other loop; NCHW[x]c: the channel chunks). When no input reads both
     (a conv: each weight vector is shared by the reg_w columns, each input by the reg_c
     channels) the pair whose registers fit (``schedules.common.conv_register_tile``)
-    with the most accumulators, then the fewest vector loads per multiply-add, (reg_c + reg_w)
-    / (reg_c x reg_w); when one does (depthwise, pooling) each accumulator needs its own input
+    with the fewest cycles per multiply-add (NCHW[x]c: the weights it reloads when they leave
+    L1), then the most accumulators, then the fewest vector loads per multiply-add, (reg_c +
+    reg_w) / (reg_c x reg_w); when one does (depthwise, pooling) each accumulator needs its own input
     vector: half the registers, all on the row.
     Returns the write-back block; None (nothing changed) when the innermost loop has no vector
     of at least 4 lanes."""
     from .schedules.common import (
+        ConvWeights,
         conv_register_tile,
         cpu_facts,
         extent,
@@ -951,10 +954,15 @@ def _register_tile(sch, b, spatial, reduce, target):
         return next((lp for lp in others if _uses(index, sch.get(lp).loop_var)), None)
 
     row, channel = spatial[-1], max(others, key=lambda lp: extent(sch, lp)) if others else None
+    weights = None
     if width == vec and len(_shape(out)) == 5:  # NCHW[x]c: the row is the columns loop
         row, channel = indexing(3), indexing(1)
         if row is None:
             row, channel = spatial[-1], None
+        elif facts is not None:  # each weight vector is one chunk's: its tile waits for them
+            n, _, h, _, block_width = _shape(out)
+            reduction = math.prod(extent(sch, lp) for lp in reduce)
+            weights = ConvWeights(reduction, block_width * 4, n * h, facts.l1d, facts.l2)
     units = extent(sch, row) // (vec if row.same_as(spatial[-1]) else 1)
     row_var = sch.get(row).loop_var
     var = sch.get(channel).loop_var if channel is not None else None
@@ -966,7 +974,7 @@ def _register_tile(sch, b, spatial, reduce, target):
     inputs = [ld for ld in _loads(block) if not ld.source.same_as(out)]
     shared = var is not None and not any(reads_both(ld) for ld in inputs)
     if shared:  # a conv: the tile whose registers fit, the most accumulators, fewest loads
-        reg_c, reg_w = conv_register_tile(extent(sch, channel), units, regs)
+        reg_c, reg_w = conv_register_tile(extent(sch, channel), units, regs, 1, weights)
     else:  # depthwise, pooling: an input vector per accumulator
         reg_c, reg_w = 1, largest_divisor(units, max((regs - 2) // 2, 1))
     if row.same_as(spatial[-1]):

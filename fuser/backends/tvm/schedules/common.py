@@ -138,13 +138,53 @@ def conv_registers(reg_c: int, reg_w: int, vec_regs: int = 1) -> int:
     return vec_regs * (reg_c * reg_w + reg_c) + (reg_w if reg_c > 1 else 1)
 
 
-def conv_register_tile(chunks: int, columns: int, registers: int, vec_regs: int = 1) -> tuple[int, int]:
+# Bytes a core moves per cycle from L2 and from beyond L2 into its registers, and its vector
+# multiply-adds per cycle: Zen 5, fitted to ResNet-18's layer3 conv (256 -> 256, 3x3 at 14x14,
+# 147 KB of weights per 16-channel chunk), whose tiles of 4 chunks x 2 columns (weights from
+# L2) and 8 x 2 (from L3) took 0.79 and 1.09 cycles per multiply-add, 2 x 7 (L2) 0.53.
+L2_BYTES_PER_CYCLE, L3_BYTES_PER_CYCLE, FMA_PER_CYCLE = 40, 29, 2
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """What a conv register tile reads of its weights: ``reduction`` elements per output
+    channel (input channels x window), ``block_bytes`` per element for one channel chunk
+    (the chunk's vector), ``rows`` output rows that read the same weights (images x rows),
+    and the host's L1d and L2 (bytes)."""
+
+    reduction: int
+    block_bytes: int
+    rows: int
+    l1d: int
+    l2: int
+
+    def cycles_per_fma(self, reg_c: int, reg_w: int, columns: int, fmas: int) -> float:
+        """A tile of reg_c chunks x reg_w of ``columns`` doing ``fmas`` vector multiply-adds
+        per reduction step: its multiply-adds, or, when one pass of the reduction (reg_c
+        chunks' weights) does not stay in half of L1, the reg_c weight vectors it reloads
+        each step from L2 (or from beyond it, over 3/4 of L2), whichever takes longer. Weights
+        read by one pass only (one row, one column tile) come from beyond L2 for any tile."""
+        pass_bytes = reg_c * self.reduction * self.block_bytes
+        once = self.rows * (columns // reg_w) == 1
+        if pass_bytes <= self.l1d // 2 and not once:
+            return 1 / FMA_PER_CYCLE
+        rate = L2_BYTES_PER_CYCLE if pass_bytes <= 3 * self.l2 // 4 and not once else L3_BYTES_PER_CYCLE
+        return max(fmas / FMA_PER_CYCLE, reg_c * self.block_bytes / rate) / fmas
+
+
+def conv_register_tile(
+    chunks: int, columns: int, registers: int, vec_regs: int = 1, weights: ConvWeights | None = None
+) -> tuple[int, int]:
     """(reg_c, reg_w) dividing (chunks, columns) whose ``conv_registers`` fit in all registers
-    but one, so that LLVM does not spill accumulators to the stack: the most accumulators,
-    then the fewest vector loads per multiply-add, (reg_c + reg_w) / (reg_c x reg_w). Counting
-    the accumulators alone (the registers less 4) took 4 x 7 and 2 x 14 on AVX-512 (39 and 44
-    registers): their spills are unaligned 64-byte moves whose cost depends on where the
-    process's stack starts (Zen 4: the same kernel 1.5-2x slower from one process to the next)."""
+    but one, so that LLVM does not spill accumulators to the stack: the fewest cycles per
+    multiply-add (``weights.cycles_per_fma``: a tile whose weights leave L1 waits for them),
+    then the most accumulators, then the fewest vector loads per multiply-add, (reg_c + reg_w)
+    / (reg_c x reg_w). Counting the accumulators alone (the registers less 4) took 4 x 7 and
+    2 x 14 on AVX-512 (39 and 44 registers): their spills are unaligned 64-byte moves whose
+    cost depends on where the process's stack starts (Zen 4: the same kernel 1.5-2x slower
+    from one process to the next). Without the weights' cost, ResNet-18's layer3 convs took 8
+    chunks x 2 columns: 1.18 MB of weights per pass, reloaded from L3 for every 2 columns,
+    at 117 GFLOP/s against 242 for 2 x 7 (1 thread, Zen 5)."""
     fits = [
         (c, w)
         for c in range(1, chunks + 1)
@@ -152,7 +192,13 @@ def conv_register_tile(chunks: int, columns: int, registers: int, vec_regs: int 
         for w in range(1, columns + 1)
         if columns % w == 0 and conv_registers(c, w, vec_regs) <= registers - 1
     ] or [(1, 1)]
-    return min(fits, key=lambda cw: (-cw[0] * cw[1], (cw[0] + cw[1]) / (cw[0] * cw[1])))
+
+    def cost(cw):
+        c, w = cw
+        cycles = weights.cycles_per_fma(c, w, columns, c * w * vec_regs) if weights else 0.0
+        return (cycles, -c * w, (c + w) / (c * w))
+
+    return min(fits, key=cost)
 
 
 def largest_divisor(n: int, limit: int) -> int:

@@ -9,7 +9,10 @@ Register tile: reg_w output columns x reg_c channel chunks x the channel block
 (vectorized). conv: the pair whose accumulators, weight vectors and broadcast inputs fit in
 the registers (``common.conv_register_tile``: LLVM spilled the accumulators of 2 chunks x 14
 columns on AVX-512, 44 registers, and MobileNetV2 224's FuseOps build took 8.1-10.3 ms
-against 6.9-7.4 ms without the spills, 1 thread, Zen 4); depthwise and pool need one input
+against 6.9-7.4 ms without the spills, 1 thread, Zen 4) and whose weights, reg_c chunks of
+the whole reduction, are reloaded from the nearest cache per column tile
+(``common.ConvWeights``: ResNet-18's layer3 conv took 8 x 2, 1.18 MB reloaded from L3 every
+2 columns, at half the speed of 2 x 7); depthwise and pool need one input
 vector per accumulator, so they get half the registers, all on the row (the largest divisor
 of OW that fits). Loops: n x
 c_chunk x oh fused (parallel unless the target has one thread); then the column tiles,
@@ -25,6 +28,7 @@ defaults being the values above.
 from __future__ import annotations
 
 from .common import (
+    ConvWeights,
     conv_register_tile,
     cpu_facts,
     extent,
@@ -69,7 +73,11 @@ def register_tile(sch, red, epilogue, facts, kind: str, tunable: bool = False) -
     vec_regs = max(-(-OB // facts.lanes), 1)
     budget = facts.vector_registers - 4 if kind == "conv" else (facts.vector_registers - 2) // 2
     if kind == "conv":
-        reg_c, reg_w = conv_register_tile(OC, OW, facts.vector_registers, vec_regs)
+        reduction = 1
+        for r in rloops:
+            reduction *= extent(sch, r)
+        weights = ConvWeights(reduction, OB * 4, extent(sch, n) * extent(sch, oh), facts.l1d, facts.l2)
+        reg_c, reg_w = conv_register_tile(OC, OW, facts.vector_registers, vec_regs, weights)
     else:
         reg_w, reg_c = largest_divisor(OW, max(budget // vec_regs, 1)), 1
     oco, oci = split2(sch, oc, reg_c, tunable and kind == "conv", 4)
