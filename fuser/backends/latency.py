@@ -71,10 +71,16 @@ class KernelTiming:
     dram_bytes: int | None = None  # the plan's DRAM estimate for that group
     shared_with: list[int] = field(default_factory=list)  # other groups the kernel runs
     ops: str = ""  # the group's first .. last op (module paths for graphs captured from torch)
+    flops: float | None = None  # per call, as TVM counts them (``tvm.kernel_flops``)
 
     @property
     def total_ms(self) -> float:
         return self.median_ms * self.calls
+
+    @property
+    def gflops(self) -> float | None:
+        """The rate the kernel ran at in the run; None without a count or a time."""
+        return self.flops / self.median_ms / 1e6 if self.flops and self.median_ms > 0 else None
 
 
 @dataclass
@@ -228,7 +234,11 @@ def _tvm_runner(
     def kernel_timer(runs: int, clock=None) -> list[KernelTiming]:
         kernels = set(tb.kernel_names(fused))
         calls = tb.time_calls_in_run(model, [x], kernels, runs, clock, emptied=null_model())
-        return kernel_rows(calls, tb.group_kernels(mod), tb.group_order(mod))
+        rows = kernel_rows(calls, tb.group_kernels(mod), tb.group_order(mod))
+        flops = tb.kernel_flops(fused)
+        for row in rows:
+            row.flops = flops.get(row.kernel) or None
+        return rows
 
     def overhead(run_ms: float, repeat: int, clock: Callable[[], float]) -> CallOverhead:
         import tvm

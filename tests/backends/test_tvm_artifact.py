@@ -171,6 +171,32 @@ def test_bench_json_reports_ratios_and_kernels(small_model):
     assert report["kernels"] and all(k["median_ms"] > 0 for k in report["kernels"])
 
 
+def test_kernel_flops_are_the_hand_count_and_reach_the_bench_rows(tmp_path):
+    """A bias-free conv (16 -> 32, 3x3 at 8x8) and a bias-free Linear (2048 -> 10): TVM's count
+    of each kernel is two per multiply-add, 589,824 and 40,960; layout transforms and the
+    reshape none. ``fuser bench --json`` gives every kernel row its count, the table its rate."""
+    from fuser.backends import tvm as tb
+
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 32, 3, padding=1, bias=False),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2048, 10, bias=False),
+    )
+    graph = fuser.optimize(m.eval(), (torch.randn(1, 16, 8, 8),)).graph
+    target = tb.make_target("llvm", threads=1)
+    flops = tb.kernel_flops(tb.schedule(tb.fuse(tb.to_relax(graph), target), target))
+    assert sorted(f for f in flops.values() if f) == [2 * 2048 * 10, 2 * 16 * 32 * 9 * 64]
+    assert {k for k, f in flops.items() if f} == {"conv2d_nchwc", "matmul"}
+    path = tmp_path / "m.onnx"
+    fuser.save_onnx(graph, path)
+    r = native.run_cli("bench", path, "--backends", "tvm", "--repeat", "3", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {k["kernel"]: k["flops"] for k in json.loads(r.stdout)["kernels"]}
+    assert rows["conv2d_nchwc"] == 2 * 16 * 32 * 9 * 64 and rows["matmul"] == 2 * 2048 * 10
+    r = native.run_cli("bench", path, "--backends", "tvm", "--repeat", "3", "--warmup", "1")
+    assert r.returncode == 0 and "GFLOP/s" in r.stdout, r.stderr
+
+
 def test_tuning_options_are_checked(small_model, tmp_path):
     _, path, *_ = small_model
     r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b"), "--tune-trials", "4"])

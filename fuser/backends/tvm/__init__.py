@@ -22,6 +22,7 @@ from .build import (
     fuse,
     fuse_passes,
     kernel_calls,
+    kernel_flops,
     kernel_names,
     schedule,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "group_kernels",
     "group_order",
     "kernel_calls",
+    "kernel_flops",
     "kernel_names",
     "make_target",
     "null_kernels",

@@ -120,6 +120,21 @@ def kernel_names(fused_mod) -> list[str]:
     return sorted(gv.name_hint for gv, f in fused_mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
+def kernel_flops(fused_mod) -> dict[str, float]:
+    """Floating-point operations per call of each TIR kernel, as TVM's ``estimate_tir_flops``
+    counts them (a multiply-add is two; a copy or a layout transform none)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = {}
+    for gv, f in fused_mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            try:
+                flops[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": f})))
+            except (RuntimeError, TypeError, ValueError):  # one it cannot count (a dynamic loop)
+                continue
+    return flops
+
+
 def kernel_calls(fused_mod) -> dict[str, int]:
     """How often ``main`` calls each TIR kernel (after ``fuse``): a kernel TVM shares
     between identical subgraphs is called once per subgraph."""

@@ -23,6 +23,7 @@ from fuser.cli.common import (
 from .compile import rpc_options, rpc_runner, tune_with_progress
 
 FAILED_BACKEND_EXIT = 3  # the report printed, but a backend could not build or run the model
+RATED_MS = 0.01  # kernels faster than this get no GFLOP/s: the timing hook costs about 5 us a call
 
 
 def _bytes(n) -> str:
@@ -234,7 +235,9 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
         title_justify="left",
     )
     many_calls = any(k.calls > 1 for k in report.kernels)
+    rated = any(k.flops for k in report.kernels)
     cols = ["kernel"] + (["group"] if planned else []) + (["calls"] if many_calls else []) + ["ms/call", "%"]
+    cols += ["GFLOP/s"] if rated else []
     cols += ["ops", "plan DRAM", "shares kernel with"] if planned else []
     for col in cols:
         left = col in ("kernel", "shares kernel with")
@@ -243,6 +246,8 @@ def _print_report(model, report, repeat: int, top_kernels: int) -> None:
         row = [safe(k.kernel)] + (["-" if k.group is None else str(k.group)] if planned else [])
         row += [str(k.calls)] if many_calls else []
         row += [f"{k.median_ms:.4f}", f"{100 * k.total_ms / max(total, 1e-12):.1f}"]
+        if rated:  # under RATED_MS the hook's subtracted cost is most of the time: no rate
+            row += [f"{k.gflops:.0f}" if k.gflops and k.median_ms >= RATED_MS else "-"]
         if planned:
             row += [safe(k.ops) or "-", _bytes(k.dram_bytes), ", ".join(map(str, k.shared_with)) or "-"]
         kt.add_row(*row)
