@@ -97,6 +97,7 @@ def np_dtype(torch_dtype) -> np.dtype:
 
 def to_numpy(t) -> np.ndarray:
     """A copy (the graph must not share memory with a module that keeps training)."""
+    np_dtype(t.dtype)  # refuses bfloat16 in one line (numpy has no such type)
     return t.detach().cpu().numpy().copy()
 
 

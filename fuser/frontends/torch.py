@@ -56,7 +56,10 @@ def _quiet():
     for lg in silenced:
         lg.setLevel(logging.CRITICAL + 1)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # a failed torch.export writes the traced graph to stderr itself (twice), not through
+        # a logger: the one-line FuserError after it says what matters
+        out, err = io.StringIO(), io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -64,9 +67,20 @@ def _quiet():
             lg.setLevel(lv)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = _ANSI.sub("", str(e)).strip().splitlines()  # the ONNX exporter colours its text
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception ``e`` was raised from: the ONNX exporter's outer error is "Failed
+    to convert ... Next steps:", its cause names the op ("No ONNX function found for ...")."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
 
 
 # what torch says when an input is too small for a model's convolutions and pools: an output
@@ -76,6 +90,10 @@ _TOO_SMALL = re.compile(
     r"kernel size can't be greater than actual input size",
     re.IGNORECASE,
 )
+
+
+def _shapes(args: tuple) -> str:
+    return ", ".join(f"{str(a.dtype).removeprefix('torch.')}{list(a.shape)}" for a in args)
 
 
 def export_program(module, args: tuple):
@@ -90,6 +108,14 @@ def export_program(module, args: tuple):
             shape = "x".join(map(str, args[0].shape)) if args else "?"
             raise FuserError(
                 f"{type(module).__name__}: input {shape} is too small for this model: {reason}"
+            ) from None
+        try:
+            with torch.no_grad():
+                module(*args)
+        except Exception as eager:  # not a capture problem: forward() fails on these inputs
+            raise FuserError(
+                f"{type(module).__name__}: forward() fails on the example inputs "
+                f"({_shapes(args)}): {_first_line(eager)}; pass inputs the model accepts"
             ) from None
         try:
             traced = torch.fx.symbolic_trace(module)
@@ -142,7 +168,8 @@ def program_to_onnx(module, program, args: tuple):
                 output_names=["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)],
             )
         except Exception as e:
-            raise FuserError(f"{type(module).__name__}: the ONNX exporter failed: {_first_line(e)}") from None
+            reason = _first_line(_root_cause(e))
+            raise FuserError(f"{type(module).__name__}: the ONNX exporter failed: {reason}") from None
     return onnx_program.model_proto
 
 

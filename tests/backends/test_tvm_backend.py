@@ -223,6 +223,32 @@ def test_plan_groups_become_exactly_the_kernels():
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()}, groups)
 
 
+def test_a_plan_group_that_only_returns_the_input_runs_in_main():
+    """A model that returns its input beside a conv: the plan puts the output's Identity in a
+    group of its own, which has nothing to fuse (FuseTIR failed on it: "global_name !=
+    fused"); its node runs in main, the conv's group is a kernel, and the fusion plan itself
+    is accepted as ``groups``. Outputs against ORT; the input comes back unchanged."""
+
+    class PassThrough(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x), x
+
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    graph = fuser.optimize(PassThrough().eval(), (x,)).graph
+    plan = fuser.partition(graph, buffer="16KB")
+    assert [g.ops for g in plan.groups] == [["conv"], [graph.outputs[1].producer.name]]
+    mod = tb.to_relax(graph, plan)
+    assert tb.group_kernels(mod) == {0: "fuser_group_0"}
+    got = native.run_graph(graph, {graph.inputs[0].name: x.numpy()}, plan)
+    want = ort_run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert rel_err(got[0], want[0]) <= TOL
+    assert np.array_equal(got[1], x.numpy())
+
+
 def test_kernel_calls_are_timed_in_the_run_in_call_order():
     """time_calls_in_run times every kernel call of an inference where it runs: the plan's
     three group kernels in the order main calls them (the Gemm, group 0 here, last), the

@@ -4,6 +4,7 @@ per op checked against eager, and the exporter fallback for an op without a conv
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
@@ -313,3 +314,40 @@ def test_tvm_kernel_table_names_plan_groups_by_module_path():
         (0, "conv1 .. layer1.0.conv1", 10),
         (1, "layer1.0.relu", 20),
     ]
+
+
+def test_capture_errors_name_the_real_cause_in_one_clean_line(capsys):
+    """Each refusal is one FuserError whose advice fits its cause: bfloat16 weights (numpy has
+    no such type; was a TypeError from the weight copy), inputs forward() itself rejects (was
+    "remove data-dependent control flow"), control flow (torch's graph dumps, written to
+    stderr by the failed export, stay unprinted), and an op the ONNX exporter cannot
+    convert (named from its innermost error, without the exporter's colour codes; was
+    "... This is step 3/3 ... Next steps:")."""
+    conv = torch.nn.Conv2d(3, 4, 3).eval()
+    with pytest.raises(FuserError, match=r"bfloat16 tensors cannot be held .* cast the model to float32"):
+        bf16 = copy.deepcopy(conv).to(torch.bfloat16)
+        fuser.from_torch(bf16, (torch.randn(1, 3, 8, 8, dtype=torch.bfloat16),))
+    rejected = r"forward\(\) fails on the example inputs \(float32\[1, 5, 8, 8\]\)"
+    with pytest.raises(FuserError, match=rejected) as e:
+        fuser.from_torch(conv, (torch.randn(1, 5, 8, 8),))
+    assert "control flow" not in str(e.value) and "5 channels" in str(e.value)
+    with pytest.raises(FuserError, match=r"\(float64\[1, 3, 8, 8\]\).*double"):
+        fuser.from_torch(conv, (torch.randn(1, 3, 8, 8, dtype=torch.float64),))
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    capsys.readouterr()
+    with pytest.raises(FuserError, match="data-dependent control flow"):
+        fuser.from_torch(Branchy(), (torch.randn(1, 3, 8, 8),))
+    printed = capsys.readouterr()
+    assert "def forward" not in printed.err + printed.out
+
+    class AdaptiveMax(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_max_pool2d(x, 2)
+
+    with pytest.raises(FuserError, match=r"ONNX exporter failed: .*aten\.adaptive_max_pool2d") as e:
+        fuser.from_torch(AdaptiveMax(), (torch.randn(1, 3, 11, 11),))
+    assert "\x1b" not in str(e.value) and "Next steps" not in str(e.value)

@@ -150,12 +150,20 @@ def _group_function(bb, graph: Graph, members: list[Node], name: str):
     return gvar, inputs, outputs
 
 
+def _calls_anything(func) -> bool:
+    calls = []
+    relax.analysis.post_order_visit(func.body, lambda e: isinstance(e, relax.Call) and calls.append(e))
+    return bool(calls)
+
+
 def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] | None = None):
     """The Graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a
     tuple of the graph outputs.
 
-    ``groups``: lists of nodes (group ids 0, 1, ...) or node name -> group id, one
-    group per fused kernel; group ``k``'s function is ``fuser_group_k``.
+    ``groups``: a fusion plan (``fuser.partition``), lists of nodes (group ids 0, 1, ...) or
+    node name -> group id, one group per fused kernel; group ``k``'s function is
+    ``fuser_group_k``. A group of Identity-like ops only (the model returns its input) has
+    nothing to fuse: its nodes run in ``main``.
     """
     require_tvm()
     if not all(v.is_static for v in graph.inputs):
@@ -165,6 +173,8 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     for n in graph.nodes:
         if implementation("relax", n.op) is None:
             raise _not_lowered(n, graph.source)
+    if hasattr(groups, "groups"):  # a fusion Plan (not imported: fusion sits above backends)
+        groups = {op: gid for gid, g in enumerate(groups.groups) for op in g.ops}
     if isinstance(groups, Mapping):  # keep the given ids: reports join on them
         by_id: dict[int, list[Node]] = {}
         for n in graph.nodes:
@@ -177,13 +187,20 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
     units = _order_groups(graph, numbered) if numbered else None
     calls = []
     kernel_of: dict[str, str] = {}
+    aliases = set()
     for gid, members in units or ():
         if gid is None:  # a node in no group: emitted in main, one kernel of its own
             calls.append((None, None, None, members))
-        else:
-            gvar, ins, outs = _group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}")
-            kernel_of[str(gid)] = gvar.name_hint  # an earlier group's when the BlockBuilder shared it
-            calls.append((gvar, ins, outs, members))
+            continue
+        gvar, ins, outs = _group_function(bb, graph, members, f"{GROUP_FUNC_PREFIX}{gid}")
+        if not _calls_anything(bb.get()[gvar]):
+            # only Identity-like ops (a model that returns its input): nothing to fuse, and
+            # FuseTIR fails on a primitive function without a call; its nodes go to main
+            aliases.add(gvar)
+            calls += [(None, None, None, [n]) for n in members]
+            continue
+        kernel_of[str(gid)] = gvar.name_hint  # an earlier group's when the BlockBuilder shared it
+        calls.append((gvar, ins, outs, members))
     inputs = [relax.Var(_var_name(v.name), _sinfo(v)) for v in graph.inputs]
     env = {id(v): p for v, p in zip(graph.inputs, inputs)}
     with bb.function("main", inputs):
@@ -202,6 +219,8 @@ def to_relax(graph: Graph, groups: Sequence[Sequence[Node]] | Mapping[str, int] 
             ret = bb.emit_output(relax.Tuple([_lookup(env, v) for v in graph.outputs]))
         bb.emit_func_output(ret)
     mod = bb.get()
+    for gvar in aliases:
+        del mod[gvar]
     if not kernel_of:
         return mod
     order = [int(g) for g in kernel_of]  # dicts keep insertion order: the order of the calls
