@@ -4,6 +4,7 @@ in a child process (tests/native.py): a native crash fails one test, naming the 
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import native
@@ -445,3 +446,74 @@ def test_zoo_cuda_build_compiles_with_nvcc(name):
         feeds = {graph.inputs[0].name: x.numpy()}
         got = native.run_executable(ex, graph, target, feeds)
         assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
+
+
+class _ScalarOps(torch.nn.Module):
+    """Ops whose Relax converters make scalar constants: HardSwish (HardSigmoid's alpha,
+    beta), PReLU (its zero), Reciprocal (its one), LayerNorm without bias (its zeros), a
+    BatchNorm after an add (not folded: its epsilon); a conv whose weights are prepacked."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.prelu = torch.nn.PReLU(8)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.norm = torch.nn.LayerNorm(16, bias=False)
+
+    def forward(self, x):
+        y = self.prelu(torch.nn.functional.hardswish(self.conv(x)))
+        y = self.bn(y + x.mean(1, keepdim=True))
+        return self.norm(torch.reciprocal(y.abs() + 1.0))
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-9), (torch.float16, 2e-2)])
+def test_a_model_in_float64_or_float16_builds_and_matches_eager(dtype, tol):
+    """Scalar constants take the op's element type and prepacked weights keep theirs:
+    relax.const made float32 of them, and a float64 build failed with "Binary operators must
+    have the same datatype" (the prepacked conv weight, then each converter's scalar); a
+    float64 LayerNorm is written in plain ops (TVM's takes float32 and float16). Against
+    eager in float64 (float64 to 1e-9, float16 to 2e-2)."""
+    torch.manual_seed(0)
+    module = _ScalarOps().eval()
+    with torch.no_grad():
+        module.bn.running_mean.uniform_(-0.5, 0.5)
+        module.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():  # the reference in float64
+        want = copy.deepcopy(module).double()(x.double()).numpy()
+    module, x = module.to(dtype), x.to(dtype)
+    graph = fuser.optimize(module, (x,)).graph
+    assert {n.op for n in graph.nodes} >= {"Conv", "HardSwish", "PRelu", "Reciprocal", "BatchNormalization"}
+    (got,) = native.run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    assert got.dtype == x.numpy().dtype
+    assert rel_err(got.astype(np.float64), want) <= tol
+
+
+class _SpatialAttention(torch.nn.Module):
+    """CBAM's spatial attention after a conv: the channels' mean and max (kept as one channel
+    each), a 7x7 conv of the two, its sigmoid multiplied into every channel; and a one-channel
+    slice added to a conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.attend = torch.nn.Conv2d(2, 1, 7, padding=3)
+        self.project = torch.nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        pooled = torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)
+        y = y * torch.sigmoid(self.attend(pooled))
+        return self.project(y + x[:, :1])
+
+
+def test_cbam_spatial_attention_builds_in_the_blocked_layout():
+    """A reduction over the channels kept as one channel, and a one-channel map multiplied
+    into (added to) a map of 16: ConvertLayout blocks the 16 channels and could do neither
+    ("Could not normalize iterators", "Cannot broadcast from 5 to 4"). Now the reduction drops
+    the axis and puts it back, and the one-channel operand is broadcast to 16 first. Against
+    ORT, FuseOps and plan-driven."""
+    check_module(_SpatialAttention(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    graph = fuser.optimize(_SpatialAttention().eval(), (x,)).graph
+    check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()}, fuser.partition(graph, buffer="32KB"))

@@ -89,6 +89,15 @@ def _dims(expr) -> list[int]:
     return [int(d) for d in expr.ty.shape]
 
 
+def _static_dims(expr) -> list[int] | None:
+    """``expr``'s shape when it is a tensor of known dims, else None (a tuple, a scalar)."""
+    ty = getattr(expr, "ty", None)
+    shape = getattr(ty, "shape", None) if isinstance(ty, relax.TensorType) else None
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm | int) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
 def _calls(mod, op_name: str) -> list:
     op = tvm.ir.Op.get(op_name)
     found: list = []
@@ -181,9 +190,50 @@ def _split_sections(call):
     return relax.op.split(call.args[0], len(cuts) - 1, int(call.attrs.axis))
 
 
+_BROADCAST_BINARY = frozenset(
+    f"relax.{op}" for op in ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
+)
+_CHANNEL_REDUCTIONS = {f"relax.{op}": getattr(relax.op, op) for op in ("mean", "max", "min", "sum")}
+
+
+def _one_channel_operands(call):
+    """A binary op of a 4-D map of C channels and a 4-D map of one (a spatial attention map,
+    CBAM's): the one-channel operand broadcast to C first. ConvertLayout gives the C-channel
+    operand the blocked layout and cannot block one channel ("Cannot broadcast from 5 to 4")."""
+    if call.op.name not in _BROADCAST_BINARY or len(call.args) != 2:
+        return None
+    shapes = [_static_dims(a) for a in call.args]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return None
+    (a, b), (sa, sb) = call.args, shapes
+    if sa[1] > 1 and sb[1] == 1:
+        return relax.Call(call.op, [a, relax.op.broadcast_to(b, [sb[0], sa[1], *sb[2:]])], call.attrs)
+    if sb[1] > 1 and sa[1] == 1:
+        return relax.Call(call.op, [relax.op.broadcast_to(a, [sa[0], sb[1], *sa[2:]]), b], call.attrs)
+    return None
+
+
+def _channel_reduction(call):
+    """A reduction over the channels of a 4-D map keeping its axis (CBAM's channel mean and
+    max): reduced without keeping it, then the axis put back. ConvertLayout cannot map a
+    blocked layout onto the kept one-channel axis ("Could not normalize iterators")."""
+    reduce = _CHANNEL_REDUCTIONS.get(call.op.name)
+    if reduce is None or not call.attrs.keepdims or call.attrs.axis is None:
+        return None
+    dims = _static_dims(call.args[0])
+    rank = len(dims or ())
+    axes = sorted(int(a) % rank for a in call.attrs.axis) if rank else []
+    if rank != 4 or 1 not in axes:
+        return None
+    return relax.op.expand_dims(reduce(call.args[0], axes, keepdims=False), axes)
+
+
 def _rewrite_for_layout(call):
-    new = _rewrite_call(call)
-    return new if new is not None else _split_sections(call)
+    for rewrite in (_rewrite_call, _split_sections, _one_channel_operands, _channel_reduction):
+        new = rewrite(call)
+        if new is not None:
+            return new
+    return None
 
 
 def _call_mutator(name: str, rewrite):
@@ -754,7 +804,7 @@ def _prepack(call):
     if int(np.prod(index_map.map_shape(list(array.shape)))) != array.size:  # padded
         return None
     out = transform_constant(array, index_map)
-    return None if out is None else relax.const(out)
+    return None if out is None else relax.const(out, str(out.dtype))  # relax.const narrows float64
 
 
 def layout_passes(target) -> list:

@@ -52,6 +52,13 @@ class Lowering:
         return [int(d) for d in self.node.output.shape]
 
     @property
+    def dtype(self) -> str:
+        """The output's element type: what a scalar constant of the op is made of (relax.const
+        would make float32 of a float16 or float64 model's scalars, and the op fails to
+        type-check)."""
+        return str(self.node.output.dtype)
+
+    @property
     def rank(self) -> int:
         return len(self.node.input(0).shape)
 

@@ -34,7 +34,7 @@ def _clip(c: Lowering, x, *_):
 def _hard_sigmoid(c: Lowering, x, alpha: float | None = None, beta: float | None = None):
     alpha = float(c.attr("alpha", 0.2)) if alpha is None else alpha
     beta = float(c.attr("beta", 0.5)) if beta is None else beta
-    y = R.add(R.multiply(x, relax.const(alpha, "float32")), relax.const(beta, "float32"))
+    y = R.add(R.multiply(x, relax.const(alpha, c.dtype)), relax.const(beta, c.dtype))
     return R.clip(y, 0.0, 1.0)
 
 
@@ -57,8 +57,11 @@ def _leaky_relu(c: Lowering, x):
 
 @implements("relax", "PRelu")
 def _prelu(c: Lowering, x, slope):
-    # slope broadcasts to x (ONNX's unidirectional broadcast: (C, 1, 1) per channel)
-    return R.where(R.less(x, relax.const(0.0, "float32")), R.multiply(x, slope), x)
+    # slope broadcasts to x (ONNX's unidirectional broadcast: (C, 1, 1) per channel). As
+    # max(x, 0) + slope * min(x, 0), exact for either sign: a where() on a bool mask failed in
+    # the blocked layout (ConvertLayout padded the bool mask's channels with a float 0.0)
+    zero = relax.const(0.0, c.dtype)
+    return R.add(R.maximum(x, zero), R.multiply(R.minimum(x, zero), slope))
 
 
 @implements("relax", "Sum")
@@ -71,7 +74,7 @@ def _sum(c: Lowering, *xs):
 
 @implements("relax", "Reciprocal")
 def _reciprocal(c: Lowering, x):
-    return R.divide(relax.const(1.0, "float32"), x)
+    return R.divide(relax.const(1.0, c.dtype), x)
 
 
 @implements("relax", "Where")

@@ -60,9 +60,9 @@ def _gemm(c: Lowering, a, b, cc=None):
     y = R.matmul(a, b)
     alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
     if alpha != 1.0:
-        y = R.multiply(y, relax.const(alpha, "float32"))
+        y = R.multiply(y, relax.const(alpha, c.dtype))
     if cc is not None and beta != 0.0:
-        y = R.add(y, cc if beta == 1.0 else R.multiply(cc, relax.const(beta, "float32")))
+        y = R.add(y, cc if beta == 1.0 else R.multiply(cc, relax.const(beta, c.dtype)))
     return y
 
 
@@ -120,10 +120,8 @@ def _lrn(c: Lowering, x):
     sq = R.reshape(R.multiply(x, x), [shape[0], 1, shape[1], rest])
     lo, hi = (size - 1) // 2, size // 2  # floor and ceil of (size - 1) / 2
     mean = R.nn.avg_pool2d(sq, (size, 1), (1, 1), (lo, 0, hi, 0), count_include_pad=True)
-    scale = R.add(
-        R.multiply(R.reshape(mean, shape), relax.const(alpha, "float32")), relax.const(bias, "float32")
-    )
-    return R.divide(x, R.power(scale, relax.const(beta, "float32")))
+    scale = R.add(R.multiply(R.reshape(mean, shape), relax.const(alpha, c.dtype)), relax.const(bias, c.dtype))
+    return R.divide(x, R.power(scale, relax.const(beta, c.dtype)))
 
 
 @implements("relax", "LayerNormalization")
@@ -132,8 +130,15 @@ def _layernorm(c: Lowering, x, scale, bias=None):
     if bias is None:
         # zeros computed from scale, not an array: a plan group's primitive function may
         # not hold tensor constants (and TVM 0.27's center=False gives wrong results)
-        bias = c.bb.emit(R.multiply(scale, relax.const(0.0, "float32")))
-    return R.nn.layer_norm(x, scale, bias, list(range(axis, c.rank)), float(c.attr("epsilon", 1e-5)))
+        bias = c.bb.emit(R.multiply(scale, relax.const(0.0, c.dtype)))
+    axes, eps = list(range(axis, c.rank)), float(c.attr("epsilon", 1e-5))
+    if c.dtype in ("float32", "float16"):
+        return R.nn.layer_norm(x, scale, bias, axes, eps)
+    # TVM's layer_norm takes float32 and float16 only: the same formula in plain ops
+    centered = R.subtract(x, R.mean(x, axes, keepdims=True))
+    var = R.mean(R.multiply(centered, centered), axes, keepdims=True)
+    normed = R.divide(centered, R.sqrt(R.add(var, relax.const(eps, c.dtype))))
+    return R.add(R.multiply(normed, scale), bias)
 
 
 @implements("relax", "BatchNormalization")
@@ -142,7 +147,7 @@ def _batchnorm(c: Lowering, x, scale, bias, mean, var, *_):
     ops, not folded arrays: a plan group's function may not hold tensor constants, and
     outside groups FoldConstant pre-computes the weight-only part anyway."""
     shape = [1, int(c.node.input(0).shape[1])] + [1] * (c.rank - 2)
-    eps = relax.const(float(c.attr("epsilon", 1e-5)), "float32")
+    eps = relax.const(float(c.attr("epsilon", 1e-5)), c.dtype)
     inv_std = R.divide(scale, R.sqrt(R.add(var, eps)))
     return R.add(
         R.multiply(R.subtract(x, R.reshape(mean, shape)), R.reshape(inv_std, shape)), R.reshape(bias, shape)
