@@ -96,7 +96,16 @@ def _global_avgpool(c: Lowering, x):
 @implements("relax", "Softmax")
 def _softmax(c: Lowering, x):
     if c.opset >= 13:
-        return R.nn.softmax(x, c.attr("axis", -1))
+        rank = len(c.node.input(0).shape)
+        axis = c.attr("axis", -1) % max(rank, 1)
+        if axis == rank - 1:
+            return R.nn.softmax(x, -1)
+        # over an inner axis (YOLOv8's DFL: 16 bins of each box side): moved last and back.
+        # dlight's CPU reduction rule fuses the leading spatial loops of the output, which
+        # are not the reduction's, and recomputed it 16x (YOLOv8n 224: 1.08 ms of 6.8)
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        back = [perm.index(i) for i in range(rank)]
+        return R.permute_dims(R.nn.softmax(R.permute_dims(x, perm), -1), back)
     # opset < 13: one softmax over all axes from ``axis`` (default 1) on, the input
     # seen as 2-D
     shape = list(c.node.input(0).shape)
