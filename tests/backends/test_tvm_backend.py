@@ -543,3 +543,24 @@ def test_a_softmax_over_an_inner_axis_is_computed_once():
     _, last = softmax_flops(torch.nn.Softmax(-1), torch.randn(1, 4, 1029, 16))
     assert inner == last
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()})
+
+
+class _DenseLayer(torch.nn.Module):
+    """DenseNet's pattern: a conv's 16 channels joined with another's 8 (and, second, with the
+    3 input channels), each join feeding a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c, self.d = torch.nn.Conv2d(24, 16, 1), torch.nn.Conv2d(19, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.c(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.d(torch.cat([y, x], 1))
+
+
+def test_a_concat_of_channel_counts_with_different_blocks_builds():
+    """16 channels come in blocks of 16 and 8 in blocks of 8, which ConvertLayout cannot join
+    ("Invalid layout axis 16b"): a concat over channels now caps every count it joins at the
+    block they share (8; with the input's 3 channels, plain). Against ORT."""
+    check_module(_DenseLayer(), (1, 3, 16, 16))

@@ -111,7 +111,10 @@ def _calls(mod, op_name: str) -> list:
 
 def group_limits(mod, lanes: int) -> dict[int, int]:
     """Channel count -> largest block allowed: every grouped (not depthwise) conv caps the
-    block of its input and output channel counts at its per-group width's block."""
+    block of its input and output channel counts at its per-group width's block, and every
+    concat over channels caps the counts it joins at the largest block dividing them all (1:
+    plain). DenseNet's 16 + 8 channels came as 16- and 8-channel blocks, which ConvertLayout
+    cannot join ("Invalid layout axis 16b")."""
     limits: dict[int, int] = {}
     for call in _calls(mod, "relax.nn.conv2d"):
         groups = int(call.attrs.groups)
@@ -120,6 +123,15 @@ def group_limits(mod, lanes: int) -> dict[int, int]:
             continue
         for c in (cin, cout):
             limits[c] = min(limits.get(c, lanes), channel_block(c // groups, lanes) or 1)
+    for call in _calls(mod, "relax.concat"):
+        parts = [_static_dims(f) for f in getattr(call.args[0], "fields", [])]
+        out = _static_dims(call)
+        if out is None or len(out) != 4 or int(call.attrs.axis) % 4 != 1 or any(p is None for p in parts):
+            continue
+        counts = {p[1] for p in parts} | {out[1]}
+        common = next((b for b in BLOCKS if b <= lanes and all(c % b == 0 for c in counts)), 1)
+        for c in counts:
+            limits[c] = min(limits.get(c, lanes), common)
     return limits
 
 
