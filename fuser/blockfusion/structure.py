@@ -35,16 +35,32 @@ graph inputs):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fuser.ir import Graph, Node, Value
-from fuser.ir.ops import Category, category, implementation
+from fuser.ir.ops import Category, category, implementation, reduction_axes
 
 MERGES = ("Add", "Sum", "Concat", "Mul")
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+
+
+def is_global_pool(n: Node) -> bool:
+    """A pool over a map's rows: Global*Pool, or a ReduceMean/Max whose axes take the rows
+    (axis rank-2) of its input. One over the channels of an NHWC tensor (ConvNeXt's LayerNorm
+    written out as ops) or of each pixel needs no whole map: it is no pool."""
+    if n.op not in GLOBAL_POOLS:
+        return False
+    if n.op.startswith("Global"):
+        return True
+    rank = len(n.inputs[0].shape or ()) if n.inputs and n.inputs[0] is not None else 0
+    axes = reduction_axes(n, rank) if rank else None
+    return axes is None or rank < 3 or rank - 2 in axes
+
+
 MAX_OPS = 80  # a larger single-exit region is a stage, not a block
 SRC = "\0source"
 
@@ -90,13 +106,34 @@ ACTIVATIONS = {
     "Tanh": np.tanh,
     "GELU": _gelu,
     "GELU(tanh)": lambda x: 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3))),
-    "LeakyReLU(0.1)": lambda x: np.where(x > 0, x, 0.1 * x),
-    "LeakyReLU(0.01)": lambda x: np.where(x > 0, x, 0.01 * x),
     "Mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+    "SELU": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x)),
+    "Softplus": lambda x: np.log1p(np.exp(x)),
+    "Softsign": lambda x: x / (1 + np.abs(x)),
 }
 
 
-def _elementwise_after(v: Value, limit: int = 8) -> tuple[list[Node], Value] | None:
+def _parametric(x: np.ndarray, y: np.ndarray) -> str | None:
+    """The one-parameter families, their parameter read off the probe's ends and the whole
+    curve checked: LeakyReLU(a) (a PReLU of one slope too), ELU(a) (CELU(a) computes the same
+    for a = 1), Clip(lo, hi) (hardtanh)."""
+    pos, neg = x > 0, x < -1
+    close = functools.partial(np.allclose, rtol=1e-4, atol=1e-4)
+    if not close(y[pos], x[pos]):
+        lo, hi = float(y.min()), float(y.max())
+        if close(y, np.clip(x, lo, hi)) and lo < hi:
+            return f"Clip({lo:g}, {hi:g})"
+        return None
+    slope = float(y[0] / x[0])
+    if slope != 0 and close(y[neg], slope * x[neg]):
+        return f"LeakyReLU({slope:.3g})"
+    alpha = float(y[0] / np.expm1(x[0]))
+    if alpha > 0 and close(y[x <= 0], alpha * np.expm1(x[x <= 0])):
+        return f"ELU({alpha:.3g})"
+    return None
+
+
+def _elementwise_after(v: Value, limit: int = 16) -> tuple[list[Node], Value] | None:
     """The elementwise nodes computing a function of ``v`` alone (and constants), ending in one
     value read elsewhere: (nodes in graph order, that value); None when there is none."""
     nodes: dict[int, Node] = {}
@@ -159,7 +196,48 @@ def name_activation(graph: Graph, nodes: list[Node], out: Value) -> str:
     for name, f in ACTIVATIONS.items():
         if np.allclose(first, f(base.astype(np.float64))[: first.size], rtol=1e-4, atol=1e-4):
             return name
+    if first.size == base.size:
+        return _parametric(base.astype(np.float64), first) or "elementwise"
     return "elementwise"
+
+
+def _named_tail(graph: Graph, nodes: list[Node], out: Value) -> tuple[list[Node], str]:
+    """The chain's longest tail that names an activation, and that name: the chain after a
+    MatMul or Conv often starts with its bias Add (a constant per channel, no activation),
+    and GELU written out (Div Erf Add Mul Mul) follows it. ([], 'elementwise') if none."""
+    for start in range(len(nodes)):
+        tail = nodes[start:]
+        name = name_activation(graph, tail, out)
+        if name != "elementwise":
+            return tail, name
+    return [], "elementwise"
+
+
+def layernorm_as_ops(n: Node) -> list[Node] | None:
+    """The nodes of a LayerNorm written out as ops, from its first ReduceMean (what exporters
+    before opset 17 write): mean, x - mean, its square's mean + eps, sqrt, the division, then
+    a constant scale and shift if present. None when ``n`` does not start one."""
+    if n.op != "ReduceMean" or is_global_pool(n) or not n.inputs or n.inputs[0] is None:
+        return None
+    x = n.inputs[0]
+    sub = next((u for u in n.output.users if u.op == "Sub" and u.inputs[0] is x), None)
+    div = next((u for u in sub.output.users if u.op == "Div"), None) if sub is not None else None
+    if div is None or div.inputs[0] is not sub.output:
+        return None
+    between, v = [], div.inputs[1]
+    while v is not None and v is not sub.output and v.producer is not None and len(between) < 6:
+        between.append(v.producer)
+        v = v.producer.inputs[0]
+    if v is not sub.output:
+        return None
+    nodes, out = [n, sub, *reversed(between), div], div.output
+    for op in ("Mul", "Add"):
+        (user, *more) = out.users or [None]
+        affine = user is not None and not more and user.op == op
+        if affine and any(i is not None and i.is_const for i in user.inputs):
+            nodes.append(user)
+            out = user.output
+    return nodes
 
 
 # ---- description ----------------------------------------------------------------------------
@@ -175,6 +253,13 @@ def _conv_label(n: Node) -> str:
     return label + (f" s{stride}" if stride > 1 else "")
 
 
+def _in_chain_of_one_input(n: Node) -> bool:
+    """A Mul or Add of one value with itself or a constant (x * x in GELU(tanh) written out):
+    part of an activation, not a merge of two branches."""
+    data = {id(i) for i in n.inputs if i is not None and not i.is_const}
+    return category(n.op) == Category.ELEMENTWISE and len(data) == 1
+
+
 def _describe(graph: Graph, members: list[Node]) -> tuple[str, list[str]]:
     """'Conv 3x3 + SiLU -> Conv 3x3 + SiLU -> Add' and the activations named in it."""
     chosen = {id(n) for n in members}
@@ -183,39 +268,42 @@ def _describe(graph: Graph, members: list[Node]) -> tuple[str, list[str]]:
     for n in members:
         if id(n) in covered:
             continue
-        if (
-            n.op in WEIGHTED
-            or n.op in GLOBAL_POOLS
-            or n.op in ("MaxPool", "AveragePool", "LayerNormalization")
-        ):
+        layernorm = layernorm_as_ops(n)
+        if layernorm and all(id(a) in chosen for a in layernorm):
+            covered.update(id(a) for a in layernorm)
+            parts.append("LayerNorm")
+            continue
+        if n.op in WEIGHTED or is_global_pool(n) or n.op in ("MaxPool", "AveragePool", "LayerNormalization"):
             label = _conv_label(n) if n.op in ("Conv", "ConvTranspose") else n.op
             after = _elementwise_after(n.output)
             if after is not None and all(id(a) in chosen for a in after[0]):
-                name = name_activation(graph, *after)
-                covered.update(id(a) for a in after[0])
-                if name == "elementwise":
-                    label += " + " + " ".join(a.op for a in after[0])
-                else:
-                    label += f" + {name}"
+                chain, out = after
+                tail, name = _named_tail(graph, chain, out)
+                covered.update(id(a) for a in chain)
+                head = " ".join(a.op for a in chain[: len(chain) - len(tail)])
+                label += " + " + " + ".join(([head] if head else []) + ([name] if tail else []))
+                if tail:
                     acts.append(name)
             parts.append(label)
-        elif n.op in MERGES or n.op in ("Split", "Resize"):
+        elif (n.op in MERGES and not _in_chain_of_one_input(n)) or n.op in ("Split", "Resize"):
             parts.append(n.op)
         elif category(n.op) == Category.ELEMENTWISE:
             after = _elementwise_after(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
             if after is not None and id(n) in {id(a) for a in after[0]}:
-                name = name_activation(graph, *after)
-                covered.update(id(a) for a in after[0])
-                if name != "elementwise":
-                    parts.append(name)
+                chain, out = after
+                tail, name = _named_tail(graph, chain, out)
+                covered.update(id(a) for a in chain if id(a) in chosen)
+                head = " ".join(a.op for a in chain[: len(chain) - len(tail)] if id(a) in chosen)
+                parts.append(" + ".join(([head] if head else []) + ([name] if tail else [])))
+                if tail:
                     acts.append(name)
-    return " -> ".join(parts), acts
+    return " -> ".join(p for p in parts if p), acts
 
 
 def _kind(members: list[Node], merge: Node, acts: list[str]) -> str:
     convs = [n for n in members if n.op == "Conv"]
     ops = {n.op for n in members}
-    has_pool = bool(ops & set(GLOBAL_POOLS))
+    has_pool = any(is_global_pool(n) for n in members)
 
     def kernel(n):
         return int(n.inputs[1].shape[2]) if n.inputs[1] is not None and n.inputs[1].shape else 1
@@ -230,7 +318,8 @@ def _kind(members: list[Node], merge: Node, acts: list[str]) -> str:
         return "concat block"
     if merge.op == "Mul":
         return "squeeze-excite" if has_pool else "gated block"
-    if "LayerNormalization" in ops and any(depthwise(c) and kernel(c) == 7 for c in convs):
+    layernorm = "LayerNormalization" in ops or any(layernorm_as_ops(n) for n in members)
+    if layernorm and any(depthwise(c) and kernel(c) == 7 for c in convs):
         return "ConvNeXt"
     dw = [c for c in convs if depthwise(c)]
     grouped = [c for c in convs if int(c.attr("group", 1)) > 1 and not depthwise(c)]
@@ -303,7 +392,7 @@ def find_residual_blocks(graph: Graph, templates: bool = True) -> list[Block]:
             continue
         members = [by_name[x] for x in sorted(region, key=order.__getitem__)]
         ops = {n.op for n in members}
-        if not ops & set(WEIGHTED) and not (m.op == "Mul" and ops & set(GLOBAL_POOLS)):
+        if not ops & set(WEIGHTED) and not (m.op == "Mul" and any(is_global_pool(n) for n in members)):
             continue
         inside = region | {m.name}
         if any(graph.is_output(v) for n in members for v in n.outputs):
@@ -376,7 +465,7 @@ def _select(graph: Graph, found, templates: bool) -> list[Block]:
         description, acts = _describe(graph, members)
         names = [n.name for n in members]
         reason = _refusal(members, output)
-        pools = sorted({n.op for n in members if n.op in GLOBAL_POOLS})
+        pools = sorted({n.op for n in members if is_global_pool(n)})
         stages = 1
         if not reason and pools:
             stages = 2

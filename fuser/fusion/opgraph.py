@@ -41,7 +41,7 @@ import numpy as np
 
 from fuser.analysis import node_weights
 from fuser.ir import FuserError, Graph, Node, Value
-from fuser.ir.ops import Category, category, ops_in
+from fuser.ir.ops import Category, category, ops_in, reduction_axes
 
 # Op kinds come from the op registry (fuser.ir.ops); the row rules add only what a
 # category does not say: which axis an op works along.
@@ -91,16 +91,6 @@ def row_height(v: Value) -> int:
     return int(shape[-2]) if len(shape) >= 4 else 1
 
 
-def _normalized_axes(node: Node, rank: int) -> list[int] | None:
-    axes = node.attr("axes")
-    axes_input = node.inputs[1] if len(node.inputs) > 1 else None
-    if axes is None and node.op in REDUCTIONS and axes_input is not None and axes_input.is_const:
-        axes = axes_input.const.reshape(-1).tolist()
-    if axes is None:
-        return None
-    return [int(a) % rank for a in np.atleast_1d(axes)]
-
-
 def row_rule(node: Node, index: int) -> RowRule:
     """How op ``node`` consumes the rows of its data input ``index``."""
     x, y = node.inputs[index], node.outputs[0]
@@ -124,7 +114,7 @@ def row_rule(node: Node, index: int) -> RowRule:
     if op in GLOBAL_POOLS:
         return RowRule("accumulate")
     if op in REDUCTIONS and index == 0:
-        axes = _normalized_axes(node, rank_in)
+        axes = reduction_axes(node, rank_in)
         if axes is None or rank_in - 2 in axes:
             return RowRule("accumulate")
         return SAME if keeps_rows else FULL

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
 import onnx.defs
 
 
@@ -268,6 +269,18 @@ def category(name: str) -> Category | None:
 
 def ops_in(*categories: Category) -> frozenset[str]:
     return frozenset(n for n, d in OPS.items() if d.category in categories)
+
+
+def reduction_axes(node, rank: int) -> list[int] | None:
+    """The axes a Reduce* node reduces, in 0..rank-1: its ``axes`` attribute, or (opset 18)
+    its constant second input; None when it names none (every axis) or they are computed."""
+    axes = node.attr("axes")
+    axes_input = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes is None and node.op.startswith("Reduce") and axes_input is not None and axes_input.is_const:
+        axes = axes_input.const.reshape(-1).tolist()
+    if axes is None:
+        return None
+    return [int(a) % rank for a in np.atleast_1d(axes)]
 
 
 def implements(kind: str, *names: str) -> Callable[[Callable], Callable]:

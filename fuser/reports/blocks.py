@@ -15,6 +15,21 @@ from fuser.units import human, human_bytes
 from .format import bytes_pair, us
 from .text import plain
 
+GATES = ("squeeze-excite", "gated block")
+JOINS = ("concat block", "C2f", "channel split")
+
+
+def _found(blocks: list[dict]) -> str:
+    """'8 residual blocks', or '7 blocks (3 residual, 4 gates)' when some blocks join their
+    branches otherwise: a gate multiplies the input by a function of it (squeeze-excite), a
+    concat joins them."""
+    gates = sum(1 for b in blocks if b["kind"] in GATES)
+    joins = sum(1 for b in blocks if b["kind"] in JOINS)
+    if not gates and not joins:
+        return f"{len(blocks)} residual blocks"
+    counts = [(len(blocks) - gates - joins, "residual"), (gates, "gates"), (joins, "concats")]
+    return f"{len(blocks)} blocks (" + ", ".join(f"{n} {what}" for n, what in counts if n) + ")"
+
 
 def residual_table(report: dict) -> Table:
     """The residual blocks found by structure: what each computes, whether it became one
@@ -24,7 +39,7 @@ def residual_table(report: dict) -> Table:
     title = Text()
     title.append(plain(report["model"]))
     title.append(
-        f": {len(blocks)} residual blocks found by structure, "
+        f": {_found(blocks)} found by structure, "
         f"{sum(1 for b in blocks if b['fused'])} fused, each one depth-first TVM kernel"
     )
     t = Table(title=title, title_justify="left")

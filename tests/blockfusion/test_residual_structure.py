@@ -12,6 +12,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from util import HEAVY, PADDLE_MODELS, paddle_model
 from zoo_cache import zoo_case
@@ -180,3 +181,79 @@ def test_activations_are_named_on_any_input_size_and_a_per_channel_constant_is_n
     per_channel = 1 + np.linspace(0, 0.5, shape[1]).reshape(1, -1, 1, 1)
     g, out = _chain(shape, per_channel)
     assert name_activation(g, list(g.nodes), out) == "elementwise"
+
+
+class _Residual(torch.nn.Module):
+    """act(x + conv(act(conv(x)))) between two convs (a block's entry and output are no
+    graph input or output)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.act, self.stem, self.head = act, torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.act(x + self.c2(self.act(self.c1(x)))))
+
+
+class _GeluTanhAsOps(torch.nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1 + torch.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+
+
+@pytest.mark.parametrize(
+    ("act", "name"),
+    [
+        (torch.nn.ELU(), "ELU(1)"),
+        (torch.nn.SELU(), "SELU"),
+        (torch.nn.Softplus(), "Softplus"),
+        (torch.nn.Softsign(), "Softsign"),
+        (torch.nn.Hardtanh(-2.0, 2.0), "Clip(-2, 2)"),
+        (torch.nn.LeakyReLU(0.2), "LeakyReLU(0.2)"),
+        (_GeluTanhAsOps(), "GELU(tanh)"),
+    ],
+)
+def test_every_activation_of_a_block_is_named_also_after_its_add(act, name):
+    """Each activation is named where it follows a conv and where it follows the Add, and both
+    are listed: the Add's ELU, SELU, Softplus, Softsign and hardtanh went unmentioned (no
+    name, so no label), GELU(tanh) written out (nine ops: more than the chain's old limit of
+    8, its x * x read as a merge) came as 'Mul -> Mul -> ...'. Parametric families read their
+    parameter off the probe."""
+    x = torch.randn(1, 3, 8, 8)
+    graph = fuser.optimize(_Residual(act).eval(), (x,)).graph
+    (block,) = find_residual_blocks(graph)
+    assert block.description == f"Conv 3x3 + {name} -> Conv 3x3 -> Add -> {name}"
+    assert block.activations == [name, name]
+
+
+class _ConvNeXtWrittenOut(torch.nn.Module):
+    """ConvNeXt's block with its channels-last LayerNorm written out as ops (what exporters
+    before opset 17 emit): mean, x - mean, mean of its square, + eps, sqrt, divide, scale."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.dw = torch.nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.weight, self.bias = torch.nn.Parameter(torch.rand(c) + 0.5), torch.nn.Parameter(torch.rand(c))
+        self.up, self.down = torch.nn.Linear(c, 4 * c), torch.nn.Linear(4 * c, c)
+        self.stem, self.head = torch.nn.Conv2d(3, c, 1), torch.nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        centered = y - y.mean(-1, keepdim=True)
+        y = centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + 1e-6)
+        y = self.down(torch.nn.functional.gelu(self.up(y * self.weight + self.bias)))
+        return self.head(x + y.permute(0, 3, 1, 2))
+
+
+def test_a_layernorm_written_out_is_no_pool():
+    """Its ReduceMeans reduce each pixel's channels, not the map's rows: the block is a
+    ConvNeXt block, one stage (it was 'MBConv + SE', split at ReduceMean 'the pool needs its
+    whole H x W input'), described with 'LayerNorm'."""
+    x = torch.randn(1, 3, 8, 8)
+    graph = fuser.optimize(_ConvNeXtWrittenOut().eval(), (x,)).graph
+    assert "ReduceMean" in graph.op_counts() and "LayerNormalization" not in graph.op_counts()
+    (block,) = find_residual_blocks(graph)
+    assert block.kind == "ConvNeXt" and block.stages == 1, (block.kind, block.reason)
+    assert block.description.startswith("Conv 7x7 dw -> LayerNorm -> ")
