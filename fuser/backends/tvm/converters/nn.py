@@ -39,16 +39,36 @@ def _conv_transpose(c: Lowering, x, w, b=None):
     if c.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "") or c.attr("output_shape"):
         raise c.fail("auto_pad/output_shape are not supported; give explicit pads")
     strides = c.attr("strides", [1] * n)
-    y = R.nn.conv2d_transpose(
-        x,
-        w,
-        strides,
-        c.attr("pads", [0] * 2 * n),
-        c.attr("output_padding", [0] * n),
-        c.attr("dilations", [1] * n),
-        c.attr("group", 1),
-    )
+    pads, output_padding = c.attr("pads", [0] * 2 * n), c.attr("output_padding", [0] * n)
+    dilations, group = c.attr("dilations", [1] * n), c.attr("group", 1)
+    kernel = [int(d) for d in c.node.input(1).shape[2:]]
+    if (
+        list(strides) == kernel
+        and not any(pads)
+        and not any(output_padding)
+        and set(dilations) == {1}
+        and group == 1
+    ):
+        y = _upsampling_conv(c, x, w, kernel)
+    else:
+        y = R.nn.conv2d_transpose(x, w, strides, pads, output_padding, dilations, group)
     return channel_bias(y, b, c.rank) if b is not None else y
+
+
+def _upsampling_conv(c: Lowering, x, w, kernel: list[int]):
+    """A transposed conv whose stride is its kernel (no overlap: the 2x2 stride-2 up-convs of
+    U-Nets and of PaddleOCR's DB head) as a 1x1 conv to C_out x kh x kw channels, then each
+    channel group spread over its kh x kw output pixels (depth to space): the 1x1 conv runs
+    on the blocked default schedule. TVM's conv2d_transpose dilates the input with zeros and
+    kept NCHW: PP-OCRv4's detector at 640x640 spent 529 ms of 603 in its two (1 GFLOP/s)."""
+    n, c_in, h, wd = (int(d) for d in c.node.input(0).shape)
+    c_out = int(c.node.input(1).shape[1])
+    kh, kw = kernel
+    # W[ci, co, i, j] -> W'[(co, i, j), ci, 1, 1]
+    w1x1 = R.reshape(R.permute_dims(w, [1, 2, 3, 0]), [c_out * kh * kw, c_in, 1, 1])
+    y = R.nn.conv2d(x, w1x1, [1, 1], [0, 0, 0, 0], [1, 1], 1)
+    y = R.reshape(y, [n, c_out, kh, kw, h, wd])
+    return R.reshape(R.permute_dims(y, [0, 1, 4, 2, 5, 3]), [n, c_out, h * kh, wd * kw])
 
 
 @implements("relax", "Gemm")
