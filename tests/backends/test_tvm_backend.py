@@ -584,3 +584,33 @@ def test_an_upsampling_transposed_conv_is_a_1x1_conv_and_a_depth_to_space(kernel
     text = tb.to_relax(graph).script(show_meta=False)
     assert text.count("R.nn.conv2d_transpose(") == 1 and text.count("R.nn.conv2d(") == 2
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()})
+
+
+class _LearnableAffine(torch.nn.Module):
+    """PP-LCNetV3's learnable affine block after a conv: a weight of shape (1,) times the map,
+    plus a bias of shape (1,), the weight written first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 1)
+        self.scale, self.bias = (
+            torch.nn.Parameter(torch.tensor([1.5])),
+            torch.nn.Parameter(torch.tensor([0.25])),
+        )
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.hardswish(self.scale * self.conv(x) + self.bias))
+
+
+def test_a_scalar_weight_keeps_the_map_in_the_blocked_layout():
+    """The (1,)-shaped scale and bias become 0-d before ConvertLayout, which could not block a
+    rank-1 tensor and took the map back to NCHW around them: no layout transform between the
+    two convs, the affine ops in the first conv's kernel. Against ORT."""
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    graph = fuser.optimize(_LearnableAffine().eval(), (x,)).graph
+    assert {n.op for n in graph.nodes} >= {"Mul", "Add", "HardSwish"}
+    target = tb.make_target("llvm", threads=1)
+    kernels = tb.kernel_names(tb.fuse(tb.to_relax(graph), target))
+    transforms = [k for k in kernels if "layout_transform" in k]
+    assert len(transforms) == 2, kernels  # the input's and the output's, none between the convs
+    check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()})
