@@ -298,6 +298,73 @@ def _call_mutator(name: str, rewrite):
     return _pass
 
 
+_UNARY = frozenset(
+    f"relax.{op}"
+    for op in ("nn.gelu", "nn.gelu_tanh", "nn.relu", "nn.silu", "sigmoid", "tanh", "clip", "exp")
+)
+
+
+def _rows_of(expr):
+    """(y, shape) when ``expr`` is a reshape of a 2-D (rows, N) ``y`` to a ``shape`` ending in
+    N (the MatMul converter's token map, put back), else None."""
+    if not (
+        isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.reshape"
+    ):
+        return None
+    y, out = expr.args[0], _static_dims(expr)
+    dims = _static_dims(y)
+    if dims is None or out is None or len(dims) != 2 or len(out) < 3 or out[-1] != dims[1]:
+        return None
+    return y, out
+
+
+def sink_row_reshapes():
+    """A bias Add or activation after a token map's matmul computed on its 2-D rows, the
+    reshape back moved after it: FuseOps fuses a matmul with the elementwise ops after it, not
+    with a reshape between (ConvNeXt-T: each MLP matmul, its bias and its GELU in one kernel).
+    Rules: op(reshape(y)) -> reshape(op(y)) for an activation; add/multiply/... (reshape(y), c)
+    -> reshape(op(y, c')) for a c of one element or of N along the last axis only (c' 0-d or
+    (N,))."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Sink(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call.op, tvm.ir.Op) or not call.args or not isinstance(call.args[0], relax.Var):
+                return call
+            name = call.op.name
+            if name not in _UNARY and name not in _BROADCAST_BINARY:
+                return call
+            found = _rows_of(self.lookup_binding(call.args[0]))
+            if found is None:
+                return call
+            y, shape = found
+            args = [y, *call.args[1:]]
+            if name in _BROADCAST_BINARY:
+                other = _static_dims(call.args[1]) if len(call.args) == 2 else None
+                if other is None:
+                    return call
+                size = math.prod(other)
+                if size == shape[-1] and other[-1] == size:
+                    args[1] = relax.op.reshape(call.args[1], [size])
+                elif size == 1:
+                    args[1] = relax.op.reshape(call.args[1], [])
+                else:
+                    return call
+            return relax.op.reshape(relax.Call(call.op, args, call.attrs), shape)
+
+    @tvm.transform.module_pass(opt_level=0, name="SinkRowReshapes")
+    def _pass(mod, _ctx):
+        m = _Sink(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                m.builder_.update_func(gv, m.visit_expr(func))
+        return m.builder_.get()
+
+    return _pass
+
+
 def _pointwise_as_matmul(call, layout_cb):
     """A 1x1, stride-1, unpadded, ungrouped NCHW conv that gets no blocked layout (a channel
     count with no block: ShuffleNet's 58, DeepLab's 21 classes) as W[O, C] @ X[N, C, H*W]:
@@ -860,6 +927,8 @@ def layout_passes(target) -> list:
         return relax.transform.ConvertLayout({}, cb)(mod)
 
     return [
+        sink_row_reshapes(),
+        relax.transform.Normalize(),
         _call_mutator("RewriteForLayout", _rewrite_for_layout),
         relax.transform.Normalize(),
         convert_layout,
