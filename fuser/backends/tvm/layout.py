@@ -287,9 +287,15 @@ def _call_mutator(name: str, rewrite):
             new = rewrite(call) if isinstance(call.op, tvm.ir.Op) else None
             return call if new is None else new
 
+    return _mutator_pass(name, _Mutator)
+
+
+def _mutator_pass(name: str, mutator_class):
+    """A module pass running ``mutator_class`` (a PyExprMutator) over every Relax function."""
+
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        m = _Mutator(mod)
+        m = mutator_class(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 m.builder_.update_func(gv, m.visit_expr(func))
@@ -354,15 +360,7 @@ def sink_row_reshapes():
                     return call
             return relax.op.reshape(relax.Call(call.op, args, call.attrs), shape)
 
-    @tvm.transform.module_pass(opt_level=0, name="SinkRowReshapes")
-    def _pass(mod, _ctx):
-        m = _Sink(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                m.builder_.update_func(gv, m.visit_expr(func))
-        return m.builder_.get()
-
-    return _pass
+    return _mutator_pass("SinkRowReshapes", _Sink)
 
 
 def _pointwise_as_matmul(call, layout_cb):
