@@ -16,7 +16,8 @@ contiguous run of B's row per k. With at most 4 vectors, MobileNetV2's 1280 x 10
 (vectors of 8: 1000 = 8 x 125) walked B 32 bytes per row of 4000: 0.145 ms alone at
 batch 1 on Zen 5, 1 thread, against 0.063 ms with 25 vectors.
 K is blocked so that a kc x (nvec x lanes) panel of B
-fits in half the L1 data cache and is reused by every row tile of a row block; a row
+fits in half the L1 data cache and is reused by every row tile of a row block (one block
+when K has no divisor near that: ViT's 197 tokens, prime, ran in blocks of one k); a row
 block's A (rows x kc) and C (rows x panel) fit in half the L2. Loops: batch x j tiles x
 row blocks fused and parallel, k blocks, row tiles, k, the tile (unrolled, vectorized).
 The epilogue is computed per row block and column panel once its k blocks are done.
@@ -96,7 +97,12 @@ def apply(sch, target, tunable: bool = False) -> bool:
     jo, jv = sch.split(jn, [None, vec])
     jo, jt = split2(sch, jo, nvec, tunable, 8)
     panel = nvec * vec * 4  # bytes of B (and of a C row) per k
-    kc = largest_divisor(K, max(facts.l1d // 2 // panel, 1))
+    cap_k = max(facts.l1d // 2 // panel, 1)
+    kc = largest_divisor(K, cap_k)
+    if kc < min(K, cap_k) // 4:
+        # K has no divisor near the cap (ViT's 197 tokens: prime): one k block. Blocks of
+        # one k wrote the accumulators back after every multiply-add (57 GFLOP/s)
+        kc = K
     rows = M // reg_m
     row_tiles = largest_divisor(rows, max(facts.l2 // 2 // (reg_m * (kc * 4 + panel)), 1))
     mo, io, ii = split_tiles(sch, im, [row_tiles, reg_m], tunable, 16)
