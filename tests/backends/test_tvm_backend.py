@@ -640,3 +640,28 @@ def test_a_token_map_times_a_weight_is_one_matmul():
     kernels = tb.kernel_names(tb.fuse(tb.to_relax(graph), tb.make_target("llvm", threads=1)))
     assert any(k.startswith("fused_matmul") and k.endswith("_gelu") for k in kernels), kernels
     check_graph_matches_ort(graph, {graph.inputs[0].name: x.numpy()})
+
+
+@pytest.mark.parametrize(
+    ("parts", "limits"),
+    [
+        ((16, 8), {16: 8, 8: 8, 24: 8}),  # DenseNet: blocks of 16 and 8 cannot be joined
+        ((24, 24), {24: 8, 48: 8}),  # PP-OCRv4 det: the result read in the parts' block
+        ((116, 116), {}),  # ShuffleNet: plain parts, left alone (its 1x1 convs stay matmuls)
+    ],
+)
+def test_concat_block_limits(parts, limits):
+    """Which channel counts a concat over channels caps, on AVX-512 (16 lanes): only where
+    its parts' layouts would differ or be blocked."""
+    from fuser.backends.tvm.layout import group_limits
+
+    class Join(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branches = torch.nn.ModuleList(torch.nn.Conv2d(3, c, 1) for c in parts)
+
+        def forward(self, x):
+            return torch.cat([b(x) for b in self.branches], 1)
+
+    graph = fuser.optimize(Join().eval(), (torch.randn(1, 3, 8, 8),)).graph
+    assert group_limits(tb.to_relax(graph), 16) == limits
