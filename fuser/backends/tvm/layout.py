@@ -344,7 +344,7 @@ def sink_row_reshapes():
     with a reshape between (ConvNeXt-T: each MLP matmul, its bias and its GELU in one kernel).
     Rules: op(reshape(y)) -> reshape(op(y)) for an activation; add/multiply/... (reshape(y), c)
     -> reshape(op(y, c')) for a c of one element or of N along the last axis only (c' 0-d or
-    (N,))."""
+    (N,)); reshape(reshape(y)) -> reshape(y)."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
@@ -354,9 +354,13 @@ def sink_row_reshapes():
             if not isinstance(call.op, tvm.ir.Op) or not call.args or not isinstance(call.args[0], relax.Var):
                 return call
             name = call.op.name
+            inner = self.lookup_binding(call.args[0])
+            if name == "relax.reshape" and isinstance(inner, relax.Call) and inner.op == call.op:
+                # a reshape of a reshape is one: two became a copy kernel, one is a view
+                return relax.op.reshape(inner.args[0], call.args[1])
             if name not in _UNARY and name not in _BROADCAST_BINARY:
                 return call
-            found = _rows_of(self.lookup_binding(call.args[0]))
+            found = _rows_of(inner)
             if found is None:
                 return call
             y, shape = found

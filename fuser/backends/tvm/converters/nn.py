@@ -89,7 +89,8 @@ def _gemm(c: Lowering, a, b, cc=None):
 @implements("relax", "MatMul")
 def _matmul(c: Lowering, a, b):
     a_shape, b_shape = (list(c.node.input(i).shape or ()) for i in (0, 1))
-    if len(a_shape) > 2 and len(b_shape) == 2 and all(isinstance(d, int) for d in a_shape):
+    batch = int(np.prod(a_shape[:-2], dtype=np.int64)) if len(a_shape) > 2 else 1
+    if batch > 1 and len(b_shape) == 2 and all(isinstance(d, int) for d in a_shape):
         # a token map (N, H, W, C) times one weight: one (N*H*W, C) matmul. As a batch of
         # N*H rows of W tokens, each row streamed all of B: ConvNeXt-T's last stage (7 x 7
         # tokens, 9.4 MB of weights) ran its MLP at 37 GFLOP/s, 190 as one matmul
