@@ -665,3 +665,18 @@ def test_concat_block_limits(parts, limits):
 
     graph = fuser.optimize(Join().eval(), (torch.randn(1, 3, 8, 8),)).graph
     assert group_limits(tb.to_relax(graph), 16) == limits
+
+
+def test_a_float64_pointwise_conv_without_a_block_builds():
+    """A 1x1 conv to 21 channels (no block: DeepLab's classes) runs as a matmul whose weight
+    constant kept float32 of a float64 model ("Binary operators must have the same
+    datatype"). Against eager, in float64."""
+    torch.manual_seed(0)
+    module = (
+        torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 21, 1)).double().eval()
+    )
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    graph = fuser.optimize(module, (x,)).graph
+    (got,) = native.run_graph(graph, {graph.inputs[0].name: x.numpy()})
+    with torch.no_grad():
+        assert got.dtype == np.float64 and rel_err(got, module(x).numpy()) <= 1e-9

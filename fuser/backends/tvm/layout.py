@@ -401,7 +401,7 @@ def _pointwise_as_matmul(call, layout_cb):
     n, c, h, wd = _dims(x)
     o = _dims(w)[0]
     R = relax.op
-    weight = relax.const(w.value.numpy().reshape(o, c))
+    weight = relax.const(w.value.numpy().reshape(o, c), str(w.value.numpy().dtype))
     y = R.matmul(weight, R.reshape(x, [n, c, h * wd]))
     return R.reshape(y, [n, o, h, wd])
 
