@@ -213,6 +213,14 @@ def _named_tail(graph: Graph, nodes: list[Node], out: Value) -> tuple[list[Node]
     return [], "elementwise"
 
 
+def _chain_label(graph: Graph, chain: list[Node], out: Value, chosen: set[int]) -> tuple[str, str | None]:
+    """'Add + GELU' for an elementwise chain (the ops before its named tail, of those in the
+    block, then the name) and the activation named, or None."""
+    tail, name = _named_tail(graph, chain, out)
+    head = " ".join(a.op for a in chain[: len(chain) - len(tail)] if id(a) in chosen)
+    return " + ".join(([head] if head else []) + ([name] if tail else [])), (name if tail else None)
+
+
 def layernorm_as_ops(n: Node) -> list[Node] | None:
     """The nodes of a LayerNorm written out as ops, from its first ReduceMean (what exporters
     before opset 17 write): mean, x - mean, its square's mean + eps, sqrt, the division, then
@@ -277,26 +285,20 @@ def _describe(graph: Graph, members: list[Node]) -> tuple[str, list[str]]:
             label = _conv_label(n) if n.op in ("Conv", "ConvTranspose") else n.op
             after = _elementwise_after(n.output)
             if after is not None and all(id(a) in chosen for a in after[0]):
-                chain, out = after
-                tail, name = _named_tail(graph, chain, out)
-                covered.update(id(a) for a in chain)
-                head = " ".join(a.op for a in chain[: len(chain) - len(tail)])
-                label += " + " + " + ".join(([head] if head else []) + ([name] if tail else []))
-                if tail:
-                    acts.append(name)
+                text, name = _chain_label(graph, *after, chosen)
+                covered.update(id(a) for a in after[0])
+                label += " + " + text
+                acts += [name] if name else []
             parts.append(label)
         elif (n.op in MERGES and not _in_chain_of_one_input(n)) or n.op in ("Split", "Resize"):
             parts.append(n.op)
         elif category(n.op) == Category.ELEMENTWISE:
             after = _elementwise_after(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
             if after is not None and id(n) in {id(a) for a in after[0]}:
-                chain, out = after
-                tail, name = _named_tail(graph, chain, out)
-                covered.update(id(a) for a in chain if id(a) in chosen)
-                head = " ".join(a.op for a in chain[: len(chain) - len(tail)] if id(a) in chosen)
-                parts.append(" + ".join(([head] if head else []) + ([name] if tail else [])))
-                if tail:
-                    acts.append(name)
+                text, name = _chain_label(graph, *after, chosen)
+                covered.update(id(a) for a in after[0] if id(a) in chosen)
+                parts.append(text)
+                acts += [name] if name else []
     return " -> ".join(p for p in parts if p), acts
 
 

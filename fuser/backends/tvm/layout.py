@@ -72,6 +72,7 @@ import re
 import numpy as np
 
 from .common import relax, require_tvm, tvm
+from .converters.context import relax_const
 
 BLOCKS = (16, 8, 4)
 MIN_BLOCK = 8  # smallest block of a count that has at least the lanes (not grouped)
@@ -146,7 +147,7 @@ def group_limits(mod, lanes: int) -> dict[int, int]:
             continue  # plain parts join into a plain result, which consumers may block
         counts = {p[1] for p in parts} | {out[1]}
         common = next((b for b in BLOCKS if b <= lanes and all(c % b == 0 for c in counts)), 1)
-        if common == 1:  # plain parts join into a plain result, which consumers may block
+        if common == 1:  # the parts made plain; the result's count keeps its own block
             counts -= {out[1]}
         for c in counts:
             limits[c] = min(limits.get(c, lanes), common)
@@ -401,7 +402,7 @@ def _pointwise_as_matmul(call, layout_cb):
     n, c, h, wd = _dims(x)
     o = _dims(w)[0]
     R = relax.op
-    weight = relax.const(w.value.numpy().reshape(o, c), str(w.value.numpy().dtype))
+    weight = relax_const(w.value.numpy().reshape(o, c))
     y = R.matmul(weight, R.reshape(x, [n, c, h * wd]))
     return R.reshape(y, [n, o, h, wd])
 
@@ -926,7 +927,7 @@ def _prepack(call):
     if int(np.prod(index_map.map_shape(list(array.shape)))) != array.size:  # padded
         return None
     out = transform_constant(array, index_map)
-    return None if out is None else relax.const(out, str(out.dtype))  # relax.const narrows float64
+    return None if out is None else relax_const(out)  # relax.const would narrow float64
 
 
 def layout_passes(target) -> list:

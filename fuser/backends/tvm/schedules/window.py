@@ -27,6 +27,8 @@ defaults being the values above.
 
 from __future__ import annotations
 
+import math
+
 from .common import (
     ConvWeights,
     conv_register_tile,
@@ -72,11 +74,9 @@ def register_tile(sch, red, epilogue, facts, kind: str, tunable: bool = False) -
     OC, OW, OB = extent(sch, oc), extent(sch, ow), extent(sch, ob)
     vec_regs = max(-(-OB // facts.lanes), 1)
     budget = facts.vector_registers - 4 if kind == "conv" else (facts.vector_registers - 2) // 2
+    window = math.prod(extent(sch, r) for r in rloops)  # a conv's: input channels x taps
     if kind == "conv":
-        reduction = 1
-        for r in rloops:
-            reduction *= extent(sch, r)
-        weights = ConvWeights(reduction, OB * 4, extent(sch, n) * extent(sch, oh), facts.l1d, facts.l2)
+        weights = ConvWeights(window, OB * 4, extent(sch, n) * extent(sch, oh), facts.l1d, facts.l2)
         reg_c, reg_w = conv_register_tile(OC, OW, facts.vector_registers, vec_regs, weights)
     else:
         reg_w, reg_c = largest_divisor(OW, max(budget // vec_regs, 1)), 1
@@ -92,9 +92,6 @@ def register_tile(sch, red, epilogue, facts, kind: str, tunable: bool = False) -
     sch.unroll(owi)
     sch.unroll(oci)
     sch.vectorize(ob)
-    window = 1
-    for r in rloops:
-        window *= extent(sch, r)
     if kind != "conv" and window <= MAX_UNROLLED_WINDOW:
         for r in rloops:
             sch.unroll(r)
