@@ -216,6 +216,16 @@ class _Attention(torch.nn.Module):
         return torch.softmax(x @ x.transpose(-1, -2), -1) @ x
 
 
+class _Softmax(torch.nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, -1)
+
+
+class _RMSNorm(torch.nn.Module):
+    def forward(self, x):
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+
+
 def _seq(*layers):
     return torch.nn.Sequential(*layers)
 
@@ -239,7 +249,12 @@ RULE_CASES = {
         {"max_pool2d": "window", "avg_pool2d": "window", "mean": "window"},
     ),
     "injective": (_Shuffle(), (1, 16, 8, 8), {"transpose": "injective"}),
+    # rows of 12: fewer than two vectors, dlight's rule keeps them
     "attention": (_Attention(), (1, 4, 12, 16), {"matmul": "matmul", "softmax": "reduction"}),
+    # rows of 45 and 37: whole vectors, then a partial one (masked in the lanes, peeled after)
+    "softmax_rows": (_Softmax(), (1, 3, 7, 45), {"softmax": "rows"}),
+    "layernorm_rows": (torch.nn.LayerNorm(37), (1, 5, 37), {"layer_norm": "rows"}),
+    "rmsnorm_rows": (_RMSNorm(), (1, 6, 50), {"mean": "rows"}),
 }
 
 

@@ -6,8 +6,9 @@ an untuned llvm build needs no tuning to be fast, and the space tuning starts fr
     window.register_tile(sch, block, epilogue, cpu_facts(target), "conv")   # one block
 
 Rules, first match wins (``registry.RULES``): ``window`` (blocked conv, 1x1, grouped,
-depthwise, pooling, global mean), ``matmul``, ``injective``, ``reduction`` (dlight's
-CPU reduction rule) and ``fallback``. Each module's docstring states its pattern and tile.
+depthwise, pooling, global mean), ``matmul``, ``injective``, ``rows`` (softmax, layer norm
+and means row by row, reducing in vector lanes), ``reduction`` (dlight's CPU reduction rule,
+for the reductions ``rows`` declines) and ``fallback``. Each module's docstring states its pattern and tile.
 Tile sizes come from ``common.cpu_facts``: the target's vector width and registers (from
 its LLVM features) and the host's cache sizes (from /sys/devices/system/cpu/cpu0/cache).
 """

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 
 from ..common import tvm
-from . import fallback, injective, matmul, reduction, window
+from . import fallback, injective, matmul, reduction, rows, window
 
-RULES = (window, matmul, injective, reduction, fallback)
+RULES = (window, matmul, injective, rows, reduction, fallback)
 SOURCE_ATTR = "fuser.schedule"  # PrimFunc attribute: the rule that scheduled it
 NAIVE = "naive"
 TUNED = "tuned"
