@@ -268,13 +268,42 @@ def _in_chain_of_one_input(n: Node) -> bool:
     return category(n.op) == Category.ELEMENTWISE and len(data) == 1
 
 
-def _describe(graph: Graph, members: list[Node]) -> tuple[str, list[str]]:
-    """'Conv 3x3 + SiLU -> Conv 3x3 + SiLU -> Add' and the activations named in it."""
+def _shortcuts(members: list[Node], entries: list[Value], chosen: set[int]) -> dict[int, Node]:
+    """Merge node id -> the conv on its skip branch (a projection shortcut: a conv of the
+    block's entry, read by the merge directly, beside the main path that also starts at the
+    entry), so the description does not list it as the first step of the chain."""
+    if len(entries) != 1 or sum(id(u) in chosen for u in entries[0].users) < 2:
+        return {}
+    entry = entries[0]
+    found = {}
+    for n in members:
+        if n.op not in WEIGHTED or n.inputs[0] is not entry:
+            continue
+        after = _elementwise_after(n.output)
+        out = after[1] if after is not None and all(id(a) in chosen for a in after[0]) else n.output
+        merges = [u for u in out.users if id(u) in chosen and u.op in MERGES]
+        if len(merges) == 1 and len(out.users) == 1:
+            found[id(merges[0])] = n
+    return found
+
+
+def _describe(graph: Graph, members: list[Node], entries: list[Value] = ()) -> tuple[str, list[str]]:
+    """'Conv 3x3 + SiLU -> Conv 3x3 + SiLU -> Add' and the activations named in it; a projection
+    shortcut goes with its merge: 'Conv 3x3 s2 + ReLU -> Conv 3x3 -> Add(Conv 1x1 s2)'."""
     chosen = {id(n) for n in members}
+    shortcut_of = _shortcuts(members, list(entries), chosen)
     covered: set[int] = set()
+    for conv in shortcut_of.values():
+        after = _elementwise_after(conv.output)
+        covered.add(id(conv))
+        if after is not None and all(id(a) in chosen for a in after[0]):
+            covered.update(id(a) for a in after[0])
     parts, acts = [], []
     for n in members:
         if id(n) in covered:
+            continue
+        if id(n) in shortcut_of:
+            parts.append(f"{n.op}({_conv_label(shortcut_of[id(n)])})")
             continue
         layernorm = layernorm_as_ops(n)
         if layernorm and all(id(a) in chosen for a in layernorm):
@@ -464,7 +493,7 @@ def _select(graph: Graph, found, templates: bool) -> list[Block]:
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     blocks = []
     for members, m, entry, output in found:
-        description, acts = _describe(graph, members)
+        description, acts = _describe(graph, members, entry)
         names = [n.name for n in members]
         reason = _refusal(members, output)
         pools = sorted({n.op for n in members if is_global_pool(n)})

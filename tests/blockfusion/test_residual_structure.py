@@ -73,6 +73,19 @@ def test_yolov8n_bottlenecks_nested_in_c2f_and_silu_named():
     assert len(refused) == 1 and "no rows" in refused[0].reason
 
 
+def test_a_projection_shortcut_is_described_with_its_merge():
+    """ResNet's 1x1 stride-2 downsample conv runs beside the main path: the description puts it
+    in the Add it feeds, not first in the chain (it read 'Conv 1x1 s2 -> Conv 3x3 s2 ...')."""
+    blocks = find_residual_blocks(folded("resnet18"))
+    descriptions = collections.Counter(b.description for b in blocks)
+    assert descriptions == {
+        "Conv 3x3 + ReLU -> Conv 3x3 -> Add -> ReLU": 5,
+        "Conv 3x3 s2 + ReLU -> Conv 3x3 -> Add(Conv 1x1 s2) -> ReLU": 3,
+    }
+    bottleneck = find_residual_blocks(folded("resnet50"))[0]
+    assert bottleneck.description == "Conv 1x1 + ReLU -> Conv 3x3 + ReLU -> Conv 1x1 -> Add(Conv 1x1) -> ReLU"
+
+
 def test_squeeze_excite_is_split_at_its_pool_with_the_reason():
     blocks = find_residual_blocks(folded("mobilenet_v3_small"))
     se = [b for b in blocks if b.kind == "MBConv + SE"]
