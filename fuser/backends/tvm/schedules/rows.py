@@ -18,10 +18,11 @@ Schedule:
    threads: the row's intermediates stay in L1 from one block to the next;
 4. each block's element loop vectorized; a row that is not whole vectors gets its last,
    partial vector peeled into a loop of its own (one predicated loop masks every vector).
-   A reduction's last vector stays predicated: peeling it would copy the block with its
-   init, which then runs again (TVM 0.27), and decomposing the init first leaves a block that
-   ``parallel`` refuses. ViT-Tiny's 3x197x197 softmax, one thread: dlight's rule 0.26 ms,
-   this 0.057 (0.034 with the reductions peeled too, and no parallel loop).
+   A reduction's last vector is peeled only on a one-thread target: peeling copies the block
+   with its init, which then runs again (TVM 0.27), so the init must be decomposed first,
+   and a row loop over a decomposed reduction is refused by ``parallel``; with threads the
+   reduction's vectors stay masked. ViT-Tiny's 3x197x197 softmax, one thread: dlight's rule
+   0.26 ms, this 0.034 (0.057 with the reductions masked).
 The rows are merged with ``merge``, not ``compute_at``: compute_at rebuilds a block's loops
 from its domain and drops the predicate that the split of K needs (TVM 0.27), and the last
 vector would then read the next row.
@@ -47,21 +48,29 @@ def apply(sch, target, tunable: bool = False) -> bool:
         if "R" not in iter_kinds(sch, b) and len(sch.get_consumers(b)) == 1:
             sch.compute_inline(b)
     blocks = root_blocks(sch)
-    lane_blocks = set()  # names of the blocks accumulating in the lanes
+    lanes_of = {}  # block accumulating in the lanes -> elements it reduces (None: not peeled)
+    inits = set()
     for b in blocks:
         kinds = iter_kinds(sch, b)
         if "R" not in kinds:
             continue
         reduced = [loop for loop in sch.get_loops(b)[rows:] if _extent(sch, loop) > 1]
         k = sch.fuse(*reduced) if len(reduced) > 1 else reduced[0]
+        reduced = _extent(sch, k)
         _, lane = sch.split(k, [None, facts.lanes])
         rf = sch.rfactor(lane, factor_axis=rows)
         sch.vectorize(sch.get_loops(rf)[-1])
-        lane_blocks.add(sch.get(rf).name_hint)
+        if not facts.parallel:  # see 4.: the init apart, so the last vector can be peeled
+            init = sch.decompose_reduction(rf, sch.get_loops(rf)[rows])
+            sch.vectorize(sch.get_loops(init)[-1])
+            inits.add(sch.get(init).name_hint)
+        lanes_of[sch.get(rf).name_hint] = None if facts.parallel else reduced
     row_loops = []
     for b in root_blocks(sch):
-        loops = sch.get_loops(b)[:rows]
-        row_loops.append(sch.fuse(*loops) if rows > 1 else loops[0])
+        loops = sch.get_loops(b)
+        if any(sch.get(loops[0]).same_as(sch.get(r)) for r in row_loops):
+            continue  # an init's rows are its update's, fused already
+        row_loops.append(sch.fuse(*loops[:rows]) if rows > 1 else loops[0])
     row = sch.merge(*row_loops) if len(row_loops) > 1 else row_loops[0]
     if facts.parallel:
         sch.parallel(row)
@@ -70,8 +79,13 @@ def apply(sch, target, tunable: bool = False) -> bool:
         inner = sch.get_loops(b)[1:]
         if not inner:
             continue
-        if sch.get(b).name_hint in lane_blocks:
+        name = sch.get(b).name_hint
+        if name in inits:
             continue  # vectorized before the merge
+        if name in lanes_of:  # vectorized before the merge
+            if lanes_of[name] is not None:
+                peel.append((inner[0], lanes_of[name]))
+            continue
         if "R" in iter_kinds(sch, b):
             sch.unroll(inner[-1])  # merging the lanes
         else:
