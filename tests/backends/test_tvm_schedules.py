@@ -237,6 +237,13 @@ RULE_CASES = {
     "conv1x1": (_seq(C(16, 32, 1), torch.nn.ReLU()), (1, 16, 8, 8), {"conv2d_nchwc": "window"}),
     "conv1x1_plain": (C(58, 116, 1), (1, 58, 8, 8), {"matmul": "matmul"}),  # 58: no channel block
     "depthwise": (C(32, 32, 3, padding=1, groups=32), (1, 32, 9, 9), {"dwconv_nchwc": "window"}),
+    # 58 channels have no block: plain NCHW, the output row as vectors (28 -> 2 x 14, 14 -> 14)
+    "depthwise_plain": (C(58, 58, 3, padding=1, groups=58), (1, 58, 28, 28), {"conv2d": "window"}),
+    "depthwise_plain_s2": (
+        C(58, 58, 3, stride=2, padding=1, groups=58),
+        (1, 58, 28, 28),
+        {"conv2d": "window"},
+    ),
     "dense": (torch.nn.Linear(64, 40), (1, 64), {"matmul": "matmul"}),
     "pool": (
         _seq(
