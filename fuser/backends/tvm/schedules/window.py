@@ -142,7 +142,7 @@ def apply(sch, target, tunable: bool = False) -> bool:
     if plain is None:
         return False
     red, vector = plain
-    epilogue = inline_around(sch, red, facts)
+    epilogue = inline_around(sch, red, facts, masked_tail=True)  # the pad's rows of 30, 58
     loops = sch.get_loops(red)
     sch.split(loops[3], [None, vector])  # the columns' vectors: the channel block's place
     register_tile(sch, red, epilogue, facts, "depthwise", tunable, nred=len(loops) - 4)
