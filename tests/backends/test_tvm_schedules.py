@@ -510,3 +510,26 @@ def test_a_matmul_over_a_prime_k_keeps_it_in_one_block():
         tb.build_fused(tb.schedule(tb.fuse(tb.to_relax(graph), host), host), host), graph, host, feeds
     )
     assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["host", "no-avx512"])
+def test_a_conv_with_channels_off_the_vectors_computes_them_padded(avx512):
+    """SqueezeNet's classifier in small: 264 output channels are 16.5 vectors of 16, so they
+    would run in blocks of 8 (half of every AVX-512 vector idle). They are computed as 272,
+    zero weights in the last 8, with the bias and ReLU in the conv's kernel and the 8 sliced
+    off after the global pool; a target of 8 lanes blocks them by 8 and pads nothing."""
+    torch.manual_seed(0)
+    module = _seq(C(64, 264, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = torch.randn(1, 64, 7, 7)
+    graph = fuser.optimize(module.eval(), (x,)).graph
+    target = tb.make_target("llvm") if avx512 else _no_avx512_target()
+    fused = tb.schedule(tb.fuse(tb.to_relax(graph), target), target)
+    kernels = tb.kernel_names(fused)
+    padded = schedules.cpu_facts(target).lanes == 16
+    assert any("strided_slice" in k for k in kernels) == padded, kernels
+    conv = [k for k in kernels if "conv2d" in k]
+    assert len(conv) == 1 and "relu" in conv[0], kernels  # bias and ReLU stay in the conv's kernel
+    feeds = {graph.inputs[0].name: x.numpy()}
+    got = native.run_executable(tb.build_fused(fused, target), graph, target, feeds)
+    assert got[0].shape == (1, 264)
+    assert rel_err(got[0], ort_run_graph(graph, feeds)[0]) <= TOL
