@@ -26,10 +26,11 @@ transformed once at build time.
    ungrouped it becomes ``W[O, C] @ X[N, C, H*W]`` (reshapes are free), which the matmul rule
    vectorizes over the pixels. Elementwise ops, pools, means, concat and split follow the
    layout of their input. Before it, ``PadOutChannels``: a dense conv with constant weights
-   and at least 16 vectors of output channels that are not whole vectors (SqueezeNet's 1000
-   classes, blocks of 8 on a 16-lane CPU) computes zero-padded channels up to whole vectors
-   and slices them off; ``SinkChannelSlices`` moves that slice past the per-channel ops after
-   it (bias, activation, a global pool), so they stay in the conv's kernel.
+   whose output channels are not whole vectors (SqueezeNet's 1000 classes, PP-OCRv4 det's 24:
+   blocks of 8 on a 16-lane CPU) computes zero-padded channels up to whole vectors and slices
+   them off when that pays (``_padded_out_channels``); ``SinkChannelSlices`` moves that slice
+   past the per-channel ops after it (bias, activation, a global pool), so they stay in the
+   conv's kernel.
 3. ``HoistLayoutsOutOfGroups``: plan groups (Primitive functions, converted one by one, so each
    starts and ends in the plain layout) exchange blocked tensors. A parameter read only by
    ``layout_transform``s into one layout (one or several: ConvertLayout blocks a tensor once per
@@ -412,24 +413,31 @@ def _pointwise_as_matmul(call, layout_cb):
 
 
 def _padded_out_channels(call, lanes: int):
-    """A dense NCHW conv with constant weights whose many output channels are not whole
-    vectors (SqueezeNet's 1000 classes: blocks of 8 on a 16-lane CPU, half of every vector
-    idle) computes zero-padded channels up to whole vectors (1008), then slices them off:
-    0.8% more work in full-width blocks (SqueezeNet's classifier 1.55 -> 0.74 ms, 1 thread).
-    Only for at least 16 vectors of channels, where the padding stays under 1/16."""
+    """A dense NCHW conv with constant weights whose output channels are not whole vectors
+    computes zero-padded channels up to whole vectors, then slices them off. Blocks of 8 on a
+    16-lane CPU leave half of every vector idle; full vectors run about twice as fast, which
+    pays for the padding and the slice's copy when
+    - there are at least 16 vectors of channels (padding under 1/16: SqueezeNet's 1000
+      classes as 1008, its classifier 1.55 -> 0.74 ms, 1 thread), or
+    - the padding is at most a third (24 -> 32) and the conv is heavy: at least 512
+      multiply-adds an output (the slice's copy is then small beside them) and 32 M in all
+      (PP-OCRv4 det's 96 -> 24 3x3 convs at 160x160, 530 M each: 9.4 -> 7.5 ms; a
+      squeeze-excite's 672 -> 28 on one pixel gains nothing and gets no slice)."""
     if call.op.name != "relax.nn.conv2d" or lanes < 16:
         return None
     a = call.attrs
     x, w = call.args
     if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW" or int(a.groups) != 1:
         return None
-    if not isinstance(w, tvm.ir.expr.Constant):
+    if not isinstance(w, tvm.ir.expr.Constant) or _static_dims(call) is None:
         return None
-    o = _dims(w)[0]
-    if o % lanes == 0 or o < 16 * lanes:
+    o, per_output = _dims(w)[0], math.prod(_dims(w)[1:])
+    whole = -(-o // lanes) * lanes
+    heavy = per_output >= 512 and math.prod(_static_dims(call)) * per_output >= 1 << 25
+    if o % lanes == 0 or not (o >= 16 * lanes or (3 * whole <= 4 * o and heavy)):
         return None
     weight = w.value.numpy()
-    padded = np.zeros((-(-o // lanes) * lanes, *weight.shape[1:]), weight.dtype)
+    padded = np.zeros((whole, *weight.shape[1:]), weight.dtype)
     padded[:o] = weight
     y = relax.op.nn.conv2d(
         x, relax_const(padded), a.strides, a.padding, a.dilation, 1, "NCHW", "OIHW", "NCHW", a.out_dtype
