@@ -168,7 +168,10 @@ def test_bench_json_reports_ratios_and_kernels(small_model):
     assert by_backend["ort"]["vs_ort"] == 1.0
     tvm_t = by_backend["tvm"]
     assert tvm_t["min_ms"] <= tvm_t["median_ms"] <= tvm_t["max_ms"]
-    assert report["kernels"] and all(k["median_ms"] > 0 for k in report["kernels"])
+    # the hook's own cost is subtracted and clamped at 0: on a loaded machine, 3 runs, a tiny
+    # kernel can come out 0 (this assertion once failed under the parallel suite)
+    times = [k["median_ms"] for k in report["kernels"]]
+    assert times and all(t >= 0 for t in times) and sum(times) > 0
 
 
 def test_kernel_flops_are_the_hand_count_and_reach_the_bench_rows(tmp_path):
