@@ -446,13 +446,18 @@ def _padded_out_channels(call, lanes: int):
 
 
 def _channel_slice(expr):
-    """(y, channels kept) when ``expr`` is ``_padded_out_channels``' slice of y, else None."""
+    """(y, channels kept) when ``expr`` is a slice like ``_padded_out_channels``': the first
+    channels of y, at least 3/4 of them (a model's own x[:, :k] of a few channels is left
+    alone: sunk, the ops after it would run on all of y's channels), else None."""
     if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)):
         return None
     if expr.op.name != "relax.strided_slice" or len(expr.args) != 4:
         return None
     axes, begin, end = ([int(f.value) for f in t.fields] for t in expr.args[1:])
-    return (expr.args[0], end[0]) if axes == [1] and begin == [0] else None
+    dims = _static_dims(expr.args[0])
+    if axes != [1] or begin != [0] or dims is None or 4 * end[0] < 3 * dims[1]:
+        return None
+    return expr.args[0], end[0]
 
 
 def sink_channel_slices():
