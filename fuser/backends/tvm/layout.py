@@ -351,40 +351,51 @@ def sink_row_reshapes():
     Rules: op(reshape(y)) -> reshape(op(y)) for an activation; add/multiply/... (reshape(y), c)
     -> reshape(op(y, c')) for a c of one element or of N along the last axis only (c' 0-d or
     (N,)); reshape(reshape(y)) -> reshape(y)."""
+    return _producer_pass("SinkRowReshapes", _sink_row_reshape)
+
+
+def _sink_row_reshape(_, call, inner):
+    name = call.op.name
+    if name == "relax.reshape" and isinstance(inner, relax.Call) and inner.op == call.op:
+        # a reshape of a reshape is one: two became a copy kernel, one is a view
+        return relax.op.reshape(inner.args[0], call.args[1])
+    if name not in _UNARY and name not in _BROADCAST_BINARY:
+        return None
+    found = _rows_of(inner)
+    if found is None:
+        return None
+    y, shape = found
+    args = [y, *call.args[1:]]
+    if name in _BROADCAST_BINARY:
+        other = _static_dims(call.args[1]) if len(call.args) == 2 else None
+        if other is None:
+            return None
+        size = math.prod(other)
+        if size == shape[-1] and other[-1] == size:
+            args[1] = relax.op.reshape(call.args[1], [size])
+        elif size == 1:
+            args[1] = relax.op.reshape(call.args[1], [])
+        else:
+            return None
+    return relax.op.reshape(relax.Call(call.op, args, call.attrs), shape)
+
+
+def _producer_pass(name: str, rewrite):
+    """A module pass applying ``rewrite(mutator, call, producer) -> Expr | None`` to every op
+    call whose first argument is a bound variable (``producer``: the expression bound to it),
+    bottom up."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
-    class _Sink(PyExprMutator):
+    class _Mutator(PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
             if not isinstance(call.op, tvm.ir.Op) or not call.args or not isinstance(call.args[0], relax.Var):
                 return call
-            name = call.op.name
-            inner = self.lookup_binding(call.args[0])
-            if name == "relax.reshape" and isinstance(inner, relax.Call) and inner.op == call.op:
-                # a reshape of a reshape is one: two became a copy kernel, one is a view
-                return relax.op.reshape(inner.args[0], call.args[1])
-            if name not in _UNARY and name not in _BROADCAST_BINARY:
-                return call
-            found = _rows_of(inner)
-            if found is None:
-                return call
-            y, shape = found
-            args = [y, *call.args[1:]]
-            if name in _BROADCAST_BINARY:
-                other = _static_dims(call.args[1]) if len(call.args) == 2 else None
-                if other is None:
-                    return call
-                size = math.prod(other)
-                if size == shape[-1] and other[-1] == size:
-                    args[1] = relax.op.reshape(call.args[1], [size])
-                elif size == 1:
-                    args[1] = relax.op.reshape(call.args[1], [])
-                else:
-                    return call
-            return relax.op.reshape(relax.Call(call.op, args, call.attrs), shape)
+            new = rewrite(self, call, self.lookup_binding(call.args[0]))
+            return call if new is None else new
 
-    return _mutator_pass("SinkRowReshapes", _Sink)
+    return _mutator_pass(name, _Mutator)
 
 
 def _pointwise_as_matmul(call, layout_cb):
@@ -468,54 +479,48 @@ def sink_channel_slices():
     (slice(y), c) -> slice(op(y, c')) for a constant c of one element or one per channel
     (c' padded with its last channel's value); mean/max/min/sum over axes without the
     channels -> the reduction of y, then the slice."""
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+    return _producer_pass("SinkChannelSlices", _sink_channel_slice)
 
-    @mutator
-    class _Sink(PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not isinstance(call.op, tvm.ir.Op) or not call.args or not isinstance(call.args[0], relax.Var):
-                return call
-            found = _channel_slice(self.lookup_binding(call.args[0]))
-            if found is None:
-                return call
-            y, kept = found
-            name, padded = call.op.name, _dims(y)[1]
-            if name in _UNARY:
-                new = relax.Call(call.op, [y, *call.args[1:]], call.attrs)
-            elif name in _BROADCAST_BINARY and len(call.args) == 2:
-                c = self.constant(call.args[1])
-                if c is None:
-                    return call
-                if c.size != 1:
-                    if c.ndim != len(_dims(y)) or c.shape[1] != kept or c.size != kept:
-                        return call
-                    c = np.pad(c, [(0, 0), (0, padded - kept)] + [(0, 0)] * (c.ndim - 2), mode="edge")
-                new = relax.Call(call.op, [y, relax_const(c)], call.attrs)
-            elif name in _CHANNEL_REDUCTIONS and call.attrs.axis is not None:
-                axes = [int(a) % len(_dims(y)) for a in call.attrs.axis]
-                keep = bool(call.attrs.keepdims)
-                if 1 in axes or (not keep and any(a < 1 for a in axes)):
-                    return call
-                new = _CHANNEL_REDUCTIONS[name](y, axes, keep)
-            else:
-                return call
-            return relax.op.strided_slice(new, axes=[1], begin=[0], end=[kept])
 
-        def constant(self, expr):
-            """The value of a constant, or of a reshape of one (a converter's bias), or None."""
-            if isinstance(expr, relax.Var):
-                bound = self.lookup_binding(expr)
-                if not (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.reshape")):
-                    return None
-                inner = bound.args[0]
-                shape = _static_dims(bound)
-                if not isinstance(inner, tvm.ir.expr.Constant) or shape is None:
-                    return None
-                return inner.value.numpy().reshape(shape)
-            return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+def _sink_channel_slice(mutator, call, producer):
+    found = _channel_slice(producer)
+    if found is None:
+        return None
+    y, kept = found
+    name, padded = call.op.name, _dims(y)[1]
+    if name in _UNARY:
+        new = relax.Call(call.op, [y, *call.args[1:]], call.attrs)
+    elif name in _BROADCAST_BINARY and len(call.args) == 2:
+        c = _bound_constant(mutator, call.args[1])
+        if c is None:
+            return None
+        if c.size != 1:
+            if c.ndim != len(_dims(y)) or c.shape[1] != kept or c.size != kept:
+                return None
+            c = np.pad(c, [(0, 0), (0, padded - kept)] + [(0, 0)] * (c.ndim - 2), mode="edge")
+        new = relax.Call(call.op, [y, relax_const(c)], call.attrs)
+    elif name in _CHANNEL_REDUCTIONS and call.attrs.axis is not None:
+        axes = [int(a) % len(_dims(y)) for a in call.attrs.axis]
+        keep = bool(call.attrs.keepdims)
+        if 1 in axes or (not keep and any(a < 1 for a in axes)):
+            return None
+        new = _CHANNEL_REDUCTIONS[name](y, axes, keep)
+    else:
+        return None
+    return relax.op.strided_slice(new, axes=[1], begin=[0], end=[kept])
 
-    return _mutator_pass("SinkChannelSlices", _Sink)
+
+def _bound_constant(mutator, expr):
+    """The value of a constant, or of a reshape of one (a converter's bias), or None."""
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if not (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.reshape")):
+            return None
+        inner, shape = bound.args[0], _static_dims(bound)
+        if not isinstance(inner, tvm.ir.expr.Constant) or shape is None:
+            return None
+        return inner.value.numpy().reshape(shape)
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
 
 # ---- pass 3: layouts out of plan groups ----------------------------------------------------
