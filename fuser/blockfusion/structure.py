@@ -268,10 +268,11 @@ def _in_chain_of_one_input(n: Node) -> bool:
     return category(n.op) == Category.ELEMENTWISE and len(data) == 1
 
 
-def _shortcuts(members: list[Node], entries: list[Value], chosen: set[int]) -> dict[int, Node]:
-    """Merge node id -> the conv on its skip branch (a projection shortcut: a conv of the
-    block's entry, read by the merge directly, beside the main path that also starts at the
-    entry), so the description does not list it as the first step of the chain."""
+def _shortcuts(members: list[Node], entries: list[Value], chosen: set[int]) -> dict[int, list[Node]]:
+    """Merge node id -> the conv on its skip branch and the elementwise chain after it (a
+    projection shortcut: a conv of the block's entry, read by the merge directly, beside the
+    main path that also starts at the entry), so the description does not list it as the
+    first step of the chain."""
     if len(entries) != 1 or sum(id(u) in chosen for u in entries[0].users) < 2:
         return {}
     entry = entries[0]
@@ -280,10 +281,10 @@ def _shortcuts(members: list[Node], entries: list[Value], chosen: set[int]) -> d
         if n.op not in WEIGHTED or n.inputs[0] is not entry:
             continue
         after = _elementwise_after(n.output)
-        out = after[1] if after is not None and all(id(a) in chosen for a in after[0]) else n.output
+        chain, out = after if after is not None and all(id(a) in chosen for a in after[0]) else ([], n.output)
         merges = [u for u in out.users if id(u) in chosen and u.op in MERGES]
         if len(merges) == 1 and len(out.users) == 1:
-            found[id(merges[0])] = n
+            found[id(merges[0])] = [n, *chain]
     return found
 
 
@@ -292,18 +293,13 @@ def _describe(graph: Graph, members: list[Node], entries: list[Value] = ()) -> t
     shortcut goes with its merge: 'Conv 3x3 s2 + ReLU -> Conv 3x3 -> Add(Conv 1x1 s2)'."""
     chosen = {id(n) for n in members}
     shortcut_of = _shortcuts(members, list(entries), chosen)
-    covered: set[int] = set()
-    for conv in shortcut_of.values():
-        after = _elementwise_after(conv.output)
-        covered.add(id(conv))
-        if after is not None and all(id(a) in chosen for a in after[0]):
-            covered.update(id(a) for a in after[0])
+    covered = {id(a) for branch in shortcut_of.values() for a in branch}
     parts, acts = [], []
     for n in members:
         if id(n) in covered:
             continue
         if id(n) in shortcut_of:
-            parts.append(f"{n.op}({_conv_label(shortcut_of[id(n)])})")
+            parts.append(f"{n.op}({_conv_label(shortcut_of[id(n)][0])})")
             continue
         layernorm = layernorm_as_ops(n)
         if layernorm and all(id(a) in chosen for a in layernorm):

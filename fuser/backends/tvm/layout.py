@@ -440,11 +440,12 @@ def _padded_out_channels(call, lanes: int):
     x, w = call.args
     if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW" or int(a.groups) != 1:
         return None
-    if not isinstance(w, tvm.ir.expr.Constant) or _static_dims(call) is None:
+    out = _static_dims(call)
+    if not isinstance(w, tvm.ir.expr.Constant) or out is None:
         return None
     o, per_output = _dims(w)[0], math.prod(_dims(w)[1:])
     whole = -(-o // lanes) * lanes
-    heavy = per_output >= 512 and math.prod(_static_dims(call)) * per_output >= 1 << 25
+    heavy = per_output >= 512 and math.prod(out) * per_output >= 1 << 25
     if o % lanes == 0 or not (o >= 16 * lanes or (3 * whole <= 4 * o and heavy)):
         return None
     weight = w.value.numpy()
