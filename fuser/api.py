@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fuser.analysis import analyze
@@ -306,6 +306,12 @@ def report(
     """
     from fuser.reports.model_report import ReportOptions, build_report
 
+    known = {f.name for f in fields(ReportOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"fuser.report() got an unknown option {unknown[0]!r}; options: {', '.join(sorted(known))}"
+        )
     opts = ReportOptions(**options)
     if trace is not None and not (opts.measure or opts.compile):
         raise FuserError("a trace holds measured times: pass measure=True (or compile=True)")

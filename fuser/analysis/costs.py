@@ -11,7 +11,9 @@ Counting conventions (the ones torchvision, fvcore and Torch-Pruning use):
     running mean/variance (buffers, reported apart) and constants in
     configuration slots (Resize scales, Pad pads, Reshape shapes, ...).
     Conv/Gemm weights and biases count whatever their size. A constant used by
-    several nodes counts once. This equals PyTorch's ``sum(p.numel() for p in
+    several nodes counts once. A constant the torch frontend made up (the ones and
+    zeros of a norm without affine parameters) is not a parameter; an ONNX file's
+    initializers are, whatever their values. This equals PyTorch's ``sum(p.numel() for p in
     model.parameters())`` for the zoo.
   - activation bytes: bytes of a node's outputs; weight bytes: bytes of the
     parameters (and buffers) it reads.
@@ -83,7 +85,7 @@ def weight_role(node: Node, index: int) -> str | None:
     if role is Role.STAT:
         return "buffer"
     if role in (Role.WEIGHT, Role.BIAS):
-        return "param"
+        return None if v.derived else "param"
     if role in (Role.CONFIG, Role.INDEX):
         return None
     # an operand: a weight unless it is a scalar or computed from shapes alone (an anchor grid)

@@ -38,7 +38,7 @@ Ops converted (the ``.default`` / ``.Tensor`` / ``.Scalar`` overloads and their 
 forms): conv1d/2d/3d, convolution, conv_transpose1d/2d/3d, linear, matmul, mm, bmm, addmm,
 batch_norm, _native_batch_norm_legit_no_training, layer_norm, group_norm, instance_norm,
 relu, relu6, hardtanh, clamp, clamp_min/max, sigmoid, silu, hardswish, hardsigmoid, gelu,
-tanh, leaky_relu, elu, softplus, mish, exp, log, sqrt, rsqrt, reciprocal, neg, abs, erf,
+tanh, leaky_relu, prelu, elu, softplus, mish, exp, log, sqrt, rsqrt, reciprocal, neg, abs, erf,
 sin, cos, floor, ceil, add, sub, rsub, mul, div, pow, maximum, minimum, eq, lt, gt, where,
 max_pool1d/2d/3d, avg_pool1d/2d/3d, adaptive_avg_pool1d/2d, adaptive_max_pool2d (to 1),
 mean, sum, amax, amin, softmax, log_softmax, view, reshape, _unsafe_view, flatten,
@@ -197,6 +197,8 @@ class _Converter:
         ONNX Runtime's optimizers add initializers under plain names such as 'squeeze_axes'
         without checking tensor names, and fail the session on a model that has one."""
         v = Value(self.graph.unique_name(f"{name}.const"), const=np.asarray(array, dtype=dtype))
+        # not a parameter of the module (a non-affine norm's ones): analysis counts what torch does
+        v.derived = True
         self.literals.add(id(v))
         return v
 
@@ -808,6 +810,15 @@ def _gelu(c: _Call):
 @converts("leaky_relu")
 def _leaky_relu(c: _Call):
     return c.emit("LeakyRelu", [c.tensor("self")], {"alpha": float(c["negative_slope"])})
+
+
+@converts("prelu", "_prelu_kernel")
+def _prelu(c: _Call):
+    """One slope per channel (axis 1) or one for all: reshaped to broadcast as ONNX's PRelu needs."""
+    x, w = c.tensor("self"), c["weight"]
+    if w.numel > 1 and len(x.shape) > 2:
+        w = _reshaped_const(c, w, (w.numel,) + (1,) * (len(x.shape) - 2))
+    return c.emit("PRelu", [x, w])
 
 
 @converts("elu")

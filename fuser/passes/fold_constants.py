@@ -18,8 +18,9 @@ Rules, applied in graph order:
      Dropout whose ``training_mode`` input is present and not a constant false.
 A graph output is never replaced by a constant (its name is the model's interface). A result
 computed from no weight (only shapes, configuration and other such results; a ConstantOfShape
-fill excepted: exporters write weights that way) is marked ``derived``: analysis does not
-count it as a parameter where an op reads it as an operand (an anchor grid from Range).
+fill excepted: exporters write weights that way; a Cast of integer-stored weights carries
+them) is marked ``derived``: analysis does not count it as a parameter (an anchor grid from
+Range).
 
 A splat (rules 3, 4) larger than ``MAX_SPLAT_ELEMENTS``, a negative dim, or a node that
 ``onnx.reference`` cannot evaluate on its constant inputs (a Reshape to the wrong element
@@ -152,6 +153,16 @@ def _fold(graph: Graph, node: Node) -> list[np.ndarray] | None:
     return arrays
 
 
+def _carries_weights(node: Node, index: int) -> bool:
+    v = node.inputs[index]
+    if v is None or v.derived:
+        return False
+    if weight_role(node, index) is not None:
+        return True
+    # integer-stored weights become float ones through a Cast
+    return node.op == "Cast" and v.is_const and v.numel > 1
+
+
 def run(graph: Graph) -> PassResult:
     folded = 0
     for node in list(graph.nodes):
@@ -162,8 +173,8 @@ def run(graph: Graph) -> PassResult:
             continue
         # ConstantOfShape fills stand for initializers (exporters write zero biases and stand-in
         # weights that way), so they are never derived
-        derived = node.op != "ConstantOfShape" and all(
-            v is None or v.derived or weight_role(node, i) is None for i, v in enumerate(node.inputs)
+        derived = node.op != "ConstantOfShape" and not any(
+            _carries_weights(node, i) for i in range(len(node.inputs))
         )
         for v, a in zip(node.outputs, arrays):
             if v.dtype is not None and a.dtype != v.dtype:

@@ -35,6 +35,24 @@ def test_hand_counted_macs_and_params():
     assert info["buffers"] == 16  # BN running mean + var: buffers, not params
 
 
+def test_norms_without_affine_parameters_count_none_as_torch_does():
+    # the frontend writes ones and zeros for ONNX's scale and bias inputs: not parameters
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.InstanceNorm2d(8),
+        torch.nn.GroupNorm(2, 8, affine=False),
+        torch.nn.LayerNorm([14], elementwise_affine=False),
+        torch.nn.PReLU(8),
+        torch.nn.GroupNorm(4, 8),  # affine, at its initial ones and zeros: parameters all the same
+    )
+    info = analyze(fuser.from_torch(m, (torch.zeros(1, 3, 16, 16),), fallback=False))
+    assert info["params"] == sum(p.numel() for p in m.parameters()) == 224 + 8 + 16
+    per = {r["op"]: 0 for r in info["per_node"]}
+    for r in info["per_node"]:
+        per[r["op"]] += r["params"]
+    assert per["InstanceNormalization"] == per["LayerNormalization"] == 0 and per["PRelu"] == 8
+
+
 def test_matmul_macs_batched():
     g = fuser.Graph("mm")
     a = g.add_input("a", (2, 3, 4, 5))

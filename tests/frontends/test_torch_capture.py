@@ -121,6 +121,14 @@ def _ops_cases():
             Ops(lambda s, x: s.layers[0](x), nn.ConvTranspose2d(4, 6, 3, 2, 1, output_padding=1, groups=2)),
             [img],
         ),
+        "prelu_per_channel_and_shared": (  # the slope broadcasts over axis 1, not the last axis
+            Ops(
+                lambda s, x: s.layers[0](x) + s.layers[1](x.flatten(2)).view(2, 4, 9, 9),
+                nn.PReLU(4, init=0.1),
+                nn.PReLU(init=0.3),
+            ),
+            [img],
+        ),
         "norms": (
             Ops(
                 lambda s, x: s.layers[2](s.layers[1](s.layers[0](x))),

@@ -109,3 +109,26 @@ def test_a_training_mode_dropout_is_not_folded():
         infer_shapes(g)
         assert fold_constants.run(g).stats.get("folded", 0) == folded, mode
         assert any(n.op == "Dropout" for n in g.nodes) == (not folded)
+
+
+def test_a_weight_cast_from_integers_is_still_a_parameter_and_a_range_grid_is_not():
+    from fuser.analysis import analyze
+
+    g = Graph("fold", opset=17)
+    x = g.add_input("x", (1, 2, 5, 5))
+    w8 = g.const(np.arange(-36, 36, dtype=np.int8).reshape(4, 2, 3, 3), "w8")
+    w = g.add_node("Cast", [w8], attrs={"to": 1}).output
+    conv = g.add_node("Conv", [x, w], attrs={"pads": [1, 1, 1, 1]}).output
+    grid = g.add_node(
+        "Cast",
+        [g.add_node("Range", [g.const(np.int64(0)), g.const(np.int64(5)), g.const(np.int64(1))]).output],
+        attrs={"to": 1},
+    ).output
+    g.outputs.append(g.add_node("Add", [conv, grid]).output)
+    infer_shapes(g)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)}
+    want = ort_run_graph(g, feeds)
+    assert fold_constants.run(g).changed and [n.op for n in g.nodes] == ["Conv", "Add"]
+    assert not g.nodes[0].inputs[1].derived and g.nodes[1].inputs[1].derived
+    assert analyze(g)["params"] == 4 * 2 * 3 * 3  # the int8 weights, not the 5-long grid
+    assert np.array_equal(ort_run_graph(g, feeds)[0], want[0])

@@ -147,3 +147,12 @@ def test_zoo_mobilenet_report_as_a_user_runs_it():
     page, data = report("zoo:mobilenet_v2")
     assert data["model"]["inputs"][0]["shape"] == [1, 3, 224, 224]
     check_page(page, data)
+
+
+def test_an_unknown_report_option_is_named_with_the_ones_there_are():
+    import fuser
+
+    with pytest.raises(
+        TypeError, match=r"fuser\.report\(\) got an unknown option 'bufer'; options: .*\bbuffer\b"
+    ):
+        fuser.report("zoo:resnet18", bufer="128KB")
