@@ -55,6 +55,7 @@ def build_plan(
         element_bytes=cost.element_bytes,
         dram_bytes=best.dram,
         no_fusion_dram_bytes=cost.no_fusion_dram(),
+        layer_fusion_dram_bytes=cost.layer_fusion_dram(),
         peak_buffer_bytes=best.peak,
         groups=[group_report(cost, g) for g in topological_groups(fg, best.groups)],
         splits=[splitter.describe(step) for step in best.steps],

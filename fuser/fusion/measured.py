@@ -3,6 +3,7 @@
     report = measure_plan(graph, plan)                # builds, runs under cachegrind twice
     report.measured_bytes / report.predicted_bytes     # the model against the build
     report.measured_bytes / report.fuseops_bytes       # the plan against TVM's own fusion
+    report.fuseops_bytes / report.layer_fusion_bytes   # the model against TVM's own fusion
 
 Two llvm builds of ``graph`` run once each under cachegrind (``fuser.backends.tvm.cachesim``):
 the plan-driven one (each group one depth-first kernel, ``fusion.tiling.tile_hints``) and
@@ -58,6 +59,7 @@ class PlanTraffic:
     cache_bytes: int
     predicted_bytes: int
     no_fusion_bytes: int
+    layer_fusion_bytes: int  # predicted for the compiler's own fusion: what FuseOps should move
     measured_bytes: int
     fuseops_bytes: int | None
     groups: list[GroupTraffic]
@@ -67,6 +69,11 @@ class PlanTraffic:
     def model_ratio(self) -> float:
         """Measured over predicted bytes of the plan-driven build."""
         return self.measured_bytes / max(self.predicted_bytes, 1)
+
+    @property
+    def fuseops_model_ratio(self) -> float | None:
+        """Measured FuseOps bytes over the layer-fusion prediction: the cost model on TVM's build."""
+        return None if not self.fuseops_bytes else self.fuseops_bytes / max(self.layer_fusion_bytes, 1)
 
     @property
     def fuseops_ratio(self) -> float | None:
@@ -81,10 +88,12 @@ class PlanTraffic:
             "cache_bytes": self.cache_bytes,
             "predicted_bytes": self.predicted_bytes,
             "no_fusion_bytes": self.no_fusion_bytes,
+            "layer_fusion_bytes": self.layer_fusion_bytes,
             "measured_bytes": self.measured_bytes,
             "fuseops_bytes": self.fuseops_bytes,
             "model_ratio": self.model_ratio,
             "fuseops_ratio": self.fuseops_ratio,
+            "fuseops_model_ratio": self.fuseops_model_ratio,
             "groups": [{**vars(g), "ratio": g.ratio} for g in self.groups],
             "unattributed_kernels": self.unattributed_kernels,
         }
@@ -184,13 +193,15 @@ def measure_plan(
             )
         )
     unattributed = {k: t.dram_bytes for k, t in traffic.kernels.items() if k not in calls}
+    no_fusion, layer_fusion = _baselines(graph, data)
     return PlanTraffic(
         model=data["model"],
         style=data["style"],
         buffer_bytes=int(data["buffer_bytes"]),
         cache_bytes=cache,
         predicted_bytes=int(moved_bytes(data)),
-        no_fusion_bytes=_no_fusion_bytes(graph, data),
+        no_fusion_bytes=no_fusion,
+        layer_fusion_bytes=layer_fusion,
         measured_bytes=traffic.dram_bytes,
         fuseops_bytes=None if base is None else base.dram_bytes,
         groups=groups,
@@ -198,10 +209,12 @@ def measure_plan(
     )
 
 
-def _no_fusion_bytes(graph: Graph, data: dict) -> int:
-    """Every op alone (W + In + Out) for the batch the build runs: the plan's own figure, or, for a
-    plan made per image of a batch, the same sum over the whole batch's sizes."""
-    if data.get("images", 1) == 1:
-        return int(data["no_fusion_dram_bytes"])
-    whole = build_fusion_graph(graph, per_image=False)
-    return make_cost_model(whole, data["style"], 1 << 40, int(data["element_bytes"])).no_fusion_dram()
+def _baselines(graph: Graph, data: dict) -> tuple[int, int]:
+    """The no-fusion and layer-fusion bytes (``CostModel.no_fusion_dram``, ``layer_fusion_dram``)
+    for the batch the build runs: the plan's own figures, or, for a plan made per image of a
+    batch, the same sums over the whole batch's sizes."""
+    if data.get("images", 1) == 1 and data.get("layer_fusion_dram_bytes"):
+        return int(data["no_fusion_dram_bytes"]), int(data["layer_fusion_dram_bytes"])
+    whole = build_fusion_graph(graph, per_image=data.get("images", 1) == 1)
+    cost = make_cost_model(whole, data["style"], 1 << 40, int(data["element_bytes"]))
+    return cost.no_fusion_dram(), cost.layer_fusion_dram()

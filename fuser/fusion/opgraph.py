@@ -41,7 +41,7 @@ import numpy as np
 
 from fuser.analysis import node_weights
 from fuser.ir import FuserError, Graph, Node, Value
-from fuser.ir.ops import Category, category, ops_in, reduction_axes
+from fuser.ir.ops import Category, category, is_opaque, ops_in, reduction_axes
 
 # Op kinds come from the op registry (fuser.ir.ops); the row rules add only what a
 # category does not say: which axis an op works along.
@@ -387,6 +387,36 @@ class FusionGraph:
         width = (self.n + 7) // 8
         raw = np.frombuffer(b"".join(m.to_bytes(width, "little") for m in masks), np.uint8)
         return np.unpackbits(raw.reshape(len(masks), width), axis=1, count=self.n, bitorder="little")
+
+    def layer_kernels(self) -> list[int]:
+        """Per-layer fusion, what TVM's FuseOps and ONNX Runtime do without a plan, as group
+        masks: an elementwise op joins the kernel of the producer of an input that it alone reads
+        (conv -> bias -> ReLU; a residual Add into the conv before it), or, failing that, the one
+        kernel all its inputs come from (SiLU's ``x * sigmoid(x)``). An opaque op takes none, and
+        an op whose output is a graph output or one of several outputs ends its kernel."""
+        owner = list(range(self.n))
+        for i, op in enumerate(self.ops):
+            if op not in ELEMENTWISE:
+                continue
+            tensors = [t for t, _ in self.op_inputs[i]]
+            producers = [self.tensor_producer[t] for t in tensors]
+            if any(p < 0 or is_opaque(self.ops[p]) for p in producers) or not producers:
+                continue
+            extends = [
+                p
+                for t, p in zip(tensors, producers)
+                if self.tensor_consumer_mask[t] == 1 << i
+                and not self.tensor_is_output[t]
+                and len(self.op_outputs[p]) == 1
+            ]
+            if extends:
+                owner[i] = owner[extends[0]]
+            elif len({owner[p] for p in producers}) == 1:
+                owner[i] = owner[producers[0]]
+        kernels: dict[int, int] = {}
+        for i, k in enumerate(owner):
+            kernels[k] = kernels.get(k, 0) | 1 << i
+        return list(kernels.values())
 
     def group_names(self, mask: int) -> list[str]:
         return [self.names[i] for i in bits(mask)]

@@ -284,6 +284,7 @@ class Plan:
     optimum: dict | None = None
     images: int = 1
     batch_dram_bytes: int | None = None
+    layer_fusion_dram_bytes: int | None = None  # the compiler's own fusion (CostModel.layer_fusion_dram)
 
     @property
     def dram_ratio(self) -> float:
@@ -304,9 +305,14 @@ class Plan:
     def __str__(self) -> str:
         fused = [g for g in self.groups if len(g.ops) > 1]
         search = self.search or {}
+        layers = (
+            f"{self.dram_bytes / self.layer_fusion_dram_bytes:.3f} of layer fusion, "
+            if self.layer_fusion_dram_bytes
+            else ""
+        )
         text = (
             f"Plan({self.model}: {self.style.upper()}, buffer {self.buffer_bytes:,} B, "
-            f"DRAM {self.dram_bytes:,} B = {self.dram_ratio:.3f} of no fusion, "
+            f"DRAM {self.dram_bytes:,} B = {self.dram_ratio:.3f} of no fusion, {layers}"
             f"{len(self.groups)} groups ({len(fused)} fused, {sum(len(g.ops) for g in fused)} ops), "
             f"peak buffer {self.peak_buffer_bytes:,} B, {len(self.splits)} splits"
         )

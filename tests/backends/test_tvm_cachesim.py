@@ -67,6 +67,10 @@ def test_plan_driven_build_moves_what_the_plan_predicts():
     assert group.measured_bytes == report.measured_bytes
     assert abs(report.model_ratio - 1) <= 0.25, report.to_dict()
     assert report.fuseops_ratio <= 0.6, report.to_dict()
+    # the model predicts the FuseOps build too: two conv + ReLU kernels, the input and output
+    # once, the intermediate written and read back
+    assert report.layer_fusion_bytes == 4 * (2 * (c * c * 9 + c) + 4 * c * h * h)
+    assert abs(report.fuseops_model_ratio - 1) <= 0.25, report.to_dict()
     # the FuseOps build moves the intermediate map twice more (written, read back)
     inter = c * h * h * 4
     assert report.fuseops_bytes - report.measured_bytes == pytest.approx(2 * inter, rel=0.25)

@@ -47,6 +47,7 @@ def test_table_shows_plan_and_explained_splits(model):
     r = fuse(model, *args, "--no-gap")
     assert r.exit_code == 0, r.output
     assert "no fusion" in r.output and "this plan" in r.output and "groups" in r.output
+    assert "layer fusion" in r.output  # the compiler's own fusion: the bar a plan must clear
     assert "splits of invalid groups" in r.output
 
 

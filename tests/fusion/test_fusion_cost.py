@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from test_fusion_graphs import conv_chain, random_dag, se_block
+from test_fusion_graphs import conv_chain, random_dag, residual_block, se_block
 
 from fuser.fusion.cost import BRR, LBDF
 from fuser.fusion.opgraph import bits, build_fusion_graph, mask_of
@@ -39,6 +39,26 @@ def test_lbdf_chain_hand_count(e):
     )
     # no fusion: each op reads its inputs and weights, writes its output
     assert cost.no_fusion_dram() == ((W1 + X + C1) + (C1 + C1) + (W2 + C1 + Y)) * e == 10608 * e
+
+
+def test_layer_fusion_puts_each_op_with_its_elementwise_tail_as_a_compiler_does():
+    fg = build_fusion_graph(residual_block(channels=16, size=8))
+    kernels = sorted(fg.group_names(m) for m in fg.layer_kernels())
+    # the residual Add joins conv2 (its only reader of conv2's output), relu2 the Add; the stem
+    # conv's output is read twice (conv1 and the Add), so the stem ends its kernel
+    assert kernels == [["conv1", "relu1"], ["conv2", "add", "relu2"], ["stem"]]
+    t, w1, w3 = 16 * 8 * 8, 16 * 16 + 16, 16 * 16 * 9 + 16
+    cost = LBDF(fg, 1 << 10, 4)  # no buffer bounds a layer-by-layer kernel
+    assert cost.layer_fusion_dram() == 4 * ((w1 + t + t) + (w3 + t + t) + (w3 + 3 * t)) == 4 * 12080
+    assert cost.no_fusion_dram() == 4 * ((w1 + 2 * t) + (w3 + 2 * t) + 2 * t + (w3 + 2 * t) + 3 * t + 2 * t)
+    se = build_fusion_graph(se_block())
+    # the gate's Mul reads the conv's output too, but only the sigmoid's alone: it joins fc2
+    assert sorted(se.group_names(m) for m in se.layer_kernels()) == [
+        ["conv"],
+        ["fc1", "relu"],
+        ["fc2", "gate", "excite"],
+        ["squeeze"],
+    ]
 
 
 def test_lbdf_validity_is_strict():

@@ -91,12 +91,16 @@ def test_the_report_page_says_its_bytes_are_one_images():
     assert "images" not in single["plan"] and 'id="per-image"' not in render_html(single, graph=False)
 
 
-def test_measured_reports_no_fusion_for_the_whole_batch():
-    from fuser.fusion.measured import _no_fusion_bytes
+def test_measured_reports_no_fusion_and_layer_fusion_for_the_whole_batch():
+    from fuser.fusion.measured import _baselines
 
     plan = partition(conv_chain(8), buffer=W1 + W2 + FEATURE + 1).to_dict()
     one_image = (W1 + X + C1) + (C1 + C1) + (W2 + C1 + Y)
-    assert plan["no_fusion_dram_bytes"] == one_image
-    assert _no_fusion_bytes(conv_chain(8), plan) == W1 + W2 + 8 * (X + 4 * C1 + Y)
+    layers = (W1 + X + C1) + (W2 + C1 + Y)  # conv1 with its ReLU, then conv2
+    assert plan["no_fusion_dram_bytes"] == one_image and plan["layer_fusion_dram_bytes"] == layers
+    assert _baselines(conv_chain(8), plan) == (
+        W1 + W2 + 8 * (X + 4 * C1 + Y),
+        W1 + W2 + 8 * (X + 2 * C1 + Y),
+    )
     single = partition(conv_chain(1), buffer=W1 + W2 + FEATURE + 1).to_dict()
-    assert _no_fusion_bytes(conv_chain(1), single) == one_image
+    assert _baselines(conv_chain(1), single) == (one_image, layers)
