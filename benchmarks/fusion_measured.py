@@ -23,6 +23,7 @@ overrides it.
     python benchmarks/fusion_measured.py --cases mobilenet_v2@64/128KB --groups   # one case, all groups
     python benchmarks/fusion_measured.py --cases resnet18@32/64KB --no-fuseops     # smoke run (~2 min)
     python benchmarks/fusion_measured.py --cases mobilenet_v2@64/128KB/b4          # a batch planned per image
+    python benchmarks/fusion_measured.py --layers         # plans over layers (conv + activation units)
 
 Writes benchmarks/results/fusion_measured.txt (and --json prints the reports).
 """
@@ -62,6 +63,12 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=1000)
     ap.add_argument("--cache", help="simulated last-level cache (default: 2x the buffer), e.g. 256KB")
     ap.add_argument("--no-fuseops", action="store_true", help="skip the FuseOps build")
+    ap.add_argument(
+        "--layers",
+        action="store_true",
+        help="plan over layers (each op with its elementwise tail, partition(layers=True)): the plan "
+        "never moves more than layer fusion by the model",
+    )
     ap.add_argument("--groups", action="store_true", help="list every group (default: the 12 worst)")
     ap.add_argument("--output", default=str(RESULTS))
     ap.add_argument("--json", action="store_true")
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
     out = Console(record=True, width=140)
     out.print(
         f"fuser fusion plans: predicted vs simulated DRAM; {platform.processor() or platform.machine()}, "
-        f"fp32, LBDF, {args.search} search ({args.budget} plans)"
+        f"fp32, LBDF, {args.search} search ({args.budget} plans)" + (", over layers" if args.layers else "")
     )
     reports = []
     summary = Table(title="per model", title_justify="left")
@@ -113,7 +120,13 @@ def main(argv=None) -> int:
         graph = fuser.optimize(create(name, seed=0).eval(), (x,)).graph
         floor = 4 * (analyze(graph)["params"] + sum(v.numel for v in graph.inputs + graph.outputs))
         plan = partition(
-            graph, buffer=buffer, style="lbdf", search=args.search, budget=args.budget, element_bytes=4
+            graph,
+            buffer=buffer,
+            style="lbdf",
+            search=args.search,
+            budget=args.budget,
+            element_bytes=4,
+            layers=args.layers,
         )
         report = measure_plan(
             graph,

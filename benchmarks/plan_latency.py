@@ -67,10 +67,12 @@ def _graph(name: str, size: int, batch: int):
     return fuser.optimize(create(name, seed=0).eval(), (x,)).graph, x
 
 
-def _plan(graph, buffer: int, search: str, per_image: bool = True):
+def _plan(graph, buffer: int, search: str, per_image: bool = True, layers: bool = False):
     from fuser.fusion.api import partition
 
-    plan = partition(graph, buffer=buffer, style="lbdf", search=search, element_bytes=4, per_image=per_image)
+    plan = partition(
+        graph, buffer=buffer, style="lbdf", search=search, element_bytes=4, per_image=per_image, layers=layers
+    )
     return plan, {op: gid for gid, g in enumerate(plan.groups) for op in g.ops}
 
 
@@ -201,6 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-untiled", action="store_true", help="skip the plan build without depth-first")
     ap.add_argument(
+        "--layers", action="store_true", help="plan over layers (each op with its elementwise tail)"
+    )
+    ap.add_argument(
         "--per-group",
         action="store_true",
         help="also time each plan group in the run against FuseOps' kernels for the same ops",
@@ -239,8 +244,9 @@ def main(argv=None) -> int:
         f"plan-driven vs FuseOps TVM builds, untuned, default schedules; {platform.machine()} "
         f"(code for {target.attrs['mcpu']}), "
         f"{threads} threads, {'process CPU time' if args.cpu_time else 'wall clock'}, median of "
-        f"{args.repeat}, interleaved; plan: LBDF ({args.search} search) for a {format_size(buffer)} buffer"
-        + ("" if args.buffer else " (this host's L2 per core)")
+        f"{args.repeat}, interleaved; plan: LBDF ({args.search} search"
+        f"{', over layers' if args.layers else ''}) "
+        f"for a {format_size(buffer)} buffer" + ("" if args.buffer else " (this host's L2 per core)")
     )
     set_threads(threads)  # TVM, OpenMP and torch alike, before any pool starts
     summary = []
@@ -249,12 +255,12 @@ def main(argv=None) -> int:
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         name, size, batch = parse_case(case)
         graph, x = _graph(name, size, batch)
-        plan, owner = _plan(graph, buffer, args.search)
+        plan, owner = _plan(graph, buffer, args.search, layers=args.layers)
         xn = x.numpy()
         builds = {"tvm": _tvm(graph, target)}
         builds["tvm plan"] = _tvm(graph, target, owner, tile_hints(plan, threads))
         if batch > 1:
-            batch_plan, batch_owner = _plan(graph, buffer, args.search, per_image=False)
+            batch_plan, batch_owner = _plan(graph, buffer, args.search, per_image=False, layers=args.layers)
             builds[WHOLE_BATCH] = _tvm(graph, target, batch_owner, tile_hints(batch_plan, threads))
         if not args.no_untiled:
             builds["tvm plan, no tiling"] = _tvm(graph, target, owner)

@@ -179,6 +179,7 @@ def partition(
     progress: Progress | None = None,
     gap: bool = False,
     per_image: bool = True,
+    layers: bool = False,
 ) -> Plan:
     """Partition ``graph``'s ops into fusion groups under an on-chip buffer of ``buffer`` bytes
     (``fuser.partition`` takes any model and optimizes it first).
@@ -191,10 +192,13 @@ def partition(
     met (see ``partition_fusion_graph``).
     ``per_image``: at a batch above 1, plan for one image of it (how fuser's group kernels run:
     images outermost); ``False`` sizes every group for the whole batch at once.
+    ``layers``: plan over layers, each op with the elementwise ops that only extend it (what a
+    compiler fuses whatever the buffer: ``FusionGraph.layer_kernels``), so the plan never moves
+    more than layer fusion; ``False`` plans single ops, as the paper's model does.
     The same inputs and seed give the same plan.
     """
     plan, _ = partition_fusion_graph(
-        build_fusion_graph(graph, per_image),
+        build_fusion_graph(graph, per_image, layers),
         buffer=buffer,
         style=style,
         search=search,

@@ -211,7 +211,10 @@ class CostModel:
         return self.fg.images * c.dram_bytes
 
     def no_fusion_dram(self) -> int:
-        """Σ over ops of (W + In + Out)·e: every op alone."""
+        """Σ over ops of (W + In + Out)·e: every op alone (the graph's ops, when this one's are
+        layers)."""
+        if self.fg.op_level is not None:
+            return type(self)(self.fg.op_level, self.buffer_bytes, self.element_bytes).no_fusion_dram()
         return sum(self._single_dram) * self.element_bytes
 
     def layer_fusion_dram(self) -> int:
@@ -219,6 +222,8 @@ class CostModel:
         ops that only extend it) of (W + In + Out)·e: what a compiler's own fusion moves, the
         baseline a plan must beat on a CPU. Such a kernel runs layer by layer, so no buffer
         bounds it."""
+        if self.fg.op_level is not None:
+            return type(self)(self.fg.op_level, self.buffer_bytes, self.element_bytes).layer_fusion_dram()
         return sum(self._dram_elements(m) for m in self.fg.layer_kernels()) * self.element_bytes
 
     def singles_dram(self, mask: int) -> int:

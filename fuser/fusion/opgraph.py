@@ -242,11 +242,17 @@ class FusionGraph:
     _down_closed: list[int] | None = None
     _closure_matrices: tuple[np.ndarray, np.ndarray] | None = None
     images: int = 1  # tensor sizes are of one image of a batch of this many (build_fusion_graph)
+    # per op of a graph of layers (``build_fusion_graph(layers=True)``): the graph's ops it
+    # stands for, as (index in graph order, name); None: each op is one of the graph's
+    members: list[list[tuple[int, str]]] | None = None
+    op_level: FusionGraph | None = None  # a graph of layers: the graph of single ops it condenses
 
     def __post_init__(self):
         self.n = len(self.names)
         self.all_mask = (1 << self.n) - 1
         self._name_index = {name: i for i, name in enumerate(self.names)}
+        for i, member in enumerate(self.members or ()):
+            self._name_index.update((name, i) for _, name in member)
 
     def nbr_mask(self, i: int) -> int:
         return self.pred_mask[i] | self.succ_mask[i]
@@ -392,34 +398,44 @@ class FusionGraph:
         """Per-layer fusion, what TVM's FuseOps and ONNX Runtime do without a plan, as group
         masks: an elementwise op joins the kernel of the producer of an input that it alone reads
         (conv -> bias -> ReLU; a residual Add into the conv before it), or, failing that, the one
-        kernel all its inputs come from (SiLU's ``x * sigmoid(x)``). An opaque op takes none, and
-        an op whose output is a graph output or one of several outputs ends its kernel."""
-        owner = list(range(self.n))
+        kernel all its inputs come from (SiLU's ``x * sigmoid(x)``), when its other inputs are
+        made before that kernel's first op (so kernels keep a topological order). An opaque op
+        takes none, and an op whose output is a graph output or one of several outputs ends its
+        kernel."""
+        owner = list(range(self.n))  # each kernel is named by its first op, its anchor
         for i, op in enumerate(self.ops):
             if op not in ELEMENTWISE:
                 continue
             tensors = [t for t, _ in self.op_inputs[i]]
             producers = [self.tensor_producer[t] for t in tensors]
-            if any(p < 0 or is_opaque(self.ops[p]) for p in producers) or not producers:
+            if not producers or any(p >= 0 and is_opaque(self.ops[p]) for p in producers):
                 continue
             extends = [
                 p
                 for t, p in zip(tensors, producers)
-                if self.tensor_consumer_mask[t] == 1 << i
+                if p >= 0
+                and self.tensor_consumer_mask[t] == 1 << i
                 and not self.tensor_is_output[t]
                 and len(self.op_outputs[p]) == 1
             ]
-            if extends:
-                owner[i] = owner[extends[0]]
-            elif len({owner[p] for p in producers}) == 1:
-                owner[i] = owner[producers[0]]
+            kernels = {owner[p] for p in producers if p >= 0}
+            if not extends and len(kernels) == 1 and min(producers) >= 0:
+                extends = [producers[0]]
+            for p in extends:
+                anchor = owner[p]
+                if all(q < anchor or owner[q] == anchor for q in producers):
+                    owner[i] = anchor
+                    break
         kernels: dict[int, int] = {}
         for i, k in enumerate(owner):
             kernels[k] = kernels.get(k, 0) | 1 << i
         return list(kernels.values())
 
     def group_names(self, mask: int) -> list[str]:
-        return [self.names[i] for i in bits(mask)]
+        """The graph's ops in ``mask``, in graph order."""
+        if self.members is None:
+            return [self.names[i] for i in bits(mask)]
+        return [name for _, name in sorted(m for i in bits(mask) for m in self.members[i])]
 
     def index_of(self, name: str) -> int:
         try:
@@ -461,19 +477,23 @@ def check_plannable(graph: Graph, v: Value) -> None:
     raise FuserError(f"{graph.source}: {holder} '{v.name}' of shape {shape} {problem}")
 
 
-def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
+def build_fusion_graph(graph: Graph, per_image: bool = True, layers: bool = False) -> FusionGraph:
     """Index ``graph`` (all of ``graph.nodes``, in their topological order).
 
     ``per_image``: sizes are those of one image of the batch (``FusionGraph.images`` of them),
     because fuser's group kernels tile images outermost (a tile holds one image's rows): the
     buffer a group needs is one image's, and a plan made for one image is the plan at any
     batch. A tensor whose leading dim is not a multiple of the batch keeps its whole size.
-    ``per_image=False`` plans the whole batch as one image."""
+    ``per_image=False`` plans the whole batch as one image.
+
+    ``layers``: each op with the elementwise ops that only extend it is one op of the graph
+    (``FusionGraph.layer_kernels``, ``members``), as a compiler fuses them whatever the
+    buffer: a plan over layers never moves more than layer fusion."""
     nodes = graph.nodes
     images = image_count(graph) if per_image else 1
     op_index = {id(n): i for i, n in enumerate(nodes)}
     tensor_index: dict[int, int] = {}
-    t_names, t_numel, t_height, t_row, t_prod, t_cons, t_out = [], [], [], [], [], [], []
+    t_names, t_numel, t_height, t_row, t_prod, t_out = [], [], [], [], [], []
     outputs = {id(v) for v in graph.outputs}
 
     def tensor(v: Value) -> int:
@@ -493,51 +513,83 @@ def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
             t_height.append(height)
             t_row.append(numel // height)
             t_prod.append(op_index.get(id(v.producer), -1) if v.producer is not None else -1)
-            t_cons.append(0)
             t_out.append(key in outputs)
         return tensor_index[key]
 
     for v in graph.inputs:
         tensor(v)
     n = len(nodes)
-    weight_numel, weight_ids, weight_by_id = [0] * n, [()] * n, {}
+    weight_ids, weight_by_id = [()] * n, {}
     op_inputs: list[list[tuple[int, RowRule]]] = [[] for _ in range(n)]
     op_outputs: list[list[int]] = [[] for _ in range(n)]
-    preds: list[set[int]] = [set() for _ in range(n)]
-    succs: list[set[int]] = [set() for _ in range(n)]
-    edge_tensors: dict[tuple[int, int], list[int]] = {}
-    weight_users: dict[int, int] = {}
     barrier_mask = 0
     for i, node in enumerate(nodes):
         for v in node.outputs:
             op_outputs[i].append(tensor(v))
         weights = node_weights(node)
         weight_ids[i] = tuple(id(v) for v, _ in weights)
-        for v, _ in weights:
-            weight_by_id[id(v)] = v.numel
-            weight_users[id(v)] = weight_users.get(id(v), 0) + 1
-        weight_numel[i] = sum(v.numel for v, _ in weights)
+        weight_by_id.update((id(v), v.numel) for v, _ in weights)
         for k, v in enumerate(node.inputs):
-            if v is None or v.is_const:
-                continue  # weights and configuration constants
-            t = tensor(v)
-            op_inputs[i].append((t, row_rule(node, k)))
+            if v is not None and not v.is_const:  # weights and configuration constants cost nothing
+                op_inputs[i].append((tensor(v), row_rule(node, k)))
+        if is_barrier(node):
+            barrier_mask |= 1 << i
+    fg = _indexed(
+        graph,
+        [nd.name for nd in nodes],
+        [nd.op for nd in nodes],
+        weight_ids,
+        weight_by_id,
+        op_inputs,
+        op_outputs,
+        barrier_mask,
+        (t_names, t_numel, t_height, t_row, t_prod, t_out),
+        images,
+    )
+    return _layered(fg) if layers else fg
+
+
+def _indexed(
+    graph,
+    names,
+    ops,
+    weight_ids,
+    weight_by_id,
+    op_inputs,
+    op_outputs,
+    barrier_mask,
+    tensors,
+    images,
+    members=None,
+) -> FusionGraph:
+    """The FusionGraph of ops given by their weights, (tensor, rule) inputs and outputs; tensors
+    as (names, numel, height, row numel, producer, is graph output) lists."""
+    t_names, t_numel, t_height, t_row, t_prod, t_out = tensors
+    n = len(names)
+    t_cons = [0] * len(t_names)
+    preds: list[set[int]] = [set() for _ in range(n)]
+    succs: list[set[int]] = [set() for _ in range(n)]
+    edge_tensors: dict[tuple[int, int], list[int]] = {}
+    for i, ins in enumerate(op_inputs):
+        for t, _ in ins:
             t_cons[t] |= 1 << i
             p = t_prod[t]
             if p >= 0:
                 preds[i].add(p)
                 succs[p].add(i)
                 edge_tensors.setdefault((p, i), []).append(t)
-        if is_barrier(node):
-            barrier_mask |= 1 << i
-    pred_l = [sorted(s) for s in preds]
-    succ_l = [sorted(s) for s in succs]
+    weight_users: dict[int, int] = {}
+    for ids in weight_ids:
+        for w in ids:
+            weight_users[w] = weight_users.get(w, 0) + 1
+    pred_l = [sorted(x) for x in preds]
+    succ_l = [sorted(x) for x in succs]
     edges = sorted(edge_tensors)
     fg = FusionGraph(
         graph=graph,
-        names=[nd.name for nd in nodes],
-        ops=[nd.op for nd in nodes],
-        weight_numel=weight_numel,
+        names=names,
+        ops=ops,
+        weight_numel=[sum(weight_by_id[w] for w in ids) for ids in weight_ids],
         weight_ids=weight_ids,
         weight_numel_by_id=weight_by_id,
         shared_weights=any(c > 1 for c in weight_users.values()),
@@ -555,12 +607,85 @@ def build_fusion_graph(graph: Graph, per_image: bool = True) -> FusionGraph:
         preds=pred_l,
         succs=succ_l,
         pred_mask=[mask_of(p) for p in pred_l],
-        succ_mask=[mask_of(s) for s in succ_l],
+        succ_mask=[mask_of(x) for x in succ_l],
         edges=edges,
         edge_tensors=edge_tensors,
         images=images,
+        members=members,
     )
     fg.edge_index = {e: k for k, e in enumerate(edges)}
     fg.edge_array = np.array(edges, dtype=np.int64).reshape(-1, 2)
     fg.ancestors(), fg.descendants()
     return fg
+
+
+def _layered(fg: FusionGraph) -> FusionGraph:
+    """``fg`` with each of its ``layer_kernels`` one op: the tensors inside a layer are gone
+    (a compiler computes an elementwise tail in registers, as its op emits rows), its inputs
+    keep the row rules of the ops that read them, and it emits what is read outside it."""
+    layers = sorted(fg.layer_kernels(), key=lambda m: m & -m)  # by anchor: a topological order
+    layer_of = {}
+    for j, mask in enumerate(layers):
+        for i in bits(mask):
+            layer_of[i] = j
+    kept, tensors = {}, ([], [], [], [], [], [])
+
+    def tensor(t: int) -> int:
+        if t not in kept:
+            kept[t] = len(tensors[0])
+            p = fg.tensor_producer[t]
+            for column, value in zip(
+                tensors,
+                (
+                    fg.tensor_names[t],
+                    fg.tensor_numel[t],
+                    fg.tensor_height[t],
+                    fg.tensor_row_numel[t],
+                    layer_of[p] if p >= 0 else -1,
+                    fg.tensor_is_output[t],
+                ),
+            ):
+                column.append(value)
+        return kept[t]
+
+    for t, p in enumerate(fg.tensor_producer):
+        if p < 0:
+            tensor(t)
+    op_inputs, op_outputs, weight_ids, members, barrier_mask = [], [], [], [], 0
+    for j, mask in enumerate(layers):
+        ops = bits(mask)
+        op_inputs.append(
+            [
+                (tensor(t), rule)
+                for i in ops
+                for t, rule in fg.op_inputs[i]
+                if fg.tensor_producer[t] not in ops
+            ]
+        )
+        op_outputs.append(
+            [
+                tensor(t)
+                for i in ops
+                for t in fg.op_outputs[i]
+                if fg.tensor_is_output[t] or fg.tensor_consumer_mask[t] & ~mask
+            ]
+        )
+        weight_ids.append(tuple(dict.fromkeys(w for i in ops for w in fg.weight_ids[i])))
+        members.append([(i, fg.names[i]) for i in ops])
+        if fg.barrier_mask & mask:
+            barrier_mask |= 1 << j
+    layered = _indexed(
+        fg.graph,
+        [fg.names[bits(m)[0]] for m in layers],
+        [fg.ops[bits(m)[0]] for m in layers],
+        weight_ids,
+        fg.weight_numel_by_id,
+        op_inputs,
+        op_outputs,
+        barrier_mask,
+        tensors,
+        fg.images,
+        members,
+    )
+    layered.op_level = fg
+    return layered

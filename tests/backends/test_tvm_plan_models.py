@@ -73,13 +73,16 @@ def _logits(graph):
     return graph
 
 
-def check_compile_with_plan(tmp_path, path, x: np.ndarray, input_shapes: dict | None = None, gap=False):
+def check_compile_with_plan(
+    tmp_path, path, x: np.ndarray, input_shapes: dict | None = None, gap=False, fuse_args=()
+):
     """fuse --save-plan, compile --plan, run the build in the child; it must match ORT on
     ``path``, have a kernel for every plan group, and share kernels only between groups
-    of identical ops. ``gap``: the plan is the proven optimum where it beats greedy's."""
+    of identical ops. ``gap``: the plan is the proven optimum where it beats greedy's;
+    ``fuse_args``: more options for ``fuse``."""
     plan_path, build = tmp_path / "plan.json", tmp_path / "build"
     shape_args = [a for k, v in (input_shapes or {}).items() for a in ("--input-shape", f"{k}:{v}")]
-    search = ["--search", "greedy", "--budget", "20", "--gap" if gap else "--no-gap"]
+    search = ["--search", "greedy", "--budget", "20", "--gap" if gap else "--no-gap", *fuse_args]
     invoke("fuse", path, *shape_args, *search, "--save-plan", plan_path)
     meta = json.loads(invoke("compile", path, *shape_args, "--plan", plan_path, "-o", build, "--json").output)
     groups = json.loads(plan_path.read_text())["groups"]
@@ -122,6 +125,34 @@ def test_optimal_plan_compiles(tmp_path):
     meta = check_compile_with_plan(tmp_path, path, x, gap=True)
     reports = meta["depth_first"].values()
     assert all(r["tiled"] or r["note"] for r in reports)  # a kernel left untiled says why
+
+
+@pytest.mark.parametrize("name", PADDLE_SAMPLE)
+def test_a_plan_over_layers_compiles(name, tmp_path):
+    """A plan whose units are layers (a conv with its activation, whatever the buffer) on a
+    model from outside, at a buffer so small that a plan of single ops leaves activations in
+    groups of their own: every group is built and the build matches ORT."""
+    from fuser.fusion.api import partition
+
+    path = paddle_model(name)
+    shape = PADDLE_MODELS[name]
+    input_name = onnx.load(str(path), load_external_data=False).graph.input[0].name
+    x = real_model_input(path, shape)
+    args = ("--buffer", "16KB", "--layers")
+    check_compile_with_plan(tmp_path, path, x, {input_name: ",".join(map(str, shape))}, fuse_args=args)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    graph = fuser.optimize(str(path), input_shapes={input_name: shape}).graph
+    elementwise = {
+        n.name for n in graph.nodes if n.op in ("Relu", "Clip", "Add", "Mul", "Div", "HardSigmoid")
+    }
+
+    def alone(groups):
+        return [ops for ops in groups if set(ops) <= elementwise]
+
+    ops = partition(graph, buffer="16KB", search="greedy", budget=20)
+    assert len(alone(g.ops for g in ops.groups)) > 40 and ops.dram_bytes > 2 * ops.layer_fusion_dram_bytes
+    assert alone(g["ops"] for g in plan["groups"]) == []
+    assert plan["dram_bytes"] <= plan["layer_fusion_dram_bytes"]
 
 
 @pytest.mark.heavy

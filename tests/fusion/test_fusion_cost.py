@@ -61,6 +61,38 @@ def test_layer_fusion_puts_each_op_with_its_elementwise_tail_as_a_compiler_does(
     ]
 
 
+def test_a_graph_of_layers_drops_the_tensors_inside_a_layer():
+    fg = build_fusion_graph(residual_block(channels=16, size=8), layers=True)
+    assert fg.n == 3 and fg.names == ["stem", "conv1", "conv2"]
+    assert fg.group_names(fg.all_mask) == ["stem", "conv1", "relu1", "conv2", "add", "relu2"]
+    assert fg.index_of("relu1") == fg.index_of("conv1") == 1
+    assert len(fg.tensor_names) == 4  # x, the stem's output, relu1's, relu2's: conv1's is inside
+    row, w3 = 16 * 8, 16 * 16 * 9 + 16
+    layer = LBDF(fg, 1 << 20).cost(0b100)  # conv2 + add + relu2 alone
+    # one row out, the 3 rows conv2 reads, the stem's one row for the Add; none for the tensors
+    # conv2 and the Add hand on in registers (the graph of ops holds a row of each: 2 more)
+    assert layer.buffer_bytes == w3 + (1 + 3 + 1) * row
+    ops = build_fusion_graph(residual_block(channels=16, size=8))
+    assert LBDF(ops, 1 << 20).cost(
+        mask_of(ops.index_of(n) for n in ("conv2", "add", "relu2"))
+    ).buffer_bytes == (layer.buffer_bytes + 2 * row)
+
+
+def test_layers_keep_an_activation_with_its_conv_when_the_pair_does_not_fit_as_ops():
+    from fuser.fusion.api import partition
+
+    # conv1 alone needs 616 elements, conv1 + relu as ops 744 (a row of each output), as a
+    # layer 616; conv2 alone 1032: over a 700 buffer it runs alone either way
+    ops = partition(conv_chain(), buffer=700, search="greedy")
+    assert [g.ops for g in ops.groups] == [["conv1"], ["relu"], ["conv2"]]
+    assert ops.dram_bytes == ops.no_fusion_dram_bytes == (W1 + X + C1) + 2 * C1 + (W2 + C1 + Y)
+    layers = partition(conv_chain(), buffer=700, search="greedy", layers=True)
+    assert [g.ops for g in layers.groups] == [["conv1", "relu"], ["conv2"]]
+    assert layers.dram_bytes == layers.layer_fusion_dram_bytes == (W1 + X + C1) + (W2 + C1 + Y)
+    assert layers.no_fusion_dram_bytes == ops.no_fusion_dram_bytes  # still the graph's ops alone
+    assert layers.groups[0].buffer_bytes == W1 + 3 * ROW_X + ROW_C1
+
+
 def test_lbdf_validity_is_strict():
     fg, fits = chain_model(LBDF, 2033)
     assert fits.valid(fg.all_mask) and fits.cost(fg.all_mask).fits

@@ -87,6 +87,15 @@ from fuser.units import format_size, parse_size
     help="At a batch above 1, size every group for the whole batch at once. By default a plan is "
     "made for one image of the batch, the way fuser's group kernels run (images outermost).",
 )
+@click.option(
+    "--layers",
+    is_flag=True,
+    help="Plan over layers: each op with the elementwise ops that only extend it (conv + bias + "
+    "activation, a residual Add) is one unit, as TVM and ONNX Runtime fuse them whatever the "
+    "buffer. The plan then never moves more than that layer fusion (the table's row); without "
+    "it, ops are planned one by one, as the paper's model does, and an activation after a conv "
+    "too big for the buffer runs as a group of its own.",
+)
 def command(
     model,
     input_shapes,
@@ -107,6 +116,7 @@ def command(
     gap_time,
     gap_prices,
     whole_batch,
+    layers,
 ):
     """Partition MODEL's ops into fusion groups that fit an on-chip buffer.
 
@@ -121,6 +131,7 @@ def command(
     \b
     Examples:
       fuser fuse zoo:resnet18                               # LBDF, 256KB, local search
+      fuser fuse zoo:mobilenet_v2 --buffer 128KB --layers   # conv + activation one unit
       fuser fuse zoo:mobilenet_v2 --buffer 128KB --style brr --search nsga2 --budget 2000
       fuser fuse zoo:efficientnet_b3 --split random --seed 1  # the random-split baseline
       fuser fuse model.onnx --input-shape x:1,3,224,224 --save-plan plan.json --top 0
@@ -144,7 +155,7 @@ def command(
     graph = load_graph(model, input_shapes)
     with status("optimizing (folding BN, cleanups)"):
         graph = optimize(graph).graph
-    fg = build_fusion_graph(graph, per_image=not whole_batch)
+    fg = build_fusion_graph(graph, per_image=not whole_batch, layers=layers)
     if gap_prices:
         os.makedirs(gap_prices, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name or "model")
