@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     if not valgrind_available():
         print("needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
-    out = Console(record=True, width=140)
+    out = Console(record=True, width=172)
     out.print(
         f"fuser fusion plans: predicted vs simulated DRAM; {platform.processor() or platform.machine()}, "
         f"fp32, LBDF, {args.search} search ({args.budget} plans)" + (", over layers" if args.layers else "")

@@ -18,7 +18,9 @@ Runtime): each op with the elementwise ops that only extend it in one kernel
 (``FusionGraph.layer_kernels``), Σ (W + In + Out)·e over those kernels. The paper's no-fusion
 baseline counts every activation's round trip, which no CPU compiler makes; a plan's gain
 over layer fusion is its gain over TVM's build (within 12% of what cachegrind measures for it
-on the four #14 models, ``benchmarks/fusion_measured.py``).
+on the four #14 models, ``benchmarks/fusion_measured.py``). Over a graph of layers
+(``build_fusion_graph(layers=True)``) each op is such a kernel: a lone layer is valid as a
+lone op is, the tensors inside it take no rows, and no plan moves more than layer fusion.
 
 An op whose F_β({op}) ≥ β alone (its weights, or the rows a global op must
 hold, exceed the buffer) can never be fused: F_β only grows when ops are added
