@@ -20,6 +20,7 @@ Writes benchmarks/results/plan_latency.txt.
     python benchmarks/plan_latency.py --cpu-time --runs 5                # 5 processes: median speed-up
     python benchmarks/plan_latency.py --cpu-time --cpu x86-64-v3         # AVX2 code on this host
     python benchmarks/plan_latency.py --cpu-time --per-group             # where the time goes, per group
+    python benchmarks/plan_latency.py --layers               # also a plan over layers, in the same run
 
 All runtimes get --threads (``set_threads``) before any pool starts; ONNX Runtime, a reference
 row, does not spin after its runs (its spinning threads took a core from the next build, the
@@ -46,6 +47,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_latency.txt"
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 WHOLE_BATCH = "tvm plan, whole batch"
+OVER_LAYERS = "tvm plan over layers"
 SPEEDUP_TARGET = 1.2  # the issue: plan-driven >= 1.2x faster than FuseOps (MobileNetV2 at 224)
 
 
@@ -203,7 +205,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-untiled", action="store_true", help="skip the plan build without depth-first")
     ap.add_argument(
-        "--layers", action="store_true", help="plan over layers (each op with its elementwise tail)"
+        "--layers",
+        action="store_true",
+        help="add the build of a plan over layers (each op with its elementwise tail, "
+        "partition(layers=True)), timed in the same run",
     )
     ap.add_argument(
         "--per-group",
@@ -244,8 +249,7 @@ def main(argv=None) -> int:
         f"plan-driven vs FuseOps TVM builds, untuned, default schedules; {platform.machine()} "
         f"(code for {target.attrs['mcpu']}), "
         f"{threads} threads, {'process CPU time' if args.cpu_time else 'wall clock'}, median of "
-        f"{args.repeat}, interleaved; plan: LBDF ({args.search} search"
-        f"{', over layers' if args.layers else ''}) "
+        f"{args.repeat}, interleaved; plan: LBDF ({args.search} search) "
         f"for a {format_size(buffer)} buffer" + ("" if args.buffer else " (this host's L2 per core)")
     )
     set_threads(threads)  # TVM, OpenMP and torch alike, before any pool starts
@@ -255,13 +259,16 @@ def main(argv=None) -> int:
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         name, size, batch = parse_case(case)
         graph, x = _graph(name, size, batch)
-        plan, owner = _plan(graph, buffer, args.search, layers=args.layers)
+        plan, owner = _plan(graph, buffer, args.search)
         xn = x.numpy()
         builds = {"tvm": _tvm(graph, target)}
         builds["tvm plan"] = _tvm(graph, target, owner, tile_hints(plan, threads))
         if batch > 1:
-            batch_plan, batch_owner = _plan(graph, buffer, args.search, per_image=False, layers=args.layers)
+            batch_plan, batch_owner = _plan(graph, buffer, args.search, per_image=False)
             builds[WHOLE_BATCH] = _tvm(graph, target, batch_owner, tile_hints(batch_plan, threads))
+        if args.layers:
+            layer_plan, layer_owner = _plan(graph, buffer, args.search, layers=True)
+            builds[OVER_LAYERS] = _tvm(graph, target, layer_owner, tile_hints(layer_plan, threads))
         if not args.no_untiled:
             builds["tvm plan, no tiling"] = _tvm(graph, target, owner)
         so = ort.SessionOptions()
@@ -325,6 +332,13 @@ def main(argv=None) -> int:
         speedup = base / statistics.median(times["tvm plan"])
         summary.append(f"  {case}: plan-driven {speedup:.2f}x the FuseOps build's speed")
         speedups[case] = speedup
+        if args.layers:
+            speedup = base / statistics.median(times[OVER_LAYERS])
+            summary.append(
+                f"  {case}: plan over layers ({describe(layer_plan)}, "
+                f"{human_bytes(layer_plan.batch_dram_bytes or layer_plan.dram_bytes)}) {speedup:.2f}x"
+            )
+            speedups[f"{case} over layers"] = speedup
     out.print(f"target (MobileNetV2 at 224, b1 and b8): plan-driven >= {SPEEDUP_TARGET}x faster than FuseOps")
     for line in summary:
         out.print(line)
