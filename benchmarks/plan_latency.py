@@ -20,7 +20,7 @@ Writes benchmarks/results/plan_latency.txt.
     python benchmarks/plan_latency.py --cpu-time --runs 5                # 5 processes: median speed-up
     python benchmarks/plan_latency.py --cpu-time --cpu x86-64-v3         # AVX2 code on this host
     python benchmarks/plan_latency.py --cpu-time --per-group             # where the time goes, per group
-    python benchmarks/plan_latency.py --layers               # also a plan over layers, in the same run
+    python benchmarks/plan_latency.py --layers                           # and a plan over layers, same run
 
 All runtimes get --threads (``set_threads``) before any pool starts; ONNX Runtime, a reference
 row, does not spin after its runs (its spinning threads took a core from the next build, the
