@@ -222,7 +222,8 @@ def timing_options(f):
 
 
 def fusion_options(f):
-    """The fusion planner's --style, --search, --split, --budget, --seed and --element-bytes."""
+    """The fusion planner's --style, --search, --split, --budget, --seed, --element-bytes and
+    --layers."""
     from fuser.fusion.cost import STYLES
     from fuser.fusion.search import SEARCHES
     from fuser.fusion.split import SPLITS
@@ -263,6 +264,15 @@ def fusion_options(f):
             default=1,
             show_default=True,
             help="Bytes per tensor element (1: int8, 2: fp16, 4: fp32).",
+        ),
+        click.option(
+            "--layers",
+            is_flag=True,
+            help="Plan over layers: each op with the elementwise ops that only extend it (conv + "
+            "bias + activation, a residual Add) is one unit, as TVM and ONNX Runtime fuse them "
+            "whatever the buffer, so the plan never moves more than that layer fusion. Without it "
+            "ops are planned one by one (the paper's model), and an activation after a conv too "
+            "big for the buffer runs as a group of its own.",
         ),
     ]
     for option in reversed(options):

@@ -234,7 +234,10 @@ def _groups(data: dict) -> str:
         '<section id="groups"><h2>Fusion groups, most DRAM first</h2>'
         f"<p>{plan['style'].upper()} at {_e(format_size(plan['buffer_bytes']))}: "
         f"<b>{mb(plan['dram_bytes'])} MB</b> of DRAM traffic against {mb(plan['no_fusion_dram_bytes'])} MB "
-        f"with no fusion (&times;{plan['dram_bytes'] / max(plan['no_fusion_dram_bytes'], 1):.3f}), "
+        f"with no fusion (&times;{plan['dram_bytes'] / max(plan['no_fusion_dram_bytes'], 1):.3f}) and "
+        f"{mb(plan['layer_fusion_dram_bytes'])} MB with layer fusion, each op with its elementwise tail "
+        f"as a compiler fuses it (&times;{plan['dram_bytes'] / max(plan['layer_fusion_dram_bytes'], 1):.3f}"
+        f"{'; planned over such layers' if plan.get('layers') else ''}), "
         f"{len(groups)} groups; peak buffer need {kb(plan['peak_buffer_bytes'])} KB over every group "
         f"({kb(plan['peak_fitting_buffer_bytes'])} KB among those that fit); "
         f"{plan['groups_over_buffer']} single ops over the buffer. "

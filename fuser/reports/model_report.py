@@ -47,6 +47,7 @@ class ReportOptions:
     budget: int = 1000
     seed: int = 0
     element_bytes: int = 1
+    layers: bool = False  # plan over layers (fuser.fusion.partition)
     sweep: Sequence[int | str] = DEFAULT_SWEEP
     prune: float | None = None
     criterion: str = "l2"
@@ -216,7 +217,7 @@ def build_report(
         data["pruning"] = None
 
     step()
-    fg = build_fusion_graph(final)
+    fg = build_fusion_graph(final, layers=opts.layers)
 
     def plan_at(size: int):
         plan, _ = partition_fusion_graph(
@@ -252,9 +253,11 @@ def build_report(
             "element_bytes",
             "dram_bytes",
             "no_fusion_dram_bytes",
+            "layer_fusion_dram_bytes",
             "search",
         )
     }
+    data["plan"]["layers"] = opts.layers
     data["plan"].update(peaks(rows))
     if plan.get("images", 1) > 1:  # planned per image: the bytes are one image's
         data["plan"].update(images=plan["images"], batch_dram_bytes=plan["batch_dram_bytes"])

@@ -112,6 +112,25 @@ def test_json_equals_fuse_and_hand_counts(small_model):
     assert data["profile"] is None and data["latency"] is None  # nothing timed without --measure
 
 
+def test_report_plans_over_layers_as_fuse_does(small_model, tmp_path):
+    args = ("--budget", "150", "--buffer", "2KB", "--seed", "2")
+    layered = json.loads(invoke("fuse", small_model, "--json", "--layers", *args).output)
+    ops = json.loads(invoke("fuse", small_model, "--json", *args).output)
+    page = tmp_path / "r.html"
+    r = invoke(
+        "report", small_model, "--json", "-o", page, "--sweep", "none", "--no-graph", "--layers", *args
+    )
+    data = json.loads(r.output)
+    text = re.sub(r"<[^>]+>", "", page.read_text())
+    assert f"{layered['layer_fusion_dram_bytes'] / 1e6:.2f} MB with layer fusion" in text
+    assert "planned over such layers" in text
+    assert [g["ops"] for g in data["groups"]] == [g["ops"] for g in layered["groups"]]
+    assert data["plan"]["dram_bytes"] == layered["dram_bytes"] <= layered["layer_fusion_dram_bytes"]
+    # at 2 KB a 3x3 conv and its ReLU do not fit as two ops (a row more): op by op the ReLUs
+    # run alone and the plan moves more than layer fusion
+    assert ops["dram_bytes"] > layered["layer_fusion_dram_bytes"] == ops["layer_fusion_dram_bytes"]
+
+
 def test_same_inputs_same_bytes_and_nothing_loaded_from_anywhere(small_model, tmp_path, monkeypatch):
     pages = []
     for run in ("a", "b"):  # the same command (it is on the page) in two folders

@@ -87,15 +87,6 @@ from fuser.units import format_size, parse_size
     help="At a batch above 1, size every group for the whole batch at once. By default a plan is "
     "made for one image of the batch, the way fuser's group kernels run (images outermost).",
 )
-@click.option(
-    "--layers",
-    is_flag=True,
-    help="Plan over layers: each op with the elementwise ops that only extend it (conv + bias + "
-    "activation, a residual Add) is one unit, as TVM and ONNX Runtime fuse them whatever the "
-    "buffer. The plan then never moves more than that layer fusion (the table's row); without "
-    "it, ops are planned one by one, as the paper's model does, and an activation after a conv "
-    "too big for the buffer runs as a group of its own.",
-)
 def command(
     model,
     input_shapes,
