@@ -105,12 +105,13 @@ def check_compile_with_plan(
 
 
 @pytest.mark.heavy
+@pytest.mark.parametrize("layers", [False, True], ids=["ops", "layers"])
 @pytest.mark.parametrize("name", ZOO_ALL if HEAVY else ZOO_SAMPLE)
-def test_zoo_compiles_with_plan(name, tmp_path):
+def test_zoo_compiles_with_plan(name, layers, tmp_path):
     graph, x = _zoo_at_64(name)
     path = tmp_path / f"{name}.onnx"
     fuser.save_onnx(graph, path)
-    meta = check_compile_with_plan(tmp_path, path, x)
+    meta = check_compile_with_plan(tmp_path, path, x, fuse_args=("--layers",) * layers)
     if name == "mobilenet_v2":  # its repeated inverted-residual blocks share kernels
         assert meta["shared_kernels"] and len(meta["kernels"]) < meta["plan_groups"]
 
