@@ -115,9 +115,10 @@ def command(
     between DRAM and the buffer. Groups must fit the buffer (F_β < buffer);
     invalid ones are split, and every split is explained: the ops that overflow
     the buffer, the edges cut, the buffer need before and after. The plan is
-    compared with no fusion (every op alone). MODEL is optimized first (BN folded).
-    Groups are listed most DRAM first, with their fit (buffer need as % of the
-    buffer); a single op over 100% cannot fit and runs alone from DRAM.
+    compared with no fusion (every op alone) and with layer fusion (each op with its
+    elementwise tail, what TVM or ONNX Runtime fuse without a plan). MODEL is optimized
+    first (BN folded). Groups are listed most DRAM first, with their fit (buffer need as %
+    of the buffer); a single op over 100% cannot fit and runs alone from DRAM.
 
     \b
     Examples:
