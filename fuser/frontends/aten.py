@@ -296,10 +296,8 @@ class _Converter:
         with torch.no_grad():
             out = n.target(*real(n.args), **{k: real(v) for k, v in n.kwargs.items()})
         sources = [self.env[a.name] for a in _flat_nodes(n) if isinstance(a, torch.fx.Node)]
-        # computed from no parameter or buffer (an anchor grid from arange): not a weight
-        derived = all(
-            isinstance(v, Value) and (v.derived or id(v) in self.literals) for v in _leaves(sources)
-        )
+        # computed from no parameter or buffer (an anchor grid from arange; literals are derived)
+        derived = all(isinstance(v, Value) and v.derived for v in _leaves(sources))
 
         def wrap(t, i=None):
             name = n.name if i is None else f"{n.name}_{i}"

@@ -224,8 +224,8 @@ class CostModel:
         ops that only extend it) of (W + In + Out)·e: what a compiler's own fusion moves, the
         baseline a plan must beat on a CPU. Such a kernel runs layer by layer, so no buffer
         bounds it."""
-        if self.fg.op_level is not None:
-            return type(self)(self.fg.op_level, self.buffer_bytes, self.element_bytes).layer_fusion_dram()
+        if self.fg.op_level is not None:  # each op is a layer already
+            return sum(self._single_dram) * self.element_bytes
         return sum(self._dram_elements(m) for m in self.fg.layer_kernels()) * self.element_bytes
 
     def singles_dram(self, mask: int) -> int:

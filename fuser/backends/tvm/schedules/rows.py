@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from .common import cpu_facts, iter_kinds, root_blocks
+from .common import cpu_facts, extent, iter_kinds, root_blocks
 
 NAME = "rows"
 TUNABLE = False
@@ -55,9 +55,9 @@ def apply(sch, target, tunable: bool = False) -> bool:
         kinds = iter_kinds(sch, b)
         if "R" not in kinds:
             continue
-        reduced = [loop for loop in sch.get_loops(b)[rows:] if _extent(sch, loop) > 1]
+        reduced = [loop for loop in sch.get_loops(b)[rows:] if extent(sch, loop) > 1]
         k = sch.fuse(*reduced) if len(reduced) > 1 else reduced[0]
-        reduced = _extent(sch, k)
+        reduced = extent(sch, k)
         _, lane = sch.split(k, [None, facts.lanes])
         rf = sch.rfactor(lane, factor_axis=rows)
         sch.vectorize(sch.get_loops(rf)[-1])
@@ -91,7 +91,7 @@ def apply(sch, target, tunable: bool = False) -> bool:
             sch.unroll(inner[-1])  # merging the lanes
         else:
             fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-            n = _extent(sch, fused)
+            n = extent(sch, fused)
             vectors, lanes = sch.split(fused, [None, facts.lanes])
             sch.vectorize(lanes)
             peel.append((vectors, n))
@@ -99,13 +99,9 @@ def apply(sch, target, tunable: bool = False) -> bool:
     # the others go unmasked (one predicated loop masks every vector). After all the
     # vectorizing: the two copies of a block that a partition leaves fail vectorize's check
     for vectors, n in peel:
-        if n % facts.lanes and _extent(sch, vectors) > 1:
+        if n % facts.lanes and extent(sch, vectors) > 1:
             sch.loop_partition(vectors, [None, 1])
     return True
-
-
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
 
 
 def _row_count(sch, blocks, lanes: int) -> int | None:
@@ -135,7 +131,7 @@ def _row_count(sch, blocks, lanes: int) -> int | None:
                 return None  # a reduction must reduce the whole row
             if math.prod(int(iv.dom.extent) for iv in rest) < 2 * lanes:
                 return None
-        if any(int(sch.get(loop).extent) != int(iv.dom.extent) for loop, iv in zip(loops, block.iter_vars)):
+        if any(extent(sch, loop) != int(iv.dom.extent) for loop, iv in zip(loops, block.iter_vars)):
             return None
         extents = [int(iv.dom.extent) for iv in block.iter_vars[:rows]]
         if shape is None:
